@@ -1,0 +1,48 @@
+"""Quiver: feature definitions and clients for online serving and training sets."""
+
+from __future__ import annotations
+
+from quiver._definitions import (
+    Entity,
+    FeatureProjection,
+    FeatureService,
+    FeatureView,
+    Field,
+    ParquetSource,
+    parse_feature_ref,
+)
+from quiver._types import (
+    Bool,
+    Bytes,
+    Float32,
+    Float64,
+    Int32,
+    Int64,
+    String,
+    Timestamp,
+    ValueType,
+)
+from quiver.errors import QuiverError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bool",
+    "Bytes",
+    "Entity",
+    "FeatureProjection",
+    "FeatureService",
+    "FeatureView",
+    "Field",
+    "Float32",
+    "Float64",
+    "Int32",
+    "Int64",
+    "ParquetSource",
+    "QuiverError",
+    "String",
+    "Timestamp",
+    "ValueType",
+    "__version__",
+    "parse_feature_ref",
+]

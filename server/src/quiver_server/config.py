@@ -1,0 +1,190 @@
+"""The one configuration model, read from a feature repo's `quiver.yaml`.
+
+Environment variables override the file in one place, `apply_env_overrides`:
+``QUIVER_<SECTION>__<FIELD>=value`` (e.g. ``QUIVER_SERVING__PORT=7000``,
+``QUIVER_ONLINE_STORE__HOSTS=["a:3000","b:3000"]``; values are parsed as YAML).
+Relative paths are resolved against the repo directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quiver.errors import DefinitionError
+
+CONFIG_FILE = "quiver.yaml"
+ENV_PREFIX = "QUIVER_"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SqliteOnlineStoreConfig(_Model):
+    """The embedded online store: one SQLite file in WAL mode."""
+
+    type: Literal["sqlite"] = "sqlite"
+    path: str = Field("data/online.db", description="SQLite file, relative to the repo.")
+
+
+class AerospikeTlsConfig(_Model):
+    enabled: bool = False
+    name: str | None = Field(None, description="TLS name the server certificate carries.")
+    cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+
+
+class AerospikeOnlineStoreConfig(_Model):
+    """An Aerospike cluster."""
+
+    type: Literal["aerospike"] = "aerospike"
+    hosts: list[str] = Field(default_factory=lambda: ["127.0.0.1:3000"], description="seed host:port list")
+    namespace: str = "quiver"
+    user: str | None = None
+    password_env: str = Field(
+        "QUIVER_AEROSPIKE_PASSWORD", description="Environment variable holding the password."
+    )
+    tls: AerospikeTlsConfig = AerospikeTlsConfig()
+    connect_timeout_ms: int = Field(1000, ge=1)
+    read_timeout_ms: int = Field(50, ge=1, description="Total timeout of one batch read.")
+    write_timeout_ms: int = Field(1000, ge=1)
+    max_retries: int = Field(1, ge=0)
+    replica: Literal["master", "sequence", "prefer_rack", "any"] = "sequence"
+    batch_size: int = Field(5000, ge=1, description="Records per batch write.")
+
+
+OnlineStoreConfig = Annotated[
+    SqliteOnlineStoreConfig | AerospikeOnlineStoreConfig, Field(discriminator="type")
+]
+
+
+class OfflineStoreConfig(_Model):
+    """Where Parquet history and uploaded spines live."""
+
+    root: str = Field("data", description="Base for relative source paths; a path or URI.")
+
+
+class ServingConfig(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(6566, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="Server processes sharing the port.")
+    max_entities: int = Field(1000, ge=1, description="Most entities one request may ask for.")
+    max_workers_threads: int = Field(16, ge=1, description="Handler threads per process.")
+    grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
+
+
+class FlightConfig(_Model):
+    host: str = "0.0.0.0"
+    port: int = Field(8815, ge=0, le=65535)
+    max_spine_rows: int = Field(50_000_000, ge=1)
+    spine_ttl_seconds: int = Field(86_400, ge=1, description="How long uploaded spines are kept.")
+    partition_rows: int = Field(1_000_000, ge=1, description="Spine rows per Flight endpoint.")
+    batch_rows: int = Field(65_536, ge=1, description="Rows per streamed record batch.")
+    location: str | None = Field(None, description="URI advertised in endpoints; default: reuse the connection.")
+
+
+class TracingConfig(_Model):
+    enabled: bool = False
+    exporter: Literal["otlp_grpc", "otlp_http", "console"] = "otlp_grpc"
+    endpoint: str | None = Field(None, description="Collector endpoint; default from OTEL_* variables.")
+    sampling_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    service_name: str = "quiver"
+
+
+class MetricsConfig(_Model):
+    enabled: bool = True
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class LoggingConfig(_Model):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TelemetryConfig(_Model):
+    tracing: TracingConfig = TracingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+class QuiverConfig(_Model):
+    """Everything in `quiver.yaml`."""
+
+    project: str = Field(description="Project name; names online tables and sets.")
+    description: str = ""
+    registry: str = Field("data/registry", description="Directory holding registry versions.")
+    offline_store: OfflineStoreConfig = OfflineStoreConfig()
+    online_store: OnlineStoreConfig = SqliteOnlineStoreConfig()
+    serving: ServingConfig = ServingConfig()
+    flight: FlightConfig = FlightConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+    # Not read from the file: the directory the config came from.
+    repo_path: Path = Field(Path("."), exclude=True)
+
+    def resolve(self, path: str) -> str:
+        """Resolve a config path against the repo unless it is absolute or a URI."""
+        if "://" in path or os.path.isabs(path):
+            return path
+        return str((self.repo_path / path).resolve())
+
+    @property
+    def registry_path(self) -> Path:
+        return Path(self.resolve(self.registry))
+
+    @property
+    def offline_root(self) -> str:
+        return self.resolve(self.offline_store.root)
+
+
+def load_config(repo: str | Path, env: dict[str, str] | None = None) -> QuiverConfig:
+    """Read `quiver.yaml` from `repo`, apply environment overrides and validate."""
+    repo_path = Path(repo).resolve()
+    config_file = repo_path / CONFIG_FILE
+    if not config_file.is_file():
+        raise DefinitionError(f"{config_file}: not found; a feature repo needs a {CONFIG_FILE}")
+    try:
+        raw = yaml.safe_load(config_file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DefinitionError(f"{config_file}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise DefinitionError(f"{config_file}: must be a mapping of settings")
+    raw = apply_env_overrides(raw, os.environ if env is None else env)
+    try:
+        config = QuiverConfig.model_validate({**raw, "repo_path": repo_path})
+    except ValidationError as exc:
+        raise DefinitionError(f"{config_file}: {_describe(exc)}") from None
+    return config
+
+
+def apply_env_overrides(raw: dict[str, Any], env: os._Environ[str] | dict[str, str]) -> dict[str, Any]:
+    """Overlay ``QUIVER_SECTION__FIELD`` variables onto the raw config mapping."""
+    merged = dict(raw)
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith("QUIVER_TEST_"):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        if path[0] not in QuiverConfig.model_fields or path[0] == "repo_path":
+            continue
+        node = merged
+        for part in path[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        node[path[-1]] = yaml.safe_load(value)
+    return merged
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        problems.append(f"{where}: {error['msg']}")
+    return "; ".join(problems)

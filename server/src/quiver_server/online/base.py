@@ -1,0 +1,106 @@
+"""The online store contract every store (SQLite, Aerospike) implements.
+
+Stores see entities as opaque byte keys (see `quiver_server.online.keys`) and
+features by their short storage names ("bins"), which the registry assigns and
+never reuses. Timestamps are integers: microseconds since the Unix epoch, UTC.
+
+Write rule, identical in every store: a row replaces the stored row of the same
+key only if ``(event_ts, created_ts) >= (stored event_ts, stored created_ts)``.
+So an older event never overwrites a newer one, and writing the same rows
+again changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from quiver import FeatureView
+
+
+@dataclass(frozen=True)
+class ViewTable:
+    """Where and how one feature view is stored online."""
+
+    project: str
+    view: FeatureView
+    # Feature name -> short storage name (at most 15 characters).
+    bin_names: Mapping[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.view.name
+
+
+@dataclass
+class WriteBatch:
+    """Rows for one view, column by column; all lists have the same length.
+
+    `features` maps feature names (not bin names) to values; None is null.
+    Rows need not be unique per key: the store keeps the newest per the write rule.
+    """
+
+    keys: list[bytes]
+    event_ts: list[int]
+    created_ts: list[int]
+    features: dict[str, list[Any]]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class WriteResult:
+    rows: int
+    # Rows not applied because the stored row was newer.
+    superseded: int = 0
+
+
+@dataclass(frozen=True)
+class ViewRead:
+    """Read `features` of `table` for `keys` (request order, duplicates allowed)."""
+
+    table: ViewTable
+    keys: Sequence[bytes]
+    features: Sequence[str]
+
+
+@dataclass
+class ViewReadResult:
+    """One view's answer, aligned with the request's keys.
+
+    `event_ts[i]` is None when key i has no row; `values[f][i]` is then None too.
+    """
+
+    event_ts: list[int | None]
+    values: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class OnlineStore(Protocol):
+    """What serving, materialization and push need from an online store.
+
+    Errors: a store that cannot be reached raises `quiver.errors.UnavailableError`;
+    one that does not answer in time raises `DeadlineExceededError`.
+    """
+
+    def write(self, table: ViewTable, batch: WriteBatch) -> WriteResult:
+        """Upsert rows following the write rule; returns counts."""
+        ...
+
+    def read(self, reads: Sequence[ViewRead]) -> list[ViewReadResult]:
+        """Read several views in one round trip; one result per read, in order."""
+        ...
+
+    def delete(self, table: ViewTable, keys: Sequence[bytes]) -> int:
+        """Remove the rows of `keys` from the view; returns how many existed."""
+        ...
+
+    def healthy(self) -> bool:
+        """Whether the store answers right now (drives the gRPC health status)."""
+        ...
+
+    def close(self) -> None: ...
+
+

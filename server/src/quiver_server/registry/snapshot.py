@@ -1,0 +1,139 @@
+"""One registry version, decoded into SDK objects, and feature resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from quiver import Entity, FeatureService, FeatureView, Field, parse_feature_ref
+from quiver.errors import InvalidArgumentError, NotFoundError
+from quiver.registry.v1 import registry_pb2 as pb
+from quiver_server.online.base import ViewTable
+from quiver_server.registry import convert
+
+
+@dataclass(frozen=True)
+class FeatureRef:
+    """One resolved feature: its view and field."""
+
+    view: FeatureView
+    feature: Field
+
+    @property
+    def ref(self) -> str:
+        return f"{self.view.name}:{self.feature.name}"
+
+    def output_name(self, full: bool) -> str:
+        return f"{self.view.name}__{self.feature.name}" if full else self.feature.name
+
+
+class Snapshot:
+    """An immutable registry version with its objects decoded."""
+
+    def __init__(self, proto: pb.Registry) -> None:
+        self.proto = proto
+        self.version = proto.version
+        self.project = proto.project.name
+        self.entities: dict[str, Entity] = {
+            e.name: convert.entity_from_proto(e) for e in proto.entities
+        }
+        self.feature_views: dict[str, FeatureView] = {
+            v.name: convert.view_from_proto(v, self.entities) for v in proto.feature_views
+        }
+        self.feature_services: dict[str, FeatureService] = {
+            s.name: convert.service_from_proto(s) for s in proto.feature_services
+        }
+        self._tables = {
+            name: ViewTable(self.project, view, dict(proto.view_meta[name].layout.bin_names))
+            for name, view in self.feature_views.items()
+        }
+
+    @classmethod
+    def empty(cls, project: str) -> Snapshot:
+        return cls(pb.Registry(version=0, project=pb.Project(name=project)))
+
+    def feature_view(self, name: str) -> FeatureView:
+        try:
+            return self.feature_views[name]
+        except KeyError:
+            raise NotFoundError(
+                f"feature view {name!r} does not exist in project {self.project!r}",
+                reason="FEATURE_VIEW_NOT_FOUND",
+                metadata={"feature_view": name},
+            ) from None
+
+    def feature_service(self, name: str) -> FeatureService:
+        try:
+            return self.feature_services[name]
+        except KeyError:
+            raise NotFoundError(
+                f"feature service {name!r} does not exist in project {self.project!r}",
+                reason="FEATURE_SERVICE_NOT_FOUND",
+                metadata={"feature_service": name},
+            ) from None
+
+    def view_table(self, name: str) -> ViewTable:
+        self.feature_view(name)
+        return self._tables[name]
+
+    def watermark(self, view: str) -> datetime | None:
+        meta = self.proto.view_meta.get(view)
+        if meta is None or not meta.materialization.HasField("watermark"):
+            return None
+        return meta.materialization.watermark.ToDatetime(tzinfo=UTC)
+
+    def resolve(
+        self,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        *,
+        field: str = "features",
+    ) -> list[FeatureRef]:
+        """Resolve feature references or a feature service, keeping their order.
+
+        Raises:
+            InvalidArgumentError: neither or both selections, or a malformed ref.
+            NotFoundError: an unknown view, feature or service, named.
+        """
+        if feature_service and features:
+            raise InvalidArgumentError.for_field(
+                field, "give either feature references or a feature service, not both"
+            )
+        if feature_service:
+            service = self.feature_service(feature_service)
+            refs = []
+            for projection in service.projections:
+                view = self.feature_view(projection.view)
+                names = projection.features or tuple(view.feature_names)
+                refs.extend(self._ref(view, name) for name in names)
+            return refs
+        if not features:
+            raise InvalidArgumentError.for_field(
+                field, "select at least one feature ('view:feature') or a feature service"
+            )
+        resolved: list[FeatureRef] = []
+        seen: set[str] = set()
+        for i, ref in enumerate(features):
+            try:
+                view_name, feature_name = parse_feature_ref(ref)
+            except ValueError as exc:
+                raise InvalidArgumentError.for_field(f"{field}[{i}]", str(exc)) from None
+            if ref in seen:
+                raise InvalidArgumentError.for_field(
+                    f"{field}[{i}]", f"feature {ref!r} is requested more than once"
+                )
+            seen.add(ref)
+            resolved.append(self._ref(self.feature_view(view_name), feature_name))
+        return resolved
+
+    def _ref(self, view: FeatureView, name: str) -> FeatureRef:
+        try:
+            return FeatureRef(view, view.feature(name))
+        except KeyError:
+            raise NotFoundError(
+                f"feature view {view.name!r} has no feature {name!r}; "
+                f"it has: {', '.join(view.feature_names)}",
+                reason="FEATURE_NOT_FOUND",
+                metadata={"feature_view": view.name, "feature": name},
+            ) from None
