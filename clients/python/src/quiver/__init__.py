@@ -11,6 +11,8 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
+from quiver._online_client import OnlineClient
+from quiver._online_response import OnlineResponse
 from quiver._types import (
     Bool,
     Bytes,
@@ -38,6 +40,8 @@ __all__ = [
     "Float64",
     "Int32",
     "Int64",
+    "OnlineClient",
+    "OnlineResponse",
     "ParquetSource",
     "QuiverError",
     "String",

@@ -1,0 +1,57 @@
+# Quiver: `make help` lists the targets. CI (.ci/run) calls the same targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+.PHONY: setup
+setup: $(STAMP) ## Create .venv and install Quiver with its development tools
+
+.PHONY: protos
+protos: $(STAMP) ## Regenerate Python code and .pyi stubs from protos/
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python scripts/gen_protos.py
+
+.PHONY: protos-check
+protos-check: $(STAMP) ## Fail if generated protobuf code drifts from protos/
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python scripts/gen_protos.py --check
+
+.PHONY: lint
+lint: $(STAMP) ## Ruff over hand-written code (generated code is excluded)
+	$(BIN)/ruff check clients/python/src server/src flight/src scripts benchmarks tests
+
+.PHONY: typecheck
+typecheck: $(STAMP) ## mypy --strict over hand-written code
+	$(BIN)/mypy clients/python/src/quiver server/src/quiver_server flight/src/quiver_flight
+
+.PHONY: test
+test: $(STAMP) protos-check ## Run the whole test suite (what CI runs)
+	$(BIN)/pytest -q
+
+.PHONY: demo
+demo: $(STAMP) ## The main job: demo repo -> apply -> materialize -> serve -> lookups
+	$(BIN)/python scripts/demo.py
+
+.PHONY: bench-online
+bench-online: $(STAMP) ## Online serving latency/throughput vs a bare gRPC echo floor
+	$(BIN)/python benchmarks/bench_online.py $(ARGS)
+
+.PHONY: bench-training
+bench-training: $(STAMP) ## Training sets through Flight vs a bare Flight stream floor
+	$(BIN)/python benchmarks/bench_training.py $(ARGS)
+
+.PHONY: clean
+clean: ## Remove the virtualenv, caches and demo output
+	rm -rf $(VENV) demo-repo .bench .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,74 @@
+"""Client-side protobuf conversion: Python/Arrow columns to `Values` and back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from quiver._types import ValueType
+from quiver.types.v1 import value_pb2
+
+_FIELDS = {
+    ValueType.INT64: "int64_values",
+    ValueType.INT32: "int32_values",
+    ValueType.FLOAT64: "double_values",
+    ValueType.FLOAT32: "float_values",
+    ValueType.BOOL: "bool_values",
+    ValueType.STRING: "string_values",
+    ValueType.BYTES: "bytes_values",
+    ValueType.TIMESTAMP: "timestamp_values",
+}
+TYPE_OF_FIELD = {name: value_type for value_type, name in _FIELDS.items()}
+
+
+def infer_type(name: str, values: Sequence[Any]) -> ValueType:
+    """The ValueType of a column of Python values (ints, strs or bytes for keys)."""
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        found = ValueType.from_arrow(values.type)
+        if found is None:
+            raise TypeError(f"column {name!r}: unsupported Arrow type {values.type}")
+        return found
+    for value in values:
+        if isinstance(value, bool):
+            return ValueType.BOOL
+        if isinstance(value, int):
+            return ValueType.INT64
+        if isinstance(value, float):
+            return ValueType.FLOAT64
+        if isinstance(value, str):
+            return ValueType.STRING
+        if isinstance(value, bytes):
+            return ValueType.BYTES
+        if hasattr(value, "item"):  # numpy scalars
+            return infer_type(name, [value.item()])
+        raise TypeError(f"column {name!r}: unsupported value {value!r} of {type(value).__name__}")
+    raise ValueError(f"column {name!r} is empty")
+
+
+def to_values(name: str, values: Sequence[Any]) -> value_pb2.Values:
+    """Pack one column; Arrow arrays and NumPy arrays are accepted too."""
+    value_type = infer_type(name, values)
+    if isinstance(values, pa.Array | pa.ChunkedArray):
+        if values.null_count:
+            raise ValueError(f"column {name!r} holds nulls; entity keys cannot be null")
+        if value_type == ValueType.TIMESTAMP:
+            values = values.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        values = values.to_pylist()
+    elif hasattr(values, "tolist"):
+        values = values.tolist()
+    out = value_pb2.Values()
+    getattr(out, _FIELDS[value_type]).values.extend(values)
+    return out
+
+
+def encode_columns(columns: Mapping[str, Sequence[Any]]) -> dict[str, value_pb2.Values]:
+    return {name: to_values(name, values) for name, values in columns.items()}
+
+
+def from_values(values: value_pb2.Values) -> tuple[ValueType | None, Sequence[Any]]:
+    kind = values.WhichOneof("kind")
+    if kind is None:
+        return None, []
+    return TYPE_OF_FIELD[kind], getattr(values, kind).values

@@ -1,0 +1,335 @@
+{{/* Names */}}
+{{- define "quiver.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: release-chart, truncated so that "<fullname>-serving-headless" (the longest suffix,
+17 characters) still fits the 63-character DNS label limit.
+*/}}
+{{- define "quiver.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 46 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 46 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 46 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "quiver.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "quiver.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "quiver.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "quiver.labels" -}}
+helm.sh/chart: {{ include "quiver.chart" . }}
+{{ include "quiver.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: quiver
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of one component; call with (dict "ctx" $ "component" "serving"). */}}
+{{- define "quiver.componentLabels" -}}
+{{ include "quiver.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "quiver.componentSelectorLabels" -}}
+{{ include "quiver.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "quiver.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "quiver.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "quiver.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "quiver.configMapName" -}}
+{{- printf "%s-config" (include "quiver.fullname" .) }}
+{{- end }}
+
+{{- define "quiver.claimName" -}}
+{{- default (printf "%s-data" (include "quiver.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{/* Paths inside the pods. */}}
+{{- define "quiver.aerospikeTlsDir" -}}/etc/quiver/aerospike-tls{{- end }}
+{{- define "quiver.repoSourceDir" -}}/etc/quiver/repo-source{{- end }}
+{{- define "quiver.configDir" -}}/etc/quiver/config{{- end }}
+
+{{/* True ("true") when the definitions come from a volume and are copied in by an init container. */}}
+{{- define "quiver.repoFromVolume" -}}
+{{- if .Values.featureRepo.volume }}true{{- end }}
+{{- end }}
+
+{{/*
+quiver.yaml, built as a dict and serialized with toYaml so that every value is quoted correctly.
+Keys and nesting follow quiver_server.config.QuiverConfig (extra="forbid"); the chart tests load
+the rendered file with that model.
+*/}}
+{{- define "quiver.config" -}}
+{{- $v := .Values }}
+{{- $data := trimSuffix "/" $v.persistence.mountPath }}
+{{- $online := dict }}
+{{- if eq $v.onlineStore.type "sqlite" }}
+{{- $online = dict "type" "sqlite" "path" (default (printf "%s/online.db" $data) $v.onlineStore.sqlite.path) }}
+{{- else }}
+{{- $a := $v.aerospike }}
+{{- $tls := dict "enabled" $a.tls.enabled }}
+{{- if $a.tls.enabled }}
+{{- $dir := include "quiver.aerospikeTlsDir" . }}
+{{- $_ := set $tls "name" $a.tls.name }}
+{{- $_ := set $tls "cafile" (printf "%s/ca.crt" $dir) }}
+{{- if $a.tls.certKey }}
+{{- $_ := set $tls "certfile" (printf "%s/tls.crt" $dir) }}
+{{- $_ := set $tls "keyfile" (printf "%s/tls.key" $dir) }}
+{{- end }}
+{{- end }}
+{{- $online = dict "type" "aerospike" "hosts" $a.hosts "namespace" $a.namespace "tls" $tls "connect_timeout_ms" $a.connectTimeoutMs "read_timeout_ms" $a.readTimeoutMs "write_timeout_ms" $a.writeTimeoutMs "max_retries" $a.maxRetries "replica" $a.replica "batch_size" $a.batchSize "password_env" "QUIVER_AEROSPIKE_PASSWORD" }}
+{{- if $a.auth.user }}
+{{- $_ := set $online "user" $a.auth.user }}
+{{- end }}
+{{- end }}
+{{- $s := $v.serving }}
+{{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
+{{- $f := $v.flight }}
+{{- $flight := dict "host" "0.0.0.0" "port" $f.port "max_spine_rows" $f.maxSpineRows "spine_ttl_seconds" $f.spineTtlSeconds "partition_rows" $f.partitionRows "batch_rows" $f.batchRows }}
+{{- if $f.location }}
+{{- $_ := set $flight "location" $f.location }}
+{{- end }}
+{{- $t := $v.telemetry }}
+{{- $tracing := dict "enabled" $t.tracing.enabled "exporter" $t.tracing.exporter "sampling_ratio" $t.tracing.samplingRatio "service_name" $t.tracing.serviceName }}
+{{- if $t.tracing.endpoint }}
+{{- $_ := set $tracing "endpoint" $t.tracing.endpoint }}
+{{- end }}
+{{- $telemetry := dict "tracing" $tracing "metrics" (dict "enabled" $t.metrics.enabled "port" $t.metrics.port) "logging" (dict "format" $t.logging.format "level" $t.logging.level) }}
+{{- $config := dict "project" $v.project "description" $v.description "registry" (default (printf "%s/registry" $data) $v.registryPath) "offline_store" (dict "root" (default (printf "%s/offline" $data) $v.offlineStore.root)) "online_store" $online "serving" $serving "flight" $flight "telemetry" $telemetry }}
+{{- $config = mustMergeOverwrite $config (deepCopy $v.configOverrides) }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
+Environment of every Quiver container; call with (dict "ctx" $ "component" "serving" "extraEnv" list).
+Tracing settings go to the standard OTEL_* variables, which every OpenTelemetry SDK reads.
+*/}}
+{{- define "quiver.env" -}}
+{{- $v := .ctx.Values }}
+{{- $t := $v.telemetry.tracing }}
+- name: QUIVER_REPO
+  value: {{ $v.featureRepo.mountPath | quote }}
+- name: HOME
+  value: /tmp
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- if and (ne $v.onlineStore.type "sqlite") $v.aerospike.auth.user }}
+- name: QUIVER_AEROSPIKE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.aerospike.auth.existingSecret }}
+      key: {{ $v.aerospike.auth.passwordKey }}
+{{- end }}
+{{- if $t.enabled }}
+{{- $serviceName := printf "%s-%s" $t.serviceName .component }}
+- name: QUIVER_TELEMETRY__TRACING__SERVICE_NAME
+  value: {{ $serviceName | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ $serviceName | quote }}
+{{- if $t.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.endpoint | quote }}
+{{- end }}
+{{- if ne $t.exporter "console" }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ ternary "grpc" "http/protobuf" (eq $t.exporter "otlp_grpc") | quote }}
+{{- end }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.samplingRatio | toString | quote }}
+{{- $attrs := list (printf "service.version=%s" .ctx.Chart.AppVersion) (printf "service.namespace=%s" $v.project) "k8s.namespace.name=$(POD_NAMESPACE)" "k8s.pod.name=$(POD_NAME)" }}
+{{- range $key, $value := $t.resourceAttributes }}
+{{- $attrs = append $attrs (printf "%s=%s" $key (toString $value)) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attrs | quote }}
+{{- if $t.headersSecret.name }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ $t.headersSecret.name }}
+      key: {{ $t.headersSecret.key }}
+{{- end }}
+{{- end }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- with .extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes shared by every pod. */}}
+{{- define "quiver.volumes" -}}
+{{- $v := .Values }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ $v.tmpSizeLimit }}
+- name: data
+{{- if $v.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "quiver.claimName" . }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- if include "quiver.repoFromVolume" . }}
+- name: feature-repo
+  emptyDir: {}
+- name: config
+  configMap:
+    name: {{ include "quiver.configMapName" . }}
+- name: repo-source
+  {{- toYaml $v.featureRepo.volume | nindent 2 }}
+{{- else }}
+- name: feature-repo
+  projected:
+    sources:
+      - configMap:
+          name: {{ include "quiver.configMapName" . }}
+{{- if $v.featureRepo.existingConfigMap }}
+      - configMap:
+          name: {{ $v.featureRepo.existingConfigMap }}
+{{- end }}
+{{- end }}
+{{- if and (ne $v.onlineStore.type "sqlite") $v.aerospike.tls.enabled }}
+- name: aerospike-tls
+  secret:
+    secretName: {{ $v.aerospike.tls.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $v.aerospike.tls.caKey }}
+        path: ca.crt
+{{- if $v.aerospike.tls.certKey }}
+      - key: {{ $v.aerospike.tls.certKey }}
+        path: tls.crt
+      - key: {{ $v.aerospike.tls.keyKey }}
+        path: tls.key
+{{- end }}
+{{- end }}
+{{- with $v.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "quiver.volumeMounts" -}}
+{{- $v := .Values }}
+- name: tmp
+  mountPath: /tmp
+- name: data
+  mountPath: {{ $v.persistence.mountPath }}
+- name: feature-repo
+  mountPath: {{ $v.featureRepo.mountPath }}
+  readOnly: true
+{{- if and (ne $v.onlineStore.type "sqlite") $v.aerospike.tls.enabled }}
+- name: aerospike-tls
+  mountPath: {{ include "quiver.aerospikeTlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- with $v.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+With definitions on a volume, an init container assembles the repo directory: the definition
+files first (hidden entries such as .git skipped), then the chart's ConfigMap files on top, so
+the chart's quiver.yaml always wins.
+*/}}
+{{- define "quiver.initContainers" -}}
+{{- if include "quiver.repoFromVolume" . }}
+{{- $v := .Values }}
+- name: feature-repo
+  image: {{ include "quiver.image" . }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  command:
+    - python
+    - -c
+    - |
+      import os, shutil, sys
+      source, config, target = sys.argv[1:4]
+      shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*"))
+      for name in os.listdir(config):
+          if not name.startswith("."):
+              shutil.copyfile(os.path.join(config, name), os.path.join(target, name))
+    - {{ include "quiver.repoSourceDir" . | quote }}
+    - {{ include "quiver.configDir" . | quote }}
+    - {{ $v.featureRepo.mountPath | quote }}
+  securityContext:
+    {{- toYaml $v.securityContext | nindent 4 }}
+  resources:
+    requests:
+      cpu: 50m
+      memory: 64Mi
+    limits:
+      memory: 128Mi
+  volumeMounts:
+    - name: repo-source
+      mountPath: {{ include "quiver.repoSourceDir" . }}
+      readOnly: true
+      {{- with $v.featureRepo.volumeSubPath }}
+      subPath: {{ . }}
+      {{- end }}
+    - name: config
+      mountPath: {{ include "quiver.configDir" . }}
+      readOnly: true
+    - name: feature-repo
+      mountPath: {{ $v.featureRepo.mountPath }}
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+{{- end }}
+
+{{/* Pod-level settings shared by every pod. */}}
+{{- define "quiver.podCommon" -}}
+serviceAccountName: {{ include "quiver.serviceAccountName" . }}
+automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Pod annotations that roll the pods when the rendered configuration changes. */}}
+{{- define "quiver.configChecksum" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- end }}

@@ -1,0 +1,189 @@
+"""The `quiver` command line.
+
+    quiver [--repo DIR] apply | plan | materialize START END | materialize-incremental END
+                        | serve | serve-flight | registry history | registry show [VERSION]
+    quiver init-demo DIR
+
+DIR is the feature repo (default: $QUIVER_REPO or the current directory).
+Times are ISO 8601; a time without an offset is UTC; `now` is accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from google.protobuf import text_format
+
+from quiver.errors import QuiverError
+from quiver_server.config import QuiverConfig, load_config
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601 or `now`; naive times are UTC."""
+    if text == "now":
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time; use ISO 8601 like 2024-05-01 or 2024-05-01T12:00:00+00:00, or 'now'"
+        ) from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _views(text: str | None) -> list[str] | None:
+    return [v for v in text.split(",") if v] if text else None
+
+
+def cmd_apply(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.repo import apply
+
+    plan, snapshot = apply(config)
+    print(plan.render())
+    if snapshot is not None:
+        print(f"Applied: registry version {snapshot.version} at {config.registry_path}")
+    return 0
+
+
+def cmd_plan(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.repo import plan
+
+    print(plan(config).render())
+    return 0
+
+
+def cmd_materialize(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.materialize import materialize_range
+
+    if args.start >= args.end:
+        raise SystemExit(f"quiver: error: START ({args.start}) must be before END ({args.end})")
+    results = materialize_range(config, args.start, args.end, _views(args.views), progress=True)
+    _report(results)
+    return 0
+
+
+def cmd_materialize_incremental(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.materialize import materialize_incremental
+
+    results = materialize_incremental(config, args.end, _views(args.views), progress=True)
+    _report(results)
+    return 0
+
+
+def _report(results: Sequence[object]) -> None:
+    for result in results:
+        print(result)
+
+
+def cmd_serve(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.serving.server import serve
+
+    serve(config, args.host, args.port, args.workers)
+    return 0
+
+
+def cmd_serve_flight(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_flight.server import serve
+
+    serve(config, args.host, args.port)
+    return 0
+
+
+def cmd_registry(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.registry.store import RegistryStore
+
+    store = RegistryStore(config.registry_path)
+    if args.action == "history":
+        for version in store.versions():
+            proto = store.read(version)
+            print(
+                f"v{version}\t{proto.created_at.ToDatetime(tzinfo=UTC).isoformat()}\t{proto.cause}\t"
+                f"{len(proto.entities)} entities, {len(proto.feature_views)} views, "
+                f"{len(proto.feature_services)} services"
+            )
+        return 0
+    version = args.version or store.latest_version()
+    print(text_format.MessageToString(store.read(version)), end="")
+    return 0
+
+
+def cmd_init_demo(args: argparse.Namespace) -> int:
+    from quiver_server.demo_repo import write_demo_repo
+
+    repo = write_demo_repo(args.directory, users=args.users, merchants=args.merchants, days=args.days)
+    print(f"Wrote the fraud-detection demo repo to {repo}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quiver", description="Quiver feature store.")
+    parser.add_argument(
+        "--repo",
+        default=os.environ.get("QUIVER_REPO", "."),
+        help="feature repo directory holding quiver.yaml (default: $QUIVER_REPO or .)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("apply", help="validate the repo and store a new registry version").set_defaults(
+        func=cmd_apply
+    )
+    sub.add_parser("plan", help="show what apply would change").set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("materialize", help="copy history in [START, END) to the online store")
+    p.add_argument("start", type=parse_time, metavar="START")
+    p.add_argument("end", type=parse_time, metavar="END")
+    p.add_argument("--views", help="comma-separated feature views (default: all online views)")
+    p.set_defaults(func=cmd_materialize)
+
+    p = sub.add_parser(
+        "materialize-incremental", help="materialize each view from its watermark up to END"
+    )
+    p.add_argument("end", type=parse_time, metavar="END")
+    p.add_argument("--views", help="comma-separated feature views (default: all online views)")
+    p.set_defaults(func=cmd_materialize_incremental)
+
+    p = sub.add_parser("serve", help="serve online features over gRPC")
+    p.add_argument("--host", help="listen address (default: serving.host)")
+    p.add_argument("--port", type=int, help="port (default: serving.port, 6566)")
+    p.add_argument("--workers", type=int, help="server processes on one port (default: serving.workers)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("serve-flight", help="serve training sets over Arrow Flight")
+    p.add_argument("--host", help="listen address (default: flight.host)")
+    p.add_argument("--port", type=int, help="port (default: flight.port, 8815)")
+    p.set_defaults(func=cmd_serve_flight)
+
+    p = sub.add_parser("init-demo", help="write a sample fraud-detection feature repo")
+    p.add_argument("directory")
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--merchants", type=int, default=200)
+    p.add_argument("--days", type=int, default=14)
+    p.set_defaults(func=cmd_init_demo, needs_config=False)
+
+    p = sub.add_parser("registry", help="inspect stored registry versions")
+    p.add_argument("action", choices=["history", "show"])
+    p.add_argument("version", nargs="?", type=int, help="version for show (default: latest)")
+    p.set_defaults(func=cmd_registry)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "needs_config", True) is False:
+            return int(args.func(args))
+        config = load_config(args.repo)
+        return int(args.func(config, args))
+    except QuiverError as exc:
+        print(f"quiver: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""A sample fraud-detection feature repo with generated Parquet history.
+
+`quiver init-demo DIR` writes it; the README's main job and the benchmarks use
+it. History ends at the time it is written, so the values are fresh when read.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DEFINITIONS = '''"""Feature definitions of the fraud-detection demo."""
+
+from datetime import timedelta
+
+from quiver import (
+    Bool, Entity, FeatureService, FeatureView, Field, Float64, Int32, Int64, ParquetSource, String,
+)
+
+user = Entity(
+    name="user",
+    join_keys=[Field("user_id", Int64)],
+    description="A card holder.",
+    owner="risk-team@example.com",
+)
+merchant = Entity(
+    name="merchant",
+    join_keys=[Field("merchant_id", Int64)],
+    description="A business accepting card payments.",
+    owner="risk-team@example.com",
+)
+
+user_transaction_stats = FeatureView(
+    name="user_transaction_stats",
+    entities=[user],
+    schema=[
+        Field("txn_count_1h", Int64),
+        Field("txn_count_24h", Int64),
+        Field("txn_count_7d", Int64),
+        Field("txn_amount_sum_24h", Float64),
+        Field("txn_amount_avg_7d", Float64),
+        Field("txn_amount_max_7d", Float64),
+        Field("distinct_merchants_7d", Int32),
+        Field("declined_count_7d", Int64),
+        Field("last_txn_country", String),
+    ],
+    source=ParquetSource(
+        path="user_transaction_stats",
+        timestamp_field="event_timestamp",
+        created_timestamp_field="created",
+    ),
+    ttl=timedelta(days=2),
+    description="Rolling transaction aggregates per user, computed hourly.",
+    owner="risk-team@example.com",
+    tags={"tier": "gold"},
+)
+
+user_profile = FeatureView(
+    name="user_profile",
+    entities=[user],
+    schema=[
+        Field("age", Int32),
+        Field("account_age_days", Int64),
+        Field("credit_score", Int32),
+        Field("is_verified", Bool),
+        Field("country", String),
+        Field("signup_channel", String),
+    ],
+    source=ParquetSource(path="user_profile", timestamp_field="event_timestamp"),
+    ttl=timedelta(0),
+    description="Slowly changing profile attributes.",
+    owner="identity-team@example.com",
+)
+
+merchant_stats = FeatureView(
+    name="merchant_stats",
+    entities=[merchant],
+    schema=[
+        Field("merchant_category", String),
+        Field("chargeback_rate_30d", Float64),
+        Field("merchant_txn_count_24h", Int64),
+        Field("avg_ticket_30d", Float64),
+        Field("is_high_risk", Bool),
+    ],
+    source=ParquetSource(path="merchant_stats", timestamp_field="event_timestamp"),
+    ttl=timedelta(days=7),
+    description="Merchant risk aggregates, computed daily.",
+    owner="risk-team@example.com",
+)
+
+fraud_model_v1 = FeatureService(
+    name="fraud_model_v1",
+    features=[user_transaction_stats, user_profile, merchant_stats],
+    description="Every feature the card fraud model reads.",
+    owner="ml-platform@example.com",
+)
+
+user_risk = FeatureService(
+    name="user_risk",
+    features=[
+        user_transaction_stats[["txn_count_24h", "txn_amount_sum_24h", "declined_count_7d"]],
+        user_profile[["credit_score", "is_verified"]],
+    ],
+    description="A small user-only model.",
+)
+'''
+
+CONFIG = """project: fraud_detection
+description: Card fraud detection features (Quiver demo).
+registry: data/registry
+offline_store:
+  root: data
+online_store:
+  type: sqlite
+  path: data/online.db
+serving:
+  port: 6566
+flight:
+  port: 8815
+"""
+
+COUNTRIES = ["US", "GB", "DE", "FR", "BR", "IN", "JP", "NG", "CA", "MX"]
+CATEGORIES = ["grocery", "travel", "electronics", "gaming", "fuel", "restaurants", "fashion"]
+
+
+def write_demo_repo(
+    path: str | Path,
+    users: int = 1000,
+    merchants: int = 200,
+    days: int = 14,
+    end: datetime | None = None,
+    seed: int = 7,
+) -> Path:
+    """Write quiver.yaml, features.py and Parquet history under `path`."""
+    repo = Path(path)
+    data = repo / "data"
+    for name in ("user_transaction_stats", "user_profile", "merchant_stats"):
+        (data / name).mkdir(parents=True, exist_ok=True)
+    (repo / "quiver.yaml").write_text(CONFIG)
+    (repo / "features.py").write_text(DEFINITIONS)
+    end = (end or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
+    rng = random.Random(seed)
+    _user_transaction_stats(data, rng, users, days, end)
+    _user_profile(data, rng, users, end - timedelta(days=days))
+    _merchant_stats(data, rng, merchants, days, end)
+    return repo
+
+
+def _ts(values: list[datetime]) -> pa.Array:
+    return pa.array(values, type=pa.timestamp("us", tz="UTC"))
+
+
+def _user_transaction_stats(data: Path, rng: random.Random, users: int, days: int, end: datetime) -> None:
+    # One row per user every 6 hours; the last one lands within the 2-day ttl.
+    steps = days * 4
+    rows: dict[str, list[object]] = {k: [] for k in (
+        "user_id", "event_timestamp", "created", "txn_count_1h", "txn_count_24h", "txn_count_7d",
+        "txn_amount_sum_24h", "txn_amount_avg_7d", "txn_amount_max_7d", "distinct_merchants_7d",
+        "declined_count_7d", "last_txn_country")}
+    for user_id in range(1, users + 1):
+        activity = rng.uniform(0.2, 4.0)
+        for step in range(steps):
+            event = end - timedelta(hours=6 * (steps - step)) + timedelta(minutes=rng.randrange(60))
+            count_24h = int(rng.expovariate(1 / (activity * 3)))
+            avg = round(rng.lognormvariate(3.5, 0.8), 2)
+            rows["user_id"].append(user_id)
+            rows["event_timestamp"].append(event)
+            rows["created"].append(event + timedelta(minutes=5))
+            rows["txn_count_1h"].append(min(count_24h, int(rng.expovariate(1 / activity))))
+            rows["txn_count_24h"].append(count_24h)
+            rows["txn_count_7d"].append(count_24h * 7 + rng.randrange(5))
+            rows["txn_amount_sum_24h"].append(round(avg * count_24h, 2))
+            rows["txn_amount_avg_7d"].append(avg)
+            rows["txn_amount_max_7d"].append(round(avg * rng.uniform(1, 6), 2))
+            rows["distinct_merchants_7d"].append(rng.randrange(1, 30))
+            rows["declined_count_7d"].append(int(rng.expovariate(2)))
+            rows["last_txn_country"].append(None if count_24h == 0 else rng.choice(COUNTRIES))
+    table = pa.table({
+        "user_id": pa.array(rows["user_id"], pa.int64()),
+        "event_timestamp": _ts(rows["event_timestamp"]),  # type: ignore[arg-type]
+        "created": _ts(rows["created"]),  # type: ignore[arg-type]
+        "txn_count_1h": pa.array(rows["txn_count_1h"], pa.int64()),
+        "txn_count_24h": pa.array(rows["txn_count_24h"], pa.int64()),
+        "txn_count_7d": pa.array(rows["txn_count_7d"], pa.int64()),
+        "txn_amount_sum_24h": pa.array(rows["txn_amount_sum_24h"], pa.float64()),
+        "txn_amount_avg_7d": pa.array(rows["txn_amount_avg_7d"], pa.float64()),
+        "txn_amount_max_7d": pa.array(rows["txn_amount_max_7d"], pa.float64()),
+        "distinct_merchants_7d": pa.array(rows["distinct_merchants_7d"], pa.int32()),
+        "declined_count_7d": pa.array(rows["declined_count_7d"], pa.int64()),
+        "last_txn_country": pa.array(rows["last_txn_country"], pa.string()),
+    })
+    pq.write_table(table, data / "user_transaction_stats" / "part-0.parquet", row_group_size=50_000)
+
+
+def _user_profile(data: Path, rng: random.Random, users: int, start: datetime) -> None:
+    user_ids = list(range(1, users + 1))
+    table = pa.table({
+        "user_id": pa.array(user_ids, pa.int64()),
+        "event_timestamp": _ts([start + timedelta(minutes=rng.randrange(600)) for _ in user_ids]),
+        "age": pa.array([rng.randrange(18, 90) for _ in user_ids], pa.int32()),
+        "account_age_days": pa.array([rng.randrange(1, 4000) for _ in user_ids], pa.int64()),
+        "credit_score": pa.array(
+            [None if rng.random() < 0.05 else rng.randrange(300, 850) for _ in user_ids], pa.int32()
+        ),
+        "is_verified": pa.array([rng.random() < 0.8 for _ in user_ids], pa.bool_()),
+        "country": pa.array([rng.choice(COUNTRIES) for _ in user_ids], pa.string()),
+        "signup_channel": pa.array([rng.choice(["web", "ios", "android", "branch"]) for _ in user_ids]),
+    })
+    pq.write_table(table, data / "user_profile" / "part-0.parquet")
+
+
+def _merchant_stats(data: Path, rng: random.Random, merchants: int, days: int, end: datetime) -> None:
+    ids: list[int] = []
+    events: list[datetime] = []
+    for merchant_id in range(1, merchants + 1):
+        for day in range(days):
+            ids.append(merchant_id)
+            events.append(end - timedelta(days=days - day) + timedelta(hours=rng.randrange(24)))
+    n = len(ids)
+    table = pa.table({
+        "merchant_id": pa.array(ids, pa.int64()),
+        "event_timestamp": _ts(events),
+        "merchant_category": pa.array([CATEGORIES[i % len(CATEGORIES)] for i in ids]),
+        "chargeback_rate_30d": pa.array([round(rng.betavariate(1, 60), 5) for _ in range(n)]),
+        "merchant_txn_count_24h": pa.array([rng.randrange(0, 5000) for _ in range(n)], pa.int64()),
+        "avg_ticket_30d": pa.array([round(rng.lognormvariate(3.8, 0.6), 2) for _ in range(n)]),
+        "is_high_risk": pa.array([rng.random() < 0.07 for _ in range(n)]),
+    })
+    pq.write_table(table, data / "merchant_stats" / "part-0.parquet")

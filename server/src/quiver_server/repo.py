@@ -1,0 +1,308 @@
+"""Feature repositories: load the definitions, validate them, plan and apply.
+
+A feature repo is a directory with a `quiver.yaml` and Python files that define
+`Entity`, `FeatureView` and `FeatureService` objects at module level. Files
+whose names start with `_` or `test_` are not loaded. Applying stores a new
+registry version only if something changed; a repo that does not validate is
+reported with the file and object at fault and the stored registry is left
+untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from google.protobuf.message import Message
+
+from quiver import Entity, FeatureService, FeatureView
+from quiver.errors import DefinitionError
+from quiver.registry.v1 import registry_pb2 as pb
+from quiver_server.config import QuiverConfig
+from quiver_server.registry import convert
+from quiver_server.registry.snapshot import Snapshot
+from quiver_server.registry.store import RegistryStore
+
+Kind = Literal["entity", "feature_view", "feature_service"]
+
+
+@dataclass
+class RepoContents:
+    """Every object a feature repo defines, with the file that defined it."""
+
+    entities: dict[str, Entity] = field(default_factory=dict)
+    feature_views: dict[str, FeatureView] = field(default_factory=dict)
+    feature_services: dict[str, FeatureService] = field(default_factory=dict)
+    origin: dict[tuple[Kind, str], str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    kind: Kind
+    name: str
+    action: Literal["add", "change", "remove"]
+    detail: str = ""
+
+    def __str__(self) -> str:
+        mark = {"add": "+", "change": "~", "remove": "-"}[self.action]
+        suffix = f" ({self.detail})" if self.detail else ""
+        return f"  {mark} {self.kind} {self.name}{suffix}"
+
+
+@dataclass
+class Plan:
+    project: str
+    from_version: int
+    items: list[PlanItem]
+
+    @property
+    def empty(self) -> bool:
+        return not self.items
+
+    def render(self) -> str:
+        if self.empty:
+            return f"Project {self.project!r}: no changes (registry version {self.from_version})."
+        lines = [
+            f"Project {self.project!r}: registry version {self.from_version} -> "
+            f"{self.from_version + 1}"
+        ]
+        lines.extend(str(item) for item in self.items)
+        counts = {a: sum(1 for i in self.items if i.action == a) for a in ("add", "change", "remove")}
+        lines.append(
+            f"{counts['add']} to add, {counts['change']} to change, {counts['remove']} to remove."
+        )
+        return "\n".join(lines)
+
+
+def load_repo(repo_path: Path) -> RepoContents:
+    """Import every definition file in `repo_path` and validate the whole repo."""
+    contents = RepoContents()
+    files = sorted(
+        p for p in repo_path.glob("*.py") if not p.name.startswith(("_", "test_"))
+    )
+    if not files:
+        raise DefinitionError(f"{repo_path}: no Python definition files found")
+    for file in files:
+        for obj in _import_definitions(file, repo_path):
+            _add(contents, obj, file.name)
+    _validate(contents)
+    return contents
+
+
+def _import_definitions(file: Path, repo_path: Path) -> list[object]:
+    module_name = f"_quiver_repo_{file.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Definition files may import each other, as in any Python package.
+    sys.path.insert(0, str(repo_path))
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{file.name}: {exc}") from None
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise DefinitionError(
+            f"{file.name}: failed to load ({type(exc).__name__}: {exc}) at line {frame.lineno}"
+        ) from None
+    finally:
+        sys.path.remove(str(repo_path))
+        sys.modules.pop(module_name, None)
+    return [
+        value for name, value in vars(module).items()
+        if not name.startswith("_") and isinstance(value, Entity | FeatureView | FeatureService)
+    ]
+
+
+def _add(contents: RepoContents, obj: object, file: str) -> None:
+    kind: Kind
+    table: dict[str, object]
+    if isinstance(obj, Entity):
+        kind, table = "entity", contents.entities  # type: ignore[assignment]
+    elif isinstance(obj, FeatureView):
+        kind, table = "feature_view", contents.feature_views  # type: ignore[assignment]
+    else:
+        assert isinstance(obj, FeatureService)
+        kind, table = "feature_service", contents.feature_services  # type: ignore[assignment]
+    name: str = obj.name  # type: ignore[attr-defined]
+    existing = table.get(name)
+    if existing is not None and existing != obj:
+        raise DefinitionError(
+            f"{file}: {kind} {name!r} is defined differently in "
+            f"{contents.origin[(kind, name)]}; names must be unique"
+        )
+    if existing is None:
+        table[name] = obj
+        contents.origin[(kind, name)] = file
+
+
+def _validate(contents: RepoContents) -> None:
+    for view in contents.feature_views.values():
+        where = f"{contents.origin[('feature_view', view.name)]}: feature view {view.name!r}"
+        for entity in view.entities:
+            known = contents.entities.get(entity.name)
+            if known is None:
+                raise DefinitionError(
+                    f"{where} uses entity {entity.name!r}, which the repo does not define"
+                )
+            if known != entity:
+                raise DefinitionError(
+                    f"{where} uses a different definition of entity {entity.name!r} than "
+                    f"{contents.origin[('entity', entity.name)]}"
+                )
+    for service in contents.feature_services.values():
+        where = f"{contents.origin[('feature_service', service.name)]}: feature service {service.name!r}"
+        outputs: dict[str, str] = {}
+        for projection in service.projections:
+            view = contents.feature_views.get(projection.view)
+            if view is None:
+                raise DefinitionError(
+                    f"{where} selects from feature view {projection.view!r}, which the repo "
+                    f"does not define"
+                )
+            for feature in projection.features or view.feature_names:
+                if feature not in view.feature_names:
+                    raise DefinitionError(
+                        f"{where} selects {projection.view}:{feature}, but view "
+                        f"{projection.view!r} has no feature {feature!r}"
+                    )
+                if feature in outputs and outputs[feature] != view.name:
+                    raise DefinitionError(
+                        f"{where}: feature name {feature!r} comes from both {outputs[feature]!r} "
+                        f"and {view.name!r}; request it with full feature names or select one"
+                    )
+                outputs[feature] = view.name
+
+
+def _protos(contents: RepoContents) -> dict[tuple[Kind, str], Message]:
+    out: dict[tuple[Kind, str], Message] = {}
+    for e in contents.entities.values():
+        out[("entity", e.name)] = convert.entity_to_proto(e)
+    for v in contents.feature_views.values():
+        out[("feature_view", v.name)] = convert.view_to_proto(v)
+    for s in contents.feature_services.values():
+        out[("feature_service", s.name)] = convert.service_to_proto(s)
+    return out
+
+
+def _stored(proto: pb.Registry) -> dict[tuple[Kind, str], Message]:
+    out: dict[tuple[Kind, str], Message] = {}
+    for e in proto.entities:
+        out[("entity", e.name)] = e
+    for v in proto.feature_views:
+        out[("feature_view", v.name)] = v
+    for s in proto.feature_services:
+        out[("feature_service", s.name)] = s
+    return out
+
+
+def _differences(old: Message, new: Message) -> str:
+    changed = [
+        f.name for f in new.DESCRIPTOR.fields if getattr(old, f.name) != getattr(new, f.name)
+    ]
+    return "changed: " + ", ".join(changed)
+
+
+def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
+    """What applying `contents` on top of `proto` would change."""
+    old, new = _stored(proto), _protos(contents)
+    order: dict[Kind, int] = {"entity": 0, "feature_view": 1, "feature_service": 2}
+    items: list[PlanItem] = []
+    for key in sorted(set(old) | set(new), key=lambda k: (order[k[0]], k[1])):
+        kind, name = key
+        if key not in old:
+            items.append(PlanItem(kind, name, "add"))
+        elif key not in new:
+            items.append(PlanItem(kind, name, "remove"))
+        elif old[key] != new[key]:
+            items.append(PlanItem(kind, name, "change", _differences(old[key], new[key])))
+    if proto.project.name and proto.project.name != project:
+        raise DefinitionError(
+            f"registry holds project {proto.project.name!r} but quiver.yaml says {project!r}; "
+            f"use a separate registry directory per project"
+        )
+    return Plan(project, proto.version, items)
+
+
+def plan(config: QuiverConfig) -> Plan:
+    """Validate the repo and compute what `apply` would change."""
+    contents = load_repo(config.repo_path)
+    store = RegistryStore(config.registry_path)
+    base = store.latest_version()
+    proto = store.read(base) if base else pb.Registry()
+    return diff(proto, contents, config.project)
+
+
+def apply(config: QuiverConfig) -> tuple[Plan, Snapshot | None]:
+    """Validate the repo and store a new registry version if anything changed."""
+    contents = load_repo(config.repo_path)
+    store = RegistryStore(config.registry_path)
+    result: dict[str, Plan] = {}
+
+    def change(proto: pb.Registry) -> str | None:
+        result["plan"] = diff(proto, contents, config.project)
+        if result["plan"].empty and proto.project.description == config.description:
+            return None
+        _rebuild(proto, contents, config)
+        return "apply"
+
+    snapshot = store.commit(change)
+    return result["plan"], snapshot
+
+
+def _rebuild(proto: pb.Registry, contents: RepoContents, config: QuiverConfig) -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    stored_views = {v.name: v for v in proto.feature_views}
+    proto.project.name = config.project
+    proto.project.description = config.description
+    del proto.entities[:]
+    del proto.feature_views[:]
+    del proto.feature_services[:]
+    proto.entities.extend(convert.entity_to_proto(e) for _, e in sorted(contents.entities.items()))
+    proto.feature_services.extend(
+        convert.service_to_proto(s) for _, s in sorted(contents.feature_services.items())
+    )
+    for name, view in sorted(contents.feature_views.items()):
+        view_proto = convert.view_to_proto(view)
+        proto.feature_views.append(view_proto)
+        meta = proto.view_meta[name]
+        if name not in stored_views:
+            meta.created_at.FromDatetime(now)
+        if stored_views.get(name) != view_proto:
+            meta.updated_at.FromDatetime(now)
+            meta.defined_in_version = proto.version + 1
+        _assign_bins(meta.layout, view, stored_views.get(name))
+
+
+def _assign_bins(layout: pb.StorageLayout, view: FeatureView, old: pb.FeatureView | None) -> None:
+    """Give every feature a short storage name, stable while its type is unchanged.
+
+    Removed or retyped features lose their name, and names are never handed out
+    again, so stale values in a store can never be read as a different feature.
+    """
+    old_types = {f.name: f.value_type for f in old.features} if old is not None else {}
+    current = {f.name: int(f.dtype) for f in view.schema}
+    for feature in list(layout.bin_names):
+        if current.get(feature) != old_types.get(feature):
+            del layout.bin_names[feature]
+    for feature in view.feature_names:
+        if feature not in layout.bin_names:
+            layout.bin_names[feature] = _bin_name(layout.next_bin)
+            layout.next_bin += 1
+
+
+def _bin_name(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, rem = divmod(number, 36)
+        text = digits[rem] + text
+        if number == 0:
+            return "f" + text

@@ -1,0 +1,184 @@
+"""Online reads: resolve the request, read every view in one store call, grade values.
+
+Statuses follow DESIGN.md: NOT_FOUND when the entity has no row in the view,
+OUTSIDE_MAX_AGE when the row is older than the view's ttl at read time (even if
+the store still holds it), NULL_VALUE for a null feature, PRESENT otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from quiver._types import ValueType
+from quiver.errors import InvalidArgumentError
+from quiver.serving.v1 import serving_service_pb2 as pb
+from quiver_server.online.base import OnlineStore, ViewRead, ViewReadResult, ViewTable
+from quiver_server.online.keys import encode_keys
+from quiver_server.registry.snapshot import FeatureRef, Snapshot
+
+PRESENT = pb.FEATURE_STATUS_PRESENT
+NULL_VALUE = pb.FEATURE_STATUS_NULL_VALUE
+NOT_FOUND = pb.FEATURE_STATUS_NOT_FOUND
+OUTSIDE_MAX_AGE = pb.FEATURE_STATUS_OUTSIDE_MAX_AGE
+
+
+@dataclass(frozen=True)
+class ViewPart:
+    """The features of one view a request reads, and where they land in the output."""
+
+    table: ViewTable
+    features: list[str]
+    # Output column index of each feature in `features`.
+    positions: list[int]
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    refs: list[FeatureRef]
+    output_names: list[str]
+    parts: list[ViewPart]
+    key_types: dict[str, ValueType]
+
+
+@dataclass
+class OutputColumn:
+    dtype: ValueType
+    values: list[Any]
+    statuses: list[int]
+    event_ts: list[int]
+
+
+class PlanCache:
+    """Resolved plans per registry version and selection; resolving is not free."""
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._entries: dict[tuple[object, ...], ReadPlan] = {}
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        snapshot: Snapshot,
+        features: Sequence[str],
+        feature_service: str,
+        full_names: bool,
+    ) -> ReadPlan:
+        key = (snapshot.version, tuple(features), feature_service, full_names)
+        plan = self._entries.get(key)
+        if plan is None:
+            plan = build_plan(snapshot, features, feature_service, full_names)
+            with self._lock:
+                if len(self._entries) >= self._max:
+                    self._entries.clear()
+                self._entries[key] = plan
+        return plan
+
+
+def build_plan(
+    snapshot: Snapshot, features: Sequence[str], feature_service: str, full_names: bool
+) -> ReadPlan:
+    refs = snapshot.resolve(list(features), feature_service or None)
+    names = [ref.output_name(full_names) for ref in refs]
+    seen: dict[str, str] = {}
+    for ref, name in zip(refs, names, strict=True):
+        if name in seen:
+            raise InvalidArgumentError.for_field(
+                "full_feature_names",
+                f"feature name {name!r} comes from both {seen[name]!r} and {ref.view.name!r}; "
+                f"set full_feature_names to tell them apart",
+            )
+        seen[name] = ref.view.name
+    parts: dict[str, ViewPart] = {}
+    key_types: dict[str, ValueType] = {}
+    for position, ref in enumerate(refs):
+        part = parts.get(ref.view.name)
+        if part is None:
+            part = ViewPart(snapshot.view_table(ref.view.name), [], [])
+            parts[ref.view.name] = part
+            for key in ref.view.join_keys:
+                known = key_types.setdefault(key.name, key.dtype)
+                if known != key.dtype:
+                    raise InvalidArgumentError.for_field(
+                        "features",
+                        f"join key {key.name!r} is {known.name.lower()} in one view and "
+                        f"{key.dtype.name.lower()} in {ref.view.name!r}; request them separately",
+                    )
+        part.features.append(ref.feature.name)
+        part.positions.append(position)
+    return ReadPlan(refs, names, list(parts.values()), key_types)
+
+
+def read_online(
+    store: OnlineStore,
+    plan: ReadPlan,
+    key_columns: Mapping[str, Sequence[Any]],
+    count: int,
+    now_us: int | None = None,
+) -> list[OutputColumn]:
+    """Read every view of `plan` in one store call and grade each value."""
+    reads = [
+        ViewRead(
+            part.table,
+            encode_keys(
+                part.table.view.join_keys,
+                [key_columns[name] for name in part.table.view.join_key_names],
+            ),
+            part.features,
+        )
+        for part in plan.parts
+    ]
+    results = store.read(reads)
+    if now_us is None:
+        now_us = time.time_ns() // 1000
+    columns: list[OutputColumn | None] = [None] * len(plan.refs)
+    for part, result in zip(plan.parts, results, strict=True):
+        view_status = _row_statuses(result, part.table.view.ttl_seconds, now_us)
+        event_ts = [ts or 0 for ts in result.event_ts]
+        for feature, position in zip(part.features, part.positions, strict=True):
+            dtype = plan.refs[position].feature.dtype
+            columns[position] = _grade(dtype, result.values[feature], view_status, event_ts)
+    return columns  # type: ignore[return-value]
+
+
+def _row_statuses(result: ViewReadResult, ttl_seconds: int, now_us: int) -> list[int]:
+    oldest = now_us - ttl_seconds * 1_000_000 if ttl_seconds else None
+    statuses = []
+    for ts in result.event_ts:
+        if ts is None:
+            statuses.append(NOT_FOUND)
+        elif oldest is not None and ts < oldest:
+            statuses.append(OUTSIDE_MAX_AGE)
+        else:
+            statuses.append(PRESENT)
+    return statuses
+
+
+_ZERO: dict[ValueType, Any] = {
+    ValueType.INT64: 0, ValueType.INT32: 0, ValueType.FLOAT64: 0.0, ValueType.FLOAT32: 0.0,
+    ValueType.BOOL: False, ValueType.STRING: "", ValueType.BYTES: b"", ValueType.TIMESTAMP: 0,
+}
+
+
+def _grade(
+    dtype: ValueType, raw: list[Any], row_status: list[int], event_ts: list[int]
+) -> OutputColumn:
+    zero = _ZERO[dtype]
+    values: list[Any] = []
+    statuses: list[int] = []
+    for value, status in zip(raw, row_status, strict=True):
+        if status != PRESENT:
+            values.append(zero)
+            statuses.append(status)
+        elif value is None:
+            values.append(zero)
+            statuses.append(NULL_VALUE)
+        else:
+            values.append(value)
+            statuses.append(PRESENT)
+    return OutputColumn(dtype, values, statuses, event_ts)
+
+

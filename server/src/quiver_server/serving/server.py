@@ -1,0 +1,201 @@
+"""The online serving process: gRPC server factory, worker processes, shutdown.
+
+`create_server` builds a started-but-not-blocking server and returns it with its
+port (tests ask for port 0). `serve` runs one or more worker processes on one
+port (SO_REUSEPORT lets the kernel spread connections across them) until
+SIGTERM or SIGINT; each worker then reports NOT_SERVING on the health service
+and drains in-flight calls for `serving.grace_seconds`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import socket
+import threading
+from concurrent import futures
+from types import FrameType, TracebackType
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from quiver.errors import InvalidArgumentError
+from quiver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from quiver.serving.v1 import serving_service_pb2, serving_service_pb2_grpc
+from quiver_server.config import QuiverConfig
+from quiver_server.observability import configure_logging
+from quiver_server.online.base import OnlineStore
+from quiver_server.online.factory import open_online_store
+from quiver_server.registry.provider import RegistryProvider
+from quiver_server.registry.store import RegistryStore
+from quiver_server.serving.feature_service import FeatureServingServicer
+from quiver_server.serving.registry_service import RegistryServicer
+
+log = structlog.get_logger(__name__)
+
+SERVING_SERVICE = serving_service_pb2.DESCRIPTOR.services_by_name["FeatureServingService"].full_name
+REGISTRY_SERVICE = registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+HEALTH_CHECK_SECONDS = 2.0
+
+
+class ServingServer:
+    """A running gRPC server with its store, registry and health reporting."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        store: OnlineStore,
+        registry: RegistryProvider,
+        health_servicer: health.HealthServicer,
+    ) -> None:
+        self.server = server
+        self.store = store
+        self.registry = registry
+        self.health = health_servicer
+        self._stopped = threading.Event()
+        self._monitor = threading.Thread(target=self._watch_store, name="store-health", daemon=True)
+
+    def start(self) -> None:
+        self.server.start()
+        self.registry.start()
+        self._set_health(serving=True)
+        self._monitor.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, then drain in-flight calls for `grace` seconds."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.registry.stop()
+        self.store.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+    def __enter__(self) -> ServingServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop(0)
+
+    def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", SERVING_SERVICE, REGISTRY_SERVICE):
+            self.health.set(service, status)
+
+    def _watch_store(self) -> None:
+        healthy = True
+        while not self._stopped.wait(HEALTH_CHECK_SECONDS):
+            try:
+                now = self.store.healthy()
+            except Exception:
+                now = False
+            if now != healthy and not self._stopped.is_set():
+                log.warning("online store health changed", healthy=now)
+                self._set_health(serving=now)
+                healthy = now
+
+
+def create_server(
+    config: QuiverConfig,
+    host: str | None = None,
+    port: int | None = None,
+    store: OnlineStore | None = None,
+) -> tuple[ServingServer, int]:
+    """Build and start a serving server; returns it and the port it bound."""
+    registry = RegistryProvider(RegistryStore(config.registry_path))
+    store = store or open_online_store(config)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(
+            max_workers=config.serving.max_workers_threads, thread_name_prefix="rpc"
+        ),
+        options=[("grpc.so_reuseport", 1)],
+    )
+    serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
+        FeatureServingServicer(registry, store, config.serving.max_entities), server
+    )
+    registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
+        RegistryServicer(registry), server
+    )
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVING_SERVICE, REGISTRY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    address = f"{host or config.serving.host}:{config.serving.port if port is None else port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise InvalidArgumentError.for_field("serving.port", f"cannot listen on {address}")
+    app = ServingServer(server, store, registry, health_servicer)
+    app.start()
+    return app, bound
+
+
+def _run_worker(
+    config: QuiverConfig, host: str, port: int, worker: int, announce: bool = False
+) -> None:
+    configure_logging(config.telemetry.logging)
+    app, bound = create_server(config, host, port)
+    if announce:
+        print(f"quiver: serving gRPC on {host}:{bound}", flush=True)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("draining", worker=worker, signal=signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("serving", address=f"{host}:{bound}", worker=worker,
+             registry_version=app.registry.current().version)
+    done.wait()
+    app.stop(config.serving.grace_seconds)
+    log.info("stopped", worker=worker)
+
+
+def serve(config: QuiverConfig, host: str | None = None, port: int | None = None,
+          workers: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT with `workers` processes sharing one port."""
+    host = host or config.serving.host
+    port = config.serving.port if port is None else port
+    workers = workers or config.serving.workers
+    if workers == 1:
+        _run_worker(config, host, port, 0, announce=True)
+        return
+    if port == 0:
+        port = _reserve_port(host)
+    print(f"quiver: serving gRPC on {host}:{port} with {workers} workers", flush=True)
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_run_worker, args=(config, host, port, i), name=f"quiver-worker-{i}")
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                process.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in processes:
+        process.join()
+
+
+def _reserve_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host if host != "0.0.0.0" else "", 0))
+        return int(sock.getsockname()[1])

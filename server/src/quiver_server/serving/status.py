@@ -1,0 +1,76 @@
+"""Turning Quiver errors into rich gRPC statuses (google.rpc.Status + details)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from quiver.errors import (
+    ERROR_DOMAIN,
+    InternalError,
+    InvalidArgumentError,
+    QuiverError,
+    UnavailableError,
+)
+
+log = structlog.get_logger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def to_status(error: QuiverError) -> status_pb2.Status:
+    """A google.rpc.Status carrying ErrorInfo and, for bad input, BadRequest."""
+    status = status_pb2.Status(code=error.grpc_code.value[0], message=error.message)
+    info = any_pb2.Any()
+    info.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+        )
+    )
+    status.details.append(info)
+    if isinstance(error, InvalidArgumentError) and error.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad)
+        status.details.append(detail)
+    return status
+
+
+def abort(context: grpc.ServicerContext, error: QuiverError) -> NoReturn:
+    context.abort_with_status(rpc_status.to_status(to_status(error)))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def rpc_errors(method: F) -> F:
+    """Let a servicer method raise QuiverError; the client gets a rich status.
+
+    Anything else is a bug: it is logged with its traceback and reported as
+    INTERNAL without leaking internals. Store failures that surface as plain
+    OSError become UNAVAILABLE.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except QuiverError as error:
+            abort(context, error)
+        except OSError as exc:
+            abort(context, UnavailableError(f"store unavailable: {exc}"))
+        except Exception:
+            log.exception("unhandled error", method=method.__name__)
+            abort(context, InternalError(f"internal error in {method.__name__}"))
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,35 @@
+"""Fixtures shared by every test layer: sample feature repos on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from quiver_server.config import QuiverConfig, load_config
+from quiver_server.demo_repo import write_demo_repo
+
+# A fixed end keeps generated history reproducible; tests that read online data
+# materialize a copy whose end is "now" instead.
+FIXED_END = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+def demo_repo(tmp_path: Path) -> Path:
+    """The demo fraud repo, small, with history ending now (not yet applied)."""
+    return write_demo_repo(tmp_path / "repo", users=50, merchants=10, days=3)
+
+
+@pytest.fixture
+def demo_config(demo_repo: Path) -> QuiverConfig:
+    return load_config(demo_repo, env={})
+
+
+@pytest.fixture
+def applied_demo(demo_config: QuiverConfig) -> Iterator[QuiverConfig]:
+    from quiver_server.repo import apply
+
+    apply(demo_config)
+    yield demo_config
