@@ -333,3 +333,54 @@ imagePullSecrets:
 {{- define "quiver.configChecksum" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- end }}
+
+{{/*
+Pod spec of a batch job; call with
+(dict "ctx" $ "component" "materialize" "args" (list ...) "settings" .Values.materialize).
+*/}}
+{{- define "quiver.jobPodSpec" -}}
+{{- $ctx := .ctx }}
+{{- $settings := .settings }}
+{{- include "quiver.podCommon" $ctx }}
+restartPolicy: Never
+{{- with (include "quiver.initContainers" $ctx) }}
+initContainers:
+  {{- . | nindent 2 }}
+{{- end }}
+containers:
+  - name: {{ .component }}
+    image: {{ include "quiver.image" $ctx }}
+    imagePullPolicy: {{ $ctx.Values.image.pullPolicy }}
+    args:
+      - --repo
+      - {{ $ctx.Values.featureRepo.mountPath | quote }}
+      {{- range .args }}
+      - {{ . | quote }}
+      {{- end }}
+    env:
+      {{- include "quiver.env" (dict "ctx" $ctx "component" .component "extraEnv" ($settings.extraEnv | default list)) | nindent 6 }}
+    {{- with $ctx.Values.extraEnvFrom }}
+    envFrom:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    securityContext:
+      {{- toYaml $ctx.Values.securityContext | nindent 6 }}
+    resources:
+      {{- toYaml $settings.resources | nindent 6 }}
+    volumeMounts:
+      {{- include "quiver.volumeMounts" $ctx | nindent 6 }}
+volumes:
+  {{- include "quiver.volumes" $ctx | nindent 2 }}
+{{- with $settings.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $settings.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $settings.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}

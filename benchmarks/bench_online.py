@@ -1,0 +1,237 @@
+"""Online serving benchmark: `make bench-online`.
+
+Serves the demo repo (20 features over 3 views) from the embedded SQLite store
+in a separate server process and measures, from separate load-generator
+processes on loopback:
+
+- p50/p99 latency for 1 entity x 20 features and 100 entities x 20 features,
+  sequentially (1 client) and with 4 concurrent clients;
+- throughput (requests/s) for 1 entity with `--workers 1` and `--workers 2`;
+- the floor: a bare gRPC echo server (no Quiver code) answering the same
+  request bytes with a payload of the same size, measured in the same run.
+
+Figures are medians of what this machine did in this run; compare ratios, not
+absolute numbers, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent import futures
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / ".bench" / "online"
+METHOD = "/quiver.serving.v1.FeatureServingService/GetOnlineFeatures"
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(target: str, timeout: float = 30.0) -> None:
+    channel = grpc.insecure_channel(target)
+    grpc.channel_ready_future(channel).result(timeout=timeout)
+    channel.close()
+
+
+# --- the floor: a bare echo server -------------------------------------------------
+
+def _echo_server(port: int, payloads: dict[int, bytes], threads: int) -> None:
+    def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+        # Answer with a payload as large as Quiver's answer to this request size.
+        return payloads.get(len(request), request)
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {"Echo": grpc.unary_unary_rpc_method_handler(echo)},  # bytes in, bytes out
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
+    server.wait_for_termination()
+
+
+# --- load generation ----------------------------------------------------------------
+
+def _client(target: str, method: str, request: bytes, count: int, warmup: int,
+            start_at: float, out: Any) -> None:
+    channel = grpc.insecure_channel(target)
+    call = channel.unary_unary(method)  # raw bytes: measures the server, not client decoding
+    for _ in range(warmup):
+        call(request, timeout=10)
+    while time.time() < start_at:
+        time.sleep(0.001)
+    latencies = []
+    begin = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter_ns()
+        call(request, timeout=10)
+        latencies.append(time.perf_counter_ns() - t0)
+    elapsed = time.perf_counter() - begin
+    channel.close()
+    out.put((latencies, elapsed))
+
+
+def run_load(target: str, method: str, request: bytes, clients: int, count: int) -> dict[str, float]:
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    start_at = time.time() + 1.5
+    procs = [ctx.Process(target=_client, args=(target, method, request, count, 200, start_at, queue))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    latencies = sorted(lat for lats, _ in results for lat in lats)
+    wall = max(elapsed for _, elapsed in results)
+    n = len(latencies)
+    return {
+        "p50_ms": latencies[n // 2] / 1e6,
+        "p99_ms": latencies[min(n - 1, int(n * 0.99))] / 1e6,
+        "rps": n / wall,
+        "n": n,
+    }
+
+
+# --- setup ---------------------------------------------------------------------------
+
+def prepare_repo(users: int) -> Path:
+    sys.path.insert(0, str(ROOT / "server" / "src"))
+    from quiver_server.config import load_config
+    from quiver_server.demo_repo import write_demo_repo
+    from quiver_server.materialize import materialize_range
+    from quiver_server.repo import apply
+
+    if BENCH_DIR.exists():
+        import shutil
+
+        shutil.rmtree(BENCH_DIR)
+    repo = write_demo_repo(BENCH_DIR, users=users, merchants=200, days=2)
+    config = load_config(repo, env={})
+    apply(config)
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    materialize_range(config, end - timedelta(days=30), end, progress=False)
+    return repo
+
+
+def build_requests() -> dict[str, bytes]:
+    from quiver.serving.v1 import serving_service_pb2 as pb
+    from quiver.types.v1 import value_pb2
+
+    def request(n: int) -> bytes:
+        req = pb.GetOnlineFeaturesRequest(feature_service="fraud_model_v1")
+        req.entities["user_id"].CopyFrom(
+            value_pb2.Values(int64_values=value_pb2.Int64Array(values=range(1, n + 1))))
+        req.entities["merchant_id"].CopyFrom(
+            value_pb2.Values(int64_values=value_pb2.Int64Array(values=[1 + i % 200 for i in range(n)])))
+        return req.SerializeToString()
+
+    return {"1x20": request(1), "100x20": request(100)}
+
+
+def start_server(repo: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "QUIVER_TELEMETRY__LOGGING__LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quiver_server.cli", "--repo", str(repo), "serve",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+        env=env, stdout=subprocess.DEVNULL,
+    )
+    wait_ready(f"127.0.0.1:{port}")
+    time.sleep(1.0 if workers > 1 else 0.2)  # let every worker bind
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per client per scenario")
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="a short run for smoke testing")
+    args = parser.parse_args()
+    count = 300 if args.quick else args.requests
+
+    print("preparing demo repo and materializing ...", flush=True)
+    repo = prepare_repo(200 if args.quick else args.users)
+    requests = build_requests()
+
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    payloads: dict[int, bytes] = {}
+    port = free_port()
+    server = start_server(repo, port, workers=1)
+    target = f"127.0.0.1:{port}"
+    try:
+        channel = grpc.insecure_channel(target)
+        for req in requests.values():
+            payloads[len(req)] = channel.unary_unary(METHOD)(req, timeout=10)
+        channel.close()
+        for name, req in requests.items():
+            for clients in (1, 4):
+                rows.append((f"quiver {name}", f"{clients} client(s), 1 worker",
+                             run_load(target, METHOD, req, clients, count)))
+    finally:
+        stop(server)
+
+    echo_port = free_port()
+    ctx = multiprocessing.get_context("spawn")
+    echo = ctx.Process(target=_echo_server, args=(echo_port, payloads, 16))
+    echo.start()
+    echo_target = f"127.0.0.1:{echo_port}"
+    try:
+        wait_ready(echo_target)
+        for name, req in requests.items():
+            for clients in (1, 4):
+                rows.append((f"echo floor {name}", f"{clients} client(s)",
+                             run_load(echo_target, ECHO_METHOD, req, clients, count)))
+    finally:
+        echo.terminate()
+        echo.join()
+
+    port2 = free_port()
+    server = start_server(repo, port2, workers=2)
+    try:
+        rows.append(("quiver 1x20", "4 client(s), 2 workers",
+                     run_load(f"127.0.0.1:{port2}", METHOD, requests["1x20"], 4, count)))
+    finally:
+        stop(server)
+
+    print(f"\nresponse sizes: 1x20 {len(payloads[len(requests['1x20'])])} B, "
+          f"100x20 {len(payloads[len(requests['100x20'])])} B; {count} requests per client\n")
+    print(f"{'scenario':<22} {'load':<26} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+    for name, load, r in rows:
+        print(f"{name:<22} {load:<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['rps']:>9.0f}")
+    by = {(n, l): r for n, l, r in rows}
+    print("\nratio to the echo floor (quiver / echo):")
+    for name in requests:
+        for clients in (1, 4):
+            q = by[(f"quiver {name}", f"{clients} client(s), 1 worker")]
+            e = by[(f"echo floor {name}", f"{clients} client(s)")]
+            print(f"  {name:<7} {clients} client(s): p50 x{q['p50_ms'] / e['p50_ms']:.2f}  "
+                  f"p99 x{q['p99_ms'] / e['p99_ms']:.2f}  throughput x{q['rps'] / e['rps']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

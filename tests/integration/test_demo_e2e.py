@@ -1,0 +1,24 @@
+"""The README's main job (`make demo`), end to end, in real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--repo", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "Applied: registry version 1" in out
+    assert "user_id=1 merchant_id=10" in out
+    assert "txn_count_24h" in out and "merchant_category" in out
+    # The unknown user is reported, not invented.
+    assert "[NOT_FOUND]" in out
+    assert "quiver serve stopped cleanly (exit code 0)" in out
