@@ -21,7 +21,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -222,7 +221,7 @@ def main() -> int:
     print(f"{'scenario':<22} {'load':<26} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
     for name, load, r in rows:
         print(f"{name:<22} {load:<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['rps']:>9.0f}")
-    by = {(n, l): r for n, l, r in rows}
+    by = {(name, load): r for name, load, r in rows}
     print("\nratio to the echo floor (quiver / echo):")
     for name in requests:
         for clients in (1, 4):

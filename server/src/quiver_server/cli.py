@@ -2,6 +2,7 @@
 
     quiver [--repo DIR] apply | plan | materialize START END | materialize-incremental END
                         | serve | serve-flight | registry history | registry show [VERSION]
+                        | delete-entity KEY=VALUE... [--views V,...]
     quiver init-demo DIR
 
 DIR is the feature repo (default: $QUIVER_REPO or the current directory).
@@ -111,6 +112,41 @@ def cmd_registry(config: QuiverConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delete_entity(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.deletion import delete_entities
+    from quiver_server.online.factory import open_online_store
+    from quiver_server.registry.store import RegistryStore
+
+    snapshot = RegistryStore(config.registry_path).latest()
+    key_types = {k.name: k.dtype for e in snapshot.entities.values() for k in e.join_keys}
+    entities: dict[str, list[object]] = {}
+    for item in args.keys:
+        name, sep, value = item.partition("=")
+        if not sep or name not in key_types:
+            known = ", ".join(sorted(key_types))
+            raise SystemExit(f"quiver: error: {item!r}: use KEY=VALUE with a join key ({known})")
+        dtype = key_types[name]
+        parsed: object = value
+        if dtype.name in ("INT64", "INT32"):
+            try:
+                parsed = int(value)
+            except ValueError:
+                raise SystemExit(f"quiver: error: {item!r}: {name} is an integer key") from None
+        elif dtype.name == "BYTES":
+            parsed = value.encode()
+        entities.setdefault(name, []).append(parsed)
+    store = open_online_store(config)
+    try:
+        result = delete_entities(store, snapshot, entities, _views(args.views) or ())
+    finally:
+        store.close()
+    print(
+        f"Deleted {result.rows_deleted} online row(s) from {', '.join(result.feature_views)}. "
+        f"Offline history is not rewritten."
+    )
+    return 0
+
+
 def cmd_init_demo(args: argparse.Namespace) -> int:
     from quiver_server.demo_repo import write_demo_repo
 
@@ -156,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (default: flight.host)")
     p.add_argument("--port", type=int, help="port (default: flight.port, 8815)")
     p.set_defaults(func=cmd_serve_flight)
+
+    p = sub.add_parser(
+        "delete-entity", help="remove entities' online rows (offline history is kept)"
+    )
+    p.add_argument("keys", nargs="+", metavar="KEY=VALUE",
+                   help="join key values, e.g. user_id=42 (repeat for several entities)")
+    p.add_argument("--views", help="comma-separated feature views (default: every view keyed by them)")
+    p.set_defaults(func=cmd_delete_entity)
 
     p = sub.add_parser("init-demo", help="write a sample fraud-detection feature repo")
     p.add_argument("directory")

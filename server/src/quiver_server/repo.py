@@ -129,7 +129,7 @@ def _add(contents: RepoContents, obj: object, file: str) -> None:
     else:
         assert isinstance(obj, FeatureService)
         kind, table = "feature_service", contents.feature_services  # type: ignore[assignment]
-    name: str = obj.name  # type: ignore[attr-defined]
+    name: str = obj.name
     existing = table.get(name)
     if existing is not None and existing != obj:
         raise DefinitionError(
@@ -159,12 +159,13 @@ def _validate(contents: RepoContents) -> None:
         where = f"{contents.origin[('feature_service', service.name)]}: feature service {service.name!r}"
         outputs: dict[str, str] = {}
         for projection in service.projections:
-            view = contents.feature_views.get(projection.view)
-            if view is None:
+            selected = contents.feature_views.get(projection.view)
+            if selected is None:
                 raise DefinitionError(
                     f"{where} selects from feature view {projection.view!r}, which the repo "
                     f"does not define"
                 )
+            view = selected
             for feature in projection.features or view.feature_names:
                 if feature not in view.feature_names:
                     raise DefinitionError(

@@ -11,7 +11,7 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
-from quiver._online_client import OnlineClient
+from quiver._online_client import OnlineClient, PushResult
 from quiver._online_response import OnlineResponse
 from quiver._types import (
     Bool,
@@ -43,6 +43,7 @@ __all__ = [
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
+    "PushResult",
     "QuiverError",
     "String",
     "Timestamp",

@@ -47,7 +47,7 @@ def infer_type(name: str, values: Sequence[Any]) -> ValueType:
     raise ValueError(f"column {name!r} is empty")
 
 
-def to_values(name: str, values: Sequence[Any]) -> value_pb2.Values:
+def to_values(name: str, values: Any) -> value_pb2.Values:
     """Pack one column; Arrow arrays and NumPy arrays are accepted too."""
     value_type = infer_type(name, values)
     if isinstance(values, pa.Array | pa.ChunkedArray):

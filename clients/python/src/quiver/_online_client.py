@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import grpc
+import pyarrow as pa
 
 from quiver._convert import encode_columns
 from quiver._grpc_errors import from_rpc_error
@@ -17,6 +19,36 @@ from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
+
+_PUSH_TARGETS = {
+    "online": pb.PUSH_TARGET_ONLINE,
+    "offline": pb.PUSH_TARGET_OFFLINE,
+    "online_and_offline": pb.PUSH_TARGET_ONLINE_AND_OFFLINE,
+}
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """Rows accepted, and how many of them were older than what is stored online."""
+
+    rows: int
+    superseded: int
+
+
+def _as_table(rows: Any) -> pa.Table:
+    if isinstance(rows, pa.Table):
+        return rows
+    if isinstance(rows, Mapping):
+        return pa.table({name: _as_array(values) for name, values in rows.items()})
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a pandas DataFrame
+        return pa.Table.from_pandas(rows, preserve_index=False)
+    raise InvalidArgumentError.for_field(
+        "rows", f"pass columns, a pyarrow Table or a pandas DataFrame, not {type(rows).__name__}"
+    )
+
+
+def _as_array(values: Any) -> pa.Array:
+    return values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values)
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
 
@@ -108,6 +140,70 @@ class OnlineClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         return OnlineResponse(response, {k: as_list(v) for k, v in entities.items()})
+
+    def push(
+        self,
+        feature_view: str,
+        rows: Mapping[str, Sequence[Any]] | pa.Table | Any,
+        *,
+        to: str = "online",
+        timeout: float | None = None,
+    ) -> PushResult:
+        """Write rows of one feature view to the online store, offline history, or both.
+
+        Args:
+            feature_view: The view's name.
+            rows: Columns (name -> values), a pyarrow Table or a pandas DataFrame,
+                holding every join key, every feature and the event timestamp
+                column (named after the view's source timestamp field). Naive
+                timestamps are read as UTC.
+            to: ``"online"``, ``"offline"`` or ``"online_and_offline"``.
+            timeout: Deadline in seconds; the client default when None.
+
+        Raises:
+            InvalidArgumentError: missing or extra columns, wrong types or null
+                timestamps; nothing is written.
+            NotFoundError: unknown feature view.
+        """
+        target = _PUSH_TARGETS.get(to)
+        if target is None:
+            raise InvalidArgumentError.for_field(
+                "to", f"{to!r} is not a push target; allowed: {', '.join(_PUSH_TARGETS)}"
+            )
+        table = _as_table(rows)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        request = pb.PushFeaturesRequest(
+            feature_view=feature_view, arrow_ipc=sink.getvalue().to_pybytes(), to=target
+        )
+        try:
+            reply = self._stub.PushFeatures(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return PushResult(rows=reply.rows, superseded=reply.rows_superseded)
+
+    def delete_entities(
+        self,
+        entities: Mapping[str, Sequence[Any]],
+        feature_views: Sequence[str] = (),
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Remove entities' online rows (all views keyed by them unless `feature_views`).
+
+        Offline history is not rewritten. Returns the number of rows removed.
+        """
+        try:
+            columns = encode_columns(entities)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError.for_field("entities", str(exc)) from None
+        request = pb.DeleteEntitiesRequest(entities=columns, feature_views=list(feature_views))
+        try:
+            reply = self._stub.DeleteEntities(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return int(reply.rows_deleted)
 
     def close(self) -> None:
         self._channel.close()

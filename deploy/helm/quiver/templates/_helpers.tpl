@@ -137,7 +137,7 @@ Tracing settings go to the standard OTEL_* variables, which every OpenTelemetry 
 */}}
 {{- define "quiver.env" -}}
 {{- $v := .ctx.Values }}
-{{- $t := $v.telemetry.tracing }}
+{{- $t := $v.telemetry.tracing -}}
 - name: QUIVER_REPO
   value: {{ $v.featureRepo.mountPath | quote }}
 - name: HOME
@@ -158,7 +158,7 @@ Tracing settings go to the standard OTEL_* variables, which every OpenTelemetry 
       key: {{ $v.aerospike.auth.passwordKey }}
 {{- end }}
 {{- if $t.enabled }}
-{{- $serviceName := printf "%s-%s" $t.serviceName .component }}
+{{- $serviceName := printf "%s-%s" $t.serviceName .component -}}
 - name: QUIVER_TELEMETRY__TRACING__SERVICE_NAME
   value: {{ $serviceName | quote }}
 - name: OTEL_SERVICE_NAME
@@ -199,16 +199,16 @@ Tracing settings go to the standard OTEL_* variables, which every OpenTelemetry 
 
 {{/* Volumes shared by every pod. */}}
 {{- define "quiver.volumes" -}}
-{{- $v := .Values }}
+{{- $v := .Values -}}
 - name: tmp
   emptyDir:
     sizeLimit: {{ $v.tmpSizeLimit }}
 - name: data
-{{- if $v.persistence.enabled }}
+{{- if $v.persistence.volume }}
+  {{- toYaml $v.persistence.volume | nindent 2 }}
+{{- else }}
   persistentVolumeClaim:
     claimName: {{ include "quiver.claimName" . }}
-{{- else }}
-  emptyDir: {}
 {{- end }}
 {{- if include "quiver.repoFromVolume" . }}
 - name: feature-repo
@@ -250,7 +250,7 @@ Tracing settings go to the standard OTEL_* variables, which every OpenTelemetry 
 {{- end }}
 
 {{- define "quiver.volumeMounts" -}}
-{{- $v := .Values }}
+{{- $v := .Values -}}
 - name: tmp
   mountPath: /tmp
 - name: data
@@ -275,7 +275,7 @@ the chart's quiver.yaml always wins.
 */}}
 {{- define "quiver.initContainers" -}}
 {{- if include "quiver.repoFromVolume" . }}
-{{- $v := .Values }}
+{{- $v := .Values -}}
 - name: feature-repo
   image: {{ include "quiver.image" . }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
@@ -382,5 +382,80 @@ tolerations:
 {{- with $settings.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Egress rules when networkPolicy.egress.restrict is on. */}}
+{{- define "quiver.egressRules" -}}
+{{- $v := .Values }}
+{{- $egress := $v.networkPolicy.egress }}
+# DNS, wherever the cluster runs it.
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- if ne $v.onlineStore.type "sqlite" }}
+{{- $ports := list }}
+{{- range $v.aerospike.hosts }}
+{{- $parts := splitList ":" . }}
+{{- $port := ternary (last $parts) "3000" (gt (len $parts) 1) }}
+{{- $ports = append $ports ($port | int) }}
+{{- end }}
+# Aerospike: the seed ports (every node of a cluster listens on the same port).
+- ports:
+    {{- range $ports | uniq }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $egress.aerospike }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- if $v.telemetry.tracing.enabled }}
+{{- $t := $v.telemetry.tracing }}
+{{- $port := ternary 4317 4318 (eq $t.exporter "otlp_grpc") }}
+{{- if $t.endpoint }}
+{{- $hostParts := splitList ":" (urlParse $t.endpoint).host }}
+{{- if gt (len $hostParts) 1 }}
+{{- $port = last $hostParts | int }}
+{{- end }}
+{{- end }}
+# OpenTelemetry collector.
+- ports:
+    - port: {{ $port }}
+      protocol: TCP
+  {{- with $egress.otlp }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- with $egress.extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks that span several values, which values.schema.json cannot express. Included once, from
+configmap.yaml, so `helm install` and `helm template` stop with the message.
+*/}}
+{{- define "quiver.validate" -}}
+{{- $v := .Values }}
+{{- $s := $v.serving }}
+{{- if le (int $s.terminationGracePeriodSeconds) (add (int $s.preStopSleepSeconds) (ceil $s.graceSeconds | int)) }}
+{{- fail (printf "serving.terminationGracePeriodSeconds (%v) must exceed serving.preStopSleepSeconds + serving.graceSeconds (%v + %v), or in-flight calls are cut off" $s.terminationGracePeriodSeconds $s.preStopSleepSeconds $s.graceSeconds) }}
+{{- end }}
+{{- range $name := list "serving" "flight" }}
+{{- $c := index $v $name }}
+{{- if gt (int $c.autoscaling.minReplicas) (int $c.autoscaling.maxReplicas) }}
+{{- fail (printf "%s.autoscaling.minReplicas (%v) must not exceed %s.autoscaling.maxReplicas (%v)" $name $c.autoscaling.minReplicas $name $c.autoscaling.maxReplicas) }}
+{{- end }}
+{{- if and $v.telemetry.metrics.enabled (eq (int $c.port) (int $v.telemetry.metrics.port)) }}
+{{- fail (printf "%s.port and telemetry.metrics.port are both %v; they must differ" $name $c.port) }}
+{{- end }}
+{{- end }}
+{{- if and (eq $v.onlineStore.type "sqlite") $s.enabled (or $s.autoscaling.enabled (gt (int $s.replicaCount) 1)) }}
+{{- fail "onlineStore.type sqlite is one file for one serving pod: set serving.replicaCount=1 and serving.autoscaling.enabled=false, or use Aerospike" }}
 {{- end }}
 {{- end }}

@@ -19,9 +19,10 @@ _LEN = struct.Struct(">I")
 
 def encode_value(value: Any, dtype: ValueType) -> bytes:
     if dtype in (ValueType.INT64, ValueType.INT32):
-        return b"i" + _INT.pack(value)
+        packed: bytes = _INT.pack(value)
+        return b"i" + packed
     if dtype == ValueType.STRING:
-        data = value.encode()
+        data: bytes = value.encode()
         return b"s" + _LEN.pack(len(data)) + data
     if dtype == ValueType.BYTES:
         return b"b" + _LEN.pack(len(value)) + bytes(value)

@@ -102,7 +102,7 @@ class Snapshot:
             )
         if feature_service:
             service = self.feature_service(feature_service)
-            refs = []
+            refs: list[FeatureRef] = []
             for projection in service.projections:
                 view = self.feature_view(projection.view)
                 names = projection.features or tuple(view.feature_names)

@@ -9,9 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pyarrow as pa
+
 from quiver._types import ValueType
 from quiver.errors import FieldViolation, InvalidArgumentError
+from quiver.serving.v1 import serving_service_pb2 as serving_pb
 from quiver.types.v1 import value_pb2
+from quiver_server.push import PushTarget
+
+PUSH_TARGETS = {
+    serving_pb.PUSH_TARGET_UNSPECIFIED: PushTarget.ONLINE,
+    serving_pb.PUSH_TARGET_ONLINE: PushTarget.ONLINE,
+    serving_pb.PUSH_TARGET_OFFLINE: PushTarget.OFFLINE,
+    serving_pb.PUSH_TARGET_ONLINE_AND_OFFLINE: PushTarget.ONLINE_AND_OFFLINE,
+}
 
 # oneof field name for each type; INT32 keys also accept int64 values.
 FIELD_FOR_TYPE: dict[ValueType, str] = {
@@ -103,3 +114,34 @@ def decode_key_columns(
 def fill_column(values: value_pb2.Values, dtype: ValueType, data: Sequence[Any]) -> None:
     """Write `data` (already zero-filled where absent) into the typed array."""
     getattr(values, FIELD_FOR_TYPE[dtype]).values.extend(data)
+
+
+_TYPE_OF_FIELD = {name: value_type for value_type, name in FIELD_FOR_TYPE.items()}
+
+
+def decode_push_rows(request: serving_pb.PushFeaturesRequest) -> pa.Table:
+    """Pushed rows as an Arrow table, from the IPC stream or the typed columns."""
+    if request.arrow_ipc and request.columns:
+        raise InvalidArgumentError.for_field("arrow_ipc", "send either arrow_ipc or columns, not both")
+    if request.arrow_ipc:
+        try:
+            with pa.ipc.open_stream(request.arrow_ipc) as reader:
+                return reader.read_all()
+        except pa.ArrowInvalid as exc:
+            raise InvalidArgumentError.for_field("arrow_ipc", f"not an Arrow IPC stream: {exc}") from None
+    if not request.columns:
+        raise InvalidArgumentError.for_field("columns", "push at least one column")
+    arrays = {}
+    for name, values in request.columns.items():
+        kind, data = column_values(values)
+        if kind is None:
+            raise InvalidArgumentError.for_field(f"columns.{name}", "column has no values")
+        dtype = _TYPE_OF_FIELD[kind]
+        arrays[name] = pa.array(data, type=pa.int64() if dtype == ValueType.TIMESTAMP else dtype.arrow_type)
+        if dtype == ValueType.TIMESTAMP:
+            arrays[name] = arrays[name].cast(dtype.arrow_type)
+    lengths = {len(a) for a in arrays.values()}
+    if len(lengths) > 1:
+        described = ", ".join(f"{n}={len(a)}" for n, a in sorted(arrays.items()))
+        raise InvalidArgumentError.for_field("columns", f"columns must have the same length, got {described}")
+    return pa.table(arrays)

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import grpc
 
-from quiver.errors import UnimplementedError
+from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
+from quiver_server.deletion import delete_entities
 from quiver_server.online.base import OnlineStore
+from quiver_server.push import push
 from quiver_server.registry.provider import RegistryProvider
-from quiver_server.serving.convert import decode_key_columns, fill_column
+from quiver_server.serving.convert import (
+    PUSH_TARGETS,
+    column_values,
+    decode_key_columns,
+    decode_push_rows,
+    fill_column,
+)
 from quiver_server.serving.online_read import PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
 
 
 class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
-    def __init__(self, registry: RegistryProvider, store: OnlineStore, max_entities: int) -> None:
+    def __init__(
+        self,
+        registry: RegistryProvider,
+        store: OnlineStore,
+        max_entities: int,
+        offline_root: str,
+    ) -> None:
         self._registry = registry
+        self._offline_root = offline_root
         self._store = store
         self._max_entities = max_entities
         self._plans = PlanCache()
@@ -39,7 +54,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         for column in columns:
             out = response.columns.add()
             fill_column(out.values, column.dtype, column.values)
-            out.statuses.extend(column.statuses)
+            out.statuses.extend(column.statuses)  # type: ignore[arg-type]
             out.event_timestamps.extend(column.event_ts)
         return response
 
@@ -47,10 +62,22 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
     def PushFeatures(
         self, request: pb.PushFeaturesRequest, context: grpc.ServicerContext
     ) -> pb.PushFeaturesResponse:
-        raise UnimplementedError("PushFeatures is not available in this release")
+        if not request.feature_view:
+            raise InvalidArgumentError.for_field("feature_view", "name the feature view to push to")
+        snapshot = self._registry.current()
+        table = snapshot.view_table(request.feature_view)
+        rows = decode_push_rows(request)
+        result = push(self._store, table, self._offline_root, rows, PUSH_TARGETS[request.to])
+        return pb.PushFeaturesResponse(rows=result.rows, rows_superseded=result.superseded)
 
     @rpc_errors
     def DeleteEntities(
         self, request: pb.DeleteEntitiesRequest, context: grpc.ServicerContext
     ) -> pb.DeleteEntitiesResponse:
-        raise UnimplementedError("DeleteEntities is not available in this release")
+        entities = {name: list(column_values(values)[1]) for name, values in request.entities.items()}
+        result = delete_entities(
+            self._store, self._registry.current(), entities, list(request.feature_views)
+        )
+        return pb.DeleteEntitiesResponse(
+            rows_deleted=result.rows_deleted, feature_views=result.feature_views
+        )

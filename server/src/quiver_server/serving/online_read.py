@@ -20,10 +20,10 @@ from quiver_server.online.base import OnlineStore, ViewRead, ViewReadResult, Vie
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 
-PRESENT = pb.FEATURE_STATUS_PRESENT
-NULL_VALUE = pb.FEATURE_STATUS_NULL_VALUE
-NOT_FOUND = pb.FEATURE_STATUS_NOT_FOUND
-OUTSIDE_MAX_AGE = pb.FEATURE_STATUS_OUTSIDE_MAX_AGE
+PRESENT: int = pb.FEATURE_STATUS_PRESENT
+NULL_VALUE: int = pb.FEATURE_STATUS_NULL_VALUE
+NOT_FOUND: int = pb.FEATURE_STATUS_NOT_FOUND
+OUTSIDE_MAX_AGE: int = pb.FEATURE_STATUS_OUTSIDE_MAX_AGE
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def read_online(
 
 def _row_statuses(result: ViewReadResult, ttl_seconds: int, now_us: int) -> list[int]:
     oldest = now_us - ttl_seconds * 1_000_000 if ttl_seconds else None
-    statuses = []
+    statuses: list[int] = []
     for ts in result.event_ts:
         if ts is None:
             statuses.append(NOT_FOUND)

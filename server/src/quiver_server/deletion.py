@@ -1,0 +1,74 @@
+"""Removing entities from the online store (privacy requests).
+
+Only online rows are removed. Offline Parquet history is immutable here and
+is not rewritten; erasing it needs a rewrite of the affected files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from quiver import ValueType
+from quiver.errors import InvalidArgumentError
+from quiver_server.online.base import OnlineStore
+from quiver_server.online.keys import encode_keys
+from quiver_server.registry.snapshot import Snapshot
+
+_PYTHON_TYPES: dict[ValueType, type] = {
+    ValueType.INT64: int, ValueType.INT32: int, ValueType.STRING: str, ValueType.BYTES: bytes,
+}
+
+
+@dataclass
+class DeleteResult:
+    rows_deleted: int
+    feature_views: list[str]
+
+
+def delete_entities(
+    store: OnlineStore,
+    snapshot: Snapshot,
+    entities: Mapping[str, Sequence[Any]],
+    views: Sequence[str] = (),
+) -> DeleteResult:
+    """Delete the given entities' rows from `views` (default: every view whose join
+    keys are all given)."""
+    if not entities:
+        raise InvalidArgumentError.for_field("entities", "name at least one join key column")
+    lengths = {name: len(values) for name, values in entities.items()}
+    if len(set(lengths.values())) != 1 or 0 in lengths.values():
+        raise InvalidArgumentError.for_field(
+            "entities", f"join key columns must be non-empty and the same length, got {lengths}"
+        )
+    if views:
+        targets = [snapshot.feature_view(name) for name in views]
+    else:
+        targets = [
+            v for v in snapshot.feature_views.values()
+            if v.online and set(v.join_key_names) <= set(entities)
+        ]
+        if not targets:
+            raise InvalidArgumentError.for_field(
+                "entities", f"no feature view is keyed by {sorted(entities)}"
+            )
+    for view in targets:
+        missing = [k for k in view.join_key_names if k not in entities]
+        if missing:
+            raise InvalidArgumentError.for_field(
+                f"entities.{missing[0]}", f"feature view {view.name!r} needs join keys {missing}"
+            )
+        for key in view.join_keys:
+            python_type = _PYTHON_TYPES[key.dtype]
+            bad = [v for v in entities[key.name] if not isinstance(v, python_type) or isinstance(v, bool)]
+            if bad:
+                raise InvalidArgumentError.for_field(
+                    f"entities.{key.name}",
+                    f"join key is {key.dtype.name.lower()}; got {bad[0]!r}",
+                )
+    deleted = 0
+    for view in targets:
+        keys = encode_keys(view.join_keys, [entities[k] for k in view.join_key_names])
+        deleted += store.delete(snapshot.view_table(view.name), keys)
+    return DeleteResult(deleted, [v.name for v in targets])
