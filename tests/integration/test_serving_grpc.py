@@ -211,7 +211,8 @@ def test_empty_entities_over_the_wire(server: tuple[ServingServer, str, FailingS
     status.ParseFromString(details)
     bad = error_details_pb2.BadRequest()
     assert any(d.Unpack(bad) for d in status.details)
-    assert bad.field_violations[0].field == "entities.user_id"
+    assert bad.field_violations[0].field == "entities"
+    assert bad.field_violations[0].description == "request at least one entity"
 
 
 @pytest.mark.parametrize(

@@ -62,22 +62,15 @@ def cmd_materialize(config: QuiverConfig, args: argparse.Namespace) -> int:
 
     if args.start >= args.end:
         raise SystemExit(f"quiver: error: START ({args.start}) must be before END ({args.end})")
-    results = materialize_range(config, args.start, args.end, _views(args.views), progress=True)
-    _report(results)
+    materialize_range(config, args.start, args.end, _views(args.views), progress=True)
     return 0
 
 
 def cmd_materialize_incremental(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_incremental
 
-    results = materialize_incremental(config, args.end, _views(args.views), progress=True)
-    _report(results)
+    materialize_incremental(config, args.end, _views(args.views), progress=True)
     return 0
-
-
-def _report(results: Sequence[object]) -> None:
-    for result in results:
-        print(result)
 
 
 def cmd_serve(config: QuiverConfig, args: argparse.Namespace) -> int:

@@ -158,7 +158,7 @@ Tracing settings go to the standard OTEL_* variables, which every OpenTelemetry 
       key: {{ $v.aerospike.auth.passwordKey }}
 {{- end }}
 {{- if $t.enabled }}
-{{- $serviceName := printf "%s-%s" $t.serviceName .component -}}
+{{- $serviceName := printf "%s-%s" $t.serviceName .component }}
 - name: QUIVER_TELEMETRY__TRACING__SERVICE_NAME
   value: {{ $serviceName | quote }}
 - name: OTEL_SERVICE_NAME
@@ -221,13 +221,15 @@ Tracing settings go to the standard OTEL_* variables, which every OpenTelemetry 
 {{- else }}
 - name: feature-repo
   projected:
+    # The chart's ConfigMap comes last: on a duplicate file name (quiver.yaml) the later
+    # source wins, so the rendered configuration is the one used.
     sources:
-      - configMap:
-          name: {{ include "quiver.configMapName" . }}
 {{- if $v.featureRepo.existingConfigMap }}
       - configMap:
           name: {{ $v.featureRepo.existingConfigMap }}
 {{- end }}
+      - configMap:
+          name: {{ include "quiver.configMapName" . }}
 {{- end }}
 {{- if and (ne $v.onlineStore.type "sqlite") $v.aerospike.tls.enabled }}
 - name: aerospike-tls
@@ -388,7 +390,7 @@ affinity:
 {{/* Egress rules when networkPolicy.egress.restrict is on. */}}
 {{- define "quiver.egressRules" -}}
 {{- $v := .Values }}
-{{- $egress := $v.networkPolicy.egress }}
+{{- $egress := $v.networkPolicy.egress -}}
 # DNS, wherever the cluster runs it.
 - ports:
     - port: 53

@@ -92,7 +92,7 @@ class _ReadPlan:
     bin_names: object
     table: str
     features: tuple[str, ...]
-    columns: tuple[str, ...]  # quoted bins, aligned with `features`
+    bins: tuple[str | None, ...]  # aligned with `features`; None: no such column yet
     bools: tuple[int, ...]  # positions in `features` holding booleans
     prefix: str
     by_size: dict[int, str] = field(default_factory=dict)
@@ -429,29 +429,34 @@ class SqliteOnlineStore:
 
     def _partial_plan(self, conn: sqlite3.Connection, plan: _ReadPlan) -> _ReadPlan:
         rows = conn.execute(f"PRAGMA table_info({quote(plan.table)})").fetchall()
-        existing = {quote(row[1]) for row in rows}
-        columns = tuple(c if c in existing else "NULL" for c in plan.columns)
+        existing = {row[1] for row in rows}
+        bins = tuple(b if b in existing else None for b in plan.bins)
         return _ReadPlan(
-            plan.view, plan.bin_names, plan.table, plan.features, columns, plan.bools,
-            _select_prefix(plan.table, columns),
+            plan.view, plan.bin_names, plan.table, plan.features, bins, plan.bools,
+            _select_prefix(plan.table, bins),
         )
 
 
 def _build_read_plan(table: ViewTable, features: tuple[str, ...]) -> _ReadPlan:
     view = table.view
-    columns = tuple(quote(_bin(table, f)) for f in features)
+    bins = tuple(_bin(table, f) for f in features)
     bools = tuple(
         i for i, f in enumerate(features) if _feature_type(view, f) == ValueType.BOOL
     )
     name = table_name(table.project, table.name)
     return _ReadPlan(
-        view, table.bin_names, name, features, columns, bools, _select_prefix(name, columns)
+        view, table.bin_names, name, features, bins, bools, _select_prefix(name, bins)
     )
 
 
-def _select_prefix(table: str, columns: Sequence[str]) -> str:
-    selected = ", ".join([quote(KEY), quote(EVENT_TS), *columns])
-    return f"SELECT {selected} FROM {quote(table)} WHERE {quote(KEY)} IN "
+def _select_prefix(table: str, bins: Sequence[str | None]) -> str:
+    # Qualified names: SQLite reads an unknown bare "name" as a string literal
+    # (its double-quoted-string quirk), which would return the bin's name as data.
+    name = quote(table)
+    selected = ", ".join(
+        f"{name}.{quote(b)}" if b is not None else "NULL" for b in (KEY, EVENT_TS, *bins)
+    )
+    return f"SELECT {selected} FROM {name} WHERE {name}.{quote(KEY)} IN "
 
 
 def _build_write_plan(table: ViewTable) -> _WritePlan:

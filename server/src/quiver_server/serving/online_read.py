@@ -120,27 +120,29 @@ def read_online(
     now_us: int | None = None,
 ) -> list[OutputColumn]:
     """Read every view of `plan` in one store call and grade each value."""
-    reads = [
-        ViewRead(
-            part.table,
-            encode_keys(
-                part.table.view.join_keys,
-                [key_columns[name] for name in part.table.view.join_key_names],
-            ),
-            part.features,
-        )
-        for part in plan.parts
-    ]
+    encoded: dict[tuple[str, ...], list[bytes]] = {}
+    reads = []
+    for part in plan.parts:
+        names = tuple(part.table.view.join_key_names)
+        keys = encoded.get(names)
+        if keys is None:
+            # Views of the same entity share their encoded keys.
+            keys = encode_keys(part.table.view.join_keys, [key_columns[n] for n in names])
+            encoded[names] = keys
+        reads.append(ViewRead(part.table, keys, part.features))
     results = store.read(reads)
     if now_us is None:
         now_us = time.time_ns() // 1000
     columns: list[OutputColumn | None] = [None] * len(plan.refs)
     for part, result in zip(plan.parts, results, strict=True):
         view_status = _row_statuses(result, part.table.view.ttl_seconds, now_us)
+        all_present = view_status.count(PRESENT) == count
         event_ts = [ts or 0 for ts in result.event_ts]
         for feature, position in zip(part.features, part.positions, strict=True):
             dtype = plan.refs[position].feature.dtype
-            columns[position] = _grade(dtype, result.values[feature], view_status, event_ts)
+            columns[position] = _grade(
+                dtype, result.values[feature], view_status, all_present, event_ts
+            )
     return columns  # type: ignore[return-value]
 
 
@@ -164,21 +166,23 @@ _ZERO: dict[ValueType, Any] = {
 
 
 def _grade(
-    dtype: ValueType, raw: list[Any], row_status: list[int], event_ts: list[int]
+    dtype: ValueType,
+    raw: list[Any],
+    row_status: list[int],
+    all_present: bool,
+    event_ts: list[int],
 ) -> OutputColumn:
+    # Fast path (the common case): every row found and fresh, no nulls. The
+    # checks run in C, so 100 entities cost about as much as one.
+    if all_present and None not in raw:
+        return OutputColumn(dtype, raw, row_status, event_ts)
     zero = _ZERO[dtype]
-    values: list[Any] = []
-    statuses: list[int] = []
-    for value, status in zip(raw, row_status, strict=True):
-        if status != PRESENT:
-            values.append(zero)
-            statuses.append(status)
-        elif value is None:
-            values.append(zero)
-            statuses.append(NULL_VALUE)
-        else:
-            values.append(value)
-            statuses.append(PRESENT)
+    values = [
+        value if status == PRESENT and value is not None else zero
+        for value, status in zip(raw, row_status, strict=True)
+    ]
+    statuses = [
+        NULL_VALUE if status == PRESENT and value is None else status
+        for value, status in zip(raw, row_status, strict=True)
+    ]
     return OutputColumn(dtype, values, statuses, event_ts)
-
-

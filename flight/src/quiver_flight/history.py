@@ -1,0 +1,363 @@
+"""A feature view's Parquet history: where it is, and the index the join searches.
+
+The index holds, for every (join key, event time) of the history, the one row
+that wins it (greatest created timestamp, then the row that comes last in the
+source), sorted so that a vectorized binary search finds, for any spine row,
+the latest row of its key at or before its time. It is built from the key and
+time columns only; feature columns are read separately, and only those asked
+for.
+
+Row numbers refer to the history in a fixed order: files sorted by path, rows
+in file order. A fingerprint of the file listing (paths, sizes, modification
+times) names that state, so cached indexes and tickets notice any change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from quiver import FeatureView, Field
+from quiver._types import ValueType
+from quiver.errors import FailedPreconditionError
+from quiver_flight.keys import IntArray, KeyEncoder, normalize_key
+from quiver_flight.timestamps import TimestampRangeError, comparison_unit, to_units
+from quiver_server.offline.source import filesystem_and_path, resolve_path
+
+_INT64_MIN = int(np.iinfo(np.int64).min)
+_INT64_MAX = int(np.iinfo(np.int64).max)
+# Composite search keys pack (key id, event time) into 62 bits; when the raw
+# time span does not fit next to the key ids, times are replaced by ranks.
+MAX_COMPOSITE_BITS = 62
+
+
+@dataclass(frozen=True)
+class HistorySource:
+    """The files holding one view's history, as listed at one moment."""
+
+    view: FeatureView
+    location: str
+    filesystem: pafs.FileSystem
+    base: str
+    is_directory: bool
+    files: tuple[str, ...]
+    fingerprint: str
+
+    def source_column(self, name: str) -> str:
+        """The source column that holds join key or feature `name`."""
+        for source, target in self.view.source.field_mapping.items():
+            if target == name:
+                return source
+        return name
+
+    def dataset(self) -> ds.Dataset | None:
+        """The files as one dataset, or None when there are none yet."""
+        if not self.files:
+            return None
+        return ds.dataset(
+            list(self.files),
+            filesystem=self.filesystem,
+            format="parquet",
+            partitioning="hive",
+            partition_base_dir=self.base if self.is_directory else None,
+        )
+
+    def schema(self) -> pa.Schema | None:
+        dataset = self.dataset()
+        return None if dataset is None else dataset.schema
+
+    def describe(self) -> str:
+        return f"feature view {self.view.name!r} (source {self.location!r})"
+
+
+def locate(offline_root: str, view: FeatureView) -> HistorySource:
+    """List the files of `view`'s history.
+
+    Raises:
+        FailedPreconditionError: the source path does not exist.
+    """
+    location = resolve_path(offline_root, view.source.path)
+    fs, path = filesystem_and_path(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FailedPreconditionError(
+            f"feature view {view.name!r}: source {location!r} does not exist",
+            reason="SOURCE_NOT_FOUND",
+            metadata={"feature_view": view.name},
+        )
+    if info.type == pafs.FileType.File:
+        infos = [info]
+    else:
+        found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        infos = sorted(
+            (i for i in found if i.type == pafs.FileType.File and _visible(path, i.path)),
+            key=lambda i: i.path,
+        )
+    digest = hashlib.sha256()
+    for i in infos:
+        digest.update(f"{i.path}\t{i.size}\t{i.mtime_ns}\n".encode())
+    return HistorySource(
+        view=view,
+        location=location,
+        filesystem=fs,
+        base=path,
+        is_directory=info.type == pafs.FileType.Directory,
+        files=tuple(i.path for i in infos),
+        fingerprint=digest.hexdigest()[:32],
+    )
+
+
+def _visible(base: str, path: str) -> bool:
+    # Same rule as pyarrow's dataset discovery: skip "." and "_" prefixed names.
+    relative = path[len(base):].lstrip("/")
+    return not any(part.startswith((".", "_")) for part in relative.split("/"))
+
+
+def check_source_schema(source: HistorySource, features: list[Field]) -> None:
+    """Check that the history has the key, time and feature columns, typed right.
+
+    Raises:
+        FailedPreconditionError: naming the view, the column and what is wrong.
+    """
+    schema = source.schema()
+    if schema is None:
+        return
+    view = source.view
+    wanted: list[tuple[str, str, ValueType | None]] = [
+        (key.name, "join key", key.dtype) for key in view.join_keys
+    ]
+    wanted.append((view.source.timestamp_field, "timestamp field", None))
+    if view.source.created_timestamp_field:
+        wanted.append((view.source.created_timestamp_field, "created timestamp field", None))
+    wanted.extend((f.name, "feature", f.dtype) for f in features)
+    for name, role, value_type in wanted:
+        column = source.source_column(name) if value_type is not None else name
+        index = schema.get_field_index(column)
+        if index < 0:
+            raise FailedPreconditionError(
+                f"{source.describe()} has no column {column!r} for its {role} {name!r}; "
+                f"it has: {', '.join(schema.names)}",
+                reason="SOURCE_SCHEMA",
+                metadata={"feature_view": view.name, "column": column},
+            )
+        arrow_type = schema.field(index).type
+        if value_type is None:
+            ok = pa.types.is_timestamp(arrow_type)
+            expected = "a timestamp"
+        elif role == "join key":
+            ok = normalize_key(pa.array([], type=arrow_type), value_type) is not None
+            expected = value_type.name.lower()
+        else:
+            ok = feature_type_compatible(arrow_type, value_type)
+            expected = value_type.name.lower()
+        if not ok:
+            raise FailedPreconditionError(
+                f"{source.describe()}: column {column!r} ({role} {name!r}) is {arrow_type}, "
+                f"expected {expected}",
+                reason="SOURCE_SCHEMA",
+                metadata={"feature_view": view.name, "column": column},
+            )
+
+
+def feature_type_compatible(arrow_type: pa.DataType, value_type: ValueType) -> bool:
+    """Whether a history column of `arrow_type` can feed a `value_type` feature."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    t = pa.types
+    checks = {
+        ValueType.INT64: t.is_integer,
+        ValueType.INT32: t.is_integer,
+        ValueType.FLOAT64: lambda x: t.is_floating(x) or t.is_integer(x),
+        ValueType.FLOAT32: lambda x: t.is_floating(x) or t.is_integer(x),
+        ValueType.BOOL: t.is_boolean,
+        ValueType.STRING: lambda x: t.is_string(x) or t.is_large_string(x) or t.is_string_view(x),
+        ValueType.BYTES: lambda x: t.is_binary(x) or t.is_large_binary(x) or t.is_binary_view(x)
+        or t.is_fixed_size_binary(x),
+        ValueType.TIMESTAMP: t.is_timestamp,
+    }
+    return bool(checks[value_type](arrow_type))
+
+
+def cast_feature(values: pa.Array, feature: Field, source: HistorySource) -> pa.Array:
+    """A history column as the declared Arrow type of `feature` (naive times read as UTC)."""
+    target = feature.dtype.arrow_type
+    if values.type == target:
+        return values
+    try:
+        return values.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise FailedPreconditionError(
+            f"{source.describe()}: feature {feature.name!r} holds values that do not fit "
+            f"{feature.dtype.name.lower()}: {exc}",
+            reason="SOURCE_VALUES",
+            metadata={"feature_view": source.view.name, "feature": feature.name},
+        ) from None
+
+
+@dataclass(frozen=True)
+class HistoryIndex:
+    """The winning row of every (key, event time), sorted for searching."""
+
+    encoder: KeyEncoder
+    # Sorted, distinct (key id << bits) | time, time being an offset from
+    # `emin` or, when `ranks` is set, a rank into `ranks`.
+    comp: IntArray
+    rowid: IntArray
+    bits: int
+    emin: int
+    ranks: IntArray | None
+    unit: str
+    num_rows: int
+
+    @property
+    def nbytes(self) -> int:
+        ranks = 0 if self.ranks is None else int(self.ranks.nbytes)
+        return self.encoder.nbytes + int(self.comp.nbytes) + int(self.rowid.nbytes) + ranks
+
+    def match(self, kid: IntArray, t_hi: IntArray, t_lo: IntArray, ttl: int) -> IntArray:
+        """For each query, the row number of its point-in-time row, or -1.
+
+        Args:
+            kid: Key ids from `encoder` (-1: unknown key).
+            t_hi: Query times rounded down, in `unit`.
+            t_lo: Query times rounded up, in `unit` (for the ttl bound).
+            ttl: The view's ttl in `unit`; 0 means unlimited.
+        """
+        n = len(kid)
+        if n == 0 or len(self.comp) == 0:
+            return np.full(n, -1, np.int64)
+        bits, mask = self.bits, (1 << self.bits) - 1
+        if self.ranks is None:
+            upper = min(self.emin + mask, _INT64_MAX)
+            lower = max(self.emin - 1, _INT64_MIN)
+            r = np.clip(t_hi, lower, upper) - self.emin
+        else:
+            r = _search_sorted(self.ranks, t_hi) - 1
+        q = np.where(kid >= 0, (kid << bits) + r, -1)
+        pos = _search_sorted(self.comp, q) - 1
+        ok = pos >= 0
+        pos = np.where(ok, pos, 0)
+        found = self.comp[pos]
+        ok &= (found >> bits) == kid
+        if ttl > 0:
+            low = found & mask
+            event = self.emin + low if self.ranks is None else self.ranks[low]
+            ok &= event >= np.maximum(t_lo, _INT64_MIN + ttl) - ttl
+        return np.where(ok, self.rowid[pos], -1)
+
+
+def _search_sorted(haystack: IntArray, needles: IntArray) -> IntArray:
+    """np.searchsorted(side="right") via sorted needles: sequential memory access
+    makes it several times faster than searching random needles."""
+    order = np.argsort(needles)
+    found = np.searchsorted(haystack, needles[order], side="right")
+    result = np.empty(len(needles), dtype=np.int64)
+    result[order] = found
+    return result
+
+
+def build_index(source: HistorySource) -> HistoryIndex:
+    """Read the key and time columns of the history and index them.
+
+    Rows with a null key or a null event time can never match and are left
+    out. A null created timestamp loses to any non-null one.
+    """
+    view = source.view
+    key_columns = [source.source_column(k.name) for k in view.join_keys]
+    ts_column = view.source.timestamp_field
+    created_column = view.source.created_timestamp_field
+    dataset = source.dataset()
+    if dataset is None:
+        empty = KeyEncoder.build([pa.array([], pa.int64()) for _ in key_columns])[0]
+        nothing = np.empty(0, np.int64)
+        return HistoryIndex(empty, nothing, nothing, 1, 0, None, "us", 0)
+    check_source_schema(source, [])
+    columns = [*key_columns, ts_column, *([created_column] if created_column else [])]
+    table = dataset.to_table(columns=list(dict.fromkeys(columns)))
+    num_rows = table.num_rows
+    unit = comparison_unit(table.schema.field(ts_column).type)
+
+    keys = []
+    for key, column in zip(view.join_keys, key_columns, strict=True):
+        normalized = normalize_key(table[column], key.dtype)
+        assert normalized is not None, "checked by check_source_schema"
+        keys.append(normalized)
+    valid = np.ones(num_rows, dtype=bool)
+    for array in [*keys, table[ts_column]]:
+        if array.null_count:
+            valid &= array.is_valid().to_numpy(zero_copy_only=False)
+    try:
+        event = to_units(table[ts_column], unit)
+        created = (
+            to_units(table[created_column], unit)
+            if created_column else np.zeros(num_rows, np.int64)
+        )
+    except TimestampRangeError as exc:
+        raise FailedPreconditionError(
+            f"{source.describe()}: {exc}", reason="SOURCE_VALUES",
+            metadata={"feature_view": view.name},
+        ) from None
+    if created_column and table[created_column].null_count:
+        nulls = ~table[created_column].is_valid().to_numpy(zero_copy_only=False)
+        created[nulls] = _INT64_MIN
+    del table
+
+    rows: IntArray = np.arange(num_rows, dtype=np.int64)
+    if not valid.all():
+        rows = np.flatnonzero(valid).astype(np.int64)
+        keys = [k.take(pa.array(rows)) for k in keys]
+        event, created = event[rows], created[rows]
+    encoder, kid = KeyEncoder.build(keys)
+    comp, bits, emin, ranks = _composite(kid, event, encoder.size)
+    del kid
+    order = np.argsort(comp)
+    comp = comp[order]
+    rowid = rows[order]
+    comp, rowid = _keep_winners(comp, rowid, created[order])
+    return HistoryIndex(encoder, comp, rowid, bits, emin, ranks, unit, num_rows)
+
+
+def _composite(
+    kid: IntArray, event: IntArray, keys: int
+) -> tuple[IntArray, int, int, IntArray | None]:
+    if len(event) == 0:
+        return np.empty(0, np.int64), 1, 0, None
+    key_bits = max(1, keys.bit_length())
+    emin, emax = int(event.min()), int(event.max())
+    span_bits = max(1, (emax - emin).bit_length())
+    if key_bits + span_bits <= MAX_COMPOSITE_BITS:
+        return (kid << span_bits) | (event - emin), span_bits, emin, None
+    ranks, inverse = np.unique(event, return_inverse=True)
+    rank_bits = max(1, len(ranks).bit_length())
+    if key_bits + rank_bits > MAX_COMPOSITE_BITS:  # pragma: no cover - 2^62 rows
+        raise FailedPreconditionError("history too large to index", reason="SOURCE_TOO_LARGE")
+    return (kid << rank_bits) | inverse.astype(np.int64), rank_bits, 0, ranks.astype(np.int64)
+
+
+def _keep_winners(
+    comp: IntArray, rowid: IntArray, created: IntArray
+) -> tuple[IntArray, IntArray]:
+    """Among rows with the same (key, event time), keep the greatest created
+    timestamp, then the greatest row number."""
+    if len(comp) < 2:
+        return comp, rowid
+    same = comp[1:] == comp[:-1]
+    if not same.any():
+        return comp, rowid
+    tied = np.zeros(len(comp), dtype=bool)
+    tied[1:] |= same
+    tied[:-1] |= same
+    at = np.flatnonzero(tied)
+    # Re-sort only the tied rows by (comp, created, row); comp stays sorted.
+    order = np.lexsort((rowid[at], created[at], comp[at]))
+    rowid = rowid.copy()
+    rowid[at] = rowid[at][order]
+    last: npt.NDArray[np.bool_] = np.ones(len(comp), dtype=bool)
+    last[:-1] = ~same
+    return comp[last], rowid[last]

@@ -1,0 +1,515 @@
+"""Materialization: copy the latest history row of every entity into the online store.
+
+For each online feature view and a window ``[start, end)`` of event time:
+
+1. scan the view's Parquet history, reading only the join keys, features and
+   timestamps, with the window as a dataset filter (row groups outside it are
+   skipped from their statistics);
+2. keep each entity's latest row: greatest event timestamp, then greatest
+   created timestamp, then the row read last (a stable Arrow sort, no Python loop);
+3. write those rows through `OnlineStore.write` in chunks.
+
+The store's write rule (online/base.py) makes this safe to repeat and to race
+with pushes: an older row never replaces a newer one, and materializing the
+same window twice changes nothing.
+
+Timestamps: tz-aware columns are converted to UTC; naive timestamp columns are
+taken to be UTC already. Naive `start`/`end` arguments are UTC too.
+
+Every view's source is checked (columns present, types compatible) before
+anything is written, so a repo with one bad source writes nothing at all.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TextIO
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from quiver import FeatureView, ValueType
+from quiver.errors import (
+    DefinitionError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+)
+from quiver.registry.v1 import registry_pb2 as pb
+from quiver_server.config import QuiverConfig
+from quiver_server.offline.source import resolve_path, view_dataset
+from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
+from quiver_server.online.factory import open_online_store
+from quiver_server.online.keys import encode_keys
+from quiver_server.registry.snapshot import Snapshot
+from quiver_server.registry.store import RegistryStore
+
+__all__ = ["ViewMaterialization", "materialize_incremental", "materialize_range"]
+
+EVENT_TS = "__event_ts"
+CREATED_TS = "__created_ts"
+# Rows per OnlineStore.write: one transaction each in SQLite, one batch in Aerospike.
+WRITE_CHUNK_ROWS = 50_000
+# History rows buffered before they are reduced to the latest row per entity, so
+# memory follows the number of entities rather than the length of the history.
+COMPACT_ROWS = 4_000_000
+
+
+@dataclass(frozen=True)
+class ViewMaterialization:
+    """What materializing one view did.
+
+    Attributes:
+        view: The feature view.
+        start: Window start (inclusive); None means the beginning of history.
+        end: Window end (exclusive).
+        rows_read: History rows inside the window.
+        entities: Distinct entities among them, i.e. rows offered to the store.
+        rows_written: Rows the store applied; the rest were superseded by newer
+            rows already online.
+        superseded: Rows the store kept its newer row for.
+        seconds: Wall time for this view.
+    """
+
+    view: str
+    start: datetime | None
+    end: datetime
+    rows_read: int
+    entities: int
+    rows_written: int
+    superseded: int
+    seconds: float
+
+    def __str__(self) -> str:
+        start = self.start.isoformat() if self.start else "beginning"
+        rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.view}: [{start}, {self.end.isoformat()}) {self.rows_read:,} rows read, "
+            f"{self.entities:,} entities, {self.rows_written:,} written "
+            f"({self.superseded:,} superseded) in {self.seconds:.2f} s ({rate:,.0f} rows/s)"
+        )
+
+
+@dataclass(frozen=True)
+class _Column:
+    """One column to read: where it comes from and what it becomes."""
+
+    name: str  # name in the scanned table
+    source: str  # column in the Parquet files
+    kind: str  # "join key", "feature", "timestamp field", ...
+    dtype: ValueType
+
+
+@dataclass(frozen=True)
+class _ViewJob:
+    table: ViewTable
+    start: datetime | None
+    end: datetime
+    dataset: ds.Dataset | None  # None when the window is empty
+    projection: dict[str, ds.Expression]
+    filter: ds.Expression | None
+    key_names: list[str]
+    has_created: bool
+
+
+def materialize_range(
+    config: QuiverConfig,
+    start: datetime,
+    end: datetime,
+    views: Sequence[str] | None = None,
+    progress: bool = True,
+) -> list[ViewMaterialization]:
+    """Materialize history with event time in ``[start, end)``.
+
+    Each view's watermark then becomes `end`, unless it was already later.
+
+    Args:
+        config: The feature repo's configuration.
+        start: Window start, inclusive (naive means UTC).
+        end: Window end, exclusive (naive means UTC).
+        views: Feature views to materialize; default every online view.
+        progress: Draw progress on stderr.
+
+    Returns:
+        One result per view, in order.
+
+    Raises:
+        InvalidArgumentError: `start` is not before `end`, or a named view is not online.
+        NotFoundError: a named view does not exist.
+        DefinitionError: a source lacks a column or has one of the wrong type.
+        FailedPreconditionError: nothing applied yet, or a source path is missing.
+        UnavailableError: the online store cannot be reached.
+    """
+    start, end = _utc(start), _utc(end)
+    if start >= end:
+        raise InvalidArgumentError.for_field(
+            "start", f"must be before end; got start={start.isoformat()}, end={end.isoformat()}"
+        )
+    registry = RegistryStore(config.registry_path)
+    snapshot = registry.latest()
+    tables = _select_views(snapshot, views)
+    return _run(config, registry, [(t, start, end) for t in tables], progress)
+
+
+def materialize_incremental(
+    config: QuiverConfig,
+    end: datetime,
+    views: Sequence[str] | None = None,
+    progress: bool = True,
+) -> list[ViewMaterialization]:
+    """Materialize each view from where the last run stopped up to `end`.
+
+    A view's window starts at its watermark; a view never materialized starts at
+    ``end - ttl``, or at the beginning of its history when its ttl is 0. A view
+    whose watermark is already at or past `end` is reported with zero rows.
+
+    Args and raises as `materialize_range`.
+    """
+    end = _utc(end)
+    registry = RegistryStore(config.registry_path)
+    snapshot = registry.latest()
+    windows: list[tuple[ViewTable, datetime | None, datetime]] = []
+    for table in _select_views(snapshot, views):
+        start = snapshot.watermark(table.name)
+        if start is None and table.view.ttl:
+            start = end - table.view.ttl
+        windows.append((table, start, end))
+    return _run(config, registry, windows, progress)
+
+
+def _select_views(snapshot: Snapshot, names: Sequence[str] | None) -> list[ViewTable]:
+    if names is None:
+        return [
+            snapshot.view_table(name)
+            for name, view in snapshot.feature_views.items()
+            if view.online
+        ]
+    tables = []
+    for name in dict.fromkeys(names):
+        view = snapshot.feature_view(name)  # NotFoundError naming it
+        if not view.online:
+            raise InvalidArgumentError.for_field(
+                "views", f"feature view {name!r} is not online (online=False); nothing to materialize"
+            )
+        tables.append(snapshot.view_table(name))
+    return tables
+
+
+def _run(
+    config: QuiverConfig,
+    registry: RegistryStore,
+    windows: Sequence[tuple[ViewTable, datetime | None, datetime]],
+    progress: bool,
+) -> list[ViewMaterialization]:
+    # Check every source before writing anything.
+    jobs = [_plan(config, table, start, end) for table, start, end in windows]
+    results: list[ViewMaterialization] = []
+    store = open_online_store(config)
+    try:
+        for job in jobs:
+            if job.dataset is None:
+                results.append(ViewMaterialization(job.table.name, job.start, job.end, 0, 0, 0, 0, 0.0))
+                continue
+            results.append(_materialize_view(store, job, _Progress(job.table.name, progress)))
+            _record_watermark(registry, job.table.name, job.end)
+    finally:
+        store.close()
+    return results
+
+
+# -- planning: columns, types, filter -------------------------------------------------
+
+
+def _plan(
+    config: QuiverConfig, table: ViewTable, start: datetime | None, end: datetime
+) -> _ViewJob:
+    view = table.view
+    missing_bins = [f for f in view.feature_names if f not in table.bin_names]
+    if missing_bins:
+        raise FailedPreconditionError(
+            f"feature view {view.name!r}: features {missing_bins} have no storage names in "
+            f"the registry; run `quiver apply`"
+        )
+    if start is not None and start >= end:
+        return _ViewJob(table, start, end, None, {}, None, [], False)
+    dataset = view_dataset(config.offline_root, view)
+    location = resolve_path(config.offline_root, view.source.path)
+    schema = dataset.schema
+    source_of = {name: column for column, name in view.source.field_mapping.items()}
+    columns = [
+        _Column(k.name, source_of.get(k.name, k.name), "join key", k.dtype) for k in view.join_keys
+    ] + [_Column(f.name, source_of.get(f.name, f.name), "feature", f.dtype) for f in view.schema]
+    columns.append(_Column(EVENT_TS, view.source.timestamp_field, "timestamp field", ValueType.TIMESTAMP))
+    created = view.source.created_timestamp_field
+    if created:
+        columns.append(_Column(CREATED_TS, created, "created timestamp field", ValueType.TIMESTAMP))
+
+    projection: dict[str, ds.Expression] = {}
+    for column in columns:
+        found = _source_type(view, location, schema, column)
+        projection[column.name] = _convert(ds.field(column.source), found, column.dtype)
+
+    event_type = schema.field(view.source.timestamp_field).type
+    event = ds.field(view.source.timestamp_field)
+    condition = event < _bound(end, event_type)
+    if start is not None:
+        condition = (event >= _bound(start, event_type)) & condition
+    for key in view.join_keys:
+        # A row without its entity key cannot be stored; skip it.
+        condition = condition & ds.field(source_of.get(key.name, key.name)).is_valid()
+    return _ViewJob(
+        table, start, end, dataset, projection, condition, view.join_key_names, bool(created)
+    )
+
+
+def _source_type(
+    view: FeatureView, location: str, schema: pa.Schema, column: _Column
+) -> pa.DataType:
+    what = f"{column.kind} {column.name!r}" if column.kind in ("join key", "feature") else column.kind
+    expected = column.dtype.name.lower()
+    index = schema.get_field_index(column.source)
+    if index < 0:
+        raise DefinitionError(
+            f"feature view {view.name!r}: source {location!r} has no column {column.source!r} "
+            f"for {what} (expected {expected}); it has: {', '.join(schema.names)}"
+        )
+    found: pa.DataType = schema.field(index).type
+    if not _compatible(column.dtype, found):
+        raise DefinitionError(
+            f"feature view {view.name!r}: column {column.source!r} of source {location!r} "
+            f"({what}) has type {found}, expected {expected}"
+        )
+    return found
+
+
+def _compatible(expected: ValueType, found: pa.DataType) -> bool:
+    """Whether `found` converts to `expected` without changing what values mean.
+
+    Narrower integers and floats widen; wider integers narrow only if every value
+    fits (checked when read); float64 narrows to float32 by rounding, the precision
+    the feature asks for.
+    """
+    if pa.types.is_dictionary(found):
+        found = found.value_type
+    if expected in (ValueType.INT64, ValueType.INT32):
+        return bool(pa.types.is_integer(found))
+    if expected in (ValueType.FLOAT64, ValueType.FLOAT32):
+        return bool(pa.types.is_floating(found))
+    if expected == ValueType.BOOL:
+        return bool(pa.types.is_boolean(found))
+    if expected == ValueType.STRING:
+        return bool(
+            pa.types.is_string(found) or pa.types.is_large_string(found)
+            or pa.types.is_string_view(found)
+        )
+    if expected == ValueType.BYTES:
+        return bool(
+            pa.types.is_binary(found) or pa.types.is_large_binary(found)
+            or pa.types.is_binary_view(found) or pa.types.is_fixed_size_binary(found)
+        )
+    return bool(pa.types.is_timestamp(found))
+
+
+def _convert(field: ds.Expression, found: pa.DataType, dtype: ValueType) -> ds.Expression:
+    """An expression turning the source column into what the store receives."""
+    if dtype == ValueType.TIMESTAMP:
+        # Int microseconds since the epoch, UTC: tz-aware values are stored as UTC
+        # already and naive ones are taken as UTC, so only the unit changes.
+        as_micros = field.cast(
+            options=pc.CastOptions(pa.timestamp("us", tz=found.tz), allow_time_truncate=True)
+        )
+        return as_micros.cast(pa.int64())
+    target = dtype.arrow_type
+    if dtype == ValueType.FLOAT32 and found != target:
+        return field.cast(options=pc.CastOptions(target, allow_float_truncate=True))
+    return field if found == target else field.cast(target)
+
+
+def _bound(value: datetime, column_type: pa.DataType) -> pa.Scalar:
+    """`value` as a scalar of the column's own type, so Parquet statistics prune.
+
+    Rounded up to the column's unit: for an integer count c, ``c >= x`` and
+    ``c < x`` are the same as comparing with ceil(x).
+    """
+    micros = _micros(value)
+    if column_type.unit == "ns":
+        ticks = micros * 1_000
+    else:
+        per_tick = {"s": 1_000_000, "ms": 1_000, "us": 1}[column_type.unit]
+        ticks = -(-micros // per_tick)
+    return pa.scalar(ticks, type=column_type)
+
+
+# -- running -----------------------------------------------------------------------
+
+
+def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) -> ViewMaterialization:
+    began = time.perf_counter()
+    name = job.table.name
+    assert job.dataset is not None
+    scanner = job.dataset.scanner(columns=job.projection, filter=job.filter)
+    latest: pa.Table | None = None
+    pending: list[pa.RecordBatch] = []
+    pending_rows = rows_read = 0
+    try:
+        for batch in scanner.to_reader():
+            if not batch.num_rows:
+                continue
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            rows_read += batch.num_rows
+            progress.update("reading", rows_read)
+            if pending_rows >= max(COMPACT_ROWS, latest.num_rows if latest else 0):
+                latest = _latest_per_key(_concat(latest, pending, scanner), job)
+                pending, pending_rows = [], 0
+        latest = _latest_per_key(_concat(latest, pending, scanner), job)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise DefinitionError(
+            f"feature view {name!r}: its history does not match the definition: {exc}"
+        ) from exc
+    except OSError as exc:
+        raise FailedPreconditionError(f"feature view {name!r}: cannot read its history: {exc}") from exc
+
+    written = superseded = 0
+    entities = latest.num_rows
+    offsets = range(0, entities, WRITE_CHUNK_ROWS)
+    # Convert the next chunk to Python values while the store writes this one:
+    # SQLite releases the GIL while it works, so the two overlap.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="materialize") as pool:
+        upcoming = pool.submit(_write_batch, job, latest.slice(0, WRITE_CHUNK_ROWS))
+        for offset in offsets:
+            batch = upcoming.result()
+            if offset + WRITE_CHUNK_ROWS < entities:
+                chunk = latest.slice(offset + WRITE_CHUNK_ROWS, WRITE_CHUNK_ROWS)
+                upcoming = pool.submit(_write_batch, job, chunk)
+            result = store.write(job.table, batch)
+            written += result.rows - result.superseded
+            superseded += result.superseded
+            progress.update("writing", offset + len(batch), entities)
+    seconds = time.perf_counter() - began
+    outcome = ViewMaterialization(
+        name, job.start, job.end, rows_read, entities, written, superseded, seconds
+    )
+    progress.done(outcome)
+    return outcome
+
+
+def _concat(latest: pa.Table | None, batches: list[pa.RecordBatch], scanner: ds.Scanner) -> pa.Table:
+    tables = [latest] if latest is not None else []
+    tables.append(pa.Table.from_batches(batches, schema=scanner.projected_schema))
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _latest_per_key(table: pa.Table, job: _ViewJob) -> pa.Table:
+    """Each entity's latest row, ordered by key.
+
+    A stable sort by (keys, event, created) puts every entity's winner last
+    among its rows; among rows equal in all three, the one read last wins.
+    """
+    n = table.num_rows
+    if n <= 1:
+        return table
+    order = [(k, "ascending", "at_end") for k in job.key_names]
+    order.append((EVENT_TS, "ascending", "at_end"))
+    if job.has_created:
+        # Rows without a created timestamp lose ties to rows with one.
+        order.append((CREATED_TS, "ascending", "at_start"))
+    indices = pc.sort_indices(table, sort_keys=order)
+    last: pa.Array | None = None
+    for key in job.key_names:
+        column = table.column(key).take(indices).combine_chunks()
+        differs = pc.not_equal(column.slice(1), column.slice(0, n - 1))
+        last = differs if last is None else pc.or_(last, differs)
+    assert last is not None
+    is_last = pa.concat_arrays([last, pa.array([True])])
+    return table.take(indices.filter(is_last))
+
+
+def _write_batch(job: _ViewJob, chunk: pa.Table) -> WriteBatch:
+    view = job.table.view
+    n = chunk.num_rows
+    keys = encode_keys(view.join_keys, [chunk.column(k).to_pylist() for k in job.key_names])
+    created = (
+        chunk.column(CREATED_TS).fill_null(0).to_pylist() if job.has_created else [0] * n
+    )
+    return WriteBatch(
+        keys=keys,
+        event_ts=chunk.column(EVENT_TS).to_pylist(),
+        created_ts=created,
+        features={f: chunk.column(f).to_pylist() for f in view.feature_names},
+    )
+
+
+def _record_watermark(registry: RegistryStore, view: str, end: datetime) -> None:
+    now = datetime.now(UTC)
+
+    def change(proto: pb.Registry) -> str | None:
+        if not any(v.name == view for v in proto.feature_views):
+            return None  # removed by an apply while we ran
+        state = proto.view_meta[view].materialization
+        if not state.HasField("watermark") or state.watermark.ToDatetime(tzinfo=UTC) < end:
+            state.watermark.FromDatetime(end)
+        state.updated_at.FromDatetime(now)
+        return "materialize"
+
+    registry.commit(change)
+
+
+# -- small helpers -----------------------------------------------------------------
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _micros(value: datetime) -> int:
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class _Progress:
+    """A one-line progress report per view on stderr; no dependencies.
+
+    On a terminal the line is redrawn in place; elsewhere (CI logs) a line is
+    printed at most every few seconds so logs stay short.
+    """
+
+    def __init__(self, view: str, enabled: bool, stream: TextIO | None = None) -> None:
+        self.view = view
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.began = self.last = time.monotonic()
+
+    def update(self, phase: str, done: int, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < (0.1 if self.tty else 5.0) and done != total:
+            return
+        self.last = now
+        if total:
+            share = done / total
+            bar = "#" * math.floor(share * 20)
+            text = f"{self.view}: {phase} [{bar:<20}] {done:,}/{total:,} rows"
+        else:
+            text = f"{self.view}: {phase} {done:,} rows"
+        self._emit(f"{text} ({now - self.began:.1f} s)")
+
+    def done(self, outcome: ViewMaterialization) -> None:
+        if self.enabled:
+            self._emit(str(outcome), final=True)
+
+    def _emit(self, text: str, final: bool = False) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+

@@ -1,0 +1,285 @@
+"""How Quiver lays feature rows out in Aerospike: sets, bins, values, the write filter.
+
+Pure functions and small value objects, kept apart from the store so they can be
+tested without a server. See `quiver_server.online.aerospike` for the store.
+
+Layout: one record per (feature view, entity key) in the configured namespace,
+keyed by the entity's canonical key bytes (`quiver_server.online.keys`) in the
+set `set_name(project, view)`. Bins:
+
+- ``_e``: event timestamp, int microseconds since the epoch (UTC);
+- ``_c``: created timestamp, same unit;
+- one bin per feature, named by the registry's short storage name (``f0``, ``f1``,
+  ...; at most 15 characters, never reused), holding the value in its native
+  Aerospike type. A null feature has no bin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aerospike
+from aerospike_helpers import expressions as exp
+
+from quiver import FeatureView
+from quiver._types import ValueType
+from quiver.errors import FailedPreconditionError, InvalidArgumentError
+from quiver_server.online.base import ViewTable
+
+EVENT_BIN = "_e"
+CREATED_BIN = "_c"
+RESERVED_BINS = frozenset({EVENT_BIN, CREATED_BIN})
+MAX_BIN_NAME = 15  # bytes; a server limit
+MAX_SET_NAME = 63  # bytes; a server limit
+
+# Aerospike rejects TTLs above ten years (its MAX_ALLOWED_TTL); a view whose ttl is
+# longer keeps its records forever, which is safe because serving grades max age
+# itself on every read.
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+
+# Set names made only of these are used as they are. Others (or longer ones) are
+# hashed: the server accepts ':' and ';' in a set name, but its info protocol,
+# which asadm and monitoring read, uses them as separators.
+_SAFE_SET_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+# Marks a shortened set name. It is not in the safe alphabet, so no name used as
+# it is can ever equal a shortened one.
+_HASH_MARK = "#"
+_HASH_CHARS = 20  # 80 bits of SHA-256
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def set_name(project: str, view: str) -> str:
+    """The Aerospike set holding `view` of `project`.
+
+    ``"<project>.<view>"`` when that fits in 63 bytes and uses only letters,
+    digits, ``_``, ``.`` and ``-``; otherwise a stable 63-character form: the
+    first 42 characters of that name (unsafe characters replaced by ``_``),
+    ``#`` and 20 hex digits of its SHA-256. View names cannot contain ``.``, so
+    the full form is unambiguous, and only shortened names contain ``#``, so a
+    shortened name never equals a full one.
+    """
+    full = f"{project}.{view}"
+    if len(full) <= MAX_SET_NAME and _SAFE_SET_NAME.match(full):
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:_HASH_CHARS]
+    prefix = _UNSAFE_CHARS.sub("_", full[: MAX_SET_NAME - _HASH_CHARS - len(_HASH_MARK)])
+    return f"{prefix}{_HASH_MARK}{digest}"
+
+
+def record_ttl(view: FeatureView) -> int:
+    """The TTL written with the view's records: its ttl in seconds, or never expire.
+
+    A ttl of 0 (unlimited) maps to the client's `TTL_NEVER_EXPIRE`, not to 0,
+    which would mean the namespace's default-ttl.
+    """
+    seconds = view.ttl_seconds
+    if seconds <= 0 or seconds > MAX_TTL_SECONDS:
+        return int(aerospike.TTL_NEVER_EXPIRE)
+    return seconds
+
+
+def to_micros(value: Any) -> Any:
+    """A timestamp feature value as int microseconds; datetimes (naive = UTC) converted."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        delta = value - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return value
+
+
+def _to_bool(value: Any) -> Any:
+    # Records written by clients that store booleans as integers read back as 0/1.
+    return None if value is None else bool(value)
+
+
+def _to_bytes(value: Any) -> Any:
+    # Older clients return blobs as bytearray; the contract is bytes.
+    return bytes(value) if isinstance(value, bytearray) else value
+
+
+Converter = Callable[[Any], Any]
+
+# Only types that need it are converted: the rest map one to one (int -> integer,
+# float -> double, str -> string, bytes -> blob, bool -> boolean with send_bool_as).
+_ENCODERS: dict[ValueType, Converter] = {ValueType.TIMESTAMP: to_micros}
+_DECODERS: dict[ValueType, Converter] = {ValueType.BOOL: _to_bool, ValueType.BYTES: _to_bytes}
+
+
+def encoder(dtype: ValueType) -> Converter | None:
+    """The conversion a value of `dtype` needs before it is written, if any."""
+    return _ENCODERS.get(dtype)
+
+
+def decoder(dtype: ValueType) -> Converter | None:
+    """The conversion a value of `dtype` needs after it is read, if any."""
+    return _DECODERS.get(dtype)
+
+
+def feature_type(view: FeatureView, feature: str) -> ValueType:
+    """The type of `feature`, or InvalidArgumentError naming the view's features."""
+    try:
+        return view.feature(feature).dtype
+    except KeyError:
+        raise InvalidArgumentError.for_field(
+            "features",
+            f"feature view {view.name!r} has no feature {feature!r}; "
+            f"it has: {', '.join(view.feature_names)}",
+        ) from None
+
+
+def bin_name(table: ViewTable, feature: str) -> str:
+    """The bin of `feature`, checked against Aerospike's rules."""
+    try:
+        name = table.bin_names[feature]
+    except KeyError:
+        feature_type(table.view, feature)  # an unknown feature gets the clearer error
+        raise FailedPreconditionError(
+            f"feature view {table.name!r}: feature {feature!r} has no storage name in the "
+            f"registry; run `quiver apply`",
+            reason="NO_STORAGE_LAYOUT",
+        ) from None
+    if name in RESERVED_BINS or not name or len(name.encode()) > MAX_BIN_NAME:
+        raise FailedPreconditionError(
+            f"feature view {table.name!r}: storage name {name!r} of feature {feature!r} "
+            f"cannot be an Aerospike bin (1-{MAX_BIN_NAME} bytes, not "
+            f"{' or '.join(sorted(RESERVED_BINS))})",
+            reason="NO_STORAGE_LAYOUT",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ReadLayout:
+    """What to read for some features of one view, and how to decode it."""
+
+    view: FeatureView
+    bin_names: Mapping[str, str]
+    set_name: str
+    features: tuple[str, ...]
+    bins: tuple[str, ...]  # aligned with `features`
+    decoders: tuple[Converter | None, ...]  # aligned with `features`
+    read_bins: list[str]  # EVENT_BIN, then `bins` without repeats
+    read_ops: list[dict[str, Any]]  # the same, as batch Read operations
+
+
+def read_layout(table: ViewTable, features: Sequence[str]) -> ReadLayout:
+    """The bins and decoders to read `features` of `table`."""
+    features = tuple(features)
+    bins = tuple(bin_name(table, f) for f in features)
+    decoders = tuple(decoder(feature_type(table.view, f)) for f in features)
+    read_bins = list(dict.fromkeys((EVENT_BIN, *bins)))
+    # The operation dicts `aerospike_helpers.operations.operations.read` builds.
+    read_ops = [{"op": aerospike.OPERATOR_READ, "bin": b} for b in read_bins]
+    return ReadLayout(
+        table.view, table.bin_names, set_name(table.project, table.name), features, bins,
+        decoders, read_bins, read_ops,
+    )
+
+
+@dataclass(frozen=True)
+class WriteLayout:
+    """How rows of one view are written."""
+
+    view: FeatureView
+    bin_names: Mapping[str, str]
+    set_name: str
+    features: tuple[str, ...]  # every feature of the view
+    bins: tuple[str, ...]  # aligned with `features`
+    encoders: tuple[Converter | None, ...]  # aligned with `features`
+    ttl: int
+
+
+def write_layout(table: ViewTable) -> WriteLayout:
+    """The bins, encoders and record TTL to write rows of `table`."""
+    view = table.view
+    features = tuple(view.feature_names)
+    return WriteLayout(
+        view,
+        table.bin_names,
+        set_name(table.project, table.name),
+        features,
+        tuple(bin_name(table, f) for f in features),
+        tuple(encoder(view.feature(f).dtype) for f in features),
+        record_ttl(view),
+    )
+
+
+def compile_write_filter(event_ts: int, created_ts: int) -> list[Any]:
+    """The write rule as an Aerospike filter expression, compiled.
+
+    True when the stored record is absent or older:
+    ``_e`` absent OR ``_e < event_ts`` OR (``_e == event_ts`` AND ``_c <= created_ts``).
+    A write whose filter is false is not applied (result FILTERED_OUT), so the
+    rule holds on the server however many writers race.
+    """
+    compiled: list[Any] = exp.Or(
+        exp.Not(exp.BinExists(EVENT_BIN)),
+        exp.LT(exp.IntBin(EVENT_BIN), event_ts),
+        exp.And(
+            exp.Eq(exp.IntBin(EVENT_BIN), event_ts),
+            exp.LE(exp.IntBin(CREATED_BIN), created_ts),
+        ),
+    ).compile()
+    return compiled
+
+
+class WriteFilter:
+    """`compile_write_filter` for many rows, without building an expression per row.
+
+    A compiled expression is a flat list of ``(op, result_type, fixed, children)``
+    tuples in which constants are ``(VAL, None, {"val": v}, 0)``. The filter is
+    compiled once with two marker values; each call copies that list and puts
+    the row's timestamps where the markers were. Tests compare the result with
+    `compile_write_filter` so a change in the helpers' format cannot go unnoticed.
+    """
+
+    # Values no real timestamp pair uses together, to find the constants' places.
+    _EVENT_MARK = -0x5155_4956_4552_0001
+    _CREATED_MARK = -0x5155_4956_4552_0002
+
+    def __init__(self) -> None:
+        template = compile_write_filter(self._EVENT_MARK, self._CREATED_MARK)
+        self._template = template
+        self._event_at = self._positions(template, self._EVENT_MARK)
+        self._created_at = self._positions(template, self._CREATED_MARK)
+        if not self._event_at or not self._created_at:
+            raise RuntimeError("unexpected compiled expression format from aerospike_helpers")
+        op, result_type, _, children = template[self._event_at[0]]
+        self._value_op = (op, result_type, children)
+
+    @staticmethod
+    def _positions(template: list[Any], mark: int) -> tuple[int, ...]:
+        return tuple(
+            i for i, entry in enumerate(template)
+            if isinstance(entry[2], dict) and entry[2].get("val") == mark
+        )
+
+    def __call__(self, event_ts: int, created_ts: int) -> list[Any]:
+        op, result_type, children = self._value_op
+        expression = self._template.copy()
+        event = (op, result_type, {"val": event_ts}, children)
+        for i in self._event_at:
+            expression[i] = event
+        created = (op, result_type, {"val": created_ts}, children)
+        for i in self._created_at:
+            expression[i] = created
+        return expression
+
+
+def newest_per_key(
+    keys: Sequence[bytes], event_ts: Sequence[int], created_ts: Sequence[int]
+) -> list[int]:
+    """Index of each key's winning row by the write rule (the later row wins ties), sorted."""
+    best: dict[bytes, int] = {}
+    for i, key in enumerate(keys):
+        j = best.get(key)
+        if j is None or (event_ts[i], created_ts[i]) >= (event_ts[j], created_ts[j]):
+            best[key] = i
+    return sorted(best.values())
