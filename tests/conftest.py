@@ -33,3 +33,15 @@ def applied_demo(demo_config: QuiverConfig) -> Iterator[QuiverConfig]:
 
     apply(demo_config)
     yield demo_config
+
+
+@pytest.fixture
+def materialized(applied_demo: QuiverConfig) -> QuiverConfig:
+    """The applied demo repo with its history materialized into the online store."""
+    from datetime import timedelta
+
+    from quiver_server.materialize import materialize_range
+
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
+    return applied_demo

@@ -22,7 +22,6 @@ from quiver.errors import (
 from quiver.registry.v1 import registry_service_pb2 as reg_pb
 from quiver.registry.v1 import registry_service_pb2_grpc as reg_grpc
 from quiver_server.config import QuiverConfig
-from quiver_server.materialize import materialize_range
 from quiver_server.online.base import ViewRead, ViewReadResult, WriteBatch
 from quiver_server.online.keys import encode_keys
 from quiver_server.online.sqlite import SqliteOnlineStore
@@ -41,13 +40,6 @@ class FailingStore(SqliteOnlineStore):
         if self.failing:
             raise UnavailableError("online store sqlite unavailable: disk I/O error")
         return super().read(reads)
-
-
-@pytest.fixture
-def materialized(applied_demo: QuiverConfig) -> QuiverConfig:
-    end = datetime.now(UTC) + timedelta(seconds=1)
-    materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
-    return applied_demo
 
 
 @pytest.fixture

@@ -90,21 +90,35 @@ class FlightConfig(_Model):
 
 
 class TracingConfig(_Model):
-    enabled: bool = False
-    exporter: Literal["otlp_grpc", "otlp_http", "console"] = "otlp_grpc"
+    """OpenTelemetry tracing (docs/observability.md). A field left out of the file
+    falls back to the standard OTEL_* variable that covers it."""
+
+    enabled: bool = Field(False, description="Export spans; also on when OTEL_TRACES_EXPORTER is set.")
+    exporter: Literal["otlp_grpc", "otlp_http", "console"] = Field(
+        "otlp_grpc", description="Default: from OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_PROTOCOL."
+    )
     endpoint: str | None = Field(None, description="Collector endpoint; default from OTEL_* variables.")
-    sampling_ratio: float = Field(1.0, ge=0.0, le=1.0)
-    service_name: str = "quiver"
+    sampling_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, description="parentbased_traceidratio; default: OTEL_TRACES_SAMPLER."
+    )
+    service_name: str | None = Field(
+        None, description="Default: OTEL_SERVICE_NAME, else quiver-<component> (e.g. quiver-serving)."
+    )
 
 
 class MetricsConfig(_Model):
     enabled: bool = True
-    port: int = Field(9464, ge=0, le=65535)
+    port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (not the gRPC port).")
+    host: str = Field("0.0.0.0", description="Address the metrics endpoint binds.")
+    pushgateway: str | None = Field(
+        None, description="host:port of a Pushgateway that batch jobs (materialize) push to."
+    )
 
 
 class LoggingConfig(_Model):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(True, description="One info line per RPC: method, status, duration, entities.")
 
 
 class TelemetryConfig(_Model):

@@ -1,0 +1,69 @@
+"""The telemetry of the call being handled, carried in a context variable.
+
+The gRPC interceptor and the Flight middleware set a `Scope` for the duration of
+a call; the few decorators on business code (`traced`, `traced_encoding`, ...)
+read it. Outside a call, or with tracing and metrics both off, the scope is
+None and a decorated function costs one context-variable lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
+
+from opentelemetry.trace import Tracer
+
+if TYPE_CHECKING:
+    from quiver_server.telemetry.metrics import OnlineMetrics
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Scope:
+    """What instrumented code may use during one call."""
+
+    tracer: Tracer | None = None
+    online: OnlineMetrics | None = None
+    # The caller's trace id when this process does not trace but the caller
+    # does: log lines still carry it, so they can be joined to the caller's trace.
+    remote_trace_id: str | None = None
+
+
+_SCOPE: ContextVar[Scope | None] = ContextVar("quiver_telemetry_scope", default=None)
+
+
+def current_scope() -> Scope | None:
+    return _SCOPE.get()
+
+
+def enter_scope(scope: Scope) -> Token[Scope | None]:
+    return _SCOPE.set(scope)
+
+
+def exit_scope(token: Token[Scope | None]) -> None:
+    _SCOPE.reset(token)
+
+
+def traced(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Run the function in a child span named `name` when the call is traced.
+
+    Untraced, the function runs as is, after one context-variable lookup.
+    """
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(function)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            scope = _SCOPE.get()
+            if scope is None or scope.tracer is None:
+                return function(*args, **kwargs)
+            with scope.tracer.start_as_current_span(name):
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,101 @@
+"""Serving processes: several workers on one port, and draining on shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from quiver import OnlineClient
+from quiver_server.config import QuiverConfig
+from quiver_server.online.sqlite import SqliteOnlineStore
+from quiver_server.serving.server import create_server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_serving(target: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise AssertionError(f"{target} never became SERVING")
+
+
+def test_workers_share_one_port_and_stop_on_sigterm(materialized: QuiverConfig) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quiver_server.cli", "--repo", str(materialized.repo_path), "serve",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env={**os.environ, "QUIVER_TELEMETRY__LOGGING__FORMAT": "json"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_serving(f"127.0.0.1:{port}")
+        time.sleep(0.5)
+        for _ in range(20):
+            # A fresh connection each time, so the kernel can pick either worker.
+            with OnlineClient(f"127.0.0.1:{port}") as client:
+                result = client.get_online_features(features=["user_profile:age"], entities={"user_id": [1]})
+                assert result.statuses("age") == ["PRESENT"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "with 2 workers" in out
+    assert err.count('"event": "stopped"') == 2, err
+
+
+def test_sigterm_drains_in_flight_calls(materialized: QuiverConfig) -> None:
+    store = SqliteOnlineStore(materialized.resolve(materialized.online_store.path))  # type: ignore[union-attr]
+    original = store.read
+    entered = threading.Event()
+
+    def slow(reads: Any) -> Any:
+        entered.set()
+        time.sleep(0.5)
+        return original(reads)
+
+    store.read = slow  # type: ignore[method-assign]
+    app, port = create_server(materialized, "127.0.0.1", 0, store=store)
+    target = f"127.0.0.1:{port}"
+    results: list[object] = []
+
+    def call() -> None:
+        with OnlineClient(target) as client:
+            results.append(client.get_online_features(features=["user_profile:age"], entities={"user_id": [1]}))
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    assert entered.wait(5)
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        stopper = threading.Thread(target=app.stop, args=(5.0,))
+        stopper.start()
+        time.sleep(0.1)
+        # Draining: health reports NOT_SERVING, or new calls are already refused.
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        except grpc.RpcError:
+            pass
+    worker.join(10)
+    stopper.join(10)
+    assert len(results) == 1  # the in-flight call completed
