@@ -202,7 +202,8 @@ def test_two_clients_racing_old_and_new_rows_end_with_the_newest(store: Any, kit
 def test_record_ttl_follows_the_view_ttl(store: Any, raw: Any, kit: Kit) -> None:
     import aerospike
 
-    hourly = ViewTable(kit.project, _view("hourly", timedelta(hours=1), value=Int64), {"value": "f0"})
+    hourly_view = _view("hourly", timedelta(hours=1), value=Int64)
+    hourly = ViewTable(kit.project, hourly_view, {"value": "f0"})
     forever = ViewTable(kit.project, _view("forever", value=Int64), {"value": "f0"})
     for table in (hourly, forever):
         store.write(table, kit.batch(table, [1], T0, value=[1]))
@@ -258,3 +259,14 @@ def test_a_missing_namespace_is_named(kit: Kit) -> None:
             missing.read([kit.request(kit.table(), [1])])
     finally:
         missing.close()
+
+
+def test_a_value_the_client_cannot_store_is_invalid_and_named(store: Any, kit: Kit) -> None:
+    from quiver.errors import InvalidArgumentError
+
+    table = kit.table(features={"a": Int64, "b": String})
+    with pytest.raises(InvalidArgumentError, match="feature 'b' is string but row 1 holds object"):
+        store.write(table, kit.batch(table, [1, 2], T0, a=[1, 2], b=["x", object()]))
+    with pytest.raises(InvalidArgumentError, match="bad value"):
+        store.write(table, kit.batch(table, [1], T0, a=[2**64], b=["x"]))
+    assert kit.read(store, table, [1, 2]).event_ts == [None, None]

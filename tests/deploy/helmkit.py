@@ -153,7 +153,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "networkPolicy": {"enabled": True, "egress": {"restrict": True}},
         "telemetry": {"tracing": {"enabled": True, "endpoint": "http://collector:14317"}},
     },
-    "metrics-off": {"telemetry": {"metrics": {"enabled": False}}, "serviceMonitor": {"enabled": True}},
+    "metrics-off": {
+        "telemetry": {"metrics": {"enabled": False}},
+        "serviceMonitor": {"enabled": True},
+    },
     "minimal-serving-only": {
         "flight": {"enabled": False},
         "materialize": {"enabled": False},

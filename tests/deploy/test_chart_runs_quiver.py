@@ -49,8 +49,12 @@ def _process_env(container: dict[str, Any]) -> dict[str, str]:
 
 def _run(container: dict[str, Any], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(QUIVER), *container["args"]], env=_process_env(container), cwd=cwd,
-        capture_output=True, text=True, timeout=120,
+        [str(QUIVER), *container["args"]],
+        env=_process_env(container),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -69,19 +73,26 @@ def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     made = subprocess.run(
         [str(QUIVER), "init-demo", str(demo), "--users", "20", "--merchants", "5", "--days", "1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert made.returncode == 0, made.stderr
     repo, data = tmp_path / "repo", tmp_path / "volume"
     port = _free_port()
-    out = render({
-        "project": "fraud_detection",
-        "onlineStore": {"type": "sqlite"},
-        "serving": {"replicaCount": 1, "port": port},
-        "telemetry": {"metrics": {"enabled": False}},
-        "persistence": {"mountPath": str(data)},
-        "featureRepo": {"mountPath": str(repo), "files": {"features.py": (demo / "features.py").read_text()}},
-    })
+    out = render(
+        {
+            "project": "fraud_detection",
+            "onlineStore": {"type": "sqlite"},
+            "serving": {"replicaCount": 1, "port": port},
+            "telemetry": {"metrics": {"enabled": False}},
+            "persistence": {"mountPath": str(data)},
+            "featureRepo": {
+                "mountPath": str(repo),
+                "files": {"features.py": (demo / "features.py").read_text()},
+            },
+        }
+    )
     # What kubelet does: the ConfigMap's keys become files; the volume exists.
     repo.mkdir()
     config_map = out.get("ConfigMap", f"{out.fullname}-config")
@@ -96,12 +107,20 @@ def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
 
     serving = _container(out, "serving")
     log_path = tmp_path / "serving.log"
-    with log_path.open("w") as log, subprocess.Popen(
-        [str(QUIVER), *serving["args"]], env=_process_env(serving), cwd=tmp_path,
-        stdout=log, stderr=subprocess.STDOUT,
-    ) as process:
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(
+            [str(QUIVER), *serving["args"]],
+            env=_process_env(serving),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ) as process,
+    ):
         try:
-            probes = {p: serving[p]["grpc"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+            probes = {
+                p: serving[p]["grpc"] for p in ("startupProbe", "readinessProbe", "livenessProbe")
+            }
             deadline = time.monotonic() + 60
             statuses: dict[str, int] = {}
             while time.monotonic() < deadline and process.poll() is None:
@@ -110,7 +129,9 @@ def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
                     break
                 time.sleep(0.2)
             assert process.poll() is None, log_path.read_text()
-            assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), statuses
+            assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), (
+                statuses
+            )
             _, pod = out.workload("serving")
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=pod["terminationGracePeriodSeconds"])
@@ -128,26 +149,38 @@ def test_flight_container_listens_where_its_probes_look(tmp_path: Path) -> None:
         pytest.skip("`quiver serve-flight` needs quiver_flight.server, which is not written yet")
     repo, data = tmp_path / "repo", tmp_path / "volume"
     port = _free_port()
-    out = render({
-        "onlineStore": {"type": "sqlite"},
-        "serving": {"replicaCount": 1},
-        "flight": {"port": port},
-        "telemetry": {"metrics": {"enabled": False}},
-        "persistence": {"mountPath": str(data)},
-        "featureRepo": {"mountPath": str(repo)},
-    })
+    out = render(
+        {
+            "onlineStore": {"type": "sqlite"},
+            "serving": {"replicaCount": 1},
+            "flight": {"port": port},
+            "telemetry": {"metrics": {"enabled": False}},
+            "persistence": {"mountPath": str(data)},
+            "featureRepo": {"mountPath": str(repo)},
+        }
+    )
     repo.mkdir()
     (data / "offline").mkdir(parents=True)
     for name, content in out.get("ConfigMap", f"{out.fullname}-config")["data"].items():
         (repo / name).write_text(content)
     assert _run(_container(out, "apply"), tmp_path).returncode == 0
     flight = _container(out, "flight")
-    probe_port = next(p["containerPort"] for p in flight["ports"] if p["name"] == flight["readinessProbe"]["tcpSocket"]["port"])
+    probe_port = next(
+        p["containerPort"]
+        for p in flight["ports"]
+        if p["name"] == flight["readinessProbe"]["tcpSocket"]["port"]
+    )
     log_path = tmp_path / "flight.log"
-    with log_path.open("w") as log, subprocess.Popen(
-        [str(QUIVER), *flight["args"]], env=_process_env(flight), cwd=tmp_path,
-        stdout=log, stderr=subprocess.STDOUT,
-    ) as process:
+    with (
+        log_path.open("w") as log,
+        subprocess.Popen(
+            [str(QUIVER), *flight["args"]],
+            env=_process_env(flight),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        ) as process,
+    ):
         try:
             deadline, connected = time.monotonic() + 60, False
             while time.monotonic() < deadline and process.poll() is None and not connected:

@@ -25,8 +25,18 @@ from .helmkit import ROOT, chart_defaults
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 BUILD_TOOLS = (
-    "gcc", "g++", "clang", "build-essential", "make", "cmake", "cc1", "gfortran",
-    "python3-dev", "libc6-dev", "rustc", "cargo",
+    "gcc",
+    "g++",
+    "clang",
+    "build-essential",
+    "make",
+    "cmake",
+    "cc1",
+    "gfortran",
+    "python3-dev",
+    "libc6-dev",
+    "rustc",
+    "cargo",
 )
 PACKAGE_INSTALLERS = ("apt-get", "apt ", "apk ", "dnf ", "yum ", "pip install", "pip3 install")
 CHART_COMMANDS = ("serve", "serve-flight", "materialize-incremental", "apply")
@@ -51,8 +61,14 @@ def _parse() -> tuple[dict[str, str], list[Stage]]:
             name, _, default = command.value[0].partition("=")
             args[name] = default
         elif command.cmd == "FROM":
-            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], command.value[0])
-            name = command.value[2] if len(command.value) == 3 and command.value[1].upper() == "AS" else None
+            base = re.sub(
+                r"\$\{(\w+)\}|\$(\w+)", lambda m: args[m.group(1) or m.group(2)], command.value[0]
+            )
+            name = (
+                command.value[2]
+                if len(command.value) == 3 and command.value[1].upper() == "AS"
+                else None
+            )
             stages.append(Stage(base, name))
         else:
             assert stages, f"line {command.start_line}: {command.cmd} before the first FROM"
@@ -122,12 +138,27 @@ FINAL = STAGES[-1]
 
 def test_dockerfile_parses_with_buildkit_parser() -> None:
     known = {
-        "FROM", "ARG", "ENV", "RUN", "COPY", "WORKDIR", "USER", "EXPOSE", "ENTRYPOINT", "CMD",
-        "LABEL", "HEALTHCHECK", "STOPSIGNAL", "VOLUME", "SHELL",
+        "FROM",
+        "ARG",
+        "ENV",
+        "RUN",
+        "COPY",
+        "WORKDIR",
+        "USER",
+        "EXPOSE",
+        "ENTRYPOINT",
+        "CMD",
+        "LABEL",
+        "HEALTHCHECK",
+        "STOPSIGNAL",
+        "VOLUME",
+        "SHELL",
     }
     commands = dockerfile.parse_file(str(DOCKERFILE))
     assert {c.cmd for c in commands} <= known
-    assert "ADD" not in {c.cmd for c in commands}, "COPY only: ADD fetches URLs and unpacks archives"
+    assert "ADD" not in {c.cmd for c in commands}, (
+        "COPY only: ADD fetches URLs and unpacks archives"
+    )
 
 
 def test_multi_stage_build_on_a_slim_python_base() -> None:
@@ -154,7 +185,9 @@ def test_copy_sources_exist_and_are_in_the_build_context() -> None:
                 assert path.exists(), f"line {command.start_line}: COPY {source} does not exist"
                 assert not dockerignored(source), f"COPY {source} is excluded by .dockerignore"
                 if path.is_dir():
-                    files = [p for p in path.rglob("*.py") if not dockerignored(str(p.relative_to(ROOT)))]
+                    files = [
+                        p for p in path.rglob("*.py") if not dockerignored(str(p.relative_to(ROOT)))
+                    ]
                     assert files, f"COPY {source}: no Python file reaches the build context"
 
 
@@ -162,8 +195,11 @@ def test_every_python_package_root_is_copied() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     roots = config["tool"]["setuptools"]["packages"]["find"]["where"]
     copied = {
-        source.rstrip("/") for stage in STAGES for command in stage.of("COPY")
-        if not command.flags for source in _copy_sources(command)
+        source.rstrip("/")
+        for stage in STAGES
+        for command in stage.of("COPY")
+        if not command.flags
+        for source in _copy_sources(command)
     }
     assert set(roots) <= copied
     assert "pyproject.toml" in copied
@@ -223,22 +259,36 @@ def test_exposed_ports_match_the_chart() -> None:
     values = chart_defaults()
     exposed = {int(p.split("/")[0]) for c in FINAL.of("EXPOSE") for p in c.value}
     assert exposed == {
-        values["serving"]["port"], values["flight"]["port"], values["telemetry"]["metrics"]["port"],
+        values["serving"]["port"],
+        values["flight"]["port"],
+        values["telemetry"]["metrics"]["port"],
     }
 
 
 @pytest.mark.parametrize(
     "path",
-    [".venv/bin/python", ".git/config", "tests/unit/test_x.py", "data/online.db",
-     "server/src/quiver_server/__pycache__/cli.cpython-311.pyc", "quiver_feature_store.egg-info/PKG-INFO",
-     ".env", "deploy/helm/quiver/values.yaml", "demo-repo/quiver.yaml"],
+    [
+        ".venv/bin/python",
+        ".git/config",
+        "tests/unit/test_x.py",
+        "data/online.db",
+        "server/src/quiver_server/__pycache__/cli.cpython-311.pyc",
+        "quiver_feature_store.egg-info/PKG-INFO",
+        ".env",
+        "deploy/helm/quiver/values.yaml",
+        "demo-repo/quiver.yaml",
+    ],
 )
 def test_build_context_leaves_out(path: str) -> None:
     assert dockerignored(path)
 
 
 def test_build_context_keeps_sources() -> None:
-    for path in ("pyproject.toml", "server/src/quiver_server/config.py", "clients/python/src/quiver/__init__.py"):
+    for path in (
+        "pyproject.toml",
+        "server/src/quiver_server/config.py",
+        "clients/python/src/quiver/__init__.py",
+    ):
         assert not dockerignored(path), path
 
 
@@ -249,7 +299,9 @@ def test_entrypoint_command_runs_in_the_project_environment() -> None:
     if find_spec("quiver_server.cli") is None:
         pytest.skip("the CLI module quiver_server.cli (console script `quiver`) is not written yet")
     quiver = Path(sys.executable).parent / "quiver"
-    assert quiver.exists(), f"{quiver}: the `quiver` console script is not installed in this environment"
+    assert quiver.exists(), (
+        f"{quiver}: the `quiver` console script is not installed in this environment"
+    )
     result = subprocess.run([str(quiver), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     for command in CHART_COMMANDS:

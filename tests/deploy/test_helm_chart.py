@@ -16,6 +16,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+
 from quiver_server.config import load_config
 
 from .helmkit import (
@@ -69,7 +70,10 @@ def test_ci_values_include_everything_on() -> None:
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
 def test_helm_lint_passes_strictly(values_file: Path) -> None:
     report = helm.lint(
-        CHART_DIR, load_values(values_file), strict=True, namespace=NAMESPACE,
+        CHART_DIR,
+        load_values(values_file),
+        strict=True,
+        namespace=NAMESPACE,
         kube_version=f"v{KUBE_VERSIONS[0]}",
     )
     problems = [m for m in report["messages"] if m["severity"] >= 2]
@@ -104,7 +108,9 @@ def test_notes_render_with_connection_commands(rendered: Rendered) -> None:
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
-def test_manifests_validate_against_kubernetes_schemas(rendered: Rendered, kube_version: str) -> None:
+def test_manifests_validate_against_kubernetes_schemas(
+    rendered: Rendered, kube_version: str
+) -> None:
     failures = []
     for manifest in rendered.manifests:
         if manifest["apiVersion"].startswith("monitoring.coreos.com/"):
@@ -113,7 +119,9 @@ def test_manifests_validate_against_kubernetes_schemas(rendered: Rendered, kube_
             kubernetes_validate.validate(manifest, kube_version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             where = ".".join(str(p) for p in exc.path)
-            failures.append(f"{manifest['kind']}/{manifest['metadata']['name']}: {where}: {exc.message}")
+            failures.append(
+                f"{manifest['kind']}/{manifest['metadata']['name']}: {where}: {exc.message}"
+            )
     assert failures == []
 
 
@@ -133,10 +141,11 @@ def test_rendered_quiver_yaml_is_accepted_by_quiver(rendered: Rendered, tmp_path
     (tmp_path / "quiver.yaml").write_text(
         rendered.get("ConfigMap", f"{rendered.fullname}-config")["data"]["quiver.yaml"]
     )
-    for manifest, pod in rendered.workloads():
+    for _manifest, pod in rendered.workloads():
         for container in pod["containers"]:
             env = {
-                name: entry["value"] for name, entry in env_of(container).items()
+                name: entry["value"]
+                for name, entry in env_of(container).items()
                 if name.startswith("QUIVER_") and "value" in entry
             }
             config = load_config(tmp_path, env=env)
@@ -150,15 +159,23 @@ def test_config_follows_values() -> None:
     assert out["offline_store"]["root"] == "s3://example-features/fraud"
     assert out["registry"] == "/var/lib/quiver/registry"
     assert out["online_store"]["hosts"] == [
-        "aerospike-0.aerospike.db.svc.cluster.local:4333", "[fd00::10]:4333",
+        "aerospike-0.aerospike.db.svc.cluster.local:4333",
+        "[fd00::10]:4333",
     ]
     assert out["online_store"]["user"] == "quiver"
     assert out["serving"] == {
-        "host": "0.0.0.0", "port": 6566, "workers": 2, "max_entities": 500,
-        "max_workers_threads": 32, "grace_seconds": 15,  # configOverrides wins
+        "host": "0.0.0.0",
+        "port": 6566,
+        "workers": 2,
+        "max_entities": 500,
+        "max_workers_threads": 32,
+        "grace_seconds": 15,  # configOverrides wins
     }
     assert out["flight"]["location"] == "grpc+tls://flight.example.com:443"
     assert out["telemetry"]["tracing"]["sampling_ratio"] == 0.05
+    assert (
+        out["telemetry"]["metrics"]["pushgateway"] == "prometheus-pushgateway.monitoring.svc:9091"
+    )
     sqlite = render(VALUE_SETS["sqlite"]).quiver_yaml()["online_store"]
     assert sqlite == {"type": "sqlite", "path": "/var/lib/quiver/online.db"}
 
@@ -194,7 +211,7 @@ def test_flight_probes_use_the_flight_port(rendered: Rendered) -> None:
         pytest.skip("flight disabled in this value set")
     _, pod = rendered.workload("flight")
     (container,) = pod["containers"]
-    assert [p["name"] for p in container["ports"]][0] == "flight"
+    assert next(p["name"] for p in container["ports"]) == "flight"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["tcpSocket"] == {"port": "flight"}
 
@@ -218,7 +235,9 @@ def test_containers_run_hardened(rendered: Rendered) -> None:
             tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
             assert len(tmp) == 1 and tmp[0]["name"] in tmp_volumes, f"{where}: /tmp is an emptyDir"
             assert "memory" in container["resources"]["limits"], where
-            assert container["image"].startswith(rendered.values.get("image", {}).get("repository", "quiver"))
+            assert container["image"].startswith(
+                rendered.values.get("image", {}).get("repository", "quiver")
+            )
 
 
 def test_workloads_use_the_chart_service_account(rendered: Rendered) -> None:
@@ -289,8 +308,12 @@ def test_referenced_config_maps_and_secrets_exist_or_are_user_provided(rendered:
                     check("ConfigMap", ref["name"], [i["key"] for i in ref.get("items", [])], where)
                 if "secret" in source:
                     ref = source["secret"]
-                    check("Secret", ref.get("secretName", ref.get("name", "")),
-                          [i["key"] for i in ref.get("items", [])], where)
+                    check(
+                        "Secret",
+                        ref.get("secretName", ref.get("name", "")),
+                        [i["key"] for i in ref.get("items", [])],
+                        where,
+                    )
         for container in containers(pod):
             for entry in container.get("env", []):
                 value_from = entry.get("valueFrom", {})
@@ -312,7 +335,8 @@ def test_referenced_config_maps_and_secrets_exist_or_are_user_provided(rendered:
 def test_services_target_named_container_ports(rendered: Rendered) -> None:
     pods = {
         m["metadata"]["labels"]["app.kubernetes.io/component"]: pod
-        for m, pod in rendered.workloads() if m["kind"] == "Deployment"
+        for m, pod in rendered.workloads()
+        if m["kind"] == "Deployment"
     }
     for service in rendered.of_kind("Service"):
         pod = pods[service["spec"]["selector"]["app.kubernetes.io/component"]]
@@ -338,7 +362,8 @@ def test_aerospike_tls_and_auth_come_from_user_secrets() -> None:
     out = render(VALUE_SETS["aerospike-tls"])
     tls = out.quiver_yaml()["online_store"]["tls"]
     assert tls == {
-        "enabled": True, "name": "aerospike-cluster",
+        "enabled": True,
+        "name": "aerospike-cluster",
         "cafile": "/etc/quiver/aerospike-tls/ca.crt",
         "certfile": "/etc/quiver/aerospike-tls/tls.crt",
         "keyfile": "/etc/quiver/aerospike-tls/tls.key",
@@ -349,18 +374,29 @@ def test_aerospike_tls_and_auth_come_from_user_secrets() -> None:
         assert {i["path"] for i in volume["secret"]["items"]} == {"ca.crt", "tls.crt", "tls.key"}
         (container,) = pod["containers"]
         mount = next(m for m in container["volumeMounts"] if m["name"] == "aerospike-tls")
-        assert mount == {"name": "aerospike-tls", "mountPath": "/etc/quiver/aerospike-tls", "readOnly": True}
+        assert mount == {
+            "name": "aerospike-tls",
+            "mountPath": "/etc/quiver/aerospike-tls",
+            "readOnly": True,
+        }
         password = env_of(container)["QUIVER_AEROSPIKE_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert password == {"name": "quiver-aerospike-auth", "key": "password"}, manifest["kind"]
-    server_only = render(VALUE_SETS["aerospike-tls-server-only"]).quiver_yaml()["online_store"]["tls"]
+    server_only = render(VALUE_SETS["aerospike-tls-server-only"]).quiver_yaml()["online_store"][
+        "tls"
+    ]
     assert "certfile" not in server_only and server_only["cafile"].endswith("/ca.crt")
-    assert "QUIVER_AEROSPIKE_PASSWORD" not in env_of(render().workload("serving")[1]["containers"][0])
+    assert "QUIVER_AEROSPIKE_PASSWORD" not in env_of(
+        render().workload("serving")[1]["containers"][0]
+    )
 
 
 def test_tracing_goes_to_standard_otel_variables() -> None:
     _, pod = render(VALUE_SETS["tracing"]).workload("serving")
     env = env_of(pod["containers"][0])
-    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://otel-collector.observability.svc:4318"
+    assert (
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"]
+        == "http://otel-collector.observability.svc:4318"
+    )
     assert env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "http/protobuf"
     assert env["OTEL_TRACES_SAMPLER"]["value"] == "parentbased_traceidratio"
     assert env["OTEL_TRACES_SAMPLER_ARG"]["value"] == "0.1"
@@ -376,10 +412,13 @@ def test_tracing_goes_to_standard_otel_variables() -> None:
     assert env_of(cron_pod["containers"][0])["OTEL_SERVICE_NAME"]["value"] == "quiver-materialize"
     full_env = env_of(render(VALUE_SETS["full"]).workload("flight")[1]["containers"][0])
     assert full_env["OTEL_EXPORTER_OTLP_HEADERS"]["valueFrom"]["secretKeyRef"] == {
-        "name": "quiver-otlp-headers", "key": "headers",
+        "name": "quiver-otlp-headers",
+        "key": "headers",
     }
     assert full_env["OTEL_EXPORTER_OTLP_PROTOCOL"]["value"] == "grpc"
-    assert not any(n.startswith("OTEL_") for n in env_of(render().workload("serving")[1]["containers"][0]))
+    assert not any(
+        n.startswith("OTEL_") for n in env_of(render().workload("serving")[1]["containers"][0])
+    )
 
 
 def test_autoscaling_and_disruption_budgets() -> None:
@@ -387,15 +426,20 @@ def test_autoscaling_and_disruption_budgets() -> None:
     for component, low, high in (("serving", 3, 20), ("flight", 2, 6)):
         hpa = out.get("HorizontalPodAutoscaler", f"{FULL}-{component}")
         assert hpa["spec"]["scaleTargetRef"] == {
-            "apiVersion": "apps/v1", "kind": "Deployment", "name": f"{FULL}-{component}",
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": f"{FULL}-{component}",
         }
         assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (low, high)
         assert "replicas" not in out.get("Deployment", f"{FULL}-{component}")["spec"]
         pdb = out.get("PodDisruptionBudget", f"{FULL}-{component}")
-        pod_labels = out.get("Deployment", f"{FULL}-{component}")["spec"]["template"]["metadata"]["labels"]
+        pod_labels = out.get("Deployment", f"{FULL}-{component}")["spec"]["template"]["metadata"][
+            "labels"
+        ]
         assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert out.get("PodDisruptionBudget", f"{FULL}-serving")["spec"] == {
-        "minAvailable": 2, "selector": out.get("PodDisruptionBudget", f"{FULL}-serving")["spec"]["selector"],
+        "minAvailable": 2,
+        "selector": out.get("PodDisruptionBudget", f"{FULL}-serving")["spec"]["selector"],
     }
     assert out.get("PodDisruptionBudget", f"{FULL}-flight")["spec"]["maxUnavailable"] == 1
     metrics = out.get("HorizontalPodAutoscaler", f"{FULL}-serving")["spec"]["metrics"]
@@ -414,10 +458,12 @@ def test_network_policies_select_pods_and_open_their_ports() -> None:
         ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
         assert ingress_ports == {port, 9464}
         egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
-        assert {53, 4333, 4317, 443} <= egress_ports
+        assert {53, 4333, 4317, 9091, 443} <= egress_ports
     jobs = out.get("NetworkPolicy", "quiver-jobs")
     assert jobs["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["materialize", "apply"]
-    custom = render(VALUE_SETS["networkpolicy-egress-tracing"]).get("NetworkPolicy", f"{FULL}-serving")
+    custom = render(VALUE_SETS["networkpolicy-egress-tracing"]).get(
+        "NetworkPolicy", f"{FULL}-serving"
+    )
     assert {p["port"] for r in custom["spec"]["egress"] for p in r["ports"]} == {53, 3000, 14317}
     open_policy = render(VALUE_SETS["networkpolicy-open"]).get("NetworkPolicy", f"{FULL}-serving")
     assert open_policy["spec"]["policyTypes"] == ["Ingress"]
@@ -431,9 +477,11 @@ def test_service_monitor_scrapes_metrics_ports() -> None:
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     selector = monitor["spec"]["selector"]
     selected = [
-        s for s in out.of_kind("Service")
+        s
+        for s in out.of_kind("Service")
         if selector["matchLabels"].items() <= s["metadata"]["labels"].items()
-        and s["metadata"]["labels"]["app.kubernetes.io/component"] in selector["matchExpressions"][0]["values"]
+        and s["metadata"]["labels"]["app.kubernetes.io/component"]
+        in selector["matchExpressions"][0]["values"]
     ]
     scraped = [s for s in selected if any(p["name"] == "metrics" for p in s["spec"]["ports"])]
     assert {s["metadata"]["name"] for s in scraped} == {"quiver-serving", "quiver-flight"}
@@ -460,7 +508,9 @@ def test_apply_job_reruns_only_when_its_inputs_change() -> None:
     def name(values: dict[str, Any]) -> str:
         (job,) = render(values).of_kind("Job")
         assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [
-            "--repo", "/etc/quiver/repo", "apply",
+            "--repo",
+            "/etc/quiver/repo",
+            "apply",
         ]
         return str(job["metadata"]["name"])
 
@@ -477,7 +527,11 @@ def test_feature_repo_from_a_volume_is_assembled_by_an_init_container() -> None:
     _, pod = out.workload("serving")
     (init,) = pod["initContainers"]
     assert init["command"][:2] == ["python", "-c"]
-    assert init["command"][3:] == ["/etc/quiver/repo-source", "/etc/quiver/config", "/etc/quiver/repo"]
+    assert init["command"][3:] == [
+        "/etc/quiver/repo-source",
+        "/etc/quiver/config",
+        "/etc/quiver/repo",
+    ]
     source_mount = next(m for m in init["volumeMounts"] if m["name"] == "repo-source")
     assert source_mount["subPath"] == "feature_repo" and source_mount["readOnly"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -504,7 +558,9 @@ def test_feature_repo_init_script_assembles_the_repo(tmp_path: Path) -> None:
     (config / "..data").mkdir()  # what a ConfigMap mount looks like
     (config / "quiver.yaml").write_text("project: fresh\n")
     target.mkdir()
-    subprocess.run([sys.executable, "-c", script, str(source), str(config), str(target)], check=True)
+    subprocess.run(
+        [sys.executable, "-c", script, str(source), str(config), str(target)], check=True
+    )
     assert (target / "quiver.yaml").read_text() == "project: fresh\n"
     assert (target / "pkg" / "more.py").exists() and (target / "features.py").exists()
     assert not (target / ".git").exists() and not (target / "..data").exists()
@@ -522,34 +578,70 @@ def test_default_feature_repo_is_a_projected_config_map() -> None:
 
 
 BAD_VALUES = {
-    "unknown top-level key": ({"servng": {"port": 1}}, "additional properties 'servng' not allowed"),
-    "port as a string": ({"serving": {"port": "6566"}}, "at '/serving/port': got string, want integer"),
+    "unknown top-level key": (
+        {"servng": {"port": 1}},
+        "additional properties 'servng' not allowed",
+    ),
+    "port as a string": (
+        {"serving": {"port": "6566"}},
+        "at '/serving/port': got string, want integer",
+    ),
     "port out of range": ({"flight": {"port": 70000}}, "at '/flight/port': maximum"),
     "unknown online store": ({"onlineStore": {"type": "redis"}}, "at '/onlineStore/type'"),
     "host without port": ({"aerospike": {"hosts": ["aerospike"]}}, "at '/aerospike/hosts/0'"),
     "no hosts": ({"aerospike": {"hosts": []}}, "at '/aerospike/hosts': minItems"),
     "tls without secret": (
-        {"aerospike": {"tls": {"enabled": True, "name": "as"}}}, "at '/aerospike/tls/existingSecret'",
+        {"aerospike": {"tls": {"enabled": True, "name": "as"}}},
+        "at '/aerospike/tls/existingSecret'",
     ),
-    "user without secret": ({"aerospike": {"auth": {"user": "quiver"}}}, "at '/aerospike/auth/existingSecret'"),
+    "user without secret": (
+        {"aerospike": {"auth": {"user": "quiver"}}},
+        "at '/aerospike/auth/existingSecret'",
+    ),
     "client cert without key": (
-        {"aerospike": {"tls": {"enabled": True, "name": "a", "existingSecret": "s", "certKey": "tls.crt"}}},
+        {
+            "aerospike": {
+                "tls": {"enabled": True, "name": "a", "existingSecret": "s", "certKey": "tls.crt"}
+            }
+        },
         "at '/aerospike/tls/keyKey'",
     ),
-    "sampling ratio above 1": ({"telemetry": {"tracing": {"samplingRatio": 1.5}}}, "at '/telemetry/tracing/samplingRatio': maximum"),
-    "endpoint without scheme": ({"telemetry": {"tracing": {"endpoint": "collector:4317"}}}, "at '/telemetry/tracing/endpoint'"),
-    "root allowed": ({"securityContext": {"runAsNonRoot": False}}, "at '/securityContext/runAsNonRoot'"),
-    "bad cron schedule": ({"materialize": {"schedule": "every hour"}}, "at '/materialize/schedule'"),
-    "bad concurrency policy": ({"materialize": {"concurrencyPolicy": "Queue"}}, "at '/materialize/concurrencyPolicy'"),
-    "misspelled nested key": ({"serving": {"autoscaling": {"maxReplica": 3}}}, "additional properties 'maxReplica' not allowed"),
+    "sampling ratio above 1": (
+        {"telemetry": {"tracing": {"samplingRatio": 1.5}}},
+        "at '/telemetry/tracing/samplingRatio': maximum",
+    ),
+    "endpoint without scheme": (
+        {"telemetry": {"tracing": {"endpoint": "collector:4317"}}},
+        "at '/telemetry/tracing/endpoint'",
+    ),
+    "root allowed": (
+        {"securityContext": {"runAsNonRoot": False}},
+        "at '/securityContext/runAsNonRoot'",
+    ),
+    "bad cron schedule": (
+        {"materialize": {"schedule": "every hour"}},
+        "at '/materialize/schedule'",
+    ),
+    "bad concurrency policy": (
+        {"materialize": {"concurrencyPolicy": "Queue"}},
+        "at '/materialize/concurrencyPolicy'",
+    ),
+    "misspelled nested key": (
+        {"serving": {"autoscaling": {"maxReplica": 3}}},
+        "additional properties 'maxReplica' not allowed",
+    ),
     "autoscaling without a target": (
         {"flight": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}}},
         "at '/flight/autoscaling'",
     ),
     "both repo sources": (
-        {"featureRepo": {"existingConfigMap": "defs", "volume": {"emptyDir": {}}}}, "at '/featureRepo/volume'",
+        {"featureRepo": {"existingConfigMap": "defs", "volume": {"emptyDir": {}}}},
+        "at '/featureRepo/volume'",
     ),
-    "quiver.yaml as a definition file": ({"featureRepo": {"files": {"quiver.yaml": "x"}}}, "at '/featureRepo/files': 'not' failed"),
+    "quiver.yaml as a definition file": (
+        {"featureRepo": {"files": {"quiver.yaml": "x"}}},
+        "at '/featureRepo/files': 'not' failed",
+    ),
     "bad project name": ({"project": "fraud detection"}, "at '/project'"),
 }
 
@@ -577,13 +669,21 @@ def test_bad_values_files_fail_install_and_lint(path: Path) -> None:
 
 CROSS_FIELD = {
     "grace period too short": (
-        {"serving": {"graceSeconds": 30}}, "serving.terminationGracePeriodSeconds (30) must exceed",
+        {"serving": {"graceSeconds": 30}},
+        "serving.terminationGracePeriodSeconds (30) must exceed",
     ),
-    "metrics port clash": ({"telemetry": {"metrics": {"port": 6566}}}, "serving.port and telemetry.metrics.port"),
+    "metrics port clash": (
+        {"telemetry": {"metrics": {"port": 6566}}},
+        "serving.port and telemetry.metrics.port",
+    ),
     "min above max replicas": (
-        {"flight": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}, "flight.autoscaling.minReplicas (5)",
+        {"flight": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},
+        "flight.autoscaling.minReplicas (5)",
     ),
-    "sqlite with replicas": ({"onlineStore": {"type": "sqlite"}}, "onlineStore.type sqlite is one file"),
+    "sqlite with replicas": (
+        {"onlineStore": {"type": "sqlite"}},
+        "onlineStore.type sqlite is one file",
+    ),
 }
 
 
@@ -611,8 +711,7 @@ def test_readme_lists_every_value_with_its_default() -> None:
     rows = _readme_value_rows()
     defaults = chart_defaults()
     undocumented = [
-        p for p in _leaf_paths(defaults)
-        if not any(p == r or p.startswith(r + ".") for r in rows)
+        p for p in _leaf_paths(defaults) if not any(p == r or p.startswith(r + ".") for r in rows)
     ]
     assert undocumented == [], "add these to the values table of deploy/helm/quiver/README.md"
     stale = []
@@ -643,9 +742,46 @@ def test_schema_describes_every_value() -> None:
                 missing.append(where)
             if child.get("type") == "object" and "properties" in child:
                 assert child.get("additionalProperties") is False or key in {
-                    "securityContext", "podSecurityContext",
+                    "securityContext",
+                    "podSecurityContext",
                 }, f"{where} should reject unknown keys"
                 missing += walk(child, f"{where}.")
         return missing
 
     assert walk(schema, "") == []
+
+
+def test_deploy_guide_values_render_and_validate() -> None:
+    """The YAML in deploy/README.md ("Deploy on Kubernetes") is a valid release configuration."""
+    guide = (CHART_DIR.parents[1] / "README.md").read_text()
+    assert "## Deploy on Kubernetes" in guide
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", guide, re.S)]
+    assert len(blocks) >= 2
+    base = blocks[0]
+    for block in blocks:
+        out = render(deep_merge(base, block))
+        for manifest in out.manifests:
+            if not manifest["apiVersion"].startswith("monitoring.coreos.com/"):
+                kubernetes_validate.validate(manifest, KUBE_VERSIONS[0], strict=True)
+    sqlite = deep_merge(
+        load_values(CHART_DIR / "ci" / "sqlite-values.yaml"), {"project": "fraud_detection"}
+    )
+    render(sqlite)
+    # Resource names the guide's commands use, for a release named "quiver".
+    sources = helm.Chart.load(CHART_DIR).render(base, name="quiver", namespace="features")
+    names = {
+        (doc["kind"], doc["metadata"]["name"])
+        for path, text in sources.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    }
+    for kind, name in (
+        ("Service", "quiver-serving"),
+        ("Service", "quiver-serving-headless"),
+        ("Service", "quiver-flight"),
+        ("CronJob", "quiver-materialize"),
+        ("PersistentVolumeClaim", "quiver-data"),
+    ):
+        assert (kind, name) in names, (kind, name)
+        assert name in guide

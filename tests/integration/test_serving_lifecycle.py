@@ -99,3 +99,30 @@ def test_sigterm_drains_in_flight_calls(materialized: QuiverConfig) -> None:
     worker.join(10)
     stopper.join(10)
     assert len(results) == 1  # the in-flight call completed
+
+
+def test_server_starts_before_the_first_apply(demo_config: QuiverConfig) -> None:
+    from quiver.errors import UnavailableError
+    from quiver_server.repo import apply
+
+    app, port = create_server(demo_config, "127.0.0.1", 0)
+    target = f"127.0.0.1:{port}"
+    with app, grpc.insecure_channel(target) as channel, OnlineClient(target) as client:
+        health = health_pb2_grpc.HealthStub(channel)
+        overall = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        serving = health.Check(
+            health_pb2.HealthCheckRequest(service="quiver.serving.v1.FeatureServingService"), timeout=5
+        )
+        # Alive (liveness) but not ready (readiness) until a registry exists.
+        assert overall.status == health_pb2.HealthCheckResponse.SERVING
+        assert serving.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        try:
+            client.get_online_features(features=["user_profile:age"], entities={"user_id": [1]})
+            raise AssertionError("expected UnavailableError")
+        except UnavailableError as exc:
+            assert exc.reason == "REGISTRY_EMPTY"
+            assert "run `quiver apply`" in exc.message
+        apply(demo_config)
+        assert app.registry.refresh()
+        result = client.get_online_features(features=["user_profile:age"], entities={"user_id": [1]})
+        assert result.statuses("age") == ["NOT_FOUND"]  # applied, not yet materialized

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,10 +44,9 @@ def read_values(store: SqliteOnlineStore, t: ViewTable, ids: list[int]) -> list[
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
-    s = SqliteOnlineStore(str(tmp_path / "online.db"))
-    yield s
-    s.close()
+def store(tmp_path: Path) -> Iterator[SqliteOnlineStore]:
+    with SqliteOnlineStore(str(tmp_path / "online.db")) as s:
+        yield s
 
 
 def test_the_file_is_created_in_wal_mode_with_its_directories(tmp_path: Path) -> None:

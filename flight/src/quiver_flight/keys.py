@@ -124,12 +124,13 @@ class _HashColumn:
     @classmethod
     def build(cls, values: pa.Array) -> tuple[_HashColumn, IntArray]:
         encoded = pc.dictionary_encode(values)
-        codes = encoded.indices.cast(pa.int64()).to_numpy()
+        codes: IntArray = np.asarray(encoded.indices.cast(pa.int64()).to_numpy(), np.int64)
         return cls(encoded.dictionary), codes
 
     def encode(self, values: pa.Array) -> IntArray:
         found = pc.index_in(values, value_set=self.dictionary)
-        return found.cast(pa.int64()).fill_null(-1).to_numpy()
+        codes: IntArray = np.asarray(found.cast(pa.int64()).fill_null(-1).to_numpy(), np.int64)
+        return codes
 
 
 _Column = _IntColumn | _HashColumn

@@ -32,8 +32,9 @@ import numpy as np
 import pyarrow as pa
 
 from quiver import FeatureView, Field
-from quiver.errors import InvalidArgumentError
+from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver_flight.cache import ByteBudgetCache
+from quiver_flight.features import FeatureBlock
 from quiver_flight.history import (
     HistoryIndex,
     HistorySource,
@@ -50,8 +51,6 @@ DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 FEATURE_REF_METADATA = b"quiver.feature_ref"
 DEFAULT_CACHE_BYTES = 4 << 30
 DEFAULT_BATCH_ROWS = 65_536
-# Width assumed per value of a variable-width feature when sizing the cache.
-_VARIABLE_WIDTH_ESTIMATE = 32
 
 
 def group_by_view(refs: Sequence[FeatureRef]) -> list[tuple[FeatureView, list[FeatureRef]]]:
@@ -188,16 +187,16 @@ class _ViewJoin:
     index: HistoryIndex
     ttl: int
     kid: IntArray
-    # Whole history columns (cached), or None when they are gathered by scan.
-    columns: list[pa.Array] | None
+    # The features laid out for random access (cached), or None when they
+    # are gathered by one scan of the history into `gathered`.
+    block: FeatureBlock | None
     gathered: list[pa.Array] = field(default_factory=list)
 
     def arrays(self, start: int, stop: int, t_hi: IntArray, t_lo: IntArray) -> list[pa.Array]:
-        if self.columns is None:
+        if self.block is None:
             return [a.slice(start, stop - start) for a in self.gathered]
-        rowid = self.index.match(self.kid[start:stop], t_hi[start:stop], t_lo[start:stop], self.ttl)
-        indices = pa.array(rowid, mask=rowid < 0)
-        return [column.take(indices) for column in self.columns]
+        pos = self.index.match(self.kid[start:stop], t_hi[start:stop], t_lo[start:stop], self.ttl)
+        return self.block.gather(pos)
 
 
 class PointInTimeEngine:
@@ -280,12 +279,15 @@ class PointInTimeEngine:
                     raise InvalidArgumentError.for_field(
                         f"spine.{timestamp_column}", str(exc), reason="SPINE_TIMESTAMP_RANGE"
                     ) from None
-            if join.columns is None:
+            if join.block is None:
                 join.gathered = self._gather_scan(join, *bounds[unit])
         spine_columns = spine.columns
         for start in range(0, spine.num_rows, self.batch_rows):
             stop = min(start + self.batch_rows, spine.num_rows)
             arrays = [_one_array(c.slice(start, stop - start)) for c in spine_columns]
+            # Views are joined one after another: batches are too small for
+            # threads to win against the GIL hand-offs between numpy calls;
+            # parallelism comes from serving several partitions at once.
             for join in joins:
                 arrays.extend(join.arrays(start, stop, *bounds[join.index.unit]))
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -310,7 +312,7 @@ class PointInTimeEngine:
             keys.append(normalized)
         kid = index.encoder.encode(keys)
         ttl = view.ttl_seconds * per_second(index.unit)
-        return _ViewJoin(view, features, source, index, ttl, kid, self._columns(source, index, features))
+        return _ViewJoin(view, features, source, index, ttl, kid, self._block(source, index, features))
 
     def _index(self, source: HistorySource) -> HistoryIndex:
         def build() -> tuple[object, int]:
@@ -321,21 +323,23 @@ class PointInTimeEngine:
         assert isinstance(index, HistoryIndex)
         return index
 
-    def _columns(
+    def _block(
         self, source: HistorySource, index: HistoryIndex, features: list[Field]
-    ) -> list[pa.Array] | None:
-        estimate = index.nbytes + sum(_estimate(f, index.num_rows) for f in features)
-        if estimate > self.cache.max_bytes:
+    ) -> FeatureBlock | None:
+        if index.nbytes + FeatureBlock.estimate(features, index.entries) > self.cache.max_bytes:
             return None
-        keys = [("column", _view_key(source.view), source.fingerprint, f.name, f.dtype) for f in features]
-        found: list[pa.Array | None] = [self.cache.peek(k) for k in keys]
-        missing = [i for i, value in enumerate(found) if value is None]
-        if missing:
-            read = self._read_columns(source, [features[i] for i in missing], index.num_rows)
-            for i, array in zip(missing, read, strict=True):
-                self.cache.put(keys[i], array, int(array.nbytes))
-                found[i] = array
-        return [a for a in found if a is not None]
+
+        def build() -> tuple[object, int]:
+            columns = self._read_columns(source, features, index.num_rows)
+            rowid = pa.array(index.rowid)
+            block = FeatureBlock.build(features, [c.take(rowid) for c in columns])
+            return block, block.nbytes
+
+        key = ("block", _view_key(source.view), source.fingerprint,
+               tuple((f.name, f.dtype) for f in features))
+        block = self.cache.get_or_build(key, build)
+        assert isinstance(block, FeatureBlock)
+        return block
 
     def _read_columns(
         self, source: HistorySource, features: list[Field], num_rows: int
@@ -352,7 +356,7 @@ class PointInTimeEngine:
 
     def _gather_scan(self, join: _ViewJoin, t_hi: IntArray, t_lo: IntArray) -> list[pa.Array]:
         """The features of every spine row, read in one ordered pass over the history."""
-        rowid = join.index.match(join.kid, t_hi, t_lo, join.ttl)
+        rowid = join.index.rows(join.index.match(join.kid, t_hi, t_lo, join.ttl))
         at = np.flatnonzero(rowid >= 0)
         order = np.argsort(rowid[at], kind="stable")
         wanted = rowid[at][order]
@@ -395,12 +399,6 @@ def _view_key(view: FeatureView) -> tuple[object, ...]:
     )
 
 
-def _estimate(feature: Field, rows: int) -> int:
-    arrow_type = feature.dtype.arrow_type
-    width = arrow_type.bit_width // 8 if pa.types.is_primitive(arrow_type) else _VARIABLE_WIDTH_ESTIMATE
-    return rows * max(width, 1)
-
-
 def _one_array(column: pa.ChunkedArray) -> pa.Array:
     if column.num_chunks == 1:
         return column.chunk(0)
@@ -410,8 +408,6 @@ def _one_array(column: pa.ChunkedArray) -> pa.Array:
 
 
 def _changed(source: HistorySource) -> Exception:
-    from quiver.errors import FailedPreconditionError
-
     return FailedPreconditionError(
         f"{source.describe()} changed while it was read; retry",
         reason="HISTORY_CHANGED",

@@ -26,7 +26,6 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
@@ -49,6 +48,7 @@ from quiver_server.online.factory import open_online_store
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
+from quiver_server.telemetry.hooks import traced_materialization, traced_view_materialization
 
 __all__ = ["ViewMaterialization", "materialize_incremental", "materialize_range"]
 
@@ -201,6 +201,7 @@ def _select_views(snapshot: Snapshot, names: Sequence[str] | None) -> list[ViewT
     return tables
 
 
+@traced_materialization
 def _run(
     config: QuiverConfig,
     registry: RegistryStore,
@@ -349,6 +350,7 @@ def _bound(value: datetime, column_type: pa.DataType) -> pa.Scalar:
 # -- running -----------------------------------------------------------------------
 
 
+@traced_view_materialization
 def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) -> ViewMaterialization:
     began = time.perf_counter()
     name = job.table.name
@@ -378,20 +380,12 @@ def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) ->
 
     written = superseded = 0
     entities = latest.num_rows
-    offsets = range(0, entities, WRITE_CHUNK_ROWS)
-    # Convert the next chunk to Python values while the store writes this one:
-    # SQLite releases the GIL while it works, so the two overlap.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="materialize") as pool:
-        upcoming = pool.submit(_write_batch, job, latest.slice(0, WRITE_CHUNK_ROWS))
-        for offset in offsets:
-            batch = upcoming.result()
-            if offset + WRITE_CHUNK_ROWS < entities:
-                chunk = latest.slice(offset + WRITE_CHUNK_ROWS, WRITE_CHUNK_ROWS)
-                upcoming = pool.submit(_write_batch, job, chunk)
-            result = store.write(job.table, batch)
-            written += result.rows - result.superseded
-            superseded += result.superseded
-            progress.update("writing", offset + len(batch), entities)
+    for offset in range(0, entities, WRITE_CHUNK_ROWS):
+        chunk = latest.slice(offset, WRITE_CHUNK_ROWS)
+        result = store.write(job.table, _write_batch(job, chunk))
+        written += result.rows - result.superseded
+        superseded += result.superseded
+        progress.update("writing", offset + chunk.num_rows, entities)
     seconds = time.perf_counter() - began
     outcome = ViewMaterialization(
         name, job.start, job.end, rows_read, entities, written, superseded, seconds

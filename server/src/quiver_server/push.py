@@ -18,6 +18,7 @@ from quiver.errors import FieldViolation, InvalidArgumentError
 from quiver_server.offline.append import append_history
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.keys import encode_keys
+from quiver_server.telemetry.hooks import traced_push
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 # Lossless widenings accepted on push; anything else must match the declared type.
@@ -134,6 +135,7 @@ def to_write_batch(view: FeatureView, rows: pa.Table) -> WriteBatch:
     return WriteBatch(keys=keys, event_ts=event, created_ts=created, features=features)
 
 
+@traced_push
 def push(
     store: OnlineStore,
     table: ViewTable,

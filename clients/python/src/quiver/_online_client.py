@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pyarrow as pa
@@ -17,6 +17,9 @@ from quiver._online_response import OnlineResponse, as_list
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,13 @@ class OnlineClient:
         timeout: Default deadline of each call, in seconds.
         credentials: TLS credentials; plaintext when None.
         options: Extra gRPC channel options.
-        interceptors: Client interceptors (e.g. for tracing).
+        interceptors: Client interceptors.
+        tracing: Trace every call with OpenTelemetry: a client span per call whose
+            context travels to the server as W3C ``traceparent`` metadata, so the
+            server's spans join the caller's trace. True uses the globally
+            configured tracer provider; pass a ``TracerProvider`` to use that one.
+            Needs ``opentelemetry-api`` (not a dependency of this package);
+            ImportError says so when it is missing. Off by default.
 
     Example::
 
@@ -79,6 +88,7 @@ class OnlineClient:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
+        tracing: bool | TracerProvider = False,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -87,6 +97,11 @@ class OnlineClient:
             if credentials is not None
             else grpc.insecure_channel(target, options=list(options))
         )
+        if tracing is not False:
+            # Imported only now: the client does not depend on OpenTelemetry.
+            from quiver._tracing import client_interceptor
+
+            interceptors = [client_interceptor(target, tracing), *interceptors]
         if interceptors:
             channel = grpc.intercept_channel(channel, *interceptors)
         self._channel = channel

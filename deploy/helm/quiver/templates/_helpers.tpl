@@ -125,7 +125,11 @@ the rendered file with that model.
 {{- if $t.tracing.endpoint }}
 {{- $_ := set $tracing "endpoint" $t.tracing.endpoint }}
 {{- end }}
-{{- $telemetry := dict "tracing" $tracing "metrics" (dict "enabled" $t.metrics.enabled "port" $t.metrics.port) "logging" (dict "format" $t.logging.format "level" $t.logging.level) }}
+{{- $metrics := dict "enabled" $t.metrics.enabled "port" $t.metrics.port }}
+{{- if $t.metrics.pushgateway }}
+{{- $_ := set $metrics "pushgateway" $t.metrics.pushgateway }}
+{{- end }}
+{{- $telemetry := dict "tracing" $tracing "metrics" $metrics "logging" (dict "format" $t.logging.format "level" $t.logging.level) }}
 {{- $config := dict "project" $v.project "description" $v.description "registry" (default (printf "%s/registry" $data) $v.registryPath) "offline_store" (dict "root" (default (printf "%s/offline" $data) $v.offlineStore.root)) "online_store" $online "serving" $serving "flight" $flight "telemetry" $telemetry }}
 {{- $config = mustMergeOverwrite $config (deepCopy $v.configOverrides) }}
 {{- toYaml $config }}
@@ -432,6 +436,12 @@ affinity:
   to:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+{{- with $v.telemetry.metrics.pushgateway }}
+# Prometheus Pushgateway (batch job metrics).
+- ports:
+    - port: {{ last (splitList ":" .) | int }}
+      protocol: TCP
 {{- end }}
 {{- with $egress.extra }}
 {{ toYaml . }}

@@ -20,15 +20,13 @@ which surface as FailedPreconditionError (ForbiddenError, code 22).
 Failures: while the cluster cannot be reached, calls raise UnavailableError at
 once, naming the cause; timeouts raise DeadlineExceededError. The store can be
 created while the cluster is down (the server starts and reports NOT_SERVING);
-it then retries connecting at most once per `RECONNECT_INTERVAL_SECONDS`, from
-calls and from `healthy()`. Once connected, the client's own tend thread follows
-the cluster as nodes leave and come back.
+it then retries connecting at most once a second, from calls and from
+`healthy()` (see `aerospike_connection`).
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,36 +34,28 @@ from itertools import repeat
 from typing import Any
 
 import aerospike
-import structlog
 from aerospike import exception as aerospike_exception
 from aerospike_helpers.batch.records import BatchRecords, Read, Write
 
-from quiver.errors import InvalidArgumentError, QuiverError, UnavailableError
+from quiver.errors import InvalidArgumentError, QuiverError
 from quiver_server.config import AerospikeOnlineStoreConfig
+from quiver_server.online.aerospike_connection import Connection
 from quiver_server.online.aerospike_layout import (
     CREATED_BIN,
     EVENT_BIN,
     ReadLayout,
     WriteFilter,
     WriteLayout,
+    find_bad_value,
     newest_per_key,
     read_layout,
     write_layout,
 )
 from quiver_server.online.aerospike_policy import (
-    BATCH_FAILED,
     FILTERED_OUT,
-    FORBIDDEN,
     OK,
-    PARAM_ERROR,
     RECORD_NOT_FOUND,
-    client_config,
-    describe_code,
-    describe_exception,
-    error_for_code,
     read_policy,
-    redacted,
-    write_policy,
 )
 from quiver_server.online.base import (
     ViewRead,
@@ -74,13 +64,6 @@ from quiver_server.online.base import (
     WriteBatch,
     WriteResult,
 )
-
-log = structlog.get_logger(__name__)
-
-# How often a store without a connection tries again (calls in between fail at once).
-RECONNECT_INTERVAL_SECONDS = 1.0
-# Budget of the info ping behind `healthy()`.
-HEALTH_TIMEOUT_MS = 500
 
 _WRITE = aerospike.OPERATOR_WRITE
 _REPLACE = aerospike.POLICY_EXISTS_CREATE_OR_REPLACE
@@ -113,19 +96,11 @@ class AerospikeOnlineStore:
         self.config = config
         self.project = project
         self.namespace = config.namespace
-        self._client_config = client_config(config)
         self._read_policy = read_policy(config)
-        self._write_policy = write_policy(config)
-        self._where = f"online store aerospike at {','.join(config.hosts)} (namespace {self.namespace!r})"
-        self._client: aerospike.Client | None = None
-        self._lock = threading.Lock()  # held while connecting or closing
-        self._closed = False
-        self._last_attempt = float("-inf")
-        self._last_error = "not connected yet"
         self._read_layouts: dict[tuple[str, str, tuple[str, ...]], ReadLayout] = {}
         self._write_layouts: dict[tuple[str, str], WriteLayout] = {}
         self._filter = WriteFilter()
-        self._try_connect()
+        self._connection = Connection(config)
 
     # -- OnlineStore -----------------------------------------------------------------
 
@@ -168,16 +143,29 @@ class AerospikeOnlineStore:
             event_ts = [event_ts[i] for i in picked]
             created_ts = [created_ts[i] for i in picked]
             columns = [[column[i] for i in picked] for column in columns]
-        client = self._connected()
+        client = self._connection.client()
         written = superseded = 0
         size = self.config.batch_size
-        rows = list(zip(keys, event_ts, created_ts, *columns, strict=True))
-        for start in range(0, len(rows), size):
-            chunk = rows[start : start + size]
-            records = self._write_records(layout, chunk)
+        for start in range(0, len(keys), size):
+            end = start + size
             action = f"writing feature view {table.name!r}"
-            with self._errors(action):
-                result = client.batch_write(BatchRecords(records))
+            chunk = [column[start:end] for column in columns]
+            with _gc_paused():
+                records = self._write_records(
+                    layout, keys[start:end], event_ts[start:end], created_ts[start:end], chunk
+                )
+                try:
+                    with self._connection.errors(action):
+                        result = client.batch_write(BatchRecords(records))
+                except QuiverError as exc:
+                    # The client's generic error for a value it cannot serialize.
+                    if type(exc.__cause__) is aerospike_exception.ClientError:
+                        problem = find_bad_value(layout.view, layout.features, chunk)
+                        if problem is not None:
+                            raise InvalidArgumentError(
+                                f"{self._connection.where}: {action}: bad value: {problem}"
+                            ) from exc.__cause__
+                    raise
             applied, filtered, failed = 0, 0, None
             for record in result.batch_records:
                 code = record.result
@@ -188,7 +176,7 @@ class AerospikeOnlineStore:
                 elif failed is None:
                     failed = code
             if applied + filtered != len(records):
-                raise self._batch_error(
+                raise self._connection.batch_error(
                     client,
                     result,
                     failed,
@@ -213,24 +201,26 @@ class AerospikeOnlineStore:
             keys.extend((namespace, set_name, bytearray(k)) for k in unique)
         if not keys:
             return [_not_found(span.layout.features, 0) for span in spans]
-        client = self._connected()
+        client = self._connection.client()
         action = f"reading {len(keys)} records of {len(spans)} feature views"
         first = spans[0].layout.read_bins
-        with self._errors(action):
+        with self._connection.errors(action):
             if all(span.layout.read_bins == first for span in spans):
                 # One list of bins for every record: the lightest batch call.
                 result = client.batch_read(keys, first, self._read_policy)
             else:
                 # Views asking for different bins: one Read per record, still one call.
-                records = [
+                requests = [
                     Read(key, span.layout.read_ops)
                     for span in spans
                     for key in keys[span.start : span.start + span.count]
                 ]
-                result = client.batch_write(BatchRecords(records), self._read_policy)
+                result = client.batch_write(BatchRecords(requests), self._read_policy)
         records = result.batch_records
         if len(records) != len(keys):
-            raise self._batch_error(client, result, None, f"{action}: the batch did not complete")
+            raise self._connection.batch_error(
+                client, result, None, f"{action}: the batch did not complete"
+            )
         bins: list[dict[str, Any] | None] = []
         for record in records:
             code = record.result
@@ -239,7 +229,9 @@ class AerospikeOnlineStore:
             elif code == RECORD_NOT_FOUND:
                 bins.append(None)
             else:
-                raise self._batch_error(client, result, code, f"{action}: a record could not be read")
+                raise self._connection.batch_error(
+                    client, result, code, f"{action}: a record could not be read"
+                )
         return [self._view_result(span, bins) for span in spans]
 
     def delete(self, table: ViewTable, keys: Sequence[bytes]) -> int:
@@ -247,7 +239,7 @@ class AerospikeOnlineStore:
         unique = list(dict.fromkeys(keys))
         if not unique:
             return 0
-        client = self._connected()
+        client = self._connection.client()
         namespace = self.namespace
         set_name = self._write_layout(table).set_name
         action = f"deleting from feature view {table.name!r}"
@@ -255,45 +247,30 @@ class AerospikeOnlineStore:
         size = self.config.batch_size
         for start in range(0, len(unique), size):
             chunk = [(namespace, set_name, bytearray(k)) for k in unique[start : start + size]]
-            with self._errors(action):
+            with self._connection.errors(action):
                 result = client.batch_remove(chunk)
             records = result.batch_records
             if len(records) != len(chunk):
-                raise self._batch_error(
+                raise self._connection.batch_error(
                     client, result, None, f"{action}: the batch did not complete"
                 )
             for record in records:
                 if record.result == OK:
                     deleted += 1
                 elif record.result != RECORD_NOT_FOUND:
-                    raise self._batch_error(
+                    raise self._connection.batch_error(
                         client, result, record.result,
                         f"{action}: a record could not be removed (removed before: {deleted})",
                     )
         return deleted
 
     def healthy(self) -> bool:
-        """Whether the cluster answers an info ping within `HEALTH_TIMEOUT_MS`.
-
-        Also the place a store without a connection retries, so a server that
-        started while the cluster was down recovers without any request.
-        """
-        client = self._client or self._try_connect()
-        if client is None or not client.is_connected():
-            return False
-        try:
-            reply = client.info_random_node("status", {"timeout": HEALTH_TIMEOUT_MS})
-        except aerospike_exception.AerospikeError:
-            return False
-        return "ok" in str(reply)
+        """Whether the cluster answers an info ping right now (and a reconnect, if due)."""
+        return self._connection.healthy()
 
     def close(self) -> None:
         """Close the connection; later calls raise UnavailableError."""
-        with self._lock:
-            self._closed = True
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._connection.close()
 
     def __enter__(self) -> AerospikeOnlineStore:
         return self
@@ -302,108 +279,7 @@ class AerospikeOnlineStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"AerospikeOnlineStore({redacted(self._client_config)['hosts']!r}, {self.namespace!r})"
-
-    # -- connection ------------------------------------------------------------------
-
-    def _connected(self) -> aerospike.Client:
-        """The client, connecting first if due; UnavailableError when there is none."""
-        client = self._client or self._try_connect()
-        if client is None:
-            if self._closed:
-                raise UnavailableError(f"{self._where} is closed")
-            raise UnavailableError(
-                f"{self._where} unavailable: cannot connect: {self._last_error} "
-                f"(retrying at most every {RECONNECT_INTERVAL_SECONDS:g}s)"
-            )
-        return client
-
-    def _try_connect(self) -> aerospike.Client | None:
-        """Connect unless connected, closed, tried too recently or being tried by another thread."""
-        if self._closed or time.monotonic() - self._last_attempt < RECONNECT_INTERVAL_SECONDS:
-            return self._client
-        if not self._lock.acquire(blocking=False):
-            return self._client  # another thread is connecting; do not queue behind it
-        try:
-            if self._client is not None or self._closed:
-                return self._client
-            self._last_attempt = time.monotonic()
-            try:
-                client = aerospike.client(self._client_config)
-            except aerospike_exception.ParamError as exc:
-                # A configuration the client rejects: retrying cannot help.
-                raise InvalidArgumentError.for_field(
-                    "online_store", f"the Aerospike client rejects it: {describe_exception(exc)}"
-                ) from exc
-            except aerospike_exception.AerospikeError as exc:
-                self._last_error = describe_exception(exc)
-                log.warning("aerospike connect failed", where=self._where, error=self._last_error)
-                return None
-            problem = self._check_namespace(client)
-            if problem is not None:
-                client.close()
-                self._last_error = problem
-                log.warning("aerospike connect failed", where=self._where, error=problem)
-                return None
-            self._client = client
-            log.info("aerospike connected", where=self._where)
-            return client
-        finally:
-            self._lock.release()
-
-    def _check_namespace(self, client: aerospike.Client) -> str | None:
-        """Why the cluster cannot serve the namespace, or None when it can."""
-        try:
-            reply = client.info_random_node("namespaces", {"timeout": self.config.connect_timeout_ms})
-        except aerospike_exception.AerospikeError as exc:
-            return f"asking for namespaces: {describe_exception(exc)}"
-        # The reply is "namespaces\t<ns1>;<ns2>\n".
-        names = str(reply).strip().rpartition("\t")[2].split(";")
-        if self.namespace not in names:
-            return (
-                f"namespace {self.namespace!r} is not configured on the cluster "
-                f"(it has: {', '.join(n for n in names if n) or 'none'})"
-            )
-        return None
-
-    @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
-        """Raise the client's exceptions inside the block as Quiver errors naming the cause."""
-        try:
-            yield
-        except aerospike_exception.AerospikeError as exc:
-            code = exc.code if isinstance(exc.code, int) else -1
-            if code == PARAM_ERROR:
-                # The client refused a value before sending anything (e.g. an int
-                # past 64 bits, or a type Aerospike cannot store).
-                message = f"{self._where}: {action}: bad value: {describe_exception(exc)}"
-            else:
-                message = f"{self._where} unavailable: {action}: {describe_exception(exc)}"
-            raise error_for_code(code, message) from exc
-        except (OverflowError, TypeError) as exc:
-            raise InvalidArgumentError(
-                f"{self._where}: {action}: bad value: {type(exc).__name__}: {exc}"
-            ) from exc
-
-    def _batch_error(
-        self, client: aerospike.Client, result: Any, code: int | None, message: str, ttl: int = 0
-    ) -> QuiverError:
-        """The error for a batch that did not fully succeed.
-
-        The whole batch's code says more than a record's (ConnectionError rather
-        than each record's NoResponse), unless it is only "some records failed".
-        """
-        if result.result not in (OK, BATCH_FAILED) or code is None:
-            code = result.result
-        detail = describe_code(code)
-        if not client.is_connected():
-            detail += "; no node of the cluster is reachable"
-        elif code == FORBIDDEN and 0 < ttl != aerospike.TTL_NEVER_EXPIRE:
-            detail += (
-                "; records of views with a ttl need a namespace that allows TTLs "
-                "(nsup-period > 0, or allow-ttl-without-nsup true)"
-            )
-        return error_for_code(code, f"{self._where}: {message}: {detail}")
+        return f"AerospikeOnlineStore({self._connection.hosts!r}, {self.namespace!r})"
 
     # -- layouts and records ---------------------------------------------------------
 
@@ -411,7 +287,7 @@ class AerospikeOnlineStore:
         key = (table.project, table.name, features)
         layout = self._read_layouts.get(key)
         # Identity checks are cheap and catch a new registry version of the view.
-        if layout is None or layout.view is not table.view or layout.bin_names is not table.bin_names:
+        if layout is None or not _current(layout, table):
             layout = read_layout(table, features)
             self._read_layouts[key] = layout
         return layout
@@ -419,36 +295,61 @@ class AerospikeOnlineStore:
     def _write_layout(self, table: ViewTable) -> WriteLayout:
         key = (table.project, table.name)
         layout = self._write_layouts.get(key)
-        if layout is None or layout.view is not table.view or layout.bin_names is not table.bin_names:
+        if layout is None or not _current(layout, table):
             layout = write_layout(table)
             self._write_layouts[key] = layout
         return layout
 
-    def _write_records(self, layout: WriteLayout, rows: list[tuple[Any, ...]]) -> list[Write]:
-        namespace, set_name, ttl = self.namespace, layout.set_name, layout.ttl
-        bins = layout.bins
-        make_filter = self._filter
-        records: list[Write] = []
-        for key, event, created, *values in rows:
-            # The operation dicts `aerospike_helpers.operations.operations.write` builds,
-            # made inline: this loop runs once per row written.
-            ops = [
-                {"op": _WRITE, "bin": EVENT_BIN, "val": event},
-                {"op": _WRITE, "bin": CREATED_BIN, "val": created},
-            ]
-            ops.extend(
-                {"op": _WRITE, "bin": b, "val": v}
-                for b, v in zip(bins, values, strict=True)
-                if v is not None
+    def _write_records(
+        self,
+        layout: WriteLayout,
+        keys: Sequence[bytes],
+        event_ts: Sequence[int],
+        created_ts: Sequence[int],
+        columns: list[Sequence[Any]],
+    ) -> list[Write]:
+        """One `Write` per row: replace the record if the filter lets it.
+
+        Built column by column (comprehensions, no per-row unpacking): this is
+        the Python half of the write cost.
+        """
+        # The operation dicts `aerospike_helpers.operations.operations.write` builds.
+        op_columns: list[list[dict[str, Any] | None]] = [
+            [{"op": _WRITE, "bin": EVENT_BIN, "val": v} for v in event_ts],
+            [{"op": _WRITE, "bin": CREATED_BIN, "val": v} for v in created_ts],
+        ]
+        nulls = False
+        for bin_name, column in zip(layout.bins, columns, strict=True):
+            if None in column:
+                nulls = True
+                op_columns.append([
+                    None if v is None else {"op": _WRITE, "bin": bin_name, "val": v}
+                    for v in column
+                ])
+            else:
+                op_columns.append([{"op": _WRITE, "bin": bin_name, "val": v} for v in column])
+        # A null feature is no bin at all (the record is replaced, so no old value stays).
+        row_ops = (
+            [list(filter(None, ops)) for ops in zip(*op_columns, strict=True)]
+            if nulls
+            else [list(ops) for ops in zip(*op_columns, strict=True)]
+        )
+        namespace, set_name, ttl, make_filter = (
+            self.namespace, layout.set_name, layout.ttl, self._filter
+        )
+        return [
+            Write(
+                (namespace, set_name, bytearray(key)),
+                ops,
+                policy={
+                    "expressions": make_filter(event, created),
+                    # Replace, not update: a new row's null features must not keep old values.
+                    "exists": _REPLACE,
+                    "ttl": ttl,
+                },
             )
-            policy = {
-                "expressions": make_filter(event, created),
-                # Replace, not update: a new row's null features must not keep old values.
-                "exists": _REPLACE,
-                "ttl": ttl,
-            }
-            records.append(Write((namespace, set_name, bytearray(key)), ops, policy=policy))
-        return records
+            for key, event, created, ops in zip(keys, event_ts, created_ts, row_ops, strict=True)
+        ]
 
     def _view_result(self, span: _Span, bins: list[dict[str, Any] | None]) -> ViewReadResult:
         layout = span.layout
@@ -464,6 +365,30 @@ class AerospikeOnlineStore:
                 column = [None if v is None else convert(v) for v in column]
             values[feature] = column
         return ViewReadResult(event_ts, values)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while one chunk of records is written.
+
+    A chunk allocates some 100,000 small acyclic dicts, lists and tuples (the
+    records, then the client's results); the collections they trigger find
+    nothing to free yet scan every live object each time. Measured: writing took
+    twice as long with them. Collection resumes right after the chunk.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _current(layout: ReadLayout | WriteLayout, table: ViewTable) -> bool:
+    """Whether `layout` was made from this registry version of the table."""
+    return layout.view is table.view and layout.bin_names is table.bin_names
 
 
 def _check_batch(table: ViewTable, batch: WriteBatch) -> None:

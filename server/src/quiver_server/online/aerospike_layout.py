@@ -122,6 +122,40 @@ def decoder(dtype: ValueType) -> Converter | None:
     return _DECODERS.get(dtype)
 
 
+# Python types the client stores as each feature type; others may fail or be
+# stored as something else (a dict becomes a map).
+_PYTHON_TYPES: dict[ValueType, tuple[type, ...]] = {
+    ValueType.INT64: (int,),
+    ValueType.INT32: (int,),
+    ValueType.TIMESTAMP: (int,),
+    ValueType.FLOAT64: (float, int),
+    ValueType.FLOAT32: (float, int),
+    ValueType.BOOL: (bool,),
+    ValueType.STRING: (str,),
+    ValueType.BYTES: (bytes, bytearray),
+}
+
+
+def find_bad_value(
+    view: FeatureView, features: Sequence[str], columns: Sequence[Sequence[Any]]
+) -> str | None:
+    """The first value not of its feature's type, described, or None.
+
+    Run when the client refuses a batch, to name the culprit; checking every
+    value of every write would cost more than the rare failure it explains.
+    """
+    for feature, column in zip(features, columns, strict=True):
+        dtype = view.feature(feature).dtype
+        allowed = _PYTHON_TYPES[dtype]
+        for row, value in enumerate(column):
+            if value is not None and not isinstance(value, allowed):
+                return (
+                    f"feature {feature!r} is {dtype.name.lower()} but row {row} holds "
+                    f"{type(value).__name__} {value!r:.60}"
+                )
+    return None
+
+
 def feature_type(view: FeatureView, feature: str) -> ValueType:
     """The type of `feature`, or InvalidArgumentError naming the view's features."""
     try:

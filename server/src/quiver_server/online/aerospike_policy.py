@@ -152,7 +152,9 @@ def write_policy(config: AerospikeOnlineStoreConfig) -> dict[str, Any]:
     }
 
 
-def password(config: AerospikeOnlineStoreConfig, env: Mapping[str, str] | None = None) -> str | None:
+def password(
+    config: AerospikeOnlineStoreConfig, env: Mapping[str, str] | None = None
+) -> str | None:
     """The password from the environment variable `password_env`, when a user is set."""
     if config.user is None:
         return None

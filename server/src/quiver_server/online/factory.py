@@ -23,10 +23,7 @@ def open_online_store(config: QuiverConfig) -> OnlineStore:
         return SqliteOnlineStore(config.resolve(store_config.path))
     if isinstance(store_config, AerospikeOnlineStoreConfig):
         # Imported here so SQLite users never load the Aerospike client library.
-        from quiver_server.online.aerospike import (  # type: ignore[import-not-found,unused-ignore]
-            AerospikeOnlineStore,
-        )
+        from quiver_server.online.aerospike import AerospikeOnlineStore
 
-        store: OnlineStore = AerospikeOnlineStore(store_config, project=config.project)
-        return store
+        return AerospikeOnlineStore(store_config, project=config.project)
     raise ValueError(f"unknown online store type {store_config!r}")  # pragma: no cover

@@ -11,6 +11,7 @@ import threading
 
 import structlog
 
+from quiver.errors import UnavailableError
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
 
@@ -18,23 +19,41 @@ log = structlog.get_logger(__name__)
 
 
 class RegistryProvider:
+    """Holds the newest registry version; a server may start before the first apply."""
+
     def __init__(self, store: RegistryStore, refresh_seconds: float = 2.0) -> None:
         self._store = store
-        self._snapshot = store.latest()
+        self._snapshot: Snapshot | None = None
         self._refresh_seconds = refresh_seconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.refresh()
+
+    @property
+    def ready(self) -> bool:
+        return self._snapshot is not None
+
+    @property
+    def version(self) -> int:
+        return self._snapshot.version if self._snapshot is not None else 0
 
     def current(self) -> Snapshot:
-        return self._snapshot
+        """The served version; UnavailableError until something has been applied."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            raise UnavailableError(
+                f"no feature registry at {self._store.path} yet: run `quiver apply`",
+                reason="REGISTRY_EMPTY",
+            )
+        return snapshot
 
     def refresh(self) -> bool:
         """Load the newest version if it changed; returns whether it did."""
         latest = self._store.latest_version()
-        if latest == self._snapshot.version:
+        if latest == 0 or latest == self.version:
             return False
         self._snapshot = self._store.latest()
-        log.info("registry reloaded", version=self._snapshot.version)
+        log.info("registry loaded", version=self._snapshot.version)
         return True
 
     def start(self) -> None:
@@ -50,4 +69,4 @@ class RegistryProvider:
             try:
                 self.refresh()
             except Exception:
-                log.exception("registry refresh failed; keeping version", version=self._snapshot.version)
+                log.exception("registry refresh failed; keeping version", version=self.version)

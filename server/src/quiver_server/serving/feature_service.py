@@ -18,8 +18,22 @@ from quiver_server.serving.convert import (
     decode_push_rows,
     fill_column,
 )
-from quiver_server.serving.online_read import PlanCache, read_online
+from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
+from quiver_server.telemetry.hooks import traced_encoding
+
+
+@traced_encoding
+def encode_response(
+    names: list[str], columns: list[OutputColumn], count: int
+) -> pb.GetOnlineFeaturesResponse:
+    response = pb.GetOnlineFeaturesResponse(feature_names=names, entity_count=count)
+    for column in columns:
+        out = response.columns.add()
+        fill_column(out.values, column.dtype, column.values)
+        out.statuses.extend(column.statuses)  # type: ignore[arg-type]
+        out.event_timestamps.extend(column.event_ts)
+    return response
 
 
 class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
@@ -50,13 +64,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             request.entities, plan.key_types, max_entities=self._max_entities
         )
         columns = read_online(self._store, plan, key_columns, count)
-        response = pb.GetOnlineFeaturesResponse(feature_names=plan.output_names, entity_count=count)
-        for column in columns:
-            out = response.columns.add()
-            fill_column(out.values, column.dtype, column.values)
-            out.statuses.extend(column.statuses)  # type: ignore[arg-type]
-            out.event_timestamps.extend(column.event_ts)
-        return response
+        return encode_response(plan.output_names, columns, count)
 
     @rpc_errors
     def PushFeatures(

@@ -19,6 +19,7 @@ from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver_server.online.base import OnlineStore, ViewRead, ViewReadResult, ViewTable
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
+from quiver_server.telemetry.hooks import traced
 
 PRESENT: int = pb.FEATURE_STATUS_PRESENT
 NULL_VALUE: int = pb.FEATURE_STATUS_NULL_VALUE
@@ -60,6 +61,7 @@ class PlanCache:
         self._max = max_entries
         self._lock = threading.Lock()
 
+    @traced("quiver.registry.resolve")
     def get(
         self,
         snapshot: Snapshot,

@@ -32,6 +32,7 @@ from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.store import RegistryStore
 from quiver_server.serving.feature_service import FeatureServingServicer
 from quiver_server.serving.registry_service import RegistryServicer
+from quiver_server.telemetry import SupervisorMetrics, Telemetry, setup_telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -55,12 +56,18 @@ class ServingServer:
         self.registry = registry
         self.health = health_servicer
         self._stopped = threading.Event()
+        self._ready = False
         self._monitor = threading.Thread(target=self._watch_store, name="store-health", daemon=True)
 
     def start(self) -> None:
         self.server.start()
         self.registry.start()
-        self._set_health(serving=True)
+        # The overall status ("") means "this process is alive" (liveness); the
+        # per-service status means "ready to answer" (readiness): it needs a
+        # registry and a reachable store, and flips with them.
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._ready = self._check_ready()
+        self._set_health(serving=self._ready)
         self._monitor.start()
 
     def stop(self, grace: float | None = None) -> None:
@@ -90,20 +97,26 @@ class ServingServer:
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", SERVING_SERVICE, REGISTRY_SERVICE):
+        for service in (SERVING_SERVICE, REGISTRY_SERVICE):
             self.health.set(service, status)
 
+    def _check_ready(self) -> bool:
+        if not self.registry.ready:
+            return False
+        try:
+            return bool(self.store.healthy())
+        except Exception:
+            return False
+
     def _watch_store(self) -> None:
-        healthy = True
         while not self._stopped.wait(HEALTH_CHECK_SECONDS):
-            try:
-                now = self.store.healthy()
-            except Exception:
-                now = False
-            if now != healthy and not self._stopped.is_set():
-                log.warning("online store health changed", healthy=now)
-                self._set_health(serving=now)
-                healthy = now
+            ready = self._check_ready()
+            if ready != self._ready and not self._stopped.is_set():
+                log.warning(
+                    "readiness changed", ready=ready, registry_version=self.registry.version
+                )
+                self._set_health(serving=ready)
+                self._ready = ready
 
 
 def create_server(
@@ -111,14 +124,17 @@ def create_server(
     host: str | None = None,
     port: int | None = None,
     store: OnlineStore | None = None,
+    telemetry: Telemetry | None = None,
 ) -> tuple[ServingServer, int]:
     """Build and start a serving server; returns it and the port it bound."""
     registry = RegistryProvider(RegistryStore(config.registry_path))
-    store = store or open_online_store(config)
+    telemetry = telemetry or setup_telemetry(config, "serving")
+    store = telemetry.instrument_store(store or open_online_store(config))
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=config.serving.max_workers_threads, thread_name_prefix="rpc"
         ),
+        interceptors=telemetry.server_interceptors(),
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
@@ -143,10 +159,15 @@ def create_server(
 
 
 def _run_worker(
-    config: QuiverConfig, host: str, port: int, worker: int, announce: bool = False
+    config: QuiverConfig, host: str, port: int, worker: int, announce: bool = False,
+    metrics_endpoint: bool = True,
 ) -> None:
     configure_logging(config.telemetry.logging)
-    app, bound = create_server(config, host, port)
+    telemetry = setup_telemetry(config, "serving", install=True)
+    metrics = config.telemetry.metrics
+    if metrics_endpoint and telemetry.metrics is not None:
+        telemetry.serve_metrics(metrics.port, metrics.host)
+    app, bound = create_server(config, host, port, telemetry=telemetry)
     if announce:
         print(f"quiver: serving gRPC on {host}:{bound}", flush=True)
     done = threading.Event()
@@ -158,9 +179,10 @@ def _run_worker(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     log.info("serving", address=f"{host}:{bound}", worker=worker,
-             registry_version=app.registry.current().version)
+             registry_version=app.registry.version)
     done.wait()
     app.stop(config.serving.grace_seconds)
+    telemetry.shutdown()
     log.info("stopped", worker=worker)
 
 
@@ -176,9 +198,14 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
     if port == 0:
         port = _reserve_port(host)
     print(f"quiver: serving gRPC on {host}:{port} with {workers} workers", flush=True)
+    # Workers share the gRPC port, so this process serves their summed metrics.
+    metrics_config = config.telemetry.metrics
+    metrics = (SupervisorMetrics(metrics_config.port, metrics_config.host, config.registry_path)
+               if metrics_config.enabled else None)
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_run_worker, args=(config, host, port, i), name=f"quiver-worker-{i}")
+        context.Process(target=_run_worker, args=(config, host, port, i, False, False),
+                        name=f"quiver-worker-{i}")
         for i in range(workers)
     ]
     for process in processes:
@@ -193,6 +220,8 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
     signal.signal(signal.SIGINT, forward)
     for process in processes:
         process.join()
+    if metrics is not None:
+        metrics.close()
 
 
 def _reserve_port(host: str) -> int:

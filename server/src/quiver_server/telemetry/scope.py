@@ -14,9 +14,11 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from opentelemetry.context import Context
 from opentelemetry.trace import Tracer
 
 if TYPE_CHECKING:
+    from quiver_server.telemetry.flight_middleware import StreamStats
     from quiver_server.telemetry.metrics import OnlineMetrics
 
 P = ParamSpec("P")
@@ -32,6 +34,11 @@ class Scope:
     # The caller's trace id when this process does not trace but the caller
     # does: log lines still carry it, so they can be joined to the caller's trace.
     remote_trace_id: str | None = None
+    # Arrow data moved by the current Flight call (see `flight_middleware.count_batches`).
+    stream: StreamStats | None = None
+    # The OpenTelemetry context of the call, for code that resumes it in a fresh
+    # Python context (Arrow calls Flight handlers and stream generators that way).
+    otel: Context | None = None
 
 
 _SCOPE: ContextVar[Scope | None] = ContextVar("quiver_telemetry_scope", default=None)

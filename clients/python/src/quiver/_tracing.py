@@ -1,0 +1,131 @@
+"""Opt-in OpenTelemetry tracing for `OnlineClient` (``OnlineClient(..., tracing=True)``).
+
+A client span per call (kind CLIENT, named ``<package>.<Service>/<Method>`` as the
+RPC semantic conventions say) whose context travels to the server as W3C
+``traceparent`` metadata, so the server's spans join the caller's trace.
+
+The client package does not depend on OpenTelemetry: this module is imported
+only when tracing is asked for, and says what to install when the API is
+missing. Spans go to the tracer provider the application configured
+(``opentelemetry.trace.set_tracer_provider``), or to the one passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import grpc
+
+try:
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, TracerProvider
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "OnlineClient(tracing=...) needs the OpenTelemetry API, which the quiver client does "
+        "not install: pip install opentelemetry-api (plus opentelemetry-sdk and an exporter, "
+        "e.g. opentelemetry-exporter-otlp, to send the spans somewhere)"
+    ) from exc
+
+INSTRUMENTATION_SCOPE = "quiver"
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+class CallDetails(_CallDetails, grpc.ClientCallDetails):
+    """grpc.ClientCallDetails with the trace context added to `metadata`."""
+
+
+def tracer_for(provider: TracerProvider | None) -> Tracer:
+    from quiver import __version__
+
+    return trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, tracer_provider=provider)
+
+
+def split_target(target: str) -> tuple[str, int | None]:
+    """``host:port`` (or ``[v6]:port``, ``dns:///host:port``) -> (host, port)."""
+    address = target.rsplit("/", 1)[-1]
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return address, None
+    return host.strip("[]"), int(port)
+
+
+class TracingInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Starts the client span and injects its context into the call's metadata."""
+
+    def __init__(self, target: str, tracer_provider: TracerProvider | None = None) -> None:
+        self._tracer = tracer_for(tracer_provider)
+        host, port = split_target(target)
+        self._peer: dict[str, Any] = {"server.address": host}
+        if port is not None:
+            self._peer["server.port"] = port
+
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], Any],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        method = client_call_details.method
+        name = (method.decode() if isinstance(method, bytes) else method).lstrip("/")
+        service = name.rpartition("/")[0]
+        span = self._tracer.start_span(
+            name,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "rpc.system.name": "grpc", "rpc.method": name,
+                "rpc.system": "grpc", "rpc.service": service, **self._peer,
+            },
+        )
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        metadata = list(client_call_details.metadata or ())
+        metadata.extend(carrier.items())
+        details = CallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            metadata,
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+            client_call_details.compression,
+        )
+        try:
+            outcome = continuation(details, request)
+        except Exception as error:
+            _finish(span, grpc.StatusCode.UNKNOWN, str(error))
+            raise
+        outcome.add_done_callback(lambda call: _finish_call(span, call))
+        return outcome
+
+
+def _finish_call(span: trace.Span, call: Any) -> None:
+    try:
+        code = call.code()
+        details = call.details()
+    except Exception:  # a cancelled future has no status
+        code, details = grpc.StatusCode.CANCELLED, "cancelled"
+    _finish(span, code or grpc.StatusCode.UNKNOWN, details)
+
+
+def _finish(span: trace.Span, code: grpc.StatusCode, details: str | None) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    span.set_attribute("rpc.response.status_code", code.name)
+    if code is not grpc.StatusCode.OK:
+        span.set_attribute("error.type", code.name)
+        span.set_status(Status(StatusCode.ERROR, details or code.name))
+    span.end()
+
+
+def client_interceptor(
+    target: str, tracing: bool | TracerProvider
+) -> grpc.UnaryUnaryClientInterceptor:
+    """The interceptor `OnlineClient(tracing=...)` installs: True means the global provider."""
+    return TracingInterceptor(target, None if tracing is True else tracing)  # type: ignore[arg-type]

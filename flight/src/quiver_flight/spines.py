@@ -1,0 +1,321 @@
+"""Spines: uploaded ones stored under the offline store, and Parquet ones in it.
+
+An uploaded spine is one Parquet file, ``<offline root>/_spines/<id>.parquet``,
+so every replica that shares the offline store can read it. Its expiry is
+recorded in the file's metadata; expired spines are refused and swept away.
+The id is 128 random bits, so it is also the capability to read the spine.
+A spine may also be a Parquet file or directory inside the offline store.
+
+Spines are read by row range (a training set's partitions), touching only the
+row groups that overlap the range; uploaded spines are written with row
+groups of `row_group_rows` rows so that ranges stay cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import structlog
+
+from quiver.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from quiver_server.offline.source import filesystem_and_path, resolve_path
+
+log = structlog.get_logger(__name__)
+
+SPINE_DIRECTORY = "_spines"
+EXPIRES_KEY = b"quiver.spine.expires_at_us"
+_SPINE_ID = re.compile(r"^[0-9a-f]{32}$")
+_TEMP_PREFIX = ".tmp-"
+_SWEEP_EVERY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class SpineFile:
+    """One Parquet file of a spine and its rows per row group."""
+
+    path: str
+    row_groups: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.row_groups)
+
+
+@dataclass(frozen=True)
+class Spine:
+    """A spine's files and what is known about them without reading rows."""
+
+    name: str
+    filesystem: pafs.FileSystem
+    files: tuple[SpineFile, ...]
+    schema: pa.Schema
+    expires_at: float | None
+    fingerprint: str
+
+    @property
+    def num_rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def read(self, offset: int, count: int, columns: list[str] | None = None) -> pa.Table:
+        """Rows ``[offset, offset + count)`` in spine order."""
+        pieces = []
+        start = 0
+        for file in self.files:
+            stop = start + file.rows
+            if stop > offset and start < offset + count:
+                groups, first = [], None
+                group_start = start
+                for i, rows in enumerate(file.row_groups):
+                    group_stop = group_start + rows
+                    if group_stop > offset and group_start < offset + count:
+                        groups.append(i)
+                        first = group_start if first is None else first
+                    group_start = group_stop
+                with self.filesystem.open_input_file(file.path) as handle:
+                    table = pq.ParquetFile(handle).read_row_groups(groups, columns=columns)
+                assert first is not None
+                skip = max(offset - first, 0)
+                pieces.append(table.slice(skip, offset + count - first - skip))
+            start = stop
+        schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+        if not pieces:
+            return schema.empty_table()
+        return pa.concat_tables([p.cast(schema) if p.schema != schema else p for p in pieces])
+
+    def null_count(self, column: str) -> int:
+        """Nulls in `column`, from Parquet statistics where they exist."""
+        nulls = 0
+        for file in self.files:
+            with self.filesystem.open_input_file(file.path) as handle:
+                parquet = pq.ParquetFile(handle)
+                metadata = parquet.metadata
+                index = _column_index(metadata, column)
+                for group in range(metadata.num_row_groups):
+                    stats = metadata.row_group(group).column(index).statistics if index >= 0 else None
+                    if stats is not None and stats.has_null_count:
+                        nulls += stats.null_count
+                    else:
+                        nulls += parquet.read_row_group(group, columns=[column])[column].null_count
+        return nulls
+
+
+def _column_index(metadata: pq.FileMetaData, column: str) -> int:
+    for i in range(metadata.num_columns):
+        if metadata.schema.column(i).path == column:
+            return i
+    return -1
+
+
+class SpineStore:
+    """Uploaded spines under ``<offline root>/_spines``, and spines in the offline store.
+
+    Args:
+        offline_root: The offline store root (a path or URI).
+        max_rows: Most rows a spine may have.
+        ttl_seconds: How long an uploaded spine is kept.
+        row_group_rows: Rows per Parquet row group of uploaded spines.
+        clock: Seconds since the epoch (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        offline_root: str,
+        *,
+        max_rows: int,
+        ttl_seconds: int,
+        row_group_rows: int = 65_536,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.offline_root = offline_root
+        self.max_rows = max_rows
+        self.ttl_seconds = ttl_seconds
+        self.row_group_rows = row_group_rows
+        self.clock = clock
+        self.filesystem, self.directory = filesystem_and_path(
+            resolve_path(offline_root, SPINE_DIRECTORY)
+        )
+        self._last_sweep = 0.0
+
+    def put(self, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Spine:
+        """Store an uploaded spine.
+
+        Raises:
+            ResourceExhaustedError: more than `max_rows` rows.
+            InvalidArgumentError: a spine without columns.
+        """
+        if len(schema) == 0:
+            raise InvalidArgumentError.for_field("spine", "the spine has no columns", reason="SPINE_EMPTY_SCHEMA")
+        self.sweep()
+        self.filesystem.create_dir(self.directory, recursive=True)
+        spine_id = secrets.token_hex(16)
+        expires_at = self.clock() + self.ttl_seconds
+        stored = schema.with_metadata(
+            {**(schema.metadata or {}), EXPIRES_KEY: str(int(expires_at * 1_000_000)).encode()}
+        )
+        temp = posixpath.join(self.directory, f"{_TEMP_PREFIX}{spine_id}.parquet")
+        final = self._path(spine_id)
+        rows = 0
+        try:
+            with pq.ParquetWriter(temp, stored, filesystem=self.filesystem) as writer:
+                for batch in batches:
+                    rows += batch.num_rows
+                    if rows > self.max_rows:
+                        raise ResourceExhaustedError(
+                            f"the spine has more than {self.max_rows} rows, the server's limit "
+                            f"(flight.max_spine_rows); split it into several training sets",
+                            reason="SPINE_TOO_LARGE",
+                            metadata={"max_spine_rows": str(self.max_rows)},
+                        )
+                    if batch.num_rows:
+                        writer.write_batch(batch, row_group_size=self.row_group_rows)
+            self.filesystem.move(temp, final)
+        except BaseException:
+            _delete_quietly(self.filesystem, temp)
+            raise
+        log.info("spine stored", spine_id=spine_id, rows=rows)
+        return self.open(spine_id)
+
+    def open(self, spine_id: str) -> Spine:
+        """An uploaded spine.
+
+        Raises:
+            InvalidArgumentError: not a spine id.
+            NotFoundError: no such spine, or it expired.
+        """
+        if not _SPINE_ID.match(spine_id):
+            raise InvalidArgumentError.for_field(
+                "spine.spine_id", f"{spine_id!r} is not a spine id (32 hex digits from do_put)",
+                reason="INVALID_SPINE_ID",
+            )
+        path = self._path(spine_id)
+        try:
+            with self.filesystem.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                metadata, schema = parquet.metadata, parquet.schema_arrow
+        except FileNotFoundError:
+            raise _not_found(spine_id) from None
+        expires_at = int((schema.metadata or {}).get(EXPIRES_KEY, b"0")) / 1_000_000
+        if expires_at and self.clock() >= expires_at:
+            _delete_quietly(self.filesystem, path)
+            raise NotFoundError(
+                f"spine {spine_id!r} expired (spines are kept {self.ttl_seconds} s); upload it again",
+                reason="SPINE_EXPIRED", metadata={"spine_id": spine_id},
+            )
+        file = SpineFile(path, _row_groups(metadata))
+        return Spine(f"spine {spine_id!r}", self.filesystem, (file,), _public(schema),
+                     expires_at or None, spine_id)
+
+    def open_path(self, parquet_path: str) -> Spine:
+        """A Parquet file or directory inside the offline store used as a spine.
+
+        Raises:
+            InvalidArgumentError: the path leaves the offline store, or its files
+                do not share one schema.
+            NotFoundError: nothing at the path.
+        """
+        field = "spine.parquet_path"
+        normalized = posixpath.normpath(parquet_path) if parquet_path else ""
+        if (not parquet_path or "://" in parquet_path or normalized.startswith(("/", ".."))
+                or normalized == "." or "\\" in parquet_path):
+            raise InvalidArgumentError.for_field(
+                field, f"{parquet_path!r} must be a relative path inside the offline store",
+                reason="INVALID_SPINE_PATH",
+            )
+        fs, path = filesystem_and_path(resolve_path(self.offline_root, normalized))
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise NotFoundError(
+                f"no Parquet spine at {parquet_path!r} in the offline store",
+                reason="SPINE_NOT_FOUND", metadata={"parquet_path": parquet_path},
+            )
+        if info.type == pafs.FileType.File:
+            infos = [info]
+        else:
+            infos = sorted(
+                (i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                 if i.type == pafs.FileType.File
+                 and not any(p.startswith((".", "_")) for p in i.path[len(path):].split("/"))),
+                key=lambda i: i.path,
+            )
+        files, schema = [], None
+        digest = hashlib.sha256()
+        for i in infos:
+            with fs.open_input_file(i.path) as handle:
+                parquet = pq.ParquetFile(handle)
+                metadata, file_schema = parquet.metadata, _public(parquet.schema_arrow)
+            if schema is None:
+                schema = file_schema
+            elif not file_schema.equals(schema):
+                raise InvalidArgumentError.for_field(
+                    field, f"the files under {parquet_path!r} have different schemas "
+                    f"({i.path} differs from the first)", reason="SPINE_SCHEMA_MISMATCH",
+                )
+            files.append(SpineFile(i.path, _row_groups(metadata)))
+            digest.update(f"{i.path}\t{i.size}\t{i.mtime_ns}\n".encode())
+        if schema is None:
+            raise NotFoundError(
+                f"no Parquet files under {parquet_path!r} in the offline store",
+                reason="SPINE_NOT_FOUND", metadata={"parquet_path": parquet_path},
+            )
+        return Spine(f"spine {parquet_path!r}", fs, tuple(files), schema, None,
+                     digest.hexdigest()[:32])
+
+    def sweep(self, force: bool = False) -> int:
+        """Delete expired spines (at most once a minute unless forced); returns how many."""
+        now = self.clock()
+        if not force and now - self._last_sweep < _SWEEP_EVERY_SECONDS:
+            return 0
+        self._last_sweep = now
+        try:
+            found = self.filesystem.get_file_info(pafs.FileSelector(self.directory, allow_not_found=True))
+        except OSError:
+            return 0
+        deleted = 0
+        for info in found:
+            name = posixpath.basename(info.path)
+            if not name.endswith(".parquet"):
+                continue
+            # Modification time bounds the expiry: it is set when the spine is
+            # written, and a spine lives ttl_seconds after that.
+            if info.mtime is not None and info.mtime.timestamp() + self.ttl_seconds < now:
+                deleted += _delete_quietly(self.filesystem, info.path)
+        if deleted:
+            log.info("expired spines deleted", count=deleted)
+        return deleted
+
+    def _path(self, spine_id: str) -> str:
+        return posixpath.join(self.directory, f"{spine_id}.parquet")
+
+
+def _row_groups(metadata: pq.FileMetaData) -> tuple[int, ...]:
+    return tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+
+
+def _public(schema: pa.Schema) -> pa.Schema:
+    """The spine's schema without what Quiver added to it."""
+    metadata = {k: v for k, v in (schema.metadata or {}).items() if k != EXPIRES_KEY}
+    return schema.with_metadata(metadata) if metadata else schema.remove_metadata()
+
+
+def _not_found(spine_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"spine {spine_id!r} does not exist or has expired; upload it again with do_put",
+        reason="SPINE_NOT_FOUND", metadata={"spine_id": spine_id},
+    )
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> int:
+    try:
+        fs.delete_file(path)
+        return 1
+    except OSError:
+        return 0

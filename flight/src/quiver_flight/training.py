@@ -1,0 +1,305 @@
+"""Planning training sets into signed partitions, and opening a partition again.
+
+Planning resolves the features in the newest registry version, checks the
+spine against them, and cuts the spine into row ranges. Each range becomes a
+`TrainingSetPartition` that pins everything its result depends on -- the
+registry version, the spine and its expiry, a fingerprint of every view's
+history files -- and is signed, so any replica can serve it any number of
+times and either produce the same rows or refuse with FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+from google.protobuf import message
+
+from quiver.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from quiver.flight.v1 import flight_pb2 as pb
+from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
+from quiver_flight.pit import (
+    DEFAULT_TIMESTAMP_COLUMN,
+    PointInTimeEngine,
+    feature_fields,
+    group_by_view,
+    output_schema,
+)
+from quiver_flight.spines import Spine, SpineStore
+from quiver_flight.tickets import TicketSigner
+from quiver_server.config import FlightConfig
+from quiver_server.registry.snapshot import FeatureRef, Snapshot
+from quiver_server.registry.store import RegistryStore
+
+ROLE_METADATA = b"quiver.role"
+_SNAPSHOTS_KEPT = 8
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A planned training set: its schema, rows and signed partitions."""
+
+    schema: pa.Schema
+    rows: int
+    tickets: list[bytes]
+
+
+@dataclass(frozen=True)
+class PartitionJob:
+    """What a ticket asks for, opened and checked."""
+
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+    partition: pb.TrainingSetPartition
+
+
+class TrainingSets:
+    """The Flight-independent half of the server: plan, describe, compute."""
+
+    def __init__(
+        self,
+        registry: RegistryStore,
+        engine: PointInTimeEngine,
+        spines: SpineStore,
+        signer: TicketSigner,
+        config: FlightConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.engine = engine
+        self.spines = spines
+        self.signer = signer
+        self.config = config
+        self.clock = clock
+        self._snapshots: OrderedDict[int, Snapshot] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def snapshot(self, version: int | None = None) -> Snapshot:
+        """A registry version (the newest by default), decoded once and kept."""
+        if version is None:
+            version = self.registry.latest_version()
+            if version == 0:
+                self.registry.latest()  # raises the "run quiver apply" error
+        with self._lock:
+            found = self._snapshots.get(version)
+            if found is not None:
+                self._snapshots.move_to_end(version)
+                return found
+        snapshot = Snapshot(self.registry.read(version))
+        with self._lock:
+            self._snapshots[version] = snapshot
+            while len(self._snapshots) > _SNAPSHOTS_KEPT:
+                self._snapshots.popitem(last=False)
+        return snapshot
+
+    def resolve(self, command: pb.TrainingSetCommand, snapshot: Snapshot) -> list[FeatureRef]:
+        selection = command.WhichOneof("selection")
+        if selection == "feature_service":
+            return snapshot.resolve(feature_service=command.feature_service)
+        refs = list(command.features.refs) if selection == "features" else []
+        return snapshot.resolve(features=refs, field="features")
+
+    def open_spine(self, source: pb.SpineSource) -> Spine:
+        kind = source.WhichOneof("source")
+        if kind == "spine_id":
+            return self.spines.open(source.spine_id)
+        if kind == "parquet_path":
+            return self.spines.open_path(source.parquet_path)
+        raise InvalidArgumentError.for_field(
+            "spine", "name a spine: spine_id (from do_put) or parquet_path", reason="MISSING_SPINE"
+        )
+
+    def schema(self, command: pb.TrainingSetCommand) -> pa.Schema:
+        """The result schema, or without a spine the columns a spine needs plus the features."""
+        snapshot = self.snapshot()
+        refs = self.resolve(command, snapshot)
+        timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
+        if not command.HasField("spine"):
+            return required_schema(refs, timestamp_column, command.full_feature_names)
+        spine = self.open_spine(command.spine)
+        return output_schema(spine.schema, refs, timestamp_column=timestamp_column,
+                             full_feature_names=command.full_feature_names)
+
+    def plan(self, command: pb.TrainingSetCommand) -> Plan:
+        """Check a training-set command and cut it into signed partitions.
+
+        Raises:
+            InvalidArgumentError, NotFoundError, FailedPreconditionError,
+            ResourceExhaustedError: naming what is wrong.
+        """
+        snapshot = self.snapshot()
+        refs = self.resolve(command, snapshot)
+        timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
+        spine = self.open_spine(command.spine)
+        schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
+                               full_feature_names=command.full_feature_names)
+        rows = spine.num_rows
+        if rows > self.spines.max_rows:
+            raise _too_many_rows(rows, self.spines.max_rows)
+        nulls = spine.null_count(timestamp_column)
+        if nulls:
+            raise InvalidArgumentError.for_field(
+                f"spine.{timestamp_column}",
+                f"{nulls} spine rows have no timestamp; every spine row needs one",
+                reason="SPINE_NULL_TIMESTAMP",
+            )
+        views = [view for view, _ in group_by_view(refs)]
+        sources = self.engine.locate(views)
+        self.engine.check_sources(refs, sources)
+        per_partition = self.config.partition_rows
+        if 0 < command.partition_rows < per_partition:
+            per_partition = int(command.partition_rows)
+        count = max(1, math.ceil(rows / per_partition))
+        base = pb.TrainingSetPartition(
+            spine=command.spine,
+            timestamp_column=timestamp_column,
+            feature_refs=[r.ref for r in refs],
+            full_feature_names=command.full_feature_names,
+            project=snapshot.project,
+            registry_version=snapshot.version,
+            partition_count=count,
+            history_fingerprints={name: s.fingerprint for name, s in sources.items()},
+            spine_fingerprint=spine.fingerprint,
+        )
+        base.planned_at.FromDatetime(timestamp_seconds(self.clock()))
+        if spine.expires_at is not None:
+            base.spine_expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
+        tickets = []
+        for index in range(count):
+            partition = pb.TrainingSetPartition()
+            partition.CopyFrom(base)
+            partition.partition_index = index
+            partition.row_offset = index * per_partition
+            partition.row_count = min(per_partition, rows - index * per_partition) if rows else 0
+            payload = partition.SerializeToString()
+            tickets.append(pack(pb.TrainingSetTicket(
+                partition=payload, signature=self.signer.sign(payload)
+            )))
+        return Plan(schema, rows, tickets)
+
+    def open_ticket(self, data: bytes) -> PartitionJob:
+        """Verify a ticket and start computing its partition.
+
+        Raises:
+            InvalidArgumentError: a garbled or altered ticket.
+            FailedPreconditionError: a stale ticket (expired spine, changed
+                history, registry version gone).
+        """
+        ticket = unpack_ticket(data)
+        if not self.signer.verify(ticket.partition, ticket.signature):
+            raise InvalidArgumentError.for_field(
+                "ticket", "the ticket's signature does not match: it was altered, or issued by a "
+                "server that does not share this offline store", reason="TICKET_SIGNATURE",
+            )
+        partition = pb.TrainingSetPartition()
+        try:
+            partition.ParseFromString(ticket.partition)
+        except message.DecodeError:  # pragma: no cover - signed by us
+            raise InvalidArgumentError.for_field("ticket", "garbled partition", reason="INVALID_TICKET") from None
+        if partition.HasField("spine_expires_at"):
+            expires = partition.spine_expires_at.ToMicroseconds() / 1_000_000
+            if self.clock() >= expires:
+                raise _stale(f"its spine expired at {timestamp_seconds(expires).isoformat()}")
+        try:
+            snapshot = self.snapshot(partition.registry_version)
+        except FailedPreconditionError:
+            raise _stale(f"registry version {partition.registry_version} no longer exists") from None
+        refs = snapshot.resolve(features=list(partition.feature_refs))
+        try:
+            spine = self.open_spine(partition.spine)
+        except NotFoundError as exc:
+            raise _stale(exc.message) from None
+        if spine.fingerprint != partition.spine_fingerprint:
+            raise _stale("its spine files changed since it was planned")
+        sources = self.engine.locate([view for view, _ in group_by_view(refs)])
+        for name, source in sources.items():
+            if partition.history_fingerprints.get(name) != source.fingerprint:
+                raise _stale(f"the history of feature view {name!r} changed since it was planned")
+        rows = spine.read(partition.row_offset, partition.row_count)
+        schema = output_schema(spine.schema, refs, timestamp_column=partition.timestamp_column,
+                               full_feature_names=partition.full_feature_names)
+        batches = self.engine.join(
+            rows, refs, timestamp_column=partition.timestamp_column,
+            full_feature_names=partition.full_feature_names, sources=sources,
+        )
+        return PartitionJob(schema, batches, partition)
+
+    def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
+        """Every feature service and view: what it is, its command and schema."""
+        version = self.registry.latest_version()
+        if version == 0:
+            return
+        snapshot = self.snapshot(version)
+        for service in snapshot.feature_services.values():
+            if service.name.startswith(name_prefix):
+                command = pb.TrainingSetCommand(feature_service=service.name)
+                refs = snapshot.resolve(feature_service=service.name)
+                info = pb.FeatureSetInfo(
+                    kind=pb.FEATURE_SET_KIND_FEATURE_SERVICE, name=service.name,
+                    description=service.description, owner=service.owner, tags=service.tags,
+                )
+                yield self._describe(info, command, refs, snapshot)
+        for view in snapshot.feature_views.values():
+            if view.name.startswith(name_prefix):
+                refs = [FeatureRef(view, f) for f in view.schema]
+                command = pb.TrainingSetCommand(features=pb.FeatureList(refs=[r.ref for r in refs]))
+                info = pb.FeatureSetInfo(
+                    kind=pb.FEATURE_SET_KIND_FEATURE_VIEW, name=view.name,
+                    description=view.description, owner=view.owner, tags=view.tags,
+                )
+                yield self._describe(info, command, refs, snapshot)
+
+    @staticmethod
+    def _describe(
+        info: pb.FeatureSetInfo, command: pb.TrainingSetCommand, refs: Sequence[FeatureRef],
+        snapshot: Snapshot,
+    ) -> tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]:
+        schema = required_schema(refs, DEFAULT_TIMESTAMP_COLUMN, full_feature_names=True)
+        info.feature_refs.extend(r.ref for r in refs)
+        info.join_keys.extend(f.name for f in schema if f.metadata and
+                              f.metadata.get(ROLE_METADATA) == b"join_key")
+        info.registry_version = snapshot.version
+        command.full_feature_names = True
+        return info, command, schema
+
+
+def required_schema(
+    refs: Sequence[FeatureRef], timestamp_column: str, full_feature_names: bool
+) -> pa.Schema:
+    """The columns a spine must have (join keys, timestamp), then the features."""
+    fields: list[pa.Field] = []
+    seen: set[str] = set()
+    for view, _ in group_by_view(refs):
+        for key in view.join_keys:
+            if key.name not in seen:
+                seen.add(key.name)
+                fields.append(pa.field(key.name, key.dtype.arrow_type, nullable=False,
+                                       metadata={ROLE_METADATA: b"join_key"}))
+    fields.append(pa.field(timestamp_column, pa.timestamp("us", tz="UTC"), nullable=False,
+                           metadata={ROLE_METADATA: b"timestamp"}))
+    return pa.schema([*fields, *feature_fields(refs, full_feature_names, [f.name for f in fields])])
+
+
+def _stale(why: str) -> FailedPreconditionError:
+    return FailedPreconditionError(
+        f"the ticket is stale: {why}; plan the training set again (get_flight_info)",
+        reason="STALE_TICKET",
+    )
+
+
+def _too_many_rows(rows: int, limit: int) -> ResourceExhaustedError:
+    return ResourceExhaustedError(
+        f"the spine has {rows} rows, more than the server's limit of {limit} "
+        f"(flight.max_spine_rows); split it into several training sets",
+        reason="SPINE_TOO_LARGE", metadata={"max_spine_rows": str(limit)},
+    )

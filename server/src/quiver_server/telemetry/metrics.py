@@ -1,0 +1,310 @@
+"""Prometheus metrics of the serving, Flight and materialization processes.
+
+Every family lives in a `CollectorRegistry` owned by one `Telemetry`, so several
+servers in one process (tests) never collide. Names follow Prometheus
+conventions: a `quiver_` prefix, base units (seconds, bytes), `_total` on counters.
+
+Several worker processes (`quiver serve --workers N`) share one gRPC port, so
+they cannot each own the metrics port too. They run in prometheus_client's
+multiprocess mode instead: each worker writes its values to memory-mapped files
+under PROMETHEUS_MULTIPROC_DIR and the supervising process serves the sum on the
+one metrics port (`SupervisorMetrics`). One scrape target per pod, whatever N is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from quiver.registry.v1 import registry_pb2
+from quiver_server.registry.store import RegistryStore
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# From 100 us (a cached 1-entity lookup) to 5 min (a large Flight partition).
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+)
+STORE_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+ENTITY_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def multiprocess_mode() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class RpcMetrics:
+    """Per-call latency of every gRPC and Flight method."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            "quiver_rpc_duration_seconds",
+            "Server-side duration of RPCs, by service, method and gRPC status code.",
+            ["service", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+
+class OnlineMetrics:
+    """The online read path: request sizes, feature statuses and the store."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.entities = Histogram(
+            "quiver_online_entities_per_request",
+            "Entities asked for per GetOnlineFeatures call.",
+            buckets=ENTITY_BUCKETS,
+            registry=registry,
+        )
+        self.feature_status = Counter(
+            "quiver_feature_status",
+            "Feature values served, by status (PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE).",
+            ["status"],
+            registry=registry,
+        )
+        self.store_duration = Histogram(
+            "quiver_online_store_duration_seconds",
+            "Duration of online store calls, by store and operation.",
+            ["store", "operation"],
+            buckets=STORE_BUCKETS,
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "quiver_online_store_errors",
+            "Failed online store calls, by store, operation and error class.",
+            ["store", "operation", "error"],
+            registry=registry,
+        )
+        self._status_children: dict[int, Any] = {}
+
+    def status_child(self, status: int, names: dict[int, str]) -> Any:
+        """The `quiver_feature_status_total` series of one status number (cached)."""
+        child = self._status_children.get(status)
+        if child is None:
+            child = self._status_children[status] = self.feature_status.labels(
+                names.get(status, str(status))
+            )
+        return child
+
+
+class FlightMetrics:
+    """Arrow data moved by the Flight server."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rows = Counter(
+            "quiver_flight_rows_streamed",
+            "Rows sent (do_get) or received (do_put) as Arrow record batches.",
+            ["method"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "quiver_flight_bytes_streamed",
+            "Arrow buffer bytes of the record batches sent (do_get) or received (do_put).",
+            ["method"],
+            registry=registry,
+        )
+        self.batches = Counter(
+            "quiver_flight_batches_streamed",
+            "Record batches sent (do_get) or received (do_put).",
+            ["method"],
+            registry=registry,
+        )
+
+
+class MaterializeMetrics:
+    """Rows materialization moved into the online store."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.rows = Counter(
+            "quiver_materialize_rows",
+            "Rows materialization offered the online store, by view and result "
+            "(written, or superseded by a newer stored row).",
+            ["feature_view", "result"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "quiver_materialize_duration_seconds",
+            "Wall time of materializing one view.",
+            ["feature_view"],
+            buckets=(0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0),
+            registry=registry,
+        )
+
+
+class MaterializationLagCollector(Collector):
+    """`quiver_materialization_lag_seconds`: now minus each online view's watermark.
+
+    The watermark is the end of the newest materialized window (stored in the
+    registry by `quiver materialize`), so this is how far the online store may
+    be behind the offline history. Read from the registry directory at scrape
+    time, which works whichever process or CronJob materialized.
+    """
+
+    def __init__(self, registry_path: str | Path) -> None:
+        self._store = RegistryStore(registry_path)
+        self._lock = threading.Lock()
+        self._version = -1
+        self._watermarks: dict[str, float] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "quiver_materialization_lag_seconds",
+            "Seconds between now and the end of the newest materialized window, per online view.",
+            labels=["feature_view"],
+        )
+        now = time.time()
+        for view, watermark in sorted(self._current().items()):
+            family.add_metric([view], max(0.0, now - watermark))
+        yield family
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def _current(self) -> dict[str, float]:
+        try:
+            version = self._store.latest_version()
+            with self._lock:
+                if version != self._version:
+                    proto = self._store.read(version) if version else registry_pb2.Registry()
+                    self._watermarks = _watermarks(proto)
+                    self._version = version
+                return self._watermarks
+        except Exception:
+            return {}  # a scrape never fails because the registry is mid-write
+
+
+def _watermarks(proto: registry_pb2.Registry) -> dict[str, float]:
+    online = {view.name for view in proto.feature_views if view.online}
+    found: dict[str, float] = {}
+    for name, meta in proto.view_meta.items():
+        if name in online and meta.materialization.HasField("watermark"):
+            found[name] = meta.materialization.watermark.ToNanoseconds() / 1e9
+    return found
+
+
+@dataclass
+class Metrics:
+    """The families one process exports, in their own registry."""
+
+    registry: CollectorRegistry
+    rpc: RpcMetrics | None = None
+    online: OnlineMetrics | None = None
+    flight: FlightMetrics | None = None
+    materialize: MaterializeMetrics | None = None
+    extra: list[Collector] = field(default_factory=list)
+
+    @classmethod
+    def for_component(cls, component: str, registry_path: str | Path | None = None) -> Metrics:
+        """serving: RPC, online and lag; flight: RPC and Flight; materialize: its rows."""
+        registry = CollectorRegistry(auto_describe=True)
+        metrics = cls(registry)
+        if component in ("serving", "flight"):
+            metrics.rpc = RpcMetrics(registry)
+        if component == "serving":
+            metrics.online = OnlineMetrics(registry)
+            if registry_path is not None:
+                metrics.extra.append(MaterializationLagCollector(registry_path))
+        if component == "flight":
+            metrics.flight = FlightMetrics(registry)
+        if component == "materialize":
+            metrics.materialize = MaterializeMetrics(registry)
+        return metrics
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What the endpoint serves: this process's families, or every worker's."""
+        if multiprocess_mode():
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        else:
+            merged = self.registry
+            ProcessCollector(registry=merged)
+        for collector in self.extra:
+            merged.register(collector)
+        return merged
+
+
+class MetricsEndpoint:
+    """A running `/metrics` HTTP endpoint (prometheus_client's WSGI server)."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
+        from prometheus_client import start_http_server
+
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.port = int(self._server.server_port)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class SupervisorMetrics:
+    """The metrics endpoint of a process that supervises `--workers N` servers.
+
+    Call before starting the workers: it points PROMETHEUS_MULTIPROC_DIR at an
+    empty directory (a temporary one unless the variable is already set, e.g.
+    to an emptyDir volume), which the spawned workers inherit.
+    """
+
+    def __init__(self, port: int, host: str, registry_path: str | Path | None) -> None:
+        given = os.environ.get(MULTIPROC_ENV)
+        self._owned = None if given else tempfile.mkdtemp(prefix="quiver-metrics-")
+        self.directory = Path(given or self._owned or "")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Values left by an earlier run would be added to this run's.
+        for stale in self.directory.glob("*.db"):
+            stale.unlink()
+        os.environ[MULTIPROC_ENV] = str(self.directory)
+        metrics = Metrics(CollectorRegistry())
+        if registry_path is not None:
+            metrics.extra.append(MaterializationLagCollector(registry_path))
+        self.endpoint = MetricsEndpoint(metrics.exposition_registry(), port, host)
+        self.port = self.endpoint.port
+
+    def worker_exited(self, pid: int) -> None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        self.endpoint.close()
+        if self._owned:
+            shutil.rmtree(self._owned, ignore_errors=True)
+            os.environ.pop(MULTIPROC_ENV, None)
+
+
+def exported_metric_names() -> set[str]:
+    """Every metric name the Quiver servers can export, as Prometheus stores it.
+
+    Counters appear as `<name>_total`, histograms as `<name>_bucket`, `_sum` and
+    `_count` (the dashboards test checks panels against this set).
+    """
+    names: set[str] = set()
+    for component in ("serving", "flight", "materialize"):
+        metrics = Metrics.for_component(component, registry_path=None)
+        families: list[Any] = list(metrics.registry.collect())
+        families.append(GaugeMetricFamily("quiver_materialization_lag_seconds", "", labels=[]))
+        for family in families:
+            if family.type == "histogram":
+                names.update(f"{family.name}{s}" for s in ("_bucket", "_sum", "_count"))
+            elif family.type == "counter":
+                names.add(f"{family.name}_total")
+            else:
+                names.add(family.name)
+    return names
