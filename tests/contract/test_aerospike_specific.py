@@ -270,3 +270,24 @@ def test_a_value_the_client_cannot_store_is_invalid_and_named(store: Any, kit: K
     with pytest.raises(InvalidArgumentError, match="bad value"):
         store.write(table, kit.batch(table, [1], T0, a=[2**64], b=["x"]))
     assert kit.read(store, table, [1, 2]).event_ts == [None, None]
+
+
+def test_views_read_in_part_alongside_others_get_only_their_features(
+    store: Any, kit: Kit
+) -> None:
+    """Views whose bins cannot share one bin list are read record by record, same call."""
+    wide = kit.table("wide", {"a": Int64, "b": String, "c": Float64})
+    narrow = kit.table("narrow", {"x": String})
+    store.write(wide, kit.batch(wide, [1, 2], T0, a=[1, 2], b=["p", "q"], c=[0.5, 1.5]))
+    store.write(narrow, kit.batch(narrow, [1], T0 + 1, x=["n"]))
+    results = store.read([
+        kit.request(wide, [2, 1, 3], ["c"]),
+        kit.request(narrow, [1, 2]),
+        kit.request(wide, [1], ["b", "a"]),
+    ])
+    assert [r.values for r in results] == [
+        {"c": [1.5, 0.5, None]},
+        {"x": ["n", None]},
+        {"b": ["p"], "a": [1]},
+    ]
+    assert results[1].event_ts == [T0 + 1, None]

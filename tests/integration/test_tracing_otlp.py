@@ -6,6 +6,9 @@ The server's telemetry is built the production way, from quiver.yaml settings
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -155,3 +158,48 @@ def test_spans_arrive_at_a_real_otlp_receiver(
     attributes = {a.key: a.value for a in store_read.attributes}
     assert attributes["db.system"].string_value == "sqlite"
     assert attributes["quiver.entities"].int_value == 2
+
+
+def test_materialize_job_exports_spans_and_pushes_metrics(
+    applied_demo: QuiverConfig, grpc_receiver: tuple[str, Received]
+) -> None:
+    """`quiver materialize` as a CronJob runs it: spans over OTLP, rows to a Pushgateway."""
+    endpoint, received = grpc_receiver
+    pushed: list[tuple[str, str, bytes]] = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            length = int(self.headers.get("Content-Length", 0))
+            pushed.append(("PUT", self.path, self.rfile.read(length)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    gateway = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=gateway.serve_forever, daemon=True).start()
+    env = {
+        **os.environ,
+        "QUIVER_TELEMETRY__TRACING__ENABLED": "true",
+        "QUIVER_TELEMETRY__TRACING__ENDPOINT": endpoint,
+        "QUIVER_TELEMETRY__METRICS__PUSHGATEWAY": f"127.0.0.1:{gateway.server_port}",
+    }
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "quiver_server.cli", "--repo", str(applied_demo.repo_path),
+             "materialize", (datetime.now(UTC) - timedelta(days=30)).isoformat(), "now"],
+            env=env, check=True, capture_output=True, timeout=120,
+        )
+    finally:
+        gateway.shutdown()
+        gateway.server_close()
+
+    spans = received.spans()
+    names = [span.name for _, span in spans]
+    assert names.count("quiver.materialize") == 1
+    assert names.count("quiver.materialize.view") == 3
+    assert {resource["service.name"] for resource, _ in spans} == {"quiver-materialize"}
+    [(method, path, body)] = pushed
+    assert path == f"/metrics/job/quiver-materialize/project/{applied_demo.project}"
+    assert b'quiver_materialize_rows_total{feature_view="user_profile",result="written"}' in body

@@ -306,6 +306,7 @@ def test_the_store_starts_while_the_cluster_is_down() -> None:
         (152, UnavailableError),  # batch queues full
         (20, FailedPreconditionError),  # namespace not found
         (22, FailedPreconditionError),  # forbidden, e.g. TTL without nsup
+        (151, FailedPreconditionError),  # batch over batch-max-requests
         (-2, InvalidArgumentError),  # parameter
         (13, InvalidArgumentError),  # record too big
         (12345, UnavailableError),  # unknown
@@ -335,3 +336,17 @@ def test_a_value_of_the_wrong_type_is_named() -> None:
     assert find_bad_value(view, ["a", "b", "c"], columns) == (
         "feature 'c' is bytes but row 2 holds str 'text'"
     )
+
+
+def test_one_bin_list_serves_several_views_only_when_it_reads_nothing_unwanted() -> None:
+    from quiver_server.online.aerospike_layout import shared_bins
+
+    wide = ViewTable("p", _view(a=Int64, b=Int64, c=Int64), {"a": "f0", "b": "f1", "c": "f2"})
+    narrow = ViewTable("p", _view(x=String), {"x": "f0"})
+    # Whole views: the union asks each record only for bins it wants.
+    assert shared_bins([read_layout(wide, ["a", "b", "c"]), read_layout(narrow, ["x"])]) == [
+        "_e", "f0", "f1", "f2",
+    ]
+    assert shared_bins([read_layout(wide, ["b"]), read_layout(wide, ["b"])]) == ["_e", "f1"]
+    # `wide` read in part: the union would also return its unwanted f0.
+    assert shared_bins([read_layout(wide, ["b"]), read_layout(narrow, ["x"])]) is None

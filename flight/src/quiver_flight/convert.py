@@ -100,8 +100,9 @@ def timestamp_seconds(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-def flight_error(error: QuiverError) -> flight.FlightError:
+def flight_error(error: QuiverError) -> Exception:
     """The Flight exception to raise for `error`, carrying its rich status."""
     status = to_status(error).SerializeToString()
     error_class = _FLIGHT_CLASSES.get(error.grpc_code, flight.FlightServerError)
-    return error_class(f"{error.grpc_code.name}: {error.message}", extra_info=status)
+    result: Exception = error_class(f"{error.grpc_code.name}: {error.message}", extra_info=status)
+    return result

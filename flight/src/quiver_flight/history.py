@@ -32,9 +32,10 @@ from quiver_server.offline.source import filesystem_and_path, resolve_path
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
 _INT64_MAX = int(np.iinfo(np.int64).max)
-# Composite search keys pack (key id, event time) into 62 bits; when the raw
-# time span does not fit next to the key ids, times are replaced by ranks.
+# Sorting packs (key id, event time) into one non-negative int64; when the raw
+# time span does not fit next to the key ids, times are replaced by their ranks.
 MAX_COMPOSITE_BITS = 62
+_INT64_BITS = 62
 
 
 @dataclass(frozen=True)
@@ -261,6 +262,8 @@ class HistoryIndex:
 
     def rows(self, pos: IntArray) -> IntArray:
         """History row numbers of entries `pos` (-1 stays -1)."""
+        if self.entries == 0:
+            return np.full(len(pos), -1, np.int64)
         return np.where(pos >= 0, self.rowid[np.maximum(pos, 0)], -1)
 
 
@@ -276,7 +279,9 @@ def build_index(source: HistorySource) -> HistoryIndex:
     created_column = view.source.created_timestamp_field
     dataset = source.dataset()
     if dataset is None:
-        empty = KeyEncoder.build([pa.array([], pa.int64()) for _ in key_columns])[0]
+        empty = KeyEncoder.build(
+            [normalize_key(pa.array([], k.dtype.arrow_type), k.dtype) for k in view.join_keys]
+        )[0]
         nothing = np.empty(0, np.int64)
         return HistoryIndex(empty, np.zeros(1, np.int64), nothing, nothing, "us", 0)
     check_source_schema(source, [])
@@ -307,7 +312,7 @@ def build_index(source: HistorySource) -> HistoryIndex:
         ) from None
     if created_column and table[created_column].null_count:
         nulls = ~table[created_column].is_valid().to_numpy(zero_copy_only=False)
-        created[nulls] = _INT64_MIN
+        created = np.where(nulls, _INT64_MIN, created)
     del table
 
     rows: IntArray = np.arange(num_rows, dtype=np.int64)
@@ -344,7 +349,7 @@ def _composite(kid: IntArray, event: IntArray, keys: int) -> tuple[IntArray, int
         return (kid << span_bits) | (event - emin), span_bits
     _, ranks = np.unique(event, return_inverse=True)
     rank_bits = max(1, (len(event)).bit_length())
-    if key_bits + rank_bits > MAX_COMPOSITE_BITS:  # pragma: no cover - 2^62 rows
+    if key_bits + rank_bits > _INT64_BITS:  # pragma: no cover - 2^62 rows
         raise FailedPreconditionError("history too large to index", reason="SOURCE_TOO_LARGE")
     return (kid << rank_bits) | ranks.astype(np.int64), rank_bits
 

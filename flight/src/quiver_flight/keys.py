@@ -183,7 +183,7 @@ class KeyEncoder:
             else:
                 codes = column.encode(values)
             if valid is not None:
-                codes[~valid] = -1
+                codes = np.where(valid, codes, -1)
             if ids is None:
                 ids = codes
                 continue

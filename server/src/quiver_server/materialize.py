@@ -211,6 +211,7 @@ def _run(
     # Check every source before writing anything.
     jobs = [_plan(config, table, start, end) for table, start, end in windows]
     results: list[ViewMaterialization] = []
+    done: dict[str, datetime] = {}
     store = open_online_store(config)
     try:
         for job in jobs:
@@ -218,9 +219,13 @@ def _run(
                 results.append(ViewMaterialization(job.table.name, job.start, job.end, 0, 0, 0, 0, 0.0))
                 continue
             results.append(_materialize_view(store, job, _Progress(job.table.name, progress)))
-            _record_watermark(registry, job.table.name, job.end)
+            done[job.table.name] = job.end
     finally:
         store.close()
+        # One registry version per run (not per view), recording every view that
+        # finished even if a later one failed.
+        if done:
+            _record_watermarks(registry, done)
     return results
 
 
@@ -440,17 +445,21 @@ def _write_batch(job: _ViewJob, chunk: pa.Table) -> WriteBatch:
     )
 
 
-def _record_watermark(registry: RegistryStore, view: str, end: datetime) -> None:
+def _record_watermarks(registry: RegistryStore, ends: dict[str, datetime]) -> None:
     now = datetime.now(UTC)
 
     def change(proto: pb.Registry) -> str | None:
-        if not any(v.name == view for v in proto.feature_views):
-            return None  # removed by an apply while we ran
-        state = proto.view_meta[view].materialization
-        if not state.HasField("watermark") or state.watermark.ToDatetime(tzinfo=UTC) < end:
-            state.watermark.FromDatetime(end)
-        state.updated_at.FromDatetime(now)
-        return "materialize"
+        present = {v.name for v in proto.feature_views}
+        changed = False
+        for view, end in ends.items():
+            if view not in present:
+                continue  # removed by an apply while we ran
+            state = proto.view_meta[view].materialization
+            if not state.HasField("watermark") or state.watermark.ToDatetime(tzinfo=UTC) < end:
+                state.watermark.FromDatetime(end)
+            state.updated_at.FromDatetime(now)
+            changed = True
+        return "materialize" if changed else None
 
     registry.commit(change)
 

@@ -22,6 +22,7 @@ import structlog
 from opentelemetry import trace
 
 from quiver_server.config import LoggingConfig
+from quiver_server.telemetry.recorder import current_span_id
 from quiver_server.telemetry.scope import current_scope
 
 
@@ -30,22 +31,26 @@ def add_trace_context(
 ) -> MutableMapping[str, Any]:
     """structlog processor: ``trace_id``/``span_id`` of the current span, if any."""
     context = trace.get_current_span().get_span_context()
+    scope = current_scope()
     if context.is_valid:
+        span_id = context.span_id
+        if scope is not None and scope.call is not None and scope.call.span_id == span_id:
+            span_id = current_span_id() or span_id  # inside a recorded child span
         event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
-        event_dict.setdefault("span_id", format(context.span_id, "016x"))
-    else:
-        scope = current_scope()
-        if scope is not None and scope.remote_trace_id is not None:
-            event_dict.setdefault("trace_id", scope.remote_trace_id)
+        event_dict.setdefault("span_id", format(span_id, "016x"))
+    elif scope is not None and scope.remote_trace_id is not None:
+        event_dict.setdefault("trace_id", scope.remote_trace_id)
     return event_dict
 
 
 def configure_logging(config: LoggingConfig) -> None:
     """JSON lines in production, readable lines on a terminal (format "auto")."""
     level = getattr(logging, config.level.upper())
-    use_json = config.format == "json" or (config.format == "auto" and not sys.stderr.isatty())
+    terminal = sys.stderr.isatty()
+    use_json = config.format == "json" or (config.format == "auto" and not terminal)
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer() if use_json
+        else structlog.dev.ConsoleRenderer(colors=terminal)
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

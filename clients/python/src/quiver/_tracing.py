@@ -51,6 +51,8 @@ def tracer_for(provider: TracerProvider | None) -> Tracer:
 
 def split_target(target: str) -> tuple[str, int | None]:
     """``host:port`` (or ``[v6]:port``, ``dns:///host:port``) -> (host, port)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return target, None
     address = target.rsplit("/", 1)[-1]
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():

@@ -2,9 +2,10 @@
 
 The store must exist even while the cluster is down, so the serving server can
 start, report NOT_SERVING and recover on its own. So the client is created
-lazily: at construction and then at most once per `RECONNECT_INTERVAL_SECONDS`,
-from a call or from `healthy()`; calls in between fail at once with
-UnavailableError naming the last cause. Once connected, the client's own tend
+lazily: at construction, then at most once per `RECONNECT_INTERVAL_SECONDS`,
+from `healthy()` (the server's health check thread) or, in the background, from
+a call; calls without a client fail at once with UnavailableError naming the
+last cause, never waiting for a connect. Once connected, the client's own tend
 thread follows the cluster: nodes that leave and come back are picked up
 without a new client (checked by stopping and restarting a server).
 """
@@ -61,11 +62,13 @@ class Connection:
         self.where = f"online store aerospike at {hosts} (namespace {config.namespace!r})"
         self._client_config = client_config(config)
         self._client: aerospike.Client | None = None
-        self._lock = threading.Lock()  # held while connecting or closing
+        self._lock = threading.Lock()  # guards the fields below; held only briefly
         self._closed = False
+        self._connecting = False
         self._last_attempt = float("-inf")
         self._last_error = "not connected yet"
-        self.try_connect()
+        if self._claim():
+            self._connect()
 
     @property
     def hosts(self) -> list[tuple[Any, ...]]:
@@ -73,63 +76,38 @@ class Connection:
         return hosts
 
     def client(self) -> aerospike.Client:
-        """The client, connecting first if due.
+        """The client; when there is none, a reconnect is started if due.
 
         Raises:
             UnavailableError: not connected (with the last cause), or closed.
         """
-        client = self._client or self.try_connect()
-        if client is None:
-            if self._closed:
-                raise UnavailableError(f"{self.where} is closed")
-            raise UnavailableError(
-                f"{self.where} unavailable: cannot connect: {self._last_error} "
-                f"(retrying at most every {RECONNECT_INTERVAL_SECONDS:g}s)"
-            )
-        return client
-
-    def try_connect(self) -> aerospike.Client | None:
-        """Connect unless connected, closed, tried too recently or being tried by another thread.
-
-        Returns the client, or None when there is none (yet).
-        """
-        if self._closed or time.monotonic() - self._last_attempt < RECONNECT_INTERVAL_SECONDS:
-            return self._client
-        if not self._lock.acquire(blocking=False):
-            return self._client  # another thread is connecting: do not queue behind it
-        try:
-            if self._client is not None or self._closed:
-                return self._client
-            self._last_attempt = time.monotonic()
-            try:
-                # Creating the client connects (client 14+), within connect_timeout.
-                client = aerospike.client(self._client_config)
-            except aerospike_exception.ParamError as exc:
-                # A configuration the client rejects: retrying cannot help.
-                raise InvalidArgumentError.for_field(
-                    "online_store", f"the Aerospike client rejects it: {describe_exception(exc)}"
-                ) from exc
-            except aerospike_exception.AerospikeError as exc:
-                self._failed(describe_exception(exc))
-                return None
-            problem = self._check_namespace(client)
-            if problem is not None:
-                client.close()
-                self._failed(problem)
-                return None
-            self._client = client
-            log.info("aerospike connected", where=self.where)
+        client = self._client
+        if client is not None:
             return client
-        finally:
-            self._lock.release()
+        if self._claim():
+            # Connecting can take connect_timeout_ms per seed that does not
+            # answer; no request waits for it: this call fails now, later ones
+            # find the client.
+            threading.Thread(
+                target=self._connect_quietly, name="aerospike-connect", daemon=True
+            ).start()
+        if self._closed:
+            raise UnavailableError(f"{self.where} is closed")
+        raise UnavailableError(
+            f"{self.where} unavailable: cannot connect: {self._last_error} "
+            f"(retrying at most every {RECONNECT_INTERVAL_SECONDS:g}s)"
+        )
 
     def healthy(self) -> bool:
         """Whether the cluster answers an info ping within `HEALTH_TIMEOUT_MS`.
 
-        Also the place a store without a client retries, so a server that
-        started while the cluster was down recovers without any request.
+        Without a client, first tries to connect if due (the health check runs
+        in its own thread, so it may wait): a server that started while the
+        cluster was down recovers without any request.
         """
-        client = self._client or self.try_connect()
+        client = self._client
+        if client is None and self._claim():
+            client = self._connect_quietly()
         if client is None or not client.is_connected():
             return False
         try:
@@ -187,9 +165,71 @@ class Connection:
             )
         return error_for_code(code, f"{self.where}: {message}: {detail}")
 
+    def _claim(self) -> bool:
+        """Whether the caller may connect now: not connected, not closed, no
+        attempt under way, and the last one at least RECONNECT_INTERVAL_SECONDS ago."""
+        with self._lock:
+            now = time.monotonic()
+            if (
+                self._closed
+                or self._client is not None
+                or self._connecting
+                or now - self._last_attempt < RECONNECT_INTERVAL_SECONDS
+            ):
+                return False
+            self._connecting = True
+            self._last_attempt = now
+            return True
+
+    def _connect(self) -> aerospike.Client | None:
+        """Create the client, after a successful `_claim`; None when the cluster cannot serve.
+
+        Raises:
+            InvalidArgumentError: the client rejects the configuration.
+        """
+        try:
+            try:
+                # Creating the client connects (client 14+), within connect_timeout.
+                client = aerospike.client(self._client_config)
+            except aerospike_exception.ParamError as exc:
+                # A configuration the client rejects: retrying cannot help.
+                raise InvalidArgumentError.for_field(
+                    "online_store", f"the Aerospike client rejects it: {describe_exception(exc)}"
+                ) from exc
+            except aerospike_exception.AerospikeError as exc:
+                self._failed(describe_exception(exc))
+                return None
+            problem = self._check_namespace(client)
+            if problem is not None:
+                client.close()
+                self._failed(problem)
+                return None
+            with self._lock:
+                closed = self._closed
+                if not closed:
+                    self._client = client
+            if closed:  # closed while connecting
+                client.close()
+                return None
+            self._last_error = "not connected"
+            log.info("aerospike connected", where=self.where)
+            return client
+        finally:
+            with self._lock:
+                self._connecting = False
+
+    def _connect_quietly(self) -> aerospike.Client | None:
+        try:
+            return self._connect()
+        except QuiverError as exc:
+            self._failed(exc.message)
+            return None
+
     def _failed(self, cause: str) -> None:
+        # Log a cause once, not on every retry while the cluster stays down.
+        if cause != self._last_error:
+            log.warning("aerospike connect failed", where=self.where, error=cause)
         self._last_error = cause
-        log.warning("aerospike connect failed", where=self.where, error=cause)
 
     def _check_namespace(self, client: aerospike.Client) -> str | None:
         """Why the cluster cannot serve the namespace, or None when it can."""

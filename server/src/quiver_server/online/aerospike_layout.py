@@ -201,6 +201,8 @@ class ReadLayout:
     decoders: tuple[Converter | None, ...]  # aligned with `features`
     read_bins: list[str]  # EVENT_BIN, then `bins` without repeats
     read_ops: list[dict[str, Any]]  # the same, as batch Read operations
+    # Bins of the view's current features that were not asked for.
+    unwanted_bins: frozenset[str]
 
 
 def read_layout(table: ViewTable, features: Sequence[str]) -> ReadLayout:
@@ -211,10 +213,29 @@ def read_layout(table: ViewTable, features: Sequence[str]) -> ReadLayout:
     read_bins = list(dict.fromkeys((EVENT_BIN, *bins)))
     # The operation dicts `aerospike_helpers.operations.operations.read` builds.
     read_ops = [{"op": aerospike.OPERATOR_READ, "bin": b} for b in read_bins]
+    unwanted = frozenset(table.bin_names.values()).difference(bins)
     return ReadLayout(
         table.view, table.bin_names, set_name(table.project, table.name), features, bins,
-        decoders, read_bins, read_ops,
+        decoders, read_bins, read_ops, unwanted,
     )
+
+
+def shared_bins(layouts: Sequence[ReadLayout]) -> list[str] | None:
+    """One bin list that reads exactly the wanted bins of every view, or None.
+
+    Bin names repeat across views (each view's start at ``f0``), so the union of
+    the requested bins usually asks each record for nothing it does not want:
+    a record only returns the bins it has. When it would return some unwanted
+    bin of a view (a view read in part while another view wants that name),
+    there is no such list.
+    """
+    first = layouts[0].read_bins
+    if all(layout.read_bins == first for layout in layouts):
+        return first
+    union = list(dict.fromkeys(b for layout in layouts for b in layout.read_bins))
+    if any(layout.unwanted_bins.intersection(union) for layout in layouts):
+        return None
+    return union
 
 
 @dataclass(frozen=True)

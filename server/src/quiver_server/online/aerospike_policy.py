@@ -50,6 +50,8 @@ _FAILED_PRECONDITION_CODES = frozenset({
     20,  # namespace not found
     21,  # bin name too long or too many bin names
     22,  # forbidden (e.g. TTLs with nsup-period 0, stop-writes on a set)
+    150,  # batches disabled on the server
+    151,  # a batch larger than the server's batch-max-requests: lower batch_size
     *range(50, 90),  # security: not authenticated, role violation, quotas...
 })
 _DEADLINE_CODES = frozenset({TIMEOUT, 212})  # timeout, query timeout

@@ -155,18 +155,21 @@ class SqliteOnlineStore:
             raise UnavailableError(
                 f"online store sqlite at {path!r} unavailable: cannot create its directory: {exc}"
             ) from exc
-        with self._errors("opening"):
-            conn = self._conn()
-            # WAL is a property of the file: set once, every connection sees it.
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        try:
+            with self._errors("opening"):
+                conn = self._conn()
+                # WAL is a property of the file: set once, every connection sees it.
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except BaseException:
+            self.close()
+            raise
         if str(mode).lower() != "wal":
+            self.close()
             raise UnavailableError(
                 f"online store sqlite at {path!r} unavailable: cannot switch to WAL mode "
                 f"(journal mode is {mode!r}; is it on a network filesystem?)"
             )
-        self._max_in = min(
-            conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), _MAX_IN_LIST
-        )
+        self._max_in = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), _MAX_IN_LIST)
 
     # -- OnlineStore -----------------------------------------------------------------
 

@@ -41,13 +41,13 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 import pyarrow as pa
 import structlog
 from google.rpc import status_pb2
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from pyarrow import flight
 
 from quiver_server.telemetry.grpc_server import trace_id_from_traceparent
 from quiver_server.telemetry.metrics import FlightMetrics, RpcMetrics
+from quiver_server.telemetry.recorder import RecordedCall, SpanRecorder
 from quiver_server.telemetry.scope import Scope, current_scope, enter_scope, exit_scope
 
 MIDDLEWARE_KEY = "quiver.telemetry"
@@ -141,14 +141,14 @@ def traced_flight_handler(handler: Callable[Concatenate[S, Any, P], R]) -> Calla
 
 @contextlib.contextmanager
 def activate(scope: Scope) -> Iterator[None]:
-    """Make `scope` (and its OpenTelemetry context) current for the block."""
+    """Make `scope` (and its call's span) current for the block."""
     token = enter_scope(scope)
-    attached = otel_context.attach(scope.otel) if scope.otel is not None else None
+    tokens = scope.call.activate() if scope.call is not None else None
     try:
         yield
     finally:
-        if attached is not None:
-            otel_context.detach(attached)
+        if tokens is not None:
+            RecordedCall.deactivate(tokens)
         exit_scope(token)
 
 
@@ -196,12 +196,12 @@ class TelemetryServerMiddlewareFactory(flight.ServerMiddlewareFactory):  # type:
     def __init__(
         self,
         *,
-        tracer: Tracer | None,
+        recorder: SpanRecorder | None,
         rpc: RpcMetrics | None,
         flight: FlightMetrics | None,
         access_log: bool,
     ) -> None:
-        self.tracer = tracer
+        self.recorder = recorder
         self.rpc = rpc
         self.flight = flight
         self.access_log = access_log
@@ -215,36 +215,27 @@ class TelemetryServerMiddlewareFactory(flight.ServerMiddlewareFactory):  # type:
             if values and isinstance(values[0], str)
         }
         scope = Scope(None, None, stream=StreamStats(method, self.flight))
-        span = None
-        if self.tracer is not None:
+        if self.recorder is not None:
             name = f"{FLIGHT_SERVICE}/{method}"
-            parent = propagate.extract(carrier)
-            span = self.tracer.start_span(name, parent, SpanKind.SERVER, {
+            scope.call = self.recorder.start(name, SpanKind.SERVER, propagate.extract(carrier), {
                 "rpc.system.name": "grpc", "rpc.method": name,
                 "rpc.system": "grpc", "rpc.service": FLIGHT_SERVICE,
             })
-            scope.tracer = self.tracer
-            scope.otel = trace.set_span_in_context(span, parent)
         else:
             scope.remote_trace_id = trace_id_from_traceparent(carrier.get("traceparent"))
-        return TelemetryServerMiddleware(self, method, scope, span)
+        return TelemetryServerMiddleware(self, method, scope)
 
 
 class TelemetryServerMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
-    """One call's telemetry; the handler may reach it as
-    ``context.get_middleware(MIDDLEWARE_KEY)`` to add attributes to `span`."""
+    """One call's telemetry; a handler may reach it as
+    ``context.get_middleware(MIDDLEWARE_KEY)`` and add attributes to ``scope.call``."""
 
     def __init__(
-        self,
-        factory: TelemetryServerMiddlewareFactory,
-        method: str,
-        scope: Scope,
-        span: trace.Span | None,
+        self, factory: TelemetryServerMiddlewareFactory, method: str, scope: Scope
     ) -> None:
         self.factory = factory
         self.method = method
         self.scope = scope
-        self.span = span
         self._start = time.perf_counter()
 
     def sending_headers(self) -> dict[str, str]:
@@ -254,28 +245,26 @@ class TelemetryServerMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
         seconds = time.perf_counter() - self._start
         status = status_of(exception)
         stats = self.scope.stream
-        span = self.span
+        call = self.scope.call
         factory = self.factory
         if factory.rpc is not None:
             child = factory.rpc.duration.labels(FLIGHT_SERVICE, self.method, status)
-            context = span.get_span_context() if span is not None else None
-            if context is not None and context.trace_flags.sampled:
-                child.observe(seconds, {"trace_id": format(context.trace_id, "032x")})
+            if call is not None and call.sampled:
+                child.observe(seconds, {"trace_id": format(call.trace_id, "032x")})
             else:
                 child.observe(seconds)
-        if span is not None:
-            span.set_attribute("rpc.response.status_code", status)
+        if call is not None:
+            call.set_attribute("rpc.response.status_code", status)
             if stats is not None and stats.batches:
-                span.set_attributes({
+                call.attributes.update({
                     "quiver.batches": stats.batches, "quiver.rows": stats.rows,
                     "quiver.bytes": stats.bytes,
                 })
             if status != "OK":
-                span.set_attribute("error.type", status)
+                call.set_attribute("error.type", status)
                 if status in _SERVER_ERRORS:
                     message = str(exception).split("\n", 1)[0] if exception else status
-                    span.set_status(Status(StatusCode.ERROR, message))
-            span.end()
+                    call.set_status(Status(StatusCode.ERROR, message))
         if factory.access_log:
             fields: dict[str, Any] = {
                 "method": self.method, "service": FLIGHT_SERVICE, "status": status,
@@ -285,3 +274,5 @@ class TelemetryServerMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
                 fields.update(rows=stats.rows, bytes=stats.bytes, batches=stats.batches)
             with activate(self.scope):
                 access_log.info("rpc", **fields)
+        if call is not None:
+            call.finish()

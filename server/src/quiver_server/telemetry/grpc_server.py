@@ -21,11 +21,11 @@ from typing import Any, TypeAlias
 
 import grpc
 import structlog
-from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry import propagate
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from quiver_server.telemetry.metrics import OnlineMetrics, RpcMetrics
+from quiver_server.telemetry.recorder import RecordedCall, SpanRecorder
 from quiver_server.telemetry.scope import Scope, enter_scope, exit_scope
 
 access_log = structlog.get_logger("quiver.access")
@@ -69,7 +69,7 @@ def trace_id_from_traceparent(value: str | bytes | None) -> str | None:
 
 
 class TelemetryInterceptor(grpc.ServerInterceptor):
-    """Tracing (if a tracer is given), RPC metrics (if given) and the access log.
+    """Tracing (if a recorder is given), RPC metrics (if given) and the access log.
 
     Installed only when at least one of them is on; see `Telemetry.server_interceptors`.
     """
@@ -77,12 +77,12 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
     def __init__(
         self,
         *,
-        tracer: Tracer | None,
+        recorder: SpanRecorder | None,
         rpc: RpcMetrics | None,
         online: OnlineMetrics | None,
         access_log: bool,
     ) -> None:
-        self._tracer = tracer
+        self._recorder = recorder
         self._rpc = rpc
         self._online = online
         self._access_log = access_log
@@ -117,7 +117,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
         }
         size_field, size_name = _SIZES.get(method, (None, None))
         quiet = service.startswith(_QUIET_SERVICES)
-        tracer, rpc, online = self._tracer, self._rpc, self._online
+        recorder, rpc, online = self._recorder, self._rpc, self._online
         log_enabled = self._access_log
         durations: dict[grpc.StatusCode, Any] = {}
         entities = online.entities if online is not None and method == "GetOnlineFeatures" else None
@@ -126,13 +126,13 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
             start = time.perf_counter()
             carrier = dict(context.invocation_metadata() or ())
             scope = Scope(None, online)
-            span = None
-            attached = None
-            if tracer is not None:
-                parent = propagate.extract(carrier)
-                span = tracer.start_span(span_name, parent, SpanKind.SERVER, attributes)
-                attached = otel_context.attach(trace.set_span_in_context(span, parent))
-                scope.tracer = tracer
+            call = None
+            tokens = None
+            if recorder is not None:
+                call = recorder.start(span_name, SpanKind.SERVER, propagate.extract(carrier),
+                                      attributes)
+                scope.call = call
+                tokens = call.activate()
             else:
                 scope.remote_trace_id = trace_id_from_traceparent(carrier.get("traceparent"))
             token = enter_scope(scope)
@@ -146,20 +146,18 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                     grpc.StatusCode.OK if response is not None else grpc.StatusCode.UNKNOWN
                 )
                 size = getattr(response, size_field) if size_field and response is not None else None
-                sampled = span is not None and span.get_span_context().trace_flags.sampled
                 if rpc is not None:
                     child = durations.get(code)
                     if child is None:
                         child = durations[code] = rpc.duration.labels(service, method, code.name)
-                    if sampled:
-                        trace_id = format(span.get_span_context().trace_id, "032x")  # type: ignore[union-attr]
-                        child.observe(seconds, {"trace_id": trace_id})
+                    if call is not None and call.sampled:
+                        child.observe(seconds, {"trace_id": format(call.trace_id, "032x")})
                     else:
                         child.observe(seconds)
                 if entities is not None and size is not None:
                     entities.observe(size)
-                if span is not None:
-                    _end_span(span, context, code, size_name, size)
+                if call is not None:
+                    _end_call(call, context, code, size_name, size)
                 if log_enabled:
                     fields: dict[str, Any] = {
                         "method": method, "service": service, "status": code.name,
@@ -171,34 +169,35 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                         fields["peer"] = context.peer()
                     (access_log.debug if quiet else access_log.info)("rpc", **fields)
                 exit_scope(token)
-                if attached is not None:
-                    otel_context.detach(attached)
+                if tokens is not None:
+                    RecordedCall.deactivate(tokens)
 
         return behavior
 
 
-def _end_span(
-    span: trace.Span,
+def _end_call(
+    call: RecordedCall,
     context: grpc.ServicerContext,
     code: grpc.StatusCode,
     size_name: str | None,
     size: int | None,
 ) -> None:
-    if span.is_recording():
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        span.set_attribute("rpc.response.status_code", code.name)
+    if call.sampled:
+        attributes = call.attributes
+        attributes["rpc.grpc.status_code"] = code.value[0]
+        attributes["rpc.response.status_code"] = code.name
         peer = context.peer()
         if peer.startswith(("ipv4:", "ipv6:")):
             host, _, port = peer.partition(":")[2].rpartition(":")
-            span.set_attribute("network.peer.address", host.strip("[]"))
+            attributes["network.peer.address"] = host.strip("[]")
             if port.isdigit():
-                span.set_attribute("network.peer.port", int(port))
+                attributes["network.peer.port"] = int(port)
         if size_name is not None and size is not None:
-            span.set_attribute(f"quiver.{size_name}", size)
+            attributes[f"quiver.{size_name}"] = size
         if code is not grpc.StatusCode.OK:
-            span.set_attribute("error.type", code.name)
+            attributes["error.type"] = code.name
             if code in _SERVER_ERRORS:
                 details = context.details()  # type: ignore[attr-defined]
                 message = details.decode(errors="replace") if isinstance(details, bytes) else details
-                span.set_status(Status(StatusCode.ERROR, message or code.name))
-    span.end()
+                call.set_status(Status(StatusCode.ERROR, message or code.name))
+    call.finish()

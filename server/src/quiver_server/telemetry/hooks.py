@@ -23,9 +23,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind
+
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver_server.config import QuiverConfig
 from quiver_server.telemetry.metrics import OnlineMetrics
+from quiver_server.telemetry.recorder import RecordedCall
 from quiver_server.telemetry.scope import Scope, current_scope, enter_scope, exit_scope, traced
 from quiver_server.telemetry.setup import Telemetry, installed_telemetry, setup_telemetry
 from quiver_server.telemetry.tracing import tracing_enabled
@@ -86,13 +90,19 @@ def traced_encoding(function: Callable[[A, Cols, int], R]) -> Callable[[A, Cols,
             return function(names, columns, count)
         if scope.online is not None:
             count_statuses(scope.online, columns)
-        if scope.tracer is None:
+        call = scope.call
+        if call is None or not call.sampled:
             return function(names, columns, count)
-        with scope.tracer.start_as_current_span(
-            "quiver.response.encode",
-            attributes={"quiver.entities": count, "quiver.features": len(columns)},
-        ):
+        child = call.begin("quiver.response.encode", attributes={
+            "quiver.entities": count, "quiver.features": len(columns),
+        })
+        try:
             return function(names, columns, count)
+        except BaseException as exc:
+            child.fail(exc)
+            raise
+        finally:
+            call.end(child)
 
     return wrapper
 
@@ -120,7 +130,8 @@ def traced_push(function: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         scope = current_scope()
-        if scope is None or scope.tracer is None:
+        call = scope.call if scope is not None else None
+        if call is None or not call.sampled:
             return function(*args, **kwargs)
         given = signature.bind(*args, **kwargs).arguments
         attributes: dict[str, Any] = {}
@@ -131,12 +142,18 @@ def traced_push(function: Callable[P, R]) -> Callable[P, R]:
             attributes["quiver.rows"] = int(rows.num_rows)
         if to is not None:
             attributes["quiver.push_target"] = str(getattr(to, "value", to))
-        with scope.tracer.start_as_current_span("quiver.push", attributes=attributes) as span:
+        child = call.begin("quiver.push", attributes=attributes)
+        try:
             result = function(*args, **kwargs)
-            superseded = getattr(result, "superseded", None)
-            if isinstance(superseded, int):
-                span.set_attribute("quiver.rows_superseded", superseded)
-            return result
+        except BaseException as exc:
+            child.fail(exc)
+            raise
+        finally:
+            call.end(child)
+        superseded = getattr(result, "superseded", None)
+        if isinstance(superseded, int):
+            child.set_attribute("quiver.rows_superseded", superseded)
+        return result
 
     return wrapper
 
@@ -155,17 +172,26 @@ def traced_materialization(
         ):
             telemetry = setup_telemetry(config, "materialize", install=True)
             own = True
-        if telemetry is None or (telemetry.tracer is None and telemetry.metrics is None):
+        if telemetry is None or (telemetry.recorder is None and telemetry.metrics is None):
             return function(config, *args, **kwargs)
-        token = enter_scope(Scope(telemetry.tracer))
+        call = None
+        if telemetry.recorder is not None:
+            call = telemetry.recorder.start(
+                "quiver.materialize", SpanKind.INTERNAL, otel_context.get_current(),
+                {"quiver.project": config.project},
+            )
+        token = enter_scope(Scope(call))
+        tokens = call.activate() if call is not None else None
         try:
-            if telemetry.tracer is None:
-                return function(config, *args, **kwargs)
-            with telemetry.tracer.start_as_current_span(
-                "quiver.materialize", attributes={"quiver.project": config.project}
-            ):
-                return function(config, *args, **kwargs)
+            return function(config, *args, **kwargs)
+        except BaseException as exc:
+            if call is not None:
+                call.fail(exc)
+            raise
         finally:
+            if call is not None and tokens is not None:
+                RecordedCall.deactivate(tokens)
+                call.finish()
             exit_scope(token)
             if own:
                 _finish_job(telemetry, config)
@@ -190,21 +216,27 @@ def traced_view_materialization(function: Callable[P, Outcome]) -> Callable[P, O
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> Outcome:
         telemetry = installed_telemetry()
         scope = current_scope()
-        tracer = scope.tracer if scope is not None else None
-        if tracer is None:
+        call = scope.call if scope is not None else None
+        if call is None or not call.sampled:
             outcome = function(*args, **kwargs)
         else:
-            with tracer.start_as_current_span("quiver.materialize.view") as span:
+            child = call.begin("quiver.materialize.view")
+            try:
                 outcome = function(*args, **kwargs)
-                span.set_attributes({
-                    "quiver.feature_view": outcome.view,
-                    "quiver.window.start": outcome.start.isoformat() if outcome.start else "",
-                    "quiver.window.end": outcome.end.isoformat(),
-                    "quiver.rows_read": outcome.rows_read,
-                    "quiver.entities": outcome.entities,
-                    "quiver.rows_written": outcome.rows_written,
-                    "quiver.rows_superseded": outcome.superseded,
-                })
+            except BaseException as exc:
+                child.fail(exc)
+                raise
+            finally:
+                call.end(child)
+            child.attributes.update({
+                "quiver.feature_view": outcome.view,
+                "quiver.window.start": outcome.start.isoformat() if outcome.start else "",
+                "quiver.window.end": outcome.end.isoformat(),
+                "quiver.rows_read": outcome.rows_read,
+                "quiver.entities": outcome.entities,
+                "quiver.rows_written": outcome.rows_written,
+                "quiver.rows_superseded": outcome.superseded,
+            })
         metrics = telemetry.metrics.materialize if telemetry and telemetry.metrics else None
         if metrics is not None:
             metrics.rows.labels(outcome.view, "written").inc(outcome.rows_written)

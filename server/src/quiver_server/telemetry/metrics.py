@@ -289,22 +289,34 @@ class SupervisorMetrics:
             os.environ.pop(MULTIPROC_ENV, None)
 
 
-def exported_metric_names() -> set[str]:
-    """Every metric name the Quiver servers can export, as Prometheus stores it.
+def exported_metrics() -> dict[str, frozenset[str]]:
+    """Every series name the Quiver servers can export, with its label names.
 
-    Counters appear as `<name>_total`, histograms as `<name>_bucket`, `_sum` and
-    `_count` (the dashboards test checks panels against this set).
+    Names are as Prometheus stores them: counters as `<name>_total`, histograms
+    as `<name>_bucket` (with `le`), `_sum` and `_count`. The dashboards test
+    checks every panel query against this.
     """
-    names: set[str] = set()
+    found: dict[str, frozenset[str]] = {
+        "quiver_materialization_lag_seconds": frozenset({"feature_view"}),
+    }
     for component in ("serving", "flight", "materialize"):
-        metrics = Metrics.for_component(component, registry_path=None)
-        families: list[Any] = list(metrics.registry.collect())
-        families.append(GaugeMetricFamily("quiver_materialization_lag_seconds", "", labels=[]))
-        for family in families:
-            if family.type == "histogram":
-                names.update(f"{family.name}{s}" for s in ("_bucket", "_sum", "_count"))
-            elif family.type == "counter":
-                names.add(f"{family.name}_total")
-            else:
-                names.add(family.name)
-    return names
+        metrics = Metrics.for_component(component)
+        parts = (metrics.rpc, metrics.online, metrics.flight, metrics.materialize)
+        for part in parts:
+            for metric in vars(part).values() if part is not None else ():
+                if not isinstance(metric, Counter | Histogram):
+                    continue
+                labels = frozenset(metric._labelnames)
+                name = metric._name
+                if isinstance(metric, Counter):
+                    found[f"{name}_total"] = labels
+                else:
+                    found[f"{name}_bucket"] = labels | {"le"}
+                    found[f"{name}_sum"] = labels
+                    found[f"{name}_count"] = labels
+    return found
+
+
+def exported_metric_names() -> set[str]:
+    """The names of `exported_metrics()`."""
+    return set(exported_metrics())

@@ -1,9 +1,10 @@
 """The telemetry of the call being handled, carried in a context variable.
 
-The gRPC interceptor and the Flight middleware set a `Scope` for the duration of
-a call; the few decorators on business code (`traced`, `traced_encoding`, ...)
-read it. Outside a call, or with tracing and metrics both off, the scope is
-None and a decorated function costs one context-variable lookup.
+The gRPC interceptor, the Flight middleware and the materialization hook set a
+`Scope` for the duration of a call; the few decorators on business code
+(`traced`, `traced_encoding`, ...) read it. Outside a call, or with tracing and
+metrics both off, the scope is None and a decorated function costs one
+context-variable lookup.
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-from opentelemetry.context import Context
-from opentelemetry.trace import Tracer
-
 if TYPE_CHECKING:
     from quiver_server.telemetry.flight_middleware import StreamStats
     from quiver_server.telemetry.metrics import OnlineMetrics
+    from quiver_server.telemetry.recorder import RecordedCall
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -29,16 +28,14 @@ R = TypeVar("R")
 class Scope:
     """What instrumented code may use during one call."""
 
-    tracer: Tracer | None = None
+    # The call's spans, when this process traces.
+    call: RecordedCall | None = None
     online: OnlineMetrics | None = None
     # The caller's trace id when this process does not trace but the caller
     # does: log lines still carry it, so they can be joined to the caller's trace.
     remote_trace_id: str | None = None
     # Arrow data moved by the current Flight call (see `flight_middleware.count_batches`).
     stream: StreamStats | None = None
-    # The OpenTelemetry context of the call, for code that resumes it in a fresh
-    # Python context (Arrow calls Flight handlers and stream generators that way).
-    otel: Context | None = None
 
 
 _SCOPE: ContextVar[Scope | None] = ContextVar("quiver_telemetry_scope", default=None)
@@ -57,19 +54,27 @@ def exit_scope(token: Token[Scope | None]) -> None:
 
 
 def traced(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Run the function in a child span named `name` when the call is traced.
+    """Record the function as a child span named `name` when the call is traced.
 
-    Untraced, the function runs as is, after one context-variable lookup.
+    Untraced (or not sampled), the function runs as is, after one
+    context-variable lookup.
     """
 
     def decorate(function: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(function)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             scope = _SCOPE.get()
-            if scope is None or scope.tracer is None:
+            call = scope.call if scope is not None else None
+            if call is None or not call.sampled:
                 return function(*args, **kwargs)
-            with scope.tracer.start_as_current_span(name):
+            child = call.begin(name)
+            try:
                 return function(*args, **kwargs)
+            except BaseException as exc:
+                child.fail(exc)
+                raise
+            finally:
+                call.end(child)
 
         return wrapper
 

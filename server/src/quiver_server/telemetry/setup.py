@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
 from quiver_server.config import QuiverConfig
 from quiver_server.online.base import OnlineStore
 from quiver_server.telemetry.metrics import Metrics, MetricsEndpoint
+from quiver_server.telemetry.recorder import SpanRecorder
 from quiver_server.telemetry.tracing import build_tracer_provider, tracing_enabled
 
 if TYPE_CHECKING:
@@ -50,9 +52,13 @@ class Telemetry:
     ) -> None:
         self.component = component
         self.tracer_provider = tracer_provider
-        self.tracer = (
-            tracer_provider.get_tracer(INSTRUMENTATION_SCOPE) if tracer_provider is not None else None
-        )
+        self.recorder: SpanRecorder | None = None
+        self.tracer: Tracer | None = None
+        if tracer_provider is not None:
+            from quiver import __version__
+
+            self.recorder = SpanRecorder(tracer_provider, INSTRUMENTATION_SCOPE, __version__)
+            self.tracer = self.recorder.tracer
         self.metrics = metrics
         self.access_log = access_log
         self.store_system = store_system
@@ -61,7 +67,7 @@ class Telemetry:
 
     @property
     def enabled(self) -> bool:
-        return self.tracer is not None or self.metrics is not None or self.access_log
+        return self.recorder is not None or self.metrics is not None or self.access_log
 
     def server_interceptors(self) -> list[grpc.ServerInterceptor]:
         """The gRPC server interceptors: none at all when everything is off."""
@@ -71,7 +77,7 @@ class Telemetry:
 
         metrics = self.metrics
         return [TelemetryInterceptor(
-            tracer=self.tracer,
+            recorder=self.recorder,
             rpc=metrics.rpc if metrics else None,
             online=metrics.online if metrics else None,
             access_log=self.access_log,
@@ -80,11 +86,11 @@ class Telemetry:
     def instrument_store(self, store: OnlineStore) -> OnlineStore:
         """`store` with spans and latency metrics, or `store` itself when both are off."""
         online = self.metrics.online if self.metrics else None
-        if self.tracer is None and online is None:
+        if self.recorder is None and online is None:
             return store
         from quiver_server.telemetry.store import InstrumentedOnlineStore, store_system
 
-        return InstrumentedOnlineStore(store, store_system(store, self.store_system), self.tracer, online)
+        return InstrumentedOnlineStore(store, store_system(store, self.store_system), online)
 
     def flight_middleware(self) -> dict[str, flight.ServerMiddlewareFactory]:
         """Middleware for `pyarrow.flight.FlightServerBase(middleware=...)`; {} when all is off."""
@@ -97,7 +103,7 @@ class Telemetry:
 
         metrics = self.metrics
         return {MIDDLEWARE_KEY: TelemetryServerMiddlewareFactory(
-            tracer=self.tracer,
+            recorder=self.recorder,
             rpc=metrics.rpc if metrics else None,
             flight=metrics.flight if metrics else None,
             access_log=self.access_log,

@@ -1,0 +1,354 @@
+"""Training-set benchmark: `make bench-training` (`--quick` for a smaller run).
+
+Generates a feature history of 10M rows over 3 feature views (20 features:
+int64, int32, float64, bool and string; int64 and string join keys; ttls of
+30 days, 7 days and unlimited) and spines of 1M and 4M labelled events, then
+pulls point-in-time training sets end to end through Arrow Flight: a Quiver
+Flight server in one process, the `TrainingClient` in this one (upload, plan,
+parallel fetch). For each spine it reports wall time, spine rows/s, MB/s of
+Arrow data received, time to the first batch, and the server's peak RSS (a
+fresh server per spine, so each peak is that spine's). The first pull of a
+fresh server also builds the history index ("cold"); later pulls reuse it.
+
+The floor, measured in the same run: a bare Flight server (no Quiver code)
+streaming an in-memory table of the same schema and size, to one client
+stream and to as many parallel streams as the client uses.
+
+Data lives under .bench/training/ and is reused across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / ".bench" / "training"
+T0_US = 1_714_521_600_000_000  # 2024-05-01T00:00:00Z
+SPAN_US = 90 * 86_400 * 1_000_000
+US = pa.timestamp("us", tz="UTC")
+
+SCALES: dict[str, dict[str, Any]] = {
+    "full": {"users": 1_000_000, "merchants": 100_000, "devices": 500_000,
+             "rows": (4_000_000, 3_000_000, 3_000_000), "spines": (1_000_000, 4_000_000)},
+    "quick": {"users": 100_000, "merchants": 10_000, "devices": 50_000,
+              "rows": (400_000, 300_000, 300_000), "spines": (100_000, 400_000)},
+}
+WORKERS = 4
+FILES_PER_VIEW = 4
+
+
+# --- data -------------------------------------------------------------------------
+
+def _times(values: np.ndarray) -> pa.Array:
+    return pa.array(values, pa.int64()).cast(US)
+
+
+def _device_names(count: int) -> np.ndarray:
+    return np.char.add("dev-", np.arange(count).astype(str)).astype(object)
+
+
+def generate(directory: Path, scale: dict[str, Any]) -> None:
+    """Write the history, spines, quiver.yaml and registry (skipped if already there)."""
+    marker = directory / "generated.json"
+    if marker.exists() and json.loads(marker.read_text()) == scale:
+        return
+    rng = np.random.default_rng(42)
+    data = directory / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    devices = _device_names(scale["devices"])
+    user_rows, merchant_rows, device_rows = scale["rows"]
+    started = time.perf_counter()
+
+    def write_view(name: str, rows: int, keys: Callable[[int], dict[str, Any]],
+                   features: Callable[[int], dict[str, Any]], created: bool) -> None:
+        (data / name).mkdir(exist_ok=True)
+        per_file = rows // FILES_PER_VIEW
+        for part in range(FILES_PER_VIEW):
+            event = T0_US + rng.integers(0, SPAN_US, per_file)
+            columns: dict[str, Any] = {**keys(per_file), "event_timestamp": _times(event)}
+            if created:
+                columns["created"] = _times(event + rng.integers(0, 3_600_000_000, per_file))
+            columns.update(features(per_file))
+            pq.write_table(pa.table(columns), data / name / f"part-{part}.parquet",
+                           row_group_size=262_144)
+
+    countries = np.array(["US", "GB", "DE", "FR", "BR", "IN", "JP", "NG"], dtype=object)
+    write_view("user_stats", user_rows, lambda n: {"user_id": rng.integers(0, scale["users"], n)},
+               lambda n: {
+                   "txn_count_1h": rng.integers(0, 10, n), "txn_count_24h": rng.integers(0, 50, n),
+                   "txn_count_7d": rng.integers(0, 300, n), "amount_sum_24h": rng.random(n) * 1e3,
+                   "amount_avg_7d": rng.random(n) * 1e2,
+                   "distinct_merchants_7d": rng.integers(0, 40, n).astype(np.int32),
+                   "last_country": pa.array(countries[rng.integers(0, len(countries), n)], pa.string()),
+               }, created=True)
+    write_view("merchant_stats", merchant_rows,
+               lambda n: {"merchant_id": rng.integers(0, scale["merchants"], n)},
+               lambda n: {
+                   "chargeback_rate_30d": rng.random(n) * 0.05, "txn_count_24h_m": rng.integers(0, 5000, n),
+                   "avg_ticket_30d": rng.random(n) * 200, "refund_rate_30d": rng.random(n) * 0.1,
+                   "is_high_risk": rng.random(n) < 0.05, "age_days": rng.integers(0, 4000, n),
+                   "category_id": rng.integers(0, 30, n).astype(np.int32),
+               }, created=True)
+    write_view("device_stats", device_rows,
+               lambda n: {"device_id": pa.array(devices[rng.integers(0, len(devices), n)], pa.string())},
+               lambda n: {
+                   "sessions_7d": rng.integers(0, 100, n), "fail_logins_24h": rng.integers(0, 5, n),
+                   "screen_time_7d": rng.random(n) * 50, "is_emulator": rng.random(n) < 0.01,
+                   "os": pa.array(np.array(["ios", "android", "web"], dtype=object)[rng.integers(0, 3, n)],
+                                  pa.string()),
+                   "risk_score": rng.random(n),
+               }, created=False)
+    for rows in scale["spines"]:
+        pq.write_table(pa.table({
+            "user_id": rng.integers(0, scale["users"], rows),
+            "merchant_id": rng.integers(0, scale["merchants"], rows),
+            "device_id": pa.array(devices[rng.integers(0, len(devices), rows)], pa.string()),
+            "event_timestamp": _times(T0_US + rng.integers(0, SPAN_US + 86_400_000_000, rows)),
+            "label": rng.integers(0, 2, rows),
+        }), directory / f"spine_{rows}.parquet")
+    (directory / "quiver.yaml").write_text(
+        "project: bench\nregistry: registry\noffline_store:\n  root: data\n"
+        "telemetry:\n  metrics:\n    enabled: false\n  logging:\n    access_log: false\n"
+    )
+    _apply(directory)
+    marker.write_text(json.dumps(scale))
+    print(f"generated {sum(scale['rows']):,} history rows in {time.perf_counter() - started:.0f} s",
+          flush=True)
+
+
+def _apply(directory: Path) -> None:
+    from quiver import (
+        Bool, Entity, FeatureService, FeatureView, Field, Float64, Int32, Int64, ParquetSource, String,
+    )
+    from quiver.registry.v1 import registry_pb2
+    from quiver_server.registry import convert
+    from quiver_server.registry.store import RegistryStore
+
+    user = Entity("user", (Field("user_id", Int64),))
+    merchant = Entity("merchant", (Field("merchant_id", Int64),))
+    device = Entity("device", (Field("device_id", String),))
+    views = [
+        FeatureView(name="user_stats", entities=[user], ttl=timedelta(days=30),
+                    source=ParquetSource("user_stats", created_timestamp_field="created"),
+                    schema=[Field("txn_count_1h", Int64), Field("txn_count_24h", Int64),
+                            Field("txn_count_7d", Int64), Field("amount_sum_24h", Float64),
+                            Field("amount_avg_7d", Float64), Field("distinct_merchants_7d", Int32),
+                            Field("last_country", String)]),
+        FeatureView(name="merchant_stats", entities=[merchant], ttl=timedelta(days=7),
+                    source=ParquetSource("merchant_stats", created_timestamp_field="created"),
+                    schema=[Field("chargeback_rate_30d", Float64), Field("txn_count_24h_m", Int64),
+                            Field("avg_ticket_30d", Float64), Field("refund_rate_30d", Float64),
+                            Field("is_high_risk", Bool), Field("age_days", Int64),
+                            Field("category_id", Int32)]),
+        FeatureView(name="device_stats", entities=[device], ttl=timedelta(0),
+                    source=ParquetSource("device_stats"),
+                    schema=[Field("sessions_7d", Int64), Field("fail_logins_24h", Int64),
+                            Field("screen_time_7d", Float64), Field("is_emulator", Bool),
+                            Field("os", String), Field("risk_score", Float64)]),
+    ]
+    service = FeatureService(name="fraud_model", features=views)
+
+    def change(proto: registry_pb2.Registry) -> str:
+        proto.Clear()
+        proto.project.name = "bench"
+        proto.entities.extend(convert.entity_to_proto(e) for e in (user, merchant, device))
+        proto.feature_views.extend(convert.view_to_proto(v) for v in views)
+        proto.feature_services.append(convert.service_to_proto(service))
+        return "apply"
+
+    RegistryStore(directory / "registry").commit(change)
+
+
+# --- servers (each in its own process) -----------------------------------------------
+
+def serve_quiver(directory: str) -> None:
+    from quiver_flight.server import create_flight_server
+    from quiver_server.config import load_config
+
+    server, port = create_flight_server(load_config(directory, env={}), "grpc://127.0.0.1:0")
+    _announce_and_wait(server, port)
+
+
+def serve_floor(path: str) -> None:
+    from pyarrow import flight
+
+    table = pq.read_table(path)
+    batches = table.combine_chunks().to_batches(max_chunksize=65_536)
+    del table
+
+    class Floor(flight.FlightServerBase):  # type: ignore[misc]
+        def do_get(self, context: Any, ticket: Any) -> Any:
+            # Ticket "i/n": the i-th of n equal slices, for parallel streams.
+            index, count = (int(x) for x in ticket.ticket.decode().split("/"))
+            share = batches[index::count]
+            return flight.RecordBatchStream(pa.Table.from_batches(share, schema=batches[0].schema))
+
+    server = Floor("grpc://127.0.0.1:0")
+    _announce_and_wait(server, server.port)
+
+
+def _announce_and_wait(server: Any, port: int) -> None:
+    print(json.dumps({"port": port}), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: server.shutdown())
+    server.serve()
+
+
+class ServerProcess:
+    """A server subprocess: its location, and its peak RSS from /proc."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        self.location = f"grpc://127.0.0.1:{json.loads(line)['port']}"
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+# --- measurements --------------------------------------------------------------------
+
+def pull_training_set(location: str, spine: pa.Table) -> dict[str, float]:
+    from quiver._training_client import TrainingClient
+
+    with TrainingClient(location, max_workers=WORKERS) as client:
+        start = time.perf_counter()
+        reader = client.get_training_set_reader(spine, feature_service="fraud_model")
+        first = None
+        rows = size = 0
+        for batch in reader:
+            if first is None:
+                first = time.perf_counter() - start
+            rows += batch.num_rows
+            size += batch.nbytes
+        wall = time.perf_counter() - start
+    assert rows == spine.num_rows, (rows, spine.num_rows)
+    return {"wall": wall, "ttfb": first or wall, "mb": size / 1e6, "rows": rows}
+
+
+def pull_floor(location: str, streams: int, rows: int) -> dict[str, float]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyarrow import flight
+
+    client = flight.connect(location)
+    first: list[float] = []
+    start = time.perf_counter()
+
+    def fetch(index: int) -> tuple[int, int]:
+        reader = client.do_get(flight.Ticket(f"{index}/{streams}".encode()))
+        count = size = 0
+        for chunk in reader:
+            if not first:
+                first.append(time.perf_counter() - start)
+            count += chunk.data.num_rows
+            size += chunk.data.nbytes
+        return count, size
+
+    with ThreadPoolExecutor(streams) as pool:
+        results = list(pool.map(fetch, range(streams)))
+    wall = time.perf_counter() - start
+    client.close()
+    assert sum(r[0] for r in results) == rows
+    return {"wall": wall, "ttfb": first[0], "mb": sum(r[1] for r in results) / 1e6, "rows": rows}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1M history rows, spines of 100k and 400k")
+    parser.add_argument("--runs", type=int, default=3, help="pulls per spine (the first is cold)")
+    parser.add_argument("--serve", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        kind, path = args.serve
+        serve_quiver(path) if kind == "quiver" else serve_floor(path)
+        return 0
+
+    name = "quick" if args.quick else "full"
+    scale = SCALES[name]
+    directory = BENCH_DIR / name
+    generate(directory, scale)
+    print(f"history: {sum(scale['rows']):,} rows, 3 views, 20 features; client: {WORKERS} parallel "
+          f"partitions; {os.cpu_count()} CPUs", flush=True)
+    lines = []
+    for rows in scale["spines"]:
+        spine = pq.read_table(directory / f"spine_{rows}.parquet")
+        server = ServerProcess("--serve", "quiver", str(directory))
+        try:
+            runs = [pull_training_set(server.location, spine) for _ in range(max(args.runs, 2))]
+            peak = server.peak_rss_mb()
+        finally:
+            server.stop()
+        cold, warm = runs[0], runs[1:]
+        best = min(warm, key=lambda r: r["wall"])
+        median = statistics.median(r["wall"] for r in warm)
+        lines.append(_row(f"quiver {rows:,} cold", cold, rows, peak))
+        lines.append(_row(f"quiver {rows:,} warm", {**best, "wall": median}, rows, peak))
+        # The floor: the same schema and size, streamed from memory by bare Flight.
+        result_path = directory / f"result_{rows}.parquet"
+        _save_result(server_directory=directory, spine=spine, path=result_path)
+        floor = ServerProcess("--serve", "floor", str(result_path))
+        try:
+            one = min((pull_floor(floor.location, 1, rows) for _ in range(2)), key=lambda r: r["wall"])
+            many = min((pull_floor(floor.location, WORKERS, rows) for _ in range(2)),
+                       key=lambda r: r["wall"])
+            floor_peak = floor.peak_rss_mb()
+        finally:
+            floor.stop()
+        lines.append(_row(f"floor {rows:,} 1 stream", one, rows, floor_peak))
+        lines.append(_row(f"floor {rows:,} {WORKERS} streams", many, rows, floor_peak))
+        for line in lines[-4:]:
+            print(line, flush=True)
+    print()
+    print(f"{'run':<28}{'wall s':>9}{'rows/s':>13}{'MB/s':>9}{'TTFB s':>9}{'peak RSS MB':>13}")
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _save_result(server_directory: Path, spine: pa.Table, path: Path) -> None:
+    """The training set itself, for the floor server to hold in memory."""
+    if path.exists():
+        return
+    server = ServerProcess("--serve", "quiver", str(server_directory))
+    try:
+        from quiver._training_client import TrainingClient
+
+        with TrainingClient(server.location, max_workers=WORKERS) as client:
+            pq.write_table(client.get_training_set(spine, feature_service="fraud_model"), path)
+    finally:
+        server.stop()
+
+
+def _row(label: str, run: dict[str, float], rows: int, peak: float) -> str:
+    return (f"{label:<28}{run['wall']:>9.2f}{rows / run['wall']:>13,.0f}"
+            f"{run['mb'] / run['wall']:>9,.0f}{run['ttfb']:>9.3f}{peak:>13,.0f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,556 @@
+"""`TrainingClient`: point-in-time-correct training sets over Arrow Flight.
+
+One call uploads the spine (the labelled events) with ``do_put``, plans the
+training set with ``get_flight_info`` and fetches its partitions with
+``do_get``, several at a time, from whichever replica each endpoint names.
+
+Errors come back as `quiver.errors` classes: the server sends a serialized
+google.rpc.Status in every Flight error, and its code and details (reason,
+field violations) are decoded here without any dependency beyond protobuf.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+import pyarrow as pa
+import pyarrow.dataset as ds
+from google.protobuf import any_pb2, message
+from pyarrow import flight
+
+from quiver.errors import FieldViolation, InvalidArgumentError, QuiverError, error_for_code
+from quiver.flight.v1 import flight_pb2 as pb
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
+# Below this many rows per partition, more partitions cost more than they win.
+_MIN_AUTO_PARTITION_ROWS = 131_072
+_UPLOAD_BATCH_ROWS = 65_536
+_QUEUED_BATCHES = 4
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SpineHandle:
+    """A spine uploaded to the server, reusable for several training sets until it expires."""
+
+    spine_id: str
+    rows: int
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OfflineSpine:
+    """A Parquet spine already in the offline store, read by the server itself.
+
+    Args:
+        path: File or directory, relative to the offline store root.
+    """
+
+    path: str
+
+
+class TrainingClient:
+    """A connection to a Quiver Flight server.
+
+    Args:
+        location: ``"grpc://host:port"`` (or ``grpc+tls://``) of the server.
+        max_workers: Partitions fetched at once.
+        timeout: Deadline of each call in seconds (for ``do_get``, the whole
+            stream); None waits as long as it takes.
+        headers: Extra headers sent with every call.
+        tracing: Trace every call with OpenTelemetry (W3C ``traceparent`` in
+            Flight headers); True uses the global tracer provider. Needs
+            ``opentelemetry-api``, which this package does not install.
+
+    Example::
+
+        with TrainingClient("grpc://localhost:8815") as client:
+            table = client.get_training_set(spine, feature_service="fraud_model_v1")
+    """
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        max_workers: int = 4,
+        timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        tracing: bool | TracerProvider = False,
+    ) -> None:
+        if max_workers < 1:
+            raise InvalidArgumentError.for_field("max_workers", "must be at least 1")
+        self.location = location
+        self.max_workers = max_workers
+        self._middleware: list[flight.ClientMiddlewareFactory] = []
+        if tracing is not False:
+            # Imported only now: the client does not depend on OpenTelemetry.
+            from quiver._flight_tracing import TracingClientMiddlewareFactory
+
+            provider = None if tracing is True else tracing
+            self._middleware.append(TracingClientMiddlewareFactory(location, provider))
+        self._options = flight.FlightCallOptions(
+            timeout=timeout, headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        )
+        self._clients: dict[str, flight.FlightClient] = {}
+        self._lock = threading.Lock()
+        self._client = self._connect(location)
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    def __enter__(self) -> TrainingClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def upload_spine(
+        self, spine: Any, *, timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN
+    ) -> SpineHandle:
+        """Upload a spine once to build several training sets from it.
+
+        Args:
+            spine: A pyarrow Table or RecordBatchReader, a pandas DataFrame, or
+                the path of a local Parquet file or directory.
+            timestamp_column: Its event-time column, checked before the upload.
+
+        Raises:
+            InvalidArgumentError: no such column, or naive timestamps.
+            ResourceExhaustedError: more rows than the server accepts.
+        """
+        schema, batches = _spine_batches(spine)
+        command = pb.UploadSpineCommand(timestamp_column=timestamp_column)
+        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+
+        def upload() -> bytes:
+            writer, metadata = self._client.do_put(descriptor, schema, self._options)
+            try:
+                for batch in batches:
+                    writer.write_batch(batch)
+                writer.done_writing()
+                answer = metadata.read()
+            finally:
+                writer.close()
+            if answer is None:
+                raise QuiverError("the server answered the upload without a spine id")
+            return bytes(answer.to_pybytes())
+
+        result = pb.UploadSpineResult()
+        result.ParseFromString(_call(upload))
+        expires = (
+            result.expires_at.ToDatetime(tzinfo=UTC) if result.HasField("expires_at") else None
+        )
+        logger.debug("uploaded spine %s (%d rows)", result.spine_id, result.rows)
+        return SpineHandle(result.spine_id, result.rows, expires)
+
+    def plan(
+        self,
+        spine: Any,
+        *,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        full_feature_names: bool = False,
+        timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+        partition_rows: int | None = None,
+    ) -> flight.FlightInfo:
+        """Upload the spine if needed and plan the training set (``get_flight_info``).
+
+        The result's endpoints are partitions of the spine, in order; their
+        tickets can be fetched from any replica, any number of times.
+        Arguments are those of `get_training_set`.
+        """
+        command = self._command(features, feature_service, full_feature_names, timestamp_column)
+        rows = 0
+        if isinstance(spine, OfflineSpine):
+            command.spine.parquet_path = spine.path
+        else:
+            handle = spine if isinstance(spine, SpineHandle) else self.upload_spine(
+                spine, timestamp_column=timestamp_column
+            )
+            command.spine.spine_id = handle.spine_id
+            rows = handle.rows
+        if partition_rows is None and rows:
+            partition_rows = max(math.ceil(rows / self.max_workers), _MIN_AUTO_PARTITION_ROWS)
+        command.partition_rows = partition_rows or 0
+        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        return _call(lambda: self._client.get_flight_info(descriptor, self._options))
+
+    def get_training_set(
+        self,
+        spine: Any,
+        *,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        full_feature_names: bool = False,
+        timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+        partition_rows: int | None = None,
+    ) -> pa.Table:
+        """The spine joined point-in-time with the features, as one Arrow table.
+
+        Each spine row gets, per feature view, the latest feature row of its
+        join keys at or before its timestamp (within the view's ttl); nulls
+        when there is none. Rows come back in spine order, spine columns
+        unchanged, followed by one column per feature.
+
+        Args:
+            spine: A pyarrow Table or RecordBatchReader, a pandas DataFrame, the
+                path of a local Parquet file or directory (all uploaded), a
+                `SpineHandle` from `upload_spine`, or an `OfflineSpine`. Its
+                timestamp column must be timezone-aware (naive times are refused).
+            features: Feature references, ``"view:feature"``.
+            feature_service: Or the name of a feature service.
+            full_feature_names: Name columns ``"view__feature"``.
+            timestamp_column: The spine's event-time column.
+            partition_rows: Spine rows per partition; by default the spine is
+                split so that `max_workers` partitions are fetched at once.
+
+        Raises:
+            InvalidArgumentError: a spine that does not fit the features (a
+                missing join key or timestamp column, a wrong type, naive
+                timestamps) or a bad selection; `violations` names the field.
+            NotFoundError: unknown feature view, feature, feature service or spine.
+            ResourceExhaustedError: a spine over the server's row limit.
+            FailedPreconditionError: no registry applied, or a feature view's
+                history is missing or malformed.
+            UnavailableError: the server cannot be reached.
+        """
+        info = self.plan(
+            spine, features=features, feature_service=feature_service,
+            full_feature_names=full_feature_names, timestamp_column=timestamp_column,
+            partition_rows=partition_rows,
+        )
+        return self.fetch(info)
+
+    def get_training_set_reader(
+        self,
+        spine: Any,
+        *,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        full_feature_names: bool = False,
+        timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+        partition_rows: int | None = None,
+    ) -> pa.RecordBatchReader:
+        """Like `get_training_set`, but streamed: batches in spine order as they arrive.
+
+        Up to `max_workers` partitions are fetched ahead, each a few batches
+        deep, so memory stays bounded however large the training set is.
+        """
+        info = self.plan(
+            spine, features=features, feature_service=feature_service,
+            full_feature_names=full_feature_names, timestamp_column=timestamp_column,
+            partition_rows=partition_rows,
+        )
+        return self.fetch_reader(info)
+
+    def fetch(self, info: flight.FlightInfo) -> pa.Table:
+        """Every endpoint of a planned training set, fetched in parallel, as one table."""
+        endpoints = list(info.endpoints)
+        if len(endpoints) == 1:
+            return self._read_endpoint(endpoints[0])
+        with ThreadPoolExecutor(min(self.max_workers, len(endpoints))) as pool:
+            tables = list(pool.map(self._read_endpoint, endpoints))
+        return pa.concat_tables(tables) if tables else info.schema.empty_table()
+
+    def fetch_reader(self, info: flight.FlightInfo) -> pa.RecordBatchReader:
+        """Every endpoint of a planned training set, streamed in order."""
+        return pa.RecordBatchReader.from_batches(info.schema, self._stream(list(info.endpoints)))
+
+    def get_schema(
+        self,
+        *,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        full_feature_names: bool = False,
+        timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+    ) -> pa.Schema:
+        """The columns a spine needs (join keys, timestamp) followed by the features."""
+        command = self._command(features, feature_service, full_feature_names, timestamp_column)
+        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        result = _call(lambda: self._client.get_schema(descriptor, self._options))
+        return result.schema
+
+    def list_feature_sets(self, name_prefix: str = "") -> list[tuple[pb.FeatureSetInfo, pa.Schema]]:
+        """Every feature service and feature view the server offers, with its schema."""
+        criteria = pb.ListFlightsCriteria(name_prefix=name_prefix).SerializeToString()
+        infos = _call(lambda: list(self._client.list_flights(criteria, self._options)))
+        result = []
+        for info in infos:
+            described = pb.FeatureSetInfo()
+            described.ParseFromString(info.app_metadata)
+            result.append((described, info.schema))
+        return result
+
+    def _command(
+        self,
+        features: Sequence[str] | None,
+        feature_service: str | None,
+        full_feature_names: bool,
+        timestamp_column: str,
+    ) -> pb.TrainingSetCommand:
+        if (features is None) == (feature_service is None):
+            raise InvalidArgumentError.for_field(
+                "features", "pass either features=[...] or feature_service=..."
+            )
+        if isinstance(features, str):
+            raise InvalidArgumentError.for_field(
+                "features", "must be a list of 'view:feature' references, not a string"
+            )
+        command = pb.TrainingSetCommand(
+            full_feature_names=full_feature_names, timestamp_column=timestamp_column
+        )
+        if feature_service is not None:
+            command.feature_service = feature_service
+        else:
+            command.features.refs.extend(features or ())
+        return command
+
+    def _connect(self, location: str) -> flight.FlightClient:
+        with self._lock:
+            client = self._clients.get(location)
+            if client is None:
+                client = flight.FlightClient(location, middleware=self._middleware or None)
+                self._clients[location] = client
+            return client
+
+    def _client_for(self, endpoint: flight.FlightEndpoint) -> flight.FlightClient:
+        for location in endpoint.locations:
+            uri = location.uri.decode() if isinstance(location.uri, bytes) else str(location.uri)
+            if not uri.startswith("arrow-flight-reuse-connection:"):
+                return self._connect(uri)
+        return self._client
+
+    def _read_endpoint(self, endpoint: flight.FlightEndpoint) -> pa.Table:
+        client = self._client_for(endpoint)
+        return _call(lambda: client.do_get(endpoint.ticket, self._options).read_all())
+
+    def _stream(self, endpoints: list[flight.FlightEndpoint]) -> Iterator[pa.RecordBatch]:
+        stop = threading.Event()
+        done = object()
+        buffers: list[queue.Queue[object]] = [queue.Queue(_QUEUED_BATCHES) for _ in endpoints]
+
+        def put(buffer: queue.Queue[object], item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    buffer.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce(index: int) -> None:
+            buffer = buffers[index]
+            try:
+                client = self._client_for(endpoints[index])
+                reader = _call(lambda: client.do_get(endpoints[index].ticket, self._options))
+                while True:
+                    try:
+                        chunk = _call(reader.read_chunk)
+                    except StopIteration:
+                        break
+                    if not put(buffer, chunk.data):
+                        return
+                put(buffer, done)
+            except BaseException as exc:
+                put(buffer, exc)
+
+        threads: list[threading.Thread] = []
+
+        def start(index: int) -> None:
+            if index < len(endpoints):
+                thread = threading.Thread(target=produce, args=(index,), daemon=True,
+                                          name=f"quiver-fetch-{index}")
+                thread.start()
+                threads.append(thread)
+
+        for index in range(min(self.max_workers, len(endpoints))):
+            start(index)
+        try:
+            for index in range(len(endpoints)):
+                while True:
+                    item = buffers[index].get()
+                    if item is done:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                buffers[index] = queue.Queue()  # drop the reference to a finished partition
+                start(index + self.max_workers)
+        finally:
+            stop.set()
+
+
+def _spine_batches(spine: Any) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """A spine as a schema and record batches to upload."""
+    if isinstance(spine, pa.Table):
+        return spine.schema, iter(spine.to_batches(max_chunksize=_UPLOAD_BATCH_ROWS))
+    if isinstance(spine, pa.RecordBatchReader):
+        return spine.schema, iter(spine)
+    if isinstance(spine, pa.RecordBatch):
+        return spine.schema, iter([spine])
+    if type(spine).__module__.startswith("pandas") and hasattr(spine, "columns"):
+        table = pa.Table.from_pandas(spine, preserve_index=False)
+        return table.schema, iter(table.to_batches(max_chunksize=_UPLOAD_BATCH_ROWS))
+    if isinstance(spine, str | os.PathLike):
+        path = os.fspath(spine)
+        if not os.path.exists(path):
+            raise InvalidArgumentError.for_field("spine", f"no Parquet file or directory at {path!r}")
+        dataset = ds.dataset(path, format="parquet")
+        return dataset.schema, iter(dataset.to_batches(batch_size=_UPLOAD_BATCH_ROWS))
+    raise InvalidArgumentError.for_field(
+        "spine",
+        "pass a pyarrow Table or RecordBatchReader, a pandas DataFrame, a Parquet path, a "
+        f"SpineHandle or an OfflineSpine, not {type(spine).__name__}",
+    )
+
+
+def _pack(command: message.Message) -> bytes:
+    wrapper = any_pb2.Any()
+    wrapper.Pack(command)
+    return wrapper.SerializeToString()
+
+
+def _call(func: Callable[[], T]) -> T:
+    """Run a Flight call, turning its failure into a `quiver.errors` class."""
+    try:
+        return func()
+    except (flight.FlightError, pa.ArrowException) as exc:
+        raise _error(exc) from None
+
+
+_FLIGHT_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (flight.FlightUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (flight.FlightTimedOutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (flight.FlightCancelledError, grpc.StatusCode.CANCELLED),
+    (flight.FlightUnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (flight.FlightUnauthorizedError, grpc.StatusCode.PERMISSION_DENIED),
+    (flight.FlightInternalError, grpc.StatusCode.INTERNAL),
+    (pa.ArrowInvalid, grpc.StatusCode.INVALID_ARGUMENT),
+    (pa.ArrowKeyError, grpc.StatusCode.NOT_FOUND),
+    (pa.ArrowNotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+)
+
+
+def _error(exc: BaseException) -> QuiverError:
+    """The QuiverError for a failed Flight call, from its google.rpc.Status when present."""
+    details = getattr(exc, "extra_info", None) or None
+    status = _decode_status(details) if details else None
+    if status is not None:
+        code, message_text, reason, metadata, violations = status
+    else:
+        code = next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
+        message_text = str(exc).split(". Detail:", 1)[0].split("\n", 1)[0]
+        reason, metadata, violations = None, {}, []
+    cls = error_for_code(code)
+    error: QuiverError
+    if issubclass(cls, InvalidArgumentError):
+        error = cls(message_text, violations=violations, reason=reason, metadata=metadata,
+                    details=details)
+    else:
+        error = cls(message_text, reason=reason, metadata=metadata, details=details)
+    error.grpc_code = code
+    return error
+
+
+_Status = tuple[grpc.StatusCode, str, str | None, dict[str, str], list[FieldViolation]]
+
+
+def _decode_status(data: bytes) -> _Status | None:
+    """Decode a google.rpc.Status with ErrorInfo and BadRequest details.
+
+    The client may only depend on protobuf itself, not on the google.rpc
+    message classes, so the few fields used are read from the wire format.
+    """
+    try:
+        code, text = 0, ""
+        reason: str | None = None
+        metadata: dict[str, str] = {}
+        violations: list[FieldViolation] = []
+        for number, value in _fields(data):
+            if number == 1 and isinstance(value, int):
+                code = value
+            elif number == 2 and isinstance(value, bytes):
+                text = value.decode()
+            elif number == 3 and isinstance(value, bytes):
+                detail = dict(_fields(value))
+                type_url = _text(detail.get(1))
+                body = detail.get(2, b"")
+                assert isinstance(body, bytes)
+                if type_url.endswith("/google.rpc.ErrorInfo"):
+                    for n, v in _fields(body):
+                        if n == 1 and isinstance(v, bytes):
+                            reason = v.decode()
+                        elif n == 3 and isinstance(v, bytes):
+                            entry = dict(_fields(v))
+                            metadata[_text(entry.get(1))] = _text(entry.get(2))
+                elif type_url.endswith("/google.rpc.BadRequest"):
+                    for n, v in _fields(body):
+                        if n == 1 and isinstance(v, bytes):
+                            item = dict(_fields(v))
+                            violations.append(FieldViolation(_text(item.get(1)), _text(item.get(2))))
+    except (ValueError, IndexError, UnicodeDecodeError, AssertionError):
+        return None
+    if code not in _CODES or code == 0:
+        return None
+    return _CODES[code], text, reason, metadata, violations
+
+
+def _text(value: int | bytes | None) -> str:
+    return value.decode() if isinstance(value, bytes) else ""
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) pairs of a protobuf message: varints and length-delimited only."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            value, pos = _varint(data, pos)
+            yield number, value
+        elif wire_type == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > len(data):
+                raise ValueError("truncated field")
+            yield number, data[pos:pos + length]
+            pos += length
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        else:
+            raise ValueError(f"unsupported wire type {wire_type}")
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")

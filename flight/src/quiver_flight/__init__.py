@@ -1,0 +1,16 @@
+"""Quiver's Arrow Flight server: training sets with exact point-in-time joins.
+
+- `quiver_flight.pit`: the point-in-time engine (`PointInTimeEngine`).
+- `quiver_flight.history`, `keys`, `features`, `timestamps`: how a view's
+  history is indexed and searched.
+- `quiver_flight.spines`: uploaded and offline-store spines.
+- `quiver_flight.training`: planning training sets into signed partitions.
+- `quiver_flight.server`: the Flight server (`create_flight_server`, `serve`).
+"""
+
+from __future__ import annotations
+
+from quiver_flight.pit import PointInTimeEngine
+from quiver_flight.server import create_flight_server, serve
+
+__all__ = ["PointInTimeEngine", "create_flight_server", "serve"]

@@ -1,0 +1,345 @@
+"""Training sets through a real Arrow Flight server, over real Parquet files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from pyarrow import flight
+
+from quiver import Entity, FeatureService, FeatureView, Field, Float64, Int64, ParquetSource, String
+from quiver._training_client import OfflineSpine, TrainingClient
+from quiver.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from quiver.flight.v1 import flight_pb2 as pb
+from quiver_flight.pit import PointInTimeEngine
+from quiver_server.config import QuiverConfig
+from quiver_server.registry.store import RegistryStore
+
+T0 = datetime(2024, 6, 1, tzinfo=UTC)
+US = pa.timestamp("us", tz="UTC")
+DAY = 86_400
+
+user = Entity("user", (Field("user_id", Int64),))
+merchant = Entity("merchant", (Field("merchant_id", String),))
+user_stats = FeatureView(
+    name="user_stats", entities=[user],
+    schema=[Field("spend", Float64), Field("txns", Int64), Field("country", String)],
+    source=ParquetSource("user_stats", created_timestamp_field="created"),
+    ttl=timedelta(days=2),
+)
+merchant_stats = FeatureView(
+    name="merchant_stats", entities=[merchant],
+    schema=[Field("risk", Float64), Field("volume", Int64)],
+    source=ParquetSource("merchant_stats"),
+)
+model = FeatureService(name="model", features=[user_stats, merchant_stats[["risk"]]])
+
+Server = Callable[..., AbstractContextManager[str]]
+
+
+def write_history(root: Path, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    n = 3000
+    events = seconds(rng.integers(0, 10 * DAY, n))
+    (root / "user_stats").mkdir(parents=True)
+    for part, rows in enumerate((slice(0, 1700), slice(1700, n))):
+        pq.write_table(pa.table({
+            "user_id": rng.integers(0, 300, n)[rows],
+            "event_timestamp": events[rows],
+            "created": events[rows],
+            "spend": pa.array(rng.random(n) * 100, mask=rng.random(n) < 0.05)[rows],
+            "txns": rng.integers(0, 50, n)[rows],
+            "country": pa.array(rng.choice(["US", "DE", "BR"], n)[rows].tolist()),
+        }), root / "user_stats" / f"part-{part}.parquet")
+    (root / "merchant_stats").mkdir()
+    m = 400
+    pq.write_table(pa.table({
+        "merchant_id": pa.array([f"m{i}" for i in rng.integers(0, 40, m)]),
+        "event_timestamp": seconds(rng.integers(0, 10 * DAY, m)),
+        "risk": rng.random(m),
+        "volume": rng.integers(0, 1000, m),
+    }), root / "merchant_stats" / "data.parquet")
+
+
+def seconds(values: np.ndarray) -> pa.Array:
+    """Timestamps `values` seconds after T0."""
+    start = int(T0.timestamp()) * 1_000_000
+    return pa.array(start + values.astype(np.int64) * 1_000_000, pa.int64()).cast(US)
+
+
+def make_spine(rows: int, seed: int = 1) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return pa.table({
+        "user_id": rng.integers(0, 320, rows),
+        "merchant_id": pa.array([f"m{i}" for i in rng.integers(0, 45, rows)], pa.string()),
+        "event_timestamp": seconds(rng.integers(0, 11 * DAY, rows)),
+        "label": rng.integers(0, 2, rows),
+    })
+
+
+@pytest.fixture
+def repo(tmp_path: Path, make_config: Callable[..., QuiverConfig],
+         apply_objects: Callable[..., Any]) -> QuiverConfig:
+    config = make_config(tmp_path, partition_rows=1000, batch_rows=256, max_spine_rows=5000)
+    write_history(Path(config.offline_root))
+    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
+    return config
+
+
+@pytest.fixture
+def location(repo: QuiverConfig, flight_server: Server) -> Iterator[str]:
+    with flight_server(repo) as loc:
+        yield loc
+
+
+@pytest.fixture
+def client(location: str) -> Iterator[TrainingClient]:
+    with TrainingClient(location, max_workers=3) as c:
+        yield c
+
+
+def expected(config: QuiverConfig, spine: pa.Table, service: str = "model", **kw: Any) -> pa.Table:
+    """The engine's own answer, computed in-process (the engine is unit-tested)."""
+    snapshot = RegistryStore(config.registry_path).latest()
+    refs = snapshot.resolve(feature_service=service)
+    return PointInTimeEngine(config.offline_root).join_table(spine, refs, **kw)
+
+
+def test_training_set_in_one_call_over_several_endpoints(repo: QuiverConfig, client: TrainingClient) -> None:
+    spine = make_spine(3500)
+    info = client.plan(spine, feature_service="model", partition_rows=1000)
+    assert len(info.endpoints) == 4 and info.total_records == 3500 and info.ordered
+    result = client.fetch(info)
+    assert result.equals(expected(repo, spine))
+    assert result.schema.names == [*spine.schema.names, "spend", "txns", "country", "risk"]
+    assert result.select(spine.schema.names).equals(spine)
+    # The default split fetches max_workers partitions at once, same rows.
+    assert client.get_training_set(spine, feature_service="model").equals(result)
+
+
+def test_streaming_reader_pandas_and_parquet_spines(repo: QuiverConfig, client: TrainingClient,
+                                                    tmp_path: Path) -> None:
+    spine = make_spine(1200, seed=7)
+    want = expected(repo, spine, full_feature_names=True)
+    reader = client.get_training_set_reader(spine, feature_service="model", full_feature_names=True,
+                                            partition_rows=300)
+    batches = list(reader)
+    assert all(b.num_rows <= 256 for b in batches)
+    assert pa.Table.from_batches(batches).equals(want)
+    from_pandas = client.get_training_set(spine.to_pandas(), feature_service="model",
+                                          full_feature_names=True)
+    # pandas 3 hands strings over as large_string; the spine column keeps that type.
+    assert from_pandas.schema.field("merchant_id").type == pa.large_string()
+    assert from_pandas.cast(want.schema).equals(want)
+    pq.write_table(spine, tmp_path / "spine.parquet")
+    from_path = client.get_training_set(tmp_path / "spine.parquet", feature_service="model",
+                                        full_feature_names=True)
+    assert from_path.equals(want)
+
+
+def test_features_by_reference_and_offline_spine(repo: QuiverConfig, client: TrainingClient) -> None:
+    spine = make_spine(500, seed=3)
+    pq.write_table(spine, Path(repo.offline_root) / "labels.parquet")
+    got = client.get_training_set(OfflineSpine("labels.parquet"),
+                                  features=["merchant_stats:volume", "user_stats:txns"])
+    assert got.schema.names[-2:] == ["volume", "txns"]
+    snapshot = RegistryStore(repo.registry_path).latest()
+    refs = snapshot.resolve(features=["merchant_stats:volume", "user_stats:txns"])
+    assert got.equals(PointInTimeEngine(repo.offline_root).join_table(spine, refs))
+
+
+def test_tickets_are_reusable_and_served_by_any_replica(repo: QuiverConfig, flight_server: Server) -> None:
+    spine = make_spine(2100, seed=5)
+    with (
+        flight_server(repo) as first, flight_server(repo) as second,
+        TrainingClient(first) as a, TrainingClient(second) as b,
+    ):
+        info = a.plan(spine, feature_service="model", partition_rows=700)
+        tickets = [e.ticket for e in info.endpoints]
+        raw = flight.connect(second)
+        from_b = [raw.do_get(t).read_all() for t in tickets]
+        again = [raw.do_get(t).read_all() for t in reversed(tickets)][::-1]
+        raw.close()
+        assert len(tickets) == 3
+        assert all(x.equals(y) for x, y in zip(from_b, again, strict=True))
+        assert pa.concat_tables(from_b).equals(expected(repo, spine))
+        assert b.fetch(info).equals(pa.concat_tables(from_b))
+
+
+def test_list_flights_and_get_schema(client: TrainingClient, location: str) -> None:
+    sets = {info.name: (info, schema) for info, schema in client.list_feature_sets()}
+    assert set(sets) == {"model", "user_stats", "merchant_stats"}
+    info, schema = sets["model"]
+    assert info.kind == pb.FEATURE_SET_KIND_FEATURE_SERVICE
+    assert list(info.join_keys) == ["user_id", "merchant_id"]
+    assert schema.names == ["user_id", "merchant_id", "event_timestamp", "user_stats__spend",
+                            "user_stats__txns", "user_stats__country", "merchant_stats__risk"]
+    assert [i.name for i, _ in client.list_feature_sets("user")] == ["user_stats"]
+    schema = client.get_schema(features=["user_stats:txns"])
+    assert schema.names == ["user_id", "event_timestamp", "txns"]
+    # The listed descriptor is a ready-made command.
+    raw = flight.connect(location)
+    listed = next(f for f in raw.list_flights() if f.schema.names[-1] == "merchant_stats__risk"
+                  and "model" in f.app_metadata.decode(errors="ignore"))
+    assert raw.get_schema(listed.descriptor).schema.equals(listed.schema)
+    raw.close()
+
+
+def test_empty_spine_gives_an_empty_training_set(client: TrainingClient) -> None:
+    got = client.get_training_set(make_spine(0), feature_service="model")
+    assert got.num_rows == 0 and got.schema.names[-1] == "risk"
+
+
+BAD_SPINES = {
+    "missing join key": (lambda s: s.drop_columns(["merchant_id"]), "spine.merchant_id",
+                         "SPINE_MISSING_JOIN_KEY"),
+    "missing timestamp": (lambda s: s.rename_columns(["user_id", "merchant_id", "ts", "label"]),
+                          "spine.event_timestamp", "SPINE_MISSING_TIMESTAMP"),
+    "wrong key type": (lambda s: s.set_column(0, "user_id", s["user_id"].cast(pa.string())),
+                       "spine.user_id", "SPINE_KEY_TYPE"),
+    "naive timestamps": (lambda s: s.set_column(2, "event_timestamp",
+                                                s["event_timestamp"].cast(pa.timestamp("us"))),
+                         "spine.event_timestamp", "NAIVE_TIMESTAMP"),
+    "string timestamps": (lambda s: s.set_column(2, "event_timestamp",
+                                                 s["event_timestamp"].cast(pa.string())),
+                          "spine.event_timestamp", "SPINE_TIMESTAMP_TYPE"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPINES))
+def test_bad_spines_are_refused_naming_the_problem(client: TrainingClient, case: str) -> None:
+    change, field, reason = BAD_SPINES[case]
+    with pytest.raises(InvalidArgumentError) as info:
+        client.get_training_set(change(make_spine(10)), feature_service="model")
+    assert info.value.reason == reason
+    assert [v.field for v in info.value.violations] == [field]
+    assert field.split(".")[1] in info.value.message
+    # The server is still up and answers a good request.
+    assert client.get_training_set(make_spine(5), feature_service="model").num_rows == 5
+
+
+def test_naive_timestamps_uploaded_without_a_check_are_refused_when_planned(
+    client: TrainingClient, location: str
+) -> None:
+    spine = make_spine(5)
+    spine = spine.set_column(2, "event_timestamp", spine["event_timestamp"].cast(pa.timestamp("us")))
+    with pytest.raises(InvalidArgumentError, match="naive"):
+        client.upload_spine(spine)  # the client asks the server to check the column
+    raw = flight.connect(location)
+    writer, reader = raw.do_put(
+        flight.FlightDescriptor.for_command(_pack(pb.UploadSpineCommand())), spine.schema
+    )
+    writer.write_table(spine)
+    writer.done_writing()
+    result = pb.UploadSpineResult.FromString(reader.read().to_pybytes())
+    writer.close()
+    command = pb.TrainingSetCommand(feature_service="model")
+    command.spine.spine_id = result.spine_id
+    with pytest.raises(flight.FlightServerError) as error:
+        raw.get_flight_info(flight.FlightDescriptor.for_command(_pack(command)))
+    raw.close()
+    status = status_pb2.Status.FromString(error.value.extra_info)
+    bad = error_details_pb2.BadRequest()
+    assert status.code == 3 and "naive" in status.message
+    assert status.details[1].Unpack(bad)
+    assert bad.field_violations[0].field == "spine.event_timestamp"
+
+
+def _pack(command: Any) -> bytes:
+    wrapper = any_pb2.Any()
+    wrapper.Pack(command)
+    return wrapper.SerializeToString()
+
+
+def test_unknown_features_and_services(client: TrainingClient) -> None:
+    spine = make_spine(5)
+    with pytest.raises(NotFoundError, match="no feature 'nope'") as info:
+        client.get_training_set(spine, features=["user_stats:nope"])
+    assert info.value.reason == "FEATURE_NOT_FOUND"
+    with pytest.raises(NotFoundError, match="'ghost'"):
+        client.get_training_set(spine, feature_service="ghost")
+    with pytest.raises(InvalidArgumentError, match="view:feature"):
+        client.get_training_set(spine, features=["no_colon"])
+
+
+def test_spine_over_the_limit(client: TrainingClient) -> None:
+    with pytest.raises(ResourceExhaustedError, match="max_spine_rows") as info:
+        client.get_training_set(make_spine(5001), feature_service="model")
+    assert info.value.reason == "SPINE_TOO_LARGE"
+    assert client.get_training_set(make_spine(5000), feature_service="model").num_rows == 5000
+
+
+def test_forged_and_garbled_tickets(client: TrainingClient, location: str) -> None:
+    info = client.plan(make_spine(50), feature_service="model")
+    ticket = pb.TrainingSetTicket()
+    wrapper = _unpack_any(info.endpoints[0].ticket.ticket)
+    wrapper.Unpack(ticket)
+    partition = pb.TrainingSetPartition.FromString(ticket.partition)
+    partition.row_count = 10**6  # ask for more than was planned
+    forged = pb.TrainingSetTicket(partition=partition.SerializeToString(), signature=ticket.signature)
+    raw = flight.connect(location)
+    with pytest.raises(flight.FlightServerError) as error:
+        raw.do_get(flight.Ticket(_pack(forged))).read_all()
+    status = status_pb2.Status.FromString(error.value.extra_info)
+    assert status.code == 3 and "signature" in status.message
+    for garbage in (b"", b"\x00\xff garbage", _pack(pb.UploadSpineCommand())):
+        with pytest.raises(flight.FlightServerError) as error:
+            raw.do_get(flight.Ticket(garbage)).read_all()
+        status = status_pb2.Status.FromString(error.value.extra_info)
+        detail = error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(detail)
+        assert status.code == 3 and detail.reason == "INVALID_TICKET" and detail.domain == "quiver.dev"
+    raw.close()
+    assert client.fetch(info).num_rows == 50
+
+
+def _unpack_any(data: bytes) -> Any:
+    return any_pb2.Any.FromString(data)
+
+
+def test_expired_spines_and_stale_tickets(repo: QuiverConfig, flight_server: Server, fake_clock: Any) -> None:
+    with flight_server(repo, clock=fake_clock) as loc, TrainingClient(loc) as client:
+        handle = client.upload_spine(make_spine(20))
+        info = client.plan(handle, feature_service="model")
+        assert client.fetch(info).num_rows == 20
+        fake_clock.now += repo.flight.spine_ttl_seconds + 1
+        with pytest.raises(FailedPreconditionError, match="stale") as error:
+            client.fetch(info)
+        assert error.value.reason == "STALE_TICKET"
+        with pytest.raises(NotFoundError, match="expired") as missing:
+            client.plan(handle, feature_service="model")
+        assert missing.value.reason == "SPINE_EXPIRED"
+        with pytest.raises(NotFoundError, match="does not exist"):
+            client.plan(handle, feature_service="model")
+
+
+def test_a_ticket_goes_stale_when_the_history_changes(repo: QuiverConfig, client: TrainingClient) -> None:
+    info = client.plan(make_spine(20), feature_service="model")
+    extra = pa.table({"merchant_id": ["m1"], "event_timestamp": pa.array([T0], US),
+                      "risk": [0.5], "volume": [1]})
+    pq.write_table(extra, Path(repo.offline_root) / "merchant_stats" / "late.parquet")
+    with pytest.raises(FailedPreconditionError, match="merchant_stats") as error:
+        client.fetch(info)
+    assert error.value.reason == "STALE_TICKET"
+
+
+def test_offline_spine_paths_must_stay_inside_the_store(client: TrainingClient) -> None:
+    for path in ("../outside.parquet", "/etc/passwd", "s3://bucket/x.parquet"):
+        with pytest.raises(InvalidArgumentError, match="inside the offline store"):
+            client.get_training_set(OfflineSpine(path), feature_service="model")
+    with pytest.raises(NotFoundError):
+        client.get_training_set(OfflineSpine("missing.parquet"), feature_service="model")
