@@ -133,7 +133,16 @@ def generate(directory: Path, scale: dict[str, Any]) -> None:
 
 def _apply(directory: Path) -> None:
     from quiver import (
-        Bool, Entity, FeatureService, FeatureView, Field, Float64, Int32, Int64, ParquetSource, String,
+        Bool,
+        Entity,
+        FeatureService,
+        FeatureView,
+        Field,
+        Float64,
+        Int32,
+        Int64,
+        ParquetSource,
+        String,
     )
     from quiver.registry.v1 import registry_pb2
     from quiver_server.registry import convert
@@ -176,14 +185,6 @@ def _apply(directory: Path) -> None:
 
 # --- servers (each in its own process) -----------------------------------------------
 
-def serve_quiver(directory: str) -> None:
-    from quiver_flight.server import create_flight_server
-    from quiver_server.config import load_config
-
-    server, port = create_flight_server(load_config(directory, env={}), "grpc://127.0.0.1:0")
-    _announce_and_wait(server, port)
-
-
 def serve_floor(path: str) -> None:
     from pyarrow import flight
 
@@ -211,14 +212,33 @@ def _announce_and_wait(server: Any, port: int) -> None:
 class ServerProcess:
     """A server subprocess: its location, and its peak RSS from /proc."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *command: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
+            list(command), stdout=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        self.location = f"grpc://127.0.0.1:{json.loads(line)['port']}"
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                port = json.loads(line)["port"]
+                break
+            if line.startswith("quiver: serving Arrow Flight on"):
+                port = int(line.rsplit(":", 1)[1])
+                break
+        else:
+            raise RuntimeError(f"server {command} exited with {self.process.wait()}")
+        self.location = f"grpc://127.0.0.1:{port}"
+
+    @classmethod
+    def quiver(cls, directory: Path) -> ServerProcess:
+        """`quiver serve-flight`, as deployed."""
+        cli = Path(sys.executable).with_name("quiver")
+        return cls(str(cli), "--repo", str(directory), "serve-flight", "--host", "127.0.0.1",
+                   "--port", "0")
+
+    @classmethod
+    def floor(cls, table_path: Path) -> ServerProcess:
+        return cls(sys.executable, __file__, "--serve-floor", str(table_path))
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -282,11 +302,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1M history rows, spines of 100k and 400k")
     parser.add_argument("--runs", type=int, default=3, help="pulls per spine (the first is cold)")
-    parser.add_argument("--serve", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", metavar="PARQUET", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
-        kind, path = args.serve
-        serve_quiver(path) if kind == "quiver" else serve_floor(path)
+    if args.serve_floor:
+        serve_floor(args.serve_floor)
         return 0
 
     name = "quick" if args.quick else "full"
@@ -298,7 +317,7 @@ def main() -> int:
     lines = []
     for rows in scale["spines"]:
         spine = pq.read_table(directory / f"spine_{rows}.parquet")
-        server = ServerProcess("--serve", "quiver", str(directory))
+        server = ServerProcess.quiver(directory)
         try:
             runs = [pull_training_set(server.location, spine) for _ in range(max(args.runs, 2))]
             peak = server.peak_rss_mb()
@@ -312,7 +331,7 @@ def main() -> int:
         # The floor: the same schema and size, streamed from memory by bare Flight.
         result_path = directory / f"result_{rows}.parquet"
         _save_result(server_directory=directory, spine=spine, path=result_path)
-        floor = ServerProcess("--serve", "floor", str(result_path))
+        floor = ServerProcess.floor(result_path)
         try:
             one = min((pull_floor(floor.location, 1, rows) for _ in range(2)), key=lambda r: r["wall"])
             many = min((pull_floor(floor.location, WORKERS, rows) for _ in range(2)),
@@ -335,7 +354,7 @@ def _save_result(server_directory: Path, spine: pa.Table, path: Path) -> None:
     """The training set itself, for the floor server to hold in memory."""
     if path.exists():
         return
-    server = ServerProcess("--serve", "quiver", str(server_directory))
+    server = ServerProcess.quiver(server_directory)
     try:
         from quiver._training_client import TrainingClient
 

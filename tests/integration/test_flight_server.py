@@ -149,6 +149,13 @@ def test_streaming_reader_pandas_and_parquet_spines(repo: QuiverConfig, client: 
     from_path = client.get_training_set(tmp_path / "spine.parquet", feature_service="model",
                                         full_feature_names=True)
     assert from_path.equals(want)
+    (tmp_path / "parts").mkdir()
+    pq.write_table(spine.slice(0, 500), tmp_path / "parts" / "a.parquet")
+    pq.write_table(spine.slice(500), tmp_path / "parts" / "b.parquet")
+    (tmp_path / "parts" / "_SUCCESS").write_text("")
+    from_directory = client.get_training_set(str(tmp_path / "parts"), feature_service="model",
+                                             full_feature_names=True)
+    assert from_directory.equals(want)
 
 
 def test_features_by_reference_and_offline_spine(repo: QuiverConfig, client: TrainingClient) -> None:
@@ -337,9 +344,15 @@ def test_a_ticket_goes_stale_when_the_history_changes(repo: QuiverConfig, client
     assert error.value.reason == "STALE_TICKET"
 
 
-def test_offline_spine_paths_must_stay_inside_the_store(client: TrainingClient) -> None:
+def test_offline_spine_paths_must_stay_inside_the_store(repo: QuiverConfig, client: TrainingClient) -> None:
     for path in ("../outside.parquet", "/etc/passwd", "s3://bucket/x.parquet"):
         with pytest.raises(InvalidArgumentError, match="inside the offline store"):
             client.get_training_set(OfflineSpine(path), feature_service="model")
+    client.upload_spine(make_spine(3))  # creates _spines/
+    with pytest.raises(InvalidArgumentError, match="not readable as spines"):
+        client.get_training_set(OfflineSpine("_spines/.ticket-key"), feature_service="model")
+    (Path(repo.offline_root) / "notes.txt").write_text("not parquet")
+    with pytest.raises(InvalidArgumentError, match="not a Parquet file"):
+        client.get_training_set(OfflineSpine("notes.txt"), feature_service="model")
     with pytest.raises(NotFoundError):
         client.get_training_set(OfflineSpine("missing.parquet"), feature_service="model")

@@ -137,3 +137,16 @@ def test_delete_entity_cli(applied_demo: QuiverConfig, client: OnlineClient, cap
     assert code == 0
     assert "Deleted 1 online row(s) from merchant_stats" in capsys.readouterr().out
     assert categories(client, [1101]) == [None]
+
+
+def test_python_ints_push_to_int32_features_when_they_fit(client: OnlineClient) -> None:
+    rows = {
+        "user_id": [77001], "event_timestamp": [NOW], "age": [33], "account_age_days": [5],
+        "credit_score": [700], "is_verified": [True], "country": ["US"], "signup_channel": ["web"],
+    }
+    client.push("user_profile", rows)
+    result = client.get_online_features(features=["user_profile:age"], entities={"user_id": [77001]})
+    assert result.values("age") == [33]
+    rows["age"] = [2**40]
+    with pytest.raises(InvalidArgumentError, match="columns.age: expected int32"):
+        client.push("user_profile", rows)

@@ -1,11 +1,12 @@
 """Feature values of a view's index entries, laid out for random row access.
 
 A training set reads one history row per spine row and view, at random. Kept
-column by column, that is one cache miss per feature; here the fixed-width
-features of an entry sit side by side in one row of an int64 matrix (with
-their null bits in trailing words), so a row costs about one miss however many
-features it holds. Strings and bytes stay Arrow arrays. A last all-null row
-stands for "no match", so gathers need no masking.
+column by column, that is one cache miss per feature; here the features of an
+entry sit side by side in one row of an int64 matrix (with their null bits in
+trailing words), so a row costs about one miss however many features it
+holds. Strings and bytes are stored as codes into a dictionary of their
+distinct values and decoded after the gather. A last all-null row stands for
+"no match", so gathers need no masking.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from quiver import Field
 from quiver._types import ValueType
 from quiver_flight.keys import IntArray
 
+_LAYOUT_BLOCK = 65_536
 _FIXED = {
     ValueType.INT64, ValueType.INT32, ValueType.FLOAT64, ValueType.FLOAT32,
     ValueType.BOOL, ValueType.TIMESTAMP,
@@ -32,66 +35,88 @@ class FeatureBlock:
     """The selected features of every index entry, plus a null row at the end."""
 
     features: tuple[Field, ...]
-    # (entries + 1) x (fixed-width features + null words), int64.
+    # (entries + 1) x (features + null words), int64; column i is feature i.
     matrix: npt.NDArray[np.int64]
-    # Feature position -> matrix column, for fixed-width features.
-    slots: dict[int, int]
-    first_null_word: int
-    # Feature position -> Arrow array of entries + 1 values, for the rest.
-    variable: dict[int, pa.Array]
+    # Feature position -> distinct values, for strings and bytes (the matrix
+    # holds codes into it).
+    dictionaries: dict[int, pa.Array]
 
     @property
     def nbytes(self) -> int:
-        return int(self.matrix.nbytes) + sum(int(a.nbytes) for a in self.variable.values())
+        return int(self.matrix.nbytes) + sum(int(a.nbytes) for a in self.dictionaries.values())
 
     @staticmethod
     def estimate(features: Sequence[Field], entries: int) -> int:
         """Bytes a block of `features` over `entries` entries takes, roughly."""
-        fixed = sum(1 for f in features if f.dtype in _FIXED)
-        words = fixed + (fixed + 63) // 64
-        return (entries + 1) * (8 * words + 32 * (len(features) - fixed))
+        words = len(features) + (len(features) + 63) // 64
+        return (entries + 1) * 8 * words
 
     @classmethod
-    def build(cls, features: Sequence[Field], columns: Sequence[pa.Array]) -> FeatureBlock:
-        """Lay out `columns` (one per feature, in entry order, declared types)."""
-        entries = len(columns[0]) if columns else 0
-        fixed = [i for i, f in enumerate(features) if f.dtype in _FIXED]
-        words = (len(fixed) + 63) // 64
-        matrix = np.zeros((entries + 1, len(fixed) + words), dtype=np.int64)
-        slots: dict[int, int] = {}
-        variable: dict[int, pa.Array] = {}
+    def build(
+        cls, features: Sequence[Field], columns: Sequence[pa.Array | pa.ChunkedArray], rowid: IntArray
+    ) -> FeatureBlock:
+        """Lay out the entries' features.
+
+        Args:
+            features: The features, in output order.
+            columns: One history column per feature, in history row order, of
+                the declared types.
+            rowid: The history row of each index entry.
+        """
+        rows = len(columns[0]) if columns else 0
+        count = len(features)
+        words = (count + 63) // 64
+        values: list[npt.NDArray[np.int64]] = []
+        valid: dict[int, npt.NDArray[np.bool_]] = {}
+        dictionaries: dict[int, pa.Array] = {}
+        always = np.zeros(words, dtype=np.int64)
         for i, (feature, column) in enumerate(zip(features, columns, strict=True)):
-            if i not in fixed:
-                variable[i] = pa.concat_arrays([column, pa.nulls(1, type=column.type)])
-                continue
-            slot = len(slots)
-            slots[i] = slot
-            matrix[:entries, slot] = _as_int64(column, feature.dtype)
-            valid = np.ones(entries, dtype=bool)
+            if feature.dtype in _FIXED:
+                values.append(_as_int64(column, feature.dtype))
+            else:
+                if isinstance(column, pa.ChunkedArray):
+                    column = column.combine_chunks()
+                encoded = pc.dictionary_encode(column)
+                dictionaries[i] = encoded.dictionary
+                values.append(np.asarray(encoded.indices.cast(pa.int64()).fill_null(0).to_numpy(),
+                                         dtype=np.int64))
             if column.null_count:
-                valid = column.is_valid().to_numpy(zero_copy_only=False)
-            word = len(fixed) + slot // 64
-            matrix[:entries, word] |= valid.astype(np.int64) << (slot % 64)
-        return cls(tuple(features), matrix, slots, len(fixed), variable)
+                valid[i] = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            else:
+                always[i // 64] |= np.int64(1) << np.int64(i % 64)
+        # Lay rows out in history order a block at a time (cache-sized writes),
+        # then move whole rows into entry order: one random read per row.
+        layout = np.empty((rows, count + words), dtype=np.int64)
+        for start in range(0, rows, _LAYOUT_BLOCK):
+            block = layout[start:start + _LAYOUT_BLOCK]
+            for i, column_values in enumerate(values):
+                block[:, i] = column_values[start:start + _LAYOUT_BLOCK]
+            block[:, count:] = always
+            for i, bits in valid.items():
+                block[:, count + i // 64] |= bits[start:start + _LAYOUT_BLOCK].astype(np.int64) << (i % 64)
+        del values, valid
+        matrix = np.zeros((len(rowid) + 1, count + words), dtype=np.int64)
+        np.take(layout, rowid, axis=0, out=matrix[:-1])
+        return cls(tuple(features), matrix, dictionaries)
 
     def gather(self, pos: IntArray) -> list[pa.Array]:
         """The features of entries `pos` (-1: no match, all null), one array each."""
         entries = len(self.matrix) - 1
-        at = np.where(pos >= 0, pos, entries)
-        rows = self.matrix.take(at, axis=0) if self.slots else None
+        rows = self.matrix.take(np.where(pos >= 0, pos, entries), axis=0)
+        count = len(self.features)
         result: list[pa.Array] = []
         for i, feature in enumerate(self.features):
-            if i in self.variable:
-                result.append(self.variable[i].take(pa.array(at)))
-                continue
-            assert rows is not None
-            slot = self.slots[i]
-            bits = (rows[:, self.first_null_word + slot // 64] >> (slot % 64)) & 1
-            result.append(_from_int64(rows[:, slot], bits.astype(bool), feature.dtype))
+            valid = ((rows[:, count + i // 64] >> (i % 64)) & 1).astype(bool)
+            dictionary = self.dictionaries.get(i)
+            if dictionary is None:
+                result.append(_from_int64(rows[:, i], valid, feature.dtype))
+            else:
+                codes = pa.array(rows[:, i], mask=~valid)
+                result.append(dictionary.take(codes))
         return result
 
 
-def _as_int64(column: pa.Array, dtype: ValueType) -> npt.NDArray[np.int64]:
+def _as_int64(column: pa.Array | pa.ChunkedArray, dtype: ValueType) -> npt.NDArray[np.int64]:
     if dtype == ValueType.TIMESTAMP:
         column = column.cast(pa.int64())
     elif dtype in (ValueType.FLOAT64, ValueType.FLOAT32):

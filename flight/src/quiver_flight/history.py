@@ -185,7 +185,9 @@ def feature_type_compatible(arrow_type: pa.DataType, value_type: ValueType) -> b
     return bool(checks[value_type](arrow_type))
 
 
-def cast_feature(values: pa.Array, feature: Field, source: HistorySource) -> pa.Array:
+def cast_feature(
+    values: pa.Array | pa.ChunkedArray, feature: Field, source: HistorySource
+) -> pa.Array | pa.ChunkedArray:
     """A history column as the declared Arrow type of `feature` (naive times read as UTC)."""
     target = feature.dtype.arrow_type
     if values.type == target:
@@ -241,24 +243,23 @@ class HistoryIndex:
             return np.full(len(kid), -1, np.int64)
         known = kid >= 0
         k = np.where(known, kid, 0)
-        lo = self.starts[k]
-        hi = np.where(known, self.starts[k + 1], lo)
-        first = lo.copy()
+        base = self.starts[k]
+        size = np.where(known, self.starts[k + 1] - base, 0)
+        # Branch-free search for the last event <= t in [base, base + size):
+        # halve `size` each step, moving `base` up when the midpoint qualifies.
+        # Groups of size 0 or 1 stand still, so no masks are needed.
+        steps = int(size.max()).bit_length()
+        for _ in range(steps):
+            half = size >> 1
+            middle = base + half
+            base = np.where(self.events[middle] <= t_hi, middle, base)
+            size -= half
         last_entry = self.entries - 1
-        while True:
-            active = lo < hi
-            if not active.any():
-                break
-            mid = (lo + hi) >> 1
-            before = self.events[np.minimum(mid, last_entry)] <= t_hi
-            lo = np.where(active & before, mid + 1, lo)
-            hi = np.where(active & ~before, mid, hi)
-        pos = lo - 1
-        ok = pos >= first
+        event = self.events[np.minimum(base, last_entry)]
+        ok = (size > 0) & (event <= t_hi)
         if ttl > 0:
-            event = self.events[np.maximum(pos, 0)]
             ok &= event >= np.maximum(t_lo, _INT64_MIN + ttl) - ttl
-        return np.where(ok, pos, -1)
+        return np.where(ok, base, -1)
 
     def rows(self, pos: IntArray) -> IntArray:
         """History row numbers of entries `pos` (-1 stays -1)."""
@@ -327,11 +328,12 @@ def build_index(source: HistorySource) -> HistoryIndex:
     # One fast sort of packed (key, time) words instead of a multi-key sort.
     order = np.argsort(comp)
     comp = comp[order]
-    comp, order = _keep_winners(comp, order, created[order], rows[order])
+    comp, order = _keep_winners(comp, order, created)
     counts = np.bincount(comp >> bits, minlength=encoder.size)
     starts = np.zeros(encoder.size + 1, np.int64)
     np.cumsum(counts, out=starts[1:])
-    return HistoryIndex(encoder, starts, event[order], rows[order], unit, num_rows)
+    rowid = order if len(rows) == num_rows else rows[order]
+    return HistoryIndex(encoder, starts, event[order], rowid, unit, num_rows)
 
 
 def _composite(kid: IntArray, event: IntArray, keys: int) -> tuple[IntArray, int]:
@@ -354,14 +356,13 @@ def _composite(kid: IntArray, event: IntArray, keys: int) -> tuple[IntArray, int
     return (kid << rank_bits) | ranks.astype(np.int64), rank_bits
 
 
-def _keep_winners(
-    comp: IntArray, order: IntArray, created: IntArray, rowid: IntArray
-) -> tuple[IntArray, IntArray]:
+def _keep_winners(comp: IntArray, order: IntArray, created: IntArray) -> tuple[IntArray, IntArray]:
     """Among entries with the same (key, event time), keep the one with the
-    greatest created timestamp, then the greatest row number.
+    greatest created timestamp, then the one last in the source.
 
-    `comp` is sorted; `order`, `created` and `rowid` are aligned with it.
-    Returns the distinct `comp` values and the `order` of their winners.
+    `comp` is sorted and `order[i]` is the row behind ``comp[i]``; rows are
+    numbered in source order and `created` is indexed by row.
+    Returns the distinct `comp` values and the rows that win them.
     """
     if len(comp) < 2:
         return comp, order
@@ -373,9 +374,10 @@ def _keep_winners(
     tied[:-1] |= same
     at = np.flatnonzero(tied)
     # Re-sort only the tied entries by (comp, created, row); comp stays sorted.
-    resort = np.lexsort((rowid[at], created[at], comp[at]))
+    rows = order[at]
+    resort = np.lexsort((rows, created[rows], comp[at]))
     order = order.copy()
-    order[at] = order[at][resort]
+    order[at] = rows[resort]
     last: npt.NDArray[np.bool_] = np.ones(len(comp), dtype=bool)
     last[:-1] = ~same
     return comp[last], order[last]

@@ -26,6 +26,7 @@ scan of the history per call, and that call's output is held until sent.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -237,7 +238,9 @@ class PointInTimeEngine:
         full_feature_names: bool = False,
         sources: Mapping[str, HistorySource] | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """Join `spine` with `refs`, yielding record batches in spine order.
+        """Join `spine` with `refs`: record batches in spine order, computed as they are read.
+
+        Everything that can fail on bad input is checked before this returns.
 
         Args:
             spine: The labelled events; any columns, in any order.
@@ -265,10 +268,15 @@ class PointInTimeEngine:
                 reason="SPINE_NULL_TIMESTAMP",
             )
         self.check_sources(refs, sources)
-        joins = [
-            self._prepare(view, [r.feature for r in view_refs], sources[view.name], spine)
-            for view, view_refs in groups
-        ]
+        # Views are prepared side by side: building an index, or encoding the
+        # spine's keys, is mostly numpy and Arrow work that releases the GIL.
+        with ThreadPoolExecutor(max(1, len(groups)), thread_name_prefix="quiver-prepare") as pool:
+            joins = list(pool.map(
+                lambda group: self._prepare(
+                    group[0], [r.feature for r in group[1]], sources[group[0].name], spine
+                ),
+                groups,
+            ))
         bounds: dict[str, tuple[IntArray, IntArray]] = {}
         for join in joins:
             unit = join.index.unit
@@ -281,6 +289,12 @@ class PointInTimeEngine:
                     ) from None
             if join.block is None:
                 join.gathered = self._gather_scan(join, *bounds[unit])
+        return self._batches(spine, schema, joins, bounds)
+
+    def _batches(
+        self, spine: pa.Table, schema: pa.Schema, joins: list[_ViewJoin],
+        bounds: dict[str, tuple[IntArray, IntArray]],
+    ) -> Iterator[pa.RecordBatch]:
         spine_columns = spine.columns
         for start in range(0, spine.num_rows, self.batch_rows):
             stop = min(start + self.batch_rows, spine.num_rows)
@@ -292,14 +306,20 @@ class PointInTimeEngine:
                 arrays.extend(join.arrays(start, stop, *bounds[join.index.unit]))
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
-    def join_table(self, spine: pa.Table, refs: Sequence[FeatureRef], **kwargs: object) -> pa.Table:
+    def join_table(
+        self,
+        spine: pa.Table,
+        refs: Sequence[FeatureRef],
+        *,
+        timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+        full_feature_names: bool = False,
+    ) -> pa.Table:
         """`join`, collected into one table (tests and small spines)."""
-        schema = output_schema(
-            spine.schema, refs,
-            timestamp_column=str(kwargs.get("timestamp_column", DEFAULT_TIMESTAMP_COLUMN)),
-            full_feature_names=bool(kwargs.get("full_feature_names", False)),
-        )
-        return pa.Table.from_batches(list(self.join(spine, refs, **kwargs)), schema=schema)  # type: ignore[arg-type]
+        schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
+                               full_feature_names=full_feature_names)
+        batches = self.join(spine, refs, timestamp_column=timestamp_column,
+                            full_feature_names=full_feature_names)
+        return pa.Table.from_batches(list(batches), schema=schema)
 
     def _prepare(
         self, view: FeatureView, features: list[Field], source: HistorySource, spine: pa.Table
@@ -331,8 +351,7 @@ class PointInTimeEngine:
 
         def build() -> tuple[object, int]:
             columns = self._read_columns(source, features, index.num_rows)
-            rowid = pa.array(index.rowid)
-            block = FeatureBlock.build(features, [c.take(rowid) for c in columns])
+            block = FeatureBlock.build(features, columns, index.rowid)
             return block, block.nbytes
 
         key = ("block", _view_key(source.view), source.fingerprint,
@@ -343,16 +362,16 @@ class PointInTimeEngine:
 
     def _read_columns(
         self, source: HistorySource, features: list[Field], num_rows: int
-    ) -> list[pa.Array]:
+    ) -> list[pa.ChunkedArray]:
+        """The features' history columns, in history row order, as declared."""
         dataset = source.dataset()
         if dataset is None:
-            return [pa.nulls(0, type=f.dtype.arrow_type) for f in features]
+            return [pa.chunked_array([], type=f.dtype.arrow_type) for f in features]
         columns = list(dict.fromkeys(source.source_column(f.name) for f in features))
         table = dataset.to_table(columns=columns)
         if table.num_rows != num_rows:
             raise _changed(source)
-        return [cast_feature(_one_array(table[source.source_column(f.name)]), f, source)
-                for f in features]
+        return [cast_feature(table[source.source_column(f.name)], f, source) for f in features]
 
     def _gather_scan(self, join: _ViewJoin, t_hi: IntArray, t_lo: IntArray) -> list[pa.Array]:
         """The features of every spine row, read in one ordered pass over the history."""

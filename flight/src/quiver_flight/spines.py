@@ -1,14 +1,17 @@
 """Spines: uploaded ones stored under the offline store, and Parquet ones in it.
 
-An uploaded spine is one Parquet file, ``<offline root>/_spines/<id>.parquet``,
-so every replica that shares the offline store can read it. Its expiry is
-recorded in the file's metadata; expired spines are refused and swept away.
-The id is 128 random bits, so it is also the capability to read the spine.
-A spine may also be a Parquet file or directory inside the offline store.
+An uploaded spine is one Arrow IPC file, ``<offline root>/_spines/<id>.arrow``,
+so every replica that shares the offline store can read it. Arrow IPC rather
+than Parquet because a spine is written once and read back at once, by row
+range: writing it is a copy (Parquet encoding cost more than the rest of an
+upload), and reading a range touches only the record batches in it (memory
+mapped on a local disk). Batches hold exactly `batch_rows` rows (recorded in
+the file), so a row range maps to batches without reading any. The expiry is
+recorded in the file too; expired spines are refused and swept away. The id
+is 128 random bits, so it is also the capability to read the spine.
 
-Spines are read by row range (a training set's partitions), touching only the
-row groups that overlap the range; uploaded spines are written with row
-groups of `row_group_rows` rows so that ranges stay cheap.
+A spine may also be a Parquet file or directory inside the offline store;
+those are read by row group.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import posixpath
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import structlog
 
@@ -33,9 +37,73 @@ log = structlog.get_logger(__name__)
 
 SPINE_DIRECTORY = "_spines"
 EXPIRES_KEY = b"quiver.spine.expires_at_us"
+BATCH_ROWS_KEY = b"quiver.spine.batch_rows"
+_SUFFIX = ".arrow"
 _SPINE_ID = re.compile(r"^[0-9a-f]{32}$")
 _TEMP_PREFIX = ".tmp-"
 _SWEEP_EVERY_SECONDS = 60.0
+
+
+class Spine:
+    """A spine's schema and rows, and what is known about it without reading rows."""
+
+    name: str
+    schema: pa.Schema
+    num_rows: int
+    expires_at: float | None
+    fingerprint: str
+
+    def read(self, offset: int, count: int) -> pa.Table:
+        """Rows ``[offset, offset + count)`` in spine order."""
+        raise NotImplementedError
+
+    def null_count(self, column: str) -> int:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class UploadedSpine(Spine):
+    """A spine uploaded with do_put: one Arrow IPC file of fixed-size batches."""
+
+    name: str
+    schema: pa.Schema
+    num_rows: int
+    expires_at: float | None
+    fingerprint: str
+    filesystem: pafs.FileSystem
+    path: str
+    batch_rows: int
+
+    @property
+    def spine_id(self) -> str:
+        # An uploaded spine's id is also its fingerprint: its file never changes.
+        return self.fingerprint
+
+    def read(self, offset: int, count: int) -> pa.Table:
+        if count <= 0:
+            return self.schema.empty_table()
+        reader = self._reader()
+        first, last = offset // self.batch_rows, (offset + count - 1) // self.batch_rows
+        batches = [reader.get_batch(i) for i in range(first, last + 1)]
+        table = pa.Table.from_batches(batches, schema=self.schema)
+        return table.slice(offset - first * self.batch_rows, count)
+
+    def null_count(self, column: str) -> int:
+        reader = self._reader()
+        index = self.schema.get_field_index(column)
+        # Null counts live in the batches' metadata: no column data is read.
+        return sum(reader.get_batch(i).column(index).null_count
+                   for i in range(reader.num_record_batches))
+
+    def _reader(self) -> pa.ipc.RecordBatchFileReader:
+        return _open_ipc(self.filesystem, self.path)
+
+
+def _open_ipc(fs: pafs.FileSystem, path: str) -> pa.ipc.RecordBatchFileReader:
+    # A local file is memory mapped: batches are views of the page cache. The
+    # map lives as long as any batch read from it.
+    source = pa.memory_map(path) if isinstance(fs, pafs.LocalFileSystem) else fs.open_input_file(path)
+    return ipc.open_file(source)
 
 
 @dataclass(frozen=True)
@@ -51,22 +119,18 @@ class SpineFile:
 
 
 @dataclass(frozen=True)
-class Spine:
-    """A spine's files and what is known about them without reading rows."""
+class ParquetSpine(Spine):
+    """A Parquet file or directory in the offline store, read by row group."""
 
     name: str
-    filesystem: pafs.FileSystem
-    files: tuple[SpineFile, ...]
     schema: pa.Schema
+    num_rows: int
     expires_at: float | None
     fingerprint: str
+    filesystem: pafs.FileSystem
+    files: tuple[SpineFile, ...]
 
-    @property
-    def num_rows(self) -> int:
-        return sum(f.rows for f in self.files)
-
-    def read(self, offset: int, count: int, columns: list[str] | None = None) -> pa.Table:
-        """Rows ``[offset, offset + count)`` in spine order."""
+    def read(self, offset: int, count: int) -> pa.Table:
         pieces = []
         start = 0
         for file in self.files:
@@ -81,15 +145,14 @@ class Spine:
                         first = group_start if first is None else first
                     group_start = group_stop
                 with self.filesystem.open_input_file(file.path) as handle:
-                    table = pq.ParquetFile(handle).read_row_groups(groups, columns=columns)
+                    table = pq.ParquetFile(handle).read_row_groups(groups)
                 assert first is not None
                 skip = max(offset - first, 0)
                 pieces.append(table.slice(skip, offset + count - first - skip))
             start = stop
-        schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
         if not pieces:
-            return schema.empty_table()
-        return pa.concat_tables([p.cast(schema) if p.schema != schema else p for p in pieces])
+            return self.schema.empty_table()
+        return pa.concat_tables([p.cast(self.schema) if p.schema != self.schema else p for p in pieces])
 
     def null_count(self, column: str) -> int:
         """Nulls in `column`, from Parquet statistics where they exist."""
@@ -122,7 +185,7 @@ class SpineStore:
         offline_root: The offline store root (a path or URI).
         max_rows: Most rows a spine may have.
         ttl_seconds: How long an uploaded spine is kept.
-        row_group_rows: Rows per Parquet row group of uploaded spines.
+        batch_rows: Rows per record batch of uploaded spines.
         clock: Seconds since the epoch (tests pass a fake one).
     """
 
@@ -132,20 +195,20 @@ class SpineStore:
         *,
         max_rows: int,
         ttl_seconds: int,
-        row_group_rows: int = 65_536,
+        batch_rows: int = 65_536,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.offline_root = offline_root
         self.max_rows = max_rows
         self.ttl_seconds = ttl_seconds
-        self.row_group_rows = row_group_rows
+        self.batch_rows = batch_rows
         self.clock = clock
         self.filesystem, self.directory = filesystem_and_path(
             resolve_path(offline_root, SPINE_DIRECTORY)
         )
         self._last_sweep = 0.0
 
-    def put(self, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> Spine:
+    def put(self, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> UploadedSpine:
         """Store an uploaded spine.
 
         Raises:
@@ -153,38 +216,35 @@ class SpineStore:
             InvalidArgumentError: a spine without columns.
         """
         if len(schema) == 0:
-            raise InvalidArgumentError.for_field("spine", "the spine has no columns", reason="SPINE_EMPTY_SCHEMA")
+            raise InvalidArgumentError.for_field(
+                "spine", "the spine has no columns", reason="SPINE_EMPTY_SCHEMA"
+            )
         self.sweep()
         self.filesystem.create_dir(self.directory, recursive=True)
         spine_id = secrets.token_hex(16)
         expires_at = self.clock() + self.ttl_seconds
-        stored = schema.with_metadata(
-            {**(schema.metadata or {}), EXPIRES_KEY: str(int(expires_at * 1_000_000)).encode()}
-        )
-        temp = posixpath.join(self.directory, f"{_TEMP_PREFIX}{spine_id}.parquet")
-        final = self._path(spine_id)
+        stored = schema.with_metadata({
+            **(schema.metadata or {}),
+            EXPIRES_KEY: str(int(expires_at * 1_000_000)).encode(),
+            BATCH_ROWS_KEY: str(self.batch_rows).encode(),
+        })
+        temp = posixpath.join(self.directory, f"{_TEMP_PREFIX}{spine_id}{_SUFFIX}")
         rows = 0
         try:
-            with pq.ParquetWriter(temp, stored, filesystem=self.filesystem) as writer:
-                for batch in batches:
+            with self.filesystem.open_output_stream(temp) as sink, ipc.new_file(sink, stored) as writer:
+                for batch in _fixed_size(batches, self.batch_rows):
                     rows += batch.num_rows
                     if rows > self.max_rows:
-                        raise ResourceExhaustedError(
-                            f"the spine has more than {self.max_rows} rows, the server's limit "
-                            f"(flight.max_spine_rows); split it into several training sets",
-                            reason="SPINE_TOO_LARGE",
-                            metadata={"max_spine_rows": str(self.max_rows)},
-                        )
-                    if batch.num_rows:
-                        writer.write_batch(batch, row_group_size=self.row_group_rows)
-            self.filesystem.move(temp, final)
+                        raise _too_large(self.max_rows)
+                    writer.write_batch(batch)
+            self.filesystem.move(temp, self._path(spine_id))
         except BaseException:
             _delete_quietly(self.filesystem, temp)
             raise
         log.info("spine stored", spine_id=spine_id, rows=rows)
         return self.open(spine_id)
 
-    def open(self, spine_id: str) -> Spine:
+    def open(self, spine_id: str) -> UploadedSpine:
         """An uploaded spine.
 
         Raises:
@@ -198,23 +258,24 @@ class SpineStore:
             )
         path = self._path(spine_id)
         try:
-            with self.filesystem.open_input_file(path) as handle:
-                parquet = pq.ParquetFile(handle)
-                metadata, schema = parquet.metadata, parquet.schema_arrow
+            reader = _open_ipc(self.filesystem, path)
         except FileNotFoundError:
             raise _not_found(spine_id) from None
-        expires_at = int((schema.metadata or {}).get(EXPIRES_KEY, b"0")) / 1_000_000
+        metadata = reader.schema.metadata or {}
+        expires_at = int(metadata.get(EXPIRES_KEY, b"0")) / 1_000_000
         if expires_at and self.clock() >= expires_at:
             _delete_quietly(self.filesystem, path)
             raise NotFoundError(
                 f"spine {spine_id!r} expired (spines are kept {self.ttl_seconds} s); upload it again",
                 reason="SPINE_EXPIRED", metadata={"spine_id": spine_id},
             )
-        file = SpineFile(path, _row_groups(metadata))
-        return Spine(f"spine {spine_id!r}", self.filesystem, (file,), _public(schema),
-                     expires_at or None, spine_id)
+        batch_rows = int(metadata.get(BATCH_ROWS_KEY, b"1"))
+        batches = reader.num_record_batches
+        rows = 0 if batches == 0 else (batches - 1) * batch_rows + reader.get_batch(batches - 1).num_rows
+        return UploadedSpine(f"spine {spine_id!r}", _public(reader.schema), rows, expires_at or None,
+                             spine_id, self.filesystem, path, batch_rows)
 
-    def open_path(self, parquet_path: str) -> Spine:
+    def open_path(self, parquet_path: str) -> ParquetSpine:
         """A Parquet file or directory inside the offline store used as a spine.
 
         Raises:
@@ -228,6 +289,12 @@ class SpineStore:
                 or normalized == "." or "\\" in parquet_path):
             raise InvalidArgumentError.for_field(
                 field, f"{parquet_path!r} must be a relative path inside the offline store",
+                reason="INVALID_SPINE_PATH",
+            )
+        if any(part.startswith(("_", ".")) for part in normalized.split("/")):
+            # Quiver's own files (uploaded spines, the ticket key) live there.
+            raise InvalidArgumentError.for_field(
+                field, f"{parquet_path!r}: names starting with '_' or '.' are not readable as spines",
                 reason="INVALID_SPINE_PATH",
             )
         fs, path = filesystem_and_path(resolve_path(self.offline_root, normalized))
@@ -249,9 +316,15 @@ class SpineStore:
         files, schema = [], None
         digest = hashlib.sha256()
         for i in infos:
-            with fs.open_input_file(i.path) as handle:
-                parquet = pq.ParquetFile(handle)
-                metadata, file_schema = parquet.metadata, _public(parquet.schema_arrow)
+            try:
+                with fs.open_input_file(i.path) as handle:
+                    parquet = pq.ParquetFile(handle)
+                    metadata, file_schema = parquet.metadata, _public(parquet.schema_arrow)
+            except pa.ArrowInvalid as exc:
+                raise InvalidArgumentError.for_field(
+                    field, f"{i.path[len(path):] or parquet_path!r} is not a Parquet file: {exc}",
+                    reason="INVALID_SPINE_FILE",
+                ) from None
             if schema is None:
                 schema = file_schema
             elif not file_schema.equals(schema):
@@ -266,8 +339,8 @@ class SpineStore:
                 f"no Parquet files under {parquet_path!r} in the offline store",
                 reason="SPINE_NOT_FOUND", metadata={"parquet_path": parquet_path},
             )
-        return Spine(f"spine {parquet_path!r}", fs, tuple(files), schema, None,
-                     digest.hexdigest()[:32])
+        return ParquetSpine(f"spine {parquet_path!r}", schema, sum(f.rows for f in files), None,
+                            digest.hexdigest()[:32], fs, tuple(files))
 
     def sweep(self, force: bool = False) -> int:
         """Delete expired spines (at most once a minute unless forced); returns how many."""
@@ -282,7 +355,7 @@ class SpineStore:
         deleted = 0
         for info in found:
             name = posixpath.basename(info.path)
-            if not name.endswith(".parquet"):
+            if not name.endswith(_SUFFIX):
                 continue
             # Modification time bounds the expiry: it is set when the spine is
             # written, and a spine lives ttl_seconds after that.
@@ -293,7 +366,7 @@ class SpineStore:
         return deleted
 
     def _path(self, spine_id: str) -> str:
-        return posixpath.join(self.directory, f"{spine_id}.parquet")
+        return posixpath.join(self.directory, f"{spine_id}{_SUFFIX}")
 
 
 def _row_groups(metadata: pq.FileMetaData) -> tuple[int, ...]:
@@ -302,8 +375,40 @@ def _row_groups(metadata: pq.FileMetaData) -> tuple[int, ...]:
 
 def _public(schema: pa.Schema) -> pa.Schema:
     """The spine's schema without what Quiver added to it."""
-    metadata = {k: v for k, v in (schema.metadata or {}).items() if k != EXPIRES_KEY}
+    metadata = {k: v for k, v in (schema.metadata or {}).items()
+                if k not in (EXPIRES_KEY, BATCH_ROWS_KEY)}
     return schema.with_metadata(metadata) if metadata else schema.remove_metadata()
+
+
+def _fixed_size(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
+    """`batches` re-cut into batches of exactly `size` rows (the last may be shorter)."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= size:
+            table = pa.Table.from_batches(pending)
+            yield _one_batch(table.slice(0, size))
+            pending = table.slice(size).to_batches()
+            held -= size
+    if held:
+        yield _one_batch(pa.Table.from_batches(pending))
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    batches = table.combine_chunks().to_batches()
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+
+
+def _too_large(limit: int) -> ResourceExhaustedError:
+    return ResourceExhaustedError(
+        f"the spine has more than {limit} rows, the server's limit (flight.max_spine_rows); "
+        f"split it into several training sets",
+        reason="SPINE_TOO_LARGE", metadata={"max_spine_rows": str(limit)},
+    )
 
 
 def _not_found(spine_id: str) -> NotFoundError:

@@ -30,6 +30,9 @@ _WIDENINGS = {
 }
 
 
+_NARROWINGS = {(pa.int64(), pa.int32()), (pa.float64(), pa.float32())}
+
+
 class PushTarget(Enum):
     ONLINE = "online"
     OFFLINE = "offline"
@@ -107,6 +110,13 @@ def _cast(column: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray | None:
         return column.cast(want)
     if (have, want) in _WIDENINGS or pa.types.is_null(have):
         return column.cast(want)
+    if (have, want) in _NARROWINGS:
+        # Python ints and floats arrive as 64-bit; accept them for 32-bit
+        # features when every value fits (int) or rounds (float).
+        try:
+            return column.cast(want, safe=want != pa.float32())
+        except pa.ArrowInvalid:
+            return None
     return None
 
 

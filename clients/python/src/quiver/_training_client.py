@@ -11,6 +11,7 @@ field violations) are decoded here without any dependency beyond protobuf.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from google.protobuf import any_pb2, message
 from pyarrow import flight
 
@@ -38,8 +39,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
-# Below this many rows per partition, more partitions cost more than they win.
-_MIN_AUTO_PARTITION_ROWS = 131_072
+# Below this many rows per partition, more partitions cost more than they win
+# (each one re-encodes its keys and re-reads its spine rows).
+_MIN_AUTO_PARTITION_ROWS = 500_000
 _UPLOAD_BATCH_ROWS = 65_536
 _QUEUED_BATCHES = 4
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -272,12 +274,19 @@ class TrainingClient:
         if len(endpoints) == 1:
             return self._read_endpoint(endpoints[0])
         with ThreadPoolExecutor(min(self.max_workers, len(endpoints))) as pool:
-            tables = list(pool.map(self._read_endpoint, endpoints))
+            # Each fetch runs in a copy of the caller's context, so tracing
+            # (and anything else kept in context variables) follows it.
+            futures = [pool.submit(contextvars.copy_context().run, self._read_endpoint, endpoint)
+                       for endpoint in endpoints]
+            tables = [future.result() for future in futures]
         return pa.concat_tables(tables) if tables else info.schema.empty_table()
 
     def fetch_reader(self, info: flight.FlightInfo) -> pa.RecordBatchReader:
         """Every endpoint of a planned training set, streamed in order."""
-        return pa.RecordBatchReader.from_batches(info.schema, self._stream(list(info.endpoints)))
+        context = contextvars.copy_context()
+        return pa.RecordBatchReader.from_batches(
+            info.schema, self._stream(list(info.endpoints), context)
+        )
 
     def get_schema(
         self,
@@ -347,7 +356,9 @@ class TrainingClient:
         client = self._client_for(endpoint)
         return _call(lambda: client.do_get(endpoint.ticket, self._options).read_all())
 
-    def _stream(self, endpoints: list[flight.FlightEndpoint]) -> Iterator[pa.RecordBatch]:
+    def _stream(
+        self, endpoints: list[flight.FlightEndpoint], context: contextvars.Context
+    ) -> Iterator[pa.RecordBatch]:
         stop = threading.Event()
         done = object()
         buffers: list[queue.Queue[object]] = [queue.Queue(_QUEUED_BATCHES) for _ in endpoints]
@@ -381,8 +392,8 @@ class TrainingClient:
 
         def start(index: int) -> None:
             if index < len(endpoints):
-                thread = threading.Thread(target=produce, args=(index,), daemon=True,
-                                          name=f"quiver-fetch-{index}")
+                thread = threading.Thread(target=context.copy().run, args=(produce, index),
+                                          daemon=True, name=f"quiver-fetch-{index}")
                 thread.start()
                 threads.append(thread)
 
@@ -415,16 +426,36 @@ def _spine_batches(spine: Any) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         table = pa.Table.from_pandas(spine, preserve_index=False)
         return table.schema, iter(table.to_batches(max_chunksize=_UPLOAD_BATCH_ROWS))
     if isinstance(spine, str | os.PathLike):
-        path = os.fspath(spine)
-        if not os.path.exists(path):
-            raise InvalidArgumentError.for_field("spine", f"no Parquet file or directory at {path!r}")
-        dataset = ds.dataset(path, format="parquet")
-        return dataset.schema, iter(dataset.to_batches(batch_size=_UPLOAD_BATCH_ROWS))
+        return _parquet_batches(os.fspath(spine))
     raise InvalidArgumentError.for_field(
         "spine",
         "pass a pyarrow Table or RecordBatchReader, a pandas DataFrame, a Parquet path, a "
         f"SpineHandle or an OfflineSpine, not {type(spine).__name__}",
     )
+
+
+def _parquet_batches(path: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """A local Parquet file, or the files under a directory in path order, as batches."""
+    if os.path.isdir(path):
+        files: list[str] = []
+        for directory, dirs, names in os.walk(path):
+            # Like pyarrow datasets: names starting with "." or "_" are not data.
+            dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]
+            files.extend(os.path.join(directory, n) for n in names if not n.startswith((".", "_")))
+        files.sort()
+    elif os.path.isfile(path):
+        files = [path]
+    else:
+        raise InvalidArgumentError.for_field("spine", f"no Parquet file or directory at {path!r}")
+    if not files:
+        raise InvalidArgumentError.for_field("spine", f"no Parquet files under {path!r}")
+    schema = pq.read_schema(files[0])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for file in files:
+            yield from pq.ParquetFile(file).iter_batches(batch_size=_UPLOAD_BATCH_ROWS)
+
+    return schema, batches()
 
 
 def _pack(command: message.Message) -> bytes:

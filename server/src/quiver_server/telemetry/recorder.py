@@ -210,8 +210,10 @@ class RecordedCall:
                 _replay(recorder, span)
 
     def _readable(self, child: _Child) -> ReadableSpan:
-        parent = SpanContext(self.trace_id, child.parent_id, is_remote=False,
-                             trace_flags=_SAMPLED, trace_state=self.span_context.trace_state)
+        parent = self.span_context
+        if child.parent_id != self.span_id:  # a grandchild
+            parent = SpanContext(self.trace_id, child.parent_id, is_remote=False,
+                                 trace_flags=_SAMPLED, trace_state=self.span_context.trace_state)
         context = SpanContext(self.trace_id, child.span_id, is_remote=False,
                               trace_flags=_SAMPLED, trace_state=self.span_context.trace_state)
         return ReadableSpan(

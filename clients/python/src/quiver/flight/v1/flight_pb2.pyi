@@ -58,6 +58,10 @@ class UploadSpineCommand(_message.Message):
          partition; tickets are self-contained, so any replica sharing the
          offline store serves any ticket, any number of times.
 
+    Descriptor commands and tickets travel packed in a google.protobuf.Any (as
+    in Flight SQL), so their type is named on the wire. list_flights criteria
+    and PutResult metadata are the plain serialized messages named below.
+
     Errors: every failure carries a serialized google.rpc.Status (code, message,
     ErrorInfo with reason and domain "quiver.dev", BadRequest field violations
     for bad input) in the Flight error's extra_info, which travels as the
