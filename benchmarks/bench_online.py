@@ -17,13 +17,16 @@ absolute numbers, across machines.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -113,7 +116,7 @@ def run_load(target: str, method: str, request: bytes, clients: int, count: int)
 
 # --- setup ---------------------------------------------------------------------------
 
-def prepare_repo(users: int) -> Path:
+def prepare_repo(users: int, online_store: str, hosts: str, namespace: str) -> Path:
     sys.path.insert(0, str(ROOT / "server" / "src"))
     from quiver_server.config import load_config
     from quiver_server.demo_repo import write_demo_repo
@@ -125,7 +128,29 @@ def prepare_repo(users: int) -> Path:
 
         shutil.rmtree(BENCH_DIR)
     repo = write_demo_repo(BENCH_DIR, users=users, merchants=200, days=2)
+    if online_store == "aerospike":
+        # A fresh project per run, so records of earlier runs (newer events) never
+        # shadow this run's writes.
+        text = (repo / "quiver.yaml").read_text()
+        text = re.sub(
+            r"online_store:\n  type: sqlite\n  path: .*\n",
+            f"online_store:\n  type: aerospike\n  hosts: {json.dumps(hosts.split(','))}\n"
+            f"  namespace: {namespace}\n  read_timeout_ms: 1000\n",
+            text,
+        )
+        text = text.replace("project: fraud_detection", f"project: bench_{uuid.uuid4().hex[:8]}")
+        (repo / "quiver.yaml").write_text(text)
     config = load_config(repo, env={})
+    if online_store == "aerospike":
+        from quiver_server.online.factory import open_online_store
+
+        store = open_online_store(config)
+        deadline = time.monotonic() + 10
+        while not store.healthy():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no Aerospike cluster answers at {hosts}")
+            time.sleep(0.2)
+        store.close()
     apply(config)
     end = datetime.now(UTC) + timedelta(seconds=1)
     materialize_range(config, end - timedelta(days=30), end, progress=False)
@@ -145,6 +170,29 @@ def build_requests() -> dict[str, bytes]:
         return req.SerializeToString()
 
     return {"1x20": request(1), "100x20": request(100)}
+
+
+def store_reads(repo: Path, count: int) -> list[tuple[str, str, dict[str, float]]]:
+    """The store's own batch read for the same requests, in-process: the part of
+    the served latency that is not Quiver's."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from store_read_bench import measure_batch_read, service_reads
+
+    from quiver_server.config import load_config
+    from quiver_server.online.factory import open_online_store
+
+    config = load_config(repo, env={})
+    store = open_online_store(config)
+    rows = []
+    try:
+        for n in (1, 100):
+            entities = {"user_id": list(range(1, n + 1)), "merchant_id": [1 + i % 200 for i in range(n)]}
+            reads = service_reads(config, "fraud_model_v1", entities)
+            rows.append((f"store read {n}x20", f"{config.online_store.type}, in-process",
+                         measure_batch_read(store, reads, count)))
+    finally:
+        store.close()
+    return rows
 
 
 def start_server(repo: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
@@ -169,14 +217,21 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000, help="requests per client per scenario")
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--quick", action="store_true", help="a short run for smoke testing")
+    parser.add_argument("--online-store", choices=["sqlite", "aerospike"], default="sqlite")
+    parser.add_argument("--aerospike-hosts", default="127.0.0.1:3000", help="comma-separated")
+    parser.add_argument("--aerospike-namespace", default="quiver")
     args = parser.parse_args()
     count = 300 if args.quick else args.requests
 
-    print("preparing demo repo and materializing ...", flush=True)
-    repo = prepare_repo(200 if args.quick else args.users)
+    print(f"preparing demo repo on {args.online_store} and materializing ...", flush=True)
+    repo = prepare_repo(
+        200 if args.quick else args.users,
+        args.online_store, args.aerospike_hosts, args.aerospike_namespace,
+    )
     requests = build_requests()
 
     rows: list[tuple[str, str, dict[str, float]]] = []
+    rows.extend(store_reads(repo, count))
     payloads: dict[int, bytes] = {}
     port = free_port()
     server = start_server(repo, port, workers=1)
@@ -220,7 +275,8 @@ def main() -> int:
           f"100x20 {len(payloads[len(requests['100x20'])])} B; {count} requests per client\n")
     print(f"{'scenario':<22} {'load':<26} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
     for name, load, r in rows:
-        print(f"{name:<22} {load:<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['rps']:>9.0f}")
+        rps = f"{r['rps']:>9.0f}" if "rps" in r else f"{'':>9}"
+        print(f"{name:<22} {load:<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {rps}")
     by = {(name, load): r for name, load, r in rows}
     print("\nratio to the echo floor (quiver / echo):")
     for name in requests:

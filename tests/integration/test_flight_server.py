@@ -224,6 +224,9 @@ BAD_SPINES = {
     "string timestamps": (lambda s: s.set_column(2, "event_timestamp",
                                                  s["event_timestamp"].cast(pa.string())),
                           "spine.event_timestamp", "SPINE_TIMESTAMP_TYPE"),
+    "null timestamps": (lambda s: s.set_column(2, "event_timestamp", pa.array(
+                            [None, *s["event_timestamp"].to_pylist()[1:]], US)),
+                        "spine.event_timestamp", "SPINE_NULL_TIMESTAMP"),
 }
 
 
@@ -332,6 +335,13 @@ def test_expired_spines_and_stale_tickets(repo: QuiverConfig, flight_server: Ser
         assert missing.value.reason == "SPINE_EXPIRED"
         with pytest.raises(NotFoundError, match="does not exist"):
             client.plan(handle, feature_service="model")
+        # Uploads sweep expired spines away.
+        other = client.upload_spine(make_spine(5))
+        fake_clock.now += repo.flight.spine_ttl_seconds + 1
+        client.upload_spine(make_spine(5))
+        spines = Path(repo.offline_root) / "_spines"
+        assert not (spines / f"{other.spine_id}.arrow").exists()
+        assert len(list(spines.glob("*.arrow"))) == 1
 
 
 def test_a_ticket_goes_stale_when_the_history_changes(repo: QuiverConfig, client: TrainingClient) -> None:

@@ -263,7 +263,7 @@ class SpineStore:
             raise _not_found(spine_id) from None
         metadata = reader.schema.metadata or {}
         expires_at = int(metadata.get(EXPIRES_KEY, b"0")) / 1_000_000
-        if expires_at and self.clock() >= expires_at:
+        if self.clock() >= expires_at:
             _delete_quietly(self.filesystem, path)
             raise NotFoundError(
                 f"spine {spine_id!r} expired (spines are kept {self.ttl_seconds} s); upload it again",
@@ -357,9 +357,12 @@ class SpineStore:
             name = posixpath.basename(info.path)
             if not name.endswith(_SUFFIX):
                 continue
-            # Modification time bounds the expiry: it is set when the spine is
-            # written, and a spine lives ttl_seconds after that.
-            if info.mtime is not None and info.mtime.timestamp() + self.ttl_seconds < now:
+            if name.startswith(_TEMP_PREFIX):
+                # An upload that died half way; live ones are younger than a ttl.
+                stale = info.mtime is not None and info.mtime.timestamp() + self.ttl_seconds < time.time()
+            else:
+                stale = _expires_at(self.filesystem, info.path) <= now
+            if stale:
                 deleted += _delete_quietly(self.filesystem, info.path)
         if deleted:
             log.info("expired spines deleted", count=deleted)
@@ -367,6 +370,15 @@ class SpineStore:
 
     def _path(self, spine_id: str) -> str:
         return posixpath.join(self.directory, f"{spine_id}{_SUFFIX}")
+
+
+def _expires_at(fs: pafs.FileSystem, path: str) -> float:
+    """When an uploaded spine expires (0 for a file that is not one)."""
+    try:
+        metadata = _open_ipc(fs, path).schema.metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return 0.0
+    return int(metadata.get(EXPIRES_KEY, b"0")) / 1_000_000
 
 
 def _row_groups(metadata: pq.FileMetaData) -> tuple[int, ...]:

@@ -76,6 +76,11 @@ class UploadSpineCommand(_message.Message):
     flight.max_spine_rows rows (RESOURCE_EXHAUSTED beyond).
 
     Yields: no data; one PutResult whose app_metadata is an UploadSpineResult.
+
+    Errors: INVALID_ARGUMENT when timestamp_column is missing or not a
+    timestamp with a time zone, or the stream has no columns;
+    RESOURCE_EXHAUSTED (reason SPINE_TOO_LARGE) beyond flight.max_spine_rows;
+    UNAVAILABLE when the offline store cannot be written.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -207,6 +212,14 @@ class TrainingSetCommand(_message.Message):
 
     get_schema accepts the command without a spine and then yields the columns a
     spine must provide (join keys, timestamp) followed by the feature columns.
+
+    Errors: INVALID_ARGUMENT for a spine that does not fit (a missing join key
+    or timestamp column, a key of the wrong type, naive or null timestamps,
+    clashing output names; BadRequest names the spine column) or a malformed
+    selection; NOT_FOUND for an unknown feature view, feature, feature service
+    or spine (reasons SPINE_NOT_FOUND, SPINE_EXPIRED); RESOURCE_EXHAUSTED for a
+    spine over flight.max_spine_rows; FAILED_PRECONDITION when nothing was
+    applied yet or a view's history is missing or lacks a declared column.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -266,6 +279,12 @@ class TrainingSetTicket(_message.Message):
     Yields (do_get): the TrainingSetCommand's Arrow schema; the joined rows of
     spine rows [row_offset, row_offset + row_count), in spine order, as record
     batches of at most flight.batch_rows rows.
+
+    Errors: INVALID_ARGUMENT for a garbled ticket (reason INVALID_TICKET) or an
+    altered one (reason TICKET_SIGNATURE); FAILED_PRECONDITION (reason
+    STALE_TICKET) once its spine expired, its registry version is gone or a
+    view's history files changed; UNAVAILABLE when the offline store cannot be
+    read.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

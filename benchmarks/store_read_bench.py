@@ -1,18 +1,18 @@
-"""The online store's own batch-read time, for `bench_online.py --online-store aerospike`.
+"""The online store's own batch-read time, for `bench_online.py`.
 
 Serving a request costs the store's batch read plus Quiver's own work (gRPC,
 decoding, planning, grading, encoding). Timing the store call alone, on the
 same reads a request makes and in the same run, shows how much of the served
 latency is Quiver's. Used from bench_online.py::
 
-    from aerospike_store_bench import measure_batch_read, service_reads
+    from store_read_bench import measure_batch_read, service_reads
 
     reads = service_reads(config, "fraud_model_v1", {"user_id": [1], "merchant_id": [1]})
     print(measure_batch_read(store, reads, 3000))
 
 Run alone against a repo that is applied and materialized (any online store)::
 
-    python benchmarks/aerospike_store_bench.py --repo .bench/online/repo
+    python benchmarks/store_read_bench.py --repo .bench/online/repo
 """
 
 from __future__ import annotations
