@@ -24,6 +24,7 @@ export) is the steadier measure of what telemetry costs, and is printed too.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import signal
 import statistics
@@ -72,6 +73,13 @@ class Receiver:
         self.server.stop(0)
 
 
+def prepare_sqlite_repo(users: int) -> Path:
+    """bench_online's demo repo on the embedded store (whatever options it grows)."""
+    options = {"online_store": "sqlite", "hosts": "", "namespace": ""}
+    accepted = inspect.signature(bench_online.prepare_repo).parameters
+    return bench_online.prepare_repo(users, **{k: v for k, v in options.items() if k in accepted})
+
+
 def start(repo: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     environment = {**os.environ, "QUIVER_TELEMETRY__LOGGING__LEVEL": "warning",
                    "QUIVER_TELEMETRY__METRICS__PORT": str(free_port()), **env}
@@ -111,7 +119,7 @@ def main() -> int:
 
     print("preparing demo repo and materializing ...", flush=True)
     bench_online.BENCH_DIR = ROOT / ".bench" / "tracing"
-    repo = bench_online.prepare_repo(200 if args.quick else args.users)
+    repo = prepare_sqlite_repo(200 if args.quick else args.users)
     request = build_requests()["1x20"]
     receiver = Receiver()
     off = {"QUIVER_TELEMETRY__METRICS__ENABLED": "false",

@@ -317,3 +317,20 @@ def test_a_changed_history_gets_a_new_index(root: Path) -> None:
     write(root, "stats", {"user_id": [1], "event_timestamp": [at(5)], "created": [at(5)],
                           "amount": [2.0]}, part="later")
     assert join(engine, spine([1], [at(9)]), refs(view))["amount"].to_pylist() == [2.0]
+
+
+def test_a_cache_too_small_for_every_view_evicts_and_stays_exact(root: Path) -> None:
+    write(root, "a", {"user_id": [1, 2], "event_timestamp": [at(0), at(0)], "created": [at(0)] * 2,
+                      "x": [1.0, 2.0]})
+    write(root, "b", {"user_id": [1, 2], "event_timestamp": [at(0), at(0)], "created": [at(0)] * 2,
+                      "y": [3.0, 4.0]})
+    a = make_view("a", [user], [Field("x", Float64)])
+    b = make_view("b", [user], [Field("y", Float64)])
+    whole = PointInTimeEngine(str(root))
+    whole.join_table(spine([1], [at(1)]), [*refs(a), *refs(b)])
+    one_view = whole.cache.nbytes // 2 + 1  # room for one view's index and block only
+    engine = PointInTimeEngine(str(root), cache_bytes=one_view)
+    for _ in range(3):
+        assert join(engine, spine([2, 1], [at(1)] * 2), refs(a))["x"].to_pylist() == [2.0, 1.0]
+        assert join(engine, spine([1, 2], [at(1)] * 2), refs(b))["y"].to_pylist() == [3.0, 4.0]
+        assert 0 < engine.cache.nbytes <= one_view

@@ -11,7 +11,7 @@ distinct values and decoded after the gather. A last all-null row stands for
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,6 @@ from quiver import Field
 from quiver._types import ValueType
 from quiver_flight.keys import IntArray
 
-_LAYOUT_BLOCK = 65_536
 _FIXED = {
     ValueType.INT64, ValueType.INT32, ValueType.FLOAT64, ValueType.FLOAT32,
     ValueType.BOOL, ValueType.TIMESTAMP,
@@ -53,50 +52,38 @@ class FeatureBlock:
 
     @classmethod
     def build(
-        cls, features: Sequence[Field], columns: Sequence[pa.Array | pa.ChunkedArray], rowid: IntArray
+        cls, features: Sequence[Field], columns: Iterable[pa.Array | pa.ChunkedArray], rowid: IntArray
     ) -> FeatureBlock:
         """Lay out the entries' features.
 
         Args:
             features: The features, in output order.
             columns: One history column per feature, in history row order, of
-                the declared types.
+                the declared types; consumed one at a time, so a generator that
+                reads each column when asked keeps only one in memory.
             rowid: The history row of each index entry.
         """
-        rows = len(columns[0]) if columns else 0
         count = len(features)
-        words = (count + 63) // 64
-        values: list[npt.NDArray[np.int64]] = []
-        valid: dict[int, npt.NDArray[np.bool_]] = {}
+        matrix = np.zeros((len(rowid) + 1, count + (count + 63) // 64), dtype=np.int64)
+        entries = matrix[:-1]
         dictionaries: dict[int, pa.Array] = {}
-        always = np.zeros(words, dtype=np.int64)
         for i, (feature, column) in enumerate(zip(features, columns, strict=True)):
             if feature.dtype in _FIXED:
-                values.append(_as_int64(column, feature.dtype))
+                values = _as_int64(column, feature.dtype)
             else:
                 if isinstance(column, pa.ChunkedArray):
                     column = column.combine_chunks()
                 encoded = pc.dictionary_encode(column)
                 dictionaries[i] = encoded.dictionary
-                values.append(np.asarray(encoded.indices.cast(pa.int64()).fill_null(0).to_numpy(),
-                                         dtype=np.int64))
+                values = np.asarray(encoded.indices.cast(pa.int64()).fill_null(0).to_numpy(),
+                                    dtype=np.int64)
+            entries[:, i] = values[rowid]
+            bit = np.int64(1) << np.int64(i % 64)
             if column.null_count:
-                valid[i] = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+                valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+                entries[:, count + i // 64] |= np.where(valid[rowid], bit, np.int64(0))
             else:
-                always[i // 64] |= np.int64(1) << np.int64(i % 64)
-        # Lay rows out in history order a block at a time (cache-sized writes),
-        # then move whole rows into entry order: one random read per row.
-        layout = np.empty((rows, count + words), dtype=np.int64)
-        for start in range(0, rows, _LAYOUT_BLOCK):
-            block = layout[start:start + _LAYOUT_BLOCK]
-            for i, column_values in enumerate(values):
-                block[:, i] = column_values[start:start + _LAYOUT_BLOCK]
-            block[:, count:] = always
-            for i, bits in valid.items():
-                block[:, count + i // 64] |= bits[start:start + _LAYOUT_BLOCK].astype(np.int64) << (i % 64)
-        del values, valid
-        matrix = np.zeros((len(rowid) + 1, count + words), dtype=np.int64)
-        np.take(layout, rowid, axis=0, out=matrix[:-1])
+                entries[:, count + i // 64] |= bit
         return cls(tuple(features), matrix, dictionaries)
 
     def gather(self, pos: IntArray) -> list[pa.Array]:

@@ -60,11 +60,6 @@ def normalize_key(values: pa.Array | pa.ChunkedArray, value_type: ValueType) -> 
     return None
 
 
-def key_type_compatible(arrow_type: pa.DataType, value_type: ValueType) -> bool:
-    """Whether a column of `arrow_type` can hold keys of `value_type`."""
-    return normalize_key(pa.array([], type=arrow_type), value_type) is not None
-
-
 @dataclass(frozen=True)
 class _IntColumn:
     kmin: int

@@ -350,7 +350,7 @@ class PointInTimeEngine:
             return None
 
         def build() -> tuple[object, int]:
-            columns = self._read_columns(source, features, index.num_rows)
+            columns = (self._read_column(source, f, index.num_rows) for f in features)
             block = FeatureBlock.build(features, columns, index.rowid)
             return block, block.nbytes
 
@@ -360,18 +360,20 @@ class PointInTimeEngine:
         assert isinstance(block, FeatureBlock)
         return block
 
-    def _read_columns(
-        self, source: HistorySource, features: list[Field], num_rows: int
-    ) -> list[pa.ChunkedArray]:
-        """The features' history columns, in history row order, as declared."""
+    def _read_column(self, source: HistorySource, feature: Field, num_rows: int) -> pa.ChunkedArray:
+        """A feature's history column, in history row order, as declared.
+
+        Columns are read one at a time: Parquet is columnar, so this reads the
+        same bytes as reading them together, and holds only one in memory.
+        """
         dataset = source.dataset()
         if dataset is None:
-            return [pa.chunked_array([], type=f.dtype.arrow_type) for f in features]
-        columns = list(dict.fromkeys(source.source_column(f.name) for f in features))
-        table = dataset.to_table(columns=columns)
+            return pa.chunked_array([], type=feature.dtype.arrow_type)
+        column = source.source_column(feature.name)
+        table = dataset.to_table(columns=[column])
         if table.num_rows != num_rows:
             raise _changed(source)
-        return [cast_feature(table[source.source_column(f.name)], f, source) for f in features]
+        return cast_feature(table[column], feature, source)
 
     def _gather_scan(self, join: _ViewJoin, t_hi: IntArray, t_lo: IntArray) -> list[pa.Array]:
         """The features of every spine row, read in one ordered pass over the history."""

@@ -13,6 +13,7 @@ from quiver._definitions import (
 )
 from quiver._online_client import OnlineClient, PushResult
 from quiver._online_response import OnlineResponse
+from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient
 from quiver._types import (
     Bool,
     Bytes,
@@ -40,13 +41,16 @@ __all__ = [
     "Float64",
     "Int32",
     "Int64",
+    "OfflineSpine",
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
     "PushResult",
     "QuiverError",
+    "SpineHandle",
     "String",
     "Timestamp",
+    "TrainingClient",
     "ValueType",
     "__version__",
     "parse_feature_ref",
