@@ -147,6 +147,8 @@ def test_flight_container_listens_where_its_probes_look(tmp_path: Path) -> None:
 
     if not QUIVER.exists() or find_spec("quiver_flight.server") is None:
         pytest.skip("`quiver serve-flight` needs quiver_flight.server, which is not written yet")
+    from quiver_server.demo_repo import DEFINITIONS
+
     repo, data = tmp_path / "repo", tmp_path / "volume"
     port = _free_port()
     out = render(
@@ -156,7 +158,7 @@ def test_flight_container_listens_where_its_probes_look(tmp_path: Path) -> None:
             "flight": {"port": port},
             "telemetry": {"metrics": {"enabled": False}},
             "persistence": {"mountPath": str(data)},
-            "featureRepo": {"mountPath": str(repo)},
+            "featureRepo": {"mountPath": str(repo), "files": {"features.py": DEFINITIONS}},
         }
     )
     repo.mkdir()
