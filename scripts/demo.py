@@ -2,8 +2,9 @@
 
 Writes the demo feature repo (Parquet history + definitions), applies it,
 materializes it into the embedded SQLite online store, starts `quiver serve`,
-looks up features for a few users with the Python client, prints them, and
-shuts the server down with SIGTERM.
+looks up features for a few users with the Python client, prints them, then
+starts `quiver serve-flight` and pulls a point-in-time-correct training set
+for a few labelled events, and shuts both servers down with SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quiver import OnlineClient
+import pyarrow as pa
+
+from quiver import OnlineClient, TrainingClient
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIVER = [sys.executable, "-m", "quiver_server.cli"]
@@ -111,7 +114,55 @@ def main() -> int:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
     print(f"\nquiver serve stopped cleanly (exit code {code}).")
-    return 0 if code == 0 else 1
+    flight_code = training_set(repo, end)
+    return 0 if code == 0 and flight_code == 0 else 1
+
+
+def training_set(repo: Path, end: datetime) -> int:
+    """Pull a training set over Arrow Flight for labelled card transactions."""
+    port = free_port()
+    print(f"\n$ quiver serve-flight --port {port}", flush=True)
+    server = subprocess.Popen(
+        [*QUIVER, "--repo", str(repo), "serve-flight", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "QUIVER_TELEMETRY__LOGGING__LEVEL": "warning"},
+    )
+    try:
+        # Labelled events: (user, merchant, when, is_fraud). The first two ask
+        # about the same user at different times and get different features.
+        spine = pa.table({
+            "user_id": [1, 1, 2, 999999],
+            "merchant_id": [10, 10, 20, 30],
+            "event_timestamp": pa.array(
+                [end - timedelta(days=3), end - timedelta(hours=2), end - timedelta(hours=1),
+                 end - timedelta(hours=1)],
+                pa.timestamp("us", tz="UTC"),
+            ),
+            "is_fraud": [False, True, False, False],
+        })
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with TrainingClient(f"grpc://127.0.0.1:{port}") as client:
+                    table = client.get_training_set(
+                        spine,
+                        features=["user_transaction_stats:txn_count_24h",
+                                  "user_transaction_stats:txn_amount_sum_24h",
+                                  "user_profile:credit_score", "merchant_stats:is_high_risk"],
+                    )
+                break
+            except Exception:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        print("\nTraining set (point-in-time correct; user 999999 has no history):")
+        for row in table.to_pylist():
+            when = row.pop("event_timestamp")
+            print(f"  {when:%Y-%m-%d %H:%M}  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+    print(f"\nquiver serve-flight stopped cleanly (exit code {code}).")
+    return code
 
 
 if __name__ == "__main__":

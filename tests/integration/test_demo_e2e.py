@@ -22,3 +22,6 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # The unknown user is reported, not invented.
     assert "[NOT_FOUND]" in out
     assert "quiver serve stopped cleanly (exit code 0)" in out
+    assert "Training set (point-in-time correct" in out
+    assert "user_id=999999  merchant_id=30  is_fraud=False  txn_count_24h=None" in out
+    assert "quiver serve-flight stopped cleanly (exit code 0)" in out
