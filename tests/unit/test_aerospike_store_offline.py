@@ -41,7 +41,6 @@ from quiver_server.online.aerospike_layout import (
     compile_write_filter,
     decoder,
     encoder,
-    newest_per_key,
     read_layout,
     record_ttl,
     set_name,
@@ -58,7 +57,7 @@ from quiver_server.online.aerospike_policy import (
     redacted,
     write_policy,
 )
-from quiver_server.online.base import ViewTable
+from quiver_server.online.base import ViewTable, newest_per_key
 
 
 def _view(ttl: timedelta = timedelta(0), **features: ValueType) -> FeatureView:

@@ -154,7 +154,7 @@ def test_bad_batches_are_invalid_arguments(store: SqliteOnlineStore) -> None:
         store.write(t, WriteBatch(keys(1), [T0], [0], {"nope": [1]}))
     with pytest.raises(InvalidArgumentError, match="event_ts"):
         store.write(t, WriteBatch(keys(1, 2), [T0], [0, 0], {"value": [1, 2]}))
-    with pytest.raises(InvalidArgumentError, match="bad value"):
+    with pytest.raises(InvalidArgumentError, match="must not be null"):
         store.write(t, WriteBatch(keys(1), [None], [0], {"value": [1]}))  # type: ignore[list-item]
     with pytest.raises(InvalidArgumentError, match="bad value"):
         store.write(t, WriteBatch(keys(1), [T0], [0], {"value": [2**64]}))

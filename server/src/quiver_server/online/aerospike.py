@@ -47,7 +47,6 @@ from quiver_server.online.aerospike_layout import (
     WriteFilter,
     WriteLayout,
     find_bad_value,
-    newest_per_key,
     read_layout,
     set_name,
     shared_bins,
@@ -65,6 +64,8 @@ from quiver_server.online.base import (
     ViewTable,
     WriteBatch,
     WriteResult,
+    check_batch,
+    newest_per_key,
 )
 
 _WRITE = aerospike.OPERATOR_WRITE
@@ -114,7 +115,7 @@ class AerospikeOnlineStore:
         safe: the filter makes it idempotent).
         """
         n = len(batch)
-        _check_batch(table, batch)
+        check_batch(table, batch)
         if n == 0:
             return WriteResult(0, 0)
         layout = self._write_layout(table)
@@ -394,23 +395,6 @@ def _gc_paused() -> Iterator[None]:
 def _current(layout: ReadLayout | WriteLayout, table: ViewTable) -> bool:
     """Whether `layout` was made from this registry version of the table."""
     return layout.view is table.view and layout.bin_names is table.bin_names
-
-
-def _check_batch(table: ViewTable, batch: WriteBatch) -> None:
-    n = len(batch.keys)
-    lengths = {"event_ts": len(batch.event_ts), "created_ts": len(batch.created_ts)}
-    lengths.update({f"features[{f!r}]": len(v) for f, v in batch.features.items()})
-    for name, length in lengths.items():
-        if length != n:
-            raise InvalidArgumentError.for_field(
-                name,
-                f"has {length} values but the batch for feature view {table.name!r} has {n} keys",
-            )
-    for name, column in (("event_ts", batch.event_ts), ("created_ts", batch.created_ts)):
-        if any(v is None for v in column):
-            raise InvalidArgumentError.for_field(
-                name, f"timestamps of feature view {table.name!r} must not be null"
-            )
 
 
 def _bad_timestamp(event_ts: Sequence[Any], created_ts: Sequence[Any]) -> str | None:

@@ -327,14 +327,3 @@ class WriteFilter:
             expression[i] = created
         return expression
 
-
-def newest_per_key(
-    keys: Sequence[bytes], event_ts: Sequence[int], created_ts: Sequence[int]
-) -> list[int]:
-    """Index of each key's winning row by the write rule (the later row wins ties), sorted."""
-    best: dict[bytes, int] = {}
-    for i, key in enumerate(keys):
-        j = best.get(key)
-        if j is None or (event_ts[i], created_ts[i]) >= (event_ts[j], created_ts[j]):
-            best[key] = i
-    return sorted(best.values())

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from quiver import FeatureView
+from quiver.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,37 @@ class OnlineStore(Protocol):
     def close(self) -> None: ...
 
 
+
+
+def check_batch(table: ViewTable, batch: WriteBatch) -> None:
+    """Reject a batch whose columns disagree in length or carry null timestamps."""
+    n = len(batch.keys)
+    lengths = {"event_ts": len(batch.event_ts), "created_ts": len(batch.created_ts)}
+    lengths.update({f"features[{f!r}]": len(v) for f, v in batch.features.items()})
+    for name, length in lengths.items():
+        if length != n:
+            raise InvalidArgumentError.for_field(
+                name,
+                f"has {length} values but the batch for feature view {table.name!r} has {n} keys",
+            )
+    for name, column in (("event_ts", batch.event_ts), ("created_ts", batch.created_ts)):
+        if any(v is None for v in column):
+            raise InvalidArgumentError.for_field(
+                name, f"timestamps of feature view {table.name!r} must not be null"
+            )
+
+
+def newest_per_key(
+    keys: Sequence[bytes], event_ts: Sequence[int], created_ts: Sequence[int]
+) -> list[int]:
+    """Index of each key's winning row by the write rule (the later row wins ties), sorted.
+
+    Stores apply this within a batch before writing, so only one row per key
+    reaches the store and in-batch losers count as superseded.
+    """
+    best: dict[bytes, int] = {}
+    for i, key in enumerate(keys):
+        j = best.get(key)
+        if j is None or (event_ts[i], created_ts[i]) >= (event_ts[j], created_ts[j]):
+            best[key] = i
+    return sorted(best.values())

@@ -50,6 +50,8 @@ from quiver_server.online.base import (
     ViewTable,
     WriteBatch,
     WriteResult,
+    check_batch,
+    newest_per_key,
 )
 
 KEY = "__key"
@@ -176,7 +178,7 @@ class SqliteOnlineStore:
     def write(self, table: ViewTable, batch: WriteBatch) -> WriteResult:
         """Upsert `batch` following the write rule; returns rows and rows superseded."""
         n = len(batch)
-        _check_lengths(table, batch)
+        check_batch(table, batch)
         if n == 0:
             return WriteResult(0, 0)
         plan = self._write_plan(table)
@@ -201,7 +203,7 @@ class SqliteOnlineStore:
         if len(set(keys)) != n:
             # Only each key's newest row can win, so send only those: fewer
             # statements, and no reliance on SQLite applying rows in order.
-            picked = _newest_per_key(keys, event_ts, created_ts)
+            picked = newest_per_key(keys, event_ts, created_ts)
             losers = n - len(picked)
             take = _picker(picked)
             keys, event_ts, created_ts = take(keys), take(event_ts), take(created_ts)
@@ -532,29 +534,6 @@ def _feature_type(view: FeatureView, feature: str) -> ValueType:
 
 def _column_types(view: FeatureView, features: Sequence[str]) -> list[str]:
     return [_SQL_TYPES[view.feature(f).dtype] for f in features]
-
-
-def _check_lengths(table: ViewTable, batch: WriteBatch) -> None:
-    n = len(batch.keys)
-    lengths = {"event_ts": len(batch.event_ts), "created_ts": len(batch.created_ts)}
-    lengths.update({f"features[{f!r}]": len(v) for f, v in batch.features.items()})
-    for name, length in lengths.items():
-        if length != n:
-            raise InvalidArgumentError.for_field(
-                name,
-                f"has {length} values but the batch for feature view {table.name!r} "
-                f"has {n} keys",
-            )
-
-
-def _newest_per_key(keys: Sequence[bytes], event_ts: Sequence[int], created_ts: Sequence[int]) -> list[int]:
-    """Index of each key's winning row, by the write rule (the later row wins ties)."""
-    best: dict[bytes, int] = {}
-    for i, key in enumerate(keys):
-        j = best.get(key)
-        if j is None or (event_ts[i], created_ts[i]) >= (event_ts[j], created_ts[j]):
-            best[key] = i
-    return sorted(best.values())
 
 
 def _picker(indices: list[int]) -> Any:
