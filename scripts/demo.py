@@ -21,9 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 import pyarrow as pa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quiver import OnlineClient, TrainingClient
 

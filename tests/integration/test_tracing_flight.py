@@ -274,14 +274,37 @@ def test_every_training_call_joins_client_and_server(
         "quiver_flight_rows_streamed_total", {"method": "DoGet"}) == 40
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "TrainingClient fetches partitions on worker threads started without the caller's "
-    "context; fix: start them with contextvars.copy_context().run (quiver/_training_client.py)"
-))
 def test_one_training_set_pull_is_one_trace(
     training: tuple[str, Tracing, Tracing, Telemetry],
 ) -> None:
     location, server_tracing, client_tracing, _ = training
     root = _pull(location, client_tracing)
-    for span in client_tracing.spans() + server_tracing.spans():
+    spans = client_tracing.spans() + server_tracing.spans()
+    # The caller's span, then client and server spans of DoPut, GetFlightInfo and 2 x DoGet.
+    assert len(spans) >= 1 + 2 * 4
+    for span in spans:
         assert span.context.trace_id == root.context.trace_id, span.name
+    for span in client_tracing.named(f"{SERVICE}/DoGet"):  # fetched on worker threads
+        assert span.parent is not None and span.parent.span_id == root.context.span_id
+
+
+def test_annotate_sets_attributes_on_the_current_span(
+    setup: tuple[flight.FlightClient, Tracing, Tracing, Telemetry, StandIn],
+) -> None:
+    from quiver_server.telemetry.hooks import annotate
+
+    annotate(partitions=3)  # outside any call: nothing happens
+    client, server_tracing, _, _, server = setup
+
+    original = StandIn.get_flight_info.__wrapped__  # type: ignore[attr-defined]
+
+    @traced_flight_handler
+    def planned(self: StandIn, context: Any, descriptor: flight.FlightDescriptor) -> Any:
+        info = original(self, context, descriptor)
+        annotate(partitions=len(info.endpoints))
+        return info
+
+    server.get_flight_info = planned.__get__(server)  # type: ignore[method-assign]
+    client.get_flight_info(flight.FlightDescriptor.for_command(b"4"))
+    [span] = server_tracing.named(f"{SERVICE}/GetFlightInfo")
+    assert span.attributes is not None and span.attributes["quiver.partitions"] == 4

@@ -89,7 +89,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
         self._handlers: dict[str, tuple[Handler, Handler]] = {}
         # Headers the configured propagators read (traceparent, tracestate, baggage
         # by default): a call carrying none of them needs no extraction.
-        self._fields = frozenset(propagate.get_global_textmap().fields)
+        self._trace_headers = frozenset(propagate.get_global_textmap().fields)
 
     def intercept_service(
         self,
@@ -122,7 +122,7 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
         quiet = service.startswith(_QUIET_SERVICES)
         recorder, rpc, online = self._recorder, self._rpc, self._online
         log_enabled = self._access_log
-        fields = self._fields
+        trace_headers = self._trace_headers
         durations: dict[grpc.StatusCode, Any] = {}
         entities = online.entities if online is not None and method == "GetOnlineFeatures" else None
 
@@ -133,7 +133,9 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
             call = None
             tokens = None
             if recorder is not None:
-                parent = propagate.extract(carrier) if not fields.isdisjoint(carrier) else None
+                parent = (
+                    propagate.extract(carrier) if not trace_headers.isdisjoint(carrier) else None
+                )
                 call = recorder.start(span_name, SpanKind.SERVER, parent, attributes)
                 scope.call = call
                 tokens = call.activate()

@@ -3,6 +3,8 @@
 Each one costs a context-variable lookup when the call is not traced or measured:
 
 - `traced(name)`: a child span around any function.
+- `annotate(**attributes)`: attributes on the current span (e.g. a plan's partition
+  count), where a decorator cannot see the value.
 - `traced_encoding`: the response-encoding span of GetOnlineFeatures, and the
   feature-status counts (read from the graded columns before they become protobuf,
   which is ten times cheaper than reading them back from the response).
@@ -35,6 +37,7 @@ from quiver_server.telemetry.setup import Telemetry, installed_telemetry, setup_
 from quiver_server.telemetry.tracing import tracing_enabled
 
 __all__ = [
+    "annotate",
     "traced",
     "traced_encoding",
     "traced_materialization",
@@ -78,6 +81,20 @@ class _ViewOutcome(Protocol):
 
 Cols = TypeVar("Cols", bound=Sequence[_Graded])
 Outcome = TypeVar("Outcome", bound=_ViewOutcome)
+
+
+def annotate(**attributes: str | int | float | bool) -> None:
+    """Set attributes on the current recorded span; a no-op outside a sampled call.
+
+    Names get a ``quiver.`` prefix: ``annotate(partitions=4)`` sets ``quiver.partitions``.
+    """
+    scope = current_scope()
+    call = scope.call if scope is not None else None
+    if call is None or not call.sampled:
+        return
+    target = call.current_child() or call
+    for key, value in attributes.items():
+        target.set_attribute(f"quiver.{key}", value)
 
 
 def traced_encoding(function: Callable[[A, Cols, int], R]) -> Callable[[A, Cols, int], R]:

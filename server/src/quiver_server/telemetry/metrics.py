@@ -277,11 +277,6 @@ class SupervisorMetrics:
         self.endpoint = MetricsEndpoint(metrics.exposition_registry(), port, host)
         self.port = self.endpoint.port
 
-    def worker_exited(self, pid: int) -> None:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
-
     def close(self) -> None:
         self.endpoint.close()
         if self._owned:

@@ -242,7 +242,7 @@ class _RawTraceServiceStub:
         )
 
 
-class GrpcSpanExporter(_GrpcExporter):  # type: ignore[misc]
+class GrpcSpanExporter(_GrpcExporter):
     """The SDK's OTLP/gRPC span exporter, encoding with `Encoder`."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -250,13 +250,13 @@ class GrpcSpanExporter(_GrpcExporter):  # type: ignore[misc]
         self._encoder = Encoder()
         # The SDK makes its stub from `_stub` (also when it reconnects).
         self._stub = _RawTraceServiceStub
-        self._client = _RawTraceServiceStub(self._channel)
+        self._client = _RawTraceServiceStub(self._channel)  # type: ignore[assignment]
 
     def _translate_data(self, data: Sequence[ReadableSpan]) -> Any:
         return _Encoded(self._encoder.request(data))
 
 
-class HttpSpanExporter(_HttpExporter):  # type: ignore[misc]
+class HttpSpanExporter(_HttpExporter):
     """The SDK's OTLP/HTTP span exporter, encoding with `Encoder`."""
 
     def __init__(self, **kwargs: Any) -> None:

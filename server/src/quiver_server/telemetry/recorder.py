@@ -123,6 +123,7 @@ class RecordedCall:
         self.start_time = time.time_ns()
         self.status = _UNSET
         self.children: list[_Child] = []
+        self._open: dict[int, _Child] = {}
         self.events: list[Event] | None = None
         parent_span = trace.get_current_span(parent).get_span_context()
         self.parent = parent_span if parent_span.is_valid else None
@@ -174,10 +175,19 @@ class RecordedCall:
         child = _Child(name, self.recorder.ids.generate_span_id(),
                        _CURRENT.get() or self.span_id, kind, attributes)
         child.token = _CURRENT.set(child.span_id)
+        self._open[child.span_id] = child
         return child
+
+    def current_child(self) -> _Child | None:
+        """The innermost child span still open in this context, if any."""
+        current = _CURRENT.get()
+        if current == self.span_id:
+            return None
+        return self._open.get(current)
 
     def end(self, child: _Child) -> None:
         child.end = time.time_ns()
+        self._open.pop(child.span_id, None)
         if child.token is not None:
             _CURRENT.reset(child.token)
             child.token = None
