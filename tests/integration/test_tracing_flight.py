@@ -286,6 +286,17 @@ def test_one_training_set_pull_is_one_trace(
         assert span.context.trace_id == root.context.trace_id, span.name
     for span in client_tracing.named(f"{SERVICE}/DoGet"):  # fetched on worker threads
         assert span.parent is not None and span.parent.span_id == root.context.span_id
+    # Server-side work: planning under GetFlightInfo, ticket checks and the join under DoGet.
+    [info] = server_tracing.named(f"{SERVICE}/GetFlightInfo")
+    [plan] = server_tracing.named("quiver.flight.plan")
+    assert plan.parent is not None and plan.parent.span_id == info.context.span_id
+    assert info.attributes is not None and info.attributes["quiver.partitions"] >= 1
+    do_gets = {s.context.span_id for s in server_tracing.named(f"{SERVICE}/DoGet")}
+    joins = server_tracing.named("quiver.flight.point_in_time_join")
+    assert len(joins) == len(do_gets) >= 1
+    for span in joins + server_tracing.named("quiver.flight.ticket.open"):
+        assert span.parent is not None and span.parent.span_id in do_gets, span.name
+        assert span.context.trace_id == root.context.trace_id
 
 
 def test_annotate_sets_attributes_on_the_current_span(

@@ -18,6 +18,7 @@ google.rpc.Status in extra_info; a bad request never takes the server down.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import queue
 import signal
@@ -44,6 +45,8 @@ from quiver_server.observability import configure_logging
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry import Telemetry, setup_telemetry
 from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
+from quiver_server.telemetry.hooks import annotate
+from quiver_server.telemetry.scope import traced_iteration
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +132,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     ) -> flight.FlightInfo:
         command = _training_command(descriptor)
         plan = self.training.plan(command)
+        annotate(partitions=len(plan.tickets), rows=plan.rows)
         endpoints = [flight.FlightEndpoint(ticket, self._locations) for ticket in plan.tickets]
         return flight.FlightInfo(
             plan.schema, descriptor, endpoints, total_records=plan.rows, total_bytes=-1,
@@ -146,7 +150,8 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     @_flight_errors
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         job = self.training.open_ticket(ticket.ticket)
-        batches = _prefetched(job.batches, context)
+        annotate(rows=job.partition.row_count)
+        batches = _prefetched(traced_iteration("quiver.flight.point_in_time_join", job.batches), context)
         return flight.GeneratorStream(job.schema, count_batches(_translated(batches)))
 
     @traced_flight_handler
@@ -227,7 +232,11 @@ def _prefetched(
         except BaseException as exc:  # handed to the consumer, which raises it
             put(exc)
 
-    threading.Thread(target=produce, name="quiver-do-get", daemon=True).start()
+    # The producer runs in a copy of this context so the join's span stays in the call's trace.
+    context_copy = contextvars.copy_context()
+    threading.Thread(
+        target=context_copy.run, args=(produce,), name="quiver-do-get", daemon=True
+    ).start()
     try:
         while True:
             item = buffer.get()

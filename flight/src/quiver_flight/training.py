@@ -40,6 +40,7 @@ from quiver_flight.tickets import TicketSigner
 from quiver_server.config import FlightConfig
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
+from quiver_server.telemetry.scope import traced
 
 ROLE_METADATA = b"quiver.role"
 _SNAPSHOTS_KEPT = 8
@@ -109,6 +110,7 @@ class TrainingSets:
         refs = list(command.features.refs) if selection == "features" else []
         return snapshot.resolve(features=refs, field="features")
 
+    @traced("quiver.flight.spine.open")
     def open_spine(self, source: pb.SpineSource) -> Spine:
         kind = source.WhichOneof("source")
         if kind == "spine_id":
@@ -130,6 +132,7 @@ class TrainingSets:
         return output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                              full_feature_names=command.full_feature_names)
 
+    @traced("quiver.flight.plan")
     def plan(self, command: pb.TrainingSetCommand) -> Plan:
         """Check a training-set command and cut it into signed partitions.
 
@@ -187,6 +190,7 @@ class TrainingSets:
             )))
         return Plan(schema, rows, tickets)
 
+    @traced("quiver.flight.ticket.open")
     def open_ticket(self, data: bytes) -> PartitionJob:
         """Verify a ticket and start computing its partition.
 

@@ -10,7 +10,7 @@ context-variable lookup.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -79,3 +80,31 @@ def traced(name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
         return wrapper
 
     return decorate
+
+
+def traced_iteration(name: str, items: Iterator[T]) -> Iterator[T]:
+    """`items`, recorded as one child span from the first item to the last.
+
+    For lazily computed streams (a training-set partition): a function span
+    would end before any work is done. Iterate it in one thread and context.
+    """
+    scope = _SCOPE.get()
+    call = scope.call if scope is not None else None
+    if call is None or not call.sampled:
+        return items
+    return _recorded(call, name, items)
+
+
+def _recorded(call: RecordedCall, name: str, items: Iterator[T]) -> Iterator[T]:
+    child = call.begin(name)
+    count = 0
+    try:
+        for item in items:
+            count += 1
+            yield item
+    except BaseException as exc:
+        child.fail(exc)
+        raise
+    finally:
+        child.set_attribute("quiver.batches", count)
+        call.end(child)
