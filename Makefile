@@ -45,12 +45,17 @@ demo: $(STAMP) ## The main job: demo repo -> apply -> materialize -> serve -> lo
 	$(BIN)/python scripts/demo.py
 
 .PHONY: bench-online
-bench-online: $(STAMP) ## Online serving latency/throughput vs a bare gRPC echo floor
+bench-online: $(STAMP) ## Online serving latency/throughput vs a bare gRPC echo floor, then tracing off/on
 	$(BIN)/python benchmarks/bench_online.py $(ARGS)
+	$(BIN)/python benchmarks/tracing_overhead.py $(TRACING_ARGS)
 
 .PHONY: bench-training
 bench-training: $(STAMP) ## Training sets through Flight vs a bare Flight stream floor
 	$(BIN)/python benchmarks/bench_training.py $(ARGS)
+
+.PHONY: bench-materialize
+bench-materialize: $(STAMP) ## Materialization rows/s into the online store vs raw SQLite inserts
+	$(BIN)/python benchmarks/bench_materialize.py $(ARGS)
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and demo output
