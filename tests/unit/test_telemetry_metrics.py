@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -91,6 +90,4 @@ def test_lag_is_now_minus_each_online_views_watermark(applied_demo: QuiverConfig
 
 def test_lag_survives_an_unreadable_registry() -> None:
     collector = MaterializationLagCollector("/nonexistent/registry")
-    started = time.monotonic()
     assert next(iter(collector.collect())).samples == []
-    assert time.monotonic() - started < 1
