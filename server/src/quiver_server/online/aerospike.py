@@ -66,6 +66,7 @@ from quiver_server.online.base import (
     WriteResult,
     check_batch,
     newest_per_key,
+    reject_unknown_features,
 )
 
 _WRITE = aerospike.OPERATOR_WRITE
@@ -119,13 +120,7 @@ class AerospikeOnlineStore:
         if n == 0:
             return WriteResult(0, 0)
         layout = self._write_layout(table)
-        unknown = [f for f in batch.features if f not in layout.features]
-        if unknown:
-            raise InvalidArgumentError.for_field(
-                "features",
-                f"feature view {table.name!r} has no feature {unknown[0]!r}; "
-                f"it has: {', '.join(layout.features)}",
-            )
+        reject_unknown_features(table, batch, layout.features)
         keys, event_ts, created_ts = batch.keys, batch.event_ts, batch.created_ts
         columns: list[Sequence[Any]] = []
         for feature, convert in zip(layout.features, layout.encoders, strict=True):

@@ -28,8 +28,8 @@ from aerospike_helpers import expressions as exp
 
 from quiver import FeatureView
 from quiver._types import ValueType
-from quiver.errors import FailedPreconditionError, InvalidArgumentError
-from quiver_server.online.base import ViewTable
+from quiver.errors import FailedPreconditionError
+from quiver_server.online.base import ViewTable, feature_type
 
 EVENT_BIN = "_e"
 CREATED_BIN = "_c"
@@ -156,16 +156,6 @@ def find_bad_value(
     return None
 
 
-def feature_type(view: FeatureView, feature: str) -> ValueType:
-    """The type of `feature`, or InvalidArgumentError naming the view's features."""
-    try:
-        return view.feature(feature).dtype
-    except KeyError:
-        raise InvalidArgumentError.for_field(
-            "features",
-            f"feature view {view.name!r} has no feature {feature!r}; "
-            f"it has: {', '.join(view.feature_names)}",
-        ) from None
 
 
 def bin_name(table: ViewTable, feature: str) -> str:

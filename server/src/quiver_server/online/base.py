@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from quiver import FeatureView
+from quiver import FeatureView, ValueType
 from quiver.errors import InvalidArgumentError
 
 
@@ -139,3 +139,26 @@ def newest_per_key(
         if j is None or (event_ts[i], created_ts[i]) >= (event_ts[j], created_ts[j]):
             best[key] = i
     return sorted(best.values())
+
+
+def feature_type(view: FeatureView, feature: str) -> ValueType:
+    """The type of `feature`, or InvalidArgumentError naming the view's features."""
+    try:
+        return view.feature(feature).dtype
+    except KeyError:
+        raise InvalidArgumentError.for_field(
+            "features",
+            f"feature view {view.name!r} has no feature {feature!r}; "
+            f"it has: {', '.join(view.feature_names)}",
+        ) from None
+
+
+def reject_unknown_features(table: ViewTable, batch: WriteBatch, known: Sequence[str]) -> None:
+    """InvalidArgumentError if the batch carries a feature the store does not lay out."""
+    unknown = [f for f in batch.features if f not in known]
+    if unknown:
+        raise InvalidArgumentError.for_field(
+            "features",
+            f"feature view {table.name!r} has no feature {unknown[0]!r}; "
+            f"it has: {', '.join(known)}",
+        )

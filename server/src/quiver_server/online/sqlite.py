@@ -51,7 +51,9 @@ from quiver_server.online.base import (
     WriteBatch,
     WriteResult,
     check_batch,
+    feature_type,
     newest_per_key,
+    reject_unknown_features,
 )
 
 KEY = "__key"
@@ -182,13 +184,7 @@ class SqliteOnlineStore:
         if n == 0:
             return WriteResult(0, 0)
         plan = self._write_plan(table)
-        unknown = [f for f in batch.features if f not in plan.features]
-        if unknown:
-            raise InvalidArgumentError.for_field(
-                "features",
-                f"feature view {table.name!r} has no feature {unknown[0]!r}; "
-                f"it has: {', '.join(plan.features)}",
-            )
+        reject_unknown_features(table, batch, plan.features)
         columns: list[Sequence[Any] | repeat[Any]] = []
         for position, feature in enumerate(plan.features):
             values = batch.features.get(feature)
@@ -453,7 +449,7 @@ def _build_read_plan(table: ViewTable, features: tuple[str, ...]) -> _ReadPlan:
     view = table.view
     bins = tuple(_bin(table, f) for f in features)
     bools = tuple(
-        i for i, f in enumerate(features) if _feature_type(view, f) == ValueType.BOOL
+        i for i, f in enumerate(features) if feature_type(view, f) == ValueType.BOOL
     )
     name = table_name(table.project, table.name)
     return _ReadPlan(
@@ -507,7 +503,7 @@ def _bin(table: ViewTable, feature: str) -> str:
     try:
         bin_name = table.bin_names[feature]
     except KeyError:
-        _feature_type(table.view, feature)  # unknown feature: a clearer error
+        feature_type(table.view, feature)  # unknown feature: a clearer error
         raise FailedPreconditionError(
             f"feature view {table.name!r}: feature {feature!r} has no storage name in the "
             f"registry; run `quiver apply`",
@@ -519,17 +515,6 @@ def _bin(table: ViewTable, feature: str) -> str:
             f"is reserved by the SQLite store"
         )
     return bin_name
-
-
-def _feature_type(view: FeatureView, feature: str) -> ValueType:
-    try:
-        return view.feature(feature).dtype
-    except KeyError:
-        raise InvalidArgumentError.for_field(
-            "features",
-            f"feature view {view.name!r} has no feature {feature!r}; "
-            f"it has: {', '.join(view.feature_names)}",
-        ) from None
 
 
 def _column_types(view: FeatureView, features: Sequence[str]) -> list[str]:
