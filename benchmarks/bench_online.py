@@ -250,7 +250,8 @@ def main() -> int:
 
     echo_port = free_port()
     ctx = multiprocessing.get_context("spawn")
-    echo = ctx.Process(target=_echo_server, args=(echo_port, payloads, 16))
+    # Same handler-thread count as `quiver serve` by default, so the floor is like for like.
+    echo = ctx.Process(target=_echo_server, args=(echo_port, payloads, 4))
     echo.start()
     echo_target = f"127.0.0.1:{echo_port}"
     try:
