@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TypeVar
+
 import grpc
 
 from quiver.errors import InvalidArgumentError, NotFoundError
@@ -10,6 +13,8 @@ from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from quiver.registry.v1.registry_pb2 import Registry
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.serving.status import rpc_errors
+
+T = TypeVar("T")
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
@@ -27,9 +32,18 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return snapshot.proto
 
     @staticmethod
-    def _require_name(name: str) -> None:
+    def _find(items: Iterable[T], name: str, kind: str) -> T:
+        """The item called `name`; INVALID_ARGUMENT if empty, NOT_FOUND if absent."""
         if not name:
             raise InvalidArgumentError.for_field("name", "must not be empty")
+        for item in items:
+            if item.name == name:  # type: ignore[attr-defined]
+                return item
+        raise NotFoundError(
+            f"{kind.replace('_', ' ')} {name!r} does not exist",
+            reason=f"{kind.upper()}_NOT_FOUND",
+            metadata={kind: name},
+        )
 
     @rpc_errors
     def ListProjects(
@@ -49,15 +63,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def GetEntity(
         self, request: pb.GetEntityRequest, context: grpc.ServicerContext
     ) -> pb.GetEntityResponse:
-        self._require_name(request.name)
-        for entity in self._proto(request.project).entities:
-            if entity.name == request.name:
-                return pb.GetEntityResponse(entity=entity)
-        raise NotFoundError(
-            f"entity {request.name!r} does not exist",
-            reason="ENTITY_NOT_FOUND",
-            metadata={"entity": request.name},
-        )
+        entities = self._proto(request.project).entities
+        return pb.GetEntityResponse(entity=self._find(entities, request.name, "entity"))
 
     @rpc_errors
     def ListFeatureViews(
@@ -72,18 +79,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def GetFeatureView(
         self, request: pb.GetFeatureViewRequest, context: grpc.ServicerContext
     ) -> pb.GetFeatureViewResponse:
-        self._require_name(request.name)
         proto = self._proto(request.project)
-        for view in proto.feature_views:
-            if view.name == request.name:
-                return pb.GetFeatureViewResponse(
-                    feature_view=view, meta=proto.view_meta[request.name]
-                )
-        raise NotFoundError(
-            f"feature view {request.name!r} does not exist",
-            reason="FEATURE_VIEW_NOT_FOUND",
-            metadata={"feature_view": request.name},
-        )
+        view = self._find(proto.feature_views, request.name, "feature_view")
+        return pb.GetFeatureViewResponse(feature_view=view, meta=proto.view_meta[view.name])
 
     @rpc_errors
     def ListFeatureServices(
@@ -98,12 +96,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def GetFeatureService(
         self, request: pb.GetFeatureServiceRequest, context: grpc.ServicerContext
     ) -> pb.GetFeatureServiceResponse:
-        self._require_name(request.name)
-        for service in self._proto(request.project).feature_services:
-            if service.name == request.name:
-                return pb.GetFeatureServiceResponse(feature_service=service)
-        raise NotFoundError(
-            f"feature service {request.name!r} does not exist",
-            reason="FEATURE_SERVICE_NOT_FOUND",
-            metadata={"feature_service": request.name},
+        services = self._proto(request.project).feature_services
+        return pb.GetFeatureServiceResponse(
+            feature_service=self._find(services, request.name, "feature_service")
         )
