@@ -131,3 +131,20 @@ def test_concurrent_commit_retries_on_newer_version(applied_demo: QuiverConfig) 
     snapshot = store.commit(change)
     assert snapshot is not None and snapshot.version == 3
     assert len(calls) == 2
+
+
+def test_prune_keeps_the_newest_versions(applied_demo: QuiverConfig, capsys: pytest.CaptureFixture[str]) -> None:
+    from quiver_server.cli import main
+
+    store = RegistryStore(applied_demo.registry_path)
+    for ttl in (3, 4, 5):
+        edit(applied_demo.repo_path, f"ttl=timedelta(days={ttl + 4 if ttl == 3 else ttl - 1})",
+             f"ttl=timedelta(days={ttl})")
+        apply(applied_demo)
+    assert store.versions() == [1, 2, 3, 4]
+    assert main(["--repo", str(applied_demo.repo_path), "registry", "prune", "--keep", "2"]) == 0
+    assert "Removed 2 registry version(s)" in capsys.readouterr().out
+    assert store.versions() == [3, 4]
+    assert store.latest().feature_view("merchant_stats").ttl_seconds == 5 * 86400
+    with pytest.raises(FailedPreconditionError, match="at least the newest"):
+        store.prune(0)

@@ -2,6 +2,7 @@
 
     quiver [--repo DIR] apply | plan | materialize START END | materialize-incremental END
                         | serve | serve-flight | registry history | registry show [VERSION]
+                        | registry prune [--keep N]
                         | delete-entity KEY=VALUE... [--views V,...]
     quiver init-demo DIR
 
@@ -91,6 +92,10 @@ def cmd_registry(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.registry.store import RegistryStore
 
     store = RegistryStore(config.registry_path)
+    if args.action == "prune":
+        removed = store.prune(args.keep)
+        print(f"Removed {len(removed)} registry version(s); kept the newest {args.keep}.")
+        return 0
     if args.action == "history":
         for version in store.versions():
             proto = store.read(version)
@@ -202,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init_demo, needs_config=False)
 
     p = sub.add_parser("registry", help="inspect stored registry versions")
-    p.add_argument("action", choices=["history", "show"])
+    p.add_argument("action", choices=["history", "show", "prune"])
     p.add_argument("version", nargs="?", type=int, help="version for show (default: latest)")
+    p.add_argument("--keep", type=int, default=100, help="versions prune keeps (default: 100)")
     p.set_defaults(func=cmd_registry)
     return parser
 

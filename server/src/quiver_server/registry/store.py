@@ -85,6 +85,19 @@ class RegistryStore:
                 return Snapshot(proto)
         raise FailedPreconditionError(f"registry at {self.path} is changing too fast to commit")
 
+    def prune(self, keep: int) -> list[int]:
+        """Delete all but the newest `keep` versions; returns the versions removed.
+
+        Training-set tickets pin the registry version they were planned on, so
+        a ticket whose version was pruned is reported stale rather than served.
+        """
+        if keep < 1:
+            raise FailedPreconditionError("prune must keep at least the newest version")
+        old = self.versions()[:-keep]
+        for version in old:
+            self._file(version).unlink(missing_ok=True)
+        return old
+
     def _publish(self, proto: pb.Registry) -> bool:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.path)
         try:
