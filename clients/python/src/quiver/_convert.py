@@ -10,7 +10,8 @@ import pyarrow as pa
 from quiver._types import ValueType
 from quiver.types.v1 import value_pb2
 
-_FIELDS = {
+# The `Values` oneof field that carries each type; the one table both sides use.
+FIELD_FOR_TYPE: dict[ValueType, str] = {
     ValueType.INT64: "int64_values",
     ValueType.INT32: "int32_values",
     ValueType.FLOAT64: "double_values",
@@ -20,7 +21,7 @@ _FIELDS = {
     ValueType.BYTES: "bytes_values",
     ValueType.TIMESTAMP: "timestamp_values",
 }
-TYPE_OF_FIELD = {name: value_type for value_type, name in _FIELDS.items()}
+TYPE_OF_FIELD = {name: value_type for value_type, name in FIELD_FOR_TYPE.items()}
 
 
 def infer_type(name: str, values: Sequence[Any]) -> ValueType:
@@ -59,7 +60,7 @@ def to_values(name: str, values: Any) -> value_pb2.Values:
     elif hasattr(values, "tolist"):
         values = values.tolist()
     out = value_pb2.Values()
-    getattr(out, _FIELDS[value_type]).values.extend(values)
+    getattr(out, FIELD_FOR_TYPE[value_type]).values.extend(values)
     return out
 
 
@@ -68,6 +69,7 @@ def encode_columns(columns: Mapping[str, Sequence[Any]]) -> dict[str, value_pb2.
 
 
 def from_values(values: value_pb2.Values) -> tuple[ValueType | None, Sequence[Any]]:
+    """The column's type and values; (None, []) when no array is set."""
     kind = values.WhichOneof("kind")
     if kind is None:
         return None, []

@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from quiver._convert import FIELD_FOR_TYPE, from_values
 from quiver._types import ValueType
 from quiver.errors import FieldViolation, InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as serving_pb
@@ -24,31 +25,13 @@ PUSH_TARGETS = {
     serving_pb.PUSH_TARGET_ONLINE_AND_OFFLINE: PushTarget.ONLINE_AND_OFFLINE,
 }
 
-# oneof field name for each type; INT32 keys also accept int64 values.
-FIELD_FOR_TYPE: dict[ValueType, str] = {
-    ValueType.INT64: "int64_values",
-    ValueType.INT32: "int32_values",
-    ValueType.FLOAT64: "double_values",
-    ValueType.FLOAT32: "float_values",
-    ValueType.BOOL: "bool_values",
-    ValueType.STRING: "string_values",
-    ValueType.BYTES: "bytes_values",
-    ValueType.TIMESTAMP: "timestamp_values",
+# Integer keys accept either integer width.
+_ACCEPTED_KEY_TYPES: dict[ValueType, tuple[ValueType, ...]] = {
+    ValueType.INT64: (ValueType.INT64, ValueType.INT32),
+    ValueType.INT32: (ValueType.INT32, ValueType.INT64),
+    ValueType.STRING: (ValueType.STRING,),
+    ValueType.BYTES: (ValueType.BYTES,),
 }
-_ACCEPTED_KEY_FIELDS: dict[ValueType, tuple[str, ...]] = {
-    ValueType.INT64: ("int64_values", "int32_values"),
-    ValueType.INT32: ("int32_values", "int64_values"),
-    ValueType.STRING: ("string_values",),
-    ValueType.BYTES: ("bytes_values",),
-}
-
-
-def column_values(values: value_pb2.Values) -> tuple[str | None, Sequence[Any]]:
-    """The oneof field that is set and its values (None, [] when empty)."""
-    kind = values.WhichOneof("kind")
-    if kind is None:
-        return None, []
-    return kind, getattr(values, kind).values
 
 
 def decode_key_columns(
@@ -80,14 +63,15 @@ def decode_key_columns(
     for name, dtype in key_types.items():
         if name not in entities:
             continue
-        kind, values = column_values(entities[name])
-        accepted = _ACCEPTED_KEY_FIELDS.get(dtype, ())
-        if kind not in accepted:
+        sent, values = from_values(entities[name])
+        accepted = _ACCEPTED_KEY_TYPES.get(dtype, ())
+        if sent not in accepted:
             violations.append(
                 FieldViolation(
                     f"{field}.{name}",
-                    f"join key is {dtype.name.lower()}; send {' or '.join(accepted)}, got "
-                    f"{kind or 'no values'}",
+                    f"join key is {dtype.name.lower()}; send "
+                    f"{' or '.join(FIELD_FOR_TYPE[t] for t in accepted)}, got "
+                    f"{FIELD_FOR_TYPE[sent] if sent else 'no values'}",
                 )
             )
             continue
@@ -116,9 +100,6 @@ def fill_column(values: value_pb2.Values, dtype: ValueType, data: Sequence[Any])
     getattr(values, FIELD_FOR_TYPE[dtype]).values.extend(data)
 
 
-_TYPE_OF_FIELD = {name: value_type for value_type, name in FIELD_FOR_TYPE.items()}
-
-
 def decode_push_rows(request: serving_pb.PushFeaturesRequest) -> pa.Table:
     """Pushed rows as an Arrow table, from the IPC stream or the typed columns."""
     if request.arrow_ipc and request.columns:
@@ -133,13 +114,13 @@ def decode_push_rows(request: serving_pb.PushFeaturesRequest) -> pa.Table:
         raise InvalidArgumentError.for_field("columns", "push at least one column")
     arrays = {}
     for name, values in request.columns.items():
-        kind, data = column_values(values)
-        if kind is None:
+        dtype, data = from_values(values)
+        if dtype is None:
             raise InvalidArgumentError.for_field(f"columns.{name}", "column has no values")
-        dtype = _TYPE_OF_FIELD[kind]
-        arrays[name] = pa.array(data, type=pa.int64() if dtype == ValueType.TIMESTAMP else dtype.arrow_type)
-        if dtype == ValueType.TIMESTAMP:
-            arrays[name] = arrays[name].cast(dtype.arrow_type)
+        if dtype == ValueType.TIMESTAMP:  # microseconds on the wire
+            arrays[name] = pa.array(data, type=pa.int64()).cast(dtype.arrow_type)
+        else:
+            arrays[name] = pa.array(data, type=dtype.arrow_type)
     lengths = {len(a) for a in arrays.values()}
     if len(lengths) > 1:
         described = ", ".join(f"{n}={len(a)}" for n, a in sorted(arrays.items()))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from quiver._convert import from_values
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
@@ -13,7 +14,6 @@ from quiver_server.push import push
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.serving.convert import (
     PUSH_TARGETS,
-    column_values,
     decode_key_columns,
     decode_push_rows,
     fill_column,
@@ -82,7 +82,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
     def DeleteEntities(
         self, request: pb.DeleteEntitiesRequest, context: grpc.ServicerContext
     ) -> pb.DeleteEntitiesResponse:
-        entities = {name: list(column_values(values)[1]) for name, values in request.entities.items()}
+        entities = {name: list(from_values(values)[1]) for name, values in request.entities.items()}
         result = delete_entities(
             self._store, self._registry.current(), entities, list(request.feature_views)
         )
