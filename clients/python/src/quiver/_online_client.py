@@ -12,8 +12,8 @@ import grpc
 import pyarrow as pa
 
 from quiver._convert import encode_columns
-from quiver._grpc_errors import from_rpc_error
 from quiver._online_response import OnlineResponse, as_list
+from quiver._status import from_rpc_error
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc

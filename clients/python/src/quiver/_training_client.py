@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 from google.protobuf import any_pb2, message
 from pyarrow import flight
 
-from quiver.errors import FieldViolation, InvalidArgumentError, QuiverError, error_for_code
+from quiver._status import error_from_status
+from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 _MIN_AUTO_PARTITION_ROWS = 500_000
 _UPLOAD_BATCH_ROWS = 65_536
 _QUEUED_BATCHES = 4
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 T = TypeVar("T")
 
@@ -486,102 +486,12 @@ _FLIGHT_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 
 
 def _error(exc: BaseException) -> QuiverError:
-    """The QuiverError for a failed Flight call, from its google.rpc.Status when present."""
-    details = getattr(exc, "extra_info", None) or None
-    status = _decode_status(details) if details else None
-    if status is not None:
-        code, message_text, reason, metadata, violations = status
-    else:
-        code = next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
-        message_text = str(exc).split(". Detail:", 1)[0].split("\n", 1)[0]
-        reason, metadata, violations = None, {}, []
-    cls = error_for_code(code)
-    error: QuiverError
-    if issubclass(cls, InvalidArgumentError):
-        error = cls(message_text, violations=violations, reason=reason, metadata=metadata,
-                    details=details)
-    else:
-        error = cls(message_text, reason=reason, metadata=metadata, details=details)
-    error.grpc_code = code
-    return error
+    """The QuiverError for a failed Flight call, from its google.rpc.Status when present.
 
-
-_Status = tuple[grpc.StatusCode, str, str | None, dict[str, str], list[FieldViolation]]
-
-
-def _decode_status(data: bytes) -> _Status | None:
-    """Decode a google.rpc.Status with ErrorInfo and BadRequest details.
-
-    The client may only depend on protobuf itself, not on the google.rpc
-    message classes, so the few fields used are read from the wire format.
+    Flight has error classes for only some gRPC codes, so the server sends the
+    real code in the status it puts in `extra_info`.
     """
-    try:
-        code, text = 0, ""
-        reason: str | None = None
-        metadata: dict[str, str] = {}
-        violations: list[FieldViolation] = []
-        for number, value in _fields(data):
-            if number == 1 and isinstance(value, int):
-                code = value
-            elif number == 2 and isinstance(value, bytes):
-                text = value.decode()
-            elif number == 3 and isinstance(value, bytes):
-                detail = dict(_fields(value))
-                type_url = _text(detail.get(1))
-                body = detail.get(2, b"")
-                assert isinstance(body, bytes)
-                if type_url.endswith("/google.rpc.ErrorInfo"):
-                    for n, v in _fields(body):
-                        if n == 1 and isinstance(v, bytes):
-                            reason = v.decode()
-                        elif n == 3 and isinstance(v, bytes):
-                            entry = dict(_fields(v))
-                            metadata[_text(entry.get(1))] = _text(entry.get(2))
-                elif type_url.endswith("/google.rpc.BadRequest"):
-                    for n, v in _fields(body):
-                        if n == 1 and isinstance(v, bytes):
-                            item = dict(_fields(v))
-                            violations.append(FieldViolation(_text(item.get(1)), _text(item.get(2))))
-    except (ValueError, IndexError, UnicodeDecodeError, AssertionError):
-        return None
-    if code not in _CODES or code == 0:
-        return None
-    return _CODES[code], text, reason, metadata, violations
-
-
-def _text(value: int | bytes | None) -> str:
-    return value.decode() if isinstance(value, bytes) else ""
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) pairs of a protobuf message: varints and length-delimited only."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, pos = _varint(data, pos)
-            yield number, value
-        elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            if pos + length > len(data):
-                raise ValueError("truncated field")
-            yield number, data[pos:pos + length]
-            pos += length
-        elif wire_type in (1, 5):
-            pos += 8 if wire_type == 1 else 4
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+    details = getattr(exc, "extra_info", None) or None
+    code = next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
+    text = str(exc).split(". Detail:", 1)[0].split("\n", 1)[0]
+    return error_from_status(code, text, details, code_from_details=True)
