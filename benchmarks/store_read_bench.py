@@ -38,23 +38,11 @@ def service_reads(
         feature_service: The service requested.
         entities: Join key name -> values, as in the request.
     """
-    from quiver_server.online.base import ViewRead
-    from quiver_server.online.keys import encode_keys
     from quiver_server.registry.store import RegistryStore
-    from quiver_server.serving.online_read import build_plan
+    from quiver_server.serving.online_read import build_plan, view_reads
 
     plan = build_plan(RegistryStore(config.registry_path).latest(), [], feature_service, False)
-    return [
-        ViewRead(
-            part.table,
-            encode_keys(
-                part.table.view.join_keys,
-                [entities[name] for name in part.table.view.join_key_names],
-            ),
-            part.features,
-        )
-        for part in plan.parts
-    ]
+    return view_reads(plan, entities)
 
 
 def measure_batch_read(

@@ -114,14 +114,8 @@ def build_plan(
     return ReadPlan(refs, names, list(parts.values()), key_types)
 
 
-def read_online(
-    store: OnlineStore,
-    plan: ReadPlan,
-    key_columns: Mapping[str, Sequence[Any]],
-    count: int,
-    now_us: int | None = None,
-) -> list[OutputColumn]:
-    """Read every view of `plan` in one store call and grade each value."""
+def view_reads(plan: ReadPlan, key_columns: Mapping[str, Sequence[Any]]) -> list[ViewRead]:
+    """The store reads `plan` makes for these entities, one per view."""
     encoded: dict[tuple[str, ...], list[bytes]] = {}
     reads = []
     for part in plan.parts:
@@ -132,7 +126,18 @@ def read_online(
             keys = encode_keys(part.table.view.join_keys, [key_columns[n] for n in names])
             encoded[names] = keys
         reads.append(ViewRead(part.table, keys, part.features))
-    results = store.read(reads)
+    return reads
+
+
+def read_online(
+    store: OnlineStore,
+    plan: ReadPlan,
+    key_columns: Mapping[str, Sequence[Any]],
+    count: int,
+    now_us: int | None = None,
+) -> list[OutputColumn]:
+    """Read every view of `plan` in one store call and grade each value."""
+    results = store.read(view_reads(plan, key_columns))
     if now_us is None:
         now_us = time.time_ns() // 1000
     columns: list[OutputColumn | None] = [None] * len(plan.refs)
