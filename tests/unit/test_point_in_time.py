@@ -120,6 +120,20 @@ def test_equal_event_times_are_broken_by_the_greatest_created_time(engine: Point
     assert join(engine, spine([1], [at(5)]), refs(view))["amount"].to_pylist() == [2.0]
 
 
+def test_created_times_keep_their_own_nanosecond_precision(engine: PointInTimeEngine, root: Path) -> None:
+    # Microsecond event times, nanosecond created times 500 ns apart: the later created wins.
+    (root / "stats").mkdir(parents=True)
+    base = pa.scalar(at(5), US).cast(pa.int64()).as_py() * 1000
+    pq.write_table(pa.table({
+        "user_id": [1, 1],
+        "event_timestamp": pa.array([at(5), at(5)], US),
+        "created": pa.array([base + 900, base + 400], pa.int64()).cast(pa.timestamp("ns", tz="UTC")),
+        "amount": [1.0, 2.0],
+    }), root / "stats" / "part-0.parquet")
+    view = make_view("stats", [user], [Field("amount", Float64)])
+    assert join(engine, spine([1], [at(5)]), refs(view))["amount"].to_pylist() == [1.0]
+
+
 def test_created_ties_go_to_the_row_last_in_the_source_and_null_created_loses(
     engine: PointInTimeEngine, root: Path
 ) -> None:

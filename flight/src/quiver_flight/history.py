@@ -302,8 +302,10 @@ def build_index(source: HistorySource) -> HistoryIndex:
             valid &= array.is_valid().to_numpy(zero_copy_only=False)
     try:
         event = to_units(table[ts_column], unit)
+        # Created times are only compared with each other: keep their own
+        # precision, or sub-microsecond differences would tie.
         created = (
-            to_units(table[created_column], unit)
+            to_units(table[created_column], comparison_unit(table[created_column].type))
             if created_column else np.zeros(num_rows, np.int64)
         )
     except TimestampRangeError as exc:
