@@ -13,6 +13,10 @@ from quiver import OnlineClient
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver_server.cli import main as cli_main
 from quiver_server.config import QuiverConfig
+from quiver_server.online.base import WriteBatch
+from quiver_server.online.keys import encode_keys
+from quiver_server.online.sqlite import SqliteOnlineStore
+from quiver_server.registry.store import RegistryStore
 from quiver_server.serving.server import create_server
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -150,3 +154,40 @@ def test_python_ints_push_to_int32_features_when_they_fit(client: OnlineClient) 
     rows["age"] = [2**40]
     with pytest.raises(InvalidArgumentError, match="columns.age: expected int32"):
         client.push("user_profile", rows)
+
+
+def test_push_keeps_nulls_in_features_and_accepts_integers_for_floats(client: OnlineClient) -> None:
+    rows = merchant_rows([1201, 1202], NOW)
+    rows["avg_ticket_30d"] = [12, None]  # integers feed a float feature; nulls are fine in features
+    client.push("merchant_stats", rows)
+    result = client.get_online_features(
+        features=["merchant_stats:avg_ticket_30d"], entities={"merchant_id": [1201, 1202]}
+    )
+    assert result.values("avg_ticket_30d") == [12.0, None]
+    assert result.statuses("avg_ticket_30d") == ["PRESENT", "NULL_VALUE"]
+
+
+def test_push_online_and_offline_share_one_created_time(applied_demo: QuiverConfig, client: OnlineClient) -> None:
+    # user_transaction_stats has a created column: the push fills it once for both stores.
+    view_rows = {
+        "user_id": [88001], "event_timestamp": [NOW], "txn_count_1h": [1], "txn_count_24h": [2],
+        "txn_count_7d": [3], "txn_amount_sum_24h": [4.0], "txn_amount_avg_7d": [5.0],
+        "txn_amount_max_7d": [6.0], "distinct_merchants_7d": [7], "declined_count_7d": [0],
+        "last_txn_country": ["US"],
+    }
+    client.push("user_transaction_stats", view_rows, to="online_and_offline")
+    [path] = (applied_demo.repo_path / "data" / "user_transaction_stats").rglob("push-*.parquet")
+    offline = pq.read_table(path)
+    assert offline.column_names[-1] == "created" and offline["created"].null_count == 0
+    table = RegistryStore(applied_demo.registry_path).latest().view_table("user_transaction_stats")
+    store = SqliteOnlineStore(applied_demo.resolve("data/online.db"))
+    again = store.write(table, WriteBatch(
+        encode_keys(table.view.join_keys, [[88001]]),
+        [int(NOW.timestamp() * 1_000_000)],
+        [offline["created"].cast(pa.int64())[0].as_py() - 1],
+        {"txn_count_24h": [99]},
+    ))
+    store.close()
+    # A row with the same event time and an earlier created time loses: the online
+    # row carries exactly the created time written offline.
+    assert again.superseded == 1

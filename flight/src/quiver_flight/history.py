@@ -28,6 +28,7 @@ from quiver._types import ValueType
 from quiver.errors import FailedPreconditionError
 from quiver_flight.keys import IntArray, KeyEncoder, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, comparison_unit, to_units
+from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
@@ -151,11 +152,8 @@ def check_source_schema(source: HistorySource, features: list[Field]) -> None:
         if value_type is None:
             ok = pa.types.is_timestamp(arrow_type)
             expected = "a timestamp"
-        elif role == "join key":
-            ok = normalize_key(pa.array([], type=arrow_type), value_type) is not None
-            expected = value_type.name.lower()
         else:
-            ok = feature_type_compatible(arrow_type, value_type)
+            ok = compatible(value_type, arrow_type)
             expected = value_type.name.lower()
         if not ok:
             raise FailedPreconditionError(
@@ -166,34 +164,12 @@ def check_source_schema(source: HistorySource, features: list[Field]) -> None:
             )
 
 
-def feature_type_compatible(arrow_type: pa.DataType, value_type: ValueType) -> bool:
-    """Whether a history column of `arrow_type` can feed a `value_type` feature."""
-    if pa.types.is_dictionary(arrow_type):
-        arrow_type = arrow_type.value_type
-    t = pa.types
-    checks = {
-        ValueType.INT64: t.is_integer,
-        ValueType.INT32: t.is_integer,
-        ValueType.FLOAT64: lambda x: t.is_floating(x) or t.is_integer(x),
-        ValueType.FLOAT32: lambda x: t.is_floating(x) or t.is_integer(x),
-        ValueType.BOOL: t.is_boolean,
-        ValueType.STRING: lambda x: t.is_string(x) or t.is_large_string(x) or t.is_string_view(x),
-        ValueType.BYTES: lambda x: t.is_binary(x) or t.is_large_binary(x) or t.is_binary_view(x)
-        or t.is_fixed_size_binary(x),
-        ValueType.TIMESTAMP: t.is_timestamp,
-    }
-    return bool(checks[value_type](arrow_type))
-
-
 def cast_feature(
     values: pa.Array | pa.ChunkedArray, feature: Field, source: HistorySource
 ) -> pa.Array | pa.ChunkedArray:
     """A history column as the declared Arrow type of `feature` (naive times read as UTC)."""
-    target = feature.dtype.arrow_type
-    if values.type == target:
-        return values
     try:
-        return values.cast(target)
+        return cast_column(values, feature.dtype)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise FailedPreconditionError(
             f"{source.describe()}: feature {feature.name!r} holds values that do not fit "

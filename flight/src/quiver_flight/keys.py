@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from quiver._types import ValueType
+from quiver_server.offline.columns import compatible
 
 IntArray = npt.NDArray[np.int64]
 
@@ -30,6 +31,12 @@ _LUT_MIN_SLOTS = 1 << 16
 _LUT_MAX_SLOTS = 1 << 27
 
 
+_CANONICAL = {
+    ValueType.INT64: pa.int64(), ValueType.INT32: pa.int64(),
+    ValueType.STRING: pa.string(), ValueType.BYTES: pa.binary(),
+}
+
+
 def normalize_key(values: pa.Array | pa.ChunkedArray, value_type: ValueType) -> pa.Array | None:
     """`values` as the canonical Arrow type of a `value_type` key, or None if incompatible.
 
@@ -37,27 +44,14 @@ def normalize_key(values: pa.Array | pa.ChunkedArray, value_type: ValueType) -> 
     keys accept string, large_string, string_view and dictionary-encoded strings;
     byte keys the binary equivalents.
     """
+    if not compatible(value_type, values.type) or value_type not in _CANONICAL:
+        return None
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
-    arrow_type = values.type
-    if pa.types.is_dictionary(arrow_type):
-        values = values.cast(arrow_type.value_type)
-        arrow_type = values.type
-    if value_type in (ValueType.INT64, ValueType.INT32):
-        if not pa.types.is_integer(arrow_type):
-            return None
-        return values.cast(pa.int64())
-    if value_type == ValueType.STRING:
-        if not (pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
-                or pa.types.is_string_view(arrow_type)):
-            return None
-        return values.cast(pa.string())
-    if value_type == ValueType.BYTES:
-        if not (pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
-                or pa.types.is_binary_view(arrow_type) or pa.types.is_fixed_size_binary(arrow_type)):
-            return None
-        return values.cast(pa.binary())
-    return None
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    # Both integer widths share one key space (as online keys do), so int64.
+    return values.cast(_CANONICAL[value_type])
 
 
 @dataclass(frozen=True)

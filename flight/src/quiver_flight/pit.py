@@ -46,6 +46,7 @@ from quiver_flight.history import (
 )
 from quiver_flight.keys import IntArray, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, per_second, to_units
+from quiver_server.offline.columns import compatible
 from quiver_server.registry.snapshot import FeatureRef
 
 DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
@@ -90,7 +91,7 @@ def check_spine_schema(
                     metadata={"column": key.name, "feature_view": view.name},
                 )
             arrow_type = schema.field(index).type
-            if normalize_key(pa.array([], type=arrow_type), key.dtype) is None:
+            if not compatible(key.dtype, arrow_type):
                 raise InvalidArgumentError.for_field(
                     f"spine.{key.name}",
                     f"spine column {key.name!r} is {arrow_type}, but join key {key.name!r} of "

@@ -42,6 +42,7 @@ from quiver.errors import (
 )
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
+from quiver_server.offline.columns import cast_options, compatible
 from quiver_server.offline.source import resolve_path, view_dataset
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.factory import open_online_store
@@ -286,40 +287,12 @@ def _source_type(
             f"for {what} (expected {expected}); it has: {', '.join(schema.names)}"
         )
     found: pa.DataType = schema.field(index).type
-    if not _compatible(column.dtype, found):
+    if not compatible(column.dtype, found):
         raise DefinitionError(
             f"feature view {view.name!r}: column {column.source!r} of source {location!r} "
             f"({what}) has type {found}, expected {expected}"
         )
     return found
-
-
-def _compatible(expected: ValueType, found: pa.DataType) -> bool:
-    """Whether `found` converts to `expected` without changing what values mean.
-
-    Narrower integers and floats widen; wider integers narrow only if every value
-    fits (checked when read); float64 narrows to float32 by rounding, the precision
-    the feature asks for.
-    """
-    if pa.types.is_dictionary(found):
-        found = found.value_type
-    if expected in (ValueType.INT64, ValueType.INT32):
-        return bool(pa.types.is_integer(found))
-    if expected in (ValueType.FLOAT64, ValueType.FLOAT32):
-        return bool(pa.types.is_floating(found))
-    if expected == ValueType.BOOL:
-        return bool(pa.types.is_boolean(found))
-    if expected == ValueType.STRING:
-        return bool(
-            pa.types.is_string(found) or pa.types.is_large_string(found)
-            or pa.types.is_string_view(found)
-        )
-    if expected == ValueType.BYTES:
-        return bool(
-            pa.types.is_binary(found) or pa.types.is_large_binary(found)
-            or pa.types.is_binary_view(found) or pa.types.is_fixed_size_binary(found)
-        )
-    return bool(pa.types.is_timestamp(found))
 
 
 def _convert(field: ds.Expression, found: pa.DataType, dtype: ValueType) -> ds.Expression:
@@ -331,10 +304,7 @@ def _convert(field: ds.Expression, found: pa.DataType, dtype: ValueType) -> ds.E
             options=pc.CastOptions(pa.timestamp("us", tz=found.tz), allow_time_truncate=True)
         )
         return as_micros.cast(pa.int64())
-    target = dtype.arrow_type
-    if dtype == ValueType.FLOAT32 and found != target:
-        return field.cast(options=pc.CastOptions(target, allow_float_truncate=True))
-    return field if found == target else field.cast(target)
+    return field if found == dtype.arrow_type else field.cast(options=cast_options(dtype, found))
 
 
 def _bound(value: datetime, column_type: pa.DataType) -> pa.Scalar:

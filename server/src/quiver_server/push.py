@@ -11,26 +11,17 @@ from datetime import UTC, datetime
 from enum import Enum
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from quiver import FeatureView, ValueType
 from quiver.errors import FieldViolation, InvalidArgumentError
 from quiver_server.offline.append import append_history
+from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.keys import encode_keys
 from quiver_server.telemetry.hooks import traced_push
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
-# Lossless widenings accepted on push; anything else must match the declared type.
-_WIDENINGS = {
-    (pa.int32(), pa.int64()), (pa.int16(), pa.int64()), (pa.int8(), pa.int64()),
-    (pa.int16(), pa.int32()), (pa.int8(), pa.int32()), (pa.float32(), pa.float64()),
-    (pa.large_string(), pa.string()), (pa.string_view(), pa.string()),
-    (pa.large_binary(), pa.binary()),
-}
-
-
-_NARROWINGS = {(pa.int64(), pa.int32()), (pa.float64(), pa.float32())}
+_PUSH_TIME = "__quiver_push_time"
 
 
 class PushTarget(Enum):
@@ -53,10 +44,12 @@ def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
         InvalidArgumentError: with one violation per bad column.
     """
     source = view.source
-    expected: dict[str, pa.DataType] = {k.name: k.dtype.arrow_type for k in view.join_keys}
-    expected.update({f.name: f.dtype.arrow_type for f in view.schema})
-    expected[source.timestamp_field] = _TIMESTAMP
+    expected: dict[str, ValueType] = {k.name: k.dtype for k in view.join_keys}
+    expected.update({f.name: f.dtype for f in view.schema})
+    expected[source.timestamp_field] = ValueType.TIMESTAMP
     optional = {source.created_timestamp_field} if source.created_timestamp_field else set()
+    # Nulls are fine in features, never in what identifies or orders a row.
+    required = {*view.join_key_names, source.timestamp_field, *optional}
     violations: list[FieldViolation] = []
     present = set(rows.column_names)
     for name in expected:
@@ -76,14 +69,17 @@ def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
         if name not in expected and name not in optional:
             continue
         column = rows[name]
-        want = expected.get(name, _TIMESTAMP)
-        cast = _cast(column, want)
-        if cast is None:
-            violations.append(FieldViolation(
-                f"columns.{name}", f"expected {_describe(want)}, got {column.type}"
-            ))
+        want = expected.get(name, ValueType.TIMESTAMP)
+        expectation = f"expected {want.name.lower()} ({want.arrow_type}), got {column.type}"
+        if not (compatible(want, column.type) or pa.types.is_null(column.type)):
+            violations.append(FieldViolation(f"columns.{name}", expectation))
             continue
-        if (name in view.join_key_names or want == _TIMESTAMP) and cast.null_count:
+        try:
+            cast = cast_column(column, want)
+        except pa.ArrowInvalid as exc:
+            violations.append(FieldViolation(f"columns.{name}", f"{expectation}: {exc}"))
+            continue
+        if name in required and cast.null_count:
             what = "join key" if name in view.join_key_names else "timestamp"
             violations.append(FieldViolation(
                 f"columns.{name}", f"{what} column has {cast.null_count} null value(s)"
@@ -100,41 +96,11 @@ def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
     return pa.table(arrays)
 
 
-def _cast(column: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray | None:
-    have = column.type
-    if have == want:
-        return column
-    if pa.types.is_timestamp(want) and pa.types.is_timestamp(have):
-        if have.tz is None:
-            column = pc.assume_timezone(column, "UTC")
-        return column.cast(want)
-    if (have, want) in _WIDENINGS or pa.types.is_null(have):
-        return column.cast(want)
-    if (have, want) in _NARROWINGS:
-        # Python ints and floats arrive as 64-bit; accept them for 32-bit
-        # features when every value fits (int) or rounds (float).
-        try:
-            return column.cast(want, safe=want != pa.float32())
-        except pa.ArrowInvalid:
-            return None
-    return None
-
-
-def _describe(arrow_type: pa.DataType) -> str:
-    value_type = ValueType.from_arrow(arrow_type)
-    return f"{value_type.name.lower()} ({arrow_type})" if value_type else str(arrow_type)
-
-
-def to_write_batch(view: FeatureView, rows: pa.Table) -> WriteBatch:
-    """Validated rows as a store write; created time defaults to now."""
+def to_write_batch(view: FeatureView, rows: pa.Table, created_column: str) -> WriteBatch:
+    """Validated rows as a store write, created times from `created_column`."""
     micros = pa.int64()
     event = rows[view.source.timestamp_field].cast(micros).to_pylist()
-    created_field = view.source.created_timestamp_field
-    if created_field and created_field in rows.column_names:
-        created = [c if c is not None else 0 for c in rows[created_field].cast(micros).to_pylist()]
-    else:
-        now = int(datetime.now(UTC).timestamp() * 1_000_000)
-        created = [now] * rows.num_rows
+    created = rows[created_column].cast(micros).to_pylist()
     features = {}
     for feature in view.schema:
         column = rows[feature.name]
@@ -157,16 +123,19 @@ def push(
     online failure leaves history that a materialization would write anyway."""
     view = table.view
     rows = validate_rows(view, rows)
+    # Rows without a created time get the push time, the same one online and
+    # offline. A view without a created column keeps it out of its history.
+    created_field = view.source.created_timestamp_field
+    created_column = created_field or _PUSH_TIME
+    if created_column not in rows.column_names:
+        now = pa.array([datetime.now(UTC)] * rows.num_rows, _TIMESTAMP)
+        rows = rows.append_column(created_column, now)
     files: list[str] = []
     if to in (PushTarget.OFFLINE, PushTarget.ONLINE_AND_OFFLINE):
-        offline = rows
-        created_field = view.source.created_timestamp_field
-        if created_field and created_field not in rows.column_names:
-            now = datetime.now(UTC)
-            offline = rows.append_column(created_field, pa.array([now] * rows.num_rows, _TIMESTAMP))
+        offline = rows if created_field else rows.drop_columns([_PUSH_TIME])
         files = append_history(offline_root, view, offline)
     superseded = 0
     if to in (PushTarget.ONLINE, PushTarget.ONLINE_AND_OFFLINE):
-        result = store.write(table, to_write_batch(view, rows))
+        result = store.write(table, to_write_batch(view, rows, created_column))
         superseded = result.superseded
     return PushResult(rows=rows.num_rows, superseded=superseded, offline_files=files)
