@@ -94,6 +94,8 @@ def materialize(path: Path) -> tuple[float, int]:
 
 def sqlite_floor(path: Path, rows: int) -> float:
     db = path / "floor.db"
+    for leftover in path.glob("floor.db*"):  # an earlier run's table and WAL
+        leftover.unlink()
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

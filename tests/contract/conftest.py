@@ -123,7 +123,7 @@ def _aerospike_store(tmp_path: Path, project: str) -> OnlineStore:
         hosts=[h.strip() for h in AEROSPIKE.split(",") if h.strip()],
         namespace=os.environ.get("QUIVER_TEST_AEROSPIKE_NAMESPACE", "quiver"),
     )
-    store: OnlineStore = AerospikeOnlineStore(config, project=project)
+    store: OnlineStore = AerospikeOnlineStore(config)
     return store
 
 

@@ -45,7 +45,7 @@ def _open(project: str, hosts: list[str] | None = None, **settings: Any) -> Any:
 
     settings.setdefault("namespace", NAMESPACE)
     config = AerospikeOnlineStoreConfig(hosts=hosts or _hosts(), **settings)
-    return AerospikeOnlineStore(config, project=project)
+    return AerospikeOnlineStore(config)
 
 
 @pytest.fixture

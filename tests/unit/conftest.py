@@ -12,6 +12,7 @@ from quiver_server.config import QuiverConfig
 from quiver_server.registry import convert
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
+from quiver_server.repo import assign_bins
 
 MakeRegistry = Callable[..., Snapshot]
 
@@ -24,11 +25,12 @@ def make_registry(
 ) -> Snapshot:
     """Store a registry version holding exactly these objects, like `quiver apply`.
 
-    Bin names are f0, f1, ... per view; a feature keeps its bin across calls
-    and new features get new ones, so calling it again models a re-apply.
+    Storage names come from the same assignment `quiver apply` makes, so
+    calling it again models a re-apply.
     """
 
     def change(proto: pb.Registry) -> str:
+        old_views = {v.name: v for v in proto.feature_views}
         proto.project.name = config.project
         del proto.entities[:]
         del proto.feature_views[:]
@@ -37,11 +39,7 @@ def make_registry(
         proto.feature_views.extend(convert.view_to_proto(v) for v in views)
         proto.feature_services.extend(convert.service_to_proto(s) for s in services)
         for view in views:
-            layout = proto.view_meta[view.name].layout
-            for feature in view.feature_names:
-                if feature not in layout.bin_names:
-                    layout.bin_names[feature] = f"f{layout.next_bin}"
-                    layout.next_bin += 1
+            assign_bins(proto.view_meta[view.name].layout, view, old_views.get(view.name))
         return "apply"
 
     snapshot = RegistryStore(config.registry_path).commit(change)

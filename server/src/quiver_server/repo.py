@@ -279,10 +279,10 @@ def _rebuild(proto: pb.Registry, contents: RepoContents, config: QuiverConfig) -
         if stored_views.get(name) != view_proto:
             meta.updated_at.FromDatetime(now)
             meta.defined_in_version = proto.version + 1
-        _assign_bins(meta.layout, view, stored_views.get(name))
+        assign_bins(meta.layout, view, stored_views.get(name))
 
 
-def _assign_bins(layout: pb.StorageLayout, view: FeatureView, old: pb.FeatureView | None) -> None:
+def assign_bins(layout: pb.StorageLayout, view: FeatureView, old: pb.FeatureView | None) -> None:
     """Give every feature a short storage name, stable while its type is unchanged.
 
     Removed or retyped features lose their name, and names are never handed out

@@ -30,7 +30,6 @@ import gc
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 import aerospike
@@ -88,7 +87,6 @@ class AerospikeOnlineStore:
 
     Args:
         config: The ``online_store`` section of ``quiver.yaml``.
-        project: The project served; sets are named from each table's own project.
 
     Raises:
         InvalidArgumentError: a malformed host, or a user whose password variable
@@ -96,9 +94,8 @@ class AerospikeOnlineStore:
             module docstring.
     """
 
-    def __init__(self, config: AerospikeOnlineStoreConfig, project: str) -> None:
+    def __init__(self, config: AerospikeOnlineStoreConfig) -> None:
         self.config = config
-        self.project = project
         self.namespace = config.namespace
         self._read_policy = read_policy(config)
         self._read_layouts: dict[tuple[str, str, tuple[str, ...]], ReadLayout] = {}
@@ -122,15 +119,9 @@ class AerospikeOnlineStore:
         layout = self._write_layout(table)
         reject_unknown_features(table, batch, layout.features)
         keys, event_ts, created_ts = batch.keys, batch.event_ts, batch.created_ts
-        columns: list[Sequence[Any]] = []
-        for feature, convert in zip(layout.features, layout.encoders, strict=True):
-            values = batch.features.get(feature)
-            if values is None:
-                columns.append(list(repeat(None, n)))
-            elif convert is not None:
-                columns.append([None if v is None else convert(v) for v in values])
-            else:
-                columns.append(values)
+        columns: list[Sequence[Any]] = [
+            batch.features.get(feature) or [None] * n for feature in layout.features
+        ]
         losers = 0
         if len(set(keys)) != n:
             # Only each key's newest row can win; sending the others would only
@@ -200,7 +191,7 @@ class AerospikeOnlineStore:
             namespace, set_ = self.namespace, layout.set_name
             keys.extend((namespace, set_, bytearray(k)) for k in unique)
         if not keys:
-            return [_not_found(span.layout.features, 0) for span in spans]
+            return [ViewReadResult.not_found(span.layout.features, 0) for span in spans]
         client = self._connection.client()
         action = f"reading {len(keys)} records of {len(spans)} feature views"
         shared = shared_bins([span.layout for span in spans])
@@ -402,6 +393,3 @@ def _bad_timestamp(event_ts: Sequence[Any], created_ts: Sequence[Any]) -> str | 
                 )
     return None
 
-
-def _not_found(features: Sequence[str], n: int) -> ViewReadResult:
-    return ViewReadResult([None] * n, {f: [None] * n for f in features})

@@ -84,16 +84,6 @@ def record_ttl(view: FeatureView) -> int:
     return seconds
 
 
-def to_micros(value: Any) -> Any:
-    """A timestamp feature value as int microseconds; datetimes (naive = UTC) converted."""
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        delta = value - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return value
-
-
 def _to_bool(value: Any) -> Any:
     # Records written by clients that store booleans as integers read back as 0/1.
     return None if value is None else bool(value)
@@ -106,15 +96,10 @@ def _to_bytes(value: Any) -> Any:
 
 Converter = Callable[[Any], Any]
 
-# Only types that need it are converted: the rest map one to one (int -> integer,
-# float -> double, str -> string, bytes -> blob, bool -> boolean with send_bool_as).
-_ENCODERS: dict[ValueType, Converter] = {ValueType.TIMESTAMP: to_micros}
+# Values are written as they come (int -> integer, float -> double, str -> string,
+# bytes -> blob, bool -> boolean with send_bool_as, timestamps as int micros);
+# only reads of these types need converting back.
 _DECODERS: dict[ValueType, Converter] = {ValueType.BOOL: _to_bool, ValueType.BYTES: _to_bytes}
-
-
-def encoder(dtype: ValueType) -> Converter | None:
-    """The conversion a value of `dtype` needs before it is written, if any."""
-    return _ENCODERS.get(dtype)
 
 
 def decoder(dtype: ValueType) -> Converter | None:
@@ -237,12 +222,11 @@ class WriteLayout:
     set_name: str
     features: tuple[str, ...]  # every feature of the view
     bins: tuple[str, ...]  # aligned with `features`
-    encoders: tuple[Converter | None, ...]  # aligned with `features`
     ttl: int
 
 
 def write_layout(table: ViewTable) -> WriteLayout:
-    """The bins, encoders and record TTL to write rows of `table`."""
+    """The bins and record TTL to write rows of `table`."""
     view = table.view
     features = tuple(view.feature_names)
     return WriteLayout(
@@ -251,7 +235,6 @@ def write_layout(table: ViewTable) -> WriteLayout:
         set_name(table.project, table.name),
         features,
         tuple(bin_name(table, f) for f in features),
-        tuple(encoder(view.feature(f).dtype) for f in features),
         record_ttl(view),
     )
 

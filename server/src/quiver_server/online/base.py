@@ -77,6 +77,11 @@ class ViewReadResult:
     event_ts: list[int | None]
     values: dict[str, list[Any]] = field(default_factory=dict)
 
+    @classmethod
+    def not_found(cls, features: Sequence[str], n: int) -> ViewReadResult:
+        """The answer when none of `n` keys has a row."""
+        return cls([None] * n, {f: [None] * n for f in features})
+
 
 @runtime_checkable
 class OnlineStore(Protocol):
@@ -103,8 +108,6 @@ class OnlineStore(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
 
 
 def check_batch(table: ViewTable, batch: WriteBatch) -> None:

@@ -25,5 +25,5 @@ def open_online_store(config: QuiverConfig) -> OnlineStore:
         # Imported here so SQLite users never load the Aerospike client library.
         from quiver_server.online.aerospike import AerospikeOnlineStore
 
-        return AerospikeOnlineStore(store_config, project=config.project)
+        return AerospikeOnlineStore(store_config)
     raise ValueError(f"unknown online store type {store_config!r}")  # pragma: no cover

@@ -118,7 +118,6 @@ class _WritePlan:
     table: str
     features: tuple[str, ...]  # every feature of the view, in column order
     bins: tuple[str, ...]
-    timestamps: tuple[int, ...]  # positions in `features` holding timestamps
     create: str
     upsert: str
 
@@ -186,14 +185,9 @@ class SqliteOnlineStore:
         plan = self._write_plan(table)
         reject_unknown_features(table, batch, plan.features)
         columns: list[Sequence[Any] | repeat[Any]] = []
-        for position, feature in enumerate(plan.features):
+        for feature in plan.features:
             values = batch.features.get(feature)
-            if values is None:
-                columns.append(repeat(None))
-            elif position in plan.timestamps:
-                columns.append([_micros(v) for v in values])
-            else:
-                columns.append(values)
+            columns.append(repeat(None) if values is None else values)
         keys, event_ts, created_ts = batch.keys, batch.event_ts, batch.created_ts
         losers = 0
         if len(set(keys)) != n:
@@ -398,7 +392,7 @@ class SqliteOnlineStore:
         except sqlite3.OperationalError as exc:
             message = str(exc)
             if message.startswith("no such table"):
-                return _not_found(features, len(keys))
+                return ViewReadResult.not_found(features, len(keys))
             if not message.startswith("no such column"):
                 raise self._translate(exc, action) from exc
             # Features added to the view but not written yet read as null. Not
@@ -490,12 +484,9 @@ def _build_write_plan(table: ViewTable) -> _WritePlan:
         # The write rule of online/base.py, decided by SQLite row by row.
         f"WHERE (excluded.{event}, excluded.{created}) >= ({name}.{event}, {name}.{created})"
     )
-    timestamps = tuple(
-        i for i, f in enumerate(features) if view.feature(f).dtype == ValueType.TIMESTAMP
-    )
     return _WritePlan(
         view, table.bin_names, table_name(table.project, table.name), features, bins,
-        timestamps, f"CREATE TABLE IF NOT EXISTS {name} ({definitions}) WITHOUT ROWID", upsert,
+        f"CREATE TABLE IF NOT EXISTS {name} ({definitions}) WITHOUT ROWID", upsert,
     )
 
 
@@ -529,15 +520,3 @@ def _picker(indices: list[int]) -> Any:
     getter = itemgetter(*indices)
     return lambda values: list(getter(values))
 
-
-def _micros(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        delta = value - _EPOCH
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return value
-
-
-def _not_found(features: Sequence[str], n: int) -> ViewReadResult:
-    return ViewReadResult([None] * n, {f: [None] * n for f in features})
