@@ -25,6 +25,7 @@ from quiver.errors import (
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
+from quiver_flight.convert import pack
 from quiver_flight.pit import PointInTimeEngine
 from quiver_server.config import QuiverConfig
 from quiver_server.registry.store import RegistryStore
@@ -251,7 +252,7 @@ def test_naive_timestamps_uploaded_without_a_check_are_refused_when_planned(
         client.upload_spine(spine)  # the client asks the server to check the column
     raw = flight.connect(location)
     writer, reader = raw.do_put(
-        flight.FlightDescriptor.for_command(_pack(pb.UploadSpineCommand())), spine.schema
+        flight.FlightDescriptor.for_command(pack(pb.UploadSpineCommand())), spine.schema
     )
     writer.write_table(spine)
     writer.done_writing()
@@ -260,7 +261,7 @@ def test_naive_timestamps_uploaded_without_a_check_are_refused_when_planned(
     command = pb.TrainingSetCommand(feature_service="model")
     command.spine.spine_id = result.spine_id
     with pytest.raises(flight.FlightServerError) as error:
-        raw.get_flight_info(flight.FlightDescriptor.for_command(_pack(command)))
+        raw.get_flight_info(flight.FlightDescriptor.for_command(pack(command)))
     raw.close()
     status = status_pb2.Status.FromString(error.value.extra_info)
     bad = error_details_pb2.BadRequest()
@@ -268,11 +269,6 @@ def test_naive_timestamps_uploaded_without_a_check_are_refused_when_planned(
     assert status.details[1].Unpack(bad)
     assert bad.field_violations[0].field == "spine.event_timestamp"
 
-
-def _pack(command: Any) -> bytes:
-    wrapper = any_pb2.Any()
-    wrapper.Pack(command)
-    return wrapper.SerializeToString()
 
 
 def test_unknown_features_and_services(client: TrainingClient) -> None:
@@ -303,10 +299,10 @@ def test_forged_and_garbled_tickets(client: TrainingClient, location: str) -> No
     forged = pb.TrainingSetTicket(partition=partition.SerializeToString(), signature=ticket.signature)
     raw = flight.connect(location)
     with pytest.raises(flight.FlightServerError) as error:
-        raw.do_get(flight.Ticket(_pack(forged))).read_all()
+        raw.do_get(flight.Ticket(pack(forged))).read_all()
     status = status_pb2.Status.FromString(error.value.extra_info)
     assert status.code == 3 and "signature" in status.message
-    for garbage in (b"", b"\x00\xff garbage", _pack(pb.UploadSpineCommand())):
+    for garbage in (b"", b"\x00\xff garbage", pack(pb.UploadSpineCommand())):
         with pytest.raises(flight.FlightServerError) as error:
             raw.do_get(flight.Ticket(garbage)).read_all()
         status = status_pb2.Status.FromString(error.value.extra_info)

@@ -47,25 +47,12 @@ class ByteBudgetCache(Generic[V]):
                 pass
         try:
             value, size = build()
-            with self._lock:
-                if size <= self.max_bytes:
-                    self._entries[key] = (value, size)
-                    self._bytes += size
-                    self._evict()
+            self.put(key, value, size)
             return value
         finally:
             with self._lock:
                 del self._building[key]
             building.release()
-
-    def peek(self, key: Hashable) -> V | None:
-        """The cached value of `key`, or None; counts as a use."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            self._entries.move_to_end(key)
-            return entry[0]
 
     def put(self, key: Hashable, value: V, size: int) -> None:
         """Keep `value` unless it alone exceeds the budget."""
@@ -78,11 +65,6 @@ class ByteBudgetCache(Generic[V]):
             self._entries[key] = (value, size)
             self._bytes += size
             self._evict()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
 
     def _evict(self) -> None:
         # Called with the lock held; the newest entry fits, so it survives.

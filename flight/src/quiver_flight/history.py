@@ -14,6 +14,7 @@ times) names that state, so cached indexes and tickets notice any change.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -32,10 +33,10 @@ from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
-_INT64_MAX = int(np.iinfo(np.int64).max)
 # Sorting packs (key id, event time) into one non-negative int64; when the raw
 # time span does not fit next to the key ids, times are replaced by their ranks.
 MAX_COMPOSITE_BITS = 62
+# The hard limit of the rank fallback (tests lower MAX_COMPOSITE_BITS to force it).
 _INT64_BITS = 62
 
 
@@ -58,8 +59,9 @@ class HistorySource:
                 return source
         return name
 
+    @functools.cached_property
     def dataset(self) -> ds.Dataset | None:
-        """The files as one dataset, or None when there are none yet."""
+        """The files as one dataset (built once), or None when there are none yet."""
         if not self.files:
             return None
         return ds.dataset(
@@ -71,7 +73,7 @@ class HistorySource:
         )
 
     def schema(self) -> pa.Schema | None:
-        dataset = self.dataset()
+        dataset = self.dataset
         return None if dataset is None else dataset.schema
 
     def describe(self) -> str:
@@ -254,7 +256,7 @@ def build_index(source: HistorySource) -> HistoryIndex:
     key_columns = [source.source_column(k.name) for k in view.join_keys]
     ts_column = view.source.timestamp_field
     created_column = view.source.created_timestamp_field
-    dataset = source.dataset()
+    dataset = source.dataset
     if dataset is None:
         empty = KeyEncoder.build(
             [normalize_key(pa.array([], k.dtype.arrow_type), k.dtype) for k in view.join_keys]

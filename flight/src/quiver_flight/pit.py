@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from quiver import FeatureView, Field
+from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver_flight.cache import ByteBudgetCache
 from quiver_flight.features import FeatureBlock
@@ -49,9 +50,7 @@ from quiver_flight.timestamps import TimestampRangeError, per_second, to_units
 from quiver_server.offline.columns import compatible
 from quiver_server.registry.snapshot import FeatureRef
 
-DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 FEATURE_REF_METADATA = b"quiver.feature_ref"
-DEFAULT_CACHE_BYTES = 4 << 30
 DEFAULT_BATCH_ROWS = 65_536
 
 
@@ -183,7 +182,6 @@ def feature_fields(
 class _ViewJoin:
     """One view's part of a join: its index, and where its features come from."""
 
-    view: FeatureView
     features: list[Field]
     source: HistorySource
     index: HistoryIndex
@@ -214,7 +212,7 @@ class PointInTimeEngine:
         self,
         offline_root: str,
         *,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        cache_bytes: int = 4 << 30,
         batch_rows: int = DEFAULT_BATCH_ROWS,
     ) -> None:
         self.offline_root = offline_root
@@ -296,16 +294,20 @@ class PointInTimeEngine:
         self, spine: pa.Table, schema: pa.Schema, joins: list[_ViewJoin],
         bounds: dict[str, tuple[IntArray, IntArray]],
     ) -> Iterator[pa.RecordBatch]:
-        spine_columns = spine.columns
-        for start in range(0, spine.num_rows, self.batch_rows):
-            stop = min(start + self.batch_rows, spine.num_rows)
-            arrays = [_one_array(c.slice(start, stop - start)) for c in spine_columns]
+        # Batches follow the spine's own chunks (at most `batch_rows`), so spine
+        # columns pass through without a copy even when a partition starts
+        # inside a stored batch.
+        start = 0
+        for piece in spine.to_batches(max_chunksize=self.batch_rows):
+            stop = start + piece.num_rows
+            arrays = list(piece.columns)
             # Views are joined one after another: batches are too small for
             # threads to win against the GIL hand-offs between numpy calls;
             # parallelism comes from serving several partitions at once.
             for join in joins:
                 arrays.extend(join.arrays(start, stop, *bounds[join.index.unit]))
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+            start = stop
 
     def join_table(
         self,
@@ -333,7 +335,7 @@ class PointInTimeEngine:
             keys.append(normalized)
         kid = index.encoder.encode(keys)
         ttl = view.ttl_seconds * per_second(index.unit)
-        return _ViewJoin(view, features, source, index, ttl, kid, self._block(source, index, features))
+        return _ViewJoin(features, source, index, ttl, kid, self._block(source, index, features))
 
     def _index(self, source: HistorySource) -> HistoryIndex:
         def build() -> tuple[object, int]:
@@ -367,7 +369,7 @@ class PointInTimeEngine:
         Columns are read one at a time: Parquet is columnar, so this reads the
         same bytes as reading them together, and holds only one in memory.
         """
-        dataset = source.dataset()
+        dataset = source.dataset
         if dataset is None:
             return pa.chunked_array([], type=feature.dtype.arrow_type)
         column = source.source_column(feature.name)
@@ -384,7 +386,7 @@ class PointInTimeEngine:
         wanted = rowid[at][order]
         source, features = join.source, join.features
         columns = list(dict.fromkeys(source.source_column(f.name) for f in features))
-        dataset = source.dataset()
+        dataset = source.dataset
         pieces: list[pa.RecordBatch] = []
         start = 0
         if dataset is not None and len(wanted):
@@ -419,14 +421,6 @@ def _view_key(view: FeatureView) -> tuple[object, ...]:
         tuple(sorted(source.field_mapping.items())),
         tuple((k.name, k.dtype) for k in view.join_keys),
     )
-
-
-def _one_array(column: pa.ChunkedArray) -> pa.Array:
-    if column.num_chunks == 1:
-        return column.chunk(0)
-    if column.num_chunks == 0:
-        return pa.array([], type=column.type)
-    return pa.concat_arrays(column.chunks)
 
 
 def _changed(source: HistorySource) -> Exception:

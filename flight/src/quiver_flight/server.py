@@ -2,7 +2,7 @@
 
 `create_flight_server` builds a started server and returns it with its port
 (tests ask for port 0); `serve` runs one until SIGTERM or SIGINT, then stops
-accepting calls and drains the ones in flight for `serving.grace_seconds`.
+accepting calls and drains the ones in flight for `flight.grace_seconds`.
 
 Calls (commands and tickets are described in `quiver/flight/v1/flight.proto`):
 
@@ -36,7 +36,7 @@ from pyarrow import flight
 from quiver.errors import InternalError, InvalidArgumentError, QuiverError, UnavailableError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import flight_error, pack, timestamp_seconds, unpack_command
-from quiver_flight.pit import DEFAULT_CACHE_BYTES, PointInTimeEngine, check_timestamp_column
+from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
 from quiver_flight.spines import SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.training import TrainingSets
@@ -266,14 +266,14 @@ def create_flight_server(
         telemetry: Tracing/metrics/access log; built from `config` if None.
         clock: Seconds since the epoch, for spine expiry (tests fake it).
         cache_bytes: Budget for cached history indexes and features; default
-            `flight.history_cache_bytes` if configured, else 4 GiB.
+            `flight.history_cache_bytes`.
 
     Returns:
         The running server and the port it listens on.
     """
     flight_config = config.flight
     if cache_bytes is None:
-        cache_bytes = int(getattr(flight_config, "history_cache_bytes", None) or DEFAULT_CACHE_BYTES)
+        cache_bytes = flight_config.history_cache_bytes
     engine = PointInTimeEngine(
         config.offline_root, cache_bytes=cache_bytes, batch_rows=flight_config.batch_rows
     )
@@ -328,6 +328,6 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
     # shutdown() refuses new calls and waits for running ones; bound the wait.
     stopper = threading.Thread(target=server.shutdown, name="flight-shutdown", daemon=True)
     stopper.start()
-    stopper.join(config.serving.grace_seconds)
+    stopper.join(config.flight.grace_seconds)
     telemetry.shutdown()
     log.info("stopped")

@@ -26,10 +26,10 @@ from quiver.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
 from quiver_flight.pit import (
-    DEFAULT_TIMESTAMP_COLUMN,
     PointInTimeEngine,
     feature_fields,
     group_by_view,

@@ -94,6 +94,12 @@ class FlightConfig(_Model):
     partition_rows: int = Field(1_000_000, ge=1, description="Spine rows per Flight endpoint.")
     batch_rows: int = Field(65_536, ge=1, description="Rows per streamed record batch.")
     location: str | None = Field(None, description="URI advertised in endpoints; default: reuse the connection.")
+    history_cache_bytes: int = Field(
+        4 << 30, ge=0, description="Memory for cached history indexes and feature columns."
+    )
+    grace_seconds: float = Field(
+        30.0, ge=0, description="Drain time for in-flight streams on SIGTERM."
+    )
 
 
 class TracingConfig(_Model):
