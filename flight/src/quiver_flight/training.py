@@ -20,13 +20,13 @@ from dataclasses import dataclass
 import pyarrow as pa
 from google.protobuf import message
 
+from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
 from quiver_flight.pit import (
