@@ -33,7 +33,7 @@ import pyarrow as pa
 import structlog
 from pyarrow import flight
 
-from quiver.errors import InternalError, InvalidArgumentError, QuiverError, UnavailableError
+from quiver.errors import InvalidArgumentError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import flight_error, pack, timestamp_seconds, unpack_command
 from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
@@ -43,6 +43,7 @@ from quiver_flight.training import TrainingSets
 from quiver_server.config import QuiverConfig
 from quiver_server.observability import configure_logging
 from quiver_server.registry.store import RegistryStore
+from quiver_server.serving.status import as_quiver_error
 from quiver_server.telemetry import Telemetry, setup_telemetry
 from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
 from quiver_server.telemetry.hooks import annotate
@@ -76,14 +77,7 @@ def _flight_errors(handler: Callable[Concatenate[S, P], R]) -> Callable[Concaten
 def _translate(exc: BaseException, where: str) -> BaseException:
     if isinstance(exc, flight.FlightError):
         return cast(BaseException, exc)
-    if isinstance(exc, QuiverError):
-        log.info("request refused", call=where, reason=exc.reason, error=exc.message)
-        return flight_error(exc)
-    if isinstance(exc, OSError):
-        log.warning("offline store unavailable", call=where, error=str(exc))
-        return flight_error(UnavailableError(f"offline store unavailable: {exc}"))
-    log.error("unhandled error", call=where, exc_info=exc)
-    return flight_error(InternalError(f"internal error in {where}"))
+    return flight_error(as_quiver_error(exc, where, store="offline store"))
 
 
 class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]

@@ -53,24 +53,30 @@ def abort(context: grpc.ServicerContext, error: QuiverError) -> NoReturn:
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
-def rpc_errors(method: F) -> F:
-    """Let a servicer method raise QuiverError; the client gets a rich status.
+def as_quiver_error(exc: BaseException, where: str, *, store: str = "store") -> QuiverError:
+    """What an exception means for the caller, on gRPC and Flight alike.
 
-    Anything else is a bug: it is logged with its traceback and reported as
-    INTERNAL without leaking internals. Store failures that surface as plain
-    OSError become UNAVAILABLE.
+    A QuiverError is the caller's answer as it is; an OSError means a store
+    cannot be reached (UNAVAILABLE); anything else is a bug: it is logged with
+    its traceback and reported as INTERNAL without leaking internals.
     """
+    if isinstance(exc, QuiverError):
+        return exc
+    if isinstance(exc, OSError):
+        log.warning("store unavailable", call=where, error=str(exc))
+        return UnavailableError(f"{store} unavailable: {exc}")
+    log.error("unhandled error", call=where, exc_info=exc)
+    return InternalError(f"internal error in {where}")
+
+
+def rpc_errors(method: F) -> F:
+    """Let a servicer method raise QuiverError; the client gets a rich status."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
-        except QuiverError as error:
-            abort(context, error)
-        except OSError as exc:
-            abort(context, UnavailableError(f"store unavailable: {exc}"))
-        except Exception:
-            log.exception("unhandled error", method=method.__name__)
-            abort(context, InternalError(f"internal error in {method.__name__}"))
+        except Exception as exc:
+            abort(context, as_quiver_error(exc, method.__name__, store="online store"))
 
     return wrapper  # type: ignore[return-value]
