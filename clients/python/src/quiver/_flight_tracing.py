@@ -16,15 +16,15 @@ only when tracing is asked for.
 
 from __future__ import annotations
 
-from typing import Any
-
+import grpc
 from pyarrow import flight
 
-from quiver._tracing import split_target, tracer_for
+from quiver._status import flight_error_code
+from quiver._tracing import finish_client_span, peer_attributes, start_client_span, tracer_for
 
 try:
-    from opentelemetry import propagate, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+    from opentelemetry import trace
+    from opentelemetry.trace import TracerProvider
 except ImportError as exc:  # pragma: no cover - quiver._tracing raised first
     raise ImportError("Flight tracing needs the OpenTelemetry API: pip install opentelemetry-api") from exc
 
@@ -52,38 +52,25 @@ class TracingClientMiddlewareFactory(flight.ClientMiddlewareFactory):  # type: i
 
     def __init__(self, target: str = "", tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = tracer_for(tracer_provider)
-        self._peer: dict[str, Any] = {}
-        if target:
-            host, port = split_target(target.split("://")[-1])
-            self._peer["server.address"] = host
-            if port is not None:
-                self._peer["server.port"] = port
+        self._peer = peer_attributes(target)
 
     def start_call(self, info: flight.CallInfo) -> TracingClientMiddleware:
         method = METHOD_NAMES.get(info.method, str(info.method))
-        name = f"{FLIGHT_SERVICE}/{method}"
-        span = self._tracer.start_span(
-            name,
-            kind=SpanKind.CLIENT,
-            attributes={
-                "rpc.system.name": "grpc", "rpc.method": name,
-                "rpc.system": "grpc", "rpc.service": FLIGHT_SERVICE, **self._peer,
-            },
-        )
-        return TracingClientMiddleware(span)
+        return TracingClientMiddleware(*start_client_span(self._tracer, FLIGHT_SERVICE, method, self._peer))
 
 
 class TracingClientMiddleware(flight.ClientMiddleware):  # type: ignore[misc]
-    def __init__(self, span: trace.Span) -> None:
+    def __init__(self, span: trace.Span, headers: dict[str, str]) -> None:
         self.span = span
+        self._headers = headers
 
     def sending_headers(self) -> dict[str, str]:
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(self.span))
-        return carrier
+        return self._headers
 
     def call_completed(self, exception: BaseException | None) -> None:
-        if exception is not None:
-            self.span.set_attribute("error.type", type(exception).__name__)
-            self.span.set_status(Status(StatusCode.ERROR, str(exception).split("\n", 1)[0]))
-        self.span.end()
+        # The same status attributes as gRPC client spans, from the rich status.
+        if exception is None:
+            finish_client_span(self.span, grpc.StatusCode.OK, None)
+        else:
+            message = str(exception).split("\n", 1)[0]
+            finish_client_span(self.span, flight_error_code(exception), message)

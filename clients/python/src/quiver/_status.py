@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
+import pyarrow as pa
+from pyarrow import flight
 
 from quiver.errors import FieldViolation, InvalidArgumentError, QuiverError, error_for_code
 
@@ -55,6 +57,40 @@ def error_from_status(
                     details=details)
     error.grpc_code = status.code
     return error
+
+
+# The gRPC code behind each Flight/Arrow error class, for errors without a status.
+_FLIGHT_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (flight.FlightUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (flight.FlightTimedOutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (flight.FlightCancelledError, grpc.StatusCode.CANCELLED),
+    (flight.FlightUnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (flight.FlightUnauthorizedError, grpc.StatusCode.PERMISSION_DENIED),
+    (flight.FlightInternalError, grpc.StatusCode.INTERNAL),
+    (pa.ArrowInvalid, grpc.StatusCode.INVALID_ARGUMENT),
+    (pa.ArrowKeyError, grpc.StatusCode.NOT_FOUND),
+    (pa.ArrowNotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+)
+
+
+def flight_error_code(exc: BaseException) -> grpc.StatusCode:
+    """The gRPC code a failed Flight call ended with.
+
+    Flight has error classes for only some codes, so Quiver servers put the
+    real one in the google.rpc.Status in `extra_info`; it wins when present.
+    """
+    details = getattr(exc, "extra_info", None)
+    status = decode_status(details) if details else None
+    if status is not None:
+        return status.code
+    return next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
+
+
+def from_flight_error(exc: BaseException) -> QuiverError:
+    """The QuiverError for a failed Flight call."""
+    details = getattr(exc, "extra_info", None) or None
+    text = str(exc).split(". Detail:", 1)[0].split("\n", 1)[0]
+    return error_from_status(flight_error_code(exc), text, details, code_from_details=True)
 
 
 def from_rpc_error(error: grpc.RpcError) -> QuiverError:

@@ -60,15 +60,38 @@ def split_target(target: str) -> tuple[str, int | None]:
     return host.strip("[]"), int(port)
 
 
+def peer_attributes(target: str) -> dict[str, Any]:
+    """``server.address`` / ``server.port`` of a ``host:port`` (or URI) target."""
+    if not target:
+        return {}
+    host, port = split_target(target.split("://")[-1])
+    return {"server.address": host} if port is None else {"server.address": host, "server.port": port}
+
+
+def start_client_span(
+    tracer: trace.Tracer, service: str, method: str, peer: dict[str, Any]
+) -> tuple[trace.Span, dict[str, str]]:
+    """A client span for ``service/method`` and the headers that carry it (W3C traceparent)."""
+    name = f"{service}/{method}"
+    span = tracer.start_span(
+        name,
+        kind=SpanKind.CLIENT,
+        attributes={
+            "rpc.system.name": "grpc", "rpc.method": name,
+            "rpc.system": "grpc", "rpc.service": service, **peer,
+        },
+    )
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return span, carrier
+
+
 class TracingInterceptor(grpc.UnaryUnaryClientInterceptor):
     """Starts the client span and injects its context into the call's metadata."""
 
     def __init__(self, target: str, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = tracer_for(tracer_provider)
-        host, port = split_target(target)
-        self._peer: dict[str, Any] = {"server.address": host}
-        if port is not None:
-            self._peer["server.port"] = port
+        self._peer = peer_attributes(target)
 
     def intercept_unary_unary(
         self,
@@ -78,17 +101,8 @@ class TracingInterceptor(grpc.UnaryUnaryClientInterceptor):
     ) -> Any:
         method = client_call_details.method
         name = (method.decode() if isinstance(method, bytes) else method).lstrip("/")
-        service = name.rpartition("/")[0]
-        span = self._tracer.start_span(
-            name,
-            kind=SpanKind.CLIENT,
-            attributes={
-                "rpc.system.name": "grpc", "rpc.method": name,
-                "rpc.system": "grpc", "rpc.service": service, **self._peer,
-            },
-        )
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        service, _, method_name = name.rpartition("/")
+        span, carrier = start_client_span(self._tracer, service, method_name, self._peer)
         metadata = list(client_call_details.metadata or ())
         metadata.extend(carrier.items())
         details = CallDetails(
@@ -102,7 +116,7 @@ class TracingInterceptor(grpc.UnaryUnaryClientInterceptor):
         try:
             outcome = continuation(details, request)
         except Exception as error:
-            _finish(span, grpc.StatusCode.UNKNOWN, str(error))
+            finish_client_span(span, grpc.StatusCode.UNKNOWN, str(error))
             raise
         outcome.add_done_callback(lambda call: _finish_call(span, call))
         return outcome
@@ -114,10 +128,10 @@ def _finish_call(span: trace.Span, call: Any) -> None:
         details = call.details()
     except Exception:  # a cancelled future has no status
         code, details = grpc.StatusCode.CANCELLED, "cancelled"
-    _finish(span, code or grpc.StatusCode.UNKNOWN, details)
+    finish_client_span(span, code or grpc.StatusCode.UNKNOWN, details)
 
 
-def _finish(span: trace.Span, code: grpc.StatusCode, details: str | None) -> None:
+def finish_client_span(span: trace.Span, code: grpc.StatusCode, details: str | None) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     span.set_attribute("rpc.response.status_code", code.name)
     if code is not grpc.StatusCode.OK:

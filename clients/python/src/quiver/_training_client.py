@@ -24,13 +24,12 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 from google.protobuf import any_pb2, message
 from pyarrow import flight
 
-from quiver._status import error_from_status
+from quiver._status import from_flight_error
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
 
@@ -469,29 +468,6 @@ def _call(func: Callable[[], T]) -> T:
     try:
         return func()
     except (flight.FlightError, pa.ArrowException) as exc:
-        raise _error(exc) from None
+        raise from_flight_error(exc) from None
 
 
-_FLIGHT_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (flight.FlightUnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (flight.FlightTimedOutError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (flight.FlightCancelledError, grpc.StatusCode.CANCELLED),
-    (flight.FlightUnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
-    (flight.FlightUnauthorizedError, grpc.StatusCode.PERMISSION_DENIED),
-    (flight.FlightInternalError, grpc.StatusCode.INTERNAL),
-    (pa.ArrowInvalid, grpc.StatusCode.INVALID_ARGUMENT),
-    (pa.ArrowKeyError, grpc.StatusCode.NOT_FOUND),
-    (pa.ArrowNotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
-)
-
-
-def _error(exc: BaseException) -> QuiverError:
-    """The QuiverError for a failed Flight call, from its google.rpc.Status when present.
-
-    Flight has error classes for only some gRPC codes, so the server sends the
-    real code in the status it puts in `extra_info`.
-    """
-    details = getattr(exc, "extra_info", None) or None
-    code = next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
-    text = str(exc).split(". Detail:", 1)[0].split("\n", 1)[0]
-    return error_from_status(code, text, details, code_from_details=True)

@@ -38,51 +38,21 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+import grpc
 import pyarrow as pa
 import structlog
-from google.rpc import status_pb2
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pyarrow import flight
 
-from quiver_server.telemetry.grpc_server import trace_id_from_traceparent
+from quiver._flight_tracing import FLIGHT_SERVICE, METHOD_NAMES
+from quiver._status import flight_error_code
+from quiver_server.telemetry.grpc_server import SERVER_ERROR_CODES, trace_id_from_traceparent
 from quiver_server.telemetry.metrics import FlightMetrics, RpcMetrics
 from quiver_server.telemetry.recorder import RecordedCall, SpanRecorder
 from quiver_server.telemetry.scope import Scope, current_scope, enter_scope, exit_scope
 
 MIDDLEWARE_KEY = "quiver.telemetry"
-FLIGHT_SERVICE = "arrow.flight.protocol.FlightService"
-METHOD_NAMES = {
-    flight.FlightMethod.HANDSHAKE: "Handshake",
-    flight.FlightMethod.LIST_FLIGHTS: "ListFlights",
-    flight.FlightMethod.GET_FLIGHT_INFO: "GetFlightInfo",
-    flight.FlightMethod.GET_SCHEMA: "GetSchema",
-    flight.FlightMethod.DO_GET: "DoGet",
-    flight.FlightMethod.DO_PUT: "DoPut",
-    flight.FlightMethod.DO_ACTION: "DoAction",
-    flight.FlightMethod.LIST_ACTIONS: "ListActions",
-    flight.FlightMethod.DO_EXCHANGE: "DoExchange",
-}
-# gRPC code names, by the Flight/Arrow error class Arrow turns into that code.
-_ERROR_CODES: tuple[tuple[type[BaseException], str], ...] = (
-    (flight.FlightUnavailableError, "UNAVAILABLE"),
-    (flight.FlightTimedOutError, "DEADLINE_EXCEEDED"),
-    (flight.FlightCancelledError, "CANCELLED"),
-    (flight.FlightUnauthenticatedError, "UNAUTHENTICATED"),
-    (flight.FlightUnauthorizedError, "PERMISSION_DENIED"),
-    (flight.FlightInternalError, "INTERNAL"),
-    (pa.ArrowInvalid, "INVALID_ARGUMENT"),
-    (pa.ArrowNotImplementedError, "UNIMPLEMENTED"),
-    (pa.ArrowKeyError, "NOT_FOUND"),
-)
-_CODE_NAMES = {
-    0: "OK", 1: "CANCELLED", 2: "UNKNOWN", 3: "INVALID_ARGUMENT", 4: "DEADLINE_EXCEEDED",
-    5: "NOT_FOUND", 6: "ALREADY_EXISTS", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED",
-    9: "FAILED_PRECONDITION", 10: "ABORTED", 11: "OUT_OF_RANGE", 12: "UNIMPLEMENTED",
-    13: "INTERNAL", 14: "UNAVAILABLE", 15: "DATA_LOSS", 16: "UNAUTHENTICATED",
-}
-_SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL",
-                            "UNAVAILABLE", "DATA_LOSS"})
 
 access_log = structlog.get_logger("quiver.access")
 
@@ -103,26 +73,8 @@ class StreamStats:
 
 
 def status_of(exception: BaseException | None) -> str:
-    """The gRPC code name a Flight call ended with.
-
-    Quiver puts a serialized google.rpc.Status in a Flight error's extra_info
-    (STYLE.md); its code is authoritative, since Flight cannot express every code.
-    """
-    if exception is None:
-        return "OK"
-    extra = getattr(exception, "extra_info", None)
-    if extra:
-        status = status_pb2.Status()
-        try:
-            status.ParseFromString(extra)
-        except Exception:
-            status.Clear()
-        if status.code:
-            return _CODE_NAMES.get(status.code, "UNKNOWN")
-    for error_class, name in _ERROR_CODES:
-        if isinstance(exception, error_class):
-            return name
-    return "UNKNOWN"
+    """The gRPC code name a Flight call ended with (the rich status's code wins)."""
+    return "OK" if exception is None else flight_error_code(exception).name
 
 
 def traced_flight_handler(handler: Callable[Concatenate[S, Any, P], R]) -> Callable[Concatenate[S, Any, P], R]:
@@ -262,7 +214,7 @@ class TelemetryServerMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
                 })
             if status != "OK":
                 call.set_attribute("error.type", status)
-                if status in _SERVER_ERRORS:
+                if grpc.StatusCode[status] in SERVER_ERROR_CODES:
                     message = str(exception).split("\n", 1)[0] if exception else status
                     call.set_status(Status(StatusCode.ERROR, message))
         if factory.access_log:

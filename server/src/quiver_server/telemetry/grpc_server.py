@@ -30,7 +30,8 @@ from quiver_server.telemetry.scope import Scope, enter_scope, exit_scope
 
 access_log = structlog.get_logger("quiver.access")
 
-_SERVER_ERRORS = frozenset({
+# Codes that mean the server failed (spans marked as errors), not the caller.
+SERVER_ERROR_CODES = frozenset({
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
 })
@@ -202,7 +203,7 @@ def _end_call(
             attributes[f"quiver.{size_name}"] = size
         if code is not grpc.StatusCode.OK:
             attributes["error.type"] = code.name
-            if code in _SERVER_ERRORS:
+            if code in SERVER_ERROR_CODES:
                 details = context.details()  # type: ignore[attr-defined]
                 message = details.decode(errors="replace") if isinstance(details, bytes) else details
                 call.set_status(Status(StatusCode.ERROR, message or code.name))
