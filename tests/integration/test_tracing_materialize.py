@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from quiver_server.config import QuiverConfig
 from quiver_server.materialize import materialize_range
-from quiver_server.telemetry import Metrics, Telemetry, install_telemetry
+from quiver_server.telemetry import Metrics, Telemetry, install_telemetry, installed_telemetry
 
 VIEWS = {"user_transaction_stats", "user_profile", "merchant_stats"}
 
@@ -66,3 +66,15 @@ def test_nothing_installed_and_tracing_off_means_no_telemetry(applied_demo: Quiv
     end = datetime.now(UTC) + timedelta(seconds=1)
     results = materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
     assert {r.view for r in results} == VIEWS
+    assert installed_telemetry() is None
+
+
+def test_a_run_that_sets_up_telemetry_takes_it_down(applied_demo: QuiverConfig) -> None:
+    # Tracing on in the config with a console exporter: the run installs telemetry
+    # for itself and must leave none behind for the next run to mistake as its own.
+    config = applied_demo.model_copy(update={"telemetry": applied_demo.telemetry.model_copy(
+        update={"tracing": applied_demo.telemetry.tracing.model_copy(
+            update={"enabled": True, "exporter": "console"})})})
+    end = datetime.now(UTC) + timedelta(seconds=1)
+    materialize_range(config, end - timedelta(days=30), end, progress=False)
+    assert installed_telemetry() is None

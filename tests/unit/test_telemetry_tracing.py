@@ -129,7 +129,7 @@ def test_everything_off_installs_nothing(tmp_path: Path) -> None:
     )
     config = load_config(tmp_path, env={})
     telemetry = setup_telemetry(config, "serving", env={})
-    assert telemetry.tracer is None and telemetry.metrics is None
+    assert telemetry.recorder is None and telemetry.metrics is None
     assert telemetry.server_interceptors() == []
     assert telemetry.flight_middleware() == {}
     store: Any = object()
@@ -140,7 +140,7 @@ def test_defaults_are_metrics_and_access_log_without_tracing(tmp_path: Path) -> 
     (tmp_path / "quiver.yaml").write_text("project: p\n")
     config: QuiverConfig = load_config(tmp_path, env={})
     telemetry = setup_telemetry(config, "serving", env={})
-    assert telemetry.tracer is None
+    assert telemetry.recorder is None
     assert telemetry.metrics is not None and telemetry.access_log
     assert len(telemetry.server_interceptors()) == 1
 

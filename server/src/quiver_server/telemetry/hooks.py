@@ -33,7 +33,12 @@ from quiver_server.config import QuiverConfig
 from quiver_server.telemetry.metrics import OnlineMetrics
 from quiver_server.telemetry.recorder import RecordedCall
 from quiver_server.telemetry.scope import Scope, current_scope, enter_scope, exit_scope, traced
-from quiver_server.telemetry.setup import Telemetry, installed_telemetry, setup_telemetry
+from quiver_server.telemetry.setup import (
+    Telemetry,
+    install_telemetry,
+    installed_telemetry,
+    setup_telemetry,
+)
 from quiver_server.telemetry.tracing import tracing_enabled
 
 __all__ = [
@@ -224,6 +229,9 @@ def _finish_job(telemetry: Telemetry, config: QuiverConfig) -> None:
 
         structlog.get_logger(__name__).warning("metrics push failed", error=str(exc))
     telemetry.force_flush()
+    # The run set its telemetry up, so the run takes it down: a later run in the
+    # same process sets up (and pushes) its own.
+    install_telemetry(None)
 
 
 def traced_view_materialization(function: Callable[P, Outcome]) -> Callable[P, Outcome]:

@@ -311,7 +311,3 @@ def exported_metrics() -> dict[str, frozenset[str]]:
                     found[f"{name}_count"] = labels
     return found
 
-
-def exported_metric_names() -> set[str]:
-    """The names of `exported_metrics()`."""
-    return set(exported_metrics())

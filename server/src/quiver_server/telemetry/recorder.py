@@ -58,10 +58,16 @@ class SpanRecorder:
         self.ids = provider.id_generator
         self.resource = provider.resource
         self.scope = InstrumentationScope(scope, version)
-        # Where finished spans go: the provider's span processors. Should a future
-        # SDK rename this, fall back to ending real spans through a tracer.
-        self.processor = getattr(provider, "_active_span_processor", None)
-        self.tracer = provider.get_tracer(scope, version)
+        # Where finished spans go: the provider's span processors. This is the
+        # SDK's private attribute (the SDK version is pinned); without it the
+        # recorded span ids could not be kept, so refuse to start at all.
+        processor = getattr(provider, "_active_span_processor", None)
+        if processor is None:
+            raise RuntimeError(
+                "this opentelemetry-sdk has no TracerProvider._active_span_processor; "
+                "use the version pinned in pyproject.toml"
+            )
+        self.processor = processor
 
     def start(
         self,
@@ -211,13 +217,8 @@ class RecordedCall:
             kind=self.kind, status=self.status, start_time=self.start_time, end_time=end_time,
             instrumentation_scope=recorder.scope,
         ))
-        processor = recorder.processor
-        if processor is not None:
-            for span in spans:
-                processor.on_end(span)
-        else:  # pragma: no cover - only if the SDK's internals change
-            for span in spans:
-                _replay(recorder, span)
+        for span in spans:
+            recorder.processor.on_end(span)
 
     def _readable(self, child: _Child) -> ReadableSpan:
         parent = self.span_context
@@ -242,10 +243,3 @@ def exception_event(exc: BaseException) -> Event:
         "exception.stacktrace": "".join(traceback.format_exception(exc)),
     })
 
-
-def _replay(recorder: SpanRecorder, span: ReadableSpan) -> None:
-    parent = trace.set_span_in_context(NonRecordingSpan(span.parent)) if span.parent else None
-    live = recorder.tracer.start_span(span.name, parent, span.kind, span.attributes,
-                                      start_time=span.start_time)
-    live.set_status(span.status)
-    live.end(span.end_time)

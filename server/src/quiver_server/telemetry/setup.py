@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Tracer
 
 from quiver_server.config import QuiverConfig
 from quiver_server.online.base import OnlineStore
@@ -53,12 +52,10 @@ class Telemetry:
         self.component = component
         self.tracer_provider = tracer_provider
         self.recorder: SpanRecorder | None = None
-        self.tracer: Tracer | None = None
         if tracer_provider is not None:
             from quiver import __version__
 
             self.recorder = SpanRecorder(tracer_provider, INSTRUMENTATION_SCOPE, __version__)
-            self.tracer = self.recorder.tracer
         self.metrics = metrics
         self.access_log = access_log
         self.store_system = store_system
@@ -88,9 +85,9 @@ class Telemetry:
         online = self.metrics.online if self.metrics else None
         if self.recorder is None and online is None:
             return store
-        from quiver_server.telemetry.store import InstrumentedOnlineStore, store_system
+        from quiver_server.telemetry.store import InstrumentedOnlineStore
 
-        return InstrumentedOnlineStore(store, store_system(store, self.store_system), online)
+        return InstrumentedOnlineStore(store, self.store_system, online)
 
     def flight_middleware(self) -> dict[str, flight.ServerMiddlewareFactory]:
         """Middleware for `pyarrow.flight.FlightServerBase(middleware=...)`; {} when all is off."""

@@ -106,7 +106,3 @@ class InstrumentedOnlineStore:
                     )
                 series.observe(time.perf_counter() - start)
 
-
-def store_system(store: OnlineStore, configured: str) -> str:
-    """db.system of a store: the configured type, unless the store says otherwise."""
-    return str(getattr(store, "db_system", configured))
