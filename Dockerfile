@@ -2,8 +2,8 @@
 #
 # Quiver server image: `quiver` is the entrypoint, so the arguments are a Quiver command:
 #   docker build -t quiver:0.1.0 .
-#   docker run --rm -v "$PWD/my-repo:/repo" -p 6566:6566 quiver:0.1.0 serve
-#   docker run --rm -v "$PWD/my-repo:/repo" -p 8815:8815 quiver:0.1.0 serve-flight
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD/my-repo:/repo" -p 6566:6566 quiver:0.1.0 serve
+#   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD/my-repo:/repo" -p 8815:8815 quiver:0.1.0 serve-flight
 # The working directory /repo is the default feature repo (override with --repo or QUIVER_REPO).
 # The Helm chart in deploy/helm/quiver runs this image read-only as user 10001.
 
@@ -15,7 +15,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml README.md ./
 COPY clients/python/src ./clients/python/src
 COPY server/src ./server/src
 COPY flight/src ./flight/src

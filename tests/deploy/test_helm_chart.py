@@ -168,10 +168,13 @@ def test_config_follows_values() -> None:
         "port": 6566,
         "workers": 2,
         "max_entities": 500,
-        "max_workers_threads": 32,
-        "grace_seconds": 15,  # configOverrides wins
+        "max_workers_threads": 4,
+        "grace_seconds": 15,
     }
     assert out["flight"]["location"] == "grpc+tls://flight.example.com:443"
+    # configOverrides reaches fields the chart does not model.
+    assert out["flight"]["history_cache_bytes"] == 2147483648
+    assert out["flight"]["grace_seconds"] == 50
     assert out["telemetry"]["tracing"]["sampling_ratio"] == 0.05
     assert (
         out["telemetry"]["metrics"]["pushgateway"] == "prometheus-pushgateway.monitoring.svc:9091"
@@ -671,6 +674,10 @@ CROSS_FIELD = {
     "grace period too short": (
         {"serving": {"graceSeconds": 30}},
         "serving.terminationGracePeriodSeconds (30) must exceed",
+    ),
+    "flight drain longer than the pod grace": (
+        {"flight": {"graceSeconds": 60}},
+        "flight.terminationGracePeriodSeconds (60) must exceed flight.graceSeconds (60)",
     ),
     "metrics port clash": (
         {"telemetry": {"metrics": {"port": 6566}}},

@@ -116,7 +116,7 @@ the rendered file with that model.
 {{- $s := $v.serving }}
 {{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
 {{- $f := $v.flight }}
-{{- $flight := dict "host" "0.0.0.0" "port" $f.port "max_spine_rows" $f.maxSpineRows "spine_ttl_seconds" $f.spineTtlSeconds "partition_rows" $f.partitionRows "batch_rows" $f.batchRows }}
+{{- $flight := dict "host" "0.0.0.0" "port" $f.port "max_spine_rows" $f.maxSpineRows "spine_ttl_seconds" $f.spineTtlSeconds "partition_rows" $f.partitionRows "batch_rows" $f.batchRows "grace_seconds" $f.graceSeconds }}
 {{- if $f.location }}
 {{- $_ := set $flight "location" $f.location }}
 {{- end }}
@@ -457,6 +457,9 @@ configmap.yaml, so `helm install` and `helm template` stop with the message.
 {{- $s := $v.serving }}
 {{- if le (int $s.terminationGracePeriodSeconds) (add (int $s.preStopSleepSeconds) (ceil $s.graceSeconds | int)) }}
 {{- fail (printf "serving.terminationGracePeriodSeconds (%v) must exceed serving.preStopSleepSeconds + serving.graceSeconds (%v + %v), or in-flight calls are cut off" $s.terminationGracePeriodSeconds $s.preStopSleepSeconds $s.graceSeconds) }}
+{{- end }}
+{{- if le (int $v.flight.terminationGracePeriodSeconds) (ceil $v.flight.graceSeconds | int) }}
+{{- fail (printf "flight.terminationGracePeriodSeconds (%v) must exceed flight.graceSeconds (%v), or streams are cut off" $v.flight.terminationGracePeriodSeconds $v.flight.graceSeconds) }}
 {{- end }}
 {{- range $name := list "serving" "flight" }}
 {{- $c := index $v $name }}
