@@ -15,7 +15,6 @@ times) names that state, so cached indexes and tickets notice any change.
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +29,7 @@ from quiver.errors import FailedPreconditionError
 from quiver_flight.keys import IntArray, KeyEncoder, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, comparison_unit, to_units
 from quiver_server.offline.columns import cast_column, compatible
-from quiver_server.offline.source import filesystem_and_path, resolve_path
+from quiver_server.offline.source import list_files, resolve_path
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
 # Sorting packs (key id, event time) into one non-negative int64; when the raw
@@ -87,40 +86,22 @@ def locate(offline_root: str, view: FeatureView) -> HistorySource:
         FailedPreconditionError: the source path does not exist.
     """
     location = resolve_path(offline_root, view.source.path)
-    fs, path = filesystem_and_path(location)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
+    listing = list_files(location)
+    if listing is None:
         raise FailedPreconditionError(
             f"feature view {view.name!r}: source {location!r} does not exist",
             reason="SOURCE_NOT_FOUND",
             metadata={"feature_view": view.name},
         )
-    if info.type == pafs.FileType.File:
-        infos = [info]
-    else:
-        found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        infos = sorted(
-            (i for i in found if i.type == pafs.FileType.File and _visible(path, i.path)),
-            key=lambda i: i.path,
-        )
-    digest = hashlib.sha256()
-    for i in infos:
-        digest.update(f"{i.path}\t{i.size}\t{i.mtime_ns}\n".encode())
     return HistorySource(
         view=view,
         location=location,
-        filesystem=fs,
-        base=path,
-        is_directory=info.type == pafs.FileType.Directory,
-        files=tuple(i.path for i in infos),
-        fingerprint=digest.hexdigest()[:32],
+        filesystem=listing.filesystem,
+        base=listing.base,
+        is_directory=listing.is_directory,
+        files=tuple(i.path for i in listing.files),
+        fingerprint=listing.fingerprint,
     )
-
-
-def _visible(base: str, path: str) -> bool:
-    # Same rule as pyarrow's dataset discovery: skip "." and "_" prefixed names.
-    relative = path[len(base):].lstrip("/")
-    return not any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
 def check_source_schema(source: HistorySource, features: list[Field]) -> None:

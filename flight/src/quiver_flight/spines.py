@@ -16,7 +16,6 @@ those are read by row group.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import re
 import secrets
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 import structlog
 
 from quiver.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
-from quiver_server.offline.source import filesystem_and_path, resolve_path
+from quiver_server.offline.source import filesystem_and_path, list_files, resolve_path
 
 log = structlog.get_logger(__name__)
 
@@ -297,25 +296,15 @@ class SpineStore:
                 field, f"{parquet_path!r}: names starting with '_' or '.' are not readable as spines",
                 reason="INVALID_SPINE_PATH",
             )
-        fs, path = filesystem_and_path(resolve_path(self.offline_root, normalized))
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
+        listing = list_files(resolve_path(self.offline_root, normalized))
+        if listing is None:
             raise NotFoundError(
                 f"no Parquet spine at {parquet_path!r} in the offline store",
                 reason="SPINE_NOT_FOUND", metadata={"parquet_path": parquet_path},
             )
-        if info.type == pafs.FileType.File:
-            infos = [info]
-        else:
-            infos = sorted(
-                (i for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                 if i.type == pafs.FileType.File
-                 and not any(p.startswith((".", "_")) for p in i.path[len(path):].split("/"))),
-                key=lambda i: i.path,
-            )
+        fs, path = listing.filesystem, listing.base
         files, schema = [], None
-        digest = hashlib.sha256()
-        for i in infos:
+        for i in listing.files:
             try:
                 with fs.open_input_file(i.path) as handle:
                     parquet = pq.ParquetFile(handle)
@@ -333,14 +322,13 @@ class SpineStore:
                     f"({i.path} differs from the first)", reason="SPINE_SCHEMA_MISMATCH",
                 )
             files.append(SpineFile(i.path, _row_groups(metadata)))
-            digest.update(f"{i.path}\t{i.size}\t{i.mtime_ns}\n".encode())
         if schema is None:
             raise NotFoundError(
                 f"no Parquet files under {parquet_path!r} in the offline store",
                 reason="SPINE_NOT_FOUND", metadata={"parquet_path": parquet_path},
             )
         return ParquetSpine(f"spine {parquet_path!r}", schema, sum(f.rows for f in files), None,
-                            digest.hexdigest()[:32], fs, tuple(files))
+                            listing.fingerprint, fs, tuple(files))
 
     def sweep(self, force: bool = False) -> int:
         """Delete expired spines (at most once a minute unless forced); returns how many."""

@@ -8,7 +8,9 @@ resolve. Directories are read recursively; hive-style partition directories
 
 from __future__ import annotations
 
+import hashlib
 import os
+from dataclasses import dataclass
 
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
@@ -32,6 +34,49 @@ def filesystem_and_path(location: str) -> tuple[pafs.FileSystem, str]:
         fs, inner = pafs.FileSystem.from_uri(location)
         return fs, inner
     return pafs.LocalFileSystem(), os.path.abspath(location)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The files under a path at one moment, as pyarrow's dataset discovery sees them."""
+
+    filesystem: pafs.FileSystem
+    base: str
+    is_directory: bool
+    files: tuple[pafs.FileInfo, ...]
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes when any file is added, removed, resized or rewritten."""
+        digest = hashlib.sha256()
+        for info in self.files:
+            digest.update(f"{info.path}\t{info.size}\t{info.mtime_ns}\n".encode())
+        return digest.hexdigest()[:32]
+
+
+def list_files(location: str) -> Listing | None:
+    """The files at `location` (a file, or a directory read recursively), or None.
+
+    Names starting with "." or "_" are skipped at any depth, as pyarrow's dataset
+    discovery skips them (temporary files of an atomic write, metadata files).
+    """
+    fs, path = filesystem_and_path(location)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    if info.type == pafs.FileType.File:
+        return Listing(fs, path, False, (info,))
+    found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    files = sorted(
+        (i for i in found if i.type == pafs.FileType.File and _visible(path, i.path)),
+        key=lambda i: str(i.path),
+    )
+    return Listing(fs, path, True, tuple(files))
+
+
+def _visible(base: str, path: str) -> bool:
+    relative = path[len(base):].lstrip("/")
+    return not any(part.startswith((".", "_")) for part in relative.split("/"))
 
 
 def view_dataset(offline_root: str, view: FeatureView) -> ds.Dataset:
