@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -131,56 +130,48 @@ def generate(directory: Path, scale: dict[str, Any]) -> None:
           flush=True)
 
 
+DEFINITIONS = """
+from datetime import timedelta
+from quiver import (
+    Bool, Entity, FeatureService, FeatureView, Field, Float64, Int32, Int64, ParquetSource, String,
+)
+
+user = Entity(name="user", join_keys=[Field("user_id", Int64)])
+merchant = Entity(name="merchant", join_keys=[Field("merchant_id", Int64)])
+device = Entity(name="device", join_keys=[Field("device_id", String)])
+user_stats = FeatureView(
+    name="user_stats", entities=[user], ttl=timedelta(days=30),
+    source=ParquetSource("user_stats", created_timestamp_field="created"),
+    schema=[Field("txn_count_1h", Int64), Field("txn_count_24h", Int64),
+            Field("txn_count_7d", Int64), Field("amount_sum_24h", Float64),
+            Field("amount_avg_7d", Float64), Field("distinct_merchants_7d", Int32),
+            Field("last_country", String)],
+)
+merchant_stats = FeatureView(
+    name="merchant_stats", entities=[merchant], ttl=timedelta(days=7),
+    source=ParquetSource("merchant_stats", created_timestamp_field="created"),
+    schema=[Field("chargeback_rate_30d", Float64), Field("txn_count_24h_m", Int64),
+            Field("avg_ticket_30d", Float64), Field("refund_rate_30d", Float64),
+            Field("is_high_risk", Bool), Field("age_days", Int64), Field("category_id", Int32)],
+)
+device_stats = FeatureView(
+    name="device_stats", entities=[device], ttl=timedelta(0),
+    source=ParquetSource("device_stats"),
+    schema=[Field("sessions_7d", Int64), Field("fail_logins_24h", Int64),
+            Field("screen_time_7d", Float64), Field("is_emulator", Bool),
+            Field("os", String), Field("risk_score", Float64)],
+)
+fraud_model = FeatureService(name="fraud_model", features=[user_stats, merchant_stats, device_stats])
+"""
+
+
 def _apply(directory: Path) -> None:
-    from quiver import (
-        Bool,
-        Entity,
-        FeatureService,
-        FeatureView,
-        Field,
-        Float64,
-        Int32,
-        Int64,
-        ParquetSource,
-        String,
-    )
-    from quiver.registry.v1 import registry_pb2
-    from quiver_server.registry import convert
-    from quiver_server.registry.store import RegistryStore
+    """Register the views the way a user does: a definitions file and `quiver apply`."""
+    from quiver_server.config import load_config
+    from quiver_server.repo import apply
 
-    user = Entity("user", (Field("user_id", Int64),))
-    merchant = Entity("merchant", (Field("merchant_id", Int64),))
-    device = Entity("device", (Field("device_id", String),))
-    views = [
-        FeatureView(name="user_stats", entities=[user], ttl=timedelta(days=30),
-                    source=ParquetSource("user_stats", created_timestamp_field="created"),
-                    schema=[Field("txn_count_1h", Int64), Field("txn_count_24h", Int64),
-                            Field("txn_count_7d", Int64), Field("amount_sum_24h", Float64),
-                            Field("amount_avg_7d", Float64), Field("distinct_merchants_7d", Int32),
-                            Field("last_country", String)]),
-        FeatureView(name="merchant_stats", entities=[merchant], ttl=timedelta(days=7),
-                    source=ParquetSource("merchant_stats", created_timestamp_field="created"),
-                    schema=[Field("chargeback_rate_30d", Float64), Field("txn_count_24h_m", Int64),
-                            Field("avg_ticket_30d", Float64), Field("refund_rate_30d", Float64),
-                            Field("is_high_risk", Bool), Field("age_days", Int64),
-                            Field("category_id", Int32)]),
-        FeatureView(name="device_stats", entities=[device], ttl=timedelta(0),
-                    source=ParquetSource("device_stats"),
-                    schema=[Field("sessions_7d", Int64), Field("fail_logins_24h", Int64),
-                            Field("screen_time_7d", Float64), Field("is_emulator", Bool),
-                            Field("os", String), Field("risk_score", Float64)]),
-    ]
-    service = FeatureService(name="fraud_model", features=views)
-
-    def change(proto: registry_pb2.Registry) -> str:
-        proto.Clear()
-        proto.project.name = "bench"
-        proto.entities.extend(convert.entity_to_proto(e) for e in (user, merchant, device))
-        proto.feature_views.extend(convert.view_to_proto(v) for v in views)
-        proto.feature_services.append(convert.service_to_proto(service))
-        return "apply"
-
-    RegistryStore(directory / "registry").commit(change)
+    (directory / "features.py").write_text(DEFINITIONS)
+    apply(load_config(directory, env={}))
 
 
 # --- servers (each in its own process) -----------------------------------------------
