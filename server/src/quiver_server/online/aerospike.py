@@ -58,6 +58,7 @@ from quiver_server.online.aerospike_policy import (
     read_policy,
 )
 from quiver_server.online.base import (
+    MAX_CACHED_READS,
     ViewRead,
     ViewReadResult,
     ViewTable,
@@ -281,6 +282,8 @@ class AerospikeOnlineStore:
         # Identity checks are cheap and catch a new registry version of the view.
         if layout is None or not _current(layout, table):
             layout = read_layout(table, features)
+            if len(self._read_layouts) >= MAX_CACHED_READS:
+                self._read_layouts.clear()
             self._read_layouts[key] = layout
         return layout
 

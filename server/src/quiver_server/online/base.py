@@ -110,6 +110,11 @@ class OnlineStore(Protocol):
     def close(self) -> None: ...
 
 
+# Stores cache prepared reads per (view, feature selection); clients choose the
+# selection, so the caches are bounded (and simply start over when full).
+MAX_CACHED_READS = 1024
+
+
 def check_batch(table: ViewTable, batch: WriteBatch) -> None:
     """Reject a batch whose columns disagree in length or carry null timestamps."""
     n = len(batch.keys)

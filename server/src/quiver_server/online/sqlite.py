@@ -45,6 +45,7 @@ from quiver.errors import (
     UnavailableError,
 )
 from quiver_server.online.base import (
+    MAX_CACHED_READS,
     ViewRead,
     ViewReadResult,
     ViewTable,
@@ -377,6 +378,8 @@ class SqliteOnlineStore:
         # Identity checks are cheap and catch a new registry version of the view.
         if plan is None or plan.view is not table.view or plan.bin_names is not table.bin_names:
             plan = _build_read_plan(table, features)
+            if len(self._read_plans) >= MAX_CACHED_READS:
+                self._read_plans.clear()
             self._read_plans[key] = plan
         return plan
 
