@@ -36,7 +36,8 @@ from pyarrow import flight
 from quiver.errors import InvalidArgumentError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import flight_error, pack, timestamp_seconds, unpack_command
-from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
+from quiver_flight.engines.factory import training_engine
+from quiver_flight.pit import check_timestamp_column
 from quiver_flight.spines import SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.training import TrainingSets
@@ -268,9 +269,7 @@ def create_flight_server(
     flight_config = config.flight
     if cache_bytes is None:
         cache_bytes = flight_config.history_cache_bytes
-    engine = PointInTimeEngine(
-        config.offline_root, cache_bytes=cache_bytes, batch_rows=flight_config.batch_rows
-    )
+    engine = training_engine(config, cache_bytes=cache_bytes, clock=clock)
     spines = SpineStore(
         config.offline_root,
         max_rows=flight_config.max_spine_rows,

@@ -29,12 +29,8 @@ from quiver.errors import (
 )
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
-from quiver_flight.pit import (
-    PointInTimeEngine,
-    feature_fields,
-    group_by_view,
-    output_schema,
-)
+from quiver_flight.engines import TrainingEngine, TrainingJob
+from quiver_flight.pit import feature_fields, group_by_view, output_schema
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_server.config import FlightConfig
@@ -70,7 +66,7 @@ class TrainingSets:
     def __init__(
         self,
         registry: RegistryStore,
-        engine: PointInTimeEngine,
+        engine: TrainingEngine,
         spines: SpineStore,
         signer: TicketSigner,
         config: FlightConfig,
@@ -163,6 +159,10 @@ class TrainingSets:
         if 0 < command.partition_rows < per_partition:
             per_partition = int(command.partition_rows)
         count = max(1, math.ceil(rows / per_partition))
+        expires_at = spine.expires_at or self.clock() + self.spines.ttl_seconds
+        staged = self.engine.stage(TrainingJob(
+            spine, refs, sources, schema, timestamp_column, per_partition, count, expires_at
+        ))
         base = pb.TrainingSetPartition(
             spine=command.spine,
             timestamp_column=timestamp_column,
@@ -177,6 +177,8 @@ class TrainingSets:
         base.planned_at.FromDatetime(timestamp_seconds(self.clock()))
         if spine.expires_at is not None:
             base.spine_expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
+        if staged is not None:
+            base.staged_expires_at.FromDatetime(timestamp_seconds(staged.expires_at))
         tickets = []
         for index in range(count):
             partition = pb.TrainingSetPartition()
@@ -184,6 +186,8 @@ class TrainingSets:
             partition.partition_index = index
             partition.row_offset = index * per_partition
             partition.row_count = min(per_partition, rows - index * per_partition) if rows else 0
+            if staged is not None:
+                partition.staged_path = staged.paths[index]
             payload = partition.SerializeToString()
             tickets.append(pack(pb.TrainingSetTicket(
                 partition=payload, signature=self.signer.sign(payload)
@@ -214,6 +218,10 @@ class TrainingSets:
             expires = partition.spine_expires_at.ToMicroseconds() / 1_000_000
             if self.clock() >= expires:
                 raise _stale(f"its spine expired at {timestamp_seconds(expires).isoformat()}")
+        if partition.HasField("staged_expires_at"):
+            expires = partition.staged_expires_at.ToMicroseconds() / 1_000_000
+            if self.clock() >= expires:
+                raise _stale(f"its staged rows expired at {timestamp_seconds(expires).isoformat()}")
         try:
             snapshot = self.snapshot(partition.registry_version)
         except FailedPreconditionError:
@@ -232,10 +240,7 @@ class TrainingSets:
         rows = spine.read(partition.row_offset, partition.row_count)
         schema = output_schema(spine.schema, refs, timestamp_column=partition.timestamp_column,
                                full_feature_names=partition.full_feature_names)
-        batches = self.engine.join(
-            rows, refs, timestamp_column=partition.timestamp_column,
-            full_feature_names=partition.full_feature_names, sources=sources,
-        )
+        batches = self.engine.open(partition, rows, refs, sources, schema)
         return PartitionJob(schema, batches, partition)
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:

@@ -64,10 +64,39 @@ OnlineStoreConfig = Annotated[
 ]
 
 
+class SparkConfig(_Model):
+    """How the `spark` offline engine reaches Spark (docs/spark.md)."""
+
+    master: str = Field(
+        "local[*]",
+        description="spark.master of the session Quiver starts: local[N], spark://host:7077, "
+        "k8s://https://host:443, ...",
+    )
+    remote: str | None = Field(
+        None, description="Spark Connect URL (sc://host:15002); when set, Quiver connects to it "
+        "instead of starting a session, and `master` is not used.",
+    )
+    app_name: str = Field("quiver", description="Spark application name.")
+    conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="Spark settings passed through as they are (spark.executor.memory, "
+        "spark.executor.instances, ...).",
+    )
+    write_partitions: int = Field(
+        0, ge=0, description="Partitions (parallel writers) materialization writes the online "
+        "store from; 0 means Spark's default parallelism.",
+    )
+
+
 class OfflineStoreConfig(_Model):
-    """Where Parquet history and uploaded spines live."""
+    """Where Parquet history and uploaded spines live, and which engine computes on them."""
 
     root: str = Field("data", description="Base for relative source paths; a path or URI.")
+    engine: Literal["local", "spark"] = Field(
+        "local", description="local: in-process (Arrow, DuckDB); spark: training sets, "
+        "backfills and materialization run as Spark jobs (needs the `spark` extra).",
+    )
+    spark: SparkConfig = SparkConfig()
 
 
 class ServingConfig(_Model):

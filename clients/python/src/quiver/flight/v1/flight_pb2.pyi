@@ -352,6 +352,8 @@ class TrainingSetPartition(_message.Message):
     HISTORY_FINGERPRINTS_FIELD_NUMBER: _builtins.int
     PLANNED_AT_FIELD_NUMBER: _builtins.int
     SPINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    STAGED_PATH_FIELD_NUMBER: _builtins.int
+    STAGED_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     timestamp_column: _builtins.str
     """Spine column holding each row's event time."""
     full_feature_names: _builtins.bool
@@ -370,6 +372,12 @@ class TrainingSetPartition(_message.Message):
     """Number of endpoints of the training set."""
     spine_fingerprint: _builtins.str
     """Digest of the spine file(s) of a parquet_path spine when planned."""
+    staged_path: _builtins.str
+    """Where the partition's rows were computed ahead, relative to the offline
+    store root, when an engine that runs jobs (offline_store.engine: spark)
+    planned the training set; do_get then streams them. Empty: the rows are
+    computed when the ticket is served.
+    """
     @_builtins.property
     def spine(self) -> Global___SpineSource:
         """The spine."""
@@ -392,6 +400,10 @@ class TrainingSetPartition(_message.Message):
     def planned_at(self) -> _timestamp_pb2.Timestamp:
         """When the training set was planned."""
 
+    @_builtins.property
+    def staged_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the staged rows are deleted; later, the ticket is stale."""
+
     def __init__(
         self,
         *,
@@ -409,10 +421,12 @@ class TrainingSetPartition(_message.Message):
         history_fingerprints: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         planned_at: _timestamp_pb2.Timestamp | None = ...,
         spine_fingerprint: _builtins.str = ...,
+        staged_path: _builtins.str = ...,
+        staged_expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["planned_at", b"planned_at", "spine", b"spine", "spine_expires_at", b"spine_expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["planned_at", b"planned_at", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "staged_expires_at", b"staged_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "staged_expires_at", b"staged_expires_at", "staged_path", b"staged_path", "timestamp_column", b"timestamp_column"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,90 @@
+"""The interface between the Flight service and an engine that computes training sets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+
+from quiver import FeatureView
+from quiver.flight.v1 import flight_pb2 as pb
+from quiver_flight.history import HistorySource
+from quiver_flight.spines import Spine
+from quiver_server.registry.snapshot import FeatureRef
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """A checked training set, cut into partitions of `partition_rows` spine rows.
+
+    Attributes:
+        spine: The whole spine.
+        refs: Resolved features, in output order.
+        sources: Each view's history as listed when planned.
+        schema: The output schema.
+        timestamp_column: The spine's event-time column.
+        partition_rows: Spine rows per partition (the last may hold fewer).
+        partitions: Number of partitions.
+        expires_at: Seconds since the epoch after which tickets are stale.
+    """
+
+    spine: Spine
+    refs: Sequence[FeatureRef]
+    sources: Mapping[str, HistorySource]
+    schema: pa.Schema
+    timestamp_column: str
+    partition_rows: int
+    partitions: int
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Where a job's partitions were computed ahead.
+
+    Attributes:
+        paths: One directory per partition, relative to the offline store root.
+        expires_at: Seconds since the epoch when they are deleted.
+    """
+
+    paths: list[str]
+    expires_at: float
+
+
+class TrainingEngine(Protocol):
+    """What the Flight service needs from an engine."""
+
+    def locate(self, views: Sequence[FeatureView]) -> dict[str, HistorySource]:
+        """List the history files of `views` (their fingerprints pin tickets)."""
+        ...
+
+    def check_sources(self, refs: Sequence[FeatureRef], sources: Mapping[str, HistorySource]) -> None:
+        """Raise FailedPreconditionError if a view's history lacks a column the refs need."""
+        ...
+
+    def stage(self, job: TrainingJob) -> Staged | None:
+        """Compute the job's partitions ahead, or None to compute each when it is served.
+
+        Raises:
+            InvalidArgumentError: the spine's values do not fit (times out of range).
+            FailedPreconditionError: the history changed or is malformed.
+            UnavailableError: the engine cannot be reached.
+        """
+        ...
+
+    def open(
+        self,
+        partition: pb.TrainingSetPartition,
+        rows: pa.Table,
+        refs: Sequence[FeatureRef],
+        sources: Mapping[str, HistorySource],
+        schema: pa.Schema,
+    ) -> Iterator[pa.RecordBatch]:
+        """The rows of one partition (`rows` are its spine rows), in spine order.
+
+        Raises:
+            FailedPreconditionError: its staged rows are gone (reason STALE_TICKET).
+        """
+        ...

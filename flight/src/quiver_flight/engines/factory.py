@@ -1,0 +1,25 @@
+"""The training-set engine `offline_store.engine` names."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from quiver_flight.engines.base import TrainingEngine
+from quiver_flight.engines.local import LocalTrainingEngine
+from quiver_flight.pit import PointInTimeEngine
+from quiver_server.config import QuiverConfig
+
+
+def training_engine(
+    config: QuiverConfig, *, cache_bytes: int, clock: Callable[[], float] = time.time
+) -> TrainingEngine:
+    """The engine of `config`; the Spark one is imported only when configured."""
+    pit = PointInTimeEngine(
+        config.offline_root, cache_bytes=cache_bytes, batch_rows=config.flight.batch_rows
+    )
+    if config.offline_store.engine == "spark":
+        from quiver_flight.engines.spark import SparkTrainingEngine
+
+        return SparkTrainingEngine(pit, config.offline_store.spark, clock)
+    return LocalTrainingEngine(pit)
