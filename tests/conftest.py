@@ -45,3 +45,35 @@ def materialized(applied_demo: QuiverConfig) -> QuiverConfig:
     end = datetime.now(UTC) + timedelta(seconds=1)
     materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
     return applied_demo
+
+
+# Settings that keep the test run's one Spark session small and quiet.
+TEST_SPARK_CONF = {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.default.parallelism": "2",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.memory": "1g",
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+}
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """The run's one SparkSession (local[2]); Quiver's engines find it as the active session.
+
+    Tests that use it are skipped when PySpark (the `spark` extra) is not installed.
+    """
+    pytest.importorskip("pyspark", reason="PySpark is not installed (the `spark` extra)")
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master("local[2]").appName("quiver-tests")
+    for key, value in TEST_SPARK_CONF.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    try:
+        yield session
+    finally:
+        session.stop()

@@ -1,8 +1,9 @@
 """Hand-computed edge cases of the point-in-time join (DESIGN.md, "Semantics that must be exact").
 
-Every test runs three ways: features gathered from the cached index layout,
-gathered by one scan of the history (a cache too small to hold them), and with
-event times rank-compressed in the index (as for histories spanning centuries).
+Every test runs four ways: features gathered from the cached index layout,
+gathered by one scan of the history (a cache too small to hold them), with
+event times rank-compressed in the index (as for histories spanning centuries),
+and on the Spark engine, whose result must equal the local one cell for cell.
 """
 
 from __future__ import annotations
@@ -62,8 +63,15 @@ def spine(user_ids: Sequence[int | None], times: Sequence[datetime], **extra: An
                      "event_timestamp": pa.array(times, US), **extra})
 
 
-@pytest.fixture(params=["cached", "scan", "ranked"])
+@pytest.fixture(params=["cached", "scan", "ranked", pytest.param("spark", marks=pytest.mark.spark)])
 def engine(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PointInTimeEngine]:
+    if request.param == "spark":
+        # The Spark engine on the same case, checked cell for cell against the local one.
+        from spark_support import BothEngines
+
+        request.getfixturevalue("spark")
+        yield BothEngines(str(tmp_path))  # type: ignore[misc]
+        return
     if request.param == "ranked":
         monkeypatch.setattr(history, "MAX_COMPOSITE_BITS", 0)
     cache = 0 if request.param == "scan" else 1 << 30

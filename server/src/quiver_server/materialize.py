@@ -209,6 +209,10 @@ def _run(
     windows: Sequence[tuple[ViewTable, datetime | None, datetime]],
     progress: bool,
 ) -> list[ViewMaterialization]:
+    if config.offline_store.engine == "spark":
+        from quiver_server.spark.materialize import run_on_spark
+
+        return run_on_spark(config, registry, windows, progress)
     # Check every source before writing anything.
     jobs = [_plan(config, table, start, end) for table, start, end in windows]
     results: list[ViewMaterialization] = []

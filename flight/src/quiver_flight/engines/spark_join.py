@@ -35,11 +35,15 @@ from quiver_server.spark.frames import (
     SOURCE_ROW,
     SPARK_TYPES,
     all_valid,
-    feature_column as history_feature,
-    key_column as history_key,
     read_history,
     spark_path,
     time_units,
+)
+from quiver_server.spark.frames import (
+    feature_column as history_feature,
+)
+from quiver_server.spark.frames import (
+    key_column as history_key,
 )
 
 if TYPE_CHECKING:

@@ -1,4 +1,8 @@
-"""Run the Spark engine's training-set path on a table, next to the local engine."""
+"""Helpers for tests of the Spark engine (they need the `spark` session fixture).
+
+`BothEngines` runs the Spark engine's training-set path on a table next to the
+local engine and checks that they agree cell for cell.
+"""
 
 from __future__ import annotations
 
