@@ -29,7 +29,7 @@ from quiver.errors import FailedPreconditionError
 from quiver_flight.keys import IntArray, KeyEncoder, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, comparison_unit, to_units
 from quiver_server.offline.columns import cast_column, compatible
-from quiver_server.offline.source import list_files, resolve_path
+from quiver_server.offline.source import list_files, resolve_path, source_not_found
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
 # Sorting packs (key id, event time) into one non-negative int64; when the raw
@@ -88,11 +88,7 @@ def locate(offline_root: str, view: FeatureView) -> HistorySource:
     location = resolve_path(offline_root, view.source.path)
     listing = list_files(location)
     if listing is None:
-        raise FailedPreconditionError(
-            f"feature view {view.name!r}: source {location!r} does not exist",
-            reason="SOURCE_NOT_FOUND",
-            metadata={"feature_view": view.name},
-        )
+        raise source_not_found(view, location)
     return HistorySource(
         view=view,
         location=location,

@@ -1,6 +1,7 @@
 """The `quiver` command line.
 
     quiver [--repo DIR] apply | plan | materialize START END | materialize-incremental END
+                        | backfill VIEW START END
                         | serve | serve-flight | registry history | registry show [VERSION]
                         | registry prune [--keep N]
                         | delete-entity KEY=VALUE... [--views V,...]
@@ -22,6 +23,8 @@ from google.protobuf import text_format
 
 from quiver.errors import QuiverError
 from quiver_server.config import QuiverConfig, load_config
+
+ENGINES = ("local", "spark")
 
 
 def parse_time(text: str) -> datetime:
@@ -58,9 +61,18 @@ def cmd_plan(config: QuiverConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_engine(config: QuiverConfig, engine: str | None) -> QuiverConfig:
+    """`config` with `offline_store.engine` set from --engine, when given."""
+    if engine is None:
+        return config
+    store = config.offline_store.model_copy(update={"engine": engine})
+    return config.model_copy(update={"offline_store": store})
+
+
 def cmd_materialize(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_range
 
+    config = _with_engine(config, args.engine)
     if args.start >= args.end:
         raise SystemExit(f"quiver: error: START ({args.start}) must be before END ({args.end})")
     materialize_range(config, args.start, args.end, _views(args.views), progress=True)
@@ -70,7 +82,20 @@ def cmd_materialize(config: QuiverConfig, args: argparse.Namespace) -> int:
 def cmd_materialize_incremental(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_incremental
 
+    config = _with_engine(config, args.engine)
     materialize_incremental(config, args.end, _views(args.views), progress=True)
+    return 0
+
+
+def cmd_backfill(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.backfill import backfill
+
+    if args.start >= args.end:
+        raise SystemExit(f"quiver: error: START ({args.start}) must be before END ({args.end})")
+    result = backfill(config, args.view, args.start, args.end, engine=args.engine)
+    print(result)
+    if result.materialized is not None:
+        print(result.materialized)
     return 0
 
 
@@ -171,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("start", type=parse_time, metavar="START")
     p.add_argument("end", type=parse_time, metavar="END")
     p.add_argument("--views", help="comma-separated feature views (default: all online views)")
+    p.add_argument("--engine", choices=ENGINES, help="offline engine (default: offline_store.engine)")
     p.set_defaults(func=cmd_materialize)
 
     p = sub.add_parser(
@@ -178,7 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("end", type=parse_time, metavar="END")
     p.add_argument("--views", help="comma-separated feature views (default: all online views)")
+    p.add_argument("--engine", choices=ENGINES, help="offline engine (default: offline_store.engine)")
     p.set_defaults(func=cmd_materialize_incremental)
+
+    p = sub.add_parser(
+        "backfill", help="compute a view's history in [START, END) with its transformation"
+    )
+    p.add_argument("view", metavar="VIEW")
+    p.add_argument("start", type=parse_time, metavar="START")
+    p.add_argument("end", type=parse_time, metavar="END")
+    p.add_argument("--engine", choices=ENGINES, help="offline engine (default: offline_store.engine)")
+    p.set_defaults(func=cmd_backfill)
 
     p = sub.add_parser("serve", help="serve online features over gRPC")
     p.add_argument("--host", help="listen address (default: serving.host)")

@@ -233,6 +233,7 @@ def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
 def plan(config: QuiverConfig) -> Plan:
     """Validate the repo and compute what `apply` would change."""
     contents = load_repo(config.repo_path)
+    _check_transformations(contents, config)
     store = RegistryStore(config.registry_path)
     base = store.latest_version()
     proto = store.read(base) if base else pb.Registry()
@@ -242,6 +243,7 @@ def plan(config: QuiverConfig) -> Plan:
 def apply(config: QuiverConfig) -> tuple[Plan, Snapshot | None]:
     """Validate the repo and store a new registry version if anything changed."""
     contents = load_repo(config.repo_path)
+    _check_transformations(contents, config)
     store = RegistryStore(config.registry_path)
     result: dict[str, Plan] = {}
 
@@ -254,6 +256,13 @@ def apply(config: QuiverConfig) -> tuple[Plan, Snapshot | None]:
 
     snapshot = store.commit(change)
     return result["plan"], snapshot
+
+
+def _check_transformations(contents: RepoContents, config: QuiverConfig) -> None:
+    from quiver_server.backfill.validate import check_transformations
+
+    origin = {name: file for (kind, name), file in contents.origin.items() if kind == "feature_view"}
+    check_transformations(contents.feature_views, config, origin)
 
 
 def _rebuild(proto: pb.Registry, contents: RepoContents, config: QuiverConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quiver._definitions import (
+    BatchTransformation,
     Entity,
     FeatureProjection,
     FeatureService,
@@ -30,6 +31,7 @@ from quiver.errors import QuiverError
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchTransformation",
     "Bool",
     "Bytes",
     "Entity",

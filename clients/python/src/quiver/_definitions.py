@@ -134,6 +134,81 @@ class ParquetSource:
         object.__setattr__(self, "field_mapping", dict(self.field_mapping))
 
 
+# Where computed history lives under the offline store root: one directory per
+# view, one per version below it (`quiver backfill` writes them).
+BACKFILL_DIRECTORY = "_backfill"
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class BatchTransformation:
+    """A feature view's history computed from raw data by `quiver backfill`.
+
+    Exactly one of `sql` and `function` is given. Both see the raw rows whose
+    own time (each input's `timestamp_field`) lies in the backfilled window,
+    widened by `lookback` into the past; of what they produce, the rows whose
+    event time lies in the window are kept. Their output has the view's join
+    keys, `timestamp_field`, optional `created_timestamp_field` and features,
+    under those names; types are cast to the declared ones.
+
+    Args:
+        inputs: Raw Parquet sources by the table name the SQL uses.
+        sql: A query over the inputs, in the SQL that DuckDB (local engine) and
+            Spark SQL (spark engine) share.
+        function: ``"package.module:function"``, a function taking an iterator
+            of `pyarrow.RecordBatch` of the one input and yielding record
+            batches; imported from the feature repo or an installed package.
+            On Spark it runs per partition, so it must not aggregate across
+            batches (use SQL for that).
+        timestamp_field: The output's event-time column.
+        created_timestamp_field: Optional output column breaking ties.
+        lookback: How much raw data before the window the output needs (for
+            trailing aggregates).
+    """
+
+    inputs: Mapping[str, ParquetSource]
+    sql: str | None = None
+    function: str | None = None
+    timestamp_field: str = "event_timestamp"
+    created_timestamp_field: str | None = None
+    lookback: timedelta = timedelta(0)
+
+    def __post_init__(self) -> None:
+        where = "BatchTransformation"
+        inputs = dict(self.inputs)
+        if not inputs:
+            raise DefinitionError(f"{where}: inputs must name at least one raw ParquetSource")
+        for name, source in inputs.items():
+            check_name("transformation input", name)
+            if not isinstance(source, ParquetSource):
+                raise DefinitionError(f"{where}: input {name!r} must be a ParquetSource, got {source!r}")
+        object.__setattr__(self, "inputs", inputs)
+        if (self.sql is None) == (self.function is None):
+            raise DefinitionError(f"{where}: give exactly one of sql and function")
+        if self.sql is not None and (not isinstance(self.sql, str) or not self.sql.strip()):
+            raise DefinitionError(f"{where}: sql must be a non-empty query")
+        if self.function is not None:
+            if not isinstance(self.function, str) or not _IMPORT_PATH.match(self.function):
+                raise DefinitionError(
+                    f"{where}: function must be an import path 'package.module:function', "
+                    f"got {self.function!r}"
+                )
+            if len(inputs) != 1:
+                raise DefinitionError(f"{where}: a function transforms exactly one input")
+        check_name("timestamp field", self.timestamp_field)
+        if self.created_timestamp_field is not None:
+            check_name("created timestamp field", self.created_timestamp_field)
+        if not isinstance(self.lookback, timedelta) or self.lookback < timedelta(0) or (
+            self.lookback % timedelta(seconds=1)
+        ):
+            raise DefinitionError(
+                f"{where}: lookback must be a non-negative whole number of seconds, got {self.lookback!r}"
+            )
+
+    def __hash__(self) -> int:
+        return hash((self.sql, self.function, tuple(self.inputs)))
+
+
 @dataclass(frozen=True)
 class FeatureProjection:
     """A selection of features from one view, e.g. ``user_stats[["txn_count_7d"]]``."""
@@ -149,7 +224,8 @@ class FeatureView:
         name: Unique view name.
         entities: The entities whose join keys identify a row.
         schema: The features, e.g. ``[Field("txn_count_7d", Int64)]``.
-        source: Where the history lives.
+        source: Where the history lives: ready-made Parquet (`ParquetSource`),
+            or a `BatchTransformation` that `quiver backfill` computes it with.
         ttl: How long a value stays valid after its event time, for training
             sets and online reads; ``timedelta(0)`` means forever.
         online: Whether the view is materialized into the online store.
@@ -164,7 +240,7 @@ class FeatureView:
         name: str,
         entities: Sequence[Entity],
         schema: Sequence[Field],
-        source: ParquetSource,
+        source: ParquetSource | BatchTransformation,
         ttl: timedelta = timedelta(0),
         online: bool = True,
         description: str = "",
@@ -187,8 +263,20 @@ class FeatureView:
             if not isinstance(feature, Field):
                 raise DefinitionError(f"{where}: schema must hold Field objects, got {feature!r}")
         _check_unique(f"{where} features", [f.name for f in self.schema])
+        self.transformation: BatchTransformation | None = None
+        if isinstance(source, BatchTransformation):
+            # The history's location is the registry's to choose (one directory
+            # per version); until a backfill it names a version that does not exist.
+            self.transformation = source
+            source = ParquetSource(
+                path=f"{BACKFILL_DIRECTORY}/{name}/v0",
+                timestamp_field=source.timestamp_field,
+                created_timestamp_field=source.created_timestamp_field,
+            )
         if not isinstance(source, ParquetSource):
-            raise DefinitionError(f"{where}: source must be a ParquetSource, got {source!r}")
+            raise DefinitionError(
+                f"{where}: source must be a ParquetSource or a BatchTransformation, got {source!r}"
+            )
         self.source = source
         if not isinstance(ttl, timedelta) or ttl < timedelta(0):
             raise DefinitionError(f"{where}: ttl must be a non-negative timedelta, got {ttl!r}")
@@ -263,7 +351,8 @@ class FeatureView:
 
     def _key(self) -> tuple[object, ...]:
         return (
-            self.name, self.entities, self.schema, self.source, self.ttl, self.online,
+            self.name, self.entities, self.schema, self.source, self.transformation, self.ttl,
+            self.online,
             self.description, self.owner, tuple(sorted(self.tags.items())),
         )
 

@@ -89,10 +89,7 @@ def view_dataset(offline_root: str, view: FeatureView) -> ds.Dataset:
     fs, path = filesystem_and_path(location)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise FailedPreconditionError(
-            f"feature view {view.name!r}: source {location!r} does not exist",
-            reason="SOURCE_NOT_FOUND",
-        )
+        raise source_not_found(view, location)
     return ds.dataset(
         path,
         filesystem=fs,
@@ -100,4 +97,18 @@ def view_dataset(offline_root: str, view: FeatureView) -> ds.Dataset:
         partitioning="hive",
         exclude_invalid_files=False,
         ignore_prefixes=[".", "_"],
+    )
+
+
+def source_not_found(view: FeatureView, location: str) -> FailedPreconditionError:
+    """The error for a view whose history is not there (yet)."""
+    if view.transformation is not None:
+        return FailedPreconditionError(
+            f"feature view {view.name!r} is computed by its transformation and has no history "
+            f"yet; run `quiver backfill {view.name} START END`",
+            reason="SOURCE_NOT_FOUND", metadata={"feature_view": view.name},
+        )
+    return FailedPreconditionError(
+        f"feature view {view.name!r}: source {location!r} does not exist",
+        reason="SOURCE_NOT_FOUND", metadata={"feature_view": view.name},
     )

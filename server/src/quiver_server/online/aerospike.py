@@ -234,7 +234,7 @@ class AerospikeOnlineStore:
             return 0
         client = self._connection.client()
         namespace = self.namespace
-        set_ = set_name(table.project, table.name)
+        set_ = set_name(table.project, table.storage_name)
         action = f"deleting from feature view {table.name!r}"
         deleted = 0
         size = self.config.batch_size
@@ -277,7 +277,7 @@ class AerospikeOnlineStore:
     # -- layouts and records ---------------------------------------------------------
 
     def _read_layout(self, table: ViewTable, features: tuple[str, ...]) -> ReadLayout:
-        key = (table.project, table.name, features)
+        key = (table.project, table.storage_name, features)
         layout = self._read_layouts.get(key)
         # Identity checks are cheap and catch a new registry version of the view.
         if layout is None or not _current(layout, table):
@@ -288,7 +288,7 @@ class AerospikeOnlineStore:
         return layout
 
     def _write_layout(self, table: ViewTable) -> WriteLayout:
-        key = (table.project, table.name)
+        key = (table.project, table.storage_name)
         layout = self._write_layouts.get(key)
         if layout is None or not _current(layout, table):
             layout = write_layout(table)

@@ -190,7 +190,7 @@ def read_layout(table: ViewTable, features: Sequence[str]) -> ReadLayout:
     read_ops = [{"op": aerospike.OPERATOR_READ, "bin": b} for b in read_bins]
     unwanted = frozenset(table.bin_names.values()).difference(bins)
     return ReadLayout(
-        table.view, table.bin_names, set_name(table.project, table.name), features, bins,
+        table.view, table.bin_names, set_name(table.project, table.storage_name), features, bins,
         decoders, read_bins, read_ops, unwanted,
     )
 
@@ -232,7 +232,7 @@ def write_layout(table: ViewTable) -> WriteLayout:
     return WriteLayout(
         view,
         table.bin_names,
-        set_name(table.project, table.name),
+        set_name(table.project, table.storage_name),
         features,
         tuple(bin_name(table, f) for f in features),
         record_ttl(view),

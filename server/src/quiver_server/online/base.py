@@ -28,10 +28,22 @@ class ViewTable:
     view: FeatureView
     # Feature name -> short storage name (at most 15 characters).
     bin_names: Mapping[str, str]
+    # The version of a computed view's history whose rows the store holds (0:
+    # the view reads ready-made history); each version has its own storage,
+    # so a view switches versions online in one registry commit.
+    generation: int = 0
 
     @property
     def name(self) -> str:
         return self.view.name
+
+    @property
+    def storage_name(self) -> str:
+        """The name the store files the view's rows under: the view, or ``view-vN``.
+
+        View names never contain "-", so no view's name equals another's storage name.
+        """
+        return self.view.name if self.generation == 0 else f"{self.view.name}-v{self.generation}"
 
 
 @dataclass

@@ -229,7 +229,7 @@ class SqliteOnlineStore:
         if not unique:
             return 0
         conn = self._conn()
-        name = quote(table_name(table.project, table.name))
+        name = quote(table_name(table.project, table.storage_name))
         deleted = 0
         with self._errors(f"deleting from feature view {table.name!r}"):
             conn.execute("BEGIN IMMEDIATE")
@@ -338,7 +338,7 @@ class SqliteOnlineStore:
     # -- writes ----------------------------------------------------------------------
 
     def _write_plan(self, table: ViewTable) -> _WritePlan:
-        key = (table.project, table.name)
+        key = (table.project, table.storage_name)
         plan = self._write_plans.get(key)
         if plan is None or plan.view is not table.view or plan.bin_names is not table.bin_names:
             plan = _build_write_plan(table)
@@ -373,7 +373,7 @@ class SqliteOnlineStore:
     # -- reads -----------------------------------------------------------------------
 
     def _read_plan(self, table: ViewTable, features: tuple[str, ...]) -> _ReadPlan:
-        key = (table.project, table.name, features)
+        key = (table.project, table.storage_name, features)
         plan = self._read_plans.get(key)
         # Identity checks are cheap and catch a new registry version of the view.
         if plan is None or plan.view is not table.view or plan.bin_names is not table.bin_names:
@@ -448,7 +448,7 @@ def _build_read_plan(table: ViewTable, features: tuple[str, ...]) -> _ReadPlan:
     bools = tuple(
         i for i, f in enumerate(features) if feature_type(view, f) == ValueType.BOOL
     )
-    name = table_name(table.project, table.name)
+    name = table_name(table.project, table.storage_name)
     return _ReadPlan(
         view, table.bin_names, name, features, bins, bools, _select_prefix(name, bins)
     )
@@ -468,7 +468,7 @@ def _build_write_plan(table: ViewTable) -> _WritePlan:
     view = table.view
     features = tuple(view.feature_names)
     bins = tuple(_bin(table, f) for f in features)
-    name = quote(table_name(table.project, table.name))
+    name = quote(table_name(table.project, table.storage_name))
     types = _column_types(view, features)
     definitions = ", ".join(
         [
@@ -488,7 +488,7 @@ def _build_write_plan(table: ViewTable) -> _WritePlan:
         f"WHERE (excluded.{event}, excluded.{created}) >= ({name}.{event}, {name}.{created})"
     )
     return _WritePlan(
-        view, table.bin_names, table_name(table.project, table.name), features, bins,
+        view, table.bin_names, table_name(table.project, table.storage_name), features, bins,
         f"CREATE TABLE IF NOT EXISTS {name} ({definitions}) WITHOUT ROWID", upsert,
     )
 

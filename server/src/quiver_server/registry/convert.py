@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 
-from quiver import Entity, FeatureProjection, FeatureService, FeatureView, Field, ParquetSource
+from quiver import (
+    BatchTransformation,
+    Entity,
+    FeatureProjection,
+    FeatureService,
+    FeatureView,
+    Field,
+    ParquetSource,
+)
 from quiver._types import ValueType
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
@@ -41,23 +49,65 @@ def entity_from_proto(p: pb.Entity) -> Entity:
     )
 
 
+def source_to_proto(s: ParquetSource) -> pb.ParquetSource:
+    return pb.ParquetSource(
+        path=s.path,
+        timestamp_field=s.timestamp_field,
+        created_timestamp_field=s.created_timestamp_field or "",
+        field_mapping=dict(s.field_mapping),
+    )
+
+
+def source_from_proto(p: pb.ParquetSource) -> ParquetSource:
+    return ParquetSource(
+        path=p.path,
+        timestamp_field=p.timestamp_field,
+        created_timestamp_field=p.created_timestamp_field or None,
+        field_mapping=dict(p.field_mapping),
+    )
+
+
+def transformation_to_proto(t: BatchTransformation) -> pb.BatchTransformation:
+    proto = pb.BatchTransformation(
+        inputs={name: source_to_proto(s) for name, s in t.inputs.items()},
+        timestamp_field=t.timestamp_field,
+        created_timestamp_field=t.created_timestamp_field or "",
+        lookback_seconds=int(t.lookback.total_seconds()),
+    )
+    if t.sql is not None:
+        proto.sql = t.sql
+    else:
+        proto.function = t.function or ""
+    return proto
+
+
+def transformation_from_proto(p: pb.BatchTransformation) -> BatchTransformation:
+    body = p.WhichOneof("body")
+    return BatchTransformation(
+        inputs={name: source_from_proto(s) for name, s in p.inputs.items()},
+        sql=p.sql if body == "sql" else None,
+        function=p.function if body == "function" else None,
+        timestamp_field=p.timestamp_field,
+        created_timestamp_field=p.created_timestamp_field or None,
+        lookback=timedelta(seconds=p.lookback_seconds),
+    )
+
+
 def view_to_proto(v: FeatureView) -> pb.FeatureView:
-    return pb.FeatureView(
+    proto = pb.FeatureView(
         name=v.name,
         entities=[e.name for e in v.entities],
         features=[field_to_proto(f) for f in v.schema],
-        source=pb.ParquetSource(
-            path=v.source.path,
-            timestamp_field=v.source.timestamp_field,
-            created_timestamp_field=v.source.created_timestamp_field or "",
-            field_mapping=dict(v.source.field_mapping),
-        ),
+        source=source_to_proto(v.source),
         ttl_seconds=v.ttl_seconds,
         online=v.online,
         description=v.description,
         owner=v.owner,
         tags=dict(v.tags),
     )
+    if v.transformation is not None:
+        proto.transformation.CopyFrom(transformation_to_proto(v.transformation))
+    return proto
 
 
 def view_from_proto(p: pb.FeatureView, entities: Mapping[str, Entity]) -> FeatureView:
@@ -68,11 +118,9 @@ def view_from_proto(p: pb.FeatureView, entities: Mapping[str, Entity]) -> Featur
         name=p.name,
         entities=[entities[name] for name in p.entities],
         schema=[field_from_proto(f) for f in p.features],
-        source=ParquetSource(
-            path=p.source.path,
-            timestamp_field=p.source.timestamp_field,
-            created_timestamp_field=p.source.created_timestamp_field or None,
-            field_mapping=dict(p.source.field_mapping),
+        source=(
+            transformation_from_proto(p.transformation) if p.HasField("transformation")
+            else source_from_proto(p.source)
         ),
         ttl=timedelta(seconds=p.ttl_seconds),
         online=p.online,

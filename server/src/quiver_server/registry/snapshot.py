@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from quiver import Entity, FeatureService, FeatureView, Field, parse_feature_ref
@@ -44,8 +44,16 @@ class Snapshot:
         self.feature_services: dict[str, FeatureService] = {
             s.name: convert.service_from_proto(s) for s in proto.feature_services
         }
+        generations: dict[str, int] = {}
+        for name, view in self.feature_views.items():
+            history = proto.view_meta[name].history if name in proto.view_meta else None
+            if view.transformation is not None and history is not None and history.version:
+                # A computed view reads (and serves) its current version.
+                view.source = replace(view.source, path=history.path)
+                generations[name] = history.version
         self._tables = {
-            name: ViewTable(self.project, view, dict(proto.view_meta[name].layout.bin_names))
+            name: ViewTable(self.project, view, dict(proto.view_meta[name].layout.bin_names),
+                            generations.get(name, 0))
             for name, view in self.feature_views.items()
         }
 

@@ -185,6 +185,75 @@ class ParquetSource(_message.Message):
 Global___ParquetSource: _TypeAlias = ParquetSource  # noqa: Y015
 
 @_typing.final
+class BatchTransformation(_message.Message):
+    """BatchTransformation computes a feature view's history from raw data, written
+    by `quiver backfill` (one versioned directory per transformation).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class InputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___ParquetSource: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___ParquetSource | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    INPUTS_FIELD_NUMBER: _builtins.int
+    SQL_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_FIELD_NUMBER: _builtins.int
+    CREATED_TIMESTAMP_FIELD_FIELD_NUMBER: _builtins.int
+    LOOKBACK_SECONDS_FIELD_NUMBER: _builtins.int
+    sql: _builtins.str
+    """A query over the inputs (SQL shared by DuckDB and Spark SQL)."""
+    function: _builtins.str
+    """"package.module:function" over Arrow record batches of the one input."""
+    timestamp_field: _builtins.str
+    """Output column holding each row's event time."""
+    created_timestamp_field: _builtins.str
+    """Optional output column breaking ties between equal event times."""
+    lookback_seconds: _builtins.int
+    """Raw data before the backfilled window the output needs, in seconds."""
+    @_builtins.property
+    def inputs(self) -> _containers.MessageMap[_builtins.str, Global___ParquetSource]:
+        """Raw Parquet inputs by the table name the query uses."""
+
+    def __init__(
+        self,
+        *,
+        inputs: _abc.Mapping[_builtins.str, Global___ParquetSource] | None = ...,
+        sql: _builtins.str = ...,
+        function: _builtins.str = ...,
+        timestamp_field: _builtins.str = ...,
+        created_timestamp_field: _builtins.str = ...,
+        lookback_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "function", b"function", "sql", b"sql"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "created_timestamp_field", b"created_timestamp_field", "function", b"function", "inputs", b"inputs", "lookback_seconds", b"lookback_seconds", "sql", b"sql", "timestamp_field", b"timestamp_field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["sql", "function"]  # noqa: Y015
+    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+
+Global___BatchTransformation: _TypeAlias = BatchTransformation  # noqa: Y015
+
+@_typing.final
 class FeatureView(_message.Message):
     """FeatureView is a group of features of the same entities read from one source."""
 
@@ -219,6 +288,7 @@ class FeatureView(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    TRANSFORMATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     ttl_seconds: _builtins.int
     """Maximum age of a value, in seconds; 0 means unlimited."""
@@ -235,6 +305,12 @@ class FeatureView(_message.Message):
     def source(self) -> Global___ParquetSource: ...
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def transformation(self) -> Global___BatchTransformation:
+        """Set when the history is computed by `quiver backfill`; `source` then
+        names where the current version lives (ViewMeta.history), not raw data.
+        """
+
     def __init__(
         self,
         *,
@@ -247,10 +323,11 @@ class FeatureView(_message.Message):
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        transformation: Global___BatchTransformation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "transformation", b"transformation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "online", b"online", "owner", b"owner", "source", b"source", "tags", b"tags", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "online", b"online", "owner", b"owner", "source", b"source", "tags", b"tags", "transformation", b"transformation", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -418,6 +495,75 @@ class MaterializationState(_message.Message):
 Global___MaterializationState: _TypeAlias = MaterializationState  # noqa: Y015
 
 @_typing.final
+class TimeWindow(_message.Message):
+    """TimeWindow is a half-open interval of event time, [start, end)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeWindow: _TypeAlias = TimeWindow  # noqa: Y015
+
+@_typing.final
+class HistoryVersion(_message.Message):
+    """HistoryVersion is the computed history a view with a transformation reads.
+    A changed transformation (or output schema) starts a new version; the view
+    switches to it, offline and online, in the registry version that records it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    WINDOWS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """1, 2, ...; also names the online storage of this version's rows."""
+    fingerprint: _builtins.str
+    """Digest of the transformation and output schema that computed it."""
+    path: _builtins.str
+    """Directory of the version, relative to the offline store root."""
+    @_builtins.property
+    def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeWindow]:
+        """Windows backfilled so far: disjoint, sorted."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        fingerprint: _builtins.str = ...,
+        path: _builtins.str = ...,
+        windows: _abc.Iterable[Global___TimeWindow] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "fingerprint", b"fingerprint", "path", b"path", "version", b"version", "windows", b"windows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryVersion: _TypeAlias = HistoryVersion  # noqa: Y015
+
+@_typing.final
 class ViewMeta(_message.Message):
     """ViewMeta is registry-owned bookkeeping for one feature view."""
 
@@ -428,6 +574,7 @@ class ViewMeta(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     DEFINED_IN_VERSION_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     defined_in_version: _builtins.int
     """Registry version in which the view's definition last changed."""
     @_builtins.property
@@ -438,6 +585,10 @@ class ViewMeta(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def history(self) -> Global___HistoryVersion:
+        """The current computed history of a view with a transformation."""
+
     def __init__(
         self,
         *,
@@ -446,10 +597,11 @@ class ViewMeta(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         defined_in_version: _builtins.int = ...,
+        history: Global___HistoryVersion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "layout", b"layout", "materialization", b"materialization", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "history", b"history", "layout", b"layout", "materialization", b"materialization", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "defined_in_version", b"defined_in_version", "layout", b"layout", "materialization", b"materialization", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "defined_in_version", b"defined_in_version", "history", b"history", "layout", b"layout", "materialization", b"materialization", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,239 @@
+"""The `quiver backfill` command's work: plan the windows, compute them, record and switch."""
+
+from __future__ import annotations
+
+import copy
+import posixpath
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import structlog
+
+from quiver import FeatureView
+from quiver.errors import FailedPreconditionError, InvalidArgumentError
+from quiver.registry.v1 import registry_pb2 as pb
+from quiver_server.backfill.local import compute_local
+from quiver_server.backfill.versions import (
+    Window,
+    chunk_path,
+    fingerprint,
+    gaps,
+    merged,
+    set_windows,
+    version_path,
+    windows_of,
+)
+from quiver_server.config import AerospikeOnlineStoreConfig, QuiverConfig
+from quiver_server.materialize import ViewMaterialization
+from quiver_server.offline.source import filesystem_and_path, resolve_path
+from quiver_server.online.base import ViewTable
+from quiver_server.registry.snapshot import Snapshot
+from quiver_server.registry.store import RegistryStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class BackfillResult:
+    """What a backfill did.
+
+    Attributes:
+        view: The feature view.
+        version: The history version it wrote to (the current one afterwards).
+        new_version: Whether it started a new version (and switched to it).
+        windows: The windows computed; empty when all were backfilled already.
+        rows: History rows written.
+        materialized: The new version's materialization, when it switched an online view.
+        seconds: Wall time.
+    """
+
+    view: str
+    version: int
+    new_version: bool
+    windows: list[Window]
+    rows: int
+    materialized: ViewMaterialization | None
+    seconds: float
+
+    def __str__(self) -> str:
+        if not self.windows:
+            return f"{self.view}: history version {self.version} already holds the window; nothing to do"
+        spans = ", ".join(f"[{a.isoformat()}, {b.isoformat()})" for a, b in self.windows)
+        text = f"{self.view}: {self.rows:,} rows into history version {self.version} for {spans}"
+        if self.new_version:
+            text += f"; switched to version {self.version}"
+        return f"{text} in {self.seconds:.2f} s"
+
+
+def backfill(
+    config: QuiverConfig, view_name: str, start: datetime, end: datetime,
+    *, engine: str | None = None,
+) -> BackfillResult:
+    """Compute a view's history for ``[start, end)`` with its transformation.
+
+    Args:
+        config: The feature repo's configuration.
+        view_name: A feature view whose source is a `BatchTransformation`.
+        start: Window start, inclusive (naive means UTC).
+        end: Window end, exclusive (naive means UTC).
+        engine: "local" or "spark"; default `offline_store.engine`.
+
+    Raises:
+        InvalidArgumentError: `start` is not before `end`, or the view has no transformation.
+        NotFoundError: no such view.
+        DefinitionError: the transformation fails or produces the wrong columns.
+        FailedPreconditionError: nothing applied, an input is missing, or another
+            backfill of the view finished first.
+    """
+    began = time.perf_counter()
+    start, end = _utc(start), _utc(end)
+    if start >= end:
+        raise InvalidArgumentError.for_field(
+            "start", f"must be before end; got start={start.isoformat()}, end={end.isoformat()}"
+        )
+    engine = engine or config.offline_store.engine
+    registry = RegistryStore(config.registry_path)
+    snapshot = registry.latest()
+    view = snapshot.feature_view(view_name)
+    if view.transformation is None:
+        raise InvalidArgumentError.for_field(
+            "view", f"feature view {view_name!r} reads ready-made history (a ParquetSource); "
+            f"only views whose source is a BatchTransformation are backfilled",
+        )
+    meta = snapshot.proto.view_meta.get(view_name)
+    current = meta.history if meta is not None and meta.HasField("history") else pb.HistoryVersion()
+    digest = fingerprint(view)
+    same = current.version > 0 and current.fingerprint == digest
+    version = current.version if same else current.version + 1
+    todo = gaps(windows_of(current), (start, end)) if same else [(start, end)]
+    if not todo:
+        return BackfillResult(view_name, version, False, [], 0, None, time.perf_counter() - began)
+    if not same:
+        _remove(config, version_path(view_name, version))  # what a failed attempt left
+    rows = sum(_compute_window(config, view, version, window, engine) for window in todo)
+    materialized = None
+    if not same and view.online:
+        materialized = _materialize_version(config, snapshot, view, version, end, engine)
+
+    def change(proto: pb.Registry) -> str:
+        stored = next((v for v in proto.feature_views if v.name == view_name), None)
+        meta = proto.view_meta[view_name]
+        if stored is None or meta.history.version != current.version:
+            raise FailedPreconditionError(
+                f"feature view {view_name!r} was removed or backfilled by someone else while this "
+                f"backfill ran; run it again", reason="BACKFILL_CONFLICT",
+            )
+        history = meta.history
+        if same:
+            set_windows(history, merged(windows_of(history), todo))
+            return "backfill"
+        history.Clear()
+        history.version = version
+        history.fingerprint = digest
+        history.path = version_path(view_name, version)
+        set_windows(history, todo)
+        history.created_at.FromDatetime(datetime.now(UTC))
+        # The new version's online rows are complete up to `end`: that is its watermark.
+        state = meta.materialization
+        state.Clear()
+        if materialized is not None:
+            state.watermark.FromDatetime(end)
+            state.updated_at.FromDatetime(datetime.now(UTC))
+        return "backfill"
+
+    registry.commit(change)
+    if not same and version > 2:
+        # The previous version stays for tickets planned on it; older ones go.
+        for old in range(1, version - 1):
+            _remove(config, version_path(view_name, old))
+    return BackfillResult(view_name, version, not same, todo, rows, materialized,
+                          time.perf_counter() - began)
+
+
+def _compute_window(config: QuiverConfig, view: FeatureView, version: int, window: Window,
+                    engine: str) -> int:
+    """Compute one window into a hidden directory, then rename it into the version."""
+    final = resolve_path(config.offline_root, chunk_path(view.name, version, window))
+    fs, final_path = filesystem_and_path(final)
+    parent = posixpath.dirname(final_path)
+    fs.create_dir(parent, recursive=True)
+    temp_path = posixpath.join(parent, f".tmp-{secrets.token_hex(8)}")
+    temp = resolve_path(config.offline_root, posixpath.join(
+        posixpath.dirname(chunk_path(view.name, version, window)), posixpath.basename(temp_path)
+    ))
+    try:
+        if engine == "spark":
+            from quiver_server.spark.backfill import compute_spark
+            from quiver_server.spark.session import spark_session
+
+            rows = compute_spark(spark_session(config.offline_store.spark), config.offline_root,
+                                 str(config.repo_path), view, *window, temp)
+        else:
+            fs.create_dir(temp_path, recursive=True)
+            rows = compute_local(config.offline_root, str(config.repo_path), view, *window,
+                                 posixpath.join(temp, "part-0.parquet"))
+        if fs.get_file_info(final_path).type != fs.get_file_info(final_path).type.NotFound:
+            fs.delete_dir(final_path)  # unrecorded: left by a backfill that died before its commit
+        fs.move(temp_path, final_path)
+    except BaseException:
+        _delete(fs, temp_path)
+        raise
+    log.info("backfilled", feature_view=view.name, version=version, rows=rows,
+             start=window[0].isoformat(), end=window[1].isoformat())
+    return rows
+
+
+def _materialize_version(
+    config: QuiverConfig, snapshot: Snapshot, view: FeatureView, version: int, end: datetime,
+    engine: str,
+) -> ViewMaterialization:
+    """Write the new version's latest rows into its own online storage (not read yet)."""
+    from quiver_server.materialize import _materialize_view, _plan, _Progress
+
+    computed = copy.copy(view)
+    computed.source = replace(view.source, path=version_path(view.name, version))
+    current = snapshot.view_table(view.name)
+    table = ViewTable(current.project, computed, current.bin_names, version)
+    job = _plan(config, table, None, end)
+    if engine == "spark" and isinstance(config.online_store, AerospikeOnlineStoreConfig):
+        from quiver_server.spark.materialize import latest_rows, write_partitions
+        from quiver_server.spark.session import spark_session
+
+        began = time.perf_counter()
+        session = spark_session(config.offline_store.spark)
+        counts = write_partitions(latest_rows(session, config, job), config.online_store, job,
+                                  config.offline_store.spark.write_partitions)
+        return ViewMaterialization(view.name, None, end, counts.rows, counts.entities,
+                                   counts.entities - counts.superseded, counts.superseded,
+                                   time.perf_counter() - began)
+    # The embedded SQLite store is written by the local engine only.
+    from quiver_server.online.factory import open_online_store
+
+    store = open_online_store(config)
+    try:
+        return _materialize_view(store, job, _Progress(view.name, False))
+    finally:
+        store.close()
+
+
+def _remove(config: QuiverConfig, relative: str) -> None:
+    fs, path = filesystem_and_path(resolve_path(config.offline_root, relative))
+    _delete(fs, path)
+
+
+def _delete(fs: object, path: str) -> None:
+    import pyarrow.fs as pafs
+
+    assert isinstance(fs, pafs.FileSystem)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+__all__: Sequence[str] = ["BackfillResult", "backfill"]
