@@ -17,7 +17,7 @@ import pyarrow as pa
 from quiver import FeatureView
 from quiver.errors import DefinitionError, FailedPreconditionError
 from quiver_server.backfill.local import load_function, raw_dataset
-from quiver_server.backfill.output import output_columns, wrap_sql
+from quiver_server.backfill.output import check_output, output_columns, wrap_sql
 from quiver_server.config import QuiverConfig
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -43,7 +43,9 @@ def check_transformations(
         try:
             _check(view, config)
         except DefinitionError as exc:
-            raise DefinitionError(f"{where}: {exc}") from None
+            text = str(exc)
+            prefix = origin.get(name, "?") if text.startswith("feature view") else where
+            raise DefinitionError(f"{prefix}: {text}") from None
 
 
 def _check(view: FeatureView, config: QuiverConfig) -> None:
@@ -72,9 +74,11 @@ def _check(view: FeatureView, config: QuiverConfig) -> None:
                     f"{source.timestamp_field!r}; it has: {', '.join(schema.names)}"
                 )
             connection.register(name, schema.empty_table())
-        query = wrap_sql(transformation.sql, output_columns(view, transformation), _EPOCH, _EPOCH,
-                         dialect="duckdb")
+        columns = output_columns(view, transformation)
         try:
+            produced = connection.sql(transformation.sql.strip().rstrip(";")).limit(0)
+            check_output(view, columns, produced.to_arrow_table().schema)
+            query = wrap_sql(transformation.sql, columns, _EPOCH, _EPOCH, dialect="duckdb")
             connection.sql(query).limit(0).fetchall()
         except duckdb.Error as exc:
             raise DefinitionError(f"its transformation's SQL does not fit: {exc}") from None

@@ -1,0 +1,218 @@
+"""quiver backfill: history computed by a view's transformation, versioned, serving online and offline."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from quiver.errors import DefinitionError, FailedPreconditionError, InvalidArgumentError
+from quiver_flight.pit import PointInTimeEngine
+from quiver_server.backfill import backfill
+from quiver_server.cli import main
+from quiver_server.config import QuiverConfig, load_config
+from quiver_server.materialize import materialize_range
+from quiver_server.online.base import ViewRead
+from quiver_server.online.keys import encode_keys
+from quiver_server.online.sqlite import SqliteOnlineStore
+from quiver_server.registry.store import RegistryStore
+from quiver_server.repo import apply
+
+D0 = datetime(2024, 3, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
+US = pa.timestamp("us", tz="UTC")
+
+DEFINITIONS = '''
+from datetime import timedelta
+from quiver import BatchTransformation, Entity, FeatureView, Field, Float64, Int64, ParquetSource, String
+
+user = Entity(name="user", join_keys=[Field("user_id", Int64)])
+transactions = ParquetSource("raw/transactions", timestamp_field="ts")
+
+spend = FeatureView(
+    name="user_spend",
+    entities=[user],
+    schema=[Field("amount_x", Float64), Field("city", String)],
+    source=BatchTransformation(
+        inputs={{"transactions": transactions}},
+        sql="""SELECT user_id, ts AS event_timestamp, amount * {factor} AS amount_x, upper(city) AS city
+               FROM transactions WHERE amount > 0""",
+    ),
+    ttl=timedelta(days=30),
+)
+daily = FeatureView(
+    name="user_daily",
+    entities=[user],
+    schema=[Field("cents", Int64)],
+    source=BatchTransformation(inputs={{"transactions": transactions}},
+                               function="_transforms:to_cents"),
+    online=False,
+)
+'''
+
+TRANSFORMS = '''
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def to_cents(batches):
+    for batch in batches:
+        yield pa.record_batch({
+            "user_id": batch.column("user_id"),
+            "event_timestamp": batch.column("ts"),
+            "cents": pc.multiply(batch.column("amount"), 100).cast(pa.int64()),
+        })
+'''
+
+
+def write_repo(root: Path, factor: int = 2) -> QuiverConfig:
+    root.mkdir(exist_ok=True)
+    (root / "quiver.yaml").write_text("project: shop\n")
+    (root / "features.py").write_text(DEFINITIONS.format(factor=factor))
+    (root / "_transforms.py").write_text(TRANSFORMS)
+    return load_config(root, env={})
+
+
+def write_transactions(config: QuiverConfig) -> pa.Table:
+    """Four days of raw transactions, a file per day (times at 6 h steps)."""
+    rows = []
+    for day in range(4):
+        for step in range(4):
+            for user in (1, 2, 3):
+                rows.append({"user_id": user, "ts": D0 + day * DAY + step * timedelta(hours=6)
+                             + timedelta(minutes=user),
+                             "amount": float((day * 4 + step + user) % 5), "city": f"c{user}{day}"})
+    table = pa.Table.from_pylist(rows, schema=pa.schema(
+        [("user_id", pa.int64()), ("ts", US), ("amount", pa.float64()), ("city", pa.string())]
+    ))
+    directory = Path(config.offline_root) / "raw" / "transactions"
+    directory.mkdir(parents=True, exist_ok=True)
+    for day in range(4):
+        pq.write_table(table.slice(day * 12, 12), directory / f"day={day}.parquet")
+    return table
+
+
+def expected_history(raw: pa.Table, start: datetime, end: datetime, factor: int) -> list[tuple]:
+    rows = [r for r in raw.to_pylist() if start <= r["ts"] < end and r["amount"] > 0]
+    return sorted((r["ts"], r["user_id"], r["amount"] * factor, r["city"].upper()) for r in rows)
+
+
+def history_rows(config: QuiverConfig, view: str) -> list[tuple]:
+    snapshot = RegistryStore(config.registry_path).latest()
+    path = Path(config.offline_root) / snapshot.feature_view(view).source.path
+    table = pq.read_table(path)
+    return [(r["event_timestamp"], r["user_id"], r["amount_x"], r["city"]) for r in table.to_pylist()]
+
+
+def online_values(config: QuiverConfig, users: list[int]) -> tuple[list, dict]:
+    table = RegistryStore(config.registry_path).latest().view_table("user_spend")
+    keys = encode_keys(table.view.join_keys, [users])
+    with SqliteOnlineStore(config.resolve("data/online.db")) as store:
+        [read] = store.read([ViewRead(table, keys, ["amount_x", "city"])])
+    return read.event_ts, read.values
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> QuiverConfig:
+    config = write_repo(tmp_path / "repo")
+    apply(config)
+    return config
+
+
+def test_backfill_serves_offline_and_online_and_repeats_change_nothing(config: QuiverConfig) -> None:
+    raw = write_transactions(config)
+    registry = RegistryStore(config.registry_path)
+    first = backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    assert (first.version, first.new_version, first.windows) == (1, True, [(D0, D0 + 2 * DAY)])
+    assert history_rows(config, "user_spend") == expected_history(raw, D0, D0 + 2 * DAY, 2)
+    # Online: the version was materialized into its own storage before the switch.
+    assert first.materialized is not None and first.materialized.entities == 3
+    events, values = online_values(config, [1, 2, 3])
+    last = {u: max(r for r in expected_history(raw, D0, D0 + 2 * DAY, 2) if r[1] == u) for u in (1, 2, 3)}
+    assert values["amount_x"] == [last[u][2] for u in (1, 2, 3)]
+    assert registry.latest().watermark("user_spend") == D0 + 2 * DAY
+    # Offline: a training set reads the computed history.
+    snapshot = registry.latest()
+    refs = snapshot.resolve(features=["user_spend:amount_x", "user_spend:city"])
+    spine = pa.table({"user_id": [1, 2, 9],
+                      "event_timestamp": pa.array([D0 + DAY, D0 + 3 * DAY, D0 + DAY], US)})
+    got = PointInTimeEngine(config.offline_root).join_table(spine, refs)
+    want_1 = max(r for r in expected_history(raw, D0, D0 + DAY, 2) if r[1] == 1)
+    assert got["amount_x"].to_pylist() == [want_1[2], last[2][2], None]
+
+    # The same window again: no files, no registry version.
+    version, files = registry.latest_version(), sorted((Path(config.offline_root) / "_backfill").rglob("*"))
+    again = backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    assert again.windows == [] and again.rows == 0
+    assert registry.latest_version() == version
+    assert sorted((Path(config.offline_root) / "_backfill").rglob("*")) == files
+    # An overlapping window computes only what is missing.
+    more = backfill(config, "user_spend", D0 + DAY, D0 + 3 * DAY)
+    assert (more.version, more.new_version, more.windows) == (1, False, [(D0 + 2 * DAY, D0 + 3 * DAY)])
+    assert history_rows(config, "user_spend") == expected_history(raw, D0, D0 + 3 * DAY, 2)
+    [result] = materialize_range(config, D0 + 2 * DAY, D0 + 3 * DAY, ["user_spend"], progress=False)
+    assert result.entities == 3
+
+
+def test_a_changed_transformation_switches_offline_and_online_together(config: QuiverConfig) -> None:
+    raw = write_transactions(config)
+    backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    _, before = online_values(config, [1])
+    write_repo(config.repo_path, factor=10)
+    apply(config)
+    # Applied but not backfilled: both paths still read version 1.
+    assert RegistryStore(config.registry_path).latest().view_table("user_spend").generation == 1
+    assert online_values(config, [1])[1] == before
+    switched = backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    assert (switched.version, switched.new_version) == (2, True)
+    table = RegistryStore(config.registry_path).latest().view_table("user_spend")
+    assert (table.generation, table.storage_name, table.view.source.path) == (
+        2, "user_spend-v2", "_backfill/user_spend/v2"
+    )
+    assert history_rows(config, "user_spend") == expected_history(raw, D0, D0 + 2 * DAY, 10)
+    _, after = online_values(config, [1])
+    assert after["amount_x"] == [before["amount_x"][0] * 5]
+    # The previous version stays on disk for tickets planned on it.
+    assert (Path(config.offline_root) / "_backfill" / "user_spend" / "v1").is_dir()
+
+
+def test_function_transformations_and_the_cli(config: QuiverConfig, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = write_transactions(config)
+    repo = str(config.repo_path)
+    assert main(["--repo", repo, "backfill", "user_daily", "2024-03-01", "2024-03-03"]) == 0
+    assert "into history version 1" in capsys.readouterr().out
+    snapshot = RegistryStore(config.registry_path).latest()
+    table = pq.read_table(Path(config.offline_root) / snapshot.feature_view("user_daily").source.path)
+    want = sorted((r["user_id"], r["ts"], int(r["amount"] * 100)) for r in raw.to_pylist()
+                  if r["ts"] < D0 + 2 * DAY)
+    got = sorted((r["user_id"], r["event_timestamp"], r["cents"]) for r in table.to_pylist())
+    assert got == want
+    assert main(["--repo", repo, "backfill", "user_daily", "2024-03-01", "2024-03-03"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_bad_transformations_are_refused_at_apply_and_backfill(tmp_path: Path) -> None:
+    config = write_repo(tmp_path / "repo")
+    write_transactions(config)
+    features = config.repo_path / "features.py"
+    features.write_text(features.read_text().replace("upper(city)", "upper(town)"))
+    with pytest.raises(DefinitionError, match=r"features.py: feature view 'user_spend'.*town"):
+        apply(config)
+    features.write_text(DEFINITIONS.format(factor=2).replace("_transforms:to_cents", "_nowhere:f"))
+    with pytest.raises(DefinitionError, match=r"features.py: feature view 'user_daily'.*_nowhere"):
+        apply(config)
+    features.write_text(DEFINITIONS.format(factor=2).replace("amount_x, upper", "amount_y, upper"))
+    with pytest.raises(DefinitionError, match="no column 'amount_x'"):
+        apply(config)
+    features.write_text(DEFINITIONS.format(factor=2))
+    apply(config)
+    with pytest.raises(InvalidArgumentError, match="must be before end"):
+        backfill(config, "user_spend", D0, D0)
+    with pytest.raises(FailedPreconditionError, match="quiver backfill user_spend"):
+        PointInTimeEngine(config.offline_root).locate(
+            [RegistryStore(config.registry_path).latest().feature_view("user_spend")]
+        )
