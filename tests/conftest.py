@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +70,8 @@ def spark() -> Iterator[object]:
     pytest.importorskip("pyspark", reason="PySpark is not installed (the `spark` extra)")
     from pyspark.sql import SparkSession
 
+    # Executors run this interpreter, which has Quiver installed.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master("local[2]").appName("quiver-tests")
     for key, value in TEST_SPARK_CONF.items():
         builder = builder.config(key, value)

@@ -16,6 +16,8 @@ depend on them:
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -61,6 +63,10 @@ def spark_session(config: SparkConfig) -> SparkSession:
             builder = SparkSession.builder.master(config.master)
             for key, value in _STARTUP_CONF.items():
                 builder = builder.config(key, value)
+            if config.master.startswith("local"):
+                # Local executors run this interpreter, which has Quiver installed
+                # (PySpark reads the variable, not spark.pyspark.python, for them).
+                os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.appName(config.app_name)
         for key, value in config.conf.items():
             builder = builder.config(key, value)
