@@ -14,11 +14,11 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
 	touch $(STAMP)
 
 .PHONY: setup
-setup: $(STAMP) ## Create .venv and install Quiver with its development tools
+setup: $(STAMP) ## Create .venv and install Quiver with its development tools and the spark extra
 
 .PHONY: protos
 protos: $(STAMP) ## Regenerate Python code and .pyi stubs from protos/
@@ -56,6 +56,10 @@ bench-training: $(STAMP) ## Training sets through Flight vs a bare Flight stream
 .PHONY: bench-materialize
 bench-materialize: $(STAMP) ## Materialization rows/s into the online store vs raw SQLite inserts
 	$(BIN)/python benchmarks/bench_materialize.py $(ARGS)
+
+.PHONY: bench-spark
+bench-spark: $(STAMP) ## Spark engine vs local: training sets (1M/4M spines, 10M history), materialization (long)
+	$(BIN)/python benchmarks/bench_spark.py $(ARGS)
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and demo output

@@ -1,0 +1,161 @@
+"""Spark engine benchmark: `make bench-spark` (`--quick` for a smaller run). Takes long.
+
+Training sets: the history and spines of `bench_training` (3 views, 20
+features, 10M history rows; spines of 1M and 4M rows) pulled end to end
+through a Quiver Flight server on the local engine and on the Spark engine in
+local mode with 1 and 2 cores, all in this run. Each pull starts a fresh
+server; reported: wall time, spine rows/s, and the peak RSS of the Flight
+server's own process and, for Spark in local mode, of the JVM it started
+(which holds the data and would run elsewhere on a cluster). Memory as the
+history grows: the same 400k spine over the 1M-row and the 10M-row history.
+
+Materialization: `quiver materialize` of the whole history into Aerospike
+(QUIVER_TEST_AEROSPIKE or --aerospike host:port) on the local engine (one
+process) and on Spark with 1 and 2 executors (local[1], local[2]); reported:
+wall time (with JVM start), the job's own time, and history rows/s.
+
+Data lives under .bench/training/ (shared with bench_training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_training import BENCH_DIR, SCALES, ServerProcess, generate, pull_training_set
+
+SPARK_CONF = {
+    "spark.driver.memory": "6g",
+    "spark.sql.shuffle.partitions": "16",
+    "spark.ui.enabled": "false",
+}
+ENGINES = {
+    "local": {},
+    "spark 1 core": {"QUIVER_OFFLINE_STORE__ENGINE": "spark",
+                     "QUIVER_OFFLINE_STORE__SPARK__MASTER": "local[1]"},
+    "spark 2 cores": {"QUIVER_OFFLINE_STORE__ENGINE": "spark",
+                      "QUIVER_OFFLINE_STORE__SPARK__MASTER": "local[2]"},
+}
+
+
+def engine_env(name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ENGINES[name], **(extra or {})}
+    if name != "local":
+        env["QUIVER_OFFLINE_STORE__SPARK__CONF"] = json.dumps(SPARK_CONF)
+    return env
+
+
+class EngineServer(ServerProcess):
+    """`quiver serve-flight` on one engine."""
+
+    def __init__(self, directory: Path, engine: str) -> None:
+        cli = Path(sys.executable).with_name("quiver")
+        command = [str(cli), "--repo", str(directory), "serve-flight", "--host", "127.0.0.1",
+                   "--port", "0"]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True,
+                                        env=engine_env(engine))
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith("quiver: serving Arrow Flight on"):
+                self.location = f"grpc://127.0.0.1:{int(line.rsplit(':', 1)[1])}"
+                break
+        else:
+            raise RuntimeError(f"serve-flight exited with {self.process.wait()}")
+
+    def children_peak_mb(self) -> float:
+        """Peak RSS of the processes the server started (the JVM of Spark's local mode)."""
+        total = 0.0
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) / 1024
+        return total
+
+
+def training(directory: Path, spine_path: Path, engine: str) -> dict[str, float]:
+    spine = pq.read_table(spine_path)
+    server = EngineServer(directory, engine)
+    try:
+        run = pull_training_set(server.location, spine)
+        return {**run, "server_mb": server.peak_rss_mb(), "jvm_mb": server.children_peak_mb()}
+    finally:
+        server.stop()
+
+
+def materialize(directory: Path, engine: str, aerospike: str, executors: int) -> dict[str, float]:
+    cli = Path(sys.executable).with_name("quiver")
+    store = json.dumps({"type": "aerospike", "hosts": [aerospike], "namespace": "quiver"})
+    extra = {"QUIVER_ONLINE_STORE": store,
+             "QUIVER_OFFLINE_STORE__SPARK__WRITE_PARTITIONS": str(max(executors, 1) * 2)}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [str(cli), "--repo", str(directory), "materialize", "2020-01-01", "2030-01-01"],
+        capture_output=True, text=True, env=engine_env(engine, extra), check=True,
+    )
+    wall = time.perf_counter() - start
+    rows = job = 0.0
+    for line in done.stdout.splitlines() + done.stderr.splitlines():
+        found = re.search(r"\) ([\d,]+) rows read, .* in ([\d.]+) s", line)
+        if found:
+            rows += int(found.group(1).replace(",", ""))
+            job += float(found.group(2))
+    return {"wall": wall, "job": job, "rows": rows}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1M history rows, spines of 100k and 400k")
+    parser.add_argument("--aerospike", default=os.environ.get("QUIVER_TEST_AEROSPIKE", ""),
+                        help="host:port of an Aerospike server for the materialization part")
+    parser.add_argument("--skip-training", action="store_true")
+    args = parser.parse_args()
+    name = "quick" if args.quick else "full"
+    directory = BENCH_DIR / name
+    generate(directory, SCALES[name])
+    small = BENCH_DIR / "quick"
+    generate(small, SCALES["quick"])
+    print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    header = f"{'training set':<40}{'wall s':>9}{'rows/s':>12}{'server MB':>11}{'JVM MB':>9}"
+    lines = [header]
+    if not args.skip_training:
+        runs = [(directory, directory / f"spine_{rows}.parquet", f"{rows:,} spine")
+                for rows in SCALES[name]["spines"]]
+        # The same spine over a tenth of the history: memory as the history grows.
+        runs.append((small, small / "spine_400000.parquet", "400,000 spine, 1M history"))
+        if name == "full":
+            runs.append((directory, small / "spine_400000.parquet", "400,000 spine, 10M history"))
+        for data, spine, label in runs:
+            for engine in ENGINES:
+                result = training(data, spine, engine)
+                line = (f"{engine + ', ' + label:<40}{result['wall']:>9.2f}"
+                        f"{result['rows'] / result['wall']:>12,.0f}{result['server_mb']:>11,.0f}"
+                        f"{result['jvm_mb']:>9,.0f}")
+                lines.append(line)
+                print(line, flush=True)
+    if args.aerospike:
+        lines.append(f"{'materialize into Aerospike':<40}{'wall s':>9}{'job s':>9}{'rows/s (job)':>14}")
+        for engine, executors in (("local", 0), ("spark 1 core", 1), ("spark 2 cores", 2)):
+            result = materialize(directory, engine, args.aerospike, executors)
+            line = (f"{engine:<40}{result['wall']:>9.1f}{result['job']:>9.1f}"
+                    f"{result['rows'] / max(result['job'], 1e-9):>14,.0f}")
+            lines.append(line)
+            print(line, flush=True)
+    else:
+        lines.append("materialization: skipped (set QUIVER_TEST_AEROSPIKE or --aerospike)")
+    print()
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
