@@ -90,7 +90,8 @@ def test_every_value_set_renders_the_expected_resources(rendered: Rendered) -> N
             rendered.get("Deployment", f"{rendered.fullname}-{component}")
             rendered.get("Service", f"{rendered.fullname}-{component}")
     if values["materialize"]["enabled"]:
-        rendered.get("CronJob", f"{rendered.fullname}-materialize")
+        on_spark = values["spark"]["enabled"] and values["spark"]["materialize"]
+        rendered.get("CronJob", f"{rendered.fullname}-{'spark-' if on_spark else ''}materialize")
     for manifest in rendered.manifests:
         name = manifest["metadata"]["name"]
         assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", name), name
@@ -220,12 +221,16 @@ def test_flight_probes_use_the_flight_port(rendered: Rendered) -> None:
 
 
 def test_containers_run_hardened(rendered: Rendered) -> None:
+    values = deep_merge(chart_defaults(), rendered.values)
     for manifest, pod in rendered.workloads():
         where = f"{manifest['kind']}/{manifest['metadata']['name']}"
         pod_sc = pod["securityContext"]
         assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] > 0, where
         assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
-        assert pod["automountServiceAccountToken"] is False, where
+        # Only Spark's submit pods hold a token: Spark's scheduler creates pods through the API.
+        spark = manifest["metadata"]["labels"]["app.kubernetes.io/component"].startswith("spark")
+        assert pod["automountServiceAccountToken"] is spark, where
+        image = values["spark"]["image"] if spark else values["image"]
         tmp_volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
         for container in containers(pod):
             sc = container["securityContext"]
@@ -238,9 +243,7 @@ def test_containers_run_hardened(rendered: Rendered) -> None:
             tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
             assert len(tmp) == 1 and tmp[0]["name"] in tmp_volumes, f"{where}: /tmp is an emptyDir"
             assert "memory" in container["resources"]["limits"], where
-            assert container["image"].startswith(
-                rendered.values.get("image", {}).get("repository", "quiver")
-            )
+            assert container["image"].startswith(image["repository"]), where
 
 
 def test_workloads_use_the_chart_service_account(rendered: Rendered) -> None:
@@ -496,7 +499,7 @@ def test_service_monitor_scrapes_metrics_ports() -> None:
 
 
 def test_materialize_cron_job_runs_incremental_materialization() -> None:
-    out = render(VALUE_SETS["full"])
+    out = render(deep_merge(VALUE_SETS["full"], {"spark": {"enabled": False}}))
     cron = out.get("CronJob", "quiver-materialize")
     assert cron["spec"]["schedule"] == "*/5 * * * *"
     assert cron["spec"]["timeZone"] == "Etc/UTC"
@@ -505,6 +508,47 @@ def test_materialize_cron_job_runs_incremental_materialization() -> None:
     assert container["args"] == ["--repo", "/etc/quiver/repo", "materialize-incremental", "now"]
     assert env_of(container)["QUIVER_LOG_CONTEXT"]["value"] == "cron"
     assert not render({"materialize": {"enabled": False}}).of_kind("CronJob")
+
+
+def test_spark_jobs_are_submitted_to_kubernetes_with_their_own_account() -> None:
+    out = render(VALUE_SETS["full"])
+    account = out.get("ServiceAccount", "quiver-spark")
+    assert account["automountServiceAccountToken"] is True
+    role = out.get("Role", "quiver-spark")
+    [rule] = role["rules"]
+    assert set(rule["resources"]) == {"pods", "services", "configmaps", "persistentvolumeclaims"}
+    assert {"create", "delete", "watch", "list"} <= set(rule["verbs"])
+    binding = out.get("RoleBinding", "quiver-spark")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "quiver-spark",
+                                    "namespace": NAMESPACE}]
+    cron = out.get("CronJob", "quiver-spark-materialize")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "quiver-spark"
+    (submit,) = pod["containers"]
+    args = submit["args"]
+    assert submit["command"] == ["spark-submit"]
+    assert args[:4] == ["--master", "k8s://https://kubernetes.default.svc", "--deploy-mode", "cluster"]
+    conf = dict(a.split("=", 1) for a in args[args.index("--name") + 2:] if "=" in a)
+    assert conf["spark.kubernetes.namespace"] == NAMESPACE
+    assert conf["spark.kubernetes.authenticate.driver.serviceAccountName"] == "quiver-spark"
+    assert conf["spark.kubernetes.container.image"] == "registry.example.com/quiver-spark:0.1.0"
+    assert (conf["spark.executor.instances"], conf["spark.executor.memory"]) == ("4", "4g")
+    assert conf["spark.sql.shuffle.partitions"] == "64"
+    assert args[-6:] == ["--repo", "/etc/quiver/repo", "materialize-incremental", "now", "--engine", "spark"]
+    assert not [c for c in out.of_kind("CronJob") if c["metadata"]["name"] == "quiver-materialize"]
+    backfill = out.get("Job", "quiver-backfill-user-spend-2024")
+    (submit,) = backfill["spec"]["template"]["spec"]["containers"]
+    assert submit["args"][-5:] == ["user_transaction_stats", "2024-01-01", "2025-01-01", "--engine", "spark"]
+    # Driver and executors mount the feature repo and the offline store like the other pods.
+    templates = out.get("ConfigMap", "quiver-spark-pods")["data"]
+    for role in ("driver", "executor"):
+        template = yaml.safe_load(templates[f"{role}.yaml"])
+        [container] = template["spec"]["containers"]
+        assert container["name"] == f"spark-kubernetes-{role}"
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert {"/etc/quiver/repo", "/tmp", "/etc/quiver/spark"} <= mounts
+        assert env_of(container)["QUIVER_OFFLINE_STORE__SPARK__MASTER"]["value"].startswith("k8s://")
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
 def test_apply_job_reruns_only_when_its_inputs_change() -> None:

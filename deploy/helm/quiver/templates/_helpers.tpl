@@ -474,3 +474,98 @@ configmap.yaml, so `helm install` and `helm template` stop with the message.
 {{- fail "onlineStore.type sqlite is one file for one serving pod: set serving.replicaCount=1 and serving.autoscaling.enabled=false, or use Aerospike" }}
 {{- end }}
 {{- end }}
+
+{{/* The service account Spark's drivers run as. */}}
+{{- define "quiver.sparkServiceAccountName" -}}
+{{- if .Values.spark.serviceAccount.create }}
+{{- default (printf "%s-spark" (include "quiver.fullname" .)) .Values.spark.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.spark.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "quiver.sparkTemplateDir" -}}/etc/quiver/spark{{- end }}
+
+{{- define "quiver.sparkImage" -}}
+{{- $i := .Values.spark.image }}
+{{- if $i.digest }}
+{{- printf "%s@%s" $i.repository $i.digest }}
+{{- else }}
+{{- printf "%s:%s" $i.repository (default .Chart.AppVersion $i.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod spec of a job that submits a Quiver command to Spark's Kubernetes scheduler in cluster mode:
+the driver runs the command (`quiver_server.spark.submit`) in its own pod and starts executors;
+call with (dict "ctx" $ "name" "materialize" "args" (list ...)).
+*/}}
+{{- define "quiver.sparkSubmitPodSpec" -}}
+{{- $ctx := .ctx }}
+{{- $s := $ctx.Values.spark }}
+{{- $templates := include "quiver.sparkTemplateDir" $ctx }}
+serviceAccountName: {{ include "quiver.sparkServiceAccountName" $ctx }}
+automountServiceAccountToken: true
+securityContext:
+  {{- toYaml $ctx.Values.podSecurityContext | nindent 2 }}
+{{- with $ctx.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+restartPolicy: Never
+containers:
+  - name: spark-submit
+    image: {{ include "quiver.sparkImage" $ctx }}
+    imagePullPolicy: {{ $s.image.pullPolicy }}
+    command: ["spark-submit"]
+    args:
+      - --master
+      - {{ $s.master | quote }}
+      - --deploy-mode
+      - cluster
+      - --name
+      - {{ printf "%s-%s" (include "quiver.fullname" $ctx) .name | quote }}
+      {{- $conf := dict
+          "spark.kubernetes.namespace" $ctx.Release.Namespace
+          "spark.kubernetes.container.image" (include "quiver.sparkImage" $ctx)
+          "spark.kubernetes.container.image.pullPolicy" $s.image.pullPolicy
+          "spark.kubernetes.authenticate.driver.serviceAccountName" (include "quiver.sparkServiceAccountName" $ctx)
+          "spark.kubernetes.driver.podTemplateFile" (printf "%s/driver.yaml" $templates)
+          "spark.kubernetes.executor.podTemplateFile" (printf "%s/executor.yaml" $templates)
+          "spark.driver.cores" (toString $s.driver.cores)
+          "spark.driver.memory" $s.driver.memory
+          "spark.executor.instances" (toString $s.executor.instances)
+          "spark.executor.cores" (toString $s.executor.cores)
+          "spark.executor.memory" $s.executor.memory }}
+      {{- $conf = mustMergeOverwrite $conf (deepCopy $s.conf) }}
+      {{- range $key := keys $conf | sortAlpha }}
+      - --conf
+      - {{ printf "%s=%s" $key (toString (get $conf $key)) | quote }}
+      {{- end }}
+      - local:///opt/quiver/lib/python3.11/site-packages/quiver_server/spark/submit.py
+      - --repo
+      - {{ $ctx.Values.featureRepo.mountPath | quote }}
+      {{- range .args }}
+      - {{ . | quote }}
+      {{- end }}
+    env:
+      - name: HOME
+        value: /tmp
+    securityContext:
+      {{- toYaml $ctx.Values.securityContext | nindent 6 }}
+    resources:
+      {{- toYaml $s.resources | nindent 6 }}
+    volumeMounts:
+      - name: tmp
+        mountPath: /tmp
+      - name: spark-pods
+        mountPath: {{ $templates }}
+        readOnly: true
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: {{ $ctx.Values.tmpSizeLimit }}
+  - name: spark-pods
+    configMap:
+      name: {{ include "quiver.fullname" $ctx }}-spark-pods
+{{- end }}
