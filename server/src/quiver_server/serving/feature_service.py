@@ -13,10 +13,10 @@ from quiver_server.online.base import OnlineStore
 from quiver_server.push import push
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.serving.convert import (
-    PUSH_TARGETS,
     decode_key_columns,
     decode_push_rows,
     fill_column,
+    push_target,
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
@@ -72,10 +72,11 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
     ) -> pb.PushFeaturesResponse:
         if not request.feature_view:
             raise InvalidArgumentError.for_field("feature_view", "name the feature view to push to")
+        target = push_target(request.to)
         snapshot = self._registry.current()
         table = snapshot.view_table(request.feature_view)
         rows = decode_push_rows(request)
-        result = push(self._store, table, self._offline_root, rows, PUSH_TARGETS[request.to])
+        result = push(self._store, table, self._offline_root, rows, target)
         return pb.PushFeaturesResponse(rows=result.rows, rows_superseded=result.superseded)
 
     @rpc_errors

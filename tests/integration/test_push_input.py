@@ -1,0 +1,105 @@
+"""PushFeatures and DeleteEntities refuse bad input as INVALID_ARGUMENT, through a real server.
+
+Requests are sent with the raw stub where the client would refuse them itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import grpc
+import pyarrow as pa
+import pytest
+
+from quiver import OnlineClient
+from quiver._status import from_rpc_error
+from quiver.errors import InvalidArgumentError
+from quiver.serving.v1 import serving_service_pb2 as pb
+from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
+from quiver_server.config import QuiverConfig
+from quiver_server.serving.server import create_server
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def target(applied_demo: QuiverConfig) -> Iterator[str]:
+    app, port = create_server(applied_demo, "127.0.0.1", 0)
+    with app:
+        yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def stub(target: str) -> Iterator[pb_grpc.FeatureServingServiceStub]:
+    with grpc.insecure_channel(target) as channel:
+        yield pb_grpc.FeatureServingServiceStub(channel)
+
+
+def ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def merchant_table(ids: list[int], when: datetime = NOW) -> pa.Table:
+    n = len(ids)
+    return pa.table({
+        "merchant_id": ids,
+        "event_timestamp": pa.array([when] * n, pa.timestamp("us", tz="UTC")),
+        "merchant_category": ["travel"] * n,
+        "chargeback_rate_30d": [0.01] * n,
+        "merchant_txn_count_24h": [5] * n,
+        "avg_ticket_30d": [12.5] * n,
+        "is_high_risk": [False] * n,
+    })
+
+
+def push_error(stub: pb_grpc.FeatureServingServiceStub, request: pb.PushFeaturesRequest) -> InvalidArgumentError:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.PushFeatures(request, timeout=10)
+    error = from_rpc_error(info.value)  # type: ignore[arg-type]
+    assert error.grpc_status == grpc.StatusCode.INVALID_ARGUMENT, (error.grpc_status, error.message)
+    assert isinstance(error, InvalidArgumentError)
+    return error
+
+
+def test_unknown_push_target_is_invalid_argument(stub: pb_grpc.FeatureServingServiceStub) -> None:
+    request = pb.PushFeaturesRequest(
+        feature_view="merchant_stats", arrow_ipc=ipc(merchant_table([1])), to=99  # type: ignore[arg-type]
+    )
+    error = push_error(stub, request)
+    assert [v.field for v in error.violations] == ["to"]
+    assert "99 is not a push target" in error.message and "PUSH_TARGET_ONLINE" in error.message
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not arrow at all",
+        ipc(merchant_table([1]))[:-20],  # a stream cut short
+        b"\xff\xff\xff\xff" + b"\x10\x00\x00\x00" + b"\x00" * 16,  # a continuation marker, junk
+        ipc(merchant_table([1]))[:8],
+    ],
+    ids=["junk", "truncated", "bad-flatbuffer", "header-only"],
+)
+def test_malformed_arrow_ipc_is_invalid_argument(
+    stub: pb_grpc.FeatureServingServiceStub, payload: bytes
+) -> None:
+    error = push_error(stub, pb.PushFeaturesRequest(feature_view="merchant_stats", arrow_ipc=payload))
+    assert [v.field for v in error.violations] == ["arrow_ipc"]
+
+
+def test_repeated_column_names_are_invalid_argument(stub: pb_grpc.FeatureServingServiceStub) -> None:
+    table = merchant_table([1])
+    doubled = pa.Table.from_arrays(
+        [*table.columns, table["merchant_category"]], names=[*table.column_names, "merchant_category"]
+    )
+    error = push_error(stub, pb.PushFeaturesRequest(feature_view="merchant_stats", arrow_ipc=ipc(doubled)))
+    assert "repeated: merchant_category" in error.message
+
+
+def test_good_push_still_works(target: str) -> None:
+    with OnlineClient(target) as client:
+        assert client.push("merchant_stats", merchant_table([5])).rows == 1
