@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from quiver import FeatureView, ValueType
 from quiver.errors import FieldViolation, InvalidArgumentError
+from quiver_server import echo
 from quiver_server.offline.append import append_history
 from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
@@ -55,13 +56,17 @@ def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
     for name in expected:
         if name not in present:
             violations.append(FieldViolation(f"columns.{name}", "missing column"))
-    for name in rows.column_names:
-        if name not in expected and name not in optional:
-            violations.append(FieldViolation(
-                f"columns.{name}",
-                f"not a column of feature view {view.name!r}; allowed: "
-                f"{', '.join([*expected, *sorted(optional)])}",
-            ))
+    unknown = [n for n in rows.column_names if n not in expected and n not in optional]
+    allowed = echo.name_list([*expected, *sorted(optional)], limit=len(expected) + 1)
+    for name in unknown[: echo.LIST_NAMES]:
+        violations.append(FieldViolation(
+            f"columns.{echo.clip(name)}",
+            f"not a column of feature view {view.name!r}; allowed: {allowed}",
+        ))
+    if len(unknown) > echo.LIST_NAMES:
+        violations.append(FieldViolation(
+            "columns", f"{len(unknown) - echo.LIST_NAMES} more columns are not in the view either"
+        ))
     if rows.num_rows == 0:
         violations.append(FieldViolation("columns", "push at least one row"))
     arrays: dict[str, pa.ChunkedArray] = {}
