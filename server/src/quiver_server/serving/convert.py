@@ -40,7 +40,7 @@ def push_target(value: int) -> PushTarget:
     """The target a PushFeaturesRequest names; INVALID_ARGUMENT for a number it does not know."""
     target = PUSH_TARGETS.get(value)
     if target is None:
-        allowed = ", ".join(serving_pb.PushTarget.Name(v) for v in PUSH_TARGETS)
+        allowed = ", ".join(serving_pb.PushTarget.keys())
         raise InvalidArgumentError.for_field(
             "to", f"{value} is not a push target; allowed: {allowed}", reason="INVALID_PUSH"
         )
