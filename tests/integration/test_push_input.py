@@ -6,7 +6,7 @@ Requests are sent with the raw stub where the client would refuse them itself.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pyarrow as pa
@@ -103,3 +103,38 @@ def test_repeated_column_names_are_invalid_argument(stub: pb_grpc.FeatureServing
 def test_good_push_still_works(target: str) -> None:
     with OnlineClient(target) as client:
         assert client.push("merchant_stats", merchant_table([5])).rows == 1
+
+
+def test_delete_entities_is_capped(applied_demo: QuiverConfig, target: str) -> None:
+    cap = applied_demo.serving.max_delete_entities
+    with OnlineClient(target) as client:
+        client.push("merchant_stats", merchant_table([7]))
+        with pytest.raises(InvalidArgumentError) as info:
+            client.delete_entities({"merchant_id": list(range(cap + 1))})
+        assert f"at most {cap} per request" in info.value.message
+        assert [v.field for v in info.value.violations] == ["entities"]
+        assert client.get_online_features(  # nothing was deleted
+            features=["merchant_stats:merchant_category"], entities={"merchant_id": [7]}
+        ).values("merchant_category") == ["travel"]
+        assert client.delete_entities({"merchant_id": list(range(cap))}) == 1
+
+
+def test_push_larger_than_one_message_is_split_and_summed(target: str) -> None:
+    ids = list(range(100_000, 140_000))
+
+    def table(when: datetime) -> pa.Table:
+        return merchant_table(ids, when).set_column(
+            2, "merchant_category", pa.array([f"{i:0>150}" for i in ids])
+        )
+
+    assert table(NOW).nbytes > 5 * 1024 * 1024  # more than the server's 4 MiB message limit
+    with OnlineClient(target, timeout=60) as client:
+        result = client.push("merchant_stats", table(NOW))
+        assert (result.rows, result.superseded) == (len(ids), 0)
+        older = client.push("merchant_stats", table(NOW - timedelta(hours=1)))
+        assert (older.rows, older.superseded) == (len(ids), len(ids))
+        sample = [ids[0], ids[len(ids) // 2], ids[-1]]
+        values = client.get_online_features(
+            features=["merchant_stats:merchant_category"], entities={"merchant_id": sample}
+        ).values("merchant_category")
+    assert values == [f"{i:0>150}" for i in sample]

@@ -28,6 +28,17 @@ class DeleteResult:
     feature_views: list[str]
 
 
+def check_delete_count(count: int, max_entities: int) -> None:
+    """INVALID_ARGUMENT when one request would delete more than `max_entities` entities."""
+    if count > max_entities:
+        raise InvalidArgumentError.for_field(
+            "entities",
+            f"{count} entities to delete; at most {max_entities} per request "
+            f"(serving.max_delete_entities); send several requests",
+            reason="INVALID_ENTITIES",
+        )
+
+
 def delete_entities(
     store: OnlineStore,
     snapshot: Snapshot,

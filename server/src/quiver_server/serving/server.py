@@ -138,7 +138,7 @@ def create_server(
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
-        FeatureServingServicer(registry, store, config.serving.max_entities, config.offline_root),
+        FeatureServingServicer(registry, store, config.serving, config.offline_root),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
