@@ -171,7 +171,7 @@ def test_config_follows_values() -> None:
         "max_delete_entities": 1000,
         "heavy_request_entities": 100,
         "max_heavy_requests": 2,
-        "push_max_future_seconds": 300,
+        "max_future_seconds": 300,
         "max_workers_threads": 4,
         "grace_seconds": 15,
     }

@@ -138,3 +138,71 @@ def test_push_larger_than_one_message_is_split_and_summed(target: str) -> None:
             features=["merchant_stats:merchant_category"], entities={"merchant_id": sample}
         ).values("merchant_category")
     assert values == [f"{i:0>150}" for i in sample]
+
+
+def _online_categories(client: OnlineClient, ids: list[int]) -> list[object]:
+    return client.get_online_features(
+        features=["merchant_stats:merchant_category"], entities={"merchant_id": ids}
+    ).values("merchant_category")
+
+
+@pytest.mark.parametrize(
+    "when",
+    [datetime(9999, 1, 1, tzinfo=UTC), NOW + timedelta(hours=1)],
+    ids=["year-9999", "one-hour-ahead"],
+)
+def test_push_from_the_future_is_refused_and_writes_nothing(
+    applied_demo: QuiverConfig, target: str, when: datetime
+) -> None:
+    table = merchant_table([31, 32, 33]).set_column(
+        1, "event_timestamp", pa.array([NOW, when, when], pa.timestamp("us", tz="UTC"))
+    )
+    with OnlineClient(target) as client:
+        with pytest.raises(InvalidArgumentError) as info:
+            client.push("merchant_stats", table, to="online_and_offline")
+        [violation] = info.value.violations
+        assert violation.field == "columns.event_timestamp"
+        assert violation.description.startswith("row 1: ") and "in the future" in violation.description
+        assert "(1 more row(s) like it)" in violation.description
+        assert _online_categories(client, [31, 32, 33]) == [None, None, None]
+        # A clock a little ahead of the server's is fine.
+        near = merchant_table([34], NOW + timedelta(seconds=60))
+        assert client.push("merchant_stats", near).rows == 1
+    assert not list((applied_demo.repo_path / "data" / "merchant_stats").rglob("push-*.parquet"))
+
+
+def test_created_time_from_the_future_is_refused(target: str) -> None:
+    rows = {
+        "user_id": [88002], "event_timestamp": [NOW], "created": [datetime(9999, 1, 1, tzinfo=UTC)],
+        "txn_count_1h": [1], "txn_count_24h": [2], "txn_count_7d": [3],
+        "txn_amount_sum_24h": [4.0], "txn_amount_avg_7d": [5.0], "txn_amount_max_7d": [6.0],
+        "distinct_merchants_7d": [7], "declined_count_7d": [0], "last_txn_country": ["US"],
+    }
+    with OnlineClient(target) as client, pytest.raises(InvalidArgumentError) as info:
+        client.push("user_transaction_stats", rows)
+    assert [v.field for v in info.value.violations] == ["columns.created"]
+
+
+@pytest.mark.parametrize("micros", [2**63 - 1, -(2**63)], ids=["int64-max", "int64-min"])
+def test_unrepresentable_times_over_typed_columns(
+    stub: pb_grpc.FeatureServingServiceStub, micros: int
+) -> None:
+    request = pb.PushFeaturesRequest(feature_view="merchant_stats")
+    request.columns["merchant_id"].int64_values.values.append(1)
+    request.columns["event_timestamp"].timestamp_values.values.append(micros)
+    request.columns["merchant_category"].string_values.values.append("x")
+    request.columns["chargeback_rate_30d"].double_values.values.append(0.1)
+    request.columns["merchant_txn_count_24h"].int64_values.values.append(1)
+    request.columns["avg_ticket_30d"].double_values.values.append(1.0)
+    request.columns["is_high_risk"].bool_values.values.append(False)
+    error = push_error(stub, request)
+    assert [v.field for v in error.violations] == ["columns.event_timestamp"]
+    assert "microseconds since the epoch is outside" in error.violations[0].description
+
+
+def test_seconds_timestamps_that_overflow_microseconds(stub: pb_grpc.FeatureServingServiceStub) -> None:
+    table = merchant_table([1]).set_column(
+        1, "event_timestamp", pa.array([2**62], pa.timestamp("s", tz="UTC"))
+    )
+    error = push_error(stub, pb.PushFeaturesRequest(feature_view="merchant_stats", arrow_ipc=ipc(table)))
+    assert [v.field for v in error.violations] == ["columns.event_timestamp"]

@@ -110,12 +110,13 @@ class ServingConfig(_Model):
         ),
     )
 
-    push_max_future_seconds: float = Field(
+    max_future_seconds: float = Field(
         300.0,
         ge=0,
         description=(
-            "How far ahead of this server's clock a pushed event or created time may be;"
-            " later ones are refused (INVALID_ARGUMENT), as they would pin the online value."
+            "How far ahead of the clock an event or created time may be: pushes with later"
+            " times are refused (INVALID_ARGUMENT), since one would pin its value online, and"
+            " materialization windows end there at the latest."
         ),
     )
 

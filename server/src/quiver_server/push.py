@@ -20,6 +20,7 @@ from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.keys import encode_keys
 from quiver_server.telemetry.hooks import traced_push
+from quiver_server.times import latest_allowed, time_violation
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _PUSH_TIME = "__quiver_push_time"
@@ -38,8 +39,12 @@ class PushResult:
     offline_files: list[str]
 
 
-def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
+def validate_rows(view: FeatureView, rows: pa.Table, latest: datetime) -> pa.Table:
     """Check names, types and timestamps; returns the rows cast to the declared types.
+
+    Event and created times must lie between the first representable time and
+    `latest` (the clock plus the allowed skew); timestamp features within the
+    representable range (`quiver_server.times`).
 
     Raises:
         InvalidArgumentError: with one violation per bad column.
@@ -89,6 +94,11 @@ def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
             violations.append(FieldViolation(
                 f"columns.{name}", f"{what} column has {cast.null_count} null value(s)"
             ))
+        if want == ValueType.TIMESTAMP:
+            ordering = name == source.timestamp_field or name in optional
+            problem = time_violation(f"columns.{name}", cast, latest if ordering else None)
+            if problem is not None:
+                violations.append(problem)
         arrays[name] = cast
     if violations:
         raise InvalidArgumentError(
@@ -123,18 +133,25 @@ def push(
     offline_root: str,
     rows: pa.Table,
     to: PushTarget,
+    *,
+    max_future_seconds: float = 300.0,
+    now: datetime | None = None,
 ) -> PushResult:
     """Validate, then write. Offline goes first: it is append-only, so a later
-    online failure leaves history that a materialization would write anyway."""
+    online failure leaves history that a materialization would write anyway.
+
+    Event and created times more than `max_future_seconds` after `now` (the
+    server clock by default) are refused.
+    """
     view = table.view
-    rows = validate_rows(view, rows)
+    now = now or datetime.now(UTC)
+    rows = validate_rows(view, rows, latest_allowed(now, max_future_seconds))
     # Rows without a created time get the push time, the same one online and
     # offline. A view without a created column keeps it out of its history.
     created_field = view.source.created_timestamp_field
     created_column = created_field or _PUSH_TIME
     if created_column not in rows.column_names:
-        now = pa.array([datetime.now(UTC)] * rows.num_rows, _TIMESTAMP)
-        rows = rows.append_column(created_column, now)
+        rows = rows.append_column(created_column, pa.array([now] * rows.num_rows, _TIMESTAMP))
     files: list[str] = []
     if to in (PushTarget.OFFLINE, PushTarget.ONLINE_AND_OFFLINE):
         offline = rows if created_field else rows.drop_columns([_PUSH_TIME])

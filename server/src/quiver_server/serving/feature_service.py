@@ -81,7 +81,10 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         table = snapshot.view_table(request.feature_view)
         rows = decode_push_rows(request)
         with self.heavy.admit(rows.num_rows, "rows"):
-            result = push(self._store, table, self._offline_root, rows, target)
+            result = push(
+                self._store, table, self._offline_root, rows, target,
+                max_future_seconds=self._serving.max_future_seconds,
+            )
         return pb.PushFeaturesResponse(rows=result.rows, rows_superseded=result.superseded)
 
     @rpc_errors
