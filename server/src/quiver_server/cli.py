@@ -222,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.repo)
         return int(args.func(config, args))
     except QuiverError as exc:
-        print(f"quiver: error: {exc}", file=sys.stderr)
+        # One line, whatever the message holds (some carry a library's multi-line text).
+        print(f"quiver: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

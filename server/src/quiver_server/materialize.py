@@ -28,6 +28,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
@@ -45,7 +46,13 @@ from quiver.errors import (
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
 from quiver_server.offline.columns import cast_options, compatible
-from quiver_server.offline.source import resolve_path, view_dataset
+from quiver_server.offline.source import (
+    Listing,
+    list_files,
+    reading_listed,
+    resolve_path,
+    view_dataset,
+)
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.factory import open_online_store
 from quiver_server.online.keys import encode_keys
@@ -121,6 +128,11 @@ class _ViewJob:
     filter: ds.Expression | None
     key_names: list[str]
     has_created: bool
+    # The files read, to name one that does not read.
+    listing: Listing | None = None
+
+    def reading(self) -> AbstractContextManager[None]:
+        return reading_listed(self.table.view, self.listing)
 
 
 def materialize_range(
@@ -252,9 +264,11 @@ def _plan(
         )
     if start is not None and start >= end:
         return _ViewJob(table, start, end, None, {}, None, [], False)
-    dataset = view_dataset(config.offline_root, view)
     location = resolve_path(config.offline_root, view.source.path)
-    schema = dataset.schema
+    listing = list_files(location)
+    with reading_listed(view, listing):
+        dataset = view_dataset(config.offline_root, view)
+        schema = dataset.schema
     source_of = {name: column for column, name in view.source.field_mapping.items()}
     columns = [
         _Column(k.name, source_of.get(k.name, k.name), "join key", k.dtype) for k in view.join_keys
@@ -278,7 +292,8 @@ def _plan(
         # A row without its entity key cannot be stored; skip it.
         condition = condition & ds.field(source_of.get(key.name, key.name)).is_valid()
     return _ViewJob(
-        table, start, end, dataset, projection, condition, view.join_key_names, bool(created)
+        table, start, end, dataset, projection, condition, view.join_key_names, bool(created),
+        listing,
     )
 
 
@@ -343,16 +358,17 @@ def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) ->
     pending: list[pa.RecordBatch] = []
     pending_rows = rows_read = 0
     try:
-        for batch in scanner.to_reader():
-            if not batch.num_rows:
-                continue
-            pending.append(batch)
-            pending_rows += batch.num_rows
-            rows_read += batch.num_rows
-            progress.update("reading", rows_read)
-            if pending_rows >= max(COMPACT_ROWS, latest.num_rows if latest else 0):
-                latest = _latest_per_key(_concat(latest, pending, scanner), job)
-                pending, pending_rows = [], 0
+        with job.reading():
+            for batch in scanner.to_reader():
+                if not batch.num_rows:
+                    continue
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                rows_read += batch.num_rows
+                progress.update("reading", rows_read)
+                if pending_rows >= max(COMPACT_ROWS, latest.num_rows if latest else 0):
+                    latest = _latest_per_key(_concat(latest, pending, scanner), job)
+                    pending, pending_rows = [], 0
         latest = _latest_per_key(_concat(latest, pending, scanner), job)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise DefinitionError(
