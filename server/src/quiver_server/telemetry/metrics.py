@@ -177,7 +177,7 @@ class MaterializationLagCollector(Collector):
 
     def _current(self) -> dict[str, float]:
         try:
-            version = self._store.latest_version()
+            version = self._store.latest_good_version()
             with self._lock:
                 if version != self._version:
                     proto = self._store.read(version) if version else registry_pb2.Registry()
