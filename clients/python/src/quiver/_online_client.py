@@ -115,8 +115,9 @@ class OnlineClient:
             context travels to the server as W3C ``traceparent`` metadata, so the
             server's spans join the caller's trace. True uses the globally
             configured tracer provider; pass a ``TracerProvider`` to use that one.
-            Needs ``opentelemetry-api`` (not a dependency of this package);
-            ImportError says so when it is missing. Off by default.
+            Needs ``opentelemetry-api`` (the ``tracing`` extra:
+            ``pip install 'quiver-client[tracing]'``); ImportError says so when it
+            is missing. Off by default.
 
     Example::
 
