@@ -29,6 +29,7 @@ from quiver_server.online.base import OnlineStore
 from quiver_server.online.factory import open_online_store
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.store import RegistryStore
+from quiver_server.serving.decoding import RequestDecoding
 from quiver_server.serving.feature_service import FeatureServingServicer
 from quiver_server.serving.reflection import enable_reflection
 from quiver_server.serving.registry_service import RegistryServicer
@@ -134,7 +135,8 @@ def create_server(
         futures.ThreadPoolExecutor(
             max_workers=config.serving.max_workers_threads, thread_name_prefix="rpc"
         ),
-        interceptors=telemetry.server_interceptors(),
+        # Decoding is innermost, so telemetry logs its INVALID_ARGUMENT like any status.
+        interceptors=[*telemetry.server_interceptors(), RequestDecoding()],
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
