@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from quiver import FeatureView
 from quiver.errors import FailedPreconditionError, UnavailableError
+from quiver_server.durable import fsync_directory, make_directories
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 
 
@@ -67,7 +68,7 @@ def append_history(offline_root: str, view: FeatureView, rows: pa.Table) -> list
 
 def _write_local(rows: pa.Table, directory: str, name: str) -> None:
     """Write `rows` to directory/name durably: fsync the file, rename, fsync the directory."""
-    _make_dirs(directory)
+    make_directories(directory)
     tmp, final = os.path.join(directory, f".{name}.tmp"), os.path.join(directory, name)
     try:
         with open(tmp, "wb") as file:
@@ -79,27 +80,5 @@ def _write_local(rows: pa.Table, directory: str, name: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
-
-def _make_dirs(directory: str) -> None:
-    """Create `directory` and its missing parents, each made durable in its parent."""
-    missing = []
-    path = directory
-    while not os.path.isdir(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    for path in reversed(missing):
-        try:
-            os.mkdir(path)
-        except FileExistsError:
-            continue  # a concurrent push made it
-        _fsync_directory(os.path.dirname(path))
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

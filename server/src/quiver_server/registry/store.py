@@ -28,6 +28,7 @@ from pathlib import Path
 
 from quiver.errors import FailedPreconditionError
 from quiver.registry.v1 import registry_pb2 as pb
+from quiver_server.durable import fsync_directory, make_directories
 from quiver_server.registry import framing
 from quiver_server.registry.snapshot import Snapshot
 
@@ -149,7 +150,7 @@ class RegistryStore:
         `change` edits the message in place and returns the cause to record, or
         None to store nothing. It is called again if a concurrent writer wins.
         """
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_directories(str(self.path))
         for _ in range(_MAX_COMMIT_ATTEMPTS):
             base = self.latest_version()
             # Strict: a bad newest version is refused here, never built upon.
@@ -199,7 +200,7 @@ class RegistryStore:
             self._bad.pop(version, None)
             found[version] = problem
         if found:
-            _fsync_directory(self.path)
+            fsync_directory(self.path)
         return found
 
     def _numbers(self, pattern: re.Pattern[str]) -> list[int]:
@@ -219,7 +220,7 @@ class RegistryStore:
                 os.link(tmp, self._file(proto.version))
             except FileExistsError:
                 return False
-            _fsync_directory(self.path)
+            fsync_directory(self.path)
             return True
         finally:
             os.unlink(tmp)
@@ -227,10 +228,3 @@ class RegistryStore:
     def _file(self, version: int) -> Path:
         return self.path / f"v{version:08d}.pb"
 
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
