@@ -160,3 +160,14 @@ def test_new_versions_are_framed(applied_demo: QuiverConfig) -> None:
     assert framing.decode(data, 1).cause == "apply"
     with pytest.raises(Exception):  # a reader that predates framing fails loudly
         pb.Registry().ParseFromString(data)
+
+
+def test_cli_reports_a_registry_it_cannot_use_in_one_line(
+    demo_config: QuiverConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (demo_config.repo_path / "quiver.yaml").write_text(
+        (demo_config.repo_path / "quiver.yaml").read_text() + "registry: features.py\n"
+    )
+    assert cli_main(["--repo", str(demo_config.repo_path), "apply"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("quiver: error: ") and err.count("\n") == 1 and "Traceback" not in err

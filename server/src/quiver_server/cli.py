@@ -253,8 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
         config = load_config(args.repo)
         return int(args.func(config, args))
-    except QuiverError as exc:
-        # One line, whatever the message holds (some carry a library's multi-line text).
+    except (QuiverError, OSError) as exc:
+        # Expected failures (bad input, a file or store that cannot be used) get one
+        # line, whatever the message holds (some carry a library's multi-line text).
         print(f"quiver: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
