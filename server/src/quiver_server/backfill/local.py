@@ -18,12 +18,12 @@ from quiver.errors import DefinitionError, FailedPreconditionError
 from quiver_server.backfill.output import (
     OutputColumn,
     conform,
-    micros,
     output_columns,
     output_schema,
     wrap_sql,
 )
 from quiver_server.offline.source import filesystem_and_path, list_files, resolve_path
+from quiver_server.times import micros
 
 # Rows per Parquet row group of computed history.
 ROW_GROUP_ROWS = 1 << 20

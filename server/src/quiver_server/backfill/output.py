@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pyarrow as pa
 
 from quiver import BatchTransformation, FeatureView, ValueType
 from quiver.errors import DefinitionError
 from quiver_server.offline.columns import cast_column, compatible
+from quiver_server.times import micros
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DUCKDB_TYPES = {
     ValueType.INT64: "BIGINT", ValueType.INT32: "INTEGER", ValueType.FLOAT64: "DOUBLE",
     ValueType.FLOAT32: "FLOAT", ValueType.BOOL: "BOOLEAN", ValueType.STRING: "VARCHAR",
@@ -52,11 +52,6 @@ def output_columns(view: FeatureView, transformation: BatchTransformation) -> li
 
 def output_schema(columns: Sequence[OutputColumn]) -> pa.Schema:
     return pa.schema([(c.name, c.dtype.arrow_type) for c in columns])
-
-
-def micros(value: datetime) -> int:
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def wrap_sql(

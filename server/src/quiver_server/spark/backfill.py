@@ -18,9 +18,10 @@ import pyarrow as pa
 from quiver import FeatureView
 from quiver.errors import DefinitionError, FailedPreconditionError
 from quiver_server.backfill.local import keep_window, load_function, run_function
-from quiver_server.backfill.output import OutputColumn, conform, micros, output_columns, wrap_sql
+from quiver_server.backfill.output import OutputColumn, conform, output_columns, wrap_sql
 from quiver_server.offline.source import list_files, resolve_path
 from quiver_server.spark.frames import arrow_schema, spark_path
+from quiver_server.times import micros
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

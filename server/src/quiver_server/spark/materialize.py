@@ -37,7 +37,6 @@ from quiver_server.materialize import (
     EVENT_TS,
     WRITE_CHUNK_ROWS,
     ViewMaterialization,
-    _micros,
     _plan,
     _Progress,
     _record_watermarks,
@@ -58,6 +57,7 @@ from quiver_server.spark.frames import (
     read_listing,
 )
 from quiver_server.spark.session import spark_session
+from quiver_server.times import micros as _micros
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
