@@ -28,7 +28,8 @@ from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import unpack_ticket
 from quiver_server.config import OfflineStoreConfig, QuiverConfig, SparkConfig
 
-pytestmark = pytest.mark.spark
+# A first Spark test also starts the JVM of the run's one session.
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 
 Server = Callable[..., AbstractContextManager[str]]
 

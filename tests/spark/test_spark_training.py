@@ -33,7 +33,8 @@ from quiver import (
 )
 from quiver_server.registry.snapshot import FeatureRef
 
-pytestmark = pytest.mark.spark
+# A first Spark test also starts the JVM of the run's one session.
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 NS = pa.timestamp("ns", tz="UTC")

@@ -13,7 +13,8 @@ from quiver_server.backfill import backfill
 from quiver_server.registry.store import RegistryStore
 from quiver_server.repo import apply
 
-pytestmark = pytest.mark.spark
+# A first Spark test also starts the JVM of the run's one session.
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 
 
 def test_spark_and_local_backfills_write_the_same_history(spark: Any, tmp_path: Path) -> None:

@@ -28,7 +28,8 @@ from quiver_server.online.base import ViewRead, WriteBatch
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.store import RegistryStore
 
-pytestmark = pytest.mark.spark
+# A first Spark test also starts the JVM of the run's one session.
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
 
 AEROSPIKE = os.environ.get("QUIVER_TEST_AEROSPIKE", "")
 SPARK = OfflineStoreConfig(engine="spark", spark=SparkConfig(master="local[2]", write_partitions=3))

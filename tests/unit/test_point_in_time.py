@@ -63,7 +63,7 @@ def spine(user_ids: Sequence[int | None], times: Sequence[datetime], **extra: An
                      "event_timestamp": pa.array(times, US), **extra})
 
 
-@pytest.fixture(params=["cached", "scan", "ranked", pytest.param("spark", marks=pytest.mark.spark)])
+@pytest.fixture(params=["cached", "scan", "ranked", pytest.param("spark", marks=[pytest.mark.spark, pytest.mark.timeout(600)])])
 def engine(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PointInTimeEngine]:
     if request.param == "spark":
         # The Spark engine on the same case, checked cell for cell against the local one.
