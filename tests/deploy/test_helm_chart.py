@@ -719,6 +719,11 @@ def test_bad_values_files_fail_install_and_lint(path: Path) -> None:
 
 
 CROSS_FIELD = {
+    "spark materialization into sqlite": (
+        {"spark": {"enabled": True}, "onlineStore": {"type": "sqlite"},
+         "serving": {"replicaCount": 1, "autoscaling": {"enabled": False}}},
+        "spark.materialize writes the online store from Spark executors",
+    ),
     "grace period too short": (
         {"serving": {"graceSeconds": 30}},
         "serving.terminationGracePeriodSeconds (30) must exceed",

@@ -473,6 +473,9 @@ configmap.yaml, so `helm install` and `helm template` stop with the message.
 {{- if and (eq $v.onlineStore.type "sqlite") $s.enabled (or $s.autoscaling.enabled (gt (int $s.replicaCount) 1)) }}
 {{- fail "onlineStore.type sqlite is one file for one serving pod: set serving.replicaCount=1 and serving.autoscaling.enabled=false, or use Aerospike" }}
 {{- end }}
+{{- if and $v.spark.enabled $v.spark.materialize $v.materialize.enabled (eq $v.onlineStore.type "sqlite") }}
+{{- fail "spark.materialize writes the online store from Spark executors, which cannot share the SQLite file: use onlineStore.type aerospike, or set spark.materialize=false" }}
+{{- end }}
 {{- end }}
 
 {{/* The service account Spark's drivers run as. */}}
