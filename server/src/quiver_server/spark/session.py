@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING
 
 from quiver.errors import FailedPreconditionError
@@ -49,7 +50,11 @@ def spark_session(config: SparkConfig) -> SparkSession:
         FailedPreconditionError: PySpark is not installed.
     """
     try:
-        from pyspark.sql import SparkSession
+        with warnings.catch_warnings():
+            # PySpark 4.3 warns on import that it is untested with pandas 3 (the extra's pin);
+            # Quiver's jobs exchange Arrow, not pandas.
+            warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas")
+            from pyspark.sql import SparkSession
     except ImportError:
         raise FailedPreconditionError(
             "offline_store.engine is 'spark' but PySpark is not installed; install the extra: "
