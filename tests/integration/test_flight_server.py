@@ -16,8 +16,19 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from pyarrow import flight
 
-from quiver import Entity, FeatureService, FeatureView, Field, Float64, Int64, ParquetSource, String
-from quiver._training_client import OfflineSpine, TrainingClient
+from quiver import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    Float64,
+    Int64,
+    OfflineSpine,
+    ParquetSource,
+    String,
+    TrainingClient,
+)
+from quiver.convert import pack
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -25,7 +36,6 @@ from quiver.errors import (
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack
 from quiver_flight.pit import PointInTimeEngine
 from quiver_server.config import QuiverConfig
 from quiver_server.registry.store import RegistryStore

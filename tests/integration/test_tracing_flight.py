@@ -24,7 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from pyarrow import flight
 
-from quiver._flight_tracing import TracingClientMiddlewareFactory
+from quiver._tracing import TracingClientMiddlewareFactory
 from quiver_server.observability import add_trace_context
 from quiver_server.telemetry import Metrics, Telemetry
 from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
@@ -235,7 +235,7 @@ def _spine(rows: int) -> pa.Table:
 
 
 def _pull(location: str, client_tracing: Tracing) -> ReadableSpan:
-    from quiver._training_client import TrainingClient
+    from quiver import TrainingClient
 
     tracer = client_tracing.provider.get_tracer("trainer")
     with TrainingClient(location, tracing=client_tracing.provider, max_workers=2) as client, \

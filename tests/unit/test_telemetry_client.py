@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from quiver._tracing import split_target
+from quiver.tracing import split_target
 
 # Makes `import opentelemetry` fail, as on a machine where it is not installed.
 _WITHOUT_OTEL = """

@@ -17,7 +17,7 @@ from pyarrow import flight
 
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_server.serving.status import to_status
+from quiver.status import encode_status
 
 TypeUrl = str
 
@@ -37,13 +37,6 @@ _FLIGHT_CLASSES: dict[grpc.StatusCode, type[flight.FlightError]] = {
     grpc.StatusCode.UNAUTHENTICATED: flight.FlightUnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: flight.FlightUnauthorizedError,
 }
-
-
-def pack(msg: message.Message) -> bytes:
-    """`msg` as the bytes of a descriptor command or ticket."""
-    wrapper = any_pb2.Any()
-    wrapper.Pack(msg)
-    return wrapper.SerializeToString()
 
 
 def unpack_command(data: bytes) -> message.Message:
@@ -102,7 +95,7 @@ def timestamp_seconds(value: float) -> datetime:
 
 def flight_error(error: QuiverError) -> Exception:
     """The Flight exception to raise for `error`, carrying its rich status."""
-    status = to_status(error).SerializeToString()
+    status = encode_status(error)
     error_class = _FLIGHT_CLASSES.get(error.grpc_code, flight.FlightServerError)
     result: Exception = error_class(f"{error.grpc_code.name}: {error.message}", extra_info=status)
     return result

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from quiver import FeatureView, Field
-from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver_flight.cache import ByteBudgetCache
 from quiver_flight.features import FeatureBlock

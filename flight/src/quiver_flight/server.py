@@ -33,17 +33,18 @@ import pyarrow as pa
 import structlog
 from pyarrow import flight
 
+from quiver.convert import pack
 from quiver.errors import InvalidArgumentError
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import flight_error, pack, timestamp_seconds, unpack_command
+from quiver_flight.convert import flight_error, timestamp_seconds, unpack_command
 from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
 from quiver_flight.spines import SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.training import TrainingSets
 from quiver_server.config import QuiverConfig
+from quiver_server.error_policy import as_quiver_error
 from quiver_server.observability import configure_logging
 from quiver_server.registry.store import RegistryStore
-from quiver_server.serving.status import as_quiver_error
 from quiver_server.telemetry import Telemetry, setup_telemetry
 from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
 from quiver_server.telemetry.hooks import annotate

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from google.protobuf import message
 
-from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -28,7 +28,7 @@ from quiver.errors import (
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
+from quiver_flight.convert import timestamp_seconds, unpack_ticket
 from quiver_flight.pit import (
     PointInTimeEngine,
     feature_fields,

@@ -6,13 +6,11 @@ store as it was. Naive timestamps are read as UTC (as in materialization).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
 
 import pyarrow as pa
 
-from quiver import FeatureView, ValueType
+from quiver import FeatureView, PushResult, PushTarget, ValueType
 from quiver.errors import FieldViolation, InvalidArgumentError
 from quiver_server.offline.append import append_history
 from quiver_server.offline.columns import cast_column, compatible
@@ -22,19 +20,6 @@ from quiver_server.telemetry.hooks import traced_push
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _PUSH_TIME = "__quiver_push_time"
-
-
-class PushTarget(Enum):
-    ONLINE = "online"
-    OFFLINE = "offline"
-    ONLINE_AND_OFFLINE = "online_and_offline"
-
-
-@dataclass
-class PushResult:
-    rows: int
-    superseded: int
-    offline_files: list[str]
 
 
 def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
@@ -130,12 +115,9 @@ def push(
     if created_column not in rows.column_names:
         now = pa.array([datetime.now(UTC)] * rows.num_rows, _TIMESTAMP)
         rows = rows.append_column(created_column, now)
-    files: list[str] = []
-    if to in (PushTarget.OFFLINE, PushTarget.ONLINE_AND_OFFLINE):
-        offline = rows if created_field else rows.drop_columns([_PUSH_TIME])
-        files = append_history(offline_root, view, offline)
+    if to.offline:
+        append_history(offline_root, view, rows if created_field else rows.drop_columns([_PUSH_TIME]))
     superseded = 0
-    if to in (PushTarget.ONLINE, PushTarget.ONLINE_AND_OFFLINE):
-        result = store.write(table, to_write_batch(view, rows, created_column))
-        superseded = result.superseded
-    return PushResult(rows=rows.num_rows, superseded=superseded, offline_files=files)
+    if to.online:
+        superseded = store.write(table, to_write_batch(view, rows, created_column)).superseded
+    return PushResult(rows=rows.num_rows, superseded=superseded)

@@ -26,19 +26,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from google.protobuf import any_pb2, message
 from pyarrow import flight
 
-from quiver._status import from_flight_error
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
+from quiver.status import from_flight_error
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 # Below this many rows per partition, more partitions cost more than they win
 # (each one re-encodes its keys and re-reads its spine rows).
 _MIN_AUTO_PARTITION_ROWS = 500_000
@@ -103,7 +102,7 @@ class TrainingClient:
         self._middleware: list[flight.ClientMiddlewareFactory] = []
         if tracing is not False:
             # Imported only now: the client does not depend on OpenTelemetry.
-            from quiver._flight_tracing import TracingClientMiddlewareFactory
+            from quiver._tracing import TracingClientMiddlewareFactory
 
             provider = None if tracing is True else tracing
             self._middleware.append(TracingClientMiddlewareFactory(location, provider))
@@ -144,7 +143,7 @@ class TrainingClient:
         """
         schema, batches = _spine_batches(spine)
         command = pb.UploadSpineCommand(timestamp_column=timestamp_column)
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
 
         def upload() -> bytes:
             writer, metadata = self._client.do_put(descriptor, schema, self._options)
@@ -196,7 +195,7 @@ class TrainingClient:
         if partition_rows is None and rows:
             partition_rows = max(math.ceil(rows / self.max_workers), _MIN_AUTO_PARTITION_ROWS)
         command.partition_rows = partition_rows or 0
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
         return _call(lambda: self._client.get_flight_info(descriptor, self._options))
 
     def get_training_set(
@@ -297,7 +296,7 @@ class TrainingClient:
     ) -> pa.Schema:
         """The columns a spine needs (join keys, timestamp) followed by the features."""
         command = self._command(features, feature_service, full_feature_names, timestamp_column)
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
         result = _call(lambda: self._client.get_schema(descriptor, self._options))
         return result.schema
 
@@ -455,12 +454,6 @@ def _parquet_batches(path: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
             yield from pq.ParquetFile(file).iter_batches(batch_size=_UPLOAD_BATCH_ROWS)
 
     return schema, batches()
-
-
-def _pack(command: message.Message) -> bytes:
-    wrapper = any_pb2.Any()
-    wrapper.Pack(command)
-    return wrapper.SerializeToString()
 
 
 def _call(func: Callable[[], T]) -> T:

@@ -27,8 +27,8 @@ import aerospike
 from aerospike_helpers import expressions as exp
 
 from quiver import FeatureView
-from quiver._types import ValueType
 from quiver.errors import FailedPreconditionError
+from quiver.types import ValueType
 from quiver_server.online.base import ViewTable, feature_type
 
 EVENT_BIN = "_e"

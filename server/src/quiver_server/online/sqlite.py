@@ -37,13 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from quiver import FeatureView
-from quiver._types import ValueType
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     QuiverError,
     UnavailableError,
 )
+from quiver.types import ValueType
 from quiver_server.online.base import (
     MAX_CACHED_READS,
     ViewRead,

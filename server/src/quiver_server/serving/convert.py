@@ -11,19 +11,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from quiver._convert import FIELD_FOR_TYPE, from_values
-from quiver._types import ValueType
+from quiver import PushTarget
+from quiver.convert import FIELD_FOR_TYPE, from_values, push_target_from_proto
 from quiver.errors import FieldViolation, InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as serving_pb
+from quiver.types import ValueType
 from quiver.types.v1 import value_pb2
-from quiver_server.push import PushTarget
-
-PUSH_TARGETS = {
-    serving_pb.PUSH_TARGET_UNSPECIFIED: PushTarget.ONLINE,
-    serving_pb.PUSH_TARGET_ONLINE: PushTarget.ONLINE,
-    serving_pb.PUSH_TARGET_OFFLINE: PushTarget.OFFLINE,
-    serving_pb.PUSH_TARGET_ONLINE_AND_OFFLINE: PushTarget.ONLINE_AND_OFFLINE,
-}
 
 # Integer keys accept either integer width.
 _ACCEPTED_KEY_TYPES: dict[ValueType, tuple[ValueType, ...]] = {
@@ -126,3 +119,13 @@ def decode_push_rows(request: serving_pb.PushFeaturesRequest) -> pa.Table:
         described = ", ".join(f"{n}={len(a)}" for n, a in sorted(arrays.items()))
         raise InvalidArgumentError.for_field("columns", f"columns must have the same length, got {described}")
     return pa.table(arrays)
+
+
+def decode_push_target(number: int) -> PushTarget:
+    try:
+        return push_target_from_proto(number)
+    except ValueError:
+        raise InvalidArgumentError.for_field(
+            "to", f"unknown push target {number}; allowed: "
+            + ", ".join(serving_pb.PushTarget.keys()),
+        ) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from quiver._convert import from_values
+from quiver.convert import from_values
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
@@ -13,9 +13,9 @@ from quiver_server.online.base import OnlineStore
 from quiver_server.push import push
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.serving.convert import (
-    PUSH_TARGETS,
     decode_key_columns,
     decode_push_rows,
+    decode_push_target,
     fill_column,
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
@@ -75,7 +75,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         snapshot = self._registry.current()
         table = snapshot.view_table(request.feature_view)
         rows = decode_push_rows(request)
-        result = push(self._store, table, self._offline_root, rows, PUSH_TARGETS[request.to])
+        result = push(self._store, table, self._offline_root, rows, decode_push_target(request.to))
         return pb.PushFeaturesResponse(rows=result.rows, rows_superseded=result.superseded)
 
     @rpc_errors

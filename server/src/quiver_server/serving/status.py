@@ -1,76 +1,48 @@
-"""Turning Quiver errors into rich gRPC statuses (google.rpc.Status + details)."""
+"""gRPC servicers answer failures with rich statuses (google.rpc.Status with details).
+
+`rpc_errors` lets a servicer method raise; what it raised is mapped by the shared
+error policy (`quiver_server.error_policy`) and the call is aborted with the
+status code, the message and the serialized status in the standard
+``grpc-status-details-bin`` trailer (`quiver.status.encode_status`).
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 import grpc
-import structlog
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from quiver.errors import (
-    ERROR_DOMAIN,
-    InternalError,
-    InvalidArgumentError,
-    QuiverError,
-    UnavailableError,
-)
-
-log = structlog.get_logger(__name__)
+from quiver.errors import QuiverError
+from quiver.status import DETAILS_KEY, encode_status
+from quiver_server.error_policy import as_quiver_error
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def to_status(error: QuiverError) -> status_pb2.Status:
-    """A google.rpc.Status carrying ErrorInfo and, for bad input, BadRequest."""
-    status = status_pb2.Status(code=error.grpc_code.value[0], message=error.message)
-    info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(
-            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-        )
-    )
-    status.details.append(info)
-    if isinstance(error, InvalidArgumentError) and error.violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
-            ]
-        )
-        detail = any_pb2.Any()
-        detail.Pack(bad)
-        status.details.append(detail)
-    return status
+class _Status(NamedTuple):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+class RpcStatus(_Status, grpc.Status):
+    """A `grpc.Status` for `ServicerContext.abort_with_status`."""
+
+
+def rpc_status(error: QuiverError) -> RpcStatus:
+    """The gRPC status a call fails with for `error`, rich details included."""
+    return RpcStatus(error.grpc_code, error.message, ((DETAILS_KEY, encode_status(error)),))
 
 
 def abort(context: grpc.ServicerContext, error: QuiverError) -> NoReturn:
-    context.abort_with_status(rpc_status.to_status(to_status(error)))
+    context.abort_with_status(rpc_status(error))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
-def as_quiver_error(exc: BaseException, where: str, *, store: str = "store") -> QuiverError:
-    """What an exception means for the caller, on gRPC and Flight alike.
-
-    A QuiverError is the caller's answer as it is; an OSError means a store
-    cannot be reached (UNAVAILABLE); anything else is a bug: it is logged with
-    its traceback and reported as INTERNAL without leaking internals.
-    """
-    if isinstance(exc, QuiverError):
-        return exc
-    if isinstance(exc, OSError):
-        log.warning("store unavailable", call=where, error=str(exc))
-        return UnavailableError(f"{store} unavailable: {exc}")
-    log.error("unhandled error", call=where, exc_info=exc)
-    return InternalError(f"internal error in {where}")
-
-
 def rpc_errors(method: F) -> F:
-    """Let a servicer method raise QuiverError; the client gets a rich status."""
+    """Let a servicer method raise; the client gets a rich status (see the module doc)."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:

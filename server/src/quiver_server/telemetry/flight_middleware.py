@@ -45,8 +45,8 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pyarrow import flight
 
-from quiver._flight_tracing import FLIGHT_SERVICE, METHOD_NAMES
-from quiver._status import flight_error_code
+from quiver.status import flight_error_code
+from quiver.tracing import FLIGHT_SERVICE, flight_method
 from quiver_server.telemetry.grpc_server import SERVER_ERROR_CODES, trace_id_from_traceparent
 from quiver_server.telemetry.metrics import FlightMetrics, RpcMetrics
 from quiver_server.telemetry.recorder import RecordedCall, SpanRecorder
@@ -161,7 +161,7 @@ class TelemetryServerMiddlewareFactory(flight.ServerMiddlewareFactory):  # type:
     def start_call(
         self, info: flight.CallInfo, headers: dict[str, list[Any]]
     ) -> TelemetryServerMiddleware:
-        method = METHOD_NAMES.get(info.method, str(info.method))
+        method = flight_method(info.method)
         carrier = {
             key: values[0] for key, values in headers.items()
             if values and isinstance(values[0], str)

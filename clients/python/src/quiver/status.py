@@ -1,33 +1,109 @@
-"""Typed errors from a failed call's google.rpc.Status (gRPC and Flight alike).
+"""Rich error statuses on the wire: Quiver errors to `google.rpc.Status` bytes and back.
 
-The server sends a `google.rpc.Status` with ErrorInfo and BadRequest details
-(the `grpc-status-details-bin` trailer over gRPC, `extra_info` over Flight).
-The client may depend only on protobuf itself, not on the google.rpc message
-classes, so the few fields used are read straight from the wire format.
+A failed call carries a serialized `google.rpc.Status` with an ErrorInfo detail
+(reason, domain, metadata) and, for bad input, a BadRequest detail (one
+violation per bad field): in the ``grpc-status-details-bin`` trailer over gRPC,
+in the error's ``extra_info`` over Flight. The messages are the generated
+wire-compatible copies in ``protos/quiver/rpc/v1/status.proto``; details keep
+the standard type URLs (``type.googleapis.com/google.rpc.ErrorInfo``), so
+standard tools read them too, and are matched here by the last part of the URL.
+
+Servers encode with `encode_status`; clients turn a failed call into the
+matching `quiver.errors` class with `from_rpc_error` / `from_flight_error`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import grpc
 import pyarrow as pa
+from google.protobuf import any_pb2, message
 from pyarrow import flight
 
-from quiver.errors import FieldViolation, InvalidArgumentError, QuiverError, error_for_code
+from quiver.errors import (
+    ERROR_DOMAIN,
+    FieldViolation,
+    InvalidArgumentError,
+    QuiverError,
+    error_for_code,
+)
+from quiver.rpc.v1 import status_pb2
+
+__all__ = [
+    "DETAILS_KEY",
+    "RichStatus",
+    "decode_status",
+    "encode_status",
+    "error_from_status",
+    "flight_error_code",
+    "from_flight_error",
+    "from_rpc_error",
+]
 
 DETAILS_KEY = "grpc-status-details-bin"
+_TYPE_URL_PREFIX = "type.googleapis.com/"
+_ERROR_INFO = "google.rpc.ErrorInfo"
+_BAD_REQUEST = "google.rpc.BadRequest"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 @dataclass
 class RichStatus:
+    """A decoded status: the code, message and what its details say."""
+
     code: grpc.StatusCode
     message: str
     reason: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     violations: list[FieldViolation] = field(default_factory=list)
+
+
+def _packed(name: str, detail: message.Message) -> any_pb2.Any:
+    # Packed by hand: Any.Pack would name the copy (quiver.rpc.v1.ErrorInfo), and
+    # standard tools look for the google.rpc names.
+    return any_pb2.Any(type_url=_TYPE_URL_PREFIX + name, value=detail.SerializeToString())
+
+
+def encode_status(error: QuiverError) -> bytes:
+    """`error` as a serialized google.rpc.Status with ErrorInfo and, for bad input, BadRequest."""
+    status = status_pb2.Status(code=error.grpc_code.value[0], message=error.message)
+    info = status_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    status.details.append(_packed(_ERROR_INFO, info))
+    if isinstance(error, InvalidArgumentError) and error.violations:
+        bad = status_pb2.BadRequest(field_violations=[
+            status_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in error.violations
+        ])
+        status.details.append(_packed(_BAD_REQUEST, bad))
+    return status.SerializeToString()
+
+
+def decode_status(data: bytes) -> RichStatus | None:
+    """Decode a serialized google.rpc.Status, or None when it is not one (or has no error code)."""
+    try:
+        status = status_pb2.Status.FromString(data)
+    except message.DecodeError:
+        return None
+    code = _CODES.get(status.code)
+    if code is None or code is grpc.StatusCode.OK:
+        return None
+    decoded = RichStatus(code, status.message)
+    for detail in status.details:
+        name = detail.type_url.rpartition("/")[2]
+        try:
+            if name == _ERROR_INFO:
+                info = status_pb2.ErrorInfo.FromString(detail.value)
+                decoded.reason = info.reason
+                decoded.metadata.update(info.metadata)
+            elif name == _BAD_REQUEST:
+                bad = status_pb2.BadRequest.FromString(detail.value)
+                decoded.violations.extend(
+                    FieldViolation(v.field, v.description) for v in bad.field_violations
+                )
+        except message.DecodeError:
+            continue  # a garbled detail; the code and message still stand
+    return decoded
 
 
 def error_from_status(
@@ -102,81 +178,3 @@ def from_rpc_error(error: grpc.RpcError) -> QuiverError:
         if key == DETAILS_KEY and isinstance(value, bytes):
             details = value
     return error_from_status(error.code(), error.details() or "", details)
-
-
-def decode_status(data: bytes) -> RichStatus | None:
-    """Decode a google.rpc.Status with ErrorInfo and BadRequest details, or None."""
-    try:
-        code, text = 0, ""
-        status = RichStatus(grpc.StatusCode.UNKNOWN, "")
-        for number, value in _fields(data):
-            if number == 1 and isinstance(value, int):
-                code = value
-            elif number == 2 and isinstance(value, bytes):
-                text = value.decode()
-            elif number == 3 and isinstance(value, bytes):
-                _read_detail(value, status)
-    except (ValueError, IndexError, UnicodeDecodeError):
-        return None
-    if code == 0 or code not in _CODES:
-        return None
-    status.code, status.message = _CODES[code], text
-    return status
-
-
-def _read_detail(data: bytes, status: RichStatus) -> None:
-    detail = dict(_fields(data))
-    type_url = _text(detail.get(1))
-    body = detail.get(2, b"")
-    if not isinstance(body, bytes):
-        raise ValueError("detail body is not bytes")
-    if type_url.endswith("/google.rpc.ErrorInfo"):
-        for number, value in _fields(body):
-            if number == 1 and isinstance(value, bytes):
-                status.reason = value.decode()
-            elif number == 3 and isinstance(value, bytes):
-                entry = dict(_fields(value))
-                status.metadata[_text(entry.get(1))] = _text(entry.get(2))
-    elif type_url.endswith("/google.rpc.BadRequest"):
-        for number, value in _fields(body):
-            if number == 1 and isinstance(value, bytes):
-                item = dict(_fields(value))
-                status.violations.append(FieldViolation(_text(item.get(1)), _text(item.get(2))))
-
-
-def _text(value: int | bytes | None) -> str:
-    return value.decode() if isinstance(value, bytes) else ""
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) pairs of a protobuf message: varints and length-delimited only."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            value, pos = _varint(data, pos)
-            yield number, value
-        elif wire_type == 2:
-            length, pos = _varint(data, pos)
-            if pos + length > len(data):
-                raise ValueError("truncated field")
-            yield number, data[pos:pos + length]
-            pos += length
-        elif wire_type in (1, 5):
-            pos += 8 if wire_type == 1 else 4
-        else:
-            raise ValueError(f"unsupported wire type {wire_type}")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
