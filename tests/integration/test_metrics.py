@@ -53,7 +53,7 @@ def rpc_count(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], meth
 @pytest.fixture
 def materialized(applied_demo: QuiverConfig) -> QuiverConfig:
     end = datetime.now(UTC) + timedelta(seconds=1)
-    materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
+    materialize_range(applied_demo, end - timedelta(days=30), end)
     return applied_demo
 
 

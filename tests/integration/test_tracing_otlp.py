@@ -118,7 +118,7 @@ def configured(repo: QuiverConfig, exporter: str, endpoint: str) -> QuiverConfig
 @pytest.fixture
 def materialized(applied_demo: QuiverConfig) -> QuiverConfig:
     end = datetime.now(UTC) + timedelta(seconds=1)
-    materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
+    materialize_range(applied_demo, end - timedelta(days=30), end)
     return applied_demo
 
 

@@ -40,7 +40,7 @@ from quiver_flight.tickets import TicketSigner
 from quiver_server.config import FlightConfig
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
-from quiver_server.telemetry.scope import traced
+from quiver_server.telemetry.spans import traced
 
 ROLE_METADATA = b"quiver.role"
 _SNAPSHOTS_KEPT = 8

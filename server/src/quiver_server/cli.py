@@ -60,17 +60,27 @@ def cmd_plan(config: QuiverConfig, args: argparse.Namespace) -> int:
 
 def cmd_materialize(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_range
+    from quiver_server.progress import MaterializeBars
+    from quiver_server.telemetry.job import run_materialization
 
     if args.start >= args.end:
         raise SystemExit(f"quiver: error: START ({args.start}) must be before END ({args.end})")
-    materialize_range(config, args.start, args.end, _views(args.views), progress=True)
+    with MaterializeBars() as bars:
+        run_materialization(config, lambda progress: materialize_range(
+            config, args.start, args.end, _views(args.views), progress=progress
+        ), draw=bars)
     return 0
 
 
 def cmd_materialize_incremental(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_incremental
+    from quiver_server.progress import MaterializeBars
+    from quiver_server.telemetry.job import run_materialization
 
-    materialize_incremental(config, args.end, _views(args.views), progress=True)
+    with MaterializeBars() as bars:
+        run_materialization(config, lambda progress: materialize_incremental(
+            config, args.end, _views(args.views), progress=progress
+        ), draw=bars)
     return 0
 
 

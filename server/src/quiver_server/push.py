@@ -16,7 +16,7 @@ from quiver_server.offline.append import append_history
 from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.keys import encode_keys
-from quiver_server.telemetry.hooks import traced_push
+from quiver_server.telemetry.spans import traced
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _PUSH_TIME = "__quiver_push_time"
@@ -96,7 +96,7 @@ def to_write_batch(view: FeatureView, rows: pa.Table, created_column: str) -> Wr
     return WriteBatch(keys=keys, event_ts=event, created_ts=created, features=features)
 
 
-@traced_push
+@traced("quiver.push")
 def push(
     store: OnlineStore,
     table: ViewTable,

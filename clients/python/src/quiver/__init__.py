@@ -13,7 +13,7 @@ from quiver._definitions import (
 )
 from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
-from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient
+from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingProgress
 from quiver.errors import QuiverError
 from quiver.types import (
     Bool,
@@ -54,6 +54,7 @@ __all__ = [
     "String",
     "Timestamp",
     "TrainingClient",
+    "TrainingProgress",
     "ValueType",
     "__version__",
     "parse_feature_ref",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from quiver.convert import from_values
@@ -20,10 +22,10 @@ from quiver_server.serving.convert import (
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
-from quiver_server.telemetry.hooks import traced_encoding
+from quiver_server.telemetry.spans import traced
 
 
-@traced_encoding
+@traced("quiver.response.encode")
 def encode_response(
     names: list[str], columns: list[OutputColumn], count: int
 ) -> pb.GetOnlineFeaturesResponse:
@@ -37,18 +39,31 @@ def encode_response(
 
 
 class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
+    """The serving service's gRPC edge.
+
+    Args:
+        registry: The registry versions served.
+        store: The online store.
+        max_entities: Entities one lookup may ask for.
+        offline_root: Where pushed rows are appended to history.
+        served: Called with the graded columns of every answered lookup, before
+            they are encoded (the feature-status metrics count them there).
+    """
+
     def __init__(
         self,
         registry: RegistryProvider,
         store: OnlineStore,
         max_entities: int,
         offline_root: str,
+        served: Callable[[list[OutputColumn]], None] | None = None,
     ) -> None:
         self._registry = registry
         self._offline_root = offline_root
         self._store = store
         self._max_entities = max_entities
         self._plans = PlanCache()
+        self._served = served
 
     @rpc_errors
     def GetOnlineFeatures(
@@ -64,6 +79,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             request.entities, plan.key_types, max_entities=self._max_entities
         )
         columns = read_online(self._store, plan, key_columns, count)
+        if self._served is not None:
+            self._served(columns)
         return encode_response(plan.output_names, columns, count)
 
     @rpc_errors

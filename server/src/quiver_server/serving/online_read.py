@@ -19,7 +19,7 @@ from quiver.types import ValueType
 from quiver_server.online.base import OnlineStore, ViewRead, ViewReadResult, ViewTable
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
-from quiver_server.telemetry.hooks import traced
+from quiver_server.telemetry.spans import traced
 
 PRESENT: int = pb.FEATURE_STATUS_PRESENT
 NULL_VALUE: int = pb.FEATURE_STATUS_NULL_VALUE
