@@ -294,6 +294,7 @@ def test_build_context_keeps_sources() -> None:
 # ---- The entrypoint in the project's own environment --------------------------------------------
 
 
+@pytest.mark.slow
 def test_entrypoint_command_runs_in_the_project_environment() -> None:
     quiver = Path(sys.executable).parent / "quiver"
     assert quiver.exists(), (

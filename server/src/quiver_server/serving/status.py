@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -21,24 +21,11 @@ from quiver_server.error_policy import as_quiver_error
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Status(NamedTuple):
-    code: grpc.StatusCode
-    details: str
-    trailing_metadata: tuple[tuple[str, str | bytes], ...]
-
-
-class RpcStatus(_Status, grpc.Status):
-    """A `grpc.Status` for `ServicerContext.abort_with_status`."""
-
-
-def rpc_status(error: QuiverError) -> RpcStatus:
-    """The gRPC status a call fails with for `error`, rich details included."""
-    return RpcStatus(error.grpc_code, error.message, ((DETAILS_KEY, encode_status(error)),))
-
-
 def abort(context: grpc.ServicerContext, error: QuiverError) -> NoReturn:
-    context.abort_with_status(rpc_status(error))
-    raise AssertionError("abort_with_status returned")  # pragma: no cover
+    """End the call with `error`'s code and message, its rich status in the trailer."""
+    context.set_trailing_metadata(((DETAILS_KEY, encode_status(error)),))
+    context.abort(error.grpc_code, error.message)
+    raise AssertionError("abort returned")  # pragma: no cover
 
 
 def rpc_errors(method: F) -> F:
