@@ -225,3 +225,9 @@ def server_env(**settings: str) -> dict[str, str]:
 def server_env_fixture() -> Callable[..., dict[str, str]]:
     """`server_env(**QUIVER_settings)`: an environment for a server process."""
     return server_env
+
+
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> Callable[[], int]:
+    """`free_port()`: a TCP port nothing listens on right now."""
+    return free_port

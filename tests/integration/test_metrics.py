@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -108,11 +107,11 @@ def test_metrics_off_means_no_interceptor_and_no_wrapper(materialized: QuiverCon
 @pytest.mark.slow
 def test_workers_share_one_metrics_endpoint(
     materialized: QuiverConfig, quiver_process: Callable[..., Any],
-    server_env: Callable[..., dict[str, str]],
+    server_env: Callable[..., dict[str, str]], free_port: Callable[[], int],
 ) -> None:
     env = server_env()
     metrics_port = int(env["QUIVER_TELEMETRY__METRICS__PORT"])
-    port = _free_port()
+    port = free_port()
     target = f"127.0.0.1:{port}"
     server = quiver_process(
         ["--repo", str(materialized.repo_path), "serve", "--host", "127.0.0.1",
@@ -145,12 +144,6 @@ def test_workers_share_one_metrics_endpoint(
     with pytest.raises(OSError):
         scrape(metrics_port)
     assert not Path(directory).exists(), "the supervisor removes its metrics directory"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _children(pid: int) -> list[int]:

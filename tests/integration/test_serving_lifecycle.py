@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -16,12 +15,6 @@ from quiver import OnlineClient
 from quiver_server.config import QuiverConfig
 from quiver_server.online.sqlite import SqliteOnlineStore
 from quiver_server.serving.server import create_server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_serving(target: str, timeout: float = 30) -> None:
@@ -40,7 +33,7 @@ def wait_serving(target: str, timeout: float = 30) -> None:
 @pytest.mark.slow
 def test_workers_share_one_port_and_stop_on_sigterm(
     materialized: QuiverConfig, quiver_process: Callable[..., Any],
-    server_env: Callable[..., dict[str, str]],
+    server_env: Callable[..., dict[str, str]], free_port: Callable[[], int],
 ) -> None:
     port = free_port()
     server = quiver_process(

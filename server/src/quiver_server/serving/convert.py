@@ -17,14 +17,7 @@ from quiver.errors import FieldViolation, InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as serving_pb
 from quiver.types import ValueType
 from quiver.types.v1 import value_pb2
-
-# Integer keys accept either integer width.
-_ACCEPTED_KEY_TYPES: dict[ValueType, tuple[ValueType, ...]] = {
-    ValueType.INT64: (ValueType.INT64, ValueType.INT32),
-    ValueType.INT32: (ValueType.INT32, ValueType.INT64),
-    ValueType.STRING: (ValueType.STRING,),
-    ValueType.BYTES: (ValueType.BYTES,),
-}
+from quiver_server.online.keys import ACCEPTED_KEY_TYPES
 
 
 def decode_key_columns(
@@ -57,7 +50,7 @@ def decode_key_columns(
         if name not in entities:
             continue
         sent, values = from_values(entities[name])
-        accepted = _ACCEPTED_KEY_TYPES.get(dtype, ())
+        accepted = ACCEPTED_KEY_TYPES.get(dtype, ())
         if sent not in accepted:
             violations.append(
                 FieldViolation(
