@@ -8,8 +8,10 @@ part is stopping: whichever side goes away, the other must not wait forever.
 - The reader stops (`close`, or the iterator is dropped): the producer stops at
   its next item and closes its source in its own thread.
 - The work is cancelled (`cancelled()` turns true, e.g. a Flight client hung up):
-  a reader waiting for an item wakes within `poll_seconds` and the iteration
-  ends; a producer waiting for room stops.
+  a reader waiting for an item wakes within `poll_seconds`, stops the producer
+  and ends the iteration. Only the reader asks `cancelled()`: it may belong to a
+  call (a Flight ServerCallContext) that must not be touched once the call is
+  over, and the producer can outlive the call by a moment.
 - The source fails: the reader raises its exception (through `on_error`).
 """
 
@@ -45,11 +47,13 @@ class _Channel:
         self.cancelled = cancelled
         self.poll = poll
 
-    def stopping(self) -> bool:
-        return self.stop.is_set() or (self.cancelled is not None and self.cancelled())
+    def reader_stops(self) -> bool:
+        if self.cancelled is not None and self.cancelled():
+            self.stop.set()
+        return self.stop.is_set()
 
     def put(self, item: object) -> bool:
-        while not self.stopping():
+        while not self.stop.is_set():
             try:
                 self.queue.put(item, timeout=self.poll)
                 return True
@@ -81,7 +85,7 @@ class Prefetch(Iterator[T], Generic[T]):
     Args:
         source: The items; closed (if it has ``close``) on the producing thread.
         depth: Items computed ahead of the one being read.
-        cancelled: Polled while either side waits; true ends the iteration.
+        cancelled: Polled by the reader while it waits; true ends the iteration.
         on_item: Called with each item on the reader's side before it is returned.
         on_error: Maps the source's exception to the one the reader raises.
         name: The thread's name.
@@ -124,7 +128,7 @@ class Prefetch(Iterator[T], Generic[T]):
             except queue.Empty:
                 # Stopped, cancelled, or the producer ended without a last item
                 # (it stops only when told to): nothing more will come.
-                if channel.stopping() or (not self._thread.is_alive() and channel.queue.empty()):
+                if channel.reader_stops() or (not self._thread.is_alive() and channel.queue.empty()):
                     self.close()
                     raise StopIteration from None
         if item is _DONE:
