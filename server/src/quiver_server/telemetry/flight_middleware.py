@@ -155,7 +155,7 @@ class TelemetryServerMiddlewareFactory(flight.ServerMiddlewareFactory):  # type:
                 f"{FLIGHT_SERVICE}/{method}", parent, SpanKind.SERVER,
                 rpc_attributes(FLIGHT_SERVICE, method),
             )
-            context = call_context(span, self.tracer, parent)
+            context = call_context(span, self.tracer if span.is_recording() else None, parent)
         return TelemetryServerMiddleware(self, FlightCall(method, self.flight, span, context))
 
 

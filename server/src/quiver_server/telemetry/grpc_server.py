@@ -137,7 +137,8 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
             token = None
             if tracer is not None:
                 span = tracer.start_span(span_name, parent, SpanKind.SERVER, span_attributes)
-                token = enter(call_context(span, tracer, parent))
+                # Unsampled, the span only lends its ids to log lines: no tracer for children.
+                token = enter(call_context(span, tracer if span.is_recording() else None, parent))
             elif parent is not None:
                 # Not tracing, but the caller is: log lines still carry its trace id.
                 token = enter(parent)
