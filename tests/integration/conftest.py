@@ -231,3 +231,25 @@ def server_env_fixture() -> Callable[..., dict[str, str]]:
 def free_port_fixture() -> Callable[[], int]:
     """`free_port()`: a TCP port nothing listens on right now."""
     return free_port
+
+
+@pytest.fixture
+def serve_workers(
+    quiver_process: Callable[..., QuiverProcess],
+) -> Callable[..., tuple[QuiverProcess, str, dict[str, str]]]:
+    """`serve_workers(config, workers=2)`: `quiver serve --workers N` on free ports, each
+    worker's ready line seen; returns the process, its target and its environment."""
+
+    def start(config: QuiverConfig, workers: int = 2) -> tuple[QuiverProcess, str, dict[str, str]]:
+        env, port = server_env(), free_port()
+        server = quiver_process(
+            ["--repo", str(config.repo_path), "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", str(workers)], env, Path(__file__).parents[2],
+        )
+        server.wait_for(
+            lambda p: {e.get("worker") for e in p.logged("serving")} == set(range(workers)),
+            f"a ready line from each of {workers} workers",
+        )
+        return server, f"127.0.0.1:{port}", env
+
+    return start

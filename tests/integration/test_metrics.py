@@ -106,19 +106,10 @@ def test_metrics_off_means_no_interceptor_and_no_wrapper(materialized: QuiverCon
 
 @pytest.mark.slow
 def test_workers_share_one_metrics_endpoint(
-    materialized: QuiverConfig, quiver_process: Callable[..., Any],
-    server_env: Callable[..., dict[str, str]], free_port: Callable[[], int],
+    materialized: QuiverConfig, serve_workers: Callable[..., Any]
 ) -> None:
-    env = server_env()
+    server, target, env = serve_workers(materialized)
     metrics_port = int(env["QUIVER_TELEMETRY__METRICS__PORT"])
-    port = free_port()
-    target = f"127.0.0.1:{port}"
-    server = quiver_process(
-        ["--repo", str(materialized.repo_path), "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2"], env, ROOT,
-    )
-    server.wait_for(lambda p: {e.get("worker") for e in p.logged("serving")} == {0, 1},
-                    "ready line from both workers")
     workers = _children(server.process.pid)
     assert len(workers) == 2, server.output()
     directory = _environ(workers[0]).get("PROMETHEUS_MULTIPROC_DIR")

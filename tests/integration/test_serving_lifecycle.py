@@ -32,20 +32,13 @@ def wait_serving(target: str, timeout: float = 30) -> None:
 
 @pytest.mark.slow
 def test_workers_share_one_port_and_stop_on_sigterm(
-    materialized: QuiverConfig, quiver_process: Callable[..., Any],
-    server_env: Callable[..., dict[str, str]], free_port: Callable[[], int],
+    materialized: QuiverConfig, serve_workers: Callable[..., Any]
 ) -> None:
-    port = free_port()
-    server = quiver_process(
-        ["--repo", str(materialized.repo_path), "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "2"], server_env(),
-    )
-    # Each worker logs "serving" once its server is bound to the shared port.
-    server.wait_for(lambda p: {e.get("worker") for e in p.logged("serving")} == {0, 1},
-                    "ready line from both workers")
-    wait_serving(f"127.0.0.1:{port}")
+    # Both workers logged "serving": both are bound to the one port.
+    server, target, _ = serve_workers(materialized)
+    wait_serving(target)
     for _ in range(20):
-        with OnlineClient(f"127.0.0.1:{port}") as client:
+        with OnlineClient(target) as client:
             result = client.get_online_features(features=["user_profile:age"],
                                                 entities={"user_id": [1]})
             assert result.statuses("age") == ["PRESENT"]

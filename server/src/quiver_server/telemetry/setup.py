@@ -35,6 +35,7 @@ class Telemetry:
         metrics: The Prometheus families; None disables metrics.
         access_log: One log line per RPC.
         store_system: db.system of the online store (sqlite, aerospike).
+        pushgateway: ``host:port`` of the Pushgateway a batch job pushes its metrics to.
     """
 
     def __init__(
