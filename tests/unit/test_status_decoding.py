@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from quiver.errors import FieldViolation, InvalidArgumentError, NotFoundError
@@ -86,3 +88,25 @@ def test_unknown_details_and_an_ok_code_are_ignored() -> None:
     status = decode_status(raw)
     assert status is not None and status.code == grpc.StatusCode.UNAVAILABLE and status.reason is None
     assert decode_status(status_pb2.Status(code=0).SerializeToString()) is None
+
+
+def test_the_copies_have_google_rpc_s_field_numbers_and_types() -> None:
+    from google.rpc import error_details_pb2, status_pb2
+
+    from quiver.rpc.v1 import status_pb2 as copies
+
+    def fields(descriptor: Any) -> dict[int, tuple[str, int, bool]]:
+        return {f.number: (f.name, f.type, f.is_repeated) for f in descriptor.fields}
+
+    pairs = [
+        (copies.Status, status_pb2.Status),
+        (copies.ErrorInfo, error_details_pb2.ErrorInfo),
+        (copies.BadRequest, error_details_pb2.BadRequest),
+    ]
+    for copy, original in pairs:
+        assert fields(copy.DESCRIPTOR) == fields(original.DESCRIPTOR), copy.DESCRIPTOR.name
+    copied = fields(copies.BadRequest.FieldViolation.DESCRIPTOR)
+    original = fields(error_details_pb2.BadRequest.FieldViolation.DESCRIPTOR)
+    assert copied == {n: f for n, f in original.items() if n in copied} and set(copied) == {1, 2, 3}
+    # The copy imports nothing but the well-known Any: protos/ alone is enough to generate it.
+    assert [d.name for d in copies.DESCRIPTOR.dependencies] == ["google/protobuf/any.proto"]
