@@ -393,3 +393,18 @@ def test_nothing_is_reported_without_a_callback(
     write_parquet(config, "stats/p.parquet", history([1], [T], [1]))
     materialize_range(config, T, T + timedelta(days=1))
     assert capsys.readouterr() == ("", "")
+
+
+def test_the_cli_bars_leave_one_summary_line_per_view(
+    config: QuiverConfig, make_registry: Any
+) -> None:
+    import io
+
+    from quiver_server.progress import MaterializeBars
+
+    make_registry(config, [USER], [stats_view()])
+    write_parquet(config, "stats/p.parquet", history([1, 2], [T, T], [1, 2]))
+    out = io.StringIO()  # not a terminal: no bar is drawn, only the summaries
+    with MaterializeBars(out) as bars:
+        [result] = materialize_range(config, T, T + timedelta(days=1), progress=bars)
+    assert out.getvalue() == f"{result}\n"
