@@ -34,7 +34,8 @@ PUBLIC = {
         "ResourceExhaustedError", "UnavailableError", "UnimplementedError", "error_for_code",
     },
     quiver.status: {
-        "DETAILS_KEY", "RichStatus", "decode_status", "encode_status", "error_from_status",
+        "DETAILS_KEY", "RichStatus", "build_status", "decode_status", "encode_status",
+        "error_from_status",
         "flight_error_code", "from_flight_error", "from_rpc_error",
     },
     quiver.convert: {

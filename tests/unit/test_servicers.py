@@ -21,7 +21,7 @@ from quiver import Entity, FeatureService, FeatureView, Field, Int64, ParquetSou
 from quiver.registry.v1 import registry_service_pb2 as registry_pb
 from quiver.serving.v1 import serving_service_pb2 as serving_pb
 from quiver.types.v1 import value_pb2
-from quiver_server.config import QuiverConfig
+from quiver_server.config import QuiverConfig, ServingConfig
 from quiver_server.online.sqlite import SqliteOnlineStore
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.store import RegistryStore
@@ -63,8 +63,8 @@ def server(config: QuiverConfig, tmp_path: Path, served: list[list[OutputColumn]
     registry = RegistryProvider(RegistryStore(config.registry_path))
     store = SqliteOnlineStore(str(tmp_path / "online.db"))
     yield grpc_testing.server_from_dictionary({
-        SERVING: FeatureServingServicer(registry, store, 10, config.offline_root,
-                                        served=served.append),
+        SERVING: FeatureServingServicer(registry, store, ServingConfig(max_entities=10),
+                                        config.offline_root, served=served.append),
         REGISTRY: RegistryServicer(registry),
     }, grpc_testing.strict_real_time())
     store.close()
@@ -107,7 +107,7 @@ def test_an_unknown_push_target_is_a_bad_request(server: grpc_testing.Server) ->
     })
     _, code, details = call(server, SERVING, "PushFeatures", request)
     assert code is grpc.StatusCode.INVALID_ARGUMENT
-    assert details.startswith("to: unknown push target 42; allowed: PUSH_TARGET_UNSPECIFIED")
+    assert details.startswith("to: 42 is not a push target; allowed: PUSH_TARGET_UNSPECIFIED")
 
 
 def test_a_bug_is_internal_and_leaks_nothing(
@@ -116,7 +116,8 @@ def test_a_bug_is_internal_and_leaks_nothing(
     registry = RegistryProvider(RegistryStore(config.registry_path))
     store = BrokenStore(str(tmp_path / "broken.db"))
     server = grpc_testing.server_from_dictionary({
-        SERVING: FeatureServingServicer(registry, store, 10, config.offline_root),
+        SERVING: FeatureServingServicer(registry, store, ServingConfig(max_entities=10),
+                                        config.offline_root),
     }, grpc_testing.strict_real_time())
     request = serving_pb.GetOnlineFeaturesRequest(
         feature_service="svc",

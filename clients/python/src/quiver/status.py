@@ -14,6 +14,7 @@ matching `quiver.errors` class with `from_rpc_error` / `from_flight_error`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -33,6 +34,7 @@ from quiver.rpc.v1 import status_pb2
 __all__ = [
     "DETAILS_KEY",
     "RichStatus",
+    "build_status",
     "decode_status",
     "encode_status",
     "error_from_status",
@@ -65,18 +67,32 @@ def _packed(name: str, detail: message.Message) -> any_pb2.Any:
     return any_pb2.Any(type_url=_TYPE_URL_PREFIX + name, value=detail.SerializeToString())
 
 
-def encode_status(error: QuiverError) -> bytes:
-    """`error` as a serialized google.rpc.Status with ErrorInfo and, for bad input, BadRequest."""
-    status = status_pb2.Status(code=error.grpc_code.value[0], message=error.message)
-    info = status_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+def build_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: Mapping[str, str],
+    violations: Sequence[FieldViolation] = (),
+) -> status_pb2.Status:
+    """A google.rpc.Status (the wire-compatible copy) with ErrorInfo and, if any, BadRequest."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    info = status_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
     status.details.append(_packed(_ERROR_INFO, info))
-    if isinstance(error, InvalidArgumentError) and error.violations:
+    if violations:
         bad = status_pb2.BadRequest(field_violations=[
             status_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in error.violations
+            for v in violations
         ])
         status.details.append(_packed(_BAD_REQUEST, bad))
-    return status.SerializeToString()
+    return status
+
+
+def encode_status(error: QuiverError) -> bytes:
+    """`error` as a serialized google.rpc.Status with ErrorInfo and, for bad input, BadRequest."""
+    violations = error.violations if isinstance(error, InvalidArgumentError) else ()
+    return build_status(
+        error.grpc_code, error.message, error.reason, error.metadata, violations
+    ).SerializeToString()
 
 
 def decode_status(data: bytes) -> RichStatus | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from quiver import Field, ValueType
 from quiver.errors import InvalidArgumentError
+from quiver_server.echo import clip
 
 _INT = struct.Struct(">q")
 _LEN = struct.Struct(">I")
@@ -37,7 +38,7 @@ def check_key_values(field: str, key: Field, values: Sequence[Any]) -> None:
            or isinstance(v, bool)]
     if bad:
         raise InvalidArgumentError.for_field(
-            field, f"join key is {key.dtype.name.lower()}; got {bad[0]!r}"
+            field, f"join key is {key.dtype.name.lower()}; got {clip(repr(bad[0]))}"
         )
 
 

@@ -2,8 +2,8 @@
 
 `rpc_errors` lets a servicer method raise; what it raised is mapped by the shared
 error policy (`quiver_server.error_policy`) and the call is aborted with the
-status code, the message and the serialized status in the standard
-``grpc-status-details-bin`` trailer (`quiver.status.encode_status`).
+status code, the (bounded) message and the serialized status in the standard
+``grpc-status-details-bin`` trailer.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 
 from quiver.errors import QuiverError
-from quiver.status import DETAILS_KEY, encode_status
-from quiver_server.error_policy import as_quiver_error
+from quiver.status import DETAILS_KEY
+from quiver_server.error_policy import as_quiver_error, to_status
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def abort(context: grpc.ServicerContext, error: QuiverError) -> NoReturn:
     """End the call with `error`'s code and message, its rich status in the trailer."""
-    context.set_trailing_metadata(((DETAILS_KEY, encode_status(error)),))
-    context.abort(error.grpc_code, error.message)
+    status = to_status(error)
+    context.set_trailing_metadata(((DETAILS_KEY, status.SerializeToString()),))
+    context.abort(error.grpc_code, status.message)
     raise AssertionError("abort returned")  # pragma: no cover
 
 

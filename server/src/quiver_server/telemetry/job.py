@@ -5,8 +5,8 @@
 
 The run gets a ``quiver.materialize`` span and one ``quiver.materialize.view``
 child per view (window, rows read, entities, rows written and superseded),
-made from the materialization's progress events; each view's rows and duration
-go to `quiver_materialize_rows_total` / `quiver_materialize_duration_seconds`.
+made from the materialization's progress events; each view's rows, duration and
+end go to the `quiver_materialize_last_run_*` gauges.
 When the runner sets telemetry up itself (tracing on, or a Pushgateway
 configured), it pushes the metrics to the Pushgateway at the end and shuts the
 telemetry down, flushing the spans. Library calls of `materialize_range` report
@@ -64,9 +64,9 @@ class _ViewSpans:
                 })
                 span.end()
             if self.metrics is not None:
-                self.metrics.rows.labels(result.view, "written").inc(result.rows_written)
-                self.metrics.rows.labels(result.view, "superseded").inc(result.superseded)
-                self.metrics.duration.labels(result.view).observe(result.seconds)
+                self.metrics.record(
+                    result.view, result.rows_written, result.superseded, result.seconds
+                )
         if self.draw is not None:
             self.draw(event)
 

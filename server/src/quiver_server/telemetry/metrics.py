@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -54,7 +54,7 @@ def multiprocess_mode() -> bool:
 class Family:
     """One metric family as Quiver declares it; `exported_metrics` reads these."""
 
-    kind: type[Counter] | type[Histogram]
+    kind: type[Counter] | type[Gauge] | type[Histogram]
     name: str
     documentation: str
     labels: tuple[str, ...] = ()
@@ -64,6 +64,8 @@ class Family:
         if self.kind is Histogram:
             return Histogram(self.name, self.documentation, self.labels, buckets=self.buckets,
                              registry=registry)
+        if self.kind is Gauge:
+            return Gauge(self.name, self.documentation, self.labels, registry=registry)
         return Counter(self.name, self.documentation, self.labels, registry=registry)
 
 
@@ -103,18 +105,26 @@ FLIGHT_BATCHES = Family(
     Counter, "quiver_flight_batches_streamed",
     "Record batches sent (do_get) or received (do_put).", ("method",),
 )
+# Gauges, not counters: a batch job's counters restart at zero every run, and the
+# Pushgateway keeps only the last push, so only "the last run's" values mean anything.
 MATERIALIZE_ROWS = Family(
-    Counter, "quiver_materialize_rows",
-    "Rows materialization offered the online store, by view and result "
+    Gauge, "quiver_materialize_last_run_rows",
+    "Rows the last materialization of the view offered the online store, by result "
     "(written, or superseded by a newer stored row).", ("feature_view", "result"),
 )
 MATERIALIZE_DURATION = Family(
-    Histogram, "quiver_materialize_duration_seconds", "Wall time of materializing one view.",
-    ("feature_view",), (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0),
+    Gauge, "quiver_materialize_last_run_duration_seconds",
+    "Wall time of the last materialization of the view.", ("feature_view",),
+)
+MATERIALIZE_FINISHED = Family(
+    Gauge, "quiver_materialize_last_run_finished_timestamp_seconds",
+    "When the last materialization of the view finished, in seconds since the epoch.",
+    ("feature_view",),
 )
 FAMILIES = (
     RPC_DURATION, ONLINE_ENTITIES, FEATURE_STATUS, STORE_DURATION, STORE_ERRORS,
     FLIGHT_ROWS, FLIGHT_BYTES, FLIGHT_BATCHES, MATERIALIZE_ROWS, MATERIALIZE_DURATION,
+    MATERIALIZE_FINISHED,
 )
 PRESENT: int = serving_pb.FEATURE_STATUS_PRESENT
 _STATUS_NAMES = {
@@ -187,11 +197,28 @@ class FlightMetrics:
 
 
 class MaterializeMetrics:
-    """Rows materialization moved into the online store."""
+    """The last materialization run of each view, as gauges.
+
+    A materialization job is a short batch process: it pushes its metrics to a
+    Pushgateway when it ends, and the gateway keeps only the latest push. Every
+    run's counters would start from zero again, so `rate()` over them reads
+    resets and one-sample series (and a histogram's quantile is NaN). Gauges of
+    the last run mean the same whichever push Prometheus scraped: query them
+    as they are (`time() - ..._finished_timestamp_seconds` is the age of the
+    last run).
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.rows = MATERIALIZE_ROWS.make(registry)
         self.duration = MATERIALIZE_DURATION.make(registry)
+        self.finished = MATERIALIZE_FINISHED.make(registry)
+
+    def record(self, view: str, written: int, superseded: int, seconds: float) -> None:
+        """Set the gauges of one view's run, just finished."""
+        self.rows.labels(view, "written").set(written)
+        self.rows.labels(view, "superseded").set(superseded)
+        self.duration.labels(view).set(seconds)
+        self.finished.labels(view).set_to_current_time()
 
 
 class MaterializationLagCollector(Collector):
@@ -225,7 +252,7 @@ class MaterializationLagCollector(Collector):
 
     def _current(self) -> dict[str, float]:
         try:
-            version = self._store.latest_version()
+            version = self._store.latest_good_version()
             with self._lock:
                 if version != self._version:
                     proto = self._store.read(version) if version else registry_pb2.Registry()
@@ -344,7 +371,9 @@ def exported_metrics() -> dict[str, frozenset[str]]:
     }
     for family in FAMILIES:
         labels = frozenset(family.labels)
-        if family.kind is Counter:
+        if family.kind is Gauge:
+            found[family.name] = labels
+        elif family.kind is Counter:
             found[f"{family.name}_total"] = labels
         else:
             found[f"{family.name}_bucket"] = labels | {"le"}
