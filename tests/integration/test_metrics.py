@@ -168,3 +168,25 @@ def _served(directory: Path, pid: int) -> float:
         if sample.name == "quiver_rpc_duration_seconds_count"
         and sample.labels.get("method") == "GetOnlineFeatures"
     )
+
+
+def test_a_metrics_port_in_use_is_named(
+    applied_demo: QuiverConfig, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`quiver serve` whose metrics port is taken (say by `quiver serve-flight` on the same
+    repo, which defaults to the same port) says which address and setting, in its one line."""
+    import socket
+
+    from quiver_server.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("QUIVER_TELEMETRY__METRICS__HOST", "127.0.0.1")
+        monkeypatch.setenv("QUIVER_TELEMETRY__METRICS__PORT", str(port))
+        code = main(["--repo", str(applied_demo.repo_path), "serve", "--host", "127.0.0.1",
+                     "--port", "0"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "telemetry.metrics.port" in err, err
