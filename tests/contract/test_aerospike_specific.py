@@ -44,6 +44,8 @@ def _open(project: str, hosts: list[str] | None = None, **settings: Any) -> Any:
     from quiver_server.online.aerospike import AerospikeOnlineStore
 
     settings.setdefault("namespace", NAMESPACE)
+    # Results, not latency: the production read budget (50 ms) expires on a loaded machine.
+    settings.setdefault("read_timeout_ms", 10_000)
     config = AerospikeOnlineStoreConfig(hosts=hosts or _hosts(), **settings)
     return AerospikeOnlineStore(config)
 
