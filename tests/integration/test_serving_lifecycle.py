@@ -17,17 +17,26 @@ from quiver_server.online.sqlite import SqliteOnlineStore
 from quiver_server.serving.server import create_server
 
 
-def wait_serving(target: str, timeout: float = 30) -> None:
+def health_until(target: str, done: Callable[[int | None], bool], timeout: float = 30) -> bool:
+    """Poll the health service until `done(status)` (None: the call was refused) holds."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
+                status: int | None = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
             except grpc.RpcError:
-                time.sleep(0.1)
-    raise AssertionError(f"{target} never became SERVING")
+                status = None
+            if done(status):
+                return True
+            time.sleep(0.05)
+    return False
+
+
+def wait_serving(target: str, timeout: float = 30) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    if not health_until(target, lambda status: status == serving, timeout):
+        raise AssertionError(f"{target} never became SERVING")
 
 
 @pytest.mark.slow
@@ -85,20 +94,10 @@ def test_sigterm_drains_in_flight_calls(materialized: QuiverConfig) -> None:
     assert len(results) == 1  # the in-flight call completed
 
 
-def _draining(target: str, timeout: float = 30) -> bool:
-    """Poll health until it says NOT_SERVING or new calls are refused."""
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.RpcError:
-                return True
-            if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
-                return True
-            time.sleep(0.05)
-    return False
+def _draining(target: str) -> bool:
+    """Whether health turns NOT_SERVING, or new calls are refused, in time."""
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    return health_until(target, lambda status: status in (None, not_serving))
 
 
 def test_server_starts_before_the_first_apply(demo_config: QuiverConfig) -> None:
