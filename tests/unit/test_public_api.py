@@ -12,7 +12,7 @@ EXPECTED = {
     "Bool", "Bytes", "Entity", "FeatureProjection", "FeatureService", "FeatureView", "Field",
     "Float32", "Float64", "Int32", "Int64", "OnlineClient", "OnlineResponse", "ParquetSource",
     "QuiverError", "String", "Timestamp", "ValueType", "__version__", "parse_feature_ref",
-    "TrainingClient", "SpineHandle", "OfflineSpine", "PushResult",
+    "TrainingClient", "SpineHandle", "OfflineSpine", "PushResult", "DriftThresholds",
 }
 
 
