@@ -41,6 +41,8 @@ from quiver_flight.spines import SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.training import TrainingSets
 from quiver_server.config import QuiverConfig
+from quiver_server.monitoring.storage import ProfileStore
+from quiver_server.monitoring.training_sets import TrainingSetProfiler
 from quiver_server.observability import configure_logging
 from quiver_server.registry.store import RegistryStore
 from quiver_server.serving.status import as_quiver_error
@@ -278,9 +280,14 @@ def create_flight_server(
         batch_rows=flight_config.batch_rows,
         clock=clock,
     )
+    profiler = (
+        TrainingSetProfiler(ProfileStore(config.offline_root),
+                            config.monitoring.training_set_sketch_rows)
+        if config.monitoring.enabled else None
+    )
     training = TrainingSets(
         RegistryStore(config.registry_path), engine, spines, TicketSigner(config.offline_root),
-        flight_config, clock,
+        flight_config, clock, profiler,
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
     server = TrainingSetFlightServer(

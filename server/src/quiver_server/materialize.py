@@ -27,8 +27,8 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TextIO
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,6 +50,9 @@ from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.hooks import traced_materialization, traced_view_materialization
+
+if TYPE_CHECKING:
+    from quiver_server.monitoring.sinks import ProfileWriter
 
 __all__ = ["ViewMaterialization", "materialize_incremental", "materialize_range"]
 
@@ -125,6 +128,7 @@ def materialize_range(
     end: datetime,
     views: Sequence[str] | None = None,
     progress: bool = True,
+    profiles: ProfileWriter | None = None,
 ) -> list[ViewMaterialization]:
     """Materialize history with event time in ``[start, end)``.
 
@@ -136,6 +140,8 @@ def materialize_range(
         end: Window end, exclusive (naive means UTC).
         views: Feature views to materialize; default every online view.
         progress: Draw progress on stderr.
+        profiles: Where to store a profile of the rows each view writes
+            (feature monitoring); None profiles nothing.
 
     Returns:
         One result per view, in order.
@@ -155,7 +161,7 @@ def materialize_range(
     registry = RegistryStore(config.registry_path)
     snapshot = registry.latest()
     tables = _select_views(snapshot, views)
-    return _run(config, registry, [(t, start, end) for t in tables], progress)
+    return _run(config, registry, [(t, start, end) for t in tables], progress, profiles)
 
 
 def materialize_incremental(
@@ -163,6 +169,7 @@ def materialize_incremental(
     end: datetime,
     views: Sequence[str] | None = None,
     progress: bool = True,
+    profiles: ProfileWriter | None = None,
 ) -> list[ViewMaterialization]:
     """Materialize each view from where the last run stopped up to `end`.
 
@@ -181,7 +188,7 @@ def materialize_incremental(
         if start is None and table.view.ttl:
             start = end - table.view.ttl
         windows.append((table, start, end))
-    return _run(config, registry, windows, progress)
+    return _run(config, registry, windows, progress, profiles)
 
 
 def _select_views(snapshot: Snapshot, names: Sequence[str] | None) -> list[ViewTable]:
@@ -208,6 +215,7 @@ def _run(
     registry: RegistryStore,
     windows: Sequence[tuple[ViewTable, datetime | None, datetime]],
     progress: bool,
+    profiles: ProfileWriter | None = None,
 ) -> list[ViewMaterialization]:
     # Check every source before writing anything.
     jobs = [_plan(config, table, start, end) for table, start, end in windows]
@@ -219,7 +227,9 @@ def _run(
             if job.dataset is None:
                 results.append(ViewMaterialization(job.table.name, job.start, job.end, 0, 0, 0, 0, 0.0))
                 continue
-            results.append(_materialize_view(store, job, _Progress(job.table.name, progress)))
+            results.append(
+                _materialize_view(store, job, _Progress(job.table.name, progress), profiles)
+            )
             done[job.table.name] = job.end
     finally:
         store.close()
@@ -326,7 +336,9 @@ def _bound(value: datetime, column_type: pa.DataType) -> pa.Scalar:
 
 
 @traced_view_materialization
-def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) -> ViewMaterialization:
+def _materialize_view(
+    store: OnlineStore, job: _ViewJob, progress: _Progress, profiles: ProfileWriter | None = None
+) -> ViewMaterialization:
     began = time.perf_counter()
     name = job.table.name
     assert job.dataset is not None
@@ -353,6 +365,11 @@ def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) ->
     except OSError as exc:
         raise FailedPreconditionError(f"feature view {name!r}: cannot read its history: {exc}") from exc
 
+    if profiles is not None and latest.num_rows:
+        # The profile of what is written online: each entity's latest row.
+        first = datetime(1970, 1, 1, tzinfo=UTC) + _min_micros(latest)
+        profiles.record(job.table.view, "materialize", latest, job.start or first, job.end,
+                        event_column=EVENT_TS)
     written = superseded = 0
     entities = latest.num_rows
     for offset in range(0, entities, WRITE_CHUNK_ROWS):
@@ -439,6 +456,10 @@ def _record_watermarks(registry: RegistryStore, ends: dict[str, datetime]) -> No
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _min_micros(table: pa.Table) -> timedelta:
+    return timedelta(microseconds=int(pc.min(table.column(EVENT_TS)).as_py()))
 
 
 def _micros(value: datetime) -> int:

@@ -9,16 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from quiver import FeatureView, ValueType
 from quiver.errors import FieldViolation, InvalidArgumentError
+from quiver_server.monitoring.sinks import newest_event
 from quiver_server.offline.append import append_history
 from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.keys import encode_keys
 from quiver_server.telemetry.hooks import traced_push
+
+if TYPE_CHECKING:
+    from quiver_server.monitoring.sinks import ProfileAccumulator
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _PUSH_TIME = "__quiver_push_time"
@@ -118,9 +123,11 @@ def push(
     offline_root: str,
     rows: pa.Table,
     to: PushTarget,
+    profiles: ProfileAccumulator | None = None,
 ) -> PushResult:
     """Validate, then write. Offline goes first: it is append-only, so a later
-    online failure leaves history that a materialization would write anyway."""
+    online failure leaves history that a materialization would write anyway.
+    Rows written online are profiled into `profiles` (feature monitoring)."""
     view = table.view
     rows = validate_rows(view, rows)
     # Rows without a created time get the push time, the same one online and
@@ -138,4 +145,7 @@ def push(
     if to in (PushTarget.ONLINE, PushTarget.ONLINE_AND_OFFLINE):
         result = store.write(table, to_write_batch(view, rows, created_column))
         superseded = result.superseded
+        if profiles is not None:
+            profiles.add(view, "push", {f: rows[f] for f in view.feature_names}, rows.num_rows,
+                         newest_event(rows[view.source.timestamp_field]))
     return PushResult(rows=rows.num_rows, superseded=superseded, offline_files=files)

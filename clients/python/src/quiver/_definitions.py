@@ -43,7 +43,7 @@ class DriftThresholds:
     """When a feature counts as drifted from its reference (`quiver monitor`).
 
     A threshold left as None is inherited: a feature's from its view, a view's
-    from the defaults (psi 0.2, jensen_shannon 0.1, null_rate 0.05).
+    from the defaults (psi 0.2, jensen_shannon 0.15, null_rate 0.05).
 
     Args:
         psi: Population stability index between the binned distributions

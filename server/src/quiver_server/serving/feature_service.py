@@ -9,6 +9,7 @@ from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
 from quiver_server.deletion import delete_entities
+from quiver_server.monitoring.sinks import ServerProfiles
 from quiver_server.online.base import OnlineStore
 from quiver_server.push import push
 from quiver_server.registry.provider import RegistryProvider
@@ -43,8 +44,10 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         store: OnlineStore,
         max_entities: int,
         offline_root: str,
+        profiles: ServerProfiles | None = None,
     ) -> None:
         self._registry = registry
+        self._profiles = profiles
         self._offline_root = offline_root
         self._store = store
         self._max_entities = max_entities
@@ -64,6 +67,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             request.entities, plan.key_types, max_entities=self._max_entities
         )
         columns = read_online(self._store, plan, key_columns, count)
+        if self._profiles is not None:
+            self._profiles.sampler.observe(plan.parts, columns)
         return encode_response(plan.output_names, columns, count)
 
     @rpc_errors
@@ -75,7 +80,10 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         snapshot = self._registry.current()
         table = snapshot.view_table(request.feature_view)
         rows = decode_push_rows(request)
-        result = push(self._store, table, self._offline_root, rows, PUSH_TARGETS[request.to])
+        result = push(
+            self._store, table, self._offline_root, rows, PUSH_TARGETS[request.to],
+            self._profiles.accumulator if self._profiles is not None else None,
+        )
         return pb.PushFeaturesResponse(rows=result.rows, rows_superseded=result.superseded)
 
     @rpc_errors

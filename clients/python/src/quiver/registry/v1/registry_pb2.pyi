@@ -81,7 +81,7 @@ Global___Field: _TypeAlias = Field  # noqa: Y015
 class DriftThresholds(_message.Message):
     """DriftThresholds say when a feature has drifted from its reference
     (docs/monitoring.md). A threshold of 0 is unset: it is inherited from the
-    feature view, then from the defaults (psi 0.2, jensen_shannon 0.1, null_rate 0.05).
+    feature view, then from the defaults (psi 0.2, jensen_shannon 0.15, null_rate 0.05).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -1,0 +1,244 @@
+"""`FeatureSummary`: the mergeable profile of one feature's values.
+
+Counts add; moments (min, max, mean and Welford's M2) combine exactly with
+Chan's parallel formula; numbers go into a DataSketches KLL quantile sketch and
+strings and booleans into a frequent-items sketch, both of which merge with
+bounded error. So a summary built per worker, per batch or per partition can
+be merged in any order into the summary of all of them.
+
+What feeds what, by feature type:
+
+- int64, int32, float64, float32: moments and the KLL sketch;
+- timestamp: the same, as seconds since the epoch;
+- bool: moments as 0/1 and the frequent-items sketch ("true"/"false");
+- string: the frequent-items sketch;
+- bytes: counts only.
+
+NaN is a value for the counts but is left out of the moments and sketches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import datasketches
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from quiver import ValueType
+from quiver.monitoring.v1 import profile_pb2 as pb
+
+__all__ = ["CATEGORICAL", "NUMERIC", "FeatureSummary", "kind_of"]
+
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
+
+# KLL accuracy parameter: about 0.9% normalized rank error, at most ~10 KB serialized.
+KLL_K = 400
+# Frequent-items map of 2^LG_MAX_K counters (at most 0.75 * 2^LG_MAX_K items kept).
+LG_MAX_K = 7
+# Distinct strings fed per batch: past this, the most frequent ones; the rest
+# still count in `sketched_count`, so they show up as "other" in drift.
+MAX_DISTINCT_PER_BATCH = 10_000
+
+_NUMERIC_TYPES = frozenset({
+    ValueType.INT64, ValueType.INT32, ValueType.FLOAT64, ValueType.FLOAT32, ValueType.TIMESTAMP,
+})
+
+
+def kind_of(dtype: ValueType) -> str:
+    """numeric, categorical, or "" (counts only) for a feature type."""
+    if dtype in _NUMERIC_TYPES:
+        return NUMERIC
+    if dtype in (ValueType.STRING, ValueType.BOOL):
+        return CATEGORICAL
+    return ""
+
+
+@dataclass
+class FeatureSummary:
+    """Counts, moments and sketches of one feature; see the module docstring."""
+
+    name: str
+    dtype: ValueType
+    count: int = 0
+    null_count: int = 0
+    numeric_count: int = 0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+    mean: float = 0.0
+    m2: float = 0.0
+    sketched_count: int = 0
+    kll: datasketches.kll_doubles_sketch | None = field(default=None, repr=False)
+    items: datasketches.frequent_strings_sketch | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.dtype)
+
+    @property
+    def null_rate(self) -> float:
+        return self.null_count / self.count if self.count else 0.0
+
+    @property
+    def variance(self) -> float:
+        """Sample variance of the numeric values (0 with fewer than two)."""
+        return self.m2 / (self.numeric_count - 1) if self.numeric_count > 1 else 0.0
+
+    # -- feeding -----------------------------------------------------------------
+
+    def update(self, values: pa.Array | pa.ChunkedArray, sample_step: int = 1) -> None:
+        """Add a column of values (nulls included).
+
+        Args:
+            values: The feature's values as Arrow; timestamps may be Arrow
+                timestamps or int64 microseconds since the epoch.
+            sample_step: Feed only every `sample_step`-th non-null value to the
+                sketches (counts and moments stay exact); large training sets
+                and history scans use it to bound the sketching cost.
+        """
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+        self.count += len(values)
+        self.null_count += values.null_count
+        present = values.drop_null() if values.null_count else values
+        if not len(present):
+            return
+        kind = self.kind
+        if kind == NUMERIC or self.dtype == ValueType.BOOL:
+            numbers = _as_float64(present, self.dtype)
+            self._add_moments(numbers)
+            if kind == NUMERIC:
+                self._sketch_numbers(numbers[::sample_step] if sample_step > 1 else numbers)
+        if kind == CATEGORICAL:
+            sampled = present[::sample_step] if sample_step > 1 else present
+            self._sketch_items(sampled)
+
+    def update_counts(self, count: int, nulls: int) -> None:
+        """Count values that carry no usable value (served NOT_FOUND, ...) as nulls."""
+        self.count += count
+        self.null_count += nulls
+
+    def _add_moments(self, numbers: np.ndarray) -> None:
+        finite = numbers[~np.isnan(numbers)] if np.isnan(numbers).any() else numbers
+        n = len(finite)
+        if not n:
+            return
+        mean = float(finite.mean())
+        m2 = float(((finite - mean) ** 2).sum())
+        self._combine_moments(n, float(finite.min()), float(finite.max()), mean, m2)
+
+    def _combine_moments(self, n: int, low: float, high: float, mean: float, m2: float) -> None:
+        total = self.numeric_count + n
+        delta = mean - self.mean
+        self.m2 += m2 + delta * delta * self.numeric_count * n / total
+        self.mean += delta * n / total
+        self.numeric_count = total
+        self.minimum = min(self.minimum, low)
+        self.maximum = max(self.maximum, high)
+
+    def _sketch_numbers(self, numbers: np.ndarray) -> None:
+        if self.kll is None:
+            self.kll = datasketches.kll_doubles_sketch(KLL_K)
+        # The binding takes a writable C-contiguous float64 array; NaN is ignored.
+        self.kll.update(np.require(numbers, np.float64, ["C", "W"]))
+        self.sketched_count += int(len(numbers))
+
+    def _sketch_items(self, values: pa.Array) -> None:
+        if self.items is None:
+            self.items = datasketches.frequent_strings_sketch(LG_MAX_K)
+        if self.dtype == ValueType.BOOL:
+            true = int(pc.sum(values).as_py() or 0)
+            pairs = [("true", true), ("false", len(values) - true)]
+        else:
+            counts = pc.value_counts(values)
+            if len(counts) > MAX_DISTINCT_PER_BATCH:
+                top = pc.select_k_unstable(
+                    counts, MAX_DISTINCT_PER_BATCH, sort_keys=[("counts", "descending")]
+                )
+                counts = counts.take(top)
+            pairs = zip(
+                counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+            )
+        sketch = self.items
+        for value, weight in pairs:
+            if weight:
+                sketch.update(value, weight)
+        self.sketched_count += len(values)
+
+    # -- merging -----------------------------------------------------------------
+
+    def merge(self, other: FeatureSummary) -> None:
+        """Fold `other` (the same feature) into this summary."""
+        self.count += other.count
+        self.null_count += other.null_count
+        if other.numeric_count:
+            self._combine_moments(
+                other.numeric_count, other.minimum, other.maximum, other.mean, other.m2
+            )
+        self.sketched_count += other.sketched_count
+        if other.kll is not None:
+            if self.kll is None:
+                self.kll = datasketches.kll_doubles_sketch(KLL_K)
+            self.kll.merge(other.kll)
+        if other.items is not None:
+            if self.items is None:
+                self.items = datasketches.frequent_strings_sketch(LG_MAX_K)
+            self.items.merge(other.items)
+
+    # -- reading -------------------------------------------------------------------
+
+    def frequencies(self) -> dict[str, float]:
+        """Estimated count of each tracked category."""
+        if self.items is None or self.items.is_empty():
+            return {}
+        found = self.items.get_frequent_items(
+            datasketches.frequent_items_error_type.NO_FALSE_NEGATIVES, 0
+        )
+        return {str(item): float(estimate) for item, estimate, _, _ in found}
+
+    # -- protobuf ------------------------------------------------------------------
+
+    def to_proto(self) -> pb.FeatureProfile:
+        message = pb.FeatureProfile(
+            name=self.name, count=self.count, null_count=self.null_count,
+            numeric_count=self.numeric_count, sketched_count=self.sketched_count,
+        )
+        if self.numeric_count:
+            message.min, message.max = self.minimum, self.maximum
+            message.mean, message.m2 = self.mean, self.m2
+        if self.kll is not None:
+            message.kll = self.kll.serialize()
+        if self.items is not None:
+            message.frequent_items = self.items.serialize()
+        return message
+
+    @classmethod
+    def from_proto(cls, message: pb.FeatureProfile, dtype: ValueType) -> FeatureSummary:
+        """Decode; raises ValueError (or RuntimeError from DataSketches) on a bad sketch."""
+        summary = cls(message.name, dtype, message.count, message.null_count,
+                      message.numeric_count, sketched_count=message.sketched_count)
+        if message.numeric_count:
+            summary.minimum, summary.maximum = message.min, message.max
+            summary.mean, summary.m2 = message.mean, message.m2
+        if message.kll:
+            summary.kll = datasketches.kll_doubles_sketch.deserialize(message.kll)
+        if message.frequent_items:
+            summary.items = datasketches.frequent_strings_sketch.deserialize(
+                message.frequent_items
+            )
+        return summary
+
+
+def _as_float64(values: pa.Array, dtype: ValueType) -> np.ndarray:
+    """Non-null values as float64; timestamps in seconds since the epoch."""
+    if dtype == ValueType.TIMESTAMP:
+        if pa.types.is_timestamp(values.type):
+            values = values.cast(pa.timestamp("us", tz=values.type.tz)).cast(pa.int64())
+        micros = values.to_numpy(zero_copy_only=False).astype(np.float64)
+        return np.asarray(micros / 1_000_000.0, dtype=np.float64)
+    if dtype == ValueType.BOOL:
+        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
