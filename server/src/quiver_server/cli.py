@@ -18,10 +18,9 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from google.protobuf import text_format
-
-from typing import TYPE_CHECKING
 
 from quiver.errors import QuiverError
 from quiver_server.config import QuiverConfig, load_config

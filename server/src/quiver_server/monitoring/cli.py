@@ -28,8 +28,8 @@ def monitor_command(config: QuiverConfig, args: argparse.Namespace) -> int:
         for name, views in sorted(found.items()):
             print(f"{name}\t{', '.join(views)}")
         return 0
-    views = [v for v in args.views.split(",") if v] if args.views else None
-    result = run_monitor(config, current=args.current, reference=args.reference, views=views,
+    selected = [v for v in args.views.split(",") if v] if args.views else None
+    result = run_monitor(config, current=args.current, reference=args.reference, views=selected,
                          now=args.now)
     print(render_table(result))
     for path, why in sorted(result.run.skipped_files.items()):

@@ -26,6 +26,7 @@ null-rate check decides.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -91,10 +92,10 @@ def distributions(reference: FeatureSummary, current: FeatureSummary) -> Distrib
         edges = sorted(set(reference.kll.get_quantiles(_RANKS)))
         ref_cdf = [0.0, *reference.kll.get_cdf(edges)]
         cur_cdf = [0.0, *current.kll.get_cdf(edges)]
-        ref = [max(0.0, b - a) for a, b in zip(ref_cdf, ref_cdf[1:], strict=False)]
-        cur = [max(0.0, b - a) for a, b in zip(cur_cdf, cur_cdf[1:], strict=False)]
+        ref = [max(0.0, b - a) for a, b in itertools.pairwise(ref_cdf)]
+        cur = [max(0.0, b - a) for a, b in itertools.pairwise(cur_cdf)]
         labels = [f"<= {_short(edges[0])}"]
-        labels += [f"({_short(a)}, {_short(b)}]" for a, b in zip(edges, edges[1:], strict=False)]
+        labels += [f"({_short(a)}, {_short(b)}]" for a, b in itertools.pairwise(edges)]
         labels.append(f"> {_short(edges[-1])}")
         return Distributions(labels, ref, cur, edges)
     if reference.kind == CATEGORICAL:
@@ -131,7 +132,8 @@ def compare(
     thresholds: DriftThresholds,
 ) -> pb.FeatureDrift:
     """One feature's drift result; see the module docstring for the rules."""
-    name = (current or reference).name if (current or reference) else ""
+    known = current or reference
+    name = known.name if known is not None else ""
     result = pb.FeatureDrift(
         feature_view=view, feature=name,
         psi_threshold=thresholds.psi or 0.0,

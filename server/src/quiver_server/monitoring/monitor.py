@@ -28,7 +28,13 @@ from quiver import FeatureView, ValueType
 from quiver.errors import InvalidArgumentError
 from quiver.monitoring.v1 import profile_pb2 as pb
 from quiver_server.config import QuiverConfig
-from quiver_server.monitoring.drift import compare, distributions, jensen_shannon, psi, resolve_thresholds
+from quiver_server.monitoring.drift import (
+    compare,
+    distributions,
+    jensen_shannon,
+    psi,
+    resolve_thresholds,
+)
 from quiver_server.monitoring.history import profile_history
 from quiver_server.monitoring.profile import ViewProfile, merge_profiles
 from quiver_server.monitoring.storage import ProfileStore, Scan

@@ -20,6 +20,7 @@ NaN is a value for the counts but is left out of the moments and sketches.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import datasketches
@@ -144,11 +145,12 @@ class FeatureSummary:
             self.kll = datasketches.kll_doubles_sketch(KLL_K)
         # The binding takes a writable C-contiguous float64 array; NaN is ignored.
         self.kll.update(np.require(numbers, np.float64, ["C", "W"]))
-        self.sketched_count += int(len(numbers))
+        self.sketched_count += len(numbers)
 
     def _sketch_items(self, values: pa.Array) -> None:
         if self.items is None:
             self.items = datasketches.frequent_strings_sketch(LG_MAX_K)
+        pairs: Iterable[tuple[str, int]]
         if self.dtype == ValueType.BOOL:
             true = int(pc.sum(values).as_py() or 0)
             pairs = [("true", true), ("false", len(values) - true)]
