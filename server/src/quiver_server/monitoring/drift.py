@@ -90,8 +90,8 @@ def distributions(reference: FeatureSummary, current: FeatureSummary) -> Distrib
         if reference.kll.is_empty() or current.kll.is_empty():
             return None
         edges = sorted(set(reference.kll.get_quantiles(_RANKS)))
-        ref_cdf = [0.0, *reference.kll.get_cdf(edges)]
-        cur_cdf = [0.0, *current.kll.get_cdf(edges)]
+        ref_cdf = [0.0, *reference.kll.get_cdf(edges, inclusive=True)]
+        cur_cdf = [0.0, *current.kll.get_cdf(edges, inclusive=True)]
         ref = [max(0.0, b - a) for a, b in itertools.pairwise(ref_cdf)]
         cur = [max(0.0, b - a) for a, b in itertools.pairwise(cur_cdf)]
         labels = [f"<= {_short(edges[0])}"]
