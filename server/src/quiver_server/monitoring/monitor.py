@@ -11,7 +11,8 @@ Reference: ``trailing`` (the same source over the
 `monitoring.reference_window_seconds` before the current window) or
 ``training_set:NAME`` (the profile stored when that training set was pulled).
 
-A stored profile belongs to the period its window ends in. The result is
+A stored profile belongs to the period its window ends in; a window still
+open (it ends after now) is current. The result is
 stored as the latest run (`ProfileStore.write_run`), which the servers export
 as Prometheus metrics, and returned with what the HTML report draws.
 """
@@ -162,10 +163,11 @@ def run_monitor(
             trailing = merge_profiles(p for p in windows[:-1] if p.rows)
         else:
             sources = CURRENT_SOURCES[current]
-            scan = profiles.scan(view.name, sources, types, after=current_start - reference_width,
-                                 until=now)
+            scan = profiles.scan(view.name, sources, types, after=current_start - reference_width)
             _note_skipped(run, scan)
-            windows = sorted(scan.profiles, key=lambda p: (p.window_end, p.window_start))
+            # A window still open (serving, push) ends after now and counts as current.
+            windows = sorted((p for p in scan.profiles if p.window_start < now),
+                             key=lambda p: (p.window_end, p.window_start))
             current_profile = merge_profiles(p for p in windows if p.window_end > current_start)
             trailing = merge_profiles(p for p in windows if p.window_end <= current_start)
         if training_set:
