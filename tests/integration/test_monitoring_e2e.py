@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 from monitoring_kit import alert, chart_alert_rules, input_series, open_in_chromium, promtool_test
+
 from quiver import OnlineClient, TrainingClient, ValueType
 from quiver.monitoring.v1 import profile_pb2 as pb
 from quiver_server.config import QuiverConfig, load_config
