@@ -69,19 +69,12 @@ def _push_metrics(config: QuiverConfig, result: MonitorResult) -> None:
     gateway = config.telemetry.metrics.pushgateway
     if not gateway or not config.telemetry.metrics.enabled:
         return
-    import time
-
     from prometheus_client import CollectorRegistry, push_to_gateway
-    from prometheus_client.registry import Collector
 
-    from quiver_server.monitoring.metrics import families
-
-    class _Run(Collector):
-        def collect(self):  # type: ignore[no-untyped-def]
-            return families(result.run, time.time())
+    from quiver_server.monitoring.metrics import RunCollector
 
     registry = CollectorRegistry()
-    registry.register(_Run())
+    registry.register(RunCollector(result.run))
     try:
         push_to_gateway(gateway, job="quiver-monitor", registry=registry,
                         grouping_key={"project": config.project})

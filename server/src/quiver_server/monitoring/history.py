@@ -26,7 +26,7 @@ from quiver_server.offline.source import view_dataset
 
 __all__ = ["profile_history"]
 
-SKETCH_ROWS = 2_000_000
+SKETCH_ROWS = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -53,8 +53,10 @@ def profile_history(
     timestamp = view.source.timestamp_field
     event = ds.field(timestamp)
     event_type = dataset.schema.field(timestamp).type
-    condition = (event >= pa.scalar(start).cast(event_type)) & (
-        event < pa.scalar(now).cast(event_type)
+    # Bounds in the column's own type (Parquet statistics prune); a coarser unit
+    # rounds them down, a sub-second difference at the edges of the range.
+    condition = (event >= pa.scalar(start).cast(event_type, safe=False)) & (
+        event < pa.scalar(now).cast(event_type, safe=False)
     )
     columns = {f: ds.field(source_of.get(f, f)) for f in view.feature_names}
     columns["__event_us"] = event.cast(pa.timestamp("us", tz=event_type.tz)).cast(pa.int64())

@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from quiver.monitoring.v1 import profile_pb2 as pb
 from quiver_server.monitoring.storage import ProfileStore
 
-__all__ = ["MONITORING_SERIES", "MonitoringCollector"]
+__all__ = ["MONITORING_SERIES", "MonitoringCollector", "RunCollector"]
 
 # Series name -> label names (for the dashboards and rules tests).
 MONITORING_SERIES: dict[str, frozenset[str]] = {
@@ -77,6 +77,19 @@ class MonitoringCollector(Collector):
                 return self._run
         except Exception:
             return None  # a scrape never fails because the monitor is mid-write
+
+
+class RunCollector(Collector):
+    """Exports one given run (what `quiver monitor` pushes to a Pushgateway)."""
+
+    def __init__(self, run: pb.MonitorRun) -> None:
+        self._run = run
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self._run, time.time())
+
+    def describe(self) -> Iterable[Metric]:
+        return []
 
 
 def families(run: pb.MonitorRun | None, now: float) -> list[Metric]:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from quiver import FeatureView, ValueType
-from quiver.errors import InvalidArgumentError
+from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver.monitoring.v1 import profile_pb2 as pb
 from quiver_server.config import QuiverConfig
 from quiver_server.monitoring.drift import (
@@ -157,9 +157,14 @@ def run_monitor(
         windows: list[ViewProfile]
         if current == "history":
             buckets = max(1, round(reference_width / current_width)) + 1
-            windows = profile_history(config.offline_root, view, now, current_width, buckets)
+            try:
+                windows = profile_history(config.offline_root, view, now, current_width, buckets)
+            except FailedPreconditionError as exc:
+                # One view without history does not stop the others.
+                run.skipped_files[view.source.path] = exc.message
+                windows = []
             windows.reverse()  # oldest first
-            current_profile = windows[-1] if windows[-1].rows else None
+            current_profile = windows[-1] if windows and windows[-1].rows else None
             trailing = merge_profiles(p for p in windows[:-1] if p.rows)
         else:
             sources = CURRENT_SOURCES[current]

@@ -52,12 +52,17 @@ class ViewProfile:
     @classmethod
     def for_view(
         cls, view: FeatureView, source: str, window_start: datetime, window_end: datetime,
-        features: Iterable[str] | None = None, **extra: object,
+        features: Iterable[str] | None = None, *, producer: str = "",
+        training_set: str = "", training_set_fingerprint: str = "", registry_version: int = 0,
     ) -> ViewProfile:
         """An empty profile of `view`'s features (or the named ones)."""
         names = list(features) if features is not None else view.feature_names
         summaries = {name: FeatureSummary(name, view.feature(name).dtype) for name in names}
-        return cls(view.name, source, window_start, window_end, summaries, **extra)  # type: ignore[arg-type]
+        return cls(
+            view.name, source, window_start, window_end, summaries, producer=producer,
+            training_set=training_set, training_set_fingerprint=training_set_fingerprint,
+            registry_version=registry_version,
+        )
 
     def observe(self, table: pa.Table | pa.RecordBatch, columns: Mapping[str, str] | None = None,
                 sample_step: int = 1) -> None:

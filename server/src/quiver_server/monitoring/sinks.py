@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
@@ -60,11 +61,23 @@ def newest_event(column: pa.ChunkedArray | pa.Array | None) -> datetime | None:
 
 
 class ProfileWriter:
-    """Profiles rows a batch job writes and stores them at once (one file per call)."""
+    """Profiles rows a batch job writes and stores them at once (one file per call).
 
-    def __init__(self, store: ProfileStore, producer: str | None = None) -> None:
+    Args:
+        store: Where files go.
+        producer: Name in the files; default ``<host>-<pid>``.
+        sketch_rows: At most about this many rows per call feed the sketches
+            (every k-th row; counts, nulls and moments stay exact). A uniform
+            sample of 100k rows estimates quantiles to ~0.3%, below the KLL
+            sketch's own error, at a fraction of the cost for large runs.
+    """
+
+    def __init__(
+        self, store: ProfileStore, producer: str | None = None, sketch_rows: int = 100_000
+    ) -> None:
         self.store = store
         self.producer = producer or producer_id()
+        self.sketch_rows = sketch_rows
 
     def record(
         self,
@@ -81,7 +94,7 @@ class ProfileWriter:
             view, source, window_start, window_end, producer=self.producer,
             registry_version=registry_version,
         )
-        profile.observe(rows)
+        profile.observe(rows, sample_step=max(1, math.ceil(rows.num_rows / self.sketch_rows)))
         if event_column is not None:
             profile.note_event_time(newest_event(rows.column(event_column)))
         return self.store.write(profile)

@@ -33,6 +33,7 @@ import structlog
 from quiver.flight.v1 import flight_pb2
 from quiver_server.monitoring.profile import ViewProfile
 from quiver_server.monitoring.storage import ProfileStore
+from quiver_server.monitoring.summary import FeatureSummary
 from quiver_server.registry.snapshot import Snapshot
 
 __all__ = ["TrainingSetProfiler", "training_set_fingerprint"]
@@ -81,9 +82,8 @@ class TrainingSetProfiler:
                     training_set=name, training_set_fingerprint=fingerprint,
                     registry_version=partition.registry_version,
                 )
-            profile = profiles[view_name]
-            profile.features.update(
-                ViewProfile.for_view(view, "", epoch, epoch, features=[feature]).features
+            profiles[view_name].features[feature] = FeatureSummary(
+                feature, view.feature(feature).dtype
             )
             output = f"{view_name}__{feature}" if partition.full_feature_names else feature
             columns.setdefault(view_name, {})[feature] = output
