@@ -244,3 +244,54 @@ def test_pushed_rows_are_profiled_when_the_server_stops(scenario: Scenario) -> N
     assert profile.rows == 3 and profile.newest_event is not None
     category = profile.features["merchant_category"]
     assert (category.count, category.null_count) == (3, 1)
+
+
+def test_history_is_profiled_on_demand(scenario: Scenario) -> None:
+    # An hour-long current window holds exactly the shifted batch (regular rows are 6 h apart).
+    settings = scenario.config.monitoring.model_copy(update={
+        "current_window_seconds": 3600, "reference_window_seconds": 2 * 86_400,
+    })
+    config = scenario.config.model_copy(update={"monitoring": settings})
+    result = run_monitor(config, current="history", views=[VIEW],
+                         now=scenario.end + timedelta(seconds=1), store=False)
+    by_feature = {r.drift.feature: r for r in result.features}
+    shifted = by_feature[SHIFTED_FEATURE]
+    assert shifted.current is not None and shifted.current.count == 1000
+    assert shifted.reference is not None and shifted.reference.count == 8000
+    assert shifted.drift.status == pb.DRIFT_STATUS_DRIFT
+    # One point per hour holding history, oldest first; the last one is the current hour.
+    ends = [point.window_end for point in shifted.trend]
+    assert ends == sorted(ends) and ends[-1] == scenario.end + timedelta(seconds=1)
+    assert shifted.trend[-1].count == 1000 and shifted.trend[-1].psi > 1
+    assert by_feature["txn_count_24h"].drift.status == pb.DRIFT_STATUS_OK
+
+
+def test_the_cli_reports_corrupt_files_and_can_fail_on_drift(scenario: Scenario, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    shutil.copytree(scenario.config.repo_path, repo)
+    (window,) = list((repo / "data" / "_monitoring" / "profiles" / VIEW / "materialize").iterdir())[:1]
+    bad = window / "broken.qprof"
+    bad.write_bytes(b"QVPROF1\n\x00\x00")
+    command = [sys.executable, "-m", "quiver_server.cli", "--repo", str(repo), "monitor"]
+    now = (scenario.end + timedelta(seconds=1)).isoformat()
+    done = subprocess.run([*command, "--now", now], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"1 of 20 features drifted: {VIEW}:{SHIFTED_FEATURE}" in done.stdout
+    assert f"quiver: warning: skipped profile file {bad}: truncated" in done.stderr
+    failing = subprocess.run([*command, "--now", now, "--fail-on-drift", "--views", "user_profile"],
+                             capture_output=True, text=True, timeout=120)
+    assert failing.returncode == 0, "nothing drifted in user_profile"
+    failing = subprocess.run([*command, "report", "--out", str(tmp_path / "r.html"), "--now", now,
+                              "--fail-on-drift"], capture_output=True, text=True, timeout=120)
+    assert failing.returncode == 3 and (tmp_path / "r.html").exists()
+    assert "broken.qprof" in (tmp_path / "r.html").read_text()
+    wrong = subprocess.run([*command, "--reference", "yesterday"], capture_output=True, text=True,
+                           timeout=120)
+    assert wrong.returncode == 1
+    assert wrong.stderr.strip() == (
+        "quiver: error: reference: 'yesterday': use trailing or training_set:NAME"
+    )
