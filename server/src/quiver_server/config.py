@@ -150,7 +150,8 @@ class MonitoringConfig(_Model):
         0.01, ge=0.0, le=1.0, description="Share of GetOnlineFeatures calls whose values are profiled."
     )
     flush_seconds: float = Field(
-        60.0, gt=0, description="How often a server writes the profiles it has accumulated."
+        300.0, gt=0,
+        description="How often a server writes the profiles it has accumulated (one file per view and window each time).",
     )
     window_seconds: int = Field(
         3600, ge=1, description="Width of the windows served and pushed values are grouped in."
