@@ -463,7 +463,9 @@ def test_network_policies_select_pods_and_open_their_ports() -> None:
         egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
         assert {53, 4333, 4317, 9091, 443} <= egress_ports
     jobs = out.get("NetworkPolicy", "quiver-jobs")
-    assert jobs["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["materialize", "apply"]
+    assert jobs["spec"]["podSelector"]["matchExpressions"][0]["values"] == [
+        "materialize", "monitor", "apply",
+    ]
     custom = render(VALUE_SETS["networkpolicy-egress-tracing"]).get(
         "NetworkPolicy", f"{FULL}-serving"
     )
