@@ -168,8 +168,11 @@ class MonitoringConfig(_Model):
         description="What `quiver monitor` compares with: trailing, or training_set:NAME.",
     )
     training_set_sketch_rows: int = Field(
-        50_000, ge=1,
-        description="Rows per training-set partition profiled (a uniform sample; counts stay exact).",
+        10_000, ge=1,
+        description=(
+            "Rows per training-set partition fed to the quantile sketches (every k-th row);"
+            " counts, moments and categories stay exact."
+        ),
     )
 
 

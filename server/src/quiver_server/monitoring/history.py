@@ -4,9 +4,9 @@ The history of the last ``current + reference`` seconds is scanned once
 (only the features and the event time are read, the time range pushed down to
 Parquet). Rows are grouped into buckets of the current window's length, counted
 back from `now`: bucket 0 is the current window, the rest the trailing
-reference, one profile per bucket (which gives the trend). Sketches see every
-k-th row so that about `SKETCH_ROWS` rows are sketched whatever the size of
-the history; counts, nulls and moments are exact. Nothing is stored: history
+reference, one profile per bucket (which gives the trend). Moments and
+sketches of numbers see every k-th row so that about `SKETCH_ROWS` rows are
+used whatever the size of the history; counts, nulls and categories are exact. Nothing is stored: history
 profiles are recomputed from the history itself, the source of truth.
 """
 

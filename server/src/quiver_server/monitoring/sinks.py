@@ -66,10 +66,11 @@ class ProfileWriter:
     Args:
         store: Where files go.
         producer: Name in the files; default ``<host>-<pid>``.
-        sketch_rows: At most about this many rows per call feed the sketches
-            (every k-th row; counts, nulls and moments stay exact). A uniform
-            sample of 100k rows estimates quantiles to ~0.3%, below the KLL
-            sketch's own error, at a fraction of the cost for large runs.
+        sketch_rows: At most about this many rows per call feed the moments
+            and sketches of numbers (every k-th row; counts, nulls and
+            categories stay exact). A uniform sample of 100k rows estimates
+            quantiles to ~0.3%, below the KLL sketch's own error, at a
+            fraction of the cost for large runs.
     """
 
     def __init__(

@@ -96,26 +96,37 @@ class FeatureSummary:
         Args:
             values: The feature's values as Arrow; timestamps may be Arrow
                 timestamps or int64 microseconds since the epoch.
-            sample_step: Feed only every `sample_step`-th non-null value to the
-                sketches (counts and moments stay exact); large training sets
-                and history scans use it to bound the sketching cost.
+            sample_step: Take moments and the quantile sketch of numbers from
+                every `sample_step`-th value only (a uniform sample); counts,
+                nulls and category counts stay exact. Large batch jobs,
+                training sets and history scans use it to bound the cost.
         """
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+        nulls = values.null_count
         self.count += len(values)
-        self.null_count += values.null_count
-        present = values.drop_null() if values.null_count else values
-        if not len(present):
+        self.null_count += nulls
+        present = len(values) - nulls
+        if not present:
             return
-        kind = self.kind
-        if kind == NUMERIC or self.dtype == ValueType.BOOL:
-            numbers = _as_float64(present, self.dtype)
+        if self.dtype == ValueType.BOOL:
+            true = int(pc.sum(values).as_py() or 0)
+            low, high = (0.0 if true < present else 1.0), (1.0 if true else 0.0)
+            # Sum of squared deviations of 0/1 values: n p (1 - p).
+            self._combine_moments(present, low, high, true / present,
+                                  true * (present - true) / present)
+            self._count_items([("true", true), ("false", present - true)], present)
+        elif self.kind == NUMERIC:
+            # Nulls become NaN here, so no copy of the column is needed to drop them.
+            numbers = _as_float64(values, self.dtype)
+            if sample_step > 1:
+                numbers = numbers[::sample_step]  # a view: no copy
+            if nulls or np.isnan(numbers).any():
+                numbers = numbers[~np.isnan(numbers)]
             self._add_moments(numbers)
-            if kind == NUMERIC:
-                self._sketch_numbers(numbers[::sample_step] if sample_step > 1 else numbers)
-        if kind == CATEGORICAL:
-            sampled = present[::sample_step] if sample_step > 1 else present
-            self._sketch_items(sampled)
+            self._sketch_numbers(numbers)
+        elif self.kind == CATEGORICAL:
+            self._sketch_items(values, present)
 
     def update_counts(self, count: int, nulls: int) -> None:
         """Count values that carry no usable value (served NOT_FOUND, ...) as nulls."""
@@ -123,13 +134,15 @@ class FeatureSummary:
         self.null_count += nulls
 
     def _add_moments(self, numbers: np.ndarray) -> None:
-        finite = numbers[~np.isnan(numbers)] if np.isnan(numbers).any() else numbers
-        n = len(finite)
+        n = len(numbers)
         if not n:
             return
-        mean = float(finite.mean())
-        m2 = float(((finite - mean) ** 2).sum())
-        self._combine_moments(n, float(finite.min()), float(finite.max()), mean, m2)
+        mean = float(numbers.mean())
+        centered = numbers - mean
+        # In place and without BLAS: np.dot would start a BLAS thread pool, which on a
+        # busy machine spins for far longer than this pass takes.
+        m2 = float(np.square(centered, out=centered).sum())
+        self._combine_moments(n, float(numbers.min()), float(numbers.max()), mean, m2)
 
     def _combine_moments(self, n: int, low: float, high: float, mean: float, m2: float) -> None:
         total = self.numeric_count + n
@@ -147,28 +160,27 @@ class FeatureSummary:
         self.kll.update(np.require(numbers, np.float64, ["C", "W"]))
         self.sketched_count += len(numbers)
 
-    def _sketch_items(self, values: pa.Array) -> None:
+    def _sketch_items(self, values: pa.Array, present: int) -> None:
+        counts = pc.value_counts(values)
+        if len(counts) > MAX_DISTINCT_PER_BATCH:
+            top = pc.select_k_unstable(
+                counts, MAX_DISTINCT_PER_BATCH, sort_keys=[("counts", "descending")]
+            )
+            counts = counts.take(top)
+        pairs = zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        )
+        # value_counts lists nulls as a value of their own: not a category.
+        self._count_items(((v, n) for v, n in pairs if v is not None), present)
+
+    def _count_items(self, pairs: Iterable[tuple[str, int]], present: int) -> None:
         if self.items is None:
             self.items = datasketches.frequent_strings_sketch(LG_MAX_K)
-        pairs: Iterable[tuple[str, int]]
-        if self.dtype == ValueType.BOOL:
-            true = int(pc.sum(values).as_py() or 0)
-            pairs = [("true", true), ("false", len(values) - true)]
-        else:
-            counts = pc.value_counts(values)
-            if len(counts) > MAX_DISTINCT_PER_BATCH:
-                top = pc.select_k_unstable(
-                    counts, MAX_DISTINCT_PER_BATCH, sort_keys=[("counts", "descending")]
-                )
-                counts = counts.take(top)
-            pairs = zip(
-                counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
-            )
         sketch = self.items
         for value, weight in pairs:
             if weight:
                 sketch.update(value, weight)
-        self.sketched_count += len(values)
+        self.sketched_count += present
 
     # -- merging -----------------------------------------------------------------
 
@@ -235,12 +247,10 @@ class FeatureSummary:
 
 
 def _as_float64(values: pa.Array, dtype: ValueType) -> np.ndarray:
-    """Non-null values as float64; timestamps in seconds since the epoch."""
+    """Values as float64, NaN for nulls; timestamps in seconds since the epoch."""
     if dtype == ValueType.TIMESTAMP:
         if pa.types.is_timestamp(values.type):
             values = values.cast(pa.timestamp("us", tz=values.type.tz)).cast(pa.int64())
-        micros = values.to_numpy(zero_copy_only=False).astype(np.float64)
+        micros = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
         return np.asarray(micros / 1_000_000.0, dtype=np.float64)
-    if dtype == ValueType.BOOL:
-        return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
