@@ -19,6 +19,7 @@ NaN is a value for the counts but is left out of the moments and sketches.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -117,11 +118,12 @@ class FeatureSummary:
                                   true * (present - true) / present)
             self._count_items([("true", true), ("false", present - true)], present)
         elif self.kind == NUMERIC:
+            if sample_step > 1:
+                # Only the sampled values are converted, not the whole column.
+                values = values.take(_stride(len(values), sample_step))
             # Nulls become NaN here, so no copy of the column is needed to drop them.
             numbers = _as_float64(values, self.dtype)
-            if sample_step > 1:
-                numbers = numbers[::sample_step]  # a view: no copy
-            if nulls or np.isnan(numbers).any():
+            if values.null_count or np.isnan(numbers).any():
                 numbers = numbers[~np.isnan(numbers)]
             self._add_moments(numbers)
             self._sketch_numbers(numbers)
@@ -244,6 +246,12 @@ class FeatureSummary:
                 message.frequent_items
             )
         return summary
+
+
+@functools.lru_cache(maxsize=64)
+def _stride(length: int, step: int) -> pa.Array:
+    """Indices of every `step`-th row of `length` (batches repeat their lengths)."""
+    return pa.array(np.arange(0, length, step, dtype=np.int64))
 
 
 def _as_float64(values: pa.Array, dtype: ValueType) -> np.ndarray:
