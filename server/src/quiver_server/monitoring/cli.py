@@ -29,8 +29,10 @@ def monitor_command(config: QuiverConfig, args: argparse.Namespace) -> int:
             print(f"{name}\t{', '.join(views)}")
         return 0
     selected = [v for v in args.views.split(",") if v] if args.views else None
+    # Only a run over every view becomes what the servers export: a partial one
+    # would make the other views' series (and their alerts) disappear.
     result = run_monitor(config, current=args.current, reference=args.reference, views=selected,
-                         now=args.now)
+                         now=args.now, store=selected is None)
     print(render_table(result))
     for path, why in sorted(result.run.skipped_files.items()):
         print(f"quiver: warning: skipped profile file {path}: {why}", file=sys.stderr)
