@@ -36,7 +36,8 @@ def monitor_command(config: QuiverConfig, args: argparse.Namespace) -> int:
     print(render_table(result))
     for path, why in sorted(result.run.skipped_files.items()):
         print(f"quiver: warning: skipped profile file {path}: {why}", file=sys.stderr)
-    _push_metrics(config, result)
+    if selected is None:
+        _push_metrics(config, result)
     if args.action == "report":
         from quiver_server.monitoring.report import render_report
 
