@@ -15,7 +15,6 @@ import pyarrow as pa
 
 from quiver import FeatureView, ValueType
 from quiver.errors import FieldViolation, InvalidArgumentError
-from quiver_server.monitoring.sinks import newest_event
 from quiver_server.offline.append import append_history
 from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
@@ -146,6 +145,5 @@ def push(
         result = store.write(table, to_write_batch(view, rows, created_column))
         superseded = result.superseded
         if profiles is not None:
-            profiles.add(view, "push", {f: rows[f] for f in view.feature_names}, rows.num_rows,
-                         newest_event(rows[view.source.timestamp_field]))
+            profiles.add_rows(view, "push", rows, view.source.timestamp_field)
     return PushResult(rows=rows.num_rows, superseded=superseded, offline_files=files)

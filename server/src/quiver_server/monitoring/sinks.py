@@ -152,6 +152,11 @@ class ProfileAccumulator:
             profile.observe_columns(columns, rows)
             profile.note_event_time(newest)
 
+    def add_rows(self, view: FeatureView, source: str, rows: pa.Table, event_column: str) -> None:
+        """Profile a table of rows (features named as in the view) into the current window."""
+        self.add(view, source, {f: rows[f] for f in view.feature_names}, rows.num_rows,
+                 newest_event(rows[event_column]))
+
     def flush(self) -> list[str]:
         """Write every accumulated profile; returns the files written."""
         for callback in self._before_flush:
