@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from quiver import OnlineClient
 from quiver.monitoring.v1 import profile_pb2 as pb
@@ -50,15 +52,19 @@ def producers(store: ProfileStore) -> set[str]:
 
 
 def test_profiles_of_two_workers_merge(materialized: QuiverConfig) -> None:
-    port = free_port()
+    # A stored run, which the supervisor's one metrics endpoint exports for both workers.
+    first = run_monitor(materialized)
+    port, metrics_port = free_port(), free_port()
+    environment = {**os.environ, "QUIVER_TELEMETRY__LOGGING__FORMAT": "json",
+                   "QUIVER_TELEMETRY__METRICS__PORT": str(metrics_port),
+                   "QUIVER_TELEMETRY__METRICS__HOST": "127.0.0.1",
+                   "QUIVER_MONITORING__SERVING_SAMPLE_RATE": "1.0",
+                   "QUIVER_MONITORING__FLUSH_SECONDS": "0.2"}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "quiver_server.cli", "--repo", str(materialized.repo_path), "serve",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        env={**os.environ, "QUIVER_TELEMETRY__LOGGING__FORMAT": "json",
-             "QUIVER_TELEMETRY__METRICS__ENABLED": "false",
-             "QUIVER_MONITORING__SERVING_SAMPLE_RATE": "1.0",
-             "QUIVER_MONITORING__FLUSH_SECONDS": "0.2"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     store = ProfileStore(materialized.offline_root)
     lookups = 0
@@ -76,6 +82,12 @@ def test_profiles_of_two_workers_merge(materialized: QuiverConfig) -> None:
                     )
                     assert result.statuses("age") == ["PRESENT", "NOT_FOUND"]
                     lookups += 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            exported = r.read().decode()
+        samples = {s.name: s for f in text_string_to_metric_families(exported) for s in f.samples}
+        ran_at = first.run.ran_at.ToNanoseconds() / 1e9
+        assert samples["quiver_monitor_last_run_timestamp_seconds"].value == ran_at
+        assert 'quiver_feature_drift_status{feature="age",feature_view="user_profile",' in exported
     finally:
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)

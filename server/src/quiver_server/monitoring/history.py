@@ -12,7 +12,9 @@ profiles are recomputed from the history itself, the source of truth.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -28,6 +30,21 @@ __all__ = ["profile_history"]
 
 SKETCH_ROWS = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _by_bucket(
+    batch: pa.RecordBatch, index: np.ndarray
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """The rows of each bucket, as zero-copy slices when the batch is in time order
+    (history usually is), else after one reordering take."""
+    steps = np.diff(index)
+    if not ((steps <= 0).all() or (steps >= 0).all()):
+        order = np.argsort(index, kind="stable")
+        batch, index = batch.take(pa.array(order)), index[order]
+        steps = np.diff(index)
+    cuts = [0, *(np.flatnonzero(steps) + 1).tolist(), len(index)]
+    for start, stop in itertools.pairwise(cuts):
+        yield int(index[start]), batch.slice(start, stop - start)
 
 
 def profile_history(
@@ -64,18 +81,17 @@ def profile_history(
     step = max(1, math.ceil(total / SKETCH_ROWS))
     now_us = (now - _EPOCH) // timedelta(microseconds=1)
     width_us = bucket // timedelta(microseconds=1)
-    for batch in dataset.to_batches(columns=columns, filter=condition):
+    # Large batches: fewer calls per feature; the scan reads ahead on its own threads.
+    for batch in dataset.to_batches(columns=columns, filter=condition, batch_size=1 << 20):
         if not batch.num_rows:
             continue
         events = batch.column("__event_us").to_numpy(zero_copy_only=False)
         index = (now_us - 1 - events) // width_us
-        present = np.unique(index)
-        for i in present:
+        for i, part in _by_bucket(batch, index):
             if not 0 <= i < buckets:
                 continue
-            part = batch if len(present) == 1 else batch.filter(pa.array(index == i))
-            profiles[int(i)].observe(part, sample_step=step)
+            profiles[i].observe(part, sample_step=step)
             newest = pc.max(part.column("__event_us")).as_py()
             if newest is not None:
-                profiles[int(i)].note_event_time(_EPOCH + timedelta(microseconds=newest))
+                profiles[i].note_event_time(_EPOCH + timedelta(microseconds=newest))
     return profiles
