@@ -65,6 +65,10 @@ bench-materialize: $(STAMP) ## Materialization rows/s into the online store vs r
 bench-monitor: $(STAMP) ## Monitoring costs: lookups with profiling off/on, materialize with/without profiles, quiver monitor over 10M rows
 	$(BIN)/python benchmarks/bench_monitor.py $(ARGS)
 
+.PHONY: bench-admission
+bench-admission: $(STAMP) ## 1-entity lookup latency while heavy callers send 1,000-entity lookups, with and without the heavy-request limit
+	$(BIN)/python benchmarks/bench_admission.py $(ARGS)
+
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and demo output
 	rm -rf $(VENV) demo-repo .bench .pytest_cache .mypy_cache .ruff_cache test-artifacts
