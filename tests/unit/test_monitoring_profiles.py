@@ -88,6 +88,17 @@ def test_summaries_count_nulls_and_keep_categories() -> None:
     assert nan.count == 3 and nan.numeric_count == 2 and nan.mean == 2.0
 
 
+def test_many_distinct_strings_keep_the_most_frequent_and_count_the_rest() -> None:
+    values = [f"id{i}" for i in range(30_000)] + ["common"] * 500
+    s = summary("c", ValueType.STRING, values)
+    assert s.count == s.sketched_count == 30_500
+    frequencies = s.frequencies()
+    assert frequencies["common"] >= 500 and len(frequencies) < 200
+    # What the sketch does not track shows as "other" in drift, not as an error.
+    result = compare("v", s, summary("c", ValueType.STRING, ["common"] * 100), DEFAULT_THRESHOLDS)
+    assert result.status == pb.DRIFT_STATUS_DRIFT and np.isfinite(result.psi)
+
+
 def test_profiles_round_trip_through_storage_and_merge_across_producers(tmp_path: Path) -> None:
     store = ProfileStore(str(tmp_path / "data"))
     rows = pa.table({
@@ -256,3 +267,20 @@ def test_sampled_lookups_become_serving_profiles(tmp_path: Path) -> None:
     assert country.frequencies() == {"US": 1.0, "DE": 1.0}
     assert profile.features["flag"].count == 0, "features not looked up stay empty"
     assert accumulator.flush() == [], "nothing new, nothing written"
+
+
+def test_profiling_is_best_effort_and_never_fails_the_work(tmp_path: Path) -> None:
+    from quiver_server.monitoring.sinks import ProfileWriter
+
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    rows = pa.table({"amount": [1.0], "country": ["US"], "flag": [True],
+                     "seen": pa.array([T0]), "blob": [b"x"]})
+    # The offline store cannot be written: nothing is stored, nothing is raised.
+    writer = ProfileWriter(ProfileStore(str(blocked)))
+    assert writer.record(VIEW, "materialize", rows, T0, T0 + timedelta(days=1)) is None
+    # Values that do not fit the view's types are dropped with a warning.
+    accumulator = ProfileAccumulator(ProfileStore(str(tmp_path / "data")), 3600, 60.0)
+    accumulator.add(VIEW, "push", {"amount": pa.array(["not a number"])}, 1)
+    accumulator.add_rows(VIEW, "push", rows, "no_such_column")
+    assert len(accumulator.flush()) == 1, "the good batch is kept"

@@ -89,16 +89,25 @@ class ProfileWriter:
         window_end: datetime,
         event_column: str | None = None,
         registry_version: int = 0,
-    ) -> str:
-        """Profile `rows` (feature columns named as the features); returns the file written."""
-        profile = ViewProfile.for_view(
-            view, source, window_start, window_end, producer=self.producer,
-            registry_version=registry_version,
-        )
-        profile.observe(rows, sample_step=max(1, math.ceil(rows.num_rows / self.sketch_rows)))
-        if event_column is not None:
-            profile.note_event_time(newest_event(rows.column(event_column)))
-        return self.store.write(profile)
+    ) -> str | None:
+        """Profile `rows` (feature columns named as the features); returns the file written,
+        or None when it could not be (logged; the caller's work goes on)."""
+        try:
+            profile = ViewProfile.for_view(
+                view, source, window_start, window_end, producer=self.producer,
+                registry_version=registry_version,
+            )
+            step = max(1, math.ceil(rows.num_rows / self.sketch_rows))
+            profile.observe(rows, sample_step=step)
+            if event_column is not None:
+                profile.note_event_time(newest_event(rows.column(event_column)))
+            return self.store.write(profile)
+        except Exception as exc:
+            # Monitoring is best effort: a profile that cannot be built or stored
+            # never fails the job whose rows it describes.
+            log.warning("profile not written", feature_view=view.name, source=source,
+                        error=f"{type(exc).__name__}: {exc}")
+            return None
 
 
 class ProfileAccumulator:
@@ -144,18 +153,26 @@ class ProfileAccumulator:
         start = _floor(self.clock(), self.window)
         key = (view.name, source, start)
         with self._lock:
-            profile = self._profiles.get(key)
-            if profile is None:
-                profile = self._profiles[key] = ViewProfile.for_view(
-                    view, source, start, start + self.window, producer=self.producer,
-                )
-            profile.observe_columns(columns, rows)
-            profile.note_event_time(newest)
+            try:
+                profile = self._profiles.get(key)
+                if profile is None:
+                    profile = self._profiles[key] = ViewProfile.for_view(
+                        view, source, start, start + self.window, producer=self.producer,
+                    )
+                profile.observe_columns(columns, rows)
+                profile.note_event_time(newest)
+            except Exception as exc:
+                # Best effort: a push or lookup never fails because of its profile.
+                log.warning("profile not updated", feature_view=view.name, source=source,
+                            error=f"{type(exc).__name__}: {exc}")
 
     def add_rows(self, view: FeatureView, source: str, rows: pa.Table, event_column: str) -> None:
         """Profile a table of rows (features named as in the view) into the current window."""
-        self.add(view, source, {f: rows[f] for f in view.feature_names}, rows.num_rows,
-                 newest_event(rows[event_column]))
+        try:
+            newest = newest_event(rows[event_column])
+        except Exception:  # an odd event column must not fail the push either
+            newest = None
+        self.add(view, source, {f: rows[f] for f in view.feature_names}, rows.num_rows, newest)
 
     def flush(self) -> list[str]:
         """Write every accumulated profile; returns the files written."""
@@ -250,6 +267,12 @@ class ServingSampler:
         """Called once per lookup with the read plan's parts and the graded columns."""
         if self._random() >= self.rate:
             return
+        try:
+            self._keep(parts, columns)
+        except Exception as exc:  # best effort: never fail the lookup
+            log.warning("served values not sampled", error=f"{type(exc).__name__}: {exc}")
+
+    def _keep(self, parts: Sequence[_Part], columns: Sequence[_Column]) -> None:
         with self._lock:
             for part in parts:
                 view = part.table.view
@@ -280,13 +303,18 @@ class ServingSampler:
         for buffer in buffers.values():
             view = buffer.view
             arrays = {}
-            for feature, values in buffer.values.items():
-                dtype = view.feature(feature).dtype
-                # Served timestamps are int64 microseconds, as the store keeps them.
-                arrow_type = pa.int64() if dtype == ValueType.TIMESTAMP else dtype.arrow_type
-                arrays[feature] = pa.array(
-                    values + [None] * buffer.nulls.get(feature, 0), type=arrow_type
-                )
+            try:
+                for feature, values in buffer.values.items():
+                    dtype = view.feature(feature).dtype
+                    # Served timestamps are int64 microseconds, as the store keeps them.
+                    arrow_type = pa.int64() if dtype == ValueType.TIMESTAMP else dtype.arrow_type
+                    arrays[feature] = pa.array(
+                        values + [None] * buffer.nulls.get(feature, 0), type=arrow_type
+                    )
+            except Exception as exc:  # e.g. a view redefined since the values were served
+                log.warning("served values dropped", feature_view=view.name,
+                            error=f"{type(exc).__name__}: {exc}")
+                continue
             self.accumulator.add(view, "serving", arrays, buffer.rows)
 
 

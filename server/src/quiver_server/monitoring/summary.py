@@ -165,8 +165,9 @@ class FeatureSummary:
     def _sketch_items(self, values: pa.Array, present: int) -> None:
         counts = pc.value_counts(values)
         if len(counts) > MAX_DISTINCT_PER_BATCH:
+            # select_k takes the counts array itself (a struct array is not sortable).
             top = pc.select_k_unstable(
-                counts, MAX_DISTINCT_PER_BATCH, sort_keys=[("counts", "descending")]
+                counts.field("counts"), MAX_DISTINCT_PER_BATCH, sort_keys=[("counts", "descending")]
             )
             counts = counts.take(top)
         pairs = zip(

@@ -90,15 +90,24 @@ class TrainingSetProfiler:
             columns.setdefault(view_name, {})[feature] = output
         low: datetime | None = None
         high: datetime | None = None
+        failed = False
         for batch in batches:
-            if batch.num_rows:
-                for view_name, profile in profiles.items():
-                    profile.observe(batch, columns[view_name], sample_step=step)
-                bounds = pc.min_max(batch.column(partition.timestamp_column)).as_py()
-                if bounds["min"] is not None:
-                    low = bounds["min"] if low is None else min(low, bounds["min"])
-                    high = bounds["max"] if high is None else max(high, bounds["max"])
+            if batch.num_rows and not failed:
+                try:
+                    for view_name, profile in profiles.items():
+                        profile.observe(batch, columns[view_name], sample_step=step)
+                    bounds = pc.min_max(batch.column(partition.timestamp_column)).as_py()
+                    if bounds["min"] is not None:
+                        low = bounds["min"] if low is None else min(low, bounds["min"])
+                        high = bounds["max"] if high is None else max(high, bounds["max"])
+                except Exception as exc:
+                    # Best effort: the training set streams on without its profile.
+                    log.warning("training-set profile abandoned", training_set=name,
+                                error=f"{type(exc).__name__}: {exc}")
+                    failed = True
             yield batch
+        if failed:
+            return
         # Only a partition streamed to its end is stored.
         for profile in profiles.values():
             profile.window_start = low or epoch
