@@ -95,7 +95,7 @@ def materialize(path: Path, profiles: bool = False) -> tuple[float, int]:
     writer = ProfileWriter(ProfileStore(config.offline_root)) if profiles else None
     began = time.perf_counter()
     [result] = materialize_range(
-        config, datetime(2023, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC), progress=False,
+        config, datetime(2023, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC),
         profiles=writer,
     )
     return time.perf_counter() - began, result.rows_written

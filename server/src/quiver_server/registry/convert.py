@@ -14,9 +14,9 @@ from quiver import (
     Field,
     ParquetSource,
 )
-from quiver._types import ValueType
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
+from quiver.types import ValueType
 
 
 def drift_to_proto(d: DriftThresholds | None) -> pb.DriftThresholds | None:

@@ -146,7 +146,10 @@ def create_server(
     )
     profiles = ServerProfiles.from_config(config)
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
-        FeatureServingServicer(registry, store, config.serving, config.offline_root, profiles),
+        FeatureServingServicer(
+            registry, store, config.serving, config.offline_root,
+            served=telemetry.lookup_observer(), profiles=profiles,
+        ),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
