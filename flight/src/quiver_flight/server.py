@@ -33,9 +33,10 @@ import pyarrow as pa
 import structlog
 from pyarrow import flight
 
-from quiver.errors import InvalidArgumentError
+from quiver.errors import InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import flight_error, pack, timestamp_seconds, unpack_command
+from quiver_flight.convert import pack, timestamp_seconds, unpack_command
+from quiver_flight.errors import ErrorPolicy, clip
 from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
 from quiver_flight.spines import SpineStore
 from quiver_flight.tickets import TicketSigner
@@ -43,7 +44,6 @@ from quiver_flight.training import TrainingSets
 from quiver_server.config import QuiverConfig
 from quiver_server.observability import configure_logging
 from quiver_server.registry.store import RegistryStore
-from quiver_server.serving.status import as_quiver_error
 from quiver_server.telemetry import Telemetry, setup_telemetry
 from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
 from quiver_server.telemetry.hooks import annotate
@@ -53,7 +53,6 @@ log = structlog.get_logger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-S = TypeVar("S")
 
 # Batches computed ahead of the one being sent, so the join of the next batch
 # overlaps the serialization and sending of this one.
@@ -61,23 +60,39 @@ _PREFETCH_BATCHES = 2
 _SWITCH_INTERVAL_SECONDS = 0.001
 
 
-def _flight_errors(handler: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+def _flight_errors(
+    handler: Callable[Concatenate[TrainingSetFlightServer, P], R],
+) -> Callable[Concatenate[TrainingSetFlightServer, P], R]:
     """Turn what a handler raises into a Flight error carrying a google.rpc.Status."""
 
     @functools.wraps(handler)
-    def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(self: TrainingSetFlightServer, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return handler(self, *args, **kwargs)
         except Exception as exc:
-            raise _translate(exc, handler.__name__) from None
+            raise self.errors.flight_error(exc, handler.__name__) from None
 
-    return cast("Callable[Concatenate[S, P], R]", wrapper)
+    return cast("Callable[Concatenate[TrainingSetFlightServer, P], R]", wrapper)
 
 
-def _translate(exc: BaseException, where: str) -> BaseException:
-    if isinstance(exc, flight.FlightError):
-        return cast(BaseException, exc)
-    return flight_error(as_quiver_error(exc, where, store="offline store"))
+def _trailer_errors(
+    handler: Callable[Concatenate[TrainingSetFlightServer, flight.ServerCallContext, P], R],
+) -> Callable[Concatenate[TrainingSetFlightServer, flight.ServerCallContext, P], R]:
+    """Like `_flight_errors`, for the methods whose Flight errors pyarrow does not translate."""
+
+    @functools.wraps(handler)
+    def wrapper(
+        self: TrainingSetFlightServer, context: flight.ServerCallContext,
+        *args: P.args, **kwargs: P.kwargs,
+    ) -> R:
+        try:
+            return handler(self, context, *args, **kwargs)
+        except Exception as exc:
+            raise self.errors.trailer_error(exc, handler.__name__, context) from None
+
+    return cast(
+        "Callable[Concatenate[TrainingSetFlightServer, flight.ServerCallContext, P], R]", wrapper
+    )
 
 
 class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -90,9 +105,11 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         *,
         advertised: str | None = None,
         middleware: dict[str, flight.ServerMiddlewareFactory] | None = None,
+        errors: ErrorPolicy | None = None,
     ) -> None:
         super().__init__(location, middleware=middleware or None)
         self.training = training
+        self.errors = errors or ErrorPolicy()
         self._locations = [flight.Location(advertised)] if advertised else []
 
     @traced_flight_handler
@@ -134,7 +151,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         )
 
     @traced_flight_handler
-    @_flight_errors
+    @_trailer_errors
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
@@ -146,7 +163,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         job = self.training.open_ticket(ticket.ticket)
         annotate(rows=job.partition.row_count)
         batches = _prefetched(traced_iteration("quiver.flight.point_in_time_join", job.batches), context)
-        return flight.GeneratorStream(job.schema, count_batches(_translated(batches)))
+        return flight.GeneratorStream(job.schema, count_batches(_translated(batches, self.errors)))
 
     @traced_flight_handler
     @_flight_errors
@@ -169,8 +186,31 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             ))
         return iter(infos)
 
+    @_flight_errors
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return []
+
+    @traced_flight_handler
+    @_trailer_errors
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        raise UnimplementedError(
+            f"this Flight server offers no actions (asked for {clip(action.type)!r}); "
+            f"list_actions lists none", reason="UNIMPLEMENTED",
+        )
+
+    @traced_flight_handler
+    @_trailer_errors
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        raise UnimplementedError(
+            "this Flight server does not offer do_exchange; upload spines with do_put and "
+            "fetch training sets with get_flight_info and do_get", reason="UNIMPLEMENTED",
+        )
 
 
 def _command(descriptor: flight.FlightDescriptor) -> object:
@@ -191,11 +231,11 @@ def _training_command(descriptor: flight.FlightDescriptor) -> pb.TrainingSetComm
     return command
 
 
-def _translated(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+def _translated(batches: Iterator[pa.RecordBatch], errors: ErrorPolicy) -> Iterator[pa.RecordBatch]:
     try:
         yield from batches
     except Exception as exc:
-        raise _translate(exc, "do_get") from None
+        raise errors.flight_error(exc, "do_get") from None
 
 
 _DONE = object()
@@ -285,9 +325,18 @@ def create_flight_server(
     telemetry = telemetry or setup_telemetry(config, "flight")
     server = TrainingSetFlightServer(
         location, training, advertised=flight_config.location,
-        middleware=telemetry.flight_middleware(),
+        middleware=telemetry.flight_middleware(), errors=server_error_policy(config),
     )
     return server, server.port
+
+
+def server_error_policy(config: QuiverConfig) -> ErrorPolicy:
+    """Errors that name the server's directories by role, never by path."""
+    return ErrorPolicy({
+        config.offline_root: "<offline store>",
+        str(config.registry_path): "<registry>",
+        str(config.repo_path): "<feature repo>",
+    })
 
 
 def serve(config: QuiverConfig, host: str | None = None, port: int | None = None) -> None:

@@ -1,0 +1,162 @@
+"""How failures leave the Flight server: one rich status, bounded, without server paths.
+
+Every Flight method answers a failure with the same `google.rpc.Status` (code,
+message, ErrorInfo, BadRequest field violations), built here:
+
+- Most methods raise the matching `pyarrow.flight` error class with the
+  serialized status in ``extra_info``; pyarrow sends it as the
+  ``grpc-status-details-bin`` trailer (`ErrorPolicy.flight_error`).
+- ``get_schema``, and the methods Quiver does not offer (``do_action``,
+  ``do_exchange``), cannot: pyarrow (26) does not translate an exception raised
+  there, and sends any of them as UNKNOWN with the Python traceback in the
+  message. There the status trailer is added through the call context's public
+  ``add_trailer``, and the exception raised is a `TrailerStatus` whose Python
+  type gives Arrow the gRPC code (INVALID_ARGUMENT, NOT_FOUND, UNIMPLEMENTED;
+  UNKNOWN for the rest, with the real code in the trailer) and whose rendering
+  carries no traceback (`ErrorPolicy.trailer_error`).
+
+Texts are bounded, so that a whole status stays far below the 8 KiB of
+metadata a gRPC client accepts however long the input it echoes, and the
+server's own directories (offline store, registry, spines) are replaced by
+names such as ``<offline store>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+
+from pyarrow import flight
+
+from quiver.errors import FieldViolation, InvalidArgumentError, QuiverError
+from quiver_flight.convert import flight_error
+from quiver_server.serving.status import as_quiver_error, to_status
+
+# Bytes of UTF-8 kept of a message or a violation's description; of a field
+# name or metadata value; and how many violations and metadata entries. A
+# message travels up to four times (gRPC message, Arrow's message trailer, the
+# status and its BadRequest), so these keep the whole under about 4 KiB.
+MAX_TEXT_BYTES = 400
+MAX_SHORT_BYTES = 100
+MAX_ENTRIES = 8
+_ELLIPSIS = "..."
+
+
+def clip(text: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8 (marked with "..."), valid UTF-8."""
+    data = text.encode("utf-8", "backslashreplace")
+    if len(data) <= limit:
+        return data.decode("utf-8")
+    return data[: limit - len(_ELLIPSIS)].decode("utf-8", "ignore") + _ELLIPSIS
+
+
+class ErrorPolicy:
+    """Turns what a handler raises into what the client receives.
+
+    Args:
+        server_paths: Server directories to hide, each with the name shown
+            instead, e.g. ``{"/var/lib/quiver/offline": "<offline store>"}``.
+    """
+
+    def __init__(self, server_paths: Mapping[str, str] | None = None) -> None:
+        pairs: dict[str, str] = {}
+        for path, name in (server_paths or {}).items():
+            if not path or "://" in path:
+                continue
+            for variant in {path, os.path.abspath(path), os.path.realpath(path)}:
+                pairs[variant.rstrip("/") or "/"] = name
+        # Longest first, so a directory inside another is named by its own name.
+        self._paths = sorted(pairs.items(), key=lambda item: -len(item[0]))
+
+    def error(self, exc: BaseException, where: str) -> QuiverError:
+        """The QuiverError `exc` means for the caller, bounded and without server paths."""
+        error = as_quiver_error(exc, where, store="offline store")
+        return self.bounded(error)
+
+    def bounded(self, error: QuiverError) -> QuiverError:
+        """A copy of `error` whose texts are clipped and free of server paths."""
+        bounded = copy.copy(error)
+        bounded.message = clip(self._redact(error.message))
+        bounded.args = (bounded.message,)
+        bounded.metadata = {
+            clip(key, MAX_SHORT_BYTES): clip(self._redact(value), MAX_SHORT_BYTES)
+            for key, value in list(error.metadata.items())[:MAX_ENTRIES]
+        }
+        if isinstance(error, InvalidArgumentError) and isinstance(bounded, InvalidArgumentError):
+            bounded.violations = [
+                FieldViolation(clip(v.field, MAX_SHORT_BYTES), clip(self._redact(v.description)))
+                for v in error.violations[:MAX_ENTRIES]
+            ]
+        return bounded
+
+    def flight_error(self, exc: BaseException, where: str) -> BaseException:
+        """The pyarrow.flight error to raise for `exc` from a method pyarrow translates."""
+        if isinstance(exc, flight.FlightError):
+            already: BaseException = exc
+            return already
+        return flight_error(self.error(exc, where))
+
+    def trailer_error(
+        self, exc: BaseException, where: str, context: flight.ServerCallContext
+    ) -> BaseException:
+        """The exception to raise for `exc` from get_schema, do_action or do_exchange.
+
+        Adds the status trailer to the call first (see the module docstring).
+        """
+        error = self.error(exc, where)
+        status = to_status(error).SerializeToString()
+        context.add_trailer("grpc-status-details-bin", status)
+        return TrailerStatus.of(error, status)
+
+    def _redact(self, text: str) -> str:
+        for path, name in self._paths:
+            if path in text:
+                text = text.replace(path, name)
+        return text
+
+
+class TrailerStatus(Exception):
+    """A failure whose status already travels as a trailer (see the module docstring).
+
+    Arrow maps the Python type to the gRPC code and renders the exception's
+    traceback into the message; a note that cannot be encoded as UTF-8 makes
+    that rendering fail, and Arrow then names only the type. ``extra_info``
+    holds the status, as on pyarrow's Flight errors, so the server's telemetry
+    reads the real code from it.
+    """
+
+    _UNENCODABLE_NOTE = "\udcff"
+
+    def __init__(self, message: str, extra_info: bytes) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra_info = extra_info
+        self.add_note(self._UNENCODABLE_NOTE)
+
+    def __str__(self) -> str:
+        return self.message
+
+    @staticmethod
+    def of(error: QuiverError, status: bytes) -> TrailerStatus:
+        cls = _TRAILER_CLASSES.get(error.grpc_code.name, TrailerStatus)
+        return cls(f"{error.grpc_code.name}: {error.message}", status)
+
+
+class InvalidArgumentStatus(TrailerStatus, ValueError):
+    """Travels as INVALID_ARGUMENT (Arrow maps ValueError to Invalid)."""
+
+
+class NotFoundStatus(TrailerStatus, KeyError):
+    """Travels as NOT_FOUND (Arrow maps KeyError to KeyError)."""
+
+
+class UnimplementedStatus(TrailerStatus, NotImplementedError):
+    """Travels as UNIMPLEMENTED (Arrow maps NotImplementedError to NotImplemented)."""
+
+
+_TRAILER_CLASSES: dict[str, type[TrailerStatus]] = {
+    "INVALID_ARGUMENT": InvalidArgumentStatus,
+    "NOT_FOUND": NotFoundStatus,
+    "UNIMPLEMENTED": UnimplementedStatus,
+}
