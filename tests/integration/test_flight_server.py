@@ -161,7 +161,8 @@ def test_streaming_reader_pandas_and_parquet_spines(repo: QuiverConfig, client: 
 
 def test_features_by_reference_and_offline_spine(repo: QuiverConfig, client: TrainingClient) -> None:
     spine = make_spine(500, seed=3)
-    pq.write_table(spine, Path(repo.offline_root) / "labels.parquet")
+    (Path(repo.offline_root) / "spines").mkdir()
+    pq.write_table(spine, Path(repo.offline_root) / "spines" / "labels.parquet")
     got = client.get_training_set(OfflineSpine("labels.parquet"),
                                   features=["merchant_stats:volume", "user_stats:txns"])
     assert got.schema.names[-2:] == ["volume", "txns"]
@@ -318,7 +319,10 @@ def _unpack_any(data: bytes) -> Any:
 
 
 def test_expired_spines_and_stale_tickets(repo: QuiverConfig, flight_server: Server, fake_clock: Any) -> None:
-    with flight_server(repo, clock=fake_clock) as loc, TrainingClient(loc) as client:
+    from quiver_flight.server import create_flight_server
+
+    server, port = create_flight_server(repo, clock=fake_clock)
+    with server, TrainingClient(f"grpc://127.0.0.1:{port}") as client:
         handle = client.upload_spine(make_spine(20))
         info = client.plan(handle, feature_service="model")
         assert client.fetch(info).num_rows == 20
@@ -331,10 +335,11 @@ def test_expired_spines_and_stale_tickets(repo: QuiverConfig, flight_server: Ser
         assert missing.value.reason == "SPINE_EXPIRED"
         with pytest.raises(NotFoundError, match="does not exist"):
             client.plan(handle, feature_service="model")
-        # Uploads sweep expired spines away.
+        # The server's sweeper deletes expired spines (woken here rather than waited for).
         other = client.upload_spine(make_spine(5))
         fake_clock.now += repo.flight.spine_ttl_seconds + 1
         client.upload_spine(make_spine(5))
+        assert server.spine_sweeper.run_now(timeout=30)
         spines = Path(repo.offline_root) / "_spines"
         assert not (spines / f"{other.spine_id}.arrow").exists()
         assert len(list(spines.glob("*.arrow"))) == 1
@@ -352,12 +357,13 @@ def test_a_ticket_goes_stale_when_the_history_changes(repo: QuiverConfig, client
 
 def test_offline_spine_paths_must_stay_inside_the_store(repo: QuiverConfig, client: TrainingClient) -> None:
     for path in ("../outside.parquet", "/etc/passwd", "s3://bucket/x.parquet"):
-        with pytest.raises(InvalidArgumentError, match="inside the offline store"):
+        with pytest.raises(InvalidArgumentError, match="inside the spine directory"):
             client.get_training_set(OfflineSpine(path), feature_service="model")
     client.upload_spine(make_spine(3))  # creates _spines/
-    with pytest.raises(InvalidArgumentError, match="not readable as spines"):
-        client.get_training_set(OfflineSpine("_spines/.ticket-key"), feature_service="model")
-    (Path(repo.offline_root) / "notes.txt").write_text("not parquet")
+    with pytest.raises(InvalidArgumentError, match="inside the spine directory"):
+        client.get_training_set(OfflineSpine("../_spines/.ticket-key"), feature_service="model")
+    (Path(repo.offline_root) / "spines").mkdir()
+    (Path(repo.offline_root) / "spines" / "notes.txt").write_text("not parquet")
     with pytest.raises(InvalidArgumentError, match="not a Parquet file"):
         client.get_training_set(OfflineSpine("notes.txt"), feature_service="model")
     with pytest.raises(NotFoundError):

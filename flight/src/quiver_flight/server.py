@@ -37,12 +37,15 @@ from quiver.errors import InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack, timestamp_seconds, unpack_command
 from quiver_flight.errors import ErrorPolicy, clip
+from quiver_flight.periodic import Periodic
 from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
-from quiver_flight.spines import SpineStore
+from quiver_flight.spine_paths import SpineDirectory
+from quiver_flight.spines import SPINE_DIRECTORY, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.training import TrainingSets
 from quiver_server.config import QuiverConfig
 from quiver_server.observability import configure_logging
+from quiver_server.offline.source import resolve_path
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry import Telemetry, setup_telemetry
 from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
@@ -111,6 +114,23 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.training = training
         self.errors = errors or ErrorPolicy()
         self._locations = [flight.Location(advertised)] if advertised else []
+        # Expired spines are swept on a timer, not only when someone uploads.
+        self.spine_sweeper = Periodic(
+            "quiver-spine-sweep", training.config.spine_sweep_seconds, training.spines.sweep
+        )
+        self.spine_sweeper.start()
+
+    def shutdown(self) -> None:
+        """Stop the background jobs, refuse new calls and wait for running ones."""
+        self.stop_jobs()
+        super().shutdown()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_jobs()
+        super().__exit__(*exc_info)
+
+    def stop_jobs(self) -> None:
+        self.spine_sweeper.stop()
 
     @traced_flight_handler
     @_flight_errors
@@ -312,11 +332,7 @@ def create_flight_server(
         config.offline_root, cache_bytes=cache_bytes, batch_rows=flight_config.batch_rows
     )
     spines = SpineStore(
-        config.offline_root,
-        max_rows=flight_config.max_spine_rows,
-        ttl_seconds=flight_config.spine_ttl_seconds,
-        batch_rows=flight_config.batch_rows,
-        clock=clock,
+        config.offline_root, flight_config, directory=spine_directory(config), clock=clock
     )
     training = TrainingSets(
         RegistryStore(config.registry_path), engine, spines, TicketSigner(config.offline_root),
@@ -330,12 +346,22 @@ def create_flight_server(
     return server, server.port
 
 
+def spine_directory(config: QuiverConfig) -> SpineDirectory:
+    """The directory Parquet spines are named in, checked to hold no history or registry."""
+    return SpineDirectory(
+        config.offline_root, config.flight.spine_root,
+        apart=[str(config.registry_path), resolve_path(config.offline_root, SPINE_DIRECTORY)],
+        outside=[config.offline_root],
+    )
+
+
 def server_error_policy(config: QuiverConfig) -> ErrorPolicy:
     """Errors that name the server's directories by role, never by path."""
     return ErrorPolicy({
         config.offline_root: "<offline store>",
         str(config.registry_path): "<registry>",
         str(config.repo_path): "<feature repo>",
+        resolve_path(config.offline_root, config.flight.spine_root): "<spines>",
     })
 
 

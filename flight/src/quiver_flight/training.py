@@ -38,6 +38,7 @@ from quiver_flight.pit import (
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_server.config import FlightConfig
+from quiver_server.offline.source import resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.scope import traced
@@ -111,12 +112,14 @@ class TrainingSets:
         return snapshot.resolve(features=refs, field="features")
 
     @traced("quiver.flight.spine.open")
-    def open_spine(self, source: pb.SpineSource) -> Spine:
+    def open_spine(self, source: pb.SpineSource, snapshot: Snapshot) -> Spine:
         kind = source.WhichOneof("source")
         if kind == "spine_id":
             return self.spines.open(source.spine_id)
         if kind == "parquet_path":
-            return self.spines.open_path(source.parquet_path)
+            history = [resolve_path(self.engine.offline_root, view.source.path)
+                       for view in snapshot.feature_views.values()]
+            return self.spines.open_path(source.parquet_path, history)
         raise InvalidArgumentError.for_field(
             "spine", "name a spine: spine_id (from do_put) or parquet_path", reason="MISSING_SPINE"
         )
@@ -128,7 +131,7 @@ class TrainingSets:
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if not command.HasField("spine"):
             return required_schema(refs, timestamp_column, command.full_feature_names)
-        spine = self.open_spine(command.spine)
+        spine = self.open_spine(command.spine, snapshot)
         return output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                              full_feature_names=command.full_feature_names)
 
@@ -143,7 +146,7 @@ class TrainingSets:
         snapshot = self.snapshot()
         refs = self.resolve(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
-        spine = self.open_spine(command.spine)
+        spine = self.open_spine(command.spine, snapshot)
         schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                                full_feature_names=command.full_feature_names)
         rows = spine.num_rows
@@ -220,7 +223,7 @@ class TrainingSets:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
         refs = snapshot.resolve(features=list(partition.feature_refs))
         try:
-            spine = self.open_spine(partition.spine)
+            spine = self.open_spine(partition.spine, snapshot)
         except NotFoundError as exc:
             raise _stale(exc.message) from None
         if spine.fingerprint != partition.spine_fingerprint:
