@@ -335,7 +335,7 @@ def create_flight_server(
         config.offline_root, flight_config, directory=spine_directory(config), clock=clock
     )
     training = TrainingSets(
-        RegistryStore(config.registry_path), engine, spines, TicketSigner(config.offline_root),
+        RegistryStore(config.registry_path), engine, spines, TicketSigner.from_config(config),
         flight_config, clock,
     )
     telemetry = telemetry or setup_telemetry(config, "flight")

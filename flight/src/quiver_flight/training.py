@@ -206,7 +206,7 @@ class TrainingSets:
         if not self.signer.verify(ticket.partition, ticket.signature):
             raise InvalidArgumentError.for_field(
                 "ticket", "the ticket's signature does not match: it was altered, or issued by a "
-                "server that does not share this offline store", reason="TICKET_SIGNATURE",
+                "server that does not share this server's ticket keys", reason="TICKET_SIGNATURE",
             )
         partition = pb.TrainingSetPartition()
         try:
