@@ -37,6 +37,7 @@ from quiver.errors import InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack, timestamp_seconds, unpack_command
 from quiver_flight.errors import ErrorPolicy, clip
+from quiver_flight.limits import CallSlots
 from quiver_flight.periodic import Periodic
 from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
 from quiver_flight.spine_paths import SpineDirectory
@@ -119,6 +120,11 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             "quiver-spine-sweep", training.config.spine_sweep_seconds, training.spines.sweep
         )
         self.spine_sweeper.start()
+        config = training.config
+        self.streams = CallSlots(
+            "training-set streams", "max_concurrent_streams", config.max_concurrent_streams
+        )
+        self.uploads = CallSlots("spine uploads", "max_concurrent_uploads", config.max_concurrent_uploads)
 
     def shutdown(self) -> None:
         """Stop the background jobs, refuse new calls and wait for running ones."""
@@ -148,9 +154,12 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             )
         if command.timestamp_column:
             check_timestamp_column(reader.schema, command.timestamp_column)
-        spine = self.training.spines.put(
-            reader.schema, count_batches(chunk.data for chunk in reader)
-        )
+        # The slot is given back before the answer is sent, so a client that
+        # has its answer can upload again at once.
+        with self.uploads.claim():
+            spine = self.training.spines.put(
+                reader.schema, count_batches(chunk.data for chunk in reader)
+            )
         result = pb.UploadSpineResult(spine_id=spine.spine_id, rows=spine.num_rows)
         if spine.expires_at is not None:
             result.expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
@@ -180,10 +189,13 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     @traced_flight_handler
     @_flight_errors
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
-        job = self.training.open_ticket(ticket.ticket)
-        annotate(rows=job.partition.row_count)
-        batches = _prefetched(traced_iteration("quiver.flight.point_in_time_join", job.batches), context)
-        return flight.GeneratorStream(job.schema, count_batches(_translated(batches, self.errors)))
+        with self.streams.claim() as slot:  # held by the stream until it ends
+            job = self.training.open_ticket(ticket.ticket)
+            annotate(rows=job.partition.row_count)
+            batches = _prefetched(traced_iteration("quiver.flight.point_in_time_join", job.batches), context)
+            return flight.GeneratorStream(
+                job.schema, slot.hold(count_batches(_translated(batches, self.errors)))
+            )
 
     @traced_flight_handler
     @_flight_errors

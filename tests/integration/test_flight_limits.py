@@ -1,0 +1,117 @@
+"""Concurrent streams and uploads are bounded: past the limit a call is refused with
+RESOURCE_EXHAUSTED, and a slot comes back when a call ends, however it ends.
+
+Streams are held open by not reading them: a training set far larger than any socket or
+flow-control buffer cannot finish until its client reads. The tests wait on the server's own
+count of calls in flight, never on time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyarrow import flight
+from test_flight_server import (
+    make_spine,
+    merchant,
+    merchant_stats,
+    model,
+    user,
+    user_stats,
+    write_history,
+)
+
+from quiver._status import from_flight_error
+from quiver._training_client import TrainingClient
+from quiver.errors import ResourceExhaustedError
+from quiver.flight.v1 import flight_pb2 as pb
+from quiver_flight.convert import pack
+from quiver_flight.server import TrainingSetFlightServer, create_flight_server
+from quiver_server.config import QuiverConfig
+
+WAIT = 60.0
+BIG = 1_000_000  # rows: ~70 MB of training set
+
+
+@contextmanager
+def running(config: QuiverConfig) -> Iterator[tuple[TrainingSetFlightServer, str]]:
+    server, port = create_flight_server(config)
+    with server:
+        yield server, f"grpc://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def repo(tmp_path: Path, make_config: Callable[..., QuiverConfig],
+         apply_objects: Callable[..., Any]) -> QuiverConfig:
+    config = make_config(tmp_path, max_concurrent_streams=2, max_concurrent_uploads=1,
+                         partition_rows=BIG, max_spine_rows=BIG, batch_rows=8192)
+    write_history(Path(config.offline_root))
+    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
+    return config
+
+
+def refusal(call: Callable[[], object]) -> ResourceExhaustedError:
+    with pytest.raises(flight.FlightError) as info:
+        call()
+    error = from_flight_error(info.value)
+    assert isinstance(error, ResourceExhaustedError), error
+    return error
+
+
+def test_streams_past_the_limit_are_refused_until_one_ends(repo: QuiverConfig) -> None:
+    with running(repo) as (server, location), TrainingClient(location) as client:
+        info = client.plan(make_spine(BIG), feature_service="model", partition_rows=BIG)
+        (endpoint,) = info.endpoints
+        connections = [flight.connect(location) for _ in range(3)]
+        held = []
+        for connection in connections[:2]:
+            reader = connection.do_get(endpoint.ticket)
+            reader.read_chunk()  # the stream runs, and is then left unread
+            held.append(reader)
+        assert server.streams.wait_for(lambda n: n == 2, WAIT)
+        error = refusal(lambda: connections[2].do_get(endpoint.ticket).read_all())
+        assert error.reason == "TOO_MANY_CALLS"
+        assert error.metadata == {"max_concurrent_streams": "2"}
+        assert "flight.max_concurrent_streams" in error.message
+        # A stream read to its end gives its slot back before the client sees the end.
+        assert held[0].read_all().num_rows == BIG - 8192
+        assert connections[2].do_get(endpoint.ticket).read_all().num_rows == BIG
+        # So does a stream its client cancels.
+        held[1].cancel()
+        assert server.streams.wait_for(lambda n: n == 0, WAIT)
+        for connection in connections:
+            connection.close()
+
+
+def test_uploads_past_the_limit_are_refused_until_one_ends(repo: QuiverConfig) -> None:
+    spine = make_spine(1000)
+    descriptor = flight.FlightDescriptor.for_command(pack(pb.UploadSpineCommand()))
+    with running(repo) as (server, location):
+        first, second = flight.connect(location), flight.connect(location)
+        writer, metadata = first.do_put(descriptor, spine.schema)
+        writer.write_table(spine.slice(0, 500))  # an upload in progress
+        assert server.uploads.wait_for(lambda n: n == 1, WAIT)
+
+        def another() -> None:
+            other, answer = second.do_put(descriptor, spine.schema)
+            other.write_table(spine)
+            other.done_writing()
+            answer.read()
+            other.close()
+
+        error = refusal(another)
+        assert error.metadata == {"max_concurrent_uploads": "1"}
+        writer.write_table(spine.slice(500))
+        writer.done_writing()
+        result = pb.UploadSpineResult.FromString(metadata.read().to_pybytes())
+        writer.close()
+        assert result.rows == 1000
+        with TrainingClient(location) as client:
+            assert client.upload_spine(spine).rows == 1000
+        assert server.uploads.in_use == 0
+        first.close()
+        second.close()
