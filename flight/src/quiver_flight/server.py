@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Concatenate, ParamSpec, TypeVar, cast
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import structlog
@@ -37,6 +38,7 @@ from quiver.errors import InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack, timestamp_seconds, unpack_command
 from quiver_flight.errors import ErrorPolicy, clip
+from quiver_flight.health import FlightHealth
 from quiver_flight.limits import CallSlots
 from quiver_flight.periodic import Periodic
 from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
@@ -125,6 +127,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             "training-set streams", "max_concurrent_streams", config.max_concurrent_streams
         )
         self.uploads = CallSlots("spine uploads", "max_concurrent_uploads", config.max_concurrent_uploads)
+        self.health: FlightHealth | None = None
 
     def shutdown(self) -> None:
         """Stop the background jobs, refuse new calls and wait for running ones."""
@@ -135,8 +138,15 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.stop_jobs()
         super().__exit__(*exc_info)
 
+    def attach_health(self, health: FlightHealth) -> None:
+        """Start `health`, and stop it with the server."""
+        self.health = health
+        health.start()
+
     def stop_jobs(self) -> None:
         self.spine_sweeper.stop()
+        if self.health is not None:
+            self.health.stop(0)
 
     @traced_flight_handler
     @_flight_errors
@@ -323,8 +333,9 @@ def create_flight_server(
     telemetry: Telemetry | None = None,
     clock: Callable[[], float] = time.time,
     cache_bytes: int | None = None,
+    health_port: int = 0,
 ) -> tuple[TrainingSetFlightServer, int]:
-    """Build and start a training-set Flight server.
+    """Build and start a training-set Flight server, and its health service.
 
     Args:
         config: The repo's configuration (offline store, registry, flight).
@@ -333,6 +344,9 @@ def create_flight_server(
         clock: Seconds since the epoch, for spine expiry (tests fake it).
         cache_bytes: Budget for cached history indexes and features; default
             `flight.history_cache_bytes`.
+        health_port: Port of the gRPC health service, on the same host; 0
+            picks a free one (`serve` passes `flight.health_port`). The
+            server's ``health.port`` is the port bound.
 
     Returns:
         The running server and the port it listens on.
@@ -355,6 +369,14 @@ def create_flight_server(
         location, training, advertised=flight_config.location,
         middleware=telemetry.flight_middleware(), errors=server_error_policy(config),
     )
+    host = urlparse(location).hostname or flight_config.host
+    try:
+        server.attach_health(FlightHealth(
+            training.readiness, f"{host}:{health_port}", flight_config.health_check_seconds
+        ))
+    except BaseException:
+        server.shutdown()
+        raise
     return server, server.port
 
 
@@ -394,9 +416,15 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
             log.warning("metrics endpoint not started", port=metrics.port, error=str(exc))
     host = host or config.flight.host
     port = config.flight.port if port is None else port
-    server, bound = create_flight_server(config, f"grpc://{host}:{port}", telemetry=telemetry)
-    print(f"quiver: serving Arrow Flight on {host}:{bound}", flush=True)
-    log.info("serving", address=f"{host}:{bound}", offline_root=config.offline_root)
+    server, bound = create_flight_server(
+        config, f"grpc://{host}:{port}", telemetry=telemetry, health_port=config.flight.health_port
+    )
+    health = server.health
+    assert health is not None
+    print(f"quiver: serving Arrow Flight on {host}:{bound} (health on {host}:{health.port})",
+          flush=True)
+    log.info("serving", address=f"{host}:{bound}", health_port=health.port,
+             offline_root=config.offline_root)
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -406,6 +434,7 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     done.wait()
+    health.stop_serving()
     # shutdown() refuses new calls and waits for running ones; bound the wait.
     stopper = threading.Thread(target=server.shutdown, name="flight-shutdown", daemon=True)
     stopper.start()

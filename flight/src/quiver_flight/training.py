@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from google.protobuf import message
 
 from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
@@ -25,6 +26,7 @@ from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    QuiverError,
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
@@ -38,7 +40,7 @@ from quiver_flight.pit import (
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_server.config import FlightConfig
-from quiver_server.offline.source import resolve_path
+from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.scope import traced
@@ -103,6 +105,28 @@ class TrainingSets:
             while len(self._snapshots) > _SNAPSHOTS_KEPT:
                 self._snapshots.popitem(last=False)
         return snapshot
+
+    def readiness(self) -> str | None:
+        """None when training sets can be planned and computed now, else why not.
+
+        Ready means the newest registry version loads and the offline store
+        root can be listed (the health service reports it).
+        """
+        try:
+            self.snapshot()
+        except QuiverError as exc:
+            return f"registry: {exc.message}"
+        except Exception as exc:
+            return f"registry: {type(exc).__name__}: {exc}"
+        fs, root = filesystem_and_path(self.engine.offline_root)
+        try:
+            info = fs.get_file_info(root)
+            if info.type != pafs.FileType.Directory:
+                return "offline store: its root is not a directory"
+            fs.get_file_info(pafs.FileSelector(root))
+        except OSError as exc:
+            return f"offline store: {exc}"
+        return None
 
     def resolve(self, command: pb.TrainingSetCommand, snapshot: Snapshot) -> list[FeatureRef]:
         selection = command.WhichOneof("selection")

@@ -1,0 +1,124 @@
+"""The Flight server's readiness, on the standard gRPC health service: it follows whether the
+server can serve (registry, offline store) and goes NOT_SERVING on SIGTERM. Tests wait on the
+health service's own Watch stream, never on time."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_flight_server import merchant, merchant_stats, model, user, user_stats, write_history
+
+from quiver_flight.health import FLIGHT_SERVICE
+from quiver_flight.server import create_flight_server
+from quiver_server.config import QuiverConfig
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+WAIT = 60.0
+
+
+@pytest.fixture
+def repo(tmp_path: Path, make_config: Callable[..., QuiverConfig],
+         apply_objects: Callable[..., Any]) -> QuiverConfig:
+    config = make_config(tmp_path, health_check_seconds=0.05)
+    write_history(Path(config.offline_root))
+    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
+    return config
+
+
+class Health:
+    """A Watch stream on one health service, read one change at a time."""
+
+    def __init__(self, port: int, service: str = FLIGHT_SERVICE) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.stub = health_pb2_grpc.HealthStub(self.channel)
+        self.stream: Iterator[health_pb2.HealthCheckResponse] = self.stub.Watch(
+            health_pb2.HealthCheckRequest(service=service), timeout=WAIT)
+        self.last: int | None = None
+
+    def next_change(self) -> int:
+        """The next status that differs from the last one seen."""
+        for response in self.stream:
+            if response.status != self.last:
+                self.last = response.status
+                return self.last
+        raise AssertionError("the health stream ended")
+
+    def check(self, service: str) -> int:
+        return int(self.stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=WAIT).status)
+
+
+def test_readiness_follows_the_registry_and_the_offline_store(repo: QuiverConfig) -> None:
+    server, _ = create_flight_server(repo)
+    with server:
+        assert server.health is not None
+        health = Health(server.health.port)
+        assert health.next_change() == SERVING
+        registry, aside = repo.registry_path, repo.registry_path.with_name("registry-aside")
+        registry.rename(aside)
+        assert health.next_change() == NOT_SERVING
+        aside.rename(registry)
+        assert health.next_change() == SERVING
+        # A newest version that does not load.
+        newest = max(registry.glob("v*.pb"))
+        broken = registry / f"v{int(newest.stem[1:]) + 1:08d}.pb"
+        broken.write_bytes(b"\xff\xff\xff\xff")
+        assert health.next_change() == NOT_SERVING
+        broken.unlink()
+        assert health.next_change() == SERVING
+        offline = Path(repo.offline_root)
+        offline.rename(offline.with_name("offline-aside"))
+        assert health.next_change() == NOT_SERVING
+        offline.with_name("offline-aside").rename(offline)
+        assert health.next_change() == SERVING
+        # The process itself stays alive throughout (liveness).
+        assert health.check("") == SERVING
+        server.health.stop_serving()
+        assert health.next_change() == NOT_SERVING
+        assert health.check("") == NOT_SERVING
+        health.channel.close()
+
+
+def test_an_empty_registry_is_not_ready(tmp_path: Path, make_config: Callable[..., QuiverConfig]) -> None:
+    server, _ = create_flight_server(make_config(tmp_path, health_check_seconds=0.05))
+    with server:
+        assert server.health is not None
+        health = Health(server.health.port)
+        assert health.next_change() == NOT_SERVING
+        assert health.check("") == SERVING
+        health.channel.close()
+
+
+@pytest.mark.slow
+def test_serve_flight_reports_health_and_goes_not_serving_on_sigterm(applied_demo: QuiverConfig) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "quiver_server.cli", "--repo", str(applied_demo.repo_path),
+         "serve-flight", "--host", "127.0.0.1", "--port", "0"],
+        env={**os.environ, "QUIVER_FLIGHT__HEALTH_PORT": "0", "QUIVER_TELEMETRY__METRICS__ENABLED": "false"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"health on 127\.0\.0\.1:(\d+)", line)
+        assert found, line + (process.stderr.read() if process.stderr else "")
+        health = Health(int(found.group(1)))
+        assert health.next_change() == SERVING
+        process.send_signal(signal.SIGTERM)
+        assert health.next_change() == NOT_SERVING
+        health.channel.close()
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=WAIT)
+    assert process.returncode == 0, err
