@@ -67,6 +67,22 @@ def _health(port: int, service: str) -> int:
             return -1
 
 
+def _wait_for_probes(
+    container: dict[str, Any], process: subprocess.Popen[bytes], log_path: Path
+) -> None:
+    """Wait until every gRPC probe of `container` gets SERVING, as kubelet would."""
+    probes = {p: container[p]["grpc"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+    deadline = time.monotonic() + 60
+    statuses: dict[str, int] = {}
+    while time.monotonic() < deadline and process.poll() is None:
+        statuses = {p: _health(g["port"], g["service"]) for p, g in probes.items()}
+        if all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, log_path.read_text()
+    assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), statuses
+
+
 def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     made = subprocess.run(
@@ -116,20 +132,7 @@ def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
         ) as process,
     ):
         try:
-            probes = {
-                p: serving[p]["grpc"] for p in ("startupProbe", "readinessProbe", "livenessProbe")
-            }
-            deadline = time.monotonic() + 60
-            statuses: dict[str, int] = {}
-            while time.monotonic() < deadline and process.poll() is None:
-                statuses = {p: _health(g["port"], g["service"]) for p, g in probes.items()}
-                if all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()):
-                    break
-                time.sleep(0.2)
-            assert process.poll() is None, log_path.read_text()
-            assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), (
-                statuses
-            )
+            _wait_for_probes(serving, process, log_path)
             _, pod = out.workload("serving")
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=pod["terminationGracePeriodSeconds"])
@@ -161,7 +164,6 @@ def test_flight_container_answers_its_grpc_probes(tmp_path: Path) -> None:
         (repo / name).write_text(content)
     assert _run(_container(out, "apply"), tmp_path).returncode == 0
     flight = _container(out, "flight")
-    probes = {p: flight[p]["grpc"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
     log_path = tmp_path / "flight.log"
     with (
         log_path.open("w") as log,
@@ -174,17 +176,7 @@ def test_flight_container_answers_its_grpc_probes(tmp_path: Path) -> None:
         ) as process,
     ):
         try:
-            deadline = time.monotonic() + 60
-            statuses: dict[str, int] = {}
-            while time.monotonic() < deadline and process.poll() is None:
-                statuses = {p: _health(g["port"], g["service"]) for p, g in probes.items()}
-                if all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()):
-                    break
-                time.sleep(0.2)
-            assert process.poll() is None, log_path.read_text()
-            assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), (
-                statuses
-            )
+            _wait_for_probes(flight, process, log_path)
             # The Flight port itself takes connections.
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
             _, pod = out.workload("flight")

@@ -12,18 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
+from flight_data import (
+    make_spine,
+)
 from flight_wire import action, call, descriptor, field_bytes, leaks, problems
 from google.rpc import error_details_pb2
 from pyarrow import flight
-from test_flight_server import (
-    make_spine,
-    merchant,
-    merchant_stats,
-    model,
-    user,
-    user_stats,
-    write_history,
-)
 
 from quiver._status import from_flight_error
 from quiver._training_client import TrainingClient
@@ -37,12 +31,8 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.fixture
-def repo(tmp_path: Path, make_config: Callable[..., QuiverConfig],
-         apply_objects: Callable[..., Any]) -> QuiverConfig:
-    config = make_config(tmp_path)
-    write_history(Path(config.offline_root))
-    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
-    return config
+def repo(flight_repo: Callable[..., QuiverConfig]) -> QuiverConfig:
+    return flight_repo()
 
 
 @pytest.fixture

@@ -17,20 +17,14 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from flight_data import (
+    make_spine,
+)
 from flight_wire import action, call, criteria, descriptor, leaks, problems, ticket
 from google.rpc import status_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyarrow import flight
-from test_flight_server import (
-    make_spine,
-    merchant,
-    merchant_stats,
-    model,
-    user,
-    user_stats,
-    write_history,
-)
 
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack
@@ -39,7 +33,8 @@ from quiver_server.config import QuiverConfig
 
 _EXAMPLES = int(os.environ.get("QUIVER_TEST_FUZZ_EXAMPLES", "0"))
 FUZZ = settings(max_examples=_EXAMPLES or 40, deadline=None, derandomize=not _EXAMPLES,
-                suppress_health_check=[HealthCheck.too_slow], database=None)
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+                database=None)
 SERVER_FAULTS = {2, 13, 14}  # UNKNOWN, INTERNAL, UNAVAILABLE
 
 
@@ -69,15 +64,11 @@ class Target:
         client.close()
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    from conftest import apply_objects, make_config
-
-    base = tmp_path_factory.mktemp("fuzz")
-    config = make_config(base, partition_rows=1000, batch_rows=256, max_spine_rows=5000)
-    write_history(Path(config.offline_root))
+@pytest.fixture
+def target(flight_repo: Callable[..., QuiverConfig]) -> Iterator[Target]:
+    # One server per test: hypothesis runs every example of a test against it.
+    config = flight_repo(partition_rows=1000, batch_rows=256, max_spine_rows=5000)
     (Path(config.offline_root) / "spines").mkdir()
-    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
     server, port = create_flight_server(config)
     with server:
         yield Target(config, server, port)

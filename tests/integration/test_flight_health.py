@@ -11,12 +11,10 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_flight_server import merchant, merchant_stats, model, user, user_stats, write_history
 
 from quiver_flight.health import FLIGHT_SERVICE
 from quiver_flight.server import create_flight_server
@@ -28,12 +26,8 @@ WAIT = 60.0
 
 
 @pytest.fixture
-def repo(tmp_path: Path, make_config: Callable[..., QuiverConfig],
-         apply_objects: Callable[..., Any]) -> QuiverConfig:
-    config = make_config(tmp_path, health_check_seconds=0.05)
-    write_history(Path(config.offline_root))
-    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
-    return config
+def repo(flight_repo: Callable[..., QuiverConfig]) -> QuiverConfig:
+    return flight_repo(health_check_seconds=0.05)
 
 
 class Health:

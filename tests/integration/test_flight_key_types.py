@@ -3,24 +3,18 @@ naming the column, its type and the types allowed; the types it can hold are joi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from flight_wire import call, descriptor, problems
-from google.rpc import error_details_pb2
-from test_flight_server import (
+from flight_data import (
     expected,
     make_spine,
-    merchant,
-    merchant_stats,
-    model,
-    user,
-    user_stats,
-    write_history,
+    running,
 )
+from flight_wire import call, descriptor, problems
+from google.rpc import error_details_pb2
 
 from quiver._training_client import TrainingClient
 from quiver.errors import InvalidArgumentError
@@ -29,21 +23,6 @@ from quiver_flight.convert import pack
 from quiver_server.config import QuiverConfig
 
 Server = Callable[..., Any]
-
-
-@pytest.fixture
-def repo(tmp_path: Path, make_config: Callable[..., QuiverConfig],
-         apply_objects: Callable[..., Any]) -> QuiverConfig:
-    config = make_config(tmp_path)
-    write_history(Path(config.offline_root))
-    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
-    return config
-
-
-@pytest.fixture
-def location(repo: QuiverConfig, flight_server: Server) -> Iterator[str]:
-    with flight_server(repo) as loc:
-        yield loc
 
 
 def with_column(spine: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -72,22 +51,23 @@ REFUSED: dict[str, tuple[str, Callable[[pa.Table], pa.Array], str]] = {
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_key_types_the_view_cannot_hold_are_refused_when_planned(
-    repo: QuiverConfig, location: str, case: str
+    flight_repo: Callable[..., QuiverConfig], case: str
 ) -> None:
     column, values, type_name = REFUSED[case]
     spine = make_spine(30)
     spine = with_column(spine, column, values(spine))
-    with TrainingClient(location) as client:
+    repo = flight_repo()
+    with running(repo) as (_, location), TrainingClient(location) as client:
         handle = client.upload_spine(spine)
         with pytest.raises(InvalidArgumentError) as error:
             client.plan(handle, feature_service="model")
+        # get_schema of the same command refuses it the same way.
+        command = pb.TrainingSetCommand(feature_service="model")
+        command.spine.spine_id = handle.spine_id
+        answer = call(location.removeprefix("grpc://"), "GetSchema", descriptor(pack(command)))
     assert error.value.reason == "SPINE_KEY_TYPE"
     assert [v.field for v in error.value.violations] == [f"spine.{column}"]
     assert type_name in error.value.message and "allowed spine types" in error.value.message
-    # get_schema of the same command refuses it the same way.
-    command = pb.TrainingSetCommand(feature_service="model")
-    command.spine.spine_id = handle.spine_id
-    answer = call(location.removeprefix("grpc://"), "GetSchema", descriptor(pack(command)))
     assert problems(answer, [repo.offline_root]) == []
     bad = error_details_pb2.BadRequest()
     assert answer.status is not None and answer.status.code == 3
@@ -108,11 +88,14 @@ ACCEPTED: dict[str, tuple[str, Callable[[pa.Table], pa.Array]]] = {
 
 
 @pytest.mark.parametrize("case", sorted(ACCEPTED))
-def test_key_types_the_view_can_hold_are_joined(repo: QuiverConfig, location: str, case: str) -> None:
+def test_key_types_the_view_can_hold_are_joined(
+    flight_repo: Callable[..., QuiverConfig], case: str
+) -> None:
     column, values = ACCEPTED[case]
     spine = make_spine(200, seed=11)
     changed = with_column(spine, column, values(spine))
-    with TrainingClient(location) as client:
+    repo = flight_repo()
+    with running(repo) as (_, location), TrainingClient(location) as client:
         got = client.get_training_set(changed, feature_service="model")
     want = expected(repo, with_column(spine, column, changed[column].cast(spine[column].type)))
     features = want.schema.names[len(spine.schema):]

@@ -8,50 +8,30 @@ count of calls in flight, never on time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-from pyarrow import flight
-from test_flight_server import (
+from flight_data import (
     make_spine,
-    merchant,
-    merchant_stats,
-    model,
-    user,
-    user_stats,
-    write_history,
+    running,
 )
+from pyarrow import flight
 
 from quiver._status import from_flight_error
 from quiver._training_client import TrainingClient
 from quiver.errors import ResourceExhaustedError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack
-from quiver_flight.server import TrainingSetFlightServer, create_flight_server
 from quiver_server.config import QuiverConfig
 
 WAIT = 60.0
 BIG = 1_000_000  # rows: ~70 MB of training set
 
 
-@contextmanager
-def running(config: QuiverConfig) -> Iterator[tuple[TrainingSetFlightServer, str]]:
-    server, port = create_flight_server(config)
-    with server:
-        yield server, f"grpc://127.0.0.1:{port}"
-
-
 @pytest.fixture
-def repo(tmp_path: Path, make_config: Callable[..., QuiverConfig],
-         apply_objects: Callable[..., Any]) -> QuiverConfig:
-    config = make_config(tmp_path, max_concurrent_streams=2, max_concurrent_uploads=1,
-                         partition_rows=BIG, max_spine_rows=BIG, batch_rows=8192)
-    write_history(Path(config.offline_root))
-    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
-    return config
+def repo(flight_repo: Callable[..., QuiverConfig]) -> QuiverConfig:
+    return flight_repo(max_concurrent_streams=2, max_concurrent_uploads=1, partition_rows=BIG,
+                       max_spine_rows=BIG, batch_rows=8192)
 
 
 def refusal(call: Callable[[], object]) -> ResourceExhaustedError:

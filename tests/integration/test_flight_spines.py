@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from flight_wire import call, descriptor, problems
-from pyarrow import flight
-from test_flight_server import (
+from flight_data import (
     expected,
     make_spine,
-    merchant,
-    merchant_stats,
-    model,
+    running,
     user,
-    user_stats,
     write_history,
 )
+from flight_wire import call, descriptor, problems
+from pyarrow import flight
 
 from quiver import FeatureView, Field, Int64, ParquetSource
 from quiver._training_client import OfflineSpine, TrainingClient
@@ -39,32 +35,13 @@ from quiver.errors import (
 )
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack
-from quiver_flight.server import TrainingSetFlightServer, create_flight_server
+from quiver_flight.server import create_flight_server
 from quiver_server.config import QuiverConfig
 
 
-@contextmanager
-def running(config: QuiverConfig, **kwargs: Any) -> Iterator[tuple[TrainingSetFlightServer, str]]:
-    server, port = create_flight_server(config, **kwargs)
-    with server:
-        yield server, f"grpc://127.0.0.1:{port}"
-
-
 @pytest.fixture
-def make_repo(tmp_path: Path, make_config: Callable[..., QuiverConfig],
-              apply_objects: Callable[..., Any]) -> Callable[..., QuiverConfig]:
-    def make(**flight: Any) -> QuiverConfig:
-        config = make_config(tmp_path, **flight)
-        write_history(Path(config.offline_root))
-        apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
-        return config
-
-    return make
-
-
-@pytest.fixture
-def repo(make_repo: Callable[..., QuiverConfig]) -> QuiverConfig:
-    return make_repo()
+def repo(flight_repo: Callable[..., QuiverConfig]) -> QuiverConfig:
+    return flight_repo()
 
 
 @pytest.fixture
@@ -166,13 +143,13 @@ def test_malformed_spine_paths_are_invalid_argument(repo: QuiverConfig, spines: 
 
 
 def test_spine_root_is_configurable_and_kept_apart_from_history_and_registry(
-    tmp_path: Path, make_repo: Callable[..., QuiverConfig]
+    tmp_path: Path, flight_repo: Callable[..., QuiverConfig]
 ) -> None:
     elsewhere = tmp_path / "labels"
     elsewhere.mkdir()
     spine = make_spine(30, seed=9)
     pq.write_table(spine, elsewhere / "week1.parquet")
-    config = make_repo(spine_root=str(elsewhere))
+    config = flight_repo(spine_root=str(elsewhere))
     with running(config) as (_, location), TrainingClient(location) as client:
         got = client.get_training_set(OfflineSpine("week1.parquet"), feature_service="model")
     assert got.equals(expected(config, spine))
@@ -213,9 +190,9 @@ def stored_files(config: QuiverConfig) -> list[str]:
 
 @pytest.mark.parametrize("batches", [1, 25])
 def test_uploads_over_the_byte_limit_are_refused_and_leave_nothing(
-    make_repo: Callable[..., QuiverConfig], batches: int
+    flight_repo: Callable[..., QuiverConfig], batches: int
 ) -> None:
-    config = make_repo(max_spine_bytes=100_000)
+    config = flight_repo(max_spine_bytes=100_000)
     spine = wide_spine(200)
     with running(config) as (_, location), TrainingClient(location) as client:
         reader = pa.RecordBatchReader.from_batches(
@@ -228,8 +205,8 @@ def test_uploads_over_the_byte_limit_are_refused_and_leave_nothing(
         assert client.upload_spine(wide_spine(50)).rows == 50
 
 
-def test_stored_spines_are_bounded_in_total(make_repo: Callable[..., QuiverConfig], fake_clock: Any) -> None:
-    config = make_repo(max_spine_bytes=100_000, max_stored_spine_bytes=150_000)
+def test_stored_spines_are_bounded_in_total(flight_repo: Callable[..., QuiverConfig], fake_clock: Any) -> None:
+    config = flight_repo(max_spine_bytes=100_000, max_stored_spine_bytes=150_000)
     with running(config, clock=fake_clock) as (_, location), TrainingClient(location) as client:
         client.upload_spine(wide_spine(80, seed=1))
         with pytest.raises(ResourceExhaustedError, match=r"flight\.max_stored_spine_bytes") as error:

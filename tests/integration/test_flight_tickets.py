@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-from pyarrow import flight
-from test_flight_server import (
+from flight_data import (
     make_spine,
-    merchant,
-    merchant_stats,
-    model,
-    user,
-    user_stats,
-    write_history,
+    running,
 )
+from pyarrow import flight
 
 from quiver._training_client import TrainingClient
 from quiver.errors import DefinitionError
@@ -35,23 +29,12 @@ def new_key() -> str:
 
 
 @pytest.fixture
-def repo(tmp_path: Path, make_config: Callable[..., QuiverConfig],
-         apply_objects: Callable[..., Any]) -> QuiverConfig:
-    config = make_config(tmp_path)
-    write_history(Path(config.offline_root))
-    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
-    return config
+def repo(flight_repo: Callable[..., QuiverConfig]) -> QuiverConfig:
+    return flight_repo()
 
 
 def with_flight(config: QuiverConfig, **settings: Any) -> QuiverConfig:
     return config.model_copy(update={"flight": config.flight.model_copy(update=settings)})
-
-
-@contextmanager
-def replica(config: QuiverConfig) -> Iterator[str]:
-    server, port = create_flight_server(config)
-    with server:
-        yield f"grpc://127.0.0.1:{port}"
 
 
 def tickets_from(location: str, spine: pa.Table) -> list[flight.Ticket]:
@@ -73,18 +56,18 @@ def test_keys_from_a_file_rotate_without_refusing_tickets(repo: QuiverConfig, tm
     keys = tmp_path / "ticket-keys"
     keys.write_text(f"# signing key first\n{old}\n")
     spine = make_spine(50)
-    with replica(with_flight(repo, ticket_key_file=str(keys))) as first:
+    with running(with_flight(repo, ticket_key_file=str(keys))) as (_, first):
         old_tickets = tickets_from(first, spine)
         # Rotation, step 1: the new key is added second; step 2: it signs, the old one verifies.
         keys.write_text(f"{new}\n{old}\n")
-        with replica(with_flight(repo, ticket_key_file=str(keys))) as second:
+        with running(with_flight(repo, ticket_key_file=str(keys))) as (_, second):
             assert served_by(second, old_tickets) == 50
             new_tickets = tickets_from(second, spine)
             # The first replica reads the rotated file when a ticket does not verify.
             assert served_by(first, new_tickets) == 50
     # Step 3: the old key is dropped; its tickets are refused, the new ones still served.
     keys.write_text(f"{new}\n")
-    with replica(with_flight(repo, ticket_key_file=str(keys))) as third:
+    with running(with_flight(repo, ticket_key_file=str(keys))) as (_, third):
         assert served_by(third, new_tickets) == 50
         with pytest.raises(flight.FlightError, match="signature"):
             served_by(third, old_tickets)
@@ -96,11 +79,11 @@ def test_keys_from_the_environment_are_shared_by_replicas(
 ) -> None:
     monkeypatch.setenv("QUIVER_FLIGHT_TICKET_KEYS", f"{new_key()},{new_key()}")
     spine = make_spine(40)
-    with replica(repo) as first, replica(repo) as second:
+    with running(repo) as (_, first), running(repo) as (_, second):
         tickets = tickets_from(first, spine)
         assert served_by(second, tickets) == 40
     monkeypatch.setenv("QUIVER_FLIGHT_TICKET_KEYS", new_key())
-    with replica(repo) as other, pytest.raises(flight.FlightError, match="signature"):
+    with running(repo) as (_, other), pytest.raises(flight.FlightError, match="signature"):
         served_by(other, tickets)
     assert not (Path(repo.offline_root) / "_spines" / ".ticket-key").exists()
 
@@ -126,7 +109,7 @@ def test_a_missing_or_corrupt_key_file_stops_the_server_from_starting(
 
 def test_a_corrupt_stored_key_stops_the_server_instead_of_being_replaced(repo: QuiverConfig) -> None:
     spine = make_spine(30)
-    with replica(repo) as location:
+    with running(repo) as (_, location):
         tickets = tickets_from(location, spine)
     stored = Path(repo.offline_root) / "_spines" / ".ticket-key"
     key = stored.read_bytes()
@@ -135,7 +118,7 @@ def test_a_corrupt_stored_key_stops_the_server_instead_of_being_replaced(repo: Q
         create_flight_server(repo)
     assert stored.read_bytes() == key[:5]
     stored.write_bytes(key)
-    with replica(repo) as location:
+    with running(repo) as (_, location):
         assert served_by(location, tickets) == 30
         # A forged ticket is refused and leaves the key as it was.
         with pytest.raises(flight.FlightError, match="signature"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from quiver.errors import InvalidArgumentError, NotFoundError
@@ -35,12 +34,6 @@ class SpineFile:
 class ParquetSpine(Spine):
     """A Parquet file or directory in the spine directory, read by row group."""
 
-    name: str
-    schema: pa.Schema
-    num_rows: int
-    expires_at: float | None
-    fingerprint: str
-    filesystem: pafs.FileSystem
     files: tuple[SpineFile, ...]
 
     def read(self, offset: int, count: int) -> pa.Table:

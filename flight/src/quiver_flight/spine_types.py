@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 EXPIRES_KEY = b"quiver.spine.expires_at_us"
 BATCH_ROWS_KEY = b"quiver.spine.batch_rows"
 
 
+@dataclass(frozen=True)
 class Spine:
     """A spine's schema and rows, and what is known about it without reading rows."""
 
@@ -16,6 +20,7 @@ class Spine:
     num_rows: int
     expires_at: float | None
     fingerprint: str
+    filesystem: pafs.FileSystem
 
     def read(self, offset: int, count: int) -> pa.Table:
         """Rows ``[offset, offset + count)`` in spine order."""

@@ -58,12 +58,6 @@ __all__ = ["SPINE_DIRECTORY", "ParquetSpine", "Spine", "SpineStore", "UploadedSp
 class UploadedSpine(Spine):
     """A spine uploaded with do_put: one Arrow IPC file of fixed-size batches."""
 
-    name: str
-    schema: pa.Schema
-    num_rows: int
-    expires_at: float | None
-    fingerprint: str
-    filesystem: pafs.FileSystem
     path: str
     batch_rows: int
 
