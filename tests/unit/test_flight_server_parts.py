@@ -47,6 +47,15 @@ def test_server_paths_are_named_by_role_even_through_symlinks(tmp_path: Path) ->
     assert str(tmp_path) not in error.violations[0].description
 
 
+def test_registry_file_names_are_hidden(tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    policy = ErrorPolicy({str(registry): "<registry>", str(tmp_path): "<repo>"},
+                         opaque=[str(registry)])
+    error = policy.bounded(NotFoundError(
+        f"registry version 7 ({registry}/v00000007.pb) does not verify; see {tmp_path}/x"))
+    assert error.message == "registry version 7 (<registry>) does not verify; see <repo>/x"
+
+
 def test_echoed_input_is_bounded() -> None:
     long = "x" * 100_000
     error = ErrorPolicy().bounded(NotFoundError(

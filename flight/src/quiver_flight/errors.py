@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 
 from pyarrow import flight
 
@@ -57,17 +58,26 @@ class ErrorPolicy:
     Args:
         server_paths: Server directories to hide, each with the name shown
             instead, e.g. ``{"/var/lib/quiver/offline": "<offline store>"}``.
+        opaque: Those of them whose file names are hidden too (the registry's
+            files are no business of a client).
     """
 
-    def __init__(self, server_paths: Mapping[str, str] | None = None) -> None:
-        pairs: dict[str, str] = {}
+    def __init__(
+        self, server_paths: Mapping[str, str] | None = None, opaque: Iterable[str] = ()
+    ) -> None:
+        hidden = {os.path.realpath(path) for path in opaque if "://" not in path}
+        pairs: dict[str, tuple[str, bool]] = {}
         for path, name in (server_paths or {}).items():
             if not path or "://" in path:
                 continue
+            whole = os.path.realpath(path) in hidden
             for variant in {path, os.path.abspath(path), os.path.realpath(path)}:
-                pairs[variant.rstrip("/") or "/"] = name
+                pairs[variant.rstrip("/") or "/"] = (name, whole)
         # Longest first, so a directory inside another is named by its own name.
-        self._paths = sorted(pairs.items(), key=lambda item: -len(item[0]))
+        self._paths = [
+            (re.compile(re.escape(path) + (r"(/[^\s'\"(),;]*)?" if whole else "")), name)
+            for path, (name, whole) in sorted(pairs.items(), key=lambda item: -len(item[0]))
+        ]
 
     def error(self, exc: BaseException, where: str) -> QuiverError:
         """The QuiverError `exc` means for the caller, bounded and without server paths."""
@@ -110,9 +120,8 @@ class ErrorPolicy:
         return TrailerStatus.of(error, status)
 
     def _redact(self, text: str) -> str:
-        for path, name in self._paths:
-            if path in text:
-                text = text.replace(path, name)
+        for pattern, name in self._paths:
+            text = pattern.sub(name, text)
         return text
 
 

@@ -396,7 +396,7 @@ def server_error_policy(config: QuiverConfig) -> ErrorPolicy:
         str(config.registry_path): "<registry>",
         str(config.repo_path): "<feature repo>",
         resolve_path(config.offline_root, config.flight.spine_root): "<spines>",
-    })
+    }, opaque=[str(config.registry_path)])
 
 
 def serve(config: QuiverConfig, host: str | None = None, port: int | None = None) -> None:
