@@ -16,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from quiver.errors import DefinitionError
 from quiver_flight.health import FLIGHT_SERVICE
 from quiver_flight.server import create_flight_server
 from quiver_server.config import QuiverConfig
@@ -91,6 +92,14 @@ def test_an_empty_registry_is_not_ready(tmp_path: Path, make_config: Callable[..
         assert health.next_change() == NOT_SERVING
         assert health.check("") == SERVING
         health.channel.close()
+
+
+def test_a_taken_health_port_stops_the_server_from_starting(repo: QuiverConfig) -> None:
+    first, _ = create_flight_server(repo)
+    with first:
+        assert first.health is not None
+        with pytest.raises(DefinitionError, match="flight.health_port"):
+            create_flight_server(repo, health_port=first.health.port)
 
 
 @pytest.mark.slow

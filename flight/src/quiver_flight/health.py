@@ -20,7 +20,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from quiver.errors import InvalidArgumentError
+from quiver.errors import DefinitionError
 from quiver_flight.periodic import Periodic
 
 log = structlog.get_logger(__name__)
@@ -42,11 +42,18 @@ class FlightHealth:
     def __init__(self, check: Callable[[], str | None], address: str, interval: float) -> None:
         self._check = check
         self.servicer = health.HealthServicer()
-        self.server = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix="health"))
+        # No port sharing: a second server on a taken port must fail, not split the probes.
+        self.server = grpc.server(futures.ThreadPoolExecutor(2, thread_name_prefix="health"),
+                                  options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, self.server)
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio raises when the port is taken
+            self.port = 0
         if self.port == 0:
-            raise InvalidArgumentError.for_field("flight.health_port", f"cannot listen on {address}")
+            raise DefinitionError(
+                f"flight.health_port: cannot listen on {address} (is the port in use?)"
+            )
         self.monitor = Periodic("quiver-flight-health", interval, self.check)
         self.ready: bool | None = None
 
