@@ -112,9 +112,13 @@ def test_serve_flight_reports_health_and_goes_not_serving_on_sigterm(applied_dem
     )
     try:
         assert process.stdout is not None
-        line = process.stdout.readline()
-        found = re.search(r"health on 127\.0\.0\.1:(\d+)", line)
-        assert found, line + (process.stderr.read() if process.stderr else "")
+        seen, found = [], None
+        for line in process.stdout:  # the ready line, after any log lines
+            seen.append(line)
+            found = re.search(r"health on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                break
+        assert found, "".join(seen) + (process.stderr.read() if process.stderr else "")
         health = Health(int(found.group(1)))
         assert health.next_change() == SERVING
         process.send_signal(signal.SIGTERM)
