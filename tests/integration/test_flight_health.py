@@ -106,8 +106,8 @@ def test_a_taken_health_port_stops_the_server_from_starting(repo: QuiverConfig) 
 def test_serve_flight_reports_health_and_goes_not_serving_on_sigterm(applied_demo: QuiverConfig) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "quiver_server.cli", "--repo", str(applied_demo.repo_path),
-         "serve-flight", "--host", "127.0.0.1", "--port", "0"],
-        env={**os.environ, "QUIVER_FLIGHT__HEALTH_PORT": "0", "QUIVER_TELEMETRY__METRICS__ENABLED": "false"},
+         "serve-flight", "--host", "127.0.0.1", "--port", "0", "--health-port", "0"],
+        env={**os.environ, "QUIVER_TELEMETRY__METRICS__ENABLED": "false"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -115,7 +115,7 @@ def test_serve_flight_reports_health_and_goes_not_serving_on_sigterm(applied_dem
         seen, found = [], None
         for line in process.stdout:  # the ready line, after any log lines
             seen.append(line)
-            found = re.search(r"health on 127\.0\.0\.1:(\d+)", line)
+            found = re.search(r"health \(grpc.health.v1\) on 127\.0\.0\.1:(\d+)", line)
             if found:
                 break
         assert found, "".join(seen) + (process.stderr.read() if process.stderr else "")

@@ -399,8 +399,15 @@ def server_error_policy(config: QuiverConfig) -> ErrorPolicy:
     }, opaque=[str(config.registry_path)])
 
 
-def serve(config: QuiverConfig, host: str | None = None, port: int | None = None) -> None:
-    """Serve training sets over Arrow Flight until SIGTERM or SIGINT."""
+def serve(
+    config: QuiverConfig, host: str | None = None, port: int | None = None,
+    *, health_port: int | None = None,
+) -> None:
+    """Serve training sets over Arrow Flight until SIGTERM or SIGINT.
+
+    Prints ``quiver: serving Arrow Flight on HOST:PORT`` once it listens, then
+    ``quiver: health (grpc.health.v1) on HOST:PORT``.
+    """
     configure_logging(config.telemetry.logging)
     # Partitions are served on parallel threads whose heavy work is numpy and
     # Arrow calls that release the GIL. With the default 5 ms switch interval a
@@ -416,13 +423,15 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
             log.warning("metrics endpoint not started", port=metrics.port, error=str(exc))
     host = host or config.flight.host
     port = config.flight.port if port is None else port
+    if health_port is None:
+        health_port = config.flight.health_port
     server, bound = create_flight_server(
-        config, f"grpc://{host}:{port}", telemetry=telemetry, health_port=config.flight.health_port
+        config, f"grpc://{host}:{port}", telemetry=telemetry, health_port=health_port
     )
     health = server.health
     assert health is not None
-    print(f"quiver: serving Arrow Flight on {host}:{bound} (health on {host}:{health.port})",
-          flush=True)
+    print(f"quiver: serving Arrow Flight on {host}:{bound}", flush=True)
+    print(f"quiver: health (grpc.health.v1) on {host}:{health.port}", flush=True)
     log.info("serving", address=f"{host}:{bound}", health_port=health.port,
              offline_root=config.offline_root)
     done = threading.Event()
