@@ -16,7 +16,7 @@ from flight_data import (
 from flight_wire import call, descriptor, problems
 from google.rpc import error_details_pb2
 
-from quiver._training_client import TrainingClient
+from quiver import TrainingClient
 from quiver.errors import InvalidArgumentError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack

@@ -23,8 +23,7 @@ from flight_data import (
 from flight_wire import call, descriptor, problems
 from pyarrow import flight
 
-from quiver import FeatureView, Field, Int64, ParquetSource
-from quiver._training_client import OfflineSpine, TrainingClient
+from quiver import FeatureView, Field, Int64, OfflineSpine, ParquetSource, TrainingClient
 from quiver.errors import (
     DefinitionError,
     FailedPreconditionError,

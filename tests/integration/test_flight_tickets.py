@@ -17,7 +17,7 @@ from flight_data import (
 )
 from pyarrow import flight
 
-from quiver._training_client import TrainingClient
+from quiver import TrainingClient
 from quiver.errors import DefinitionError
 from quiver_flight.server import create_flight_server
 from quiver_flight.tickets import TicketSigner, parse_keys

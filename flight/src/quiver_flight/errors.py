@@ -32,7 +32,7 @@ from pyarrow import flight
 
 from quiver.errors import FieldViolation, InvalidArgumentError, QuiverError
 from quiver_flight.convert import flight_error
-from quiver_server.serving.status import as_quiver_error, to_status
+from quiver_server.serving.status import as_quiver_error
 
 # Bytes of UTF-8 kept of a message or a violation's description; of a field
 # name or metadata value; and how many violations and metadata entries. A
@@ -115,7 +115,8 @@ class ErrorPolicy:
         Adds the status trailer to the call first (see the module docstring).
         """
         error = self.error(exc, where)
-        status = to_status(error).SerializeToString()
+        # The very status the other methods carry in their Flight errors.
+        status = bytes(flight_error(error).extra_info)  # type: ignore[attr-defined]
         context.add_trailer("grpc-status-details-bin", status)
         return TrailerStatus.of(error, status)
 
