@@ -116,7 +116,7 @@ the rendered file with that model.
 {{- end }}
 {{- end }}
 {{- $s := $v.serving }}
-{{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
+{{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_delete_entities" $s.maxDeleteEntities "heavy_request_entities" $s.heavyRequestEntities "max_heavy_requests" $s.maxHeavyRequests "max_future_seconds" $s.maxFutureSeconds "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
 {{- $f := $v.flight }}
 {{- $flight := dict "host" "0.0.0.0" "port" $f.port "max_spine_rows" $f.maxSpineRows "max_spine_bytes" (int64 $f.maxSpineBytes) "max_stored_spine_bytes" (int64 $f.maxStoredSpineBytes) "spine_ttl_seconds" $f.spineTtlSeconds "spine_sweep_seconds" $f.spineSweepSeconds "spine_root" $f.spineRoot "max_concurrent_streams" $f.maxConcurrentStreams "max_concurrent_uploads" $f.maxConcurrentUploads "health_port" $f.health.port "health_check_seconds" $f.health.checkSeconds "partition_rows" $f.partitionRows "batch_rows" $f.batchRows "grace_seconds" $f.graceSeconds }}
 {{- if $f.location }}
