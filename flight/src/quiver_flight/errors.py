@@ -15,10 +15,11 @@ message, ErrorInfo, BadRequest field violations), built here:
   UNKNOWN for the rest, with the real code in the trailer) and whose rendering
   carries no traceback (`ErrorPolicy.trailer_error`).
 
-Texts are bounded, so that a whole status stays far below the 8 KiB of
-metadata a gRPC client accepts however long the input it echoes, and the
-server's own directories (offline store, registry, spines) are replaced by
-names such as ``<offline store>``.
+Texts name the server's own directories (offline store, registry, spines) by
+role, such as ``<offline store>``, never by path, and hide the registry's file
+names; they are made valid UTF-8. The status itself is bounded where it is
+built (`quiver_server.echo`), so echoed input never pushes it past a client's
+metadata limit; paths are replaced first, so a cut never leaves part of one.
 """
 
 from __future__ import annotations
@@ -33,23 +34,6 @@ from pyarrow import flight
 from quiver.errors import FieldViolation, InvalidArgumentError, QuiverError
 from quiver_flight.convert import flight_error
 from quiver_server.serving.status import as_quiver_error
-
-# Bytes of UTF-8 kept of a message or a violation's description; of a field
-# name or metadata value; and how many violations and metadata entries. A
-# message travels up to four times (gRPC message, Arrow's message trailer, the
-# status and its BadRequest), so these keep the whole under about 4 KiB.
-MAX_TEXT_BYTES = 400
-MAX_SHORT_BYTES = 100
-MAX_ENTRIES = 8
-_ELLIPSIS = "..."
-
-
-def clip(text: str, limit: int = MAX_TEXT_BYTES) -> str:
-    """`text` cut to at most `limit` bytes of UTF-8 (marked with "..."), valid UTF-8."""
-    data = text.encode("utf-8", "backslashreplace")
-    if len(data) <= limit:
-        return data.decode("utf-8")
-    return data[: limit - len(_ELLIPSIS)].decode("utf-8", "ignore") + _ELLIPSIS
 
 
 class ErrorPolicy:
@@ -80,25 +64,22 @@ class ErrorPolicy:
         ]
 
     def error(self, exc: BaseException, where: str) -> QuiverError:
-        """The QuiverError `exc` means for the caller, bounded and without server paths."""
+        """The QuiverError `exc` means for the caller, without server paths."""
         error = as_quiver_error(exc, where, store="offline store")
-        return self.bounded(error)
+        return self.redacted(error)
 
-    def bounded(self, error: QuiverError) -> QuiverError:
-        """A copy of `error` whose texts are clipped and free of server paths."""
-        bounded = copy.copy(error)
-        bounded.message = clip(self._redact(error.message))
-        bounded.args = (bounded.message,)
-        bounded.metadata = {
-            clip(key, MAX_SHORT_BYTES): clip(self._redact(value), MAX_SHORT_BYTES)
-            for key, value in list(error.metadata.items())[:MAX_ENTRIES]
-        }
-        if isinstance(error, InvalidArgumentError) and isinstance(bounded, InvalidArgumentError):
-            bounded.violations = [
-                FieldViolation(clip(v.field, MAX_SHORT_BYTES), clip(self._redact(v.description)))
-                for v in error.violations[:MAX_ENTRIES]
+    def redacted(self, error: QuiverError) -> QuiverError:
+        """A copy of `error` whose texts are valid UTF-8 and free of server paths."""
+        redacted = copy.copy(error)
+        redacted.message = self._text(error.message)
+        redacted.args = (redacted.message,)
+        redacted.metadata = {self._text(k): self._text(v) for k, v in error.metadata.items()}
+        if isinstance(error, InvalidArgumentError) and isinstance(redacted, InvalidArgumentError):
+            redacted.violations = [
+                FieldViolation(self._text(v.field), self._text(v.description))
+                for v in error.violations
             ]
-        return bounded
+        return redacted
 
     def flight_error(self, exc: BaseException, where: str) -> BaseException:
         """The pyarrow.flight error to raise for `exc` from a method pyarrow translates."""
@@ -120,10 +101,10 @@ class ErrorPolicy:
         context.add_trailer("grpc-status-details-bin", status)
         return TrailerStatus.of(error, status)
 
-    def _redact(self, text: str) -> str:
+    def _text(self, text: str) -> str:
         for pattern, name in self._paths:
             text = pattern.sub(name, text)
-        return text
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class TrailerStatus(Exception):

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quiver.errors import InvalidArgumentError, NotFoundError
-from quiver_flight.errors import clip
 from quiver_flight.spine_paths import FIELD, SpineDirectory
 from quiver_flight.spine_types import Spine, public_schema
+from quiver_server.echo import clip
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,10 @@ def open_parquet_spine(
         NotFoundError: nothing at the path.
     """
     listing = directory.listing(parquet_path, history)
-    shown = clip(parquet_path, 200)
+    shown = clip(parquet_path)
     files, schema = [], None
     for info in listing.files:
-        name = clip(directory.relative(info.path), 200)
+        name = clip(directory.relative(info.path))
         where = repr(shown) if listing.files == (info,) and not listing.is_directory else (
             f"{name!r} (in {shown!r})")
         try:

@@ -37,7 +37,7 @@ from pyarrow import flight
 from quiver.errors import InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack, timestamp_seconds, unpack_command
-from quiver_flight.errors import ErrorPolicy, clip
+from quiver_flight.errors import ErrorPolicy
 from quiver_flight.health import FlightHealth
 from quiver_flight.limits import CallSlots
 from quiver_flight.periodic import Periodic
@@ -47,6 +47,7 @@ from quiver_flight.spines import SPINE_DIRECTORY, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.training import TrainingSets
 from quiver_server.config import QuiverConfig
+from quiver_server.echo import clip
 from quiver_server.observability import configure_logging
 from quiver_server.offline.source import resolve_path
 from quiver_server.registry.store import RegistryStore

@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from quiver.errors import DefinitionError, InvalidArgumentError, NotFoundError
-from quiver_flight.errors import clip
+from quiver_server.echo import clip
 from quiver_server.offline.source import Listing, filesystem_and_path, list_files, resolve_path
 
 FIELD = "spine.parquet_path"
@@ -82,7 +82,7 @@ class SpineDirectory:
         """
         relative = check_text(parquet_path)
         location = posixpath.join(self.path, relative)
-        shown = clip(parquet_path, 200)
+        shown = clip(parquet_path)
         if self.local and not _inside(os.path.realpath(location), self._real):
             raise _outside(shown)
         try:
@@ -119,7 +119,7 @@ class SpineDirectory:
 
 def check_text(parquet_path: str) -> str:
     """The normalized relative path, or InvalidArgumentError naming what is wrong with it."""
-    shown = clip(parquet_path, 200)
+    shown = clip(parquet_path)
 
     def bad(why: str) -> InvalidArgumentError:
         return InvalidArgumentError.for_field(FIELD, f"{shown!r}: {why}", reason="INVALID_SPINE_PATH")
