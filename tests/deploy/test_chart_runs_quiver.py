@@ -80,7 +80,9 @@ def _wait_for_probes(
             break
         time.sleep(0.2)
     assert process.poll() is None, log_path.read_text()
-    assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), statuses
+    assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), (
+        statuses, log_path.read_text()
+    )
 
 
 def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
@@ -162,7 +164,8 @@ def test_flight_container_answers_its_grpc_probes(tmp_path: Path) -> None:
     (data / "offline").mkdir(parents=True)
     for name, content in out.get("ConfigMap", f"{out.fullname}-config")["data"].items():
         (repo / name).write_text(content)
-    assert _run(_container(out, "apply"), tmp_path).returncode == 0
+    applied = _run(_container(out, "apply"), tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
     flight = _container(out, "flight")
     log_path = tmp_path / "flight.log"
     with (

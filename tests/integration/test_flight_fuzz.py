@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyarrow import flight
 
+from quiver.convert import pack
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack
 from quiver_flight.server import TrainingSetFlightServer, create_flight_server
 from quiver_server.config import QuiverConfig
 

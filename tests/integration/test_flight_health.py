@@ -4,13 +4,11 @@ health service's own Watch stream, never on time."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -114,29 +112,19 @@ def test_a_taken_health_port_stops_the_server_from_starting(repo: QuiverConfig) 
 
 
 @pytest.mark.slow
-def test_serve_flight_reports_health_and_goes_not_serving_on_sigterm(applied_demo: QuiverConfig) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "quiver_server.cli", "--repo", str(applied_demo.repo_path),
-         "serve-flight", "--host", "127.0.0.1", "--port", "0", "--health-port", "0"],
-        env={**os.environ, "QUIVER_TELEMETRY__METRICS__ENABLED": "false"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert process.stdout is not None
-        seen, found = [], None
-        for line in process.stdout:  # the ready line, after any log lines
-            seen.append(line)
-            found = re.search(r"health \(grpc.health.v1\) on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                break
-        assert found, "".join(seen) + (process.stderr.read() if process.stderr else "")
-        health = Health(int(found.group(1)))
-        assert health.next_change() == SERVING
-        process.send_signal(signal.SIGTERM)
-        assert health.next_change() == NOT_SERVING
-        health.channel.close()
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=WAIT)
-    assert process.returncode == 0, err
+def test_serve_flight_reports_health_and_goes_not_serving_on_sigterm(
+    applied_demo: QuiverConfig, quiver_process: Callable[..., Any],
+    server_env: Callable[..., dict[str, str]],
+) -> None:
+    server = quiver_process(
+        ["--repo", str(applied_demo.repo_path), "serve-flight", "--host", "127.0.0.1",
+         "--port", "0", "--health-port", "0"], server_env())
+    ready = re.compile(r"health \(grpc.health.v1\) on 127\.0\.0\.1:(\d+)")
+    server.wait_for(lambda p: any(ready.search(line) for line in p.lines), "the health line")
+    port = next(int(m.group(1)) for line in server.lines if (m := ready.search(line)))
+    health = Health(port)
+    assert health.next_change() == SERVING
+    server.process.send_signal(signal.SIGTERM)
+    assert health.next_change() == NOT_SERVING
+    health.channel.close()
+    assert server.stop() == 0, server.output()

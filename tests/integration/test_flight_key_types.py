@@ -17,9 +17,9 @@ from flight_wire import call, descriptor, problems
 from google.rpc import error_details_pb2
 
 from quiver import TrainingClient
+from quiver.convert import pack
 from quiver.errors import InvalidArgumentError
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack
 from quiver_server.config import QuiverConfig
 
 Server = Callable[..., Any]

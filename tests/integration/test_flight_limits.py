@@ -19,8 +19,8 @@ from google.rpc import error_details_pb2, status_pb2
 from pyarrow import flight
 
 from quiver import TrainingClient
+from quiver.convert import pack
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack
 from quiver_server.config import QuiverConfig
 
 WAIT = 60.0

@@ -24,6 +24,7 @@ from flight_wire import call, descriptor, problems
 from pyarrow import flight
 
 from quiver import FeatureView, Field, Int64, OfflineSpine, ParquetSource, TrainingClient
+from quiver.convert import pack
 from quiver.errors import (
     DefinitionError,
     FailedPreconditionError,
@@ -33,7 +34,6 @@ from quiver.errors import (
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack
 from quiver_flight.server import create_flight_server
 from quiver_server.config import QuiverConfig
 

@@ -33,7 +33,7 @@ from pyarrow import flight
 
 from quiver.errors import FieldViolation, InvalidArgumentError, QuiverError
 from quiver_flight.convert import flight_error
-from quiver_server.serving.status import as_quiver_error
+from quiver_server.error_policy import as_quiver_error
 
 
 class ErrorPolicy:

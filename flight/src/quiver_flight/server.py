@@ -11,16 +11,18 @@ Calls (commands and tickets are described in `quiver/flight/v1/flight.proto`):
 - ``do_get`` (TrainingSetTicket): stream one partition as it is computed.
 - ``get_schema`` (TrainingSetCommand): the schema, without planning.
 - ``list_flights`` (ListFlightsCriteria): every feature service and view.
+- ``do_action``, ``do_exchange``: not offered (UNIMPLEMENTED).
 
-Errors are the matching `pyarrow.flight` error with a serialized
-google.rpc.Status in extra_info; a bad request never takes the server down.
+Every failure carries a google.rpc.Status, never a traceback or a server path
+(`quiver_flight.errors`); a bad request never takes the server down. Streams
+and uploads are bounded in number (`quiver_flight.limits`), expired spines are
+swept on a timer, and readiness is served on grpc.health.v1 on a side port
+(`quiver_flight.health`).
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import queue
 import signal
 import sys
 import threading
@@ -34,9 +36,11 @@ import pyarrow as pa
 import structlog
 from pyarrow import flight
 
+from quiver.convert import pack
 from quiver.errors import InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack, timestamp_seconds, unpack_command
+from quiver.prefetch import Prefetch
+from quiver_flight.convert import timestamp_seconds, unpack_command
 from quiver_flight.errors import ErrorPolicy
 from quiver_flight.health import FlightHealth
 from quiver_flight.limits import CallSlots
@@ -52,9 +56,7 @@ from quiver_server.observability import configure_logging
 from quiver_server.offline.source import resolve_path
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry import Telemetry, setup_telemetry
-from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
-from quiver_server.telemetry.hooks import annotate
-from quiver_server.telemetry.scope import traced_iteration
+from quiver_server.telemetry.flight_middleware import flight_call, flight_call_counter
 
 log = structlog.get_logger(__name__)
 
@@ -67,39 +69,41 @@ _PREFETCH_BATCHES = 2
 _SWITCH_INTERVAL_SECONDS = 0.001
 
 
-def _flight_errors(
-    handler: Callable[Concatenate[TrainingSetFlightServer, P], R],
-) -> Callable[Concatenate[TrainingSetFlightServer, P], R]:
-    """Turn what a handler raises into a Flight error carrying a google.rpc.Status."""
-
-    @functools.wraps(handler)
-    def wrapper(self: TrainingSetFlightServer, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return handler(self, *args, **kwargs)
-        except Exception as exc:
-            raise self.errors.flight_error(exc, handler.__name__) from None
-
-    return cast("Callable[Concatenate[TrainingSetFlightServer, P], R]", wrapper)
+Translate = Callable[
+    ["TrainingSetFlightServer", BaseException, str, flight.ServerCallContext], BaseException
+]
+Handler = Callable[Concatenate["TrainingSetFlightServer", flight.ServerCallContext, P], R]
 
 
-def _trailer_errors(
-    handler: Callable[Concatenate[TrainingSetFlightServer, flight.ServerCallContext, P], R],
-) -> Callable[Concatenate[TrainingSetFlightServer, flight.ServerCallContext, P], R]:
-    """Like `_flight_errors`, for the methods whose Flight errors pyarrow does not translate."""
+def _edge(handler: Handler[P, R], translate: Translate) -> Handler[P, R]:
+    """The edge of a Flight handler: the call's telemetry is current while it runs,
+    and what it raises leaves as `translate` makes it (a google.rpc.Status inside)."""
 
     @functools.wraps(handler)
     def wrapper(
         self: TrainingSetFlightServer, context: flight.ServerCallContext,
         *args: P.args, **kwargs: P.kwargs,
     ) -> R:
-        try:
-            return handler(self, context, *args, **kwargs)
-        except Exception as exc:
-            raise self.errors.trailer_error(exc, handler.__name__, context) from None
+        with flight_call(context) as call:
+            try:
+                result = handler(self, context, *args, **kwargs)
+            except Exception as exc:
+                raise translate(self, exc, handler.__name__, context) from None
+            call.handled(result)
+            return result
 
-    return cast(
-        "Callable[Concatenate[TrainingSetFlightServer, flight.ServerCallContext, P], R]", wrapper
-    )
+    return cast("Handler[P, R]", wrapper)
+
+
+def _handler(handler: Handler[P, R]) -> Handler[P, R]:
+    """For the methods whose Flight errors pyarrow sends as they are."""
+    return _edge(handler, lambda server, exc, where, _: server.errors.flight_error(exc, where))
+
+
+def _trailer_handler(handler: Handler[P, R]) -> Handler[P, R]:
+    """For get_schema, do_action and do_exchange, whose Flight errors pyarrow does not translate."""
+    return _edge(handler, lambda server, exc, where, context: server.errors.trailer_error(
+        exc, where, context))
 
 
 class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -149,8 +153,8 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         if self.health is not None:
             self.health.stop(0)
 
-    @traced_flight_handler
-    @_flight_errors
+
+    @_handler
     def do_put(
         self,
         context: flight.ServerCallContext,
@@ -165,51 +169,48 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             )
         if command.timestamp_column:
             check_timestamp_column(reader.schema, command.timestamp_column)
+        count = flight_call_counter(context)
         # The slot is given back before the answer is sent, so a client that
         # has its answer can upload again at once.
         with self.uploads.claim():
-            spine = self.training.spines.put(
-                reader.schema, count_batches(chunk.data for chunk in reader)
-            )
+            spine = self.training.spines.put(reader.schema, _received(reader, count))
         result = pb.UploadSpineResult(spine_id=spine.spine_id, rows=spine.num_rows)
         if spine.expires_at is not None:
             result.expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
         writer.write(pa.py_buffer(result.SerializeToString()))
 
-    @traced_flight_handler
-    @_flight_errors
+    @_handler
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
         command = _training_command(descriptor)
         plan = self.training.plan(command)
-        annotate(partitions=len(plan.tickets), rows=plan.rows)
         endpoints = [flight.FlightEndpoint(ticket, self._locations) for ticket in plan.tickets]
         return flight.FlightInfo(
             plan.schema, descriptor, endpoints, total_records=plan.rows, total_bytes=-1,
             ordered=True,
         )
 
-    @traced_flight_handler
-    @_trailer_errors
+    @_trailer_handler
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
         return flight.SchemaResult(self.training.schema(_training_command(descriptor)))
 
-    @traced_flight_handler
-    @_flight_errors
+    @_handler
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         with self.streams.claim() as slot:  # held by the stream until it ends
             job = self.training.open_ticket(ticket.ticket)
-            annotate(rows=job.partition.row_count)
-            batches = _prefetched(traced_iteration("quiver.flight.point_in_time_join", job.batches), context)
-            return flight.GeneratorStream(
-                job.schema, slot.hold(count_batches(_translated(batches, self.errors)))
+            # The next batch is joined while this one is sent; a client that hangs up
+            # stops the join and frees this handler (`context.is_cancelled`).
+            batches = Prefetch(
+                job.batches, _PREFETCH_BATCHES, cancelled=context.is_cancelled,
+                on_item=flight_call_counter(context),
+                on_error=lambda exc: self.errors.flight_error(exc, "do_get"), name="quiver-do-get",
             )
+            return flight.GeneratorStream(job.schema, slot.hold(batches))
 
-    @traced_flight_handler
-    @_flight_errors
+    @_handler
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
         wanted = pb.ListFlightsCriteria()
         if criteria:
@@ -229,20 +230,18 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             ))
         return iter(infos)
 
-    @_flight_errors
+    @_handler
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return []
 
-    @traced_flight_handler
-    @_trailer_errors
+    @_trailer_handler
     def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
         raise UnimplementedError(
             f"this Flight server offers no actions (asked for {clip(action.type)!r}); "
             f"list_actions lists none", reason="UNIMPLEMENTED",
         )
 
-    @traced_flight_handler
-    @_trailer_errors
+    @_trailer_handler
     def do_exchange(
         self,
         context: flight.ServerCallContext,
@@ -274,57 +273,13 @@ def _training_command(descriptor: flight.FlightDescriptor) -> pb.TrainingSetComm
     return command
 
 
-def _translated(batches: Iterator[pa.RecordBatch], errors: ErrorPolicy) -> Iterator[pa.RecordBatch]:
-    try:
-        yield from batches
-    except Exception as exc:
-        raise errors.flight_error(exc, "do_get") from None
-
-
-_DONE = object()
-
-
-def _prefetched(
-    batches: Iterator[pa.RecordBatch], context: flight.ServerCallContext
+def _received(
+    reader: flight.MetadataRecordBatchReader, count: Callable[[pa.RecordBatch], None] | None
 ) -> Iterator[pa.RecordBatch]:
-    """`batches`, computed on a helper thread up to `_PREFETCH_BATCHES` ahead."""
-    buffer: queue.Queue[object] = queue.Queue(maxsize=_PREFETCH_BATCHES)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not (stop.is_set() or context.is_cancelled()):
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not put(batch):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(exc)
-
-    # The producer runs in a copy of this context so the join's span stays in the call's trace.
-    context_copy = contextvars.copy_context()
-    threading.Thread(
-        target=context_copy.run, args=(produce,), name="quiver-do-get", daemon=True
-    ).start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        # The client went away or the stream failed: let the producer stop.
-        stop.set()
+    for chunk in reader:
+        if count is not None:
+            count(chunk.data)
+        yield chunk.data
 
 
 def create_flight_server(

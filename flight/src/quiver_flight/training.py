@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from google.protobuf import message
 
-from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -30,7 +30,7 @@ from quiver.errors import (
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
+from quiver_flight.convert import timestamp_seconds, unpack_ticket
 from quiver_flight.pit import (
     PointInTimeEngine,
     feature_fields,
@@ -43,7 +43,7 @@ from quiver_server.config import FlightConfig
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
-from quiver_server.telemetry.scope import traced
+from quiver_server.telemetry.spans import traced
 
 ROLE_METADATA = b"quiver.role"
 _SNAPSHOTS_KEPT = 8

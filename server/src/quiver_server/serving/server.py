@@ -140,7 +140,10 @@ def create_server(
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
-        FeatureServingServicer(registry, store, config.serving, config.offline_root),
+        FeatureServingServicer(
+            registry, store, config.serving, config.offline_root,
+            served=telemetry.lookup_observer(),
+        ),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
