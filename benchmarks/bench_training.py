@@ -226,7 +226,7 @@ class ServerProcess:
         cli = Path(sys.executable).with_name("quiver")
         env = {} if profiles else {"QUIVER_MONITORING__ENABLED": "false"}
         return cls(str(cli), "--repo", str(directory), "serve-flight", "--host", "127.0.0.1",
-                   "--port", "0", env=env)
+                   "--port", "0", "--health-port", "0", env=env)
 
     @classmethod
     def floor(cls, table_path: Path) -> ServerProcess:
