@@ -11,6 +11,7 @@ times and either produce the same rows or refuse with FAILED_PRECONDITION.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from google.protobuf import message
 
 from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
@@ -25,6 +27,7 @@ from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    QuiverError,
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
@@ -38,6 +41,8 @@ from quiver_flight.pit import (
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_server.config import FlightConfig
+from quiver_server.monitoring.training_sets import TrainingSetProfiler
+from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.spans import traced
@@ -75,8 +80,10 @@ class TrainingSets:
         signer: TicketSigner,
         config: FlightConfig,
         clock: Callable[[], float] = time.time,
+        profiler: TrainingSetProfiler | None = None,
     ) -> None:
         self.registry = registry
+        self.profiler = profiler
         self.engine = engine
         self.spines = spines
         self.signer = signer
@@ -104,6 +111,28 @@ class TrainingSets:
                 self._snapshots.popitem(last=False)
         return snapshot
 
+    def readiness(self) -> str | None:
+        """None when training sets can be planned and computed now, else why not.
+
+        Ready means the newest registry version loads and the offline store
+        root can be listed (the health service reports it).
+        """
+        try:
+            self.snapshot()
+        except QuiverError as exc:
+            return f"registry: {exc.message}"
+        except Exception as exc:
+            return f"registry: {type(exc).__name__}: {exc}"
+        fs, root = filesystem_and_path(self.engine.offline_root)
+        try:
+            info = fs.get_file_info(root)
+            if info.type != pafs.FileType.Directory:
+                return "offline store: its root is not a directory"
+            fs.get_file_info(pafs.FileSelector(root))
+        except OSError as exc:
+            return f"offline store: {exc}"
+        return None
+
     def resolve(self, command: pb.TrainingSetCommand, snapshot: Snapshot) -> list[FeatureRef]:
         selection = command.WhichOneof("selection")
         if selection == "feature_service":
@@ -112,12 +141,14 @@ class TrainingSets:
         return snapshot.resolve(features=refs, field="features")
 
     @traced("quiver.flight.spine.open")
-    def open_spine(self, source: pb.SpineSource) -> Spine:
+    def open_spine(self, source: pb.SpineSource, snapshot: Snapshot) -> Spine:
         kind = source.WhichOneof("source")
         if kind == "spine_id":
             return self.spines.open(source.spine_id)
         if kind == "parquet_path":
-            return self.spines.open_path(source.parquet_path)
+            history = [resolve_path(self.engine.offline_root, view.source.path)
+                       for view in snapshot.feature_views.values()]
+            return self.spines.open_path(source.parquet_path, history)
         raise InvalidArgumentError.for_field(
             "spine", "name a spine: spine_id (from do_put) or parquet_path", reason="MISSING_SPINE"
         )
@@ -129,7 +160,7 @@ class TrainingSets:
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if not command.HasField("spine"):
             return required_schema(refs, timestamp_column, command.full_feature_names)
-        spine = self.open_spine(command.spine)
+        spine = self.open_spine(command.spine, snapshot)
         return output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                              full_feature_names=command.full_feature_names)
 
@@ -144,7 +175,7 @@ class TrainingSets:
         snapshot = self.snapshot()
         refs = self.resolve(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
-        spine = self.open_spine(command.spine)
+        spine = self.open_spine(command.spine, snapshot)
         schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                                full_feature_names=command.full_feature_names)
         rows = spine.num_rows
@@ -174,6 +205,7 @@ class TrainingSets:
             partition_count=count,
             history_fingerprints={name: s.fingerprint for name, s in sources.items()},
             spine_fingerprint=spine.fingerprint,
+            name=_training_set_name(command.name),
         )
         base.planned_at.FromDatetime(timestamp_seconds(self.clock()))
         if spine.expires_at is not None:
@@ -204,7 +236,7 @@ class TrainingSets:
         if not self.signer.verify(ticket.partition, ticket.signature):
             raise InvalidArgumentError.for_field(
                 "ticket", "the ticket's signature does not match: it was altered, or issued by a "
-                "server that does not share this offline store", reason="TICKET_SIGNATURE",
+                "server that does not share this server's ticket keys", reason="TICKET_SIGNATURE",
             )
         partition = pb.TrainingSetPartition()
         try:
@@ -221,7 +253,7 @@ class TrainingSets:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
         refs = snapshot.resolve(features=list(partition.feature_refs))
         try:
-            spine = self.open_spine(partition.spine)
+            spine = self.open_spine(partition.spine, snapshot)
         except NotFoundError as exc:
             raise _stale(exc.message) from None
         if spine.fingerprint != partition.spine_fingerprint:
@@ -237,6 +269,8 @@ class TrainingSets:
             rows, refs, timestamp_column=partition.timestamp_column,
             full_feature_names=partition.full_feature_names, sources=sources,
         )
+        if self.profiler is not None:
+            batches = self.profiler.wrap(batches, partition, snapshot)
         return PartitionJob(schema, batches, partition)
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
@@ -293,6 +327,18 @@ def required_schema(
     fields.append(pa.field(timestamp_column, pa.timestamp("us", tz="UTC"), nullable=False,
                            metadata={ROLE_METADATA: b"timestamp"}))
     return pa.schema([*fields, *feature_fields(refs, full_feature_names, [f.name for f in fields])])
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def _training_set_name(name: str) -> str:
+    if name and not _NAME.match(name):
+        raise InvalidArgumentError.for_field(
+            "name", f"training set name {name!r} is invalid: use 1 to 128 letters, digits, "
+            f"'_', '-' or '.'", reason="INVALID_NAME",
+        )
+    return name
 
 
 def _stale(why: str) -> FailedPreconditionError:

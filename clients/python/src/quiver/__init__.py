@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quiver._definitions import (
+    DriftThresholds,
     Entity,
     FeatureProjection,
     FeatureService,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Bool",
     "Bytes",
+    "DriftThresholds",
     "Entity",
     "FeatureProjection",
     "FeatureService",

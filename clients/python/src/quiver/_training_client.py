@@ -59,10 +59,14 @@ class SpineHandle:
 
 @dataclass(frozen=True)
 class OfflineSpine:
-    """A Parquet spine already in the offline store, read by the server itself.
+    """A Parquet spine already on the server, read by the server itself (no upload).
 
     Args:
-        path: File or directory, relative to the offline store root.
+        path: File or directory relative to the server's spine directory
+            (``flight.spine_root``, by default ``spines/`` under the offline
+            store root). Paths that leave it (``..``, symbolic links out of it)
+            or reach feature history are refused with InvalidArgumentError.
+            Tickets planned over it expire like those of an uploaded spine.
     """
 
     path: str
@@ -140,7 +144,8 @@ class TrainingClient:
 
         Raises:
             InvalidArgumentError: no such column, or naive timestamps.
-            ResourceExhaustedError: more rows than the server accepts.
+            ResourceExhaustedError: more rows or bytes than the server accepts, its
+                spine storage is full, or it runs as many uploads as it allows.
         """
         schema, batches = _spine_batches(spine)
         command = pb.UploadSpineCommand(timestamp_column=timestamp_column)
@@ -176,6 +181,7 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        name: str = "",
     ) -> flight.FlightInfo:
         """Upload the spine if needed and plan the training set (``get_flight_info``).
 
@@ -184,6 +190,7 @@ class TrainingClient:
         Arguments are those of `get_training_set`.
         """
         command = self._command(features, feature_service, full_feature_names, timestamp_column)
+        command.name = name
         rows = 0
         if isinstance(spine, OfflineSpine):
             command.spine.parquet_path = spine.path
@@ -208,6 +215,7 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        name: str = "",
         progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.Table:
         """The spine joined point-in-time with the features, as one Arrow table.
@@ -228,6 +236,9 @@ class TrainingClient:
             timestamp_column: The spine's event-time column.
             partition_rows: Spine rows per partition; by default the spine is
                 split so that `max_workers` partitions are fetched at once.
+            name: Optional name the server stores the training set's feature
+                profile under (the reference for `quiver monitor --reference
+                training_set:NAME`); default: the training set's fingerprint.
             progress: Called after each record batch arrives with the rows
                 received so far and the total (see `TrainingProgress`); nothing
                 is reported by default. For a bar: ``bar = tqdm(unit="rows")``
@@ -238,7 +249,8 @@ class TrainingClient:
                 missing join key or timestamp column, a wrong type, naive
                 timestamps) or a bad selection; `violations` names the field.
             NotFoundError: unknown feature view, feature, feature service or spine.
-            ResourceExhaustedError: a spine over the server's row limit.
+            ResourceExhaustedError: a spine over the server's limits, or the server
+                already serves as many streams or uploads as it allows.
             FailedPreconditionError: no registry applied, or a feature view's
                 history is missing or malformed.
             UnavailableError: the server cannot be reached.
@@ -246,7 +258,7 @@ class TrainingClient:
         info = self.plan(
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
-            partition_rows=partition_rows,
+            partition_rows=partition_rows, name=name,
         )
         return self.fetch(info, progress=progress)
 
@@ -259,6 +271,7 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        name: str = "",
         progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.RecordBatchReader:
         """Like `get_training_set`, but streamed: batches in spine order as they arrive.
@@ -269,7 +282,7 @@ class TrainingClient:
         info = self.plan(
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
-            partition_rows=partition_rows,
+            partition_rows=partition_rows, name=name,
         )
         return self.fetch_reader(info, progress=progress)
 
