@@ -37,7 +37,7 @@ import structlog
 from pyarrow import flight
 
 from quiver.convert import pack
-from quiver.errors import InvalidArgumentError, UnimplementedError
+from quiver.errors import DefinitionError, InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.prefetch import Prefetch
 from quiver_flight.convert import timestamp_seconds, unpack_command
@@ -328,10 +328,15 @@ def create_flight_server(
         flight_config, clock, profiler,
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
-    server = TrainingSetFlightServer(
-        location, training, advertised=flight_config.location,
-        middleware=telemetry.flight_middleware(), errors=server_error_policy(config),
-    )
+    try:
+        server = TrainingSetFlightServer(
+            location, training, advertised=flight_config.location,
+            middleware=telemetry.flight_middleware(), errors=server_error_policy(config),
+        )
+    except pa.ArrowException as exc:  # Arrow says only "Server did not start properly"
+        raise DefinitionError(
+            f"flight.port: cannot listen on {location} (is the port in use?): {exc}"
+        ) from None
     host = urlparse(location).hostname or flight_config.host
     try:
         server.attach_health(FlightHealth(
