@@ -13,6 +13,7 @@ from quiver._definitions import (
 )
 from quiver._online_client import OnlineClient, PushResult
 from quiver._online_response import OnlineResponse
+from quiver._permissions import Action, Permission, Resource
 from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient
 from quiver._types import (
     Bool,
@@ -30,6 +31,7 @@ from quiver.errors import QuiverError
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "Bool",
     "Bytes",
     "Entity",
@@ -45,8 +47,10 @@ __all__ = [
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
+    "Permission",
     "PushResult",
     "QuiverError",
+    "Resource",
     "SpineHandle",
     "String",
     "Timestamp",

@@ -1,16 +1,22 @@
-"""`quiver.serving.v1.FeatureServingService`: the online read path."""
+"""`quiver.serving.v1.FeatureServingService`: the online read path, pushes and deletes.
+
+Each method checks the registry's permissions (`AccessControl`, a no-op with
+auth off) once it has resolved what the request touches.
+"""
 
 from __future__ import annotations
 
 import grpc
 
+from quiver import Action, FeatureView
 from quiver._convert import from_values
-from quiver.errors import InvalidArgumentError
+from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
+from quiver_server.auth.access import AccessControl
 from quiver_server.deletion import delete_entities
 from quiver_server.online.base import OnlineStore
-from quiver_server.push import push
+from quiver_server.push import PushTarget, push
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.serving.convert import (
     PUSH_TARGETS,
@@ -21,6 +27,12 @@ from quiver_server.serving.convert import (
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
 from quiver_server.telemetry.hooks import traced_encoding
+
+PUSH_ACTIONS: dict[PushTarget, tuple[Action, ...]] = {
+    PushTarget.ONLINE: (Action.WRITE_ONLINE,),
+    PushTarget.OFFLINE: (Action.WRITE_OFFLINE,),
+    PushTarget.ONLINE_AND_OFFLINE: (Action.WRITE_ONLINE, Action.WRITE_OFFLINE),
+}
 
 
 @traced_encoding
@@ -43,8 +55,11 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         store: OnlineStore,
         max_entities: int,
         offline_root: str,
+        *,
+        access: AccessControl | None = None,
     ) -> None:
         self._registry = registry
+        self._access = access or AccessControl.disabled()
         self._offline_root = offline_root
         self._store = store
         self._max_entities = max_entities
@@ -54,11 +69,16 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
     def GetOnlineFeatures(
         self, request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
     ) -> pb.GetOnlineFeaturesResponse:
-        plan = self._plans.get(
-            self._registry.current(),
-            request.features.refs,
-            request.feature_service,
-            request.full_feature_names,
+        snapshot = self._registry.current()
+        refs, service = request.features.refs, request.feature_service
+        try:
+            plan = self._plans.get(snapshot, refs, service, request.full_feature_names)
+        except NotFoundError as exc:
+            raise self._access.unknown(
+                exc, snapshot, Action.READ_ONLINE, requested=refs, service=service
+            ) from None
+        self._access.check_features(
+            snapshot, Action.READ_ONLINE, plan.refs, service=service, requested=refs
         )
         key_columns, count = decode_key_columns(
             request.entities, plan.key_types, max_entities=self._max_entities
@@ -73,9 +93,15 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         if not request.feature_view:
             raise InvalidArgumentError.for_field("feature_view", "name the feature view to push to")
         snapshot = self._registry.current()
-        table = snapshot.view_table(request.feature_view)
+        target = PUSH_TARGETS[request.to]
+        actions = PUSH_ACTIONS[target]
+        try:
+            table = snapshot.view_table(request.feature_view)
+        except NotFoundError as exc:
+            raise self._access.unknown(exc, snapshot, actions[0]) from None
+        self._access.check_views(snapshot, actions, [table.view])
         rows = decode_push_rows(request)
-        result = push(self._store, table, self._offline_root, rows, PUSH_TARGETS[request.to])
+        result = push(self._store, table, self._offline_root, rows, target)
         return pb.PushFeaturesResponse(rows=result.rows, rows_superseded=result.superseded)
 
     @rpc_errors
@@ -83,9 +109,21 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         self, request: pb.DeleteEntitiesRequest, context: grpc.ServicerContext
     ) -> pb.DeleteEntitiesResponse:
         entities = {name: list(from_values(values)[1]) for name, values in request.entities.items()}
-        result = delete_entities(
-            self._store, self._registry.current(), entities, list(request.feature_views)
-        )
+        snapshot = self._registry.current()
+        named = bool(request.feature_views)
+
+        def authorize(views: list[FeatureView]) -> None:
+            self._access.check_views(
+                snapshot, (Action.DELETE,), views, named=named,
+                what=f"every feature view keyed by {sorted(entities)}",
+            )
+
+        try:
+            result = delete_entities(
+                self._store, snapshot, entities, list(request.feature_views), authorize=authorize
+            )
+        except NotFoundError as exc:
+            raise self._access.unknown(exc, snapshot, Action.DELETE) from None
         return pb.DeleteEntitiesResponse(
             rows_deleted=result.rows_deleted, feature_views=result.feature_views
         )
