@@ -14,6 +14,13 @@ Calls (commands and tickets are described in `quiver/flight/v1/flight.proto`):
 
 Errors are the matching `pyarrow.flight` error with a serialized
 google.rpc.Status in extra_info; a bad request never takes the server down.
+
+With `auth.enabled` every call is authenticated from its ``authorization``
+header before its handler runs (`quiver_flight.auth`) and each call checks
+the registry's permissions on what it resolved: READ_OFFLINE for training
+sets, schemas, tickets and spine uploads, DESCRIBE for list_flights. With
+`flight.tls` the server speaks TLS and follows certificate rotation
+(`quiver_flight.tls`).
 """
 
 from __future__ import annotations
@@ -27,19 +34,28 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import structlog
 from pyarrow import flight
 
+from quiver import Action
 from quiver.errors import InvalidArgumentError
 from quiver.flight.v1 import flight_pb2 as pb
+from quiver_flight.auth import MIDDLEWARE_KEY as AUTH_MIDDLEWARE_KEY
+from quiver_flight.auth import AuthMiddlewareFactory, with_call_access
 from quiver_flight.convert import flight_error, pack, timestamp_seconds, unpack_command
 from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
 from quiver_flight.spines import SpineStore
 from quiver_flight.tickets import TicketSigner
+from quiver_flight.tls import FlightServerHandle
 from quiver_flight.training import TrainingSets
+from quiver_server.auth.access import AccessControl
+from quiver_server.auth.authenticator import build_authenticator
+from quiver_server.auth.tls import KeyPair, ReloadingKeyPair, tls_paths
+from quiver_server.auth.warnings import warn_if_open
 from quiver_server.config import QuiverConfig
 from quiver_server.observability import configure_logging
 from quiver_server.registry.store import RegistryStore
@@ -90,12 +106,19 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         *,
         advertised: str | None = None,
         middleware: dict[str, flight.ServerMiddlewareFactory] | None = None,
+        tls: KeyPair | None = None,
     ) -> None:
-        super().__init__(location, middleware=middleware or None)
+        tls_options: dict[str, Any] = {}
+        if tls is not None:
+            tls_options = {"tls_certificates": [flight.CertKeyPair(tls.cert, tls.key)]}
+            if tls.client_ca is not None:
+                tls_options.update(verify_client=True, root_certificates=tls.client_ca)
+        super().__init__(location, middleware=middleware or None, **tls_options)
         self.training = training
         self._locations = [flight.Location(advertised)] if advertised else []
 
     @traced_flight_handler
+    @with_call_access
     @_flight_errors
     def do_put(
         self,
@@ -109,17 +132,23 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             raise InvalidArgumentError.for_field(
                 "descriptor.cmd", "do_put takes an UploadSpineCommand", reason="WRONG_COMMAND"
             )
+        access = self.training.access
+        if access.enabled:
+            access.check_any(self.training.snapshot(), Action.READ_OFFLINE,
+                             "upload a spine (that needs READ_OFFLINE on some feature)", "spine")
         if command.timestamp_column:
             check_timestamp_column(reader.schema, command.timestamp_column)
         spine = self.training.spines.put(
             reader.schema, count_batches(chunk.data for chunk in reader)
         )
+        access.record([f"spine:{spine.spine_id}"])
         result = pb.UploadSpineResult(spine_id=spine.spine_id, rows=spine.num_rows)
         if spine.expires_at is not None:
             result.expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
         writer.write(pa.py_buffer(result.SerializeToString()))
 
     @traced_flight_handler
+    @with_call_access
     @_flight_errors
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -134,6 +163,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         )
 
     @traced_flight_handler
+    @with_call_access
     @_flight_errors
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
@@ -141,6 +171,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return flight.SchemaResult(self.training.schema(_training_command(descriptor)))
 
     @traced_flight_handler
+    @with_call_access
     @_flight_errors
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         job = self.training.open_ticket(ticket.ticket)
@@ -149,6 +180,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         return flight.GeneratorStream(job.schema, count_batches(_translated(batches)))
 
     @traced_flight_handler
+    @with_call_access
     @_flight_errors
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
         wanted = pb.ListFlightsCriteria()
@@ -251,19 +283,20 @@ def create_flight_server(
     telemetry: Telemetry | None = None,
     clock: Callable[[], float] = time.time,
     cache_bytes: int | None = None,
-) -> tuple[TrainingSetFlightServer, int]:
+) -> tuple[FlightServerHandle, int]:
     """Build and start a training-set Flight server.
 
     Args:
-        config: The repo's configuration (offline store, registry, flight).
-        location: Where to listen; port 0 picks a free port.
+        config: The repo's configuration (offline store, registry, flight, auth).
+        location: Where to listen (its host and port; the scheme follows
+            `flight.tls`); port 0 picks a free port.
         telemetry: Tracing/metrics/access log; built from `config` if None.
         clock: Seconds since the epoch, for spine expiry (tests fake it).
         cache_bytes: Budget for cached history indexes and features; default
             `flight.history_cache_bytes`.
 
     Returns:
-        The running server and the port it listens on.
+        The running server (rebuilt when its TLS certificate changes) and its port.
     """
     flight_config = config.flight
     if cache_bytes is None:
@@ -278,16 +311,28 @@ def create_flight_server(
         batch_rows=flight_config.batch_rows,
         clock=clock,
     )
+    authenticator = build_authenticator(config)
     training = TrainingSets(
         RegistryStore(config.registry_path), engine, spines, TicketSigner(config.offline_root),
-        flight_config, clock,
+        flight_config, clock, access=AccessControl(enabled=authenticator is not None),
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
-    server = TrainingSetFlightServer(
-        location, training, advertised=flight_config.location,
-        middleware=telemetry.flight_middleware(),
-    )
-    return server, server.port
+    # Telemetry first, so calls refused by authentication are traced and logged too.
+    middleware = dict(telemetry.flight_middleware())
+    if authenticator is not None:
+        middleware[AUTH_MIDDLEWARE_KEY] = AuthMiddlewareFactory(authenticator)
+    tls = flight_config.tls
+    pairs = (ReloadingKeyPair(tls_paths(config, tls), tls.reload_check_seconds, "flight.tls")
+             if tls.enabled else None)
+
+    def build(at: str, pair: KeyPair | None) -> TrainingSetFlightServer:
+        return TrainingSetFlightServer(
+            at, training, advertised=flight_config.location, middleware=middleware, tls=pair
+        )
+
+    parsed = urlparse(location)
+    handle = FlightServerHandle(build, parsed.hostname or "127.0.0.1", parsed.port or 0, pairs)
+    return handle, handle.port
 
 
 def serve(config: QuiverConfig, host: str | None = None, port: int | None = None) -> None:
@@ -310,6 +355,7 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
     server, bound = create_flight_server(config, f"grpc://{host}:{port}", telemetry=telemetry)
     print(f"quiver: serving Arrow Flight on {host}:{bound}", flush=True)
     log.info("serving", address=f"{host}:{bound}", offline_root=config.offline_root)
+    warn_if_open(config, "flight", f"{host}:{bound}")
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

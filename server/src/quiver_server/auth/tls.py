@@ -86,6 +86,7 @@ class ReloadingKeyPair:
     def __init__(self, paths: list[str], interval: float, where: str) -> None:
         self.paths = paths
         self.where = where
+        self.interval = interval
         self.current = read_key_pair(paths, where)
         self._watcher = FileWatcher(paths, interval)
 
