@@ -263,6 +263,14 @@ class QuiverConfig(_Model):
     # Not read from the file: the directory the config came from.
     repo_path: Path = Field(Path("."), exclude=True)
 
+    @model_validator(mode="after")
+    def _mtls_needs_client_ca(self) -> QuiverConfig:
+        if self.auth.enabled and self.auth.mtls.enabled and not self.serving.tls.client_ca_file:
+            raise ValueError(
+                "auth.mtls names principals by client certificate: set serving.tls.client_ca_file"
+            )
+        return self
+
     def resolve(self, path: str) -> str:
         """Resolve a config path against the repo unless it is absolute or a URI."""
         if "://" in path or os.path.isabs(path):

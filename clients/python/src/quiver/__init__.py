@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from quiver._credentials import Tls, token_file
 from quiver._definitions import (
     Entity,
     FeatureProjection,
@@ -54,8 +55,10 @@ __all__ = [
     "SpineHandle",
     "String",
     "Timestamp",
+    "Tls",
     "TrainingClient",
     "ValueType",
     "__version__",
     "parse_feature_ref",
+    "token_file",
 ]

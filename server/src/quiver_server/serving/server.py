@@ -25,13 +25,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from quiver.errors import InvalidArgumentError
+from quiver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from quiver.serving.v1 import serving_service_pb2, serving_service_pb2_grpc
 from quiver_server.auth.access import AccessControl
 from quiver_server.auth.authenticator import build_authenticator
 from quiver_server.auth.grpc_interceptor import AuthInterceptor
 from quiver_server.auth.tls import ReloadingKeyPair, grpc_server_credentials, tls_paths
 from quiver_server.auth.warnings import warn_if_open
-from quiver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
-from quiver.serving.v1 import serving_service_pb2, serving_service_pb2_grpc
 from quiver_server.config import QuiverConfig
 from quiver_server.observability import configure_logging
 from quiver_server.online.base import OnlineStore
