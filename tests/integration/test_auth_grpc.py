@@ -14,10 +14,6 @@ import grpc
 import pyarrow as pa
 import pytest
 import structlog
-from google.rpc import error_details_pb2, status_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
 from authkit import (
     CertificateAuthority,
     OidcIssuer,
@@ -26,6 +22,10 @@ from authkit import (
     write_settings,
     write_tokens,
 )
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from quiver import OnlineClient, Tls
 from quiver.errors import NotFoundError, PermissionDeniedError, UnauthenticatedError
 from quiver.registry.v1 import registry_service_pb2 as reg

@@ -19,6 +19,7 @@ from quiver.errors import FieldViolation, InvalidArgumentError, QuiverError, err
 
 DETAILS_KEY = "grpc-status-details-bin"
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+_NAMED = {code.name: code for code in grpc.StatusCode if code is not grpc.StatusCode.OK}
 
 
 @dataclass
@@ -83,7 +84,14 @@ def flight_error_code(exc: BaseException) -> grpc.StatusCode:
     status = decode_status(details) if details else None
     if status is not None:
         return status.code
-    return next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
+    code = next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
+    if code is grpc.StatusCode.UNKNOWN:
+        # Some pyarrow calls (get_schema refused by server middleware) drop the status
+        # and keep only its text, which a Quiver server starts with the code's name.
+        name = str(exc).partition(":")[0]
+        if name in _NAMED and not isinstance(exc, flight.FlightError | pa.ArrowException):
+            return _NAMED[name]
+    return code
 
 
 def from_flight_error(exc: BaseException) -> QuiverError:

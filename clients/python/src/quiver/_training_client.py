@@ -24,13 +24,14 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 from google.protobuf import any_pb2, message
 from pyarrow import flight
 
 from quiver._credentials import Tls, Token, bearer
-from quiver._status import from_flight_error
+from quiver._status import flight_error_code, from_flight_error
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
 
@@ -494,6 +495,12 @@ def _call(func: Callable[[], T]) -> T:
     try:
         return func()
     except (flight.FlightError, pa.ArrowException) as exc:
+        raise from_flight_error(exc) from None
+    except OSError as exc:
+        # A refused call whose status pyarrow reduced to an OSError; a local I/O
+        # error (reading a spine file) is re-raised as it is.
+        if flight_error_code(exc) is grpc.StatusCode.UNKNOWN:
+            raise
         raise from_flight_error(exc) from None
 
 
