@@ -83,7 +83,7 @@ class Authenticator:
         now = self._clock()
         cached = self._cache.get(token)
         if cached is not None and now < cached[1] and (
-            cached[2] < 0 or self.static is None or cached[2] == self.static.generation
+            cached[2] < 0 or self.static is None or cached[2] == self.static.refresh()
         ):
             return cached[0]
         if token.count(".") == 2 and self.oidc is not None:

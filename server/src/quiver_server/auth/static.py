@@ -103,11 +103,17 @@ def read_tokens_file(path: str) -> dict[str, StaticToken]:
 class StaticTokens:
     """Verifies static tokens against a tokens file, following its changes."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, check_seconds: float = _RELOAD_CHECK_SECONDS) -> None:
         self.path = path
         self._tokens = read_tokens_file(path)
-        self._watcher = FileWatcher([path], _RELOAD_CHECK_SECONDS)
+        self._watcher = FileWatcher([path], check_seconds)
         self.generation = 0
+
+    def refresh(self) -> int:
+        """Re-read the file if it changed (checked at most every `check_seconds`);
+        returns the generation, which grows with every reload."""
+        self._reload()
+        return self.generation
 
     def _reload(self) -> None:
         if not self._watcher.changed():
