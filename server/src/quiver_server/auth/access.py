@@ -91,14 +91,16 @@ class AccessControl:
     @staticmethod
     def _deny(call: CallAccess, action: Action, resources: list[str],
               message: str, metadata: dict[str, str]) -> PermissionDeniedError:
-        call.action = action
+        if action not in call.actions:
+            call.actions = (*call.actions, action)
         call.resources = resources
         call.denied = message
         return PermissionDeniedError(message, reason="PERMISSION_DENIED", metadata=metadata)
 
     @staticmethod
     def _audit(call: CallAccess, action: Action, resources: list[str]) -> None:
-        call.action = action
+        if action not in call.actions:
+            call.actions = (*call.actions, action)
         call.resources = resources
         call.audited = True
 

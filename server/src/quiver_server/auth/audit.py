@@ -33,7 +33,7 @@ def call_completed(call: CallAccess, status: str) -> None:
         "principal_source": call.principal.source,
         "method": call.method,
         "transport": call.transport,
-        "action": call.action.name if call.action is not None else None,
+        "action": "+".join(a.name for a in call.actions) or None,
         "resources": call.resources,
         "outcome": "denied" if call.denied is not None else "allowed",
         "status": status,

@@ -37,7 +37,8 @@ class CallAccess:
     principal: Principal
     method: str
     transport: str
-    action: Action | None = None
+    # What the call was checked for (a push to online and offline: both writes).
+    actions: tuple[Action, ...] = ()
     resources: list[str] = field(default_factory=list)
     denied: str | None = None
     # A write or delete: audited whatever its outcome.
