@@ -353,7 +353,8 @@ def test_writes_deletes_and_denials_leave_one_audit_line_each(secured: Secured) 
     tls = Tls(ca_file=str(secured.ca.ca_file))
     with structlog.testing.capture_logs() as logs:
         with OnlineClient(secured.target, tls=tls, token=secured.tokens["txn-stats-pipeline"]) as c:
-            c.push("user_transaction_stats", pa.ipc.open_stream(_push_request().arrow_ipc).read_all())
+            c.push("user_transaction_stats", pa.ipc.open_stream(_push_request().arrow_ipc).read_all(),
+                   to="online_and_offline")
             with pytest.raises(PermissionDeniedError):
                 c.delete_entities({"user_id": [5]})
         with OnlineClient(secured.target, tls=tls, token=secured.tokens["privacy-officer"]) as c:
