@@ -281,6 +281,37 @@ def auth_overhead(repo: Path, request: bytes, count: int, rounds: int) -> dict[s
     return p50
 
 
+def auth_path_us(repo: Path, token: str, env: dict[str, str], count: int = 20_000) -> float:
+    """In-process cost of what the auth interceptor and the lookup's policy check add to a
+    call once the token and the decision are cached: microseconds per call."""
+    from quiver import Action
+    from quiver_server.auth.access import AccessControl
+    from quiver_server.auth.authenticator import build_authenticator
+    from quiver_server.auth.principal import CallAccess, enter_call, exit_call
+    from quiver_server.config import load_config
+    from quiver_server.registry.store import RegistryStore
+
+    config = load_config(repo, env=env)
+    authenticator = build_authenticator(config)
+    assert authenticator is not None
+    snapshot = RegistryStore(config.registry_path).latest()
+    refs = snapshot.resolve(feature_service="fraud_model_v1")
+    access = AccessControl(enabled=True)
+    header = f"Bearer {token}"
+
+    def one() -> None:
+        call = CallAccess(authenticator.authenticate(header), "GetOnlineFeatures", "grpc")
+        entered = enter_call(call)
+        access.check_features(snapshot, Action.READ_ONLINE, refs, service="fraud_model_v1")
+        exit_call(entered)
+
+    one()  # verifies the token and fills both caches
+    begin = time.perf_counter()
+    for _ in range(count):
+        one()
+    return (time.perf_counter() - begin) / count * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="requests per client per scenario")
@@ -351,6 +382,8 @@ def main() -> int:
         print(f"{name:<22} {load:<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {rps}")
     by = {(name, load): r for name, load, r in rows}
     p50 = auth_overhead(repo, requests["1x20"], count, 2 if args.quick else args.auth_rounds)
+    env, token = auth_env(BENCH_DIR)
+    path_us = auth_path_us(repo, token, env)
     off, on = statistics.median(p50["off"]), statistics.median(p50["on"])
     print(f"\naccess control, 1x20, 1 client, {len(p50['on'])} alternating rounds of {count}: "
           f"p50 auth off {off:.3f} ms, authenticated (OIDC JWT) and authorized {on:.3f} ms, "
@@ -360,6 +393,8 @@ def main() -> int:
     cpu_off, cpu_on = statistics.median(p50["cpu_off"]), statistics.median(p50["cpu_on"])
     print(f"  server CPU per request: off {cpu_off:.0f} us, on {cpu_on:.0f} us "
           f"({100 * (cpu_on - cpu_off) / cpu_off:+.1f}%)")
+    print(f"  auth path in-process (cached token and decision): {path_us:.1f} us per call, "
+          f"{100 * path_us / (off * 1000):.1f}% of the auth-off p50")
     print("\nratio to the echo floor (quiver / echo):")
     for name in requests:
         for clients in (1, 4):
