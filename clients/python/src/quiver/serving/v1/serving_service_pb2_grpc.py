@@ -31,6 +31,11 @@ class FeatureServingServiceStub:
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
     BadRequest field violations naming the offending field.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     def __init__(self, channel):
@@ -62,13 +67,20 @@ class FeatureServingServiceServicer:
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
     BadRequest field violations naming the offending field.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     def GetOnlineFeatures(self, request, context):
         """GetOnlineFeatures returns the latest value of each requested feature for
         each entity, column by column.
 
-        Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+        Errors: NOT_FOUND for an unknown feature view, feature or feature service
+        (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+        PERMISSION_DENIED without READ_ONLINE on every feature;
         INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
         type, key columns of different lengths, an empty request or more entities
         than the server allows; UNAVAILABLE when the online store cannot be read;
@@ -83,7 +95,8 @@ class FeatureServingServiceServicer:
         offline history, or both. Rows older than what is stored online never
         replace it. Either every row is accepted or none is written.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
         or extra columns, wrong column types, ragged columns or missing timestamps;
         UNAVAILABLE when a store cannot be written.
         """
@@ -96,7 +109,8 @@ class FeatureServingServiceServicer:
         feature views (all views of those entities when none are named). Offline
         history is not rewritten.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        DELETE on every view deleted from; INVALID_ARGUMENT for key
         columns that do not match the views' join keys; UNAVAILABLE when the online
         store cannot be written.
         """
@@ -136,6 +150,11 @@ class FeatureServingService:
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
     BadRequest field violations naming the offending field.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     @staticmethod

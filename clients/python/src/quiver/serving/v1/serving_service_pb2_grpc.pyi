@@ -32,6 +32,11 @@ class FeatureServingServiceStub:
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
     BadRequest field violations naming the offending field.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     @_typing.overload
@@ -42,7 +47,9 @@ class FeatureServingServiceStub:
     """GetOnlineFeatures returns the latest value of each requested feature for
     each entity, column by column.
 
-    Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+    Errors: NOT_FOUND for an unknown feature view, feature or feature service
+    (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+    PERMISSION_DENIED without READ_ONLINE on every feature;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
     than the server allows; UNAVAILABLE when the online store cannot be read;
@@ -53,7 +60,8 @@ class FeatureServingServiceStub:
     offline history, or both. Rows older than what is stored online never
     replace it. Either every row is accepted or none is written.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
     or extra columns, wrong column types, ragged columns or missing timestamps;
     UNAVAILABLE when a store cannot be written.
     """
@@ -62,7 +70,8 @@ class FeatureServingServiceStub:
     feature views (all views of those entities when none are named). Offline
     history is not rewritten.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys; UNAVAILABLE when the online
     store cannot be written.
     """
@@ -74,6 +83,11 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
     BadRequest field violations naming the offending field.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -81,7 +95,9 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     """GetOnlineFeatures returns the latest value of each requested feature for
     each entity, column by column.
 
-    Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+    Errors: NOT_FOUND for an unknown feature view, feature or feature service
+    (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+    PERMISSION_DENIED without READ_ONLINE on every feature;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
     than the server allows; UNAVAILABLE when the online store cannot be read;
@@ -92,7 +108,8 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     offline history, or both. Rows older than what is stored online never
     replace it. Either every row is accepted or none is written.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
     or extra columns, wrong column types, ragged columns or missing timestamps;
     UNAVAILABLE when a store cannot be written.
     """
@@ -101,7 +118,8 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     feature views (all views of those entities when none are named). Offline
     history is not rewritten.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys; UNAVAILABLE when the online
     store cannot be written.
     """
@@ -112,6 +130,11 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
     BadRequest field violations naming the offending field.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     @_abc_1.abstractmethod
@@ -123,7 +146,9 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetOnlineFeatures returns the latest value of each requested feature for
         each entity, column by column.
 
-        Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+        Errors: NOT_FOUND for an unknown feature view, feature or feature service
+        (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+        PERMISSION_DENIED without READ_ONLINE on every feature;
         INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
         type, key columns of different lengths, an empty request or more entities
         than the server allows; UNAVAILABLE when the online store cannot be read;
@@ -140,7 +165,8 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         offline history, or both. Rows older than what is stored online never
         replace it. Either every row is accepted or none is written.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
         or extra columns, wrong column types, ragged columns or missing timestamps;
         UNAVAILABLE when a store cannot be written.
         """
@@ -155,7 +181,8 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         feature views (all views of those entities when none are named). Offline
         history is not rewritten.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        DELETE on every view deleted from; INVALID_ARGUMENT for key
         columns that do not match the views' join keys; UNAVAILABLE when the online
         store cannot be written.
         """
