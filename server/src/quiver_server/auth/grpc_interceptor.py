@@ -70,6 +70,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         inner = getattr(handler, kind)
         streams_out = kind.endswith("_stream")
         authenticate = self._authenticator.authenticate
+        with_certificates = self._authenticator.mtls is not None
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             authorization: str | None = None
@@ -83,7 +84,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 return bytes(pems[0]) if pems else None
 
             try:
-                principal = authenticate(authorization, certificate)
+                principal = authenticate(authorization, certificate if with_certificates else None)
             except QuiverError as exc:
                 audit.unauthenticated(method, "grpc", exc.reason, context.peer())
                 abort(context, exc)
