@@ -192,3 +192,26 @@ def test_auth_config_is_checked(tmp_path: Path) -> None:
         "project: p\nauth: {enabled: true, oidc: {issuer: 'https://i', audience: q, algorithms: [HS256]}}\n")
     with pytest.raises(DefinitionError, match="algorithms"):
         load_config(tmp_path, env={})
+
+
+def test_servers_warn_loudly_when_open(tmp_path: Path) -> None:
+    import structlog
+
+    from quiver_server.auth.warnings import warn_if_open
+
+    (tmp_path / "quiver.yaml").write_text("project: p\n")
+    open_config = load_config(tmp_path, env={})
+    (tmp_path / "tokens.yaml").write_text("tokens: []\n")
+    (tmp_path / "quiver.yaml").write_text(
+        "project: p\nauth: {enabled: true, static: {tokens_file: tokens.yaml}}\n")
+    plaintext = load_config(tmp_path, env={})
+    with structlog.testing.capture_logs() as logs:
+        for component in ("serving", "flight"):
+            warn_if_open(open_config, component, "0.0.0.0:1")
+        warn_if_open(plaintext, "serving", "0.0.0.0:1")
+    events = [(e["log_level"], e["event"].split(":")[0], e.get("component")) for e in logs]
+    assert events == [
+        ("warning", "AUTHENTICATION IS OFF", "serving"),
+        ("warning", "AUTHENTICATION IS OFF", "flight"),
+        ("warning", "TLS IS OFF", "serving"),
+    ]
