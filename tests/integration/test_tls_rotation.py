@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pyarrow as pa
 import pytest
+import structlog
 from authkit import CertificateAuthority, serial_of, write_settings, write_tokens
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -41,10 +42,15 @@ def _serial(port: int, ca: CertificateAuthority) -> int:
 
 
 def _eventually(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll `condition`; a refused or dropped connection (a Flight server between two
+    binds, its old listener closing) is a no."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return True
+        try:
+            if condition():
+                return True
+        except OSError:
+            pass
         time.sleep(0.02)
     return condition()
 
@@ -58,7 +64,8 @@ def _rotate(ca: CertificateAuthority, cert: Path, key: Path, name: str) -> int:
 
 
 def _repo(tmp_path: Path, ca: CertificateAuthority, *, mtls: bool = False,
-          health_port: int | None = None) -> tuple[QuiverConfig, Path, Path]:
+          health_port: int | None = None, flight: dict[str, object] | None = None,
+          ) -> tuple[QuiverConfig, Path, Path]:
     repo = write_demo_repo(tmp_path / "repo", users=10, merchants=3, days=1)
     cert, key = ca.issue("server")
     tls = {"cert_file": str(cert), "key_file": str(key), "reload_check_seconds": 0.05}
@@ -72,7 +79,7 @@ def _repo(tmp_path: Path, ca: CertificateAuthority, *, mtls: bool = False,
     auth: dict[str, object] = {"enabled": True, "static": {"tokens_file": str(tmp_path / "tokens.yaml")}}
     if mtls:
         auth["mtls"] = {"enabled": True}
-    write_settings(repo, {"serving": serving, "flight": {"tls": tls}, "auth": auth})
+    write_settings(repo, {"serving": serving, "flight": {"tls": tls, **(flight or {})}, "auth": auth})
     config = load_config(repo, env={})
     apply(config)
     return config, cert, key
@@ -96,32 +103,40 @@ def test_grpc_picks_up_a_rotated_certificate(tmp_path: Path) -> None:
 
 def test_flight_picks_up_a_rotated_certificate_without_cutting_streams(tmp_path: Path) -> None:
     ca = CertificateAuthority(tmp_path / "pki")
-    config, cert, key = _repo(tmp_path, ca)
+    # Small batches, so the stream is still being sent (held by flow control) at the rotation.
+    config, cert, key = _repo(tmp_path, ca, flight={"batch_rows": 1000})
     tokens = write_tokens(tmp_path / "tokens.yaml", {"alice": ["data-scientists"]})
     server, port = create_flight_server(config, "grpc://127.0.0.1:0")
+    rows = 400_000
+    reader = None
     try:
         first = _serial(port, ca)
         location = f"grpc+tls://localhost:{port}"
         now = datetime.now(UTC)
         spine = pa.table({
-            "user_id": pa.array([i % 10 + 1 for i in range(50_000)], pa.int64()),
-            "event_timestamp": pa.array([now - timedelta(seconds=i) for i in range(50_000)],
+            "user_id": pa.array([i % 10 + 1 for i in range(rows)], pa.int64()),
+            "event_timestamp": pa.array([now - timedelta(seconds=i % 86_400) for i in range(rows)],
                                         pa.timestamp("us", tz="UTC")),
         })
-        with TrainingClient(location, tls=Tls(ca_file=str(ca.ca_file)), token=tokens["alice"]) as client:
-            info = client.plan(spine, features=["user_profile:age"], partition_rows=50_000)
+        with TrainingClient(location, tls=Tls(ca_file=str(ca.ca_file)), token=tokens["alice"]) as client, \
+                structlog.testing.capture_logs() as logs:
+            info = client.plan(spine, features=["user_profile:age"], partition_rows=rows)
             reader = client._client.do_get(info.endpoints[0].ticket, client._options)
             first_chunk = reader.read_chunk()
             second = _rotate(ca, cert, key, "server-2")
             assert _eventually(lambda: _serial(port, ca) == second)
             assert second != first
             # The stream opened before the rotation runs to its end on the old server ...
-            rows = first_chunk.data.num_rows + reader.read_all().num_rows
-            assert rows == 50_000
+            received = first_chunk.data.num_rows + reader.read_all().num_rows
+            assert received == rows
+            events = [e["event"] for e in logs if e.get("method") in (None, "DoGet")]
+            assert events.index("flight server rebuilt with the new certificate") < events.index("rpc")
             # ... and the same client carries on against the new one.
             table = client.get_training_set(spine.slice(0, 10), features=["user_profile:age"])
             assert table.num_rows == 10
     finally:
+        if reader is not None:
+            reader.cancel()  # a stream left unread would hold the old server open
         server.shutdown()
 
 

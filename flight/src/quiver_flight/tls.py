@@ -6,7 +6,8 @@ the files change (checked every `flight.tls.reload_check_seconds`), the
 running server is shut down in the background -- its listener closes at
 once, while the streams in flight carry on to their end -- and a new server
 with the new certificate binds the same port right away (the bind is retried
-for up to a second while the old listener closes). Clients reconnect on their
+for up to ten seconds while the old listener closes, and again at the next
+check if that fails). Clients reconnect on their
 next call. A call that tries to connect in the few milliseconds between the
 two gets UNAVAILABLE; measured on loopback, the gap is about 2 ms.
 """
@@ -24,7 +25,7 @@ from quiver_server.auth.tls import KeyPair, ReloadingKeyPair
 
 log = structlog.get_logger(__name__)
 
-_REBIND_SECONDS = 1.0
+_REBIND_SECONDS = 10.0
 
 Build = Callable[[str, KeyPair | None], flight.FlightServerBase]
 
@@ -43,36 +44,45 @@ class FlightServerHandle:
         self._build = build
         self._host = host
         self._pairs = pairs
-        scheme = "grpc+tls" if pairs is not None else "grpc"
-        self._scheme = scheme
-        self.current = build(f"{scheme}://{host}:{port}", pairs.current if pairs else None)
+        self._scheme = "grpc+tls" if pairs is not None else "grpc"
+        # None only between shutting the old server down and binding the new one.
+        self.current: flight.FlightServerBase | None = build(
+            f"{self._scheme}://{host}:{port}", pairs.current if pairs else None
+        )
         self.port: int = self.current.port
         self._draining: list[threading.Thread] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._watcher: threading.Thread | None = None
         if pairs is not None:
-            self._watcher = threading.Thread(target=self._watch, name="flight-tls-reload", daemon=True)
-            self._watcher.start()
+            threading.Thread(target=self._watch, name="flight-tls-reload", daemon=True).start()
 
     def reload(self, *, force: bool = False) -> bool:
-        """Serve the files' certificate if it changed; returns whether the server was rebuilt."""
+        """Serve the files' certificate if it changed; returns whether a new server was bound.
+
+        Raises:
+            Exception: the port could not be bound again within the retry window;
+                the next call (the watcher's next check) tries again.
+        """
         if self._pairs is None:
             return False
         pair = self._pairs.refresh(force=force)
-        if pair is None:
-            return False
         with self._lock:
-            if self._stop.is_set():
+            if self._stop.is_set() or (pair is None and self.current is not None):
                 return False
-            old = self.current
-            drain = threading.Thread(target=old.shutdown, name="flight-drain", daemon=True)
-            drain.start()
-            self._draining.append(drain)
+            if self.current is not None:
+                self._drain(self.current)
+                self.current = None
+            pair = self._pairs.current
             self.current = self._rebind(pair)
         log.info("flight server rebuilt with the new certificate", port=self.port,
                  subject=pair.subject)
         return True
+
+    def _drain(self, server: flight.FlightServerBase) -> None:
+        """Shut `server` down in the background: its listener closes now, its calls finish."""
+        drain = threading.Thread(target=server.shutdown, name="flight-drain", daemon=True)
+        drain.start()
+        self._draining.append(drain)
 
     def _rebind(self, pair: KeyPair) -> flight.FlightServerBase:
         location = f"{self._scheme}://{self._host}:{self.port}"
@@ -82,9 +92,9 @@ class FlightServerHandle:
                 return self._build(location, pair)
             except Exception:
                 # The old listener has not closed yet.
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or self._stop.is_set():
                     raise
-                time.sleep(0.002)
+                time.sleep(0.005)
 
     def _watch(self) -> None:
         assert self._pairs is not None
@@ -92,13 +102,15 @@ class FlightServerHandle:
             try:
                 self.reload()
             except Exception:
-                log.exception("flight certificate reload failed; still serving the previous one")
+                log.exception("flight server not rebuilt; trying again at the next check",
+                              port=self.port)
 
     def shutdown(self) -> None:
         """Stop accepting calls and wait for the running ones (also of replaced servers)."""
         self._stop.set()
         with self._lock:
-            current = self.current
-        current.shutdown()
+            current, self.current = self.current, None
+        if current is not None:
+            current.shutdown()
         for drain in self._draining:
             drain.join()
