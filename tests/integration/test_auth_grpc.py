@@ -375,3 +375,17 @@ def test_writes_deletes_and_denials_leave_one_audit_line_each(secured: Secured) 
     assert push["action"] == "WRITE_ONLINE+WRITE_OFFLINE"
     assert push["resources"] == ["feature_view:user_transaction_stats"]
     assert audit[2]["resources"] and all(r.startswith("feature_view:") for r in audit[2]["resources"])
+
+
+def test_the_served_project_is_named_only_to_who_may_describe_it(secured: Secured) -> None:
+    request = reg.ListFeatureViewsRequest(project="payroll")
+    messages = {}
+    with secured.channel() as channel:
+        stub = reg_grpc.RegistryServiceStub(channel)
+        for who in ("mallory", "alice"):
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ListFeatureViews(request, metadata=_metadata(secured.tokens[who]), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            messages[who] = caught.value.details()
+    assert "fraud_detection" not in messages["mallory"]
+    assert "fraud_detection" in messages["alice"]

@@ -13,13 +13,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from quiver.errors import UnauthenticatedError
-from quiver_server.auth.mtls import certificate_principal
-from quiver_server.auth.oidc import OidcVerifier
 from quiver_server.auth.principal import Principal
-from quiver_server.auth.static import StaticTokens
 from quiver_server.config import QuiverConfig
+
+if TYPE_CHECKING:
+    from quiver_server.auth.oidc import OidcVerifier
+    from quiver_server.auth.static import StaticTokens
 
 _SCHEME = "bearer "
 
@@ -67,6 +69,8 @@ class Authenticator:
         if self.mtls and client_certificate is not None:
             pem = client_certificate()
             if pem:
+                from quiver_server.auth.mtls import certificate_principal
+
                 return certificate_principal(pem, self.mtls)
         raise UnauthenticatedError(
             f"this server needs {self._needed}; send metadata 'authorization: Bearer <token>'"
@@ -111,6 +115,10 @@ def build_authenticator(config: QuiverConfig) -> Authenticator | None:
     auth = config.auth
     if not auth.enabled:
         return None
+    # Imported only with auth on: PyJWT and cryptography cost every server start otherwise.
+    from quiver_server.auth.oidc import OidcVerifier
+    from quiver_server.auth.static import StaticTokens
+
     resolve: Callable[[str | None], str | None] = lambda p: config.resolve(p) if p else None  # noqa: E731
     return Authenticator(
         oidc=OidcVerifier(auth.oidc, resolve) if auth.oidc is not None else None,

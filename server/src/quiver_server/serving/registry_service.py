@@ -30,8 +30,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def _snapshot(self, project: str) -> Snapshot:
         snapshot = self._registry.current()
         if project and project != snapshot.project:
+            served = (f"; this server serves {snapshot.project!r}"
+                      if self._access.may_describe(snapshot, "project", snapshot.project) else "")
             raise NotFoundError(
-                f"project {project!r} is not served here; this server serves {snapshot.project!r}",
+                f"project {project!r} is not served here{served}",
                 reason="PROJECT_NOT_FOUND",
                 metadata={"project": project},
             )

@@ -30,7 +30,6 @@ from quiver.serving.v1 import serving_service_pb2, serving_service_pb2_grpc
 from quiver_server.auth.access import AccessControl
 from quiver_server.auth.authenticator import build_authenticator
 from quiver_server.auth.grpc_interceptor import AuthInterceptor
-from quiver_server.auth.tls import ReloadingKeyPair, grpc_server_credentials, tls_paths
 from quiver_server.auth.warnings import warn_if_open
 from quiver_server.config import QuiverConfig
 from quiver_server.observability import configure_logging
@@ -174,6 +173,8 @@ def create_server(
     address = f"{host}:{config.serving.port if port is None else port}"
     tls = config.serving.tls
     if tls.enabled:
+        from quiver_server.auth.tls import ReloadingKeyPair, grpc_server_credentials, tls_paths
+
         pairs = ReloadingKeyPair(tls_paths(config, tls), tls.reload_check_seconds, "serving.tls")
         bound = server.add_secure_port(address, grpc_server_credentials(pairs))
     else:
