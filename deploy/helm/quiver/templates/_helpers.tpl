@@ -114,7 +114,7 @@ the rendered file with that model.
 {{- end }}
 {{- end }}
 {{- $s := $v.serving }}
-{{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
+{{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_delete_entities" $s.maxDeleteEntities "heavy_request_entities" $s.heavyRequestEntities "max_heavy_requests" $s.maxHeavyRequests "max_future_seconds" $s.maxFutureSeconds "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
 {{- if gt (int $s.healthPort) 0 }}
 {{- $_ := set $serving "health_port" $s.healthPort }}
 {{- end }}

@@ -14,15 +14,17 @@ from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
 from quiver_server.auth.access import AccessControl
-from quiver_server.deletion import delete_entities
+from quiver_server.config import ServingConfig
+from quiver_server.deletion import check_delete_count, delete_entities
 from quiver_server.online.base import OnlineStore
 from quiver_server.push import PushTarget, push
 from quiver_server.registry.provider import RegistryProvider
+from quiver_server.serving.admission import HeavyRequestLimit
 from quiver_server.serving.convert import (
-    PUSH_TARGETS,
     decode_key_columns,
     decode_push_rows,
     fill_column,
+    push_target,
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
@@ -53,7 +55,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         self,
         registry: RegistryProvider,
         store: OnlineStore,
-        max_entities: int,
+        serving: ServingConfig,
         offline_root: str,
         *,
         access: AccessControl | None = None,
@@ -62,8 +64,9 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         self._access = access or AccessControl.disabled()
         self._offline_root = offline_root
         self._store = store
-        self._max_entities = max_entities
+        self._serving = serving
         self._plans = PlanCache()
+        self.heavy = HeavyRequestLimit(serving.heavy_request_entities, serving.max_heavy_requests)
 
     @rpc_errors
     def GetOnlineFeatures(
@@ -81,10 +84,11 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             snapshot, Action.READ_ONLINE, plan.refs, service=service, requested=refs
         )
         key_columns, count = decode_key_columns(
-            request.entities, plan.key_types, max_entities=self._max_entities
+            request.entities, plan.key_types, max_entities=self._serving.max_entities
         )
-        columns = read_online(self._store, plan, key_columns, count)
-        return encode_response(plan.output_names, columns, count)
+        with self.heavy.admit(count, "entities"):
+            columns = read_online(self._store, plan, key_columns, count)
+            return encode_response(plan.output_names, columns, count)
 
     @rpc_errors
     def PushFeatures(
@@ -92,8 +96,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
     ) -> pb.PushFeaturesResponse:
         if not request.feature_view:
             raise InvalidArgumentError.for_field("feature_view", "name the feature view to push to")
+        target = push_target(request.to)
         snapshot = self._registry.current()
-        target = PUSH_TARGETS[request.to]
         actions = PUSH_ACTIONS[target]
         try:
             table = snapshot.view_table(request.feature_view)
@@ -101,14 +105,21 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             raise self._access.unknown(exc, snapshot, actions[0]) from None
         self._access.check_views(snapshot, actions, [table.view])
         rows = decode_push_rows(request)
-        result = push(self._store, table, self._offline_root, rows, target)
+        with self.heavy.admit(rows.num_rows, "rows"):
+            result = push(
+                self._store, table, self._offline_root, rows, target,
+                max_future_seconds=self._serving.max_future_seconds,
+            )
         return pb.PushFeaturesResponse(rows=result.rows, rows_superseded=result.superseded)
 
     @rpc_errors
     def DeleteEntities(
         self, request: pb.DeleteEntitiesRequest, context: grpc.ServicerContext
     ) -> pb.DeleteEntitiesResponse:
-        entities = {name: list(from_values(values)[1]) for name, values in request.entities.items()}
+        columns = {name: from_values(values)[1] for name, values in request.entities.items()}
+        count = max((len(values) for values in columns.values()), default=0)
+        check_delete_count(count, self._serving.max_delete_entities)
+        entities = {name: list(values) for name, values in columns.items()}
         snapshot = self._registry.current()
         named = bool(request.feature_views)
 
@@ -118,12 +129,14 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
                 what=f"every feature view keyed by {sorted(entities)}",
             )
 
-        try:
-            result = delete_entities(
-                self._store, snapshot, entities, list(request.feature_views), authorize=authorize
-            )
-        except NotFoundError as exc:
-            raise self._access.unknown(exc, snapshot, Action.DELETE) from None
+        with self.heavy.admit(count, "keys"):
+            try:
+                result = delete_entities(
+                    self._store, snapshot, entities, list(request.feature_views),
+                    authorize=authorize,
+                )
+            except NotFoundError as exc:
+                raise self._access.unknown(exc, snapshot, Action.DELETE) from None
         return pb.DeleteEntitiesResponse(
             rows_deleted=result.rows_deleted, feature_views=result.feature_views
         )

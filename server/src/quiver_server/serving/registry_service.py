@@ -15,6 +15,7 @@ from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_service_pb2 as pb
 from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from quiver_server.auth.access import AccessControl
+from quiver_server.echo import clip
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.serving.status import rpc_errors
@@ -33,9 +34,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             served = (f"; this server serves {snapshot.project!r}"
                       if self._access.may_describe(snapshot, "project", snapshot.project) else "")
             raise NotFoundError(
-                f"project {project!r} is not served here{served}",
+                f"project {clip(project)!r} is not served here{served}",
                 reason="PROJECT_NOT_FOUND",
-                metadata={"project": project},
+                metadata={"project": clip(project)},
             )
         return snapshot
 
@@ -60,9 +61,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             if item.name == name:  # type: ignore[attr-defined]
                 return item
         raise NotFoundError(
-            f"{kind.replace('_', ' ')} {name!r} does not exist",
+            f"{kind.replace('_', ' ')} {clip(name)!r} does not exist",
             reason=f"{kind.upper()}_NOT_FOUND",
-            metadata={kind: name},
+            metadata={kind: clip(name)},
         )
 
     @rpc_errors

@@ -22,7 +22,6 @@ from types import FrameType, TracebackType
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from quiver.errors import InvalidArgumentError
 from quiver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
@@ -37,7 +36,9 @@ from quiver_server.online.base import OnlineStore
 from quiver_server.online.factory import open_online_store
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.store import RegistryStore
+from quiver_server.serving.decoding import RequestDecoding
 from quiver_server.serving.feature_service import FeatureServingServicer
+from quiver_server.serving.reflection import enable_reflection
 from quiver_server.serving.registry_service import RegistryServicer
 from quiver_server.telemetry import SupervisorMetrics, Telemetry, setup_telemetry
 
@@ -144,7 +145,6 @@ def create_server(
     telemetry = telemetry or setup_telemetry(config, "serving")
     store = telemetry.instrument_store(store or open_online_store(config))
     authenticator = build_authenticator(config)
-    # Telemetry first (outermost), so refused calls are traced and logged too.
     interceptors = list(telemetry.server_interceptors())
     if authenticator is not None:
         interceptors.append(AuthInterceptor(authenticator))
@@ -153,12 +153,14 @@ def create_server(
         futures.ThreadPoolExecutor(
             max_workers=config.serving.max_workers_threads, thread_name_prefix="rpc"
         ),
-        interceptors=interceptors,
+        # Telemetry outermost, so refused calls are traced and logged too; then
+        # authentication, so nothing of an unauthenticated call is decoded; decoding
+        # innermost, so telemetry logs its INVALID_ARGUMENT like any status.
+        interceptors=[*interceptors, RequestDecoding()],
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
-        FeatureServingServicer(registry, store, config.serving.max_entities, config.offline_root,
-                               access=access),
+        FeatureServingServicer(registry, store, config.serving, config.offline_root, access=access),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
@@ -166,9 +168,7 @@ def create_server(
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVING_SERVICE, REGISTRY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((SERVING_SERVICE, REGISTRY_SERVICE, health.SERVICE_NAME), server)
     host = host or config.serving.host
     address = f"{host}:{config.serving.port if port is None else port}"
     tls = config.serving.tls

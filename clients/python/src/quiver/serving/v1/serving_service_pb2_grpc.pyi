@@ -31,7 +31,12 @@ class FeatureServingServiceStub:
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
 
     With authentication on, every RPC needs metadata "authorization: Bearer
     <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
@@ -52,8 +57,9 @@ class FeatureServingServiceStub:
     PERMISSION_DENIED without READ_ONLINE on every feature;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
-    than the server allows; UNAVAILABLE when the online store cannot be read;
-    DEADLINE_EXCEEDED when the store does not answer in time.
+    than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
+    UNAVAILABLE when the online store cannot be read; DEADLINE_EXCEEDED when
+    the store does not answer in time.
     """
     PushFeatures: _grpc.UnaryUnaryMultiCallable[_serving_service_pb2.PushFeaturesRequest, _serving_service_pb2.PushFeaturesResponse]
     """PushFeatures writes rows of one feature view to the online store, the
@@ -62,8 +68,12 @@ class FeatureServingServiceStub:
 
     Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
     WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
-    or extra columns, wrong column types, ragged columns or missing timestamps;
-    UNAVAILABLE when a store cannot be written.
+    or extra columns, wrong column types, ragged columns, missing timestamps,
+    event or created times more than serving.max_future_seconds ahead of the
+    server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+    unknown push target or arrow_ipc that is not an Arrow IPC stream;
+    RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+    cannot be written.
     """
     DeleteEntities: _grpc.UnaryUnaryMultiCallable[_serving_service_pb2.DeleteEntitiesRequest, _serving_service_pb2.DeleteEntitiesResponse]
     """DeleteEntities removes the online rows of the given entities from the given
@@ -72,8 +82,9 @@ class FeatureServingServiceStub:
 
     Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
     DELETE on every view deleted from; INVALID_ARGUMENT for key
-    columns that do not match the views' join keys; UNAVAILABLE when the online
-    store cannot be written.
+    columns that do not match the views' join keys or more entities than
+    serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+    many; UNAVAILABLE when the online store cannot be written.
     """
 
 @_typing.type_check_only
@@ -82,7 +93,12 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
 
     With authentication on, every RPC needs metadata "authorization: Bearer
     <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
@@ -100,8 +116,9 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     PERMISSION_DENIED without READ_ONLINE on every feature;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
-    than the server allows; UNAVAILABLE when the online store cannot be read;
-    DEADLINE_EXCEEDED when the store does not answer in time.
+    than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
+    UNAVAILABLE when the online store cannot be read; DEADLINE_EXCEEDED when
+    the store does not answer in time.
     """
     PushFeatures: _aio.UnaryUnaryMultiCallable[_serving_service_pb2.PushFeaturesRequest, _serving_service_pb2.PushFeaturesResponse]  # type: ignore[assignment]
     """PushFeatures writes rows of one feature view to the online store, the
@@ -110,8 +127,12 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
 
     Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
     WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
-    or extra columns, wrong column types, ragged columns or missing timestamps;
-    UNAVAILABLE when a store cannot be written.
+    or extra columns, wrong column types, ragged columns, missing timestamps,
+    event or created times more than serving.max_future_seconds ahead of the
+    server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+    unknown push target or arrow_ipc that is not an Arrow IPC stream;
+    RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+    cannot be written.
     """
     DeleteEntities: _aio.UnaryUnaryMultiCallable[_serving_service_pb2.DeleteEntitiesRequest, _serving_service_pb2.DeleteEntitiesResponse]  # type: ignore[assignment]
     """DeleteEntities removes the online rows of the given entities from the given
@@ -120,8 +141,9 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
 
     Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
     DELETE on every view deleted from; INVALID_ARGUMENT for key
-    columns that do not match the views' join keys; UNAVAILABLE when the online
-    store cannot be written.
+    columns that do not match the views' join keys or more entities than
+    serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+    many; UNAVAILABLE when the online store cannot be written.
     """
 
 class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -129,7 +151,12 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
 
     With authentication on, every RPC needs metadata "authorization: Bearer
     <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
@@ -151,8 +178,9 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         PERMISSION_DENIED without READ_ONLINE on every feature;
         INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
         type, key columns of different lengths, an empty request or more entities
-        than the server allows; UNAVAILABLE when the online store cannot be read;
-        DEADLINE_EXCEEDED when the store does not answer in time.
+        than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
+        UNAVAILABLE when the online store cannot be read; DEADLINE_EXCEEDED when
+        the store does not answer in time.
         """
 
     @_abc_1.abstractmethod
@@ -167,8 +195,12 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
         WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
-        or extra columns, wrong column types, ragged columns or missing timestamps;
-        UNAVAILABLE when a store cannot be written.
+        or extra columns, wrong column types, ragged columns, missing timestamps,
+        event or created times more than serving.max_future_seconds ahead of the
+        server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+        unknown push target or arrow_ipc that is not an Arrow IPC stream;
+        RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+        cannot be written.
         """
 
     @_abc_1.abstractmethod
@@ -183,8 +215,9 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
         DELETE on every view deleted from; INVALID_ARGUMENT for key
-        columns that do not match the views' join keys; UNAVAILABLE when the online
-        store cannot be written.
+        columns that do not match the views' join keys or more entities than
+        serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+        many; UNAVAILABLE when the online store cannot be written.
         """
 
 def add_FeatureServingServiceServicer_to_server(servicer: FeatureServingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
