@@ -92,7 +92,7 @@ def _options(token: str | None) -> flight.FlightCallOptions:
 
 
 def _command(**fields: Any) -> flight.FlightDescriptor:
-    from quiver_flight.convert import pack
+    from quiver.convert import pack
 
     return flight.FlightDescriptor.for_command(pack(fpb.TrainingSetCommand(**fields)))
 
@@ -104,7 +104,7 @@ def _ticket(secured: SecuredFlight) -> flight.Ticket:
 
 
 def _upload(client: flight.FlightClient, options: flight.FlightCallOptions) -> None:
-    from quiver_flight.convert import pack
+    from quiver.convert import pack
 
     spine = _spine()
     descriptor = flight.FlightDescriptor.for_command(pack(fpb.UploadSpineCommand()))
@@ -135,7 +135,7 @@ REFUSED = (flight.FlightError, OSError)
 
 
 def _status(error: BaseException) -> tuple[int, str, dict[str, str]]:
-    from quiver._status import flight_error_code
+    from quiver.status import flight_error_code
 
     extra = getattr(error, "extra_info", None)
     if not extra:

@@ -8,6 +8,7 @@ import pytest
 
 from quiver.errors import DefinitionError, FailedPreconditionError
 from quiver_server.config import QuiverConfig
+from quiver_server.registry import framing
 from quiver_server.registry.store import RegistryStore
 from quiver_server.repo import apply, plan
 
@@ -125,7 +126,7 @@ def test_concurrent_commit_retries_on_newer_version(applied_demo: QuiverConfig) 
             # Another writer publishes version 2 while we prepare ours.
             other = store.read(1)
             other.version = 2
-            (store.path / "v00000002.pb").write_bytes(other.SerializeToString())
+            (store.path / "v00000002.pb").write_bytes(framing.encode(other))
         return "test"
 
     snapshot = store.commit(change)

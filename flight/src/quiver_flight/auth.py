@@ -22,9 +22,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from pyarrow import flight
 
-from quiver._flight_tracing import METHOD_NAMES
-from quiver._status import flight_error_code
 from quiver.errors import QuiverError
+from quiver.status import flight_error_code
+from quiver.tracing import flight_method
 from quiver_flight.convert import flight_error
 from quiver_server.auth import audit
 from quiver_server.auth.authenticator import Authenticator
@@ -60,7 +60,7 @@ class AuthMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[mis
         self.authenticator = authenticator
 
     def start_call(self, info: flight.CallInfo, headers: dict[str, list[Any]]) -> AuthMiddleware:
-        method = METHOD_NAMES.get(info.method, str(info.method))
+        method = flight_method(info.method)
         values = headers.get("authorization") or [None]
         authorization = values[0] if isinstance(values[0], str) else None
         try:

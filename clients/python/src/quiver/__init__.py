@@ -12,22 +12,24 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
-from quiver._online_client import OnlineClient, PushResult
+from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
 from quiver._permissions import Action, Permission, Resource
-from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient
-from quiver._types import (
+from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingProgress
+from quiver.errors import QuiverError
+from quiver.types import (
     Bool,
     Bytes,
     Float32,
     Float64,
     Int32,
     Int64,
+    PushResult,
+    PushTarget,
     String,
     Timestamp,
     ValueType,
 )
-from quiver.errors import QuiverError
 
 __version__ = "0.1.0"
 
@@ -50,6 +52,7 @@ __all__ = [
     "ParquetSource",
     "Permission",
     "PushResult",
+    "PushTarget",
     "QuiverError",
     "Resource",
     "SpineHandle",
@@ -57,6 +60,7 @@ __all__ = [
     "Timestamp",
     "Tls",
     "TrainingClient",
+    "TrainingProgress",
     "ValueType",
     "__version__",
     "parse_feature_ref",

@@ -16,9 +16,9 @@ from quiver import (
     Permission,
     Resource,
 )
-from quiver._types import ValueType
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
+from quiver.types import ValueType
 
 
 def field_to_proto(f: Field) -> pb.Field:

@@ -6,10 +6,12 @@ auth off) once it has resolved what the request touches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
-from quiver import Action, FeatureView
-from quiver._convert import from_values
+from quiver import Action, FeatureView, PushTarget
+from quiver.convert import from_values
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
@@ -17,7 +19,7 @@ from quiver_server.auth.access import AccessControl
 from quiver_server.config import ServingConfig
 from quiver_server.deletion import check_delete_count, delete_entities
 from quiver_server.online.base import OnlineStore
-from quiver_server.push import PushTarget, push
+from quiver_server.push import push
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.serving.admission import HeavyRequestLimit
 from quiver_server.serving.convert import (
@@ -28,7 +30,7 @@ from quiver_server.serving.convert import (
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
-from quiver_server.telemetry.hooks import traced_encoding
+from quiver_server.telemetry.spans import traced
 
 PUSH_ACTIONS: dict[PushTarget, tuple[Action, ...]] = {
     PushTarget.ONLINE: (Action.WRITE_ONLINE,),
@@ -37,7 +39,7 @@ PUSH_ACTIONS: dict[PushTarget, tuple[Action, ...]] = {
 }
 
 
-@traced_encoding
+@traced("quiver.response.encode")
 def encode_response(
     names: list[str], columns: list[OutputColumn], count: int
 ) -> pb.GetOnlineFeaturesResponse:
@@ -51,12 +53,24 @@ def encode_response(
 
 
 class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
+    """The serving service's gRPC edge.
+
+    Args:
+        registry: The registry versions served.
+        store: The online store.
+        serving: The `serving` settings (entity, delete and heavy-request limits, clock skew).
+        offline_root: Where pushed rows are appended to history.
+        served: Called with the graded columns of every answered lookup, before
+            they are encoded (the feature-status metrics count them there).
+    """
+
     def __init__(
         self,
         registry: RegistryProvider,
         store: OnlineStore,
         serving: ServingConfig,
         offline_root: str,
+        served: Callable[[list[OutputColumn]], None] | None = None,
         *,
         access: AccessControl | None = None,
     ) -> None:
@@ -66,6 +80,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         self._store = store
         self._serving = serving
         self._plans = PlanCache()
+        self._served = served
         self.heavy = HeavyRequestLimit(serving.heavy_request_entities, serving.max_heavy_requests)
 
     @rpc_errors
@@ -88,6 +103,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         )
         with self.heavy.admit(count, "entities"):
             columns = read_online(self._store, plan, key_columns, count)
+            if self._served is not None:
+                self._served(columns)
             return encode_response(plan.output_names, columns, count)
 
     @rpc_errors

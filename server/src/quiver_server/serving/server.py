@@ -160,7 +160,10 @@ def create_server(
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
-        FeatureServingServicer(registry, store, config.serving, config.offline_root, access=access),
+        FeatureServingServicer(
+            registry, store, config.serving, config.offline_root,
+            served=telemetry.lookup_observer(), access=access,
+        ),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
