@@ -227,16 +227,20 @@ def test_a_stolen_ticket_does_not_serve_another_principal(secured: SecuredFlight
 
 
 def test_parquet_path_spines_need_read_offline_on_the_whole_project(secured: SecuredFlight) -> None:
-    # Such a spine could be any history file; whoever reads it gets its rows back.
+    # Whatever is in the spine directory comes back with the features, columns unchanged.
+    import pyarrow.parquet as pq
+
     eve = secured.issuer.token("eve", ["analysts"])  # READ_OFFLINE on user_profile only
     with secured.client(eve) as client:
         client.get_training_set(_spine(), features=["user_profile:age"])
+    # Someone else's labelled events, in the spine directory of the offline store.
+    spines = secured.repo / "data" / "spines"
+    spines.mkdir(parents=True, exist_ok=True)
+    pq.write_table(_spine(), spines / "fraud_labels.parquet")
     with secured.client(secured.tokens["alice"]) as client:
-        client.plan(OfflineSpine("user_profile"), features=["user_profile:age"],
-                    full_feature_names=True)
+        client.plan(OfflineSpine("fraud_labels.parquet"), features=["user_profile:age"])
     with secured.client(eve) as client, pytest.raises(PermissionDeniedError, match="parquet_path"):
-        client.plan(OfflineSpine("user_profile"), features=["user_profile:age"],
-                    full_feature_names=True)
+        client.plan(OfflineSpine("fraud_labels.parquet"), features=["user_profile:age"])
 
 
 def test_spine_uploads_and_denials_are_audited(secured: SecuredFlight) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from pyarrow import flight
@@ -32,6 +33,10 @@ Build = Callable[[str, KeyPair | None], flight.FlightServerBase]
 
 class FlightServerHandle:
     """The current Flight server of a location, rebuilt when its certificate changes.
+
+    It stands in for the server: attributes it does not have are the current
+    server's (``streams``, ``training``, ...), and it owns the health service,
+    which outlives the servers a rotation replaces.
 
     Args:
         build: Makes a started server at a location, with the key pair to serve.
@@ -50,11 +55,30 @@ class FlightServerHandle:
             f"{self._scheme}://{host}:{port}", pairs.current if pairs else None
         )
         self.port: int = self.current.port
+        self.health: Any = None
         self._draining: list[threading.Thread] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         if pairs is not None:
             threading.Thread(target=self._watch, name="flight-tls-reload", daemon=True).start()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the handle lacks: those of the server it stands in for.
+        current = self.__dict__.get("current")
+        if current is None:
+            raise AttributeError(name)
+        return getattr(current, name)
+
+    def __enter__(self) -> FlightServerHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+    def attach_health(self, health: Any) -> None:
+        """Start `health` (anything with start() and stop(grace)); it stops with the handle."""
+        self.health = health
+        health.start()
 
     def reload(self, *, force: bool = False) -> bool:
         """Serve the files' certificate if it changed; returns whether a new server was bound.
@@ -108,6 +132,8 @@ class FlightServerHandle:
     def shutdown(self) -> None:
         """Stop accepting calls and wait for the running ones (also of replaced servers)."""
         self._stop.set()
+        if self.health is not None:
+            self.health.stop(0)
         with self._lock:
             current, self.current = self.current, None
         if current is not None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from google.protobuf import message
 
 from quiver import Action
@@ -26,6 +27,7 @@ from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    QuiverError,
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
@@ -40,6 +42,7 @@ from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_server.auth.access import AccessControl
 from quiver_server.config import FlightConfig
+from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.spans import traced
@@ -112,6 +115,28 @@ class TrainingSets:
                 self._snapshots.popitem(last=False)
         return snapshot
 
+    def readiness(self) -> str | None:
+        """None when training sets can be planned and computed now, else why not.
+
+        Ready means the newest registry version loads and the offline store
+        root can be listed (the health service reports it).
+        """
+        try:
+            self.snapshot()
+        except QuiverError as exc:
+            return f"registry: {exc.message}"
+        except Exception as exc:
+            return f"registry: {type(exc).__name__}: {exc}"
+        fs, root = filesystem_and_path(self.engine.offline_root)
+        try:
+            info = fs.get_file_info(root)
+            if info.type != pafs.FileType.Directory:
+                return "offline store: its root is not a directory"
+            fs.get_file_info(pafs.FileSelector(root))
+        except OSError as exc:
+            return f"offline store: {exc}"
+        return None
+
     def resolve(self, command: pb.TrainingSetCommand, snapshot: Snapshot) -> list[FeatureRef]:
         """The command's features, once the caller may READ_OFFLINE every one."""
         selection = command.WhichOneof("selection")
@@ -133,8 +158,8 @@ class TrainingSets:
 
     @traced("quiver.flight.spine.open")
     def open_spine(self, source: pb.SpineSource, snapshot: Snapshot) -> Spine:
-        """The spine a command names. A Parquet path can name any history file, so
-        reading one needs READ_OFFLINE on the whole project."""
+        """The spine a command names. A Parquet spine is whatever was put in the spine
+        directory, by anyone, so reading one needs READ_OFFLINE on the whole project."""
         kind = source.WhichOneof("source")
         if kind == "spine_id":
             return self.spines.open(source.spine_id)
@@ -144,7 +169,9 @@ class TrainingSets:
                 "(a parquet_path spine needs READ_OFFLINE on the whole project; upload the "
                 "spine instead)", parquet_path=source.parquet_path,
             )
-            return self.spines.open_path(source.parquet_path)
+            history = [resolve_path(self.engine.offline_root, view.source.path)
+                       for view in snapshot.feature_views.values()]
+            return self.spines.open_path(source.parquet_path, history)
         raise InvalidArgumentError.for_field(
             "spine", "name a spine: spine_id (from do_put) or parquet_path", reason="MISSING_SPINE"
         )
@@ -231,7 +258,7 @@ class TrainingSets:
         if not self.signer.verify(ticket.partition, ticket.signature):
             raise InvalidArgumentError.for_field(
                 "ticket", "the ticket's signature does not match: it was altered, or issued by a "
-                "server that does not share this offline store", reason="TICKET_SIGNATURE",
+                "server that does not share this server's ticket keys", reason="TICKET_SIGNATURE",
             )
         partition = pb.TrainingSetPartition()
         try:
