@@ -178,11 +178,12 @@ def flight_error_code(exc: BaseException) -> grpc.StatusCode:
     if status is not None:
         return status.code
     code = next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
-    if code is grpc.StatusCode.UNKNOWN:
-        # Some pyarrow calls (get_schema refused by server middleware) drop the status
-        # and keep only its text, which a Quiver server starts with the code's name.
-        name = str(exc).partition(":")[0]
-        if name in _NAMED and not isinstance(exc, flight.FlightError | pa.ArrowException):
+    if code is grpc.StatusCode.UNKNOWN and not isinstance(exc, flight.FlightError):
+        # pyarrow's client drops the status of some refused calls (get_schema) and keeps
+        # only the text, which a Quiver server starts with the code's name.
+        text = str(exc).removeprefix("Unknown error: ")
+        name = text.partition(":")[0]
+        if name in _NAMED:
             return _NAMED[name]
     return code
 
