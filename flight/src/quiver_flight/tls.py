@@ -131,11 +131,13 @@ class FlightServerHandle:
 
     def shutdown(self) -> None:
         """Stop accepting calls and wait for the running ones (also of replaced servers)."""
+        if self._stop.is_set():
+            return  # a Flight server must be shut down once only
         self._stop.set()
         if self.health is not None:
             self.health.stop(0)
         with self._lock:
-            current, self.current = self.current, None
+            current = self.current  # kept: its attributes stay readable after shutdown
         if current is not None:
             current.shutdown()
         for drain in self._draining:
