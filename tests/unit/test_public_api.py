@@ -22,11 +22,12 @@ import quiver.types
 # an API change: the server and Flight packages import only these.
 PUBLIC = {
     quiver: {
-        "Action", "Bool", "Bytes", "Entity", "FeatureProjection", "FeatureService", "FeatureView",
-        "Field", "Float32", "Float64", "Int32", "Int64", "OfflineSpine", "OnlineClient",
-        "OnlineResponse", "ParquetSource", "Permission", "PushResult", "PushTarget", "QuiverError",
-        "Resource", "SpineHandle", "String", "Timestamp", "Tls", "TrainingClient",
-        "TrainingProgress", "ValueType", "__version__", "parse_feature_ref", "token_file",
+        "Action", "Bool", "Bytes", "DriftThresholds", "Entity", "FeatureProjection",
+        "FeatureService", "FeatureView", "Field", "Float32", "Float64", "Int32", "Int64",
+        "OfflineSpine", "OnlineClient", "OnlineResponse", "ParquetSource", "Permission",
+        "PushResult", "PushTarget", "QuiverError", "Resource", "SpineHandle", "String",
+        "Timestamp", "Tls", "TrainingClient", "TrainingProgress", "ValueType", "__version__",
+        "parse_feature_ref", "token_file",
     },
     quiver.errors: {
         "DeadlineExceededError", "DefinitionError", "FailedPreconditionError", "FieldViolation",
@@ -65,7 +66,8 @@ def test_exports_are_pinned_exactly(module: ModuleType) -> None:
 def test_server_and_flight_import_only_public_client_modules() -> None:
     root = Path(__file__).resolve().parents[2]
     public = {m.__name__ for m in PUBLIC} | {"quiver.serving.v1", "quiver.registry.v1",
-                                            "quiver.flight.v1", "quiver.types.v1", "quiver.rpc.v1"}
+                                            "quiver.flight.v1", "quiver.types.v1", "quiver.rpc.v1",
+                                            "quiver.monitoring.v1"}
     for package in (root / "server" / "src", root / "flight" / "src"):
         for path in package.rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):

@@ -67,6 +67,8 @@ from quiver_server.auth.tls import KeyPair, ReloadingKeyPair, tls_paths
 from quiver_server.auth.warnings import warn_if_open
 from quiver_server.config import QuiverConfig
 from quiver_server.echo import clip
+from quiver_server.monitoring.storage import ProfileStore
+from quiver_server.monitoring.training_sets import TrainingSetProfiler
 from quiver_server.observability import configure_logging
 from quiver_server.offline.source import resolve_path
 from quiver_server.registry.store import RegistryStore
@@ -349,9 +351,14 @@ def create_flight_server(
         config.offline_root, flight_config, directory=spine_directory(config), clock=clock
     )
     authenticator = build_authenticator(config)
+    profiler = (
+        TrainingSetProfiler(ProfileStore(config.offline_root),
+                            config.monitoring.training_set_sketch_rows)
+        if config.monitoring.enabled else None
+    )
     training = TrainingSets(
         RegistryStore(config.registry_path), engine, spines, TicketSigner.from_config(config),
-        flight_config, clock, access=AccessControl(enabled=authenticator is not None),
+        flight_config, clock, profiler, access=AccessControl(enabled=authenticator is not None),
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
     # Telemetry first, so its middleware sees every call the auth middleware lets through.

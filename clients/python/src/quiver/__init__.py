@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quiver._credentials import Tls, token_file
 from quiver._definitions import (
+    DriftThresholds,
     Entity,
     FeatureProjection,
     FeatureService,
@@ -37,6 +38,7 @@ __all__ = [
     "Action",
     "Bool",
     "Bytes",
+    "DriftThresholds",
     "Entity",
     "FeatureProjection",
     "FeatureService",

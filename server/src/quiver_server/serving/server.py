@@ -31,6 +31,7 @@ from quiver_server.auth.authenticator import build_authenticator
 from quiver_server.auth.grpc_interceptor import AuthInterceptor
 from quiver_server.auth.warnings import warn_if_open
 from quiver_server.config import QuiverConfig
+from quiver_server.monitoring.sinks import ServerProfiles
 from quiver_server.observability import configure_logging
 from quiver_server.online.base import OnlineStore
 from quiver_server.online.factory import open_online_store
@@ -59,9 +60,11 @@ class ServingServer:
         registry: RegistryProvider,
         health_servicer: health.HealthServicer,
         health_server: grpc.Server | None = None,
+        profiles: ServerProfiles | None = None,
     ) -> None:
         self.server = server
         self.health_server = health_server
+        self.profiles = profiles
         self.store = store
         self.registry = registry
         self.health = health_servicer
@@ -91,6 +94,8 @@ class ServingServer:
         self.server.stop(grace).wait()
         if self.health_server is not None:
             self.health_server.stop(0).wait()
+        if self.profiles is not None:
+            self.profiles.close()  # after the drain, so the last lookups are in
         self.registry.stop()
         self.store.close()
 
@@ -159,10 +164,11 @@ def create_server(
         interceptors=[*interceptors, RequestDecoding()],
         options=[("grpc.so_reuseport", 1)],
     )
+    profiles = ServerProfiles.from_config(config)
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
         FeatureServingServicer(
             registry, store, config.serving, config.offline_root,
-            served=telemetry.lookup_observer(), access=access,
+            served=telemetry.lookup_observer(), profiles=profiles, access=access,
         ),
         server,
     )
@@ -187,7 +193,8 @@ def create_server(
     health_server = None
     if config.serving.health_port is not None:
         health_server = _health_only_server(health_servicer, host, config.serving.health_port)
-    app = ServingServer(server, store, registry, health_servicer, health_server)
+    app = ServingServer(server, store, registry, health_servicer, health_server=health_server,
+                        profiles=profiles)
     app.start()
     return app, bound
 
@@ -248,7 +255,8 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
     print(f"quiver: serving gRPC on {host}:{port} with {workers} workers", flush=True)
     # Workers share the gRPC port, so this process serves their summed metrics.
     metrics_config = config.telemetry.metrics
-    metrics = (SupervisorMetrics(metrics_config.port, metrics_config.host, config.registry_path)
+    metrics = (SupervisorMetrics(metrics_config.port, metrics_config.host, config.registry_path,
+                                 config.offline_root if config.monitoring.enabled else None)
                if metrics_config.enabled else None)
     context = multiprocessing.get_context("spawn")
     processes = [
