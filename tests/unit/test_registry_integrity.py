@@ -65,6 +65,7 @@ def test_unframed_versions_from_before_framing_still_read_and_truncations_do_not
     store = RegistryStore(materialized.registry_path)
     version = store.latest_version()
     proto = store.read(version)
+    del proto.permissions[:]  # versions written before framing had none
     legacy = proto.SerializeToString()  # how versions were written before framing
     file = version_file(materialized, version)
     file.write_bytes(legacy)
@@ -190,3 +191,12 @@ def test_a_version_that_failed_to_load_is_tried_again(materialized: QuiverConfig
     RegistryStore(materialized.registry_path).commit(lambda proto: "a new version")
     assert provider.refresh()
     assert provider.current().version == served + 1
+
+
+def test_an_unframed_file_with_permissions_is_refused(materialized: QuiverConfig) -> None:
+    # `cause` is not the last field of such a file, so truncations could pass for complete.
+    store = RegistryStore(materialized.registry_path)
+    version = store.latest_version()
+    proto = store.read(version)
+    assert proto.permissions
+    assert not verifies(proto.SerializeToString(), version)

@@ -6,10 +6,11 @@ is not rewritten; erasing it needs a rewrite of the affected files.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from quiver import FeatureView
 from quiver.errors import InvalidArgumentError
 from quiver_server.echo import name_list
 from quiver_server.online.base import OnlineStore
@@ -39,9 +40,15 @@ def delete_entities(
     snapshot: Snapshot,
     entities: Mapping[str, Sequence[Any]],
     views: Sequence[str] = (),
+    *,
+    authorize: Callable[[list[FeatureView]], None] | None = None,
 ) -> DeleteResult:
     """Delete the given entities' rows from `views` (default: every view whose join
-    keys are all given)."""
+    keys are all given).
+
+    `authorize` is called with the views once they are resolved and the keys
+    checked, before anything is deleted; it raises to refuse.
+    """
     if not entities:
         raise InvalidArgumentError.for_field("entities", "name at least one join key column")
     lengths = {name: len(values) for name, values in entities.items()}
@@ -69,6 +76,8 @@ def delete_entities(
             )
         for key in view.join_keys:
             check_key_values(f"entities.{key.name}", key, entities[key.name])
+    if authorize is not None:
+        authorize(targets)
     deleted = 0
     for view in targets:
         keys = encode_keys(view.join_keys, [entities[k] for k in view.join_key_names])
