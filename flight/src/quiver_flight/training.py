@@ -11,6 +11,7 @@ times and either produce the same rows or refuse with FAILED_PRECONDITION.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,25 +19,31 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from google.protobuf import message
 
-from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
+from quiver import Action
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    QuiverError,
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
+from quiver_flight.convert import timestamp_seconds, unpack_ticket
 from quiver_flight.engines import TrainingEngine, TrainingJob
 from quiver_flight.pit import feature_fields, group_by_view, output_schema
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
+from quiver_server.auth.access import AccessControl
 from quiver_server.config import FlightConfig
+from quiver_server.monitoring.training_sets import TrainingSetProfiler
+from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
-from quiver_server.telemetry.scope import traced
+from quiver_server.telemetry.spans import traced
 
 ROLE_METADATA = b"quiver.role"
 _SNAPSHOTS_KEPT = 8
@@ -61,7 +68,11 @@ class PartitionJob:
 
 
 class TrainingSets:
-    """The Flight-independent half of the server: plan, describe, compute."""
+    """The Flight-independent half of the server: plan, describe, compute.
+
+    Every entry point checks READ_OFFLINE (DESCRIBE for `feature_sets`) on
+    what it resolved, through `access` (a no-op when auth is off).
+    """
 
     def __init__(
         self,
@@ -71,8 +82,12 @@ class TrainingSets:
         signer: TicketSigner,
         config: FlightConfig,
         clock: Callable[[], float] = time.time,
+        profiler: TrainingSetProfiler | None = None,
+        access: AccessControl | None = None,
     ) -> None:
         self.registry = registry
+        self.profiler = profiler
+        self.access = access or AccessControl.disabled()
         self.engine = engine
         self.spines = spines
         self.signer = signer
@@ -100,20 +115,63 @@ class TrainingSets:
                 self._snapshots.popitem(last=False)
         return snapshot
 
+    def readiness(self) -> str | None:
+        """None when training sets can be planned and computed now, else why not.
+
+        Ready means the newest registry version loads and the offline store
+        root can be listed (the health service reports it).
+        """
+        try:
+            self.snapshot()
+        except QuiverError as exc:
+            return f"registry: {exc.message}"
+        except Exception as exc:
+            return f"registry: {type(exc).__name__}: {exc}"
+        fs, root = filesystem_and_path(self.engine.offline_root)
+        try:
+            info = fs.get_file_info(root)
+            if info.type != pafs.FileType.Directory:
+                return "offline store: its root is not a directory"
+            fs.get_file_info(pafs.FileSelector(root))
+        except OSError as exc:
+            return f"offline store: {exc}"
+        return None
+
     def resolve(self, command: pb.TrainingSetCommand, snapshot: Snapshot) -> list[FeatureRef]:
+        """The command's features, once the caller may READ_OFFLINE every one."""
         selection = command.WhichOneof("selection")
-        if selection == "feature_service":
-            return snapshot.resolve(feature_service=command.feature_service)
-        refs = list(command.features.refs) if selection == "features" else []
-        return snapshot.resolve(features=refs, field="features")
+        service = command.feature_service if selection == "feature_service" else ""
+        requested = list(command.features.refs) if selection == "features" else []
+        try:
+            if service:
+                refs = snapshot.resolve(feature_service=service)
+            else:
+                refs = snapshot.resolve(features=requested, field="features")
+        except NotFoundError as exc:
+            raise self.access.unknown(
+                exc, snapshot, Action.READ_OFFLINE, requested=requested, service=service
+            ) from None
+        self.access.check_features(
+            snapshot, Action.READ_OFFLINE, refs, service=service, requested=requested
+        )
+        return refs
 
     @traced("quiver.flight.spine.open")
-    def open_spine(self, source: pb.SpineSource) -> Spine:
+    def open_spine(self, source: pb.SpineSource, snapshot: Snapshot) -> Spine:
+        """The spine a command names. A Parquet spine is whatever was put in the spine
+        directory, by anyone, so reading one needs READ_OFFLINE on the whole project."""
         kind = source.WhichOneof("source")
         if kind == "spine_id":
             return self.spines.open(source.spine_id)
         if kind == "parquet_path":
-            return self.spines.open_path(source.parquet_path)
+            self.access.check_project(
+                snapshot, Action.READ_OFFLINE, f"Parquet spine {source.parquet_path!r} "
+                "(a parquet_path spine needs READ_OFFLINE on the whole project; upload the "
+                "spine instead)", parquet_path=source.parquet_path,
+            )
+            history = [resolve_path(self.engine.offline_root, view.source.path)
+                       for view in snapshot.feature_views.values()]
+            return self.spines.open_path(source.parquet_path, history)
         raise InvalidArgumentError.for_field(
             "spine", "name a spine: spine_id (from do_put) or parquet_path", reason="MISSING_SPINE"
         )
@@ -125,7 +183,7 @@ class TrainingSets:
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if not command.HasField("spine"):
             return required_schema(refs, timestamp_column, command.full_feature_names)
-        spine = self.open_spine(command.spine)
+        spine = self.open_spine(command.spine, snapshot)
         return output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                              full_feature_names=command.full_feature_names)
 
@@ -140,7 +198,7 @@ class TrainingSets:
         snapshot = self.snapshot()
         refs = self.resolve(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
-        spine = self.open_spine(command.spine)
+        spine = self.open_spine(command.spine, snapshot)
         schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                                full_feature_names=command.full_feature_names)
         rows = spine.num_rows
@@ -174,6 +232,7 @@ class TrainingSets:
             partition_count=count,
             history_fingerprints={name: s.fingerprint for name, s in sources.items()},
             spine_fingerprint=spine.fingerprint,
+            name=_training_set_name(command.name),
         )
         base.planned_at.FromDatetime(timestamp_seconds(self.clock()))
         if spine.expires_at is not None:
@@ -208,7 +267,7 @@ class TrainingSets:
         if not self.signer.verify(ticket.partition, ticket.signature):
             raise InvalidArgumentError.for_field(
                 "ticket", "the ticket's signature does not match: it was altered, or issued by a "
-                "server that does not share this offline store", reason="TICKET_SIGNATURE",
+                "server that does not share this server's ticket keys", reason="TICKET_SIGNATURE",
             )
         partition = pb.TrainingSetPartition()
         try:
@@ -228,8 +287,11 @@ class TrainingSets:
         except FailedPreconditionError:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
         refs = snapshot.resolve(features=list(partition.feature_refs))
+        # A ticket is not a capability: whoever presents it must be allowed its features.
+        self.access.check_features(snapshot, Action.READ_OFFLINE, refs,
+                                   requested=list(partition.feature_refs))
         try:
-            spine = self.open_spine(partition.spine)
+            spine = self.open_spine(partition.spine, snapshot)
         except NotFoundError as exc:
             raise _stale(exc.message) from None
         if spine.fingerprint != partition.spine_fingerprint:
@@ -242,16 +304,22 @@ class TrainingSets:
         schema = output_schema(spine.schema, refs, timestamp_column=partition.timestamp_column,
                                full_feature_names=partition.full_feature_names)
         batches = self.engine.open(partition, rows, refs, sources, schema)
+        if self.profiler is not None:
+            batches = self.profiler.wrap(batches, partition, snapshot)
         return PartitionJob(schema, batches, partition)
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
-        """Every feature service and view: what it is, its command and schema."""
+        """Every feature service and view the caller may DESCRIBE: what it is, its command
+        and schema."""
         version = self.registry.latest_good_version()
         if version == 0:
             return
         snapshot = self.snapshot(version)
+        describable = self.access.may_describe
         for service in snapshot.feature_services.values():
-            if service.name.startswith(name_prefix):
+            if service.name.startswith(name_prefix) and describable(
+                snapshot, "feature_service", service.name
+            ):
                 command = pb.TrainingSetCommand(feature_service=service.name)
                 refs = snapshot.resolve(feature_service=service.name)
                 info = pb.FeatureSetInfo(
@@ -260,7 +328,7 @@ class TrainingSets:
                 )
                 yield self._describe(info, command, refs, snapshot)
         for view in snapshot.feature_views.values():
-            if view.name.startswith(name_prefix):
+            if view.name.startswith(name_prefix) and describable(snapshot, "feature_view", view.name):
                 refs = [FeatureRef(view, f) for f in view.schema]
                 command = pb.TrainingSetCommand(features=pb.FeatureList(refs=[r.ref for r in refs]))
                 info = pb.FeatureSetInfo(
@@ -298,6 +366,18 @@ def required_schema(
     fields.append(pa.field(timestamp_column, pa.timestamp("us", tz="UTC"), nullable=False,
                            metadata={ROLE_METADATA: b"timestamp"}))
     return pa.schema([*fields, *feature_fields(refs, full_feature_names, [f.name for f in fields])])
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def _training_set_name(name: str) -> str:
+    if name and not _NAME.match(name):
+        raise InvalidArgumentError.for_field(
+            "name", f"training set name {name!r} is invalid: use 1 to 128 letters, digits, "
+            f"'_', '-' or '.'", reason="INVALID_NAME",
+        )
+    return name
 
 
 def _stale(why: str) -> FailedPreconditionError:

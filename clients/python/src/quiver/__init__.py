@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from quiver._credentials import Tls, token_file
 from quiver._definitions import (
     BatchTransformation,
+    DriftThresholds,
     Entity,
     FeatureProjection,
     FeatureService,
@@ -12,28 +14,33 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
-from quiver._online_client import OnlineClient, PushResult
+from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
-from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient
-from quiver._types import (
+from quiver._permissions import Action, Permission, Resource
+from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingProgress
+from quiver.errors import QuiverError
+from quiver.types import (
     Bool,
     Bytes,
     Float32,
     Float64,
     Int32,
     Int64,
+    PushResult,
+    PushTarget,
     String,
     Timestamp,
     ValueType,
 )
-from quiver.errors import QuiverError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "BatchTransformation",
     "Bool",
     "Bytes",
+    "DriftThresholds",
     "Entity",
     "FeatureProjection",
     "FeatureService",
@@ -47,13 +54,19 @@ __all__ = [
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
+    "Permission",
     "PushResult",
+    "PushTarget",
     "QuiverError",
+    "Resource",
     "SpineHandle",
     "String",
     "Timestamp",
+    "Tls",
     "TrainingClient",
+    "TrainingProgress",
     "ValueType",
     "__version__",
     "parse_feature_ref",
+    "token_file",
 ]

@@ -56,6 +56,11 @@ class Staged:
 class TrainingEngine(Protocol):
     """What the Flight service needs from an engine."""
 
+    @property
+    def offline_root(self) -> str:
+        """The offline store root (a path or URI) the engine reads."""
+        ...
+
     def locate(self, views: Sequence[FeatureView]) -> dict[str, HistorySource]:
         """List the history files of `views` (their fingerprints pin tickets)."""
         ...

@@ -191,7 +191,7 @@ def _materialize_version(
     engine: str,
 ) -> ViewMaterialization:
     """Write the new version's latest rows into its own online storage (not read yet)."""
-    from quiver_server.materialize import _materialize_view, _plan, _Progress
+    from quiver_server.materialize import _ignore, _materialize_view, _plan
 
     computed = copy.copy(view)
     computed.source = replace(view.source, path=version_path(view.name, version))
@@ -214,7 +214,7 @@ def _materialize_version(
 
     store = open_online_store(config)
     try:
-        return _materialize_view(store, job, _Progress(view.name, False))
+        return _materialize_view(store, job, _ignore)
     finally:
         store.close()
 

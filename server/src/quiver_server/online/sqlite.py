@@ -32,20 +32,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import repeat
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from quiver import FeatureView
-from quiver._types import ValueType
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     QuiverError,
     UnavailableError,
 )
+from quiver.types import ValueType
 from quiver_server.online.base import (
-    MAX_CACHED_READS,
+    PreparedCache,
     ViewRead,
     ViewReadResult,
     ViewTable,
@@ -53,9 +52,9 @@ from quiver_server.online.base import (
     WriteResult,
     check_batch,
     feature_type,
-    newest_per_key,
-    reject_unknown_features,
+    write_rows,
 )
+from quiver_server.registry.layout import storage_name
 
 KEY = "__key"
 EVENT_TS = "__event_ts"
@@ -96,7 +95,6 @@ class _ReadPlan:
     """SQL and conversions to read some features of one view; built once, reused."""
 
     view: FeatureView
-    bin_names: object
     table: str
     features: tuple[str, ...]
     bins: tuple[str | None, ...]  # aligned with `features`; None: no such column yet
@@ -115,7 +113,6 @@ class _ReadPlan:
 @dataclass(frozen=True)
 class _WritePlan:
     view: FeatureView
-    bin_names: object
     table: str
     features: tuple[str, ...]  # every feature of the view, in column order
     bins: tuple[str, ...]
@@ -130,12 +127,14 @@ class SqliteOnlineStore:
         path: The database file; created, with its parent directories, if missing.
         busy_timeout: Seconds a write waits for another writer's lock before
             failing with `UnavailableError`.
+        name: How errors name the file (default `path`). Errors reach API callers,
+            so a server names it as its configuration does, never by its absolute path.
 
     Raises:
         UnavailableError: the file cannot be created or opened.
     """
 
-    def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str, busy_timeout: float = 5.0, *, name: str | None = None) -> None:
         if path == ":memory:" or path.startswith("file:"):
             # Every thread has its own connection, so an in-memory database
             # would silently be a different, empty one per thread.
@@ -143,13 +142,14 @@ class SqliteOnlineStore:
                 "online_store.path", f"must be a file path, got {path!r}"
             )
         self.path = path
+        self.where = f"online store sqlite at {name or path!r}"
         self._timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
-        self._read_plans: dict[tuple[str, str, tuple[str, ...]], _ReadPlan] = {}
-        self._write_plans: dict[tuple[str, str], _WritePlan] = {}
+        self._read_plans = PreparedCache(_build_read_plan)
+        self._write_plans = PreparedCache(lambda table, _: _build_write_plan(table))
         # Columns known to exist per table; tables and columns are never dropped,
         # so this only grows and a hit saves a schema check per write.
         self._known_columns: dict[str, frozenset[str]] = {}
@@ -157,7 +157,8 @@ class SqliteOnlineStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UnavailableError(
-                f"online store sqlite at {path!r} unavailable: cannot create its directory: {exc}"
+                f"{self.where} unavailable: cannot create its directory: "
+                f"{exc.strerror or type(exc).__name__}"
             ) from exc
         try:
             with self._errors("opening"):
@@ -170,7 +171,7 @@ class SqliteOnlineStore:
         if str(mode).lower() != "wal":
             self.close()
             raise UnavailableError(
-                f"online store sqlite at {path!r} unavailable: cannot switch to WAL mode "
+                f"{self.where} unavailable: cannot switch to WAL mode "
                 f"(journal mode is {mode!r}; is it on a network filesystem?)"
             )
         self._max_in = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), _MAX_IN_LIST)
@@ -180,32 +181,22 @@ class SqliteOnlineStore:
     def write(self, table: ViewTable, batch: WriteBatch) -> WriteResult:
         """Upsert `batch` following the write rule; returns rows and rows superseded."""
         n = len(batch)
-        check_batch(table, batch)
         if n == 0:
+            check_batch(table, batch)
             return WriteResult(0, 0)
-        plan = self._write_plan(table)
-        reject_unknown_features(table, batch, plan.features)
-        columns: list[Sequence[Any] | repeat[Any]] = []
-        for feature in plan.features:
-            values = batch.features.get(feature)
-            columns.append(repeat(None) if values is None else values)
-        keys, event_ts, created_ts = batch.keys, batch.event_ts, batch.created_ts
-        losers = 0
-        if len(set(keys)) != n:
-            # Only each key's newest row can win, so send only those: fewer
-            # statements, and no reliance on SQLite applying rows in order.
-            picked = newest_per_key(keys, event_ts, created_ts)
-            losers = n - len(picked)
-            take = _picker(picked)
-            keys, event_ts, created_ts = take(keys), take(event_ts), take(created_ts)
-            columns = [c if isinstance(c, repeat) else take(c) for c in columns]
+        plan = self._write_plans.get(table)
+        rows = write_rows(table, batch, plan.features)
+        columns: list[Sequence[Any] | repeat[Any]] = [
+            repeat(None) if values is None else values for values in rows.columns
+        ]
+        keys = rows.keys
         conn = self._conn()
         with self._errors(f"writing feature view {table.name!r}"):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 added = self._ensure_columns(conn, plan)
                 cursor = conn.executemany(
-                    plan.upsert, zip(keys, event_ts, created_ts, *columns, strict=False)
+                    plan.upsert, zip(keys, rows.event_ts, rows.created_ts, *columns, strict=False)
                 )
                 applied = cursor.rowcount
                 conn.execute("COMMIT")
@@ -216,7 +207,7 @@ class SqliteOnlineStore:
         if added is not None:
             self._known_columns[plan.table] = added
         # rowcount counts applied rows only: the WHERE of DO UPDATE skips the rest.
-        return WriteResult(rows=n, superseded=losers + (len(keys) - applied))
+        return WriteResult(rows=n, superseded=rows.superseded + (len(keys) - applied))
 
     def read(self, reads: Sequence[ViewRead]) -> list[ViewReadResult]:
         """Read several views; each result is aligned with its request's keys."""
@@ -229,7 +220,7 @@ class SqliteOnlineStore:
         if not unique:
             return 0
         conn = self._conn()
-        name = quote(table_name(table.project, table.storage_name))
+        name = quote(table_name(table.project, table.stored_as))
         deleted = 0
         with self._errors(f"deleting from feature view {table.name!r}"):
             conn.execute("BEGIN IMMEDIATE")
@@ -279,7 +270,7 @@ class SqliteOnlineStore:
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
-            raise UnavailableError(f"online store sqlite at {self.path!r} is closed")
+            raise UnavailableError(f"{self.where} is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -308,7 +299,7 @@ class SqliteOnlineStore:
         with self._lock:
             if self._closed:
                 conn.close()
-                raise UnavailableError(f"online store sqlite at {self.path!r} is closed")
+                raise UnavailableError(f"{self.where} is closed")
             self._connections.append(conn)
         self._local.conn = conn
         return conn
@@ -322,7 +313,7 @@ class SqliteOnlineStore:
             raise self._translate(exc, action) from exc
 
     def _translate(self, exc: Exception, action: str) -> QuiverError:
-        where = f"online store sqlite at {self.path!r}"
+        where = self.where
         if isinstance(exc, sqlite3.ProgrammingError) and self._closed:
             return UnavailableError(f"{where} is closed")
         if isinstance(
@@ -336,14 +327,6 @@ class SqliteOnlineStore:
         return UnavailableError(f"{where} unavailable: {action}: {exc}")
 
     # -- writes ----------------------------------------------------------------------
-
-    def _write_plan(self, table: ViewTable) -> _WritePlan:
-        key = (table.project, table.storage_name)
-        plan = self._write_plans.get(key)
-        if plan is None or plan.view is not table.view or plan.bin_names is not table.bin_names:
-            plan = _build_write_plan(table)
-            self._write_plans[key] = plan
-        return plan
 
     def _ensure_columns(
         self, conn: sqlite3.Connection, plan: _WritePlan
@@ -372,21 +355,10 @@ class SqliteOnlineStore:
 
     # -- reads -----------------------------------------------------------------------
 
-    def _read_plan(self, table: ViewTable, features: tuple[str, ...]) -> _ReadPlan:
-        key = (table.project, table.storage_name, features)
-        plan = self._read_plans.get(key)
-        # Identity checks are cheap and catch a new registry version of the view.
-        if plan is None or plan.view is not table.view or plan.bin_names is not table.bin_names:
-            plan = _build_read_plan(table, features)
-            if len(self._read_plans) >= MAX_CACHED_READS:
-                self._read_plans.clear()
-            self._read_plans[key] = plan
-        return plan
-
     def _read_view(self, conn: sqlite3.Connection, read: ViewRead) -> ViewReadResult:
         features = tuple(read.features)
         keys = read.keys
-        plan = self._read_plan(read.table, features)
+        plan = self._read_plans.get(read.table, features)
         if not keys:
             return ViewReadResult([], {f: [] for f in features})
         action = f"reading feature view {read.table.name!r}"
@@ -437,7 +409,7 @@ class SqliteOnlineStore:
         existing = {row[1] for row in rows}
         bins = tuple(b if b in existing else None for b in plan.bins)
         return _ReadPlan(
-            plan.view, plan.bin_names, plan.table, plan.features, bins, plan.bools,
+            plan.view, plan.table, plan.features, bins, plan.bools,
             _select_prefix(plan.table, bins),
         )
 
@@ -448,10 +420,8 @@ def _build_read_plan(table: ViewTable, features: tuple[str, ...]) -> _ReadPlan:
     bools = tuple(
         i for i, f in enumerate(features) if feature_type(view, f) == ValueType.BOOL
     )
-    name = table_name(table.project, table.storage_name)
-    return _ReadPlan(
-        view, table.bin_names, name, features, bins, bools, _select_prefix(name, bins)
-    )
+    name = table_name(table.project, table.stored_as)
+    return _ReadPlan(view, name, features, bins, bools, _select_prefix(name, bins))
 
 
 def _select_prefix(table: str, bins: Sequence[str | None]) -> str:
@@ -468,7 +438,7 @@ def _build_write_plan(table: ViewTable) -> _WritePlan:
     view = table.view
     features = tuple(view.feature_names)
     bins = tuple(_bin(table, f) for f in features)
-    name = quote(table_name(table.project, table.storage_name))
+    name = quote(table_name(table.project, table.stored_as))
     types = _column_types(view, features)
     definitions = ", ".join(
         [
@@ -488,21 +458,13 @@ def _build_write_plan(table: ViewTable) -> _WritePlan:
         f"WHERE (excluded.{event}, excluded.{created}) >= ({name}.{event}, {name}.{created})"
     )
     return _WritePlan(
-        view, table.bin_names, table_name(table.project, table.storage_name), features, bins,
+        view, table_name(table.project, table.stored_as), features, bins,
         f"CREATE TABLE IF NOT EXISTS {name} ({definitions}) WITHOUT ROWID", upsert,
     )
 
 
 def _bin(table: ViewTable, feature: str) -> str:
-    try:
-        bin_name = table.bin_names[feature]
-    except KeyError:
-        feature_type(table.view, feature)  # unknown feature: a clearer error
-        raise FailedPreconditionError(
-            f"feature view {table.name!r}: feature {feature!r} has no storage name in the "
-            f"registry; run `quiver apply`",
-            reason="NO_STORAGE_LAYOUT",
-        ) from None
+    bin_name = storage_name(table, feature)
     if bin_name in _RESERVED:
         raise FailedPreconditionError(
             f"feature view {table.name!r}: storage name {bin_name!r} of feature {feature!r} "
@@ -513,13 +475,3 @@ def _bin(table: ViewTable, feature: str) -> str:
 
 def _column_types(view: FeatureView, features: Sequence[str]) -> list[str]:
     return [_SQL_TYPES[view.feature(f).dtype] for f in features]
-
-
-def _picker(indices: list[int]) -> Any:
-    """A function taking `indices` from a list, always returning a list."""
-    if len(indices) == 1:
-        index = indices[0]
-        return lambda values: [values[index]]
-    getter = itemgetter(*indices)
-    return lambda values: list(getter(values))
-

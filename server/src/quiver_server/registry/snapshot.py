@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from quiver import Entity, FeatureService, FeatureView, Field, parse_feature_ref
+from quiver import Entity, FeatureService, FeatureView, Field, Permission, parse_feature_ref
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.echo import clip, name_list
-from quiver_server.online.base import ViewTable
 from quiver_server.registry import convert
+from quiver_server.registry.layout import ViewTable
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,9 @@ class Snapshot:
         self.feature_services: dict[str, FeatureService] = {
             s.name: convert.service_from_proto(s) for s in proto.feature_services
         }
+        self.permissions: list[Permission] = [
+            convert.permission_from_proto(p) for p in proto.permissions
+        ]
         generations: dict[str, int] = {}
         for name, view in self.feature_views.items():
             history = proto.view_meta[name].history if name in proto.view_meta else None

@@ -36,9 +36,10 @@ from quiver_server.materialize import (
     CREATED_TS,
     EVENT_TS,
     WRITE_CHUNK_ROWS,
+    MaterializeProgress,
+    ProgressCallback,
     ViewMaterialization,
     _plan,
-    _Progress,
     _record_watermarks,
     _ViewJob,
     _write_batch,
@@ -88,9 +89,9 @@ def run_on_spark(
     config: QuiverConfig,
     registry: RegistryStore,
     windows: Sequence[tuple[ViewTable, datetime | None, datetime]],
-    progress: bool,
+    progress: ProgressCallback | None,
 ) -> list[ViewMaterialization]:
-    """Materialize `windows` with Spark; watermarks as the local engine records them."""
+    """Materialize `windows` with Spark; progress and watermarks as on the local engine."""
     store = check_online_store(config)
     jobs = [_plan(config, table, start, end) for table, start, end in windows]
     session = spark_session(config.offline_store.spark)
@@ -102,6 +103,8 @@ def run_on_spark(
                 results.append(ViewMaterialization(job.table.name, job.start, job.end, 0, 0, 0, 0, 0.0))
                 continue
             began = time.perf_counter()
+            if progress is not None:
+                progress(MaterializeProgress(job.table.name, "start"))
             latest = latest_rows(session, config, job)
             counts = write_partitions(latest, store, job, config.offline_store.spark.write_partitions)
             outcome = ViewMaterialization(
@@ -109,7 +112,8 @@ def run_on_spark(
                 counts.entities - counts.superseded, counts.superseded,
                 time.perf_counter() - began,
             )
-            _Progress(job.table.name, progress).done(outcome)
+            if progress is not None:
+                progress(MaterializeProgress(job.table.name, "done", outcome.entities, result=outcome))
             results.append(outcome)
             done[job.table.name] = job.end
     finally:

@@ -37,6 +37,11 @@ class FeatureServingServiceStub:
     entities, rows or keys is heavy: past serving.max_heavy_requests running at
     once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
     retry with backoff). Messages are at most 4 MiB.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     @_typing.overload
@@ -47,7 +52,9 @@ class FeatureServingServiceStub:
     """GetOnlineFeatures returns the latest value of each requested feature for
     each entity, column by column.
 
-    Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+    Errors: NOT_FOUND for an unknown feature view, feature or feature service
+    (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+    PERMISSION_DENIED without READ_ONLINE on every feature;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
     than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
@@ -59,7 +66,8 @@ class FeatureServingServiceStub:
     offline history, or both. Rows older than what is stored online never
     replace it. Either every row is accepted or none is written.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
     or extra columns, wrong column types, ragged columns, missing timestamps,
     event or created times more than serving.max_future_seconds ahead of the
     server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
@@ -72,7 +80,8 @@ class FeatureServingServiceStub:
     feature views (all views of those entities when none are named). Offline
     history is not rewritten.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys or more entities than
     serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
     many; UNAVAILABLE when the online store cannot be written.
@@ -90,6 +99,11 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     entities, rows or keys is heavy: past serving.max_heavy_requests running at
     once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
     retry with backoff). Messages are at most 4 MiB.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -97,7 +111,9 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     """GetOnlineFeatures returns the latest value of each requested feature for
     each entity, column by column.
 
-    Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+    Errors: NOT_FOUND for an unknown feature view, feature or feature service
+    (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+    PERMISSION_DENIED without READ_ONLINE on every feature;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
     than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
@@ -109,7 +125,8 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     offline history, or both. Rows older than what is stored online never
     replace it. Either every row is accepted or none is written.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
     or extra columns, wrong column types, ragged columns, missing timestamps,
     event or created times more than serving.max_future_seconds ahead of the
     server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
@@ -122,7 +139,8 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     feature views (all views of those entities when none are named). Offline
     history is not rewritten.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys or more entities than
     serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
     many; UNAVAILABLE when the online store cannot be written.
@@ -139,6 +157,11 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
     entities, rows or keys is heavy: past serving.max_heavy_requests running at
     once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
     retry with backoff). Messages are at most 4 MiB.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     @_abc_1.abstractmethod
@@ -150,7 +173,9 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetOnlineFeatures returns the latest value of each requested feature for
         each entity, column by column.
 
-        Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+        Errors: NOT_FOUND for an unknown feature view, feature or feature service
+        (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+        PERMISSION_DENIED without READ_ONLINE on every feature;
         INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
         type, key columns of different lengths, an empty request or more entities
         than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
@@ -168,7 +193,8 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         offline history, or both. Rows older than what is stored online never
         replace it. Either every row is accepted or none is written.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
         or extra columns, wrong column types, ragged columns, missing timestamps,
         event or created times more than serving.max_future_seconds ahead of the
         server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
@@ -187,7 +213,8 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         feature views (all views of those entities when none are named). Offline
         history is not rewritten.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        DELETE on every view deleted from; INVALID_ARGUMENT for key
         columns that do not match the views' join keys or more entities than
         serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
         many; UNAVAILABLE when the online store cannot be written.
