@@ -169,7 +169,7 @@ def test_a_changed_transformation_switches_offline_and_online_together(config: Q
     switched = backfill(config, "user_spend", D0, D0 + 2 * DAY)
     assert (switched.version, switched.new_version) == (2, True)
     table = RegistryStore(config.registry_path).latest().view_table("user_spend")
-    assert (table.generation, table.storage_name, table.view.source.path) == (
+    assert (table.generation, table.stored_as, table.view.source.path) == (
         2, "user_spend-v2", "_backfill/user_spend/v2"
     )
     assert history_rows(config, "user_spend") == expected_history(raw, D0, D0 + 2 * DAY, 10)

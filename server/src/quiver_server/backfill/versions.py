@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from quiver import FeatureView
-from quiver._definitions import BACKFILL_DIRECTORY
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.registry import convert
 
 Window = tuple[datetime, datetime]
+# Under the offline store root; the SDK names version 0 of a computed view here too
+# (a directory never written, until the first backfill makes version 1 current).
+BACKFILL_DIRECTORY = "_backfill"
 
 
 def fingerprint(view: FeatureView) -> str:
