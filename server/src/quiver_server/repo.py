@@ -1,11 +1,11 @@
 """Feature repositories: load the definitions, validate them, plan and apply.
 
 A feature repo is a directory with a `quiver.yaml` and Python files that define
-`Entity`, `FeatureView` and `FeatureService` objects at module level. Files
-whose names start with `_` or `test_` are not loaded. Applying stores a new
-registry version only if something changed; a repo that does not validate is
-reported with the file and object at fault and the stored registry is left
-untouched.
+`Entity`, `FeatureView`, `OnDemandFeatureView` and `FeatureService` objects at
+module level. Files whose names start with `_` or `test_` are not loaded.
+Applying stores a new registry version only if something changed; a repo that
+does not validate is reported with the file and object at fault and the stored
+registry is left untouched.
 """
 
 from __future__ import annotations
@@ -19,15 +19,17 @@ from typing import Literal
 
 from google.protobuf.message import Message
 
-from quiver import Entity, FeatureService, FeatureView
+from quiver import Entity, FeatureService, FeatureView, OnDemandFeatureView
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
-from quiver_server.registry import convert
+from quiver_server.registry import convert, convert_transforms
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
+from quiver_server.transforms.plan_notes import transform_notes
+from quiver_server.transforms.validate import validate as validate_transforms
 
-Kind = Literal["entity", "feature_view", "feature_service"]
+Kind = Literal["entity", "feature_view", "on_demand_feature_view", "feature_service"]
 
 
 @dataclass
@@ -37,7 +39,10 @@ class RepoContents:
     entities: dict[str, Entity] = field(default_factory=dict)
     feature_views: dict[str, FeatureView] = field(default_factory=dict)
     feature_services: dict[str, FeatureService] = field(default_factory=dict)
+    on_demand_views: dict[str, OnDemandFeatureView] = field(default_factory=dict)
     origin: dict[tuple[Kind, str], str] = field(default_factory=dict)
+    # Import path -> source hash of every function the definitions name.
+    function_hashes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ def load_repo(repo_path: Path) -> RepoContents:
         for obj in _import_definitions(file, repo_path):
             _add(contents, obj, file.name)
     _validate(contents)
+    contents.function_hashes = validate_transforms(
+        repo_path, contents.feature_views, contents.on_demand_views, contents.feature_services,
+        lambda kind, name: contents.origin[(kind, name)],  # type: ignore[index]
+    )
     return contents
 
 
@@ -115,7 +124,8 @@ def _import_definitions(file: Path, repo_path: Path) -> list[object]:
         sys.modules.pop(module_name, None)
     return [
         value for name, value in vars(module).items()
-        if not name.startswith("_") and isinstance(value, Entity | FeatureView | FeatureService)
+        if not name.startswith("_")
+        and isinstance(value, Entity | FeatureView | OnDemandFeatureView | FeatureService)
     ]
 
 
@@ -126,6 +136,8 @@ def _add(contents: RepoContents, obj: object, file: str) -> None:
         kind, table = "entity", contents.entities  # type: ignore[assignment]
     elif isinstance(obj, FeatureView):
         kind, table = "feature_view", contents.feature_views  # type: ignore[assignment]
+    elif isinstance(obj, OnDemandFeatureView):
+        kind, table = "on_demand_feature_view", contents.on_demand_views  # type: ignore[assignment]
     else:
         assert isinstance(obj, FeatureService)
         kind, table = "feature_service", contents.feature_services  # type: ignore[assignment]
@@ -159,7 +171,8 @@ def _validate(contents: RepoContents) -> None:
         where = f"{contents.origin[('feature_service', service.name)]}: feature service {service.name!r}"
         outputs: dict[str, str] = {}
         for projection in service.projections:
-            selected = contents.feature_views.get(projection.view)
+            selected = (contents.feature_views.get(projection.view)
+                        or contents.on_demand_views.get(projection.view))
             if selected is None:
                 raise DefinitionError(
                     f"{where} selects from feature view {projection.view!r}, which the repo "
@@ -186,8 +199,12 @@ def _protos(contents: RepoContents) -> dict[tuple[Kind, str], Message]:
         out[("entity", e.name)] = convert.entity_to_proto(e)
     for v in contents.feature_views.values():
         out[("feature_view", v.name)] = convert.view_to_proto(v)
+    for o in contents.on_demand_views.values():
+        out[("on_demand_feature_view", o.name)] = convert_transforms.on_demand_view_to_proto(
+            o, contents.function_hashes
+        )
     for s in contents.feature_services.values():
-        out[("feature_service", s.name)] = convert.service_to_proto(s)
+        out[("feature_service", s.name)] = convert.service_to_proto(s, contents.function_hashes)
     return out
 
 
@@ -197,6 +214,8 @@ def _stored(proto: pb.Registry) -> dict[tuple[Kind, str], Message]:
         out[("entity", e.name)] = e
     for v in proto.feature_views:
         out[("feature_view", v.name)] = v
+    for o in proto.on_demand_feature_views:
+        out[("on_demand_feature_view", o.name)] = o
     for s in proto.feature_services:
         out[("feature_service", s.name)] = s
     return out
@@ -212,7 +231,9 @@ def _differences(old: Message, new: Message) -> str:
 def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
     """What applying `contents` on top of `proto` would change."""
     old, new = _stored(proto), _protos(contents)
-    order: dict[Kind, int] = {"entity": 0, "feature_view": 1, "feature_service": 2}
+    order: dict[Kind, int] = {
+        "entity": 0, "feature_view": 1, "on_demand_feature_view": 2, "feature_service": 3
+    }
     items: list[PlanItem] = []
     for key in sorted(set(old) | set(new), key=lambda k: (order[k[0]], k[1])):
         kind, name = key
@@ -221,7 +242,9 @@ def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
         elif key not in new:
             items.append(PlanItem(kind, name, "remove"))
         elif old[key] != new[key]:
-            items.append(PlanItem(kind, name, "change", _differences(old[key], new[key])))
+            detail = _differences(old[key], new[key])
+            notes = transform_notes(proto, old[key], new[key])
+            items.append(PlanItem(kind, name, "change", f"{detail}; {notes}" if notes else detail))
     if proto.project.name and proto.project.name != project:
         raise DefinitionError(
             f"registry holds project {proto.project.name!r} but quiver.yaml says {project!r}; "
@@ -266,9 +289,15 @@ def _rebuild(proto: pb.Registry, contents: RepoContents, config: QuiverConfig) -
     del proto.entities[:]
     del proto.feature_views[:]
     del proto.feature_services[:]
+    del proto.on_demand_feature_views[:]
     proto.entities.extend(convert.entity_to_proto(e) for _, e in sorted(contents.entities.items()))
     proto.feature_services.extend(
-        convert.service_to_proto(s) for _, s in sorted(contents.feature_services.items())
+        convert.service_to_proto(s, contents.function_hashes)
+        for _, s in sorted(contents.feature_services.items())
+    )
+    proto.on_demand_feature_views.extend(
+        convert_transforms.on_demand_view_to_proto(v, contents.function_hashes)
+        for _, v in sorted(contents.on_demand_views.items())
     )
     for name, view in sorted(contents.feature_views.items()):
         view_proto = convert.view_to_proto(view)

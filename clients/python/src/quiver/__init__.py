@@ -11,6 +11,7 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
+from quiver._on_demand import OnDemandFeatureView, RequestSource
 from quiver._online_client import OnlineClient, PushResult
 from quiver._online_response import OnlineResponse
 from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient
@@ -26,6 +27,7 @@ from quiver._types import (
     ValueType,
 )
 from quiver.errors import QuiverError
+from quiver.transforms import Transform
 
 __version__ = "0.1.0"
 
@@ -41,16 +43,19 @@ __all__ = [
     "Float64",
     "Int32",
     "Int64",
+    "OnDemandFeatureView",
     "OfflineSpine",
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
     "PushResult",
     "QuiverError",
+    "RequestSource",
     "SpineHandle",
     "String",
     "Timestamp",
     "TrainingClient",
+    "Transform",
     "ValueType",
     "__version__",
     "parse_feature_ref",

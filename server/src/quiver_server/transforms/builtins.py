@@ -1,0 +1,212 @@
+"""The transform kernels: fit on a training-set column, apply to Arrow arrays.
+
+Both paths call `BoundTransform.apply` on Arrow arrays, with the same Arrow
+(or NumPy) calls in the same order, so a value is transformed bit for bit the
+same in a training set and an online answer. Parameters are Arrow arrays
+(`Params`), stored in the registry as typed columns, so floats round-trip
+exactly.
+
+Results, documented in `quiver.transforms`: null in, null out for every
+kernel; scalers compute ``(x - center) / scale`` with NaN propagating and a
+zero or non-finite spread replaced by 1; encoders map unseen values to -1
+(label) or all-false (one-hot); bucketize maps NaN to null.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from quiver import ValueType
+from quiver.errors import FailedPreconditionError
+from quiver.transforms import CUSTOM, Transform
+
+Params = dict[str, pa.Array]
+FloatArray = npt.NDArray[np.float64]
+
+NUMERIC = (ValueType.INT64, ValueType.INT32, ValueType.FLOAT64, ValueType.FLOAT32)
+CATEGORICAL = (ValueType.STRING, ValueType.INT64, ValueType.INT32, ValueType.BOOL, ValueType.BYTES)
+MAX_ONE_HOT_CATEGORIES = 1000
+_F64 = pa.float64()
+_I64 = pa.int64()
+
+
+@dataclass(frozen=True)
+class BoundTransform:
+    """A transform with its parameters, ready to apply.
+
+    Attributes:
+        outputs: (name suffix, type) of each output column; the suffix is ""
+            for the transformed feature itself, ``"__<category>"`` for one-hot.
+        apply: Input array (the feature's declared type) to one array per output.
+    """
+
+    outputs: tuple[tuple[str, ValueType], ...]
+    apply: Callable[[pa.Array], list[pa.Array]]
+
+
+def input_types(kind: str) -> tuple[ValueType, ...] | None:
+    """Input types a built-in accepts; None for any (custom)."""
+    if kind in ("label_encoder", "one_hot_encoder"):
+        return CATEGORICAL
+    if kind == CUSTOM:
+        return None
+    return NUMERIC
+
+
+def fit(transform: Transform, values: pa.ChunkedArray) -> Params:
+    """Fit a built-in on a training-set column (custom transforms fit in `custom`)."""
+    if transform.kind in _SCALERS:
+        center, scale, count = _SCALERS[transform.kind](_finite(values))
+        return {
+            "center": pa.array([center], _F64),
+            "scale": pa.array([scale], _F64),
+            "count": pa.array([count], _I64),
+        }
+    if transform.kind in ("label_encoder", "one_hot_encoder"):
+        vocabulary = _vocabulary(values)
+        if transform.kind == "one_hot_encoder" and len(vocabulary) > MAX_ONE_HOT_CATEGORIES:
+            raise FailedPreconditionError(
+                f"one_hot_encoder of {transform.feature!r}: the training set has "
+                f"{len(vocabulary):,} distinct values, more than {MAX_ONE_HOT_CATEGORIES:,} "
+                f"columns; use label_encoder",
+                reason="TOO_MANY_CATEGORIES", metadata={"feature": transform.feature},
+            )
+        return {"vocabulary": vocabulary}
+    if transform.kind == "bucketize":
+        finite = _finite(values)
+        if len(finite) == 0:
+            return {"boundaries": pa.array([], _F64)}
+        quantiles = np.arange(1, transform.num_buckets) / transform.num_buckets
+        return {"boundaries": pa.array(np.unique(np.quantile(finite, quantiles)), _F64)}
+    return {}
+
+
+def bind(transform: Transform, params: Params) -> BoundTransform:
+    """A built-in with its parameters (declared or fitted)."""
+    kind = transform.kind
+    if kind in _SCALERS:
+        center = pa.scalar(params["center"][0].as_py(), _F64)
+        scale = pa.scalar(params["scale"][0].as_py(), _F64)
+        return BoundTransform(
+            (("", ValueType.FLOAT64),),
+            lambda values: [pc.divide(pc.subtract(_as_float(values), center), scale)],
+        )
+    if kind == "log1p":
+        return BoundTransform(
+            (("", ValueType.FLOAT64),), lambda values: [pc.log1p(_as_float(values))]
+        )
+    if kind == "bucketize":
+        edges = (
+            np.asarray(transform.boundaries, np.float64) if transform.boundaries
+            else params["boundaries"].to_numpy()
+        )
+        return BoundTransform((("", ValueType.INT64),), lambda values: [_bucketize(values, edges)])
+    vocabulary = params["vocabulary"]
+    if kind == "label_encoder":
+        return BoundTransform(
+            (("", ValueType.INT64),), lambda values: [_label(values, vocabulary)]
+        )
+    categories = [pa.scalar(v, vocabulary.type) for v in vocabulary.to_pylist()]
+    return BoundTransform(
+        tuple((f"__{_label_text(v)}", ValueType.BOOL) for v in vocabulary.to_pylist()),
+        lambda values: [pc.equal(_as_key(values), c) for c in categories],
+    )
+
+
+def _as_float(values: pa.Array) -> pa.Array:
+    return values if values.type == _F64 else values.cast(_F64)
+
+
+def _as_key(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    # Both integer widths share one vocabulary type.
+    return values.cast(_I64) if values.type == pa.int32() else values
+
+
+def _finite(values: pa.ChunkedArray) -> FloatArray:
+    """The finite values of a column as float64 (nulls, NaN and infinities dropped)."""
+    chunks = [c.cast(_F64).to_numpy(zero_copy_only=False) for c in values.chunks]
+    data = np.concatenate(chunks) if chunks else np.empty(0, np.float64)
+    result: FloatArray = data[np.isfinite(data)]
+    return result
+
+
+def _spread(center: float, spread: float, count: int) -> tuple[float, float, int]:
+    center = center if np.isfinite(center) else 0.0
+    scale = spread if np.isfinite(spread) and spread > 0 else 1.0
+    return float(center), float(scale), count
+
+
+def _standard(data: FloatArray) -> tuple[float, float, int]:
+    if len(data) == 0:
+        return 0.0, 1.0, 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _spread(float(np.mean(data)), float(np.std(data)), len(data))
+
+
+def _min_max(data: FloatArray) -> tuple[float, float, int]:
+    if len(data) == 0:
+        return 0.0, 1.0, 0
+    low, high = float(np.min(data)), float(np.max(data))
+    with np.errstate(over="ignore"):
+        return _spread(low, high - low, len(data))
+
+
+def _robust(data: FloatArray) -> tuple[float, float, int]:
+    if len(data) == 0:
+        return 0.0, 1.0, 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        q25, median, q75 = (float(q) for q in np.quantile(data, [0.25, 0.5, 0.75]))
+        return _spread(median, q75 - q25, len(data))
+
+
+_SCALERS: dict[str, Callable[[FloatArray], tuple[float, float, int]]] = {
+    "standard_scaler": _standard, "min_max_scaler": _min_max, "robust_scaler": _robust,
+}
+
+
+def _vocabulary(values: pa.ChunkedArray) -> pa.Array:
+    distinct = pc.unique(_as_key(values)).drop_null()
+    return distinct.take(pc.sort_indices(distinct))
+
+
+def _label(values: pa.Array, vocabulary: pa.Array) -> pa.Array:
+    codes = pc.index_in(_as_key(values), value_set=vocabulary).cast(_I64)
+    # index_in gives null for a null value and for an unseen one; unseen is -1.
+    unseen = pc.and_(pc.is_null(codes), pc.is_valid(values))
+    return pc.if_else(unseen, pa.scalar(-1, _I64), codes)
+
+
+def _bucketize(values: pa.Array, edges: FloatArray) -> pa.Array:
+    data = _as_float(values).to_numpy(zero_copy_only=False)  # nulls read as NaN
+    index = np.searchsorted(edges, data, side="right").astype(np.int64)
+    return pa.array(index, _I64, mask=np.isnan(data))
+
+
+def _label_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def params_to_python(params: Mapping[str, pa.Array]) -> dict[str, Any]:
+    """Scalar parameters (one-element arrays) as Python values, for custom functions."""
+    return {name: values[0].as_py() for name, values in params.items()}
+
+
+def scalar_params(declared: Mapping[str, ValueType], values: Mapping[str, Any]) -> Params:
+    """Declared scalar parameters as one-element arrays of their declared types."""
+    return {name: pa.array([values[name]], declared[name].arrow_type) for name in declared}
+
+
+def describe(params: Mapping[str, pa.Array]) -> dict[str, Sequence[Any]]:
+    """Parameters as lists of Python values, for people."""
+    return {name: values.to_pylist() for name, values in params.items()}

@@ -1,0 +1,190 @@
+"""The one transformation path both servers run: on-demand views, then transforms.
+
+Given the stored features a selection reads (Arrow arrays, null where a value
+is missing or too old) and the request data (Arrow arrays), `Pipeline.compute`
+runs the on-demand functions and applies the service's bound transforms, and
+returns the output columns in order. The serving server calls it once per
+lookup, the Flight server once per record batch; nothing else computes a
+transformed or on-demand value, so both paths agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from quiver import ValueType
+from quiver.errors import InvalidArgumentError
+from quiver_server.registry.snapshot import FeatureRef
+from quiver_server.transforms.builtins import BoundTransform
+from quiver_server.transforms.on_demand import OnDemandRunner
+from quiver_server.transforms.selection import Selection
+
+FEATURE_REF_METADATA = b"quiver.feature_ref"
+TRANSFORM_METADATA = b"quiver.transform"
+TRANSFORM_VERSION_METADATA = b"quiver.transform_version"
+
+StoredArrays = Callable[[int], pa.Array]
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output column.
+
+    Attributes:
+        name: Column name.
+        dtype: Its type.
+        ref: The feature it is computed from, "view:feature".
+        stored: Index in `Selection.stored` of the stored value it comes from
+            (its status and event time carry over online), -1 for on-demand.
+        transform: The transform's kind, "" when untransformed.
+    """
+
+    name: str
+    dtype: ValueType
+    ref: str
+    stored: int
+    transform: str
+
+    @property
+    def passthrough(self) -> bool:
+        """A stored value, untouched: no array needs to be built for it."""
+        return self.stored >= 0 and not self.transform
+
+    def arrow_field(self) -> pa.Field:
+        metadata = {FEATURE_REF_METADATA: self.ref.encode()}
+        if self.transform:
+            metadata[TRANSFORM_METADATA] = self.transform.encode()
+        return pa.field(self.name, self.dtype.arrow_type, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """How one requested feature becomes output columns."""
+
+    stored: int  # -1 for on-demand
+    on_demand: tuple[str, int] | None  # (view, feature position)
+    bound: BoundTransform | None
+    count: int  # output columns
+
+
+class Pipeline:
+    """A selection's on-demand runners and bound transforms.
+
+    Args:
+        selection: What is requested.
+        runners: One runner per on-demand view of the selection, by name.
+        bound: The service's transforms with their parameters, by feature
+            ref; None to compute only the values transforms read (`bases`),
+            for fitting.
+        version: Parameter set version the transforms were bound with (0: none).
+        full_names: Name columns "view__feature".
+    """
+
+    def __init__(
+        self,
+        selection: Selection,
+        runners: Mapping[str, OnDemandRunner],
+        bound: Mapping[str, BoundTransform] | None,
+        version: int,
+        full_names: bool,
+    ) -> None:
+        self.selection = selection
+        self.runners = dict(runners)
+        self.version = version
+        self._stored_index = {ref.ref: i for i, ref in enumerate(selection.stored)}
+        kinds = {t.feature: t.kind for t in selection.transforms}
+        self.outputs: list[Output] = []
+        self._steps: list[_Step] = []
+        for ref in selection.requested:
+            stored = self._stored_index[ref.ref] if isinstance(ref, FeatureRef) else -1
+            on_demand = None
+            if stored < 0:
+                on_demand = (ref.view.name, ref.view.feature_names.index(ref.feature.name))
+            transform = (bound or {}).get(ref.ref)
+            base = ref.output_name(full_names)
+            if transform is None:
+                self.outputs.append(Output(base, ref.feature.dtype, ref.ref, stored, ""))
+            else:
+                self.outputs.extend(
+                    Output(base + suffix, dtype, ref.ref, stored, kinds[ref.ref])
+                    for suffix, dtype in transform.outputs
+                )
+            count = 1 if transform is None else len(transform.outputs)
+            self._steps.append(_Step(stored, on_demand, transform, count))
+        self._check_names()
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+    def _check_names(self) -> None:
+        seen: dict[str, str] = {}
+        for output in self.outputs:
+            if output.name in seen:
+                raise InvalidArgumentError.for_field(
+                    "full_feature_names",
+                    f"output column {output.name!r} comes from both {seen[output.name]!r} and "
+                    f"{output.ref!r}; set full_feature_names to tell them apart",
+                    reason="OUTPUT_COLUMN_COLLISION",
+                )
+            seen[output.name] = output.ref
+
+    def _run_on_demand(
+        self, stored: StoredArrays, request: Mapping[str, pa.Array], rows: int
+    ) -> dict[str, list[pa.Array]]:
+        results: dict[str, list[pa.Array]] = {}
+        for view in self.selection.on_demand:
+            inputs = {f.name: request[f.name] for f in view.request_fields}
+            for projection in view.feature_inputs:
+                for name in projection.features:
+                    inputs[name] = stored(self._stored_index[f"{projection.view}:{name}"])
+            results[view.name] = self.runners[view.name].run(inputs, rows)
+        return results
+
+    def compute(
+        self, stored: StoredArrays, request: Mapping[str, pa.Array], rows: int
+    ) -> list[pa.Array | None]:
+        """One array per output, in order; None for a passthrough stored value.
+
+        Args:
+            stored: Index in `Selection.stored` to that feature's array; asked
+                only for values an on-demand view or a transform reads.
+            request: Request field to array (every field the views declare).
+            rows: Rows in this batch.
+
+        Raises:
+            InvalidArgumentError: an on-demand function or custom transform
+                failed or returned the wrong type or length.
+        """
+        on_demand = self._run_on_demand(stored, request, rows) if self.runners else {}
+        out: list[pa.Array | None] = []
+        for step in self._steps:
+            if step.on_demand is not None:
+                view, position = step.on_demand
+                value: pa.Array | None = on_demand[view][position]
+            else:
+                value = None if step.bound is None else stored(step.stored)
+            if step.bound is None:
+                out.append(value)
+            else:
+                out.extend(step.bound.apply(value))
+        return out
+
+    def bases(
+        self, stored: StoredArrays, request: Mapping[str, pa.Array], rows: int
+    ) -> dict[str, pa.Array]:
+        """The values the service's transforms read, by feature ref (for fitting)."""
+        wanted = {t.feature for t in self.selection.transforms}
+        on_demand = self._run_on_demand(stored, request, rows) if self.runners else {}
+        found: dict[str, pa.Array] = {}
+        for ref, step in zip(self.selection.requested, self._steps, strict=True):
+            if ref.ref in wanted:
+                if step.on_demand is not None:
+                    view, position = step.on_demand
+                    found[ref.ref] = on_demand[view][position]
+                else:
+                    found[ref.ref] = stored(step.stored)
+        return found
