@@ -48,6 +48,7 @@ from quiver_server.telemetry import Telemetry, setup_telemetry
 from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
 from quiver_server.telemetry.hooks import annotate
 from quiver_server.telemetry.scope import traced_iteration
+from quiver_server.transforms.engine import Transformations
 
 log = structlog.get_logger(__name__)
 
@@ -280,7 +281,7 @@ def create_flight_server(
     )
     training = TrainingSets(
         RegistryStore(config.registry_path), engine, spines, TicketSigner(config.offline_root),
-        flight_config, clock,
+        flight_config, clock, Transformations(config.repo_path),
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
     server = TrainingSetFlightServer(

@@ -29,18 +29,18 @@ from quiver.errors import (
 )
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
-from quiver_flight.pit import (
-    PointInTimeEngine,
-    feature_fields,
-    group_by_view,
-    output_schema,
-)
+from quiver_flight.fitting import FitRequest, fit_service
+from quiver_flight.pit import PointInTimeEngine, feature_fields, group_by_view
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
+from quiver_flight.transformed import TrainingShape
 from quiver_server.config import FlightConfig
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.scope import traced
+from quiver_server.transforms.engine import Transformations
+from quiver_server.transforms.pipeline import Pipeline
+from quiver_server.transforms.selection import select
 
 ROLE_METADATA = b"quiver.role"
 _SNAPSHOTS_KEPT = 8
@@ -75,6 +75,7 @@ class TrainingSets:
         signer: TicketSigner,
         config: FlightConfig,
         clock: Callable[[], float] = time.time,
+        transformations: Transformations | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -82,6 +83,9 @@ class TrainingSets:
         self.signer = signer
         self.config = config
         self.clock = clock
+        # On-demand functions are looked up in the feature repo (the working
+        # directory when none is given).
+        self.transformations = transformations or Transformations(".")
         self._snapshots: OrderedDict[int, Snapshot] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -103,12 +107,35 @@ class TrainingSets:
                 self._snapshots.popitem(last=False)
         return snapshot
 
-    def resolve(self, command: pb.TrainingSetCommand, snapshot: Snapshot) -> list[FeatureRef]:
+    def shape(
+        self,
+        snapshot: Snapshot,
+        *,
+        features: Sequence[str] = (),
+        feature_service: str = "",
+        full_feature_names: bool = False,
+        transform_version: int = 0,
+    ) -> TrainingShape:
+        """Resolve a selection and build what turns its join into the training set."""
+        selection = select(snapshot, list(features), feature_service or None, field="features")
+        pipeline = None
+        if not selection.plain or transform_version:
+            pipeline = self.transformations.pipeline(
+                snapshot, selection, version=transform_version, full_names=full_feature_names
+            )
+        return TrainingShape(selection, pipeline, full_feature_names)
+
+    def command_shape(
+        self, command: pb.TrainingSetCommand, snapshot: Snapshot, transform_version: int = 0
+    ) -> TrainingShape:
         selection = command.WhichOneof("selection")
-        if selection == "feature_service":
-            return snapshot.resolve(feature_service=command.feature_service)
-        refs = list(command.features.refs) if selection == "features" else []
-        return snapshot.resolve(features=refs, field="features")
+        return self.shape(
+            snapshot,
+            features=list(command.features.refs) if selection == "features" else [],
+            feature_service=command.feature_service if selection == "feature_service" else "",
+            full_feature_names=command.full_feature_names,
+            transform_version=transform_version or command.transform_version,
+        )
 
     @traced("quiver.flight.spine.open")
     def open_spine(self, source: pb.SpineSource) -> Spine:
@@ -124,13 +151,12 @@ class TrainingSets:
     def schema(self, command: pb.TrainingSetCommand) -> pa.Schema:
         """The result schema, or without a spine the columns a spine needs plus the features."""
         snapshot = self.snapshot()
-        refs = self.resolve(command, snapshot)
+        shape = self.command_shape(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if not command.HasField("spine"):
-            return required_schema(refs, timestamp_column, command.full_feature_names)
+            return required_schema(shape, timestamp_column)
         spine = self.open_spine(command.spine)
-        return output_schema(spine.schema, refs, timestamp_column=timestamp_column,
-                             full_feature_names=command.full_feature_names)
+        return shape.schema(spine.schema, timestamp_column)
 
     @traced("quiver.flight.plan")
     def plan(self, command: pb.TrainingSetCommand) -> Plan:
@@ -141,11 +167,16 @@ class TrainingSets:
             ResourceExhaustedError: naming what is wrong.
         """
         snapshot = self.snapshot()
-        refs = self.resolve(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
-        spine = self.open_spine(command.spine)
-        schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
-                               full_feature_names=command.full_feature_names)
+        if command.fit:
+            spine = self.open_spine(command.spine)
+            snapshot, fitted = self._fit(command, snapshot, spine, timestamp_column)
+            shape = self.command_shape(command, snapshot, fitted)
+        else:
+            shape = self.command_shape(command, snapshot)
+            spine = self.open_spine(command.spine)
+        schema = shape.schema(spine.schema, timestamp_column)
+        refs = shape.join_refs
         rows = spine.num_rows
         if rows > self.spines.max_rows:
             raise _too_many_rows(rows, self.spines.max_rows)
@@ -166,7 +197,9 @@ class TrainingSets:
         base = pb.TrainingSetPartition(
             spine=command.spine,
             timestamp_column=timestamp_column,
-            feature_refs=[r.ref for r in refs],
+            feature_refs=[r.ref for r in shape.selection.requested],
+            feature_service=shape.selection.service.name if shape.selection.service else "",
+            transform_version=shape.version,
             full_feature_names=command.full_feature_names,
             project=snapshot.project,
             registry_version=snapshot.version,
@@ -218,7 +251,14 @@ class TrainingSets:
             snapshot = self.snapshot(partition.registry_version)
         except FailedPreconditionError:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
-        refs = snapshot.resolve(features=list(partition.feature_refs))
+        shape = self.shape(
+            snapshot,
+            features=[] if partition.feature_service else list(partition.feature_refs),
+            feature_service=partition.feature_service,
+            full_feature_names=partition.full_feature_names,
+            transform_version=partition.transform_version,
+        )
+        refs = shape.join_refs
         try:
             spine = self.open_spine(partition.spine)
         except NotFoundError as exc:
@@ -230,13 +270,37 @@ class TrainingSets:
             if partition.history_fingerprints.get(name) != source.fingerprint:
                 raise _stale(f"the history of feature view {name!r} changed since it was planned")
         rows = spine.read(partition.row_offset, partition.row_count)
-        schema = output_schema(spine.schema, refs, timestamp_column=partition.timestamp_column,
-                               full_feature_names=partition.full_feature_names)
+        schema = shape.schema(spine.schema, partition.timestamp_column)
         batches = self.engine.join(
             rows, refs, timestamp_column=partition.timestamp_column,
-            full_feature_names=partition.full_feature_names, sources=sources,
+            full_feature_names=shape.join_full_names, sources=sources,
         )
-        return PartitionJob(schema, batches, partition)
+        return PartitionJob(schema, shape.batches(batches, schema, len(spine.schema)), partition)
+
+    def _fit(
+        self, command: pb.TrainingSetCommand, snapshot: Snapshot, spine: Spine, timestamp_column: str
+    ) -> tuple[Snapshot, int]:
+        if command.WhichOneof("selection") != "feature_service":
+            raise InvalidArgumentError.for_field(
+                "fit", "fitting needs a feature service (its transforms are what is fitted)",
+                reason="NOTHING_TO_FIT",
+            )
+        if command.transform_version:
+            raise InvalidArgumentError.for_field(
+                "transform_version", "give fit or a transform version, not both"
+            )
+        if spine.num_rows > self.spines.max_rows:
+            raise _too_many_rows(spine.num_rows, self.spines.max_rows)
+        source = command.spine
+        kind = source.WhichOneof("source")
+        request = FitRequest(
+            command.feature_service, spine, f"{kind}:{getattr(source, kind or 'spine_id')}",
+            timestamp_column, command.requested_by, "flight",
+        )
+        fitted, parameters = fit_service(
+            request, snapshot, self.registry, self.engine, self.transformations
+        )
+        return self.snapshot(fitted.version), parameters.version
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
         """Every feature service and view: what it is, its command and schema."""
@@ -247,29 +311,41 @@ class TrainingSets:
         for service in snapshot.feature_services.values():
             if service.name.startswith(name_prefix):
                 command = pb.TrainingSetCommand(feature_service=service.name)
-                refs = snapshot.resolve(feature_service=service.name)
                 info = pb.FeatureSetInfo(
                     kind=pb.FEATURE_SET_KIND_FEATURE_SERVICE, name=service.name,
                     description=service.description, owner=service.owner, tags=service.tags,
                 )
-                yield self._describe(info, command, refs, snapshot)
+                yield self._describe(info, command, self._listed_shape(snapshot, service.name),
+                                     snapshot)
         for view in snapshot.feature_views.values():
             if view.name.startswith(name_prefix):
-                refs = [FeatureRef(view, f) for f in view.schema]
-                command = pb.TrainingSetCommand(features=pb.FeatureList(refs=[r.ref for r in refs]))
+                refs = [FeatureRef(view, f).ref for f in view.schema]
+                command = pb.TrainingSetCommand(features=pb.FeatureList(refs=refs))
                 info = pb.FeatureSetInfo(
                     kind=pb.FEATURE_SET_KIND_FEATURE_VIEW, name=view.name,
                     description=view.description, owner=view.owner, tags=view.tags,
                 )
-                yield self._describe(info, command, refs, snapshot)
+                yield self._describe(
+                    info, command, self.shape(snapshot, features=refs, full_feature_names=True),
+                    snapshot,
+                )
+
+    def _listed_shape(self, snapshot: Snapshot, service: str) -> TrainingShape:
+        try:
+            return self.shape(snapshot, feature_service=service, full_feature_names=True)
+        except FailedPreconditionError:
+            # Not fitted yet (or its code is not deployed here): list the
+            # features as they are before transforms.
+            selection = select(snapshot, feature_service=service)
+            return TrainingShape(selection, Pipeline(selection, {}, {}, 0, True), True)
 
     @staticmethod
     def _describe(
-        info: pb.FeatureSetInfo, command: pb.TrainingSetCommand, refs: Sequence[FeatureRef],
+        info: pb.FeatureSetInfo, command: pb.TrainingSetCommand, shape: TrainingShape,
         snapshot: Snapshot,
     ) -> tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]:
-        schema = required_schema(refs, DEFAULT_TIMESTAMP_COLUMN, full_feature_names=True)
-        info.feature_refs.extend(r.ref for r in refs)
+        schema = required_schema(shape, DEFAULT_TIMESTAMP_COLUMN)
+        info.feature_refs.extend(r.ref for r in shape.selection.requested)
         info.join_keys.extend(f.name for f in schema if f.metadata and
                               f.metadata.get(ROLE_METADATA) == b"join_key")
         info.registry_version = snapshot.version
@@ -277,13 +353,11 @@ class TrainingSets:
         return info, command, schema
 
 
-def required_schema(
-    refs: Sequence[FeatureRef], timestamp_column: str, full_feature_names: bool
-) -> pa.Schema:
-    """The columns a spine must have (join keys, timestamp), then the features."""
+def required_schema(shape: TrainingShape, timestamp_column: str) -> pa.Schema:
+    """The columns a spine must have (join keys, timestamp, request fields), then the features."""
     fields: list[pa.Field] = []
     seen: set[str] = set()
-    for view, _ in group_by_view(refs):
+    for view, _ in group_by_view(shape.join_refs):
         for key in view.join_keys:
             if key.name not in seen:
                 seen.add(key.name)
@@ -291,7 +365,12 @@ def required_schema(
                                        metadata={ROLE_METADATA: b"join_key"}))
     fields.append(pa.field(timestamp_column, pa.timestamp("us", tz="UTC"), nullable=False,
                            metadata={ROLE_METADATA: b"timestamp"}))
-    return pa.schema([*fields, *feature_fields(refs, full_feature_names, [f.name for f in fields])])
+    fields.extend(f for f in shape.required_fields() if f.name not in seen)
+    if shape.pipeline is None:
+        features = feature_fields(shape.join_refs, shape.full_feature_names, [f.name for f in fields])
+    else:
+        features = [output.arrow_field() for output in shape.pipeline.outputs]
+    return pa.schema([*fields, *features])
 
 
 def _stale(why: str) -> FailedPreconditionError:

@@ -12,6 +12,7 @@ field violations) are decoded here without any dependency beyond protobuf.
 from __future__ import annotations
 
 import contextvars
+import getpass
 import logging
 import math
 import os
@@ -176,6 +177,8 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        fit: bool = False,
+        transform_version: int = 0,
     ) -> flight.FlightInfo:
         """Upload the spine if needed and plan the training set (``get_flight_info``).
 
@@ -184,6 +187,10 @@ class TrainingClient:
         Arguments are those of `get_training_set`.
         """
         command = self._command(features, feature_service, full_feature_names, timestamp_column)
+        command.transform_version = transform_version
+        if fit:
+            command.fit = True
+            command.requested_by = _user_name()
         rows = 0
         if isinstance(spine, OfflineSpine):
             command.spine.parquet_path = spine.path
@@ -208,6 +215,8 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        fit: bool = False,
+        transform_version: int = 0,
     ) -> pa.Table:
         """The spine joined point-in-time with the features, as one Arrow table.
 
@@ -227,6 +236,12 @@ class TrainingClient:
             timestamp_column: The spine's event-time column.
             partition_rows: Spine rows per partition; by default the spine is
                 split so that `max_workers` partitions are fetched at once.
+            fit: Fit the feature service's transforms on this training set
+                first, store the parameters in the registry as a new version,
+                and apply them (the schema metadata
+                ``quiver.transform_version`` names the version).
+            transform_version: Apply this parameter set version of the
+                service's transforms; 0 applies the current one.
 
         Raises:
             InvalidArgumentError: a spine that does not fit the features (a
@@ -234,14 +249,15 @@ class TrainingClient:
                 timestamps) or a bad selection; `violations` names the field.
             NotFoundError: unknown feature view, feature, feature service or spine.
             ResourceExhaustedError: a spine over the server's row limit.
-            FailedPreconditionError: no registry applied, or a feature view's
-                history is missing or malformed.
+            FailedPreconditionError: no registry applied, a feature view's
+                history is missing or malformed, or the service's transforms
+                were never fitted (pass ``fit=True``).
             UnavailableError: the server cannot be reached.
         """
         info = self.plan(
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
-            partition_rows=partition_rows,
+            partition_rows=partition_rows, fit=fit, transform_version=transform_version,
         )
         return self.fetch(info)
 
@@ -254,6 +270,8 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        fit: bool = False,
+        transform_version: int = 0,
     ) -> pa.RecordBatchReader:
         """Like `get_training_set`, but streamed: batches in spine order as they arrive.
 
@@ -263,7 +281,7 @@ class TrainingClient:
         info = self.plan(
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
-            partition_rows=partition_rows,
+            partition_rows=partition_rows, fit=fit, transform_version=transform_version,
         )
         return self.fetch_reader(info)
 
@@ -455,6 +473,14 @@ def _parquet_batches(path: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
             yield from pq.ParquetFile(file).iter_batches(batch_size=_UPLOAD_BATCH_ROWS)
 
     return schema, batches()
+
+
+def _user_name() -> str:
+    """Who asks for a fit, recorded with the parameters (the OS user name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
 
 
 def _pack(command: message.Message) -> bytes:

@@ -19,8 +19,10 @@ from quiver_server.serving.convert import (
     fill_column,
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
+from quiver_server.serving.online_transform import apply_pipeline
 from quiver_server.serving.status import rpc_errors
 from quiver_server.telemetry.hooks import traced_encoding
+from quiver_server.transforms.engine import Transformations
 
 
 @traced_encoding
@@ -43,12 +45,15 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         store: OnlineStore,
         max_entities: int,
         offline_root: str,
+        transformations: Transformations | None = None,
     ) -> None:
         self._registry = registry
         self._offline_root = offline_root
         self._store = store
         self._max_entities = max_entities
-        self._plans = PlanCache()
+        # On-demand functions are looked up in the feature repo (the working
+        # directory when none is given).
+        self._plans = PlanCache(transformations or Transformations("."))
 
     @rpc_errors
     def GetOnlineFeatures(
@@ -59,12 +64,18 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             request.features.refs,
             request.feature_service,
             request.full_feature_names,
+            request.transform_version,
         )
         key_columns, count = decode_key_columns(
             request.entities, plan.key_types, max_entities=self._max_entities
         )
         columns = read_online(self._store, plan, key_columns, count)
-        return encode_response(plan.output_names, columns, count)
+        if plan.pipeline is not None or request.request_data:
+            columns = apply_pipeline(plan, columns, request.request_data, count)
+        response = encode_response(plan.output_names, columns, count)
+        if plan.pipeline is not None:
+            response.transform_version = plan.pipeline.version
+        return response
 
     @rpc_errors
     def PushFeatures(

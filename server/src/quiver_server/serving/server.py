@@ -33,6 +33,7 @@ from quiver_server.registry.store import RegistryStore
 from quiver_server.serving.feature_service import FeatureServingServicer
 from quiver_server.serving.registry_service import RegistryServicer
 from quiver_server.telemetry import SupervisorMetrics, Telemetry, setup_telemetry
+from quiver_server.transforms.engine import Transformations
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +139,8 @@ def create_server(
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
-        FeatureServingServicer(registry, store, config.serving.max_entities, config.offline_root),
+        FeatureServingServicer(registry, store, config.serving.max_entities, config.offline_root,
+                               Transformations(config.repo_path)),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(

@@ -1,0 +1,170 @@
+"""Online lookups through the transformation pipeline.
+
+The stored values a lookup read (graded columns) become Arrow arrays -- null
+wherever the status is not PRESENT, exactly as a training set holds a value
+that is missing or outside the ttl -- and go through the same `Pipeline` the
+Flight server runs. Only values an on-demand view or a transform reads are
+converted; the rest pass through untouched.
+
+Statuses of computed columns: a transformed value keeps the status and event
+time of the value it came from (NULL_VALUE where the transform turns a present
+value into null, e.g. bucketize of NaN); an on-demand value is PRESENT, or
+NULL_VALUE when the function returned null, with event time 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from quiver import ValueType
+from quiver._convert import FIELD_FOR_TYPE, from_values
+from quiver.errors import FieldViolation, InvalidArgumentError
+from quiver.types.v1 import value_pb2
+from quiver_server.offline.columns import cast_column
+from quiver_server.serving.online_read import (
+    NULL_VALUE,
+    PRESENT,
+    ZERO_VALUES,
+    OutputColumn,
+    ReadPlan,
+)
+
+# What a request field accepts: the rule spine columns follow (offline.columns).
+_ACCEPTED: dict[ValueType, tuple[ValueType, ...]] = {
+    ValueType.INT64: (ValueType.INT64, ValueType.INT32),
+    ValueType.INT32: (ValueType.INT32, ValueType.INT64),
+    ValueType.FLOAT64: (ValueType.FLOAT64, ValueType.FLOAT32, ValueType.INT64, ValueType.INT32),
+    ValueType.FLOAT32: (ValueType.FLOAT32, ValueType.FLOAT64, ValueType.INT64, ValueType.INT32),
+}
+
+
+def apply_pipeline(
+    plan: ReadPlan,
+    columns: list[OutputColumn],
+    request_data: Mapping[str, value_pb2.Values],
+    count: int,
+) -> list[OutputColumn]:
+    """The output columns of `plan` from the stored columns it read.
+
+    Raises:
+        InvalidArgumentError: bad request data, or a failing on-demand function
+            or custom transform (named).
+    """
+    pipeline = plan.pipeline
+    if pipeline is None:
+        if request_data:
+            raise InvalidArgumentError.for_field(
+                "request_data", "no requested on-demand feature view reads request data"
+            )
+        return columns
+    request = decode_request_data(request_data, pipeline.selection.request_fields, count)
+    arrays: dict[int, pa.Array] = {}
+
+    def stored(index: int) -> pa.Array:
+        array = arrays.get(index)
+        if array is None:
+            array = arrays[index] = _as_array(columns[index], plan.refs[index].feature.dtype)
+        return array
+
+    out: list[OutputColumn] = []
+    for output, array in zip(pipeline.outputs, pipeline.compute(stored, request, count), strict=True):
+        if array is None:
+            out.append(columns[output.stored])
+        else:
+            source = columns[output.stored] if output.stored >= 0 else None
+            out.append(_graded(output.dtype, array, source, count))
+    return out
+
+
+def _as_array(column: OutputColumn, dtype: ValueType) -> pa.Array:
+    """Stored values as a training set holds them: null unless PRESENT."""
+    if column.statuses.count(PRESENT) == len(column.statuses):
+        values = column.values
+    else:
+        values = [v if s == PRESENT else None for v, s in zip(column.values, column.statuses,
+                                                               strict=True)]
+    if dtype == ValueType.TIMESTAMP:  # microseconds online
+        return pa.array(values, pa.int64()).cast(dtype.arrow_type)
+    return pa.array(values, dtype.arrow_type)
+
+
+def _graded(
+    dtype: ValueType, array: pa.Array, source: OutputColumn | None, count: int
+) -> OutputColumn:
+    if dtype == ValueType.TIMESTAMP:
+        array = array.cast(pa.int64())
+    values: list[Any] = array.to_pylist()
+    event_ts = source.event_ts if source is not None else [0] * count
+    if array.null_count == 0:
+        return OutputColumn(dtype, values, [PRESENT] * count, event_ts)
+    zero = ZERO_VALUES[dtype]
+    statuses = []
+    for i, value in enumerate(values):
+        if value is None:
+            values[i] = zero
+            inherited = source.statuses[i] if source is not None else PRESENT
+            statuses.append(NULL_VALUE if inherited == PRESENT else inherited)
+        else:
+            statuses.append(PRESENT)
+    return OutputColumn(dtype, values, statuses, event_ts)
+
+
+def decode_request_data(
+    data: Mapping[str, value_pb2.Values], fields: Mapping[str, ValueType], count: int
+) -> dict[str, pa.Array]:
+    """Check request data against the fields the on-demand views read; one array each.
+
+    Every problem is reported at once, as field violations naming the field.
+    """
+    violations: list[FieldViolation] = []
+    arrays: dict[str, pa.Array] = {}
+    for name in data:
+        if name not in fields:
+            expected = ", ".join(sorted(fields)) or "none"
+            violations.append(FieldViolation(
+                f"request_data.{name}",
+                f"not a request field of the requested on-demand views; expected: {expected}",
+            ))
+    for name, dtype in fields.items():
+        where = f"request_data.{name}"
+        if name not in data:
+            violations.append(FieldViolation(where, f"missing request field ({dtype.name.lower()})"))
+            continue
+        sent, values = from_values(data[name])
+        accepted = _ACCEPTED.get(dtype, (dtype,))
+        if sent not in accepted:
+            violations.append(FieldViolation(
+                where, f"field is {dtype.name.lower()}; send "
+                f"{' or '.join(FIELD_FOR_TYPE[t] for t in accepted)}, got "
+                f"{FIELD_FOR_TYPE[sent] if sent else 'no values'}",
+            ))
+            continue
+        if len(values) != count:
+            violations.append(FieldViolation(
+                where, f"has {len(values)} values; send one per entity ({count})"
+            ))
+            continue
+        if dtype == ValueType.TIMESTAMP:
+            arrays[name] = pa.array(values, pa.int64()).cast(dtype.arrow_type)
+        else:
+            arrays[name] = _checked(where, values, sent, dtype, violations)
+    if violations:
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        raise InvalidArgumentError(message, violations=violations, reason="INVALID_REQUEST_DATA")
+    return arrays
+
+
+def _checked(
+    where: str, values: Sequence[Any], sent: ValueType | None, dtype: ValueType,
+    violations: list[FieldViolation],
+) -> pa.Array:
+    assert sent is not None
+    try:
+        # The cast a spine column of this type gets, so both paths see one value.
+        return cast_column(pa.array(values, sent.arrow_type), dtype)
+    except (pa.ArrowInvalid, OverflowError) as exc:
+        violations.append(FieldViolation(where, f"values do not fit {dtype.name.lower()}: {exc}"))
+        return pa.array([], dtype.arrow_type)
