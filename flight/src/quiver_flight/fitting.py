@@ -35,6 +35,7 @@ class FitRequest:
         timestamp_column: The spine's event-time column.
         fitted_by: Who asked.
         fitted_via: "flight" or "cli".
+        fingerprint: Digest of the spine's source files; the spine's own when "".
     """
 
     feature_service: str
@@ -43,6 +44,7 @@ class FitRequest:
     timestamp_column: str
     fitted_by: str
     fitted_via: str
+    fingerprint: str = ""
 
 
 def fit_service(
@@ -83,7 +85,8 @@ def fit_service(
     fitted = transformations.fit(snapshot, selection, columns)
     service = next(s for s in snapshot.proto.feature_services if s.name == request.feature_service)
     origin = pb.TrainingSetOrigin(
-        spine=request.spine_name, spine_fingerprint=spine.fingerprint, rows=spine.num_rows,
+        spine=request.spine_name, spine_fingerprint=request.fingerprint or spine.fingerprint,
+        rows=spine.num_rows,
         timestamp_column=request.timestamp_column, registry_version=snapshot.version,
     )
     return params.record(

@@ -4,6 +4,7 @@
                         | serve | serve-flight | registry history | registry show [VERSION]
                         | registry prune [--keep N]
                         | delete-entity KEY=VALUE... [--views V,...]
+                        | fit SERVICE --spine PATH | transforms list | transforms show SERVICE
     quiver init-demo DIR
 
 DIR is the feature repo (default: $QUIVER_REPO or the current directory).
@@ -22,6 +23,7 @@ from google.protobuf import text_format
 
 from quiver.errors import QuiverError
 from quiver_server.config import QuiverConfig, load_config
+from quiver_server.transforms.commands import register as register_transform_commands
 
 
 def parse_time(text: str) -> datetime:
@@ -205,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merchants", type=int, default=200)
     p.add_argument("--days", type=int, default=14)
     p.set_defaults(func=cmd_init_demo, needs_config=False)
+
+    register_transform_commands(sub)
 
     p = sub.add_parser("registry", help="inspect stored registry versions")
     p.add_argument("action", choices=["history", "show", "prune"])

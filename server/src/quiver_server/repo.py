@@ -178,19 +178,18 @@ def _validate(contents: RepoContents) -> None:
                     f"{where} selects from feature view {projection.view!r}, which the repo "
                     f"does not define"
                 )
-            view = selected
-            for feature in projection.features or view.feature_names:
-                if feature not in view.feature_names:
+            for feature in projection.features or selected.feature_names:
+                if feature not in selected.feature_names:
                     raise DefinitionError(
                         f"{where} selects {projection.view}:{feature}, but view "
                         f"{projection.view!r} has no feature {feature!r}"
                     )
-                if feature in outputs and outputs[feature] != view.name:
+                if feature in outputs and outputs[feature] != selected.name:
                     raise DefinitionError(
                         f"{where}: feature name {feature!r} comes from both {outputs[feature]!r} "
-                        f"and {view.name!r}; request it with full feature names or select one"
+                        f"and {selected.name!r}; request it with full feature names or select one"
                     )
-                outputs[feature] = view.name
+                outputs[feature] = selected.name
 
 
 def _protos(contents: RepoContents) -> dict[tuple[Kind, str], Message]:

@@ -38,6 +38,7 @@ declares its parameters; see `custom`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -213,7 +214,7 @@ class Transform:
             raise DefinitionError(f"{where}: num_buckets must be an integer >= 2")
         edges = self.boundaries
         if any(not math.isfinite(b) for b in edges) or any(
-            a >= b for a, b in zip(edges, edges[1:], strict=False)
+            a >= b for a, b in itertools.pairwise(edges)
         ):
             raise DefinitionError(f"{where}: boundaries must be finite and strictly increasing")
 

@@ -84,7 +84,9 @@ def view_from_proto(p: pb.FeatureView, entities: Mapping[str, Entity]) -> Featur
 
 def service_to_proto(s: FeatureService, hashes: Mapping[str, str] | None = None) -> pb.FeatureService:
     """`hashes` maps custom transforms' import paths to their source hashes."""
-    from quiver_server.registry.convert_transforms import transform_to_proto  # builds on this module
+    from quiver_server.registry.convert_transforms import (
+        transform_to_proto,  # builds on this module
+    )
 
     return pb.FeatureService(
         name=s.name,

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from quiver import Entity, FeatureService, FeatureView, Field, OnDemandFeatureView, parse_feature_ref
+from quiver import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    OnDemandFeatureView,
+    parse_feature_ref,
+)
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.online.base import ViewTable

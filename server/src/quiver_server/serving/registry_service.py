@@ -10,9 +10,10 @@ import grpc
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_service_pb2 as pb
 from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from quiver.registry.v1.registry_pb2 import Registry
+from quiver.registry.v1.registry_pb2 import FeatureService, Registry
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.serving.status import rpc_errors
+from quiver_server.transforms import params
 
 T = TypeVar("T")
 
@@ -96,7 +97,61 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def GetFeatureService(
         self, request: pb.GetFeatureServiceRequest, context: grpc.ServicerContext
     ) -> pb.GetFeatureServiceResponse:
-        services = self._proto(request.project).feature_services
+        proto = self._proto(request.project)
+        service = self._find(proto.feature_services, request.name, "feature_service")
         return pb.GetFeatureServiceResponse(
-            feature_service=self._find(services, request.name, "feature_service")
+            feature_service=service,
+            current_transform_version=params.current_version(proto, service),
         )
+
+    @rpc_errors
+    def ListOnDemandFeatureViews(
+        self, request: pb.ListOnDemandFeatureViewsRequest, context: grpc.ServicerContext
+    ) -> pb.ListOnDemandFeatureViewsResponse:
+        proto = self._proto(request.project)
+        return pb.ListOnDemandFeatureViewsResponse(
+            on_demand_feature_views=sorted(proto.on_demand_feature_views, key=lambda v: v.name)
+        )
+
+    @rpc_errors
+    def GetOnDemandFeatureView(
+        self, request: pb.GetOnDemandFeatureViewRequest, context: grpc.ServicerContext
+    ) -> pb.GetOnDemandFeatureViewResponse:
+        views = self._proto(request.project).on_demand_feature_views
+        return pb.GetOnDemandFeatureViewResponse(
+            on_demand_feature_view=self._find(views, request.name, "on_demand_feature_view")
+        )
+
+    @rpc_errors
+    def ListTransformParameterSets(
+        self, request: pb.ListTransformParameterSetsRequest, context: grpc.ServicerContext
+    ) -> pb.ListTransformParameterSetsResponse:
+        proto = self._proto(request.project)
+        service = self._named_service(proto, request.feature_service)
+        return pb.ListTransformParameterSetsResponse(
+            parameter_sets=params.parameter_sets(proto, service.name),
+            current_version=params.current_version(proto, service),
+        )
+
+    @rpc_errors
+    def GetTransformParameterSet(
+        self, request: pb.GetTransformParameterSetRequest, context: grpc.ServicerContext
+    ) -> pb.GetTransformParameterSetResponse:
+        proto = self._proto(request.project)
+        service = self._named_service(proto, request.feature_service)
+        found = params.parameter_set(proto, service.name, request.version)
+        if found is None:
+            raise NotFoundError(
+                f"feature service {service.name!r} has no transforms with fitted parameters",
+                reason="TRANSFORM_VERSION_NOT_FOUND",
+                metadata={"feature_service": service.name},
+            )
+        current = params.current_version(proto, service)
+        return pb.GetTransformParameterSetResponse(
+            parameter_set=found, current=found.version == current
+        )
+
+    def _named_service(self, proto: Registry, name: str) -> FeatureService:
+        if not name:
+            raise InvalidArgumentError.for_field("feature_service", "must not be empty")
+        return self._find(proto.feature_services, name, "feature_service")

@@ -8,7 +8,12 @@ import pyarrow as pa
 
 from quiver.errors import DefinitionError
 from quiver.transforms import Transform, check_parameter_values
-from quiver_server.transforms.builtins import BoundTransform, Params, params_to_python, scalar_params
+from quiver_server.transforms.builtins import (
+    BoundTransform,
+    Params,
+    params_to_python,
+    scalar_params,
+)
 from quiver_server.transforms.functions import FunctionLoader
 from quiver_server.transforms.usercode import UserCode
 

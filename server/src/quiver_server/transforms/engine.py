@@ -120,7 +120,7 @@ class Transformations:
     ) -> tuple[dict[str, BoundTransform], int]:
         service = selection.service
         assert service is not None
-        found = params.parameter_set(snapshot, service.name, version)
+        found = params.parameter_set(snapshot.proto, service.name, version)
         if not selection.transforms:
             return {}, 0
         fitted = {t.feature: params_from_proto(t.parameters) for t in found.transforms} if found else {}

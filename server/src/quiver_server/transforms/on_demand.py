@@ -64,7 +64,7 @@ class OnDemandRunner:
             raise self.code.error(f"returned {type(result).__name__}; return a pandas DataFrame")
         columns: dict[str, Any] = {}
         for field in self.view.schema:
-            if field.name in result.columns:  # type: ignore[attr-defined]
-                series = result[field.name]  # type: ignore[index]
+            if field.name in result.columns:
+                series = result[field.name]
                 columns[field.name] = self.code.call(pa.Array.from_pandas, series)
         return columns

@@ -64,12 +64,12 @@ def _service(proto: pb.Registry, name: str) -> pb.FeatureService:
 
 
 def parameter_set(
-    snapshot: Snapshot, service_name: str, version: int = 0
+    proto: pb.Registry, service_name: str, version: int = 0
 ) -> pb.TransformParameterSet | None:
     """The set a lookup or training set of `service_name` applies.
 
     Args:
-        snapshot: The registry version served.
+        proto: The registry version served.
         service_name: The feature service.
         version: A pinned version, or 0 for the current one.
 
@@ -81,7 +81,6 @@ def parameter_set(
         FailedPreconditionError: the current definition was never fitted, or the
             pinned version was fitted for a different definition.
     """
-    proto = snapshot.proto
     service = _service(proto, service_name)
     if not needs_fit(service):
         if version:

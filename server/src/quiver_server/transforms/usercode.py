@@ -58,7 +58,7 @@ class UserCode:
             text = _PATH.sub("<path>", str(exc))[:_MAX_MESSAGE]
             raise self.error(f"raised {type(exc).__name__}: {text}") from None
 
-    def array(self, value: object, name: str, expected: ValueType, rows: int) -> pa.Array:
+    def array(self, value: Any, name: str, expected: ValueType, rows: int) -> pa.Array:
         """`value` as an array of `expected`'s Arrow type with `rows` values.
 
         Integer and float widths convert (float64 to float32 rounds); any other
