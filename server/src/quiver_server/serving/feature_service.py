@@ -19,7 +19,7 @@ from quiver_server.serving.convert import (
     fill_column,
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
-from quiver_server.serving.online_transform import apply_pipeline
+from quiver_server.serving.online_transform import apply_pipeline, request_rows
 from quiver_server.serving.status import rpc_errors
 from quiver_server.telemetry.hooks import traced_encoding
 from quiver_server.transforms.engine import Transformations
@@ -66,10 +66,14 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             request.full_feature_names,
             request.transform_version,
         )
-        key_columns, count = decode_key_columns(
-            request.entities, plan.key_types, max_entities=self._max_entities
-        )
-        columns = read_online(self._store, plan, key_columns, count)
+        if plan.refs or plan.pipeline is None:
+            key_columns, count = decode_key_columns(
+                request.entities, plan.key_types, max_entities=self._max_entities
+            )
+            columns = read_online(self._store, plan, key_columns, count)
+        else:  # only on-demand features of request data: nothing to read
+            count = request_rows(request.entities, request.request_data, self._max_entities)
+            columns = []
         if plan.pipeline is not None or request.request_data:
             columns = apply_pipeline(plan, columns, request.request_data, count)
         response = encode_response(plan.output_names, columns, count)

@@ -112,6 +112,33 @@ def _graded(
     return OutputColumn(dtype, values, statuses, event_ts)
 
 
+def request_rows(
+    entities: Mapping[str, value_pb2.Values],
+    request_data: Mapping[str, value_pb2.Values],
+    max_entities: int,
+) -> int:
+    """Rows of a lookup that reads no stored feature: as many as the request data has.
+
+    Raises:
+        InvalidArgumentError: entity columns were sent (there are no join keys
+            to read), or no rows, or more than the server allows.
+    """
+    if entities:
+        name = next(iter(entities))
+        raise InvalidArgumentError.for_field(
+            f"entities.{name}", "the requested features read no stored feature; send no entities, "
+            "only request_data", reason="INVALID_ENTITIES",
+        )
+    count = max((len(from_values(v)[1]) for v in request_data.values()), default=0)
+    if count == 0:
+        raise InvalidArgumentError.for_field("request_data", "send at least one row")
+    if count > max_entities:
+        raise InvalidArgumentError.for_field(
+            "request_data", f"{count} rows requested; at most {max_entities} allowed"
+        )
+    return count
+
+
 def decode_request_data(
     data: Mapping[str, value_pb2.Values], fields: Mapping[str, ValueType], count: int
 ) -> dict[str, pa.Array]:
