@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
-import pyarrow as pa
 import pytest
 from transform_repo import DEFINITIONS, FUNCTIONS, spine, write_history, write_repo
 
