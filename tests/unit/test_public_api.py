@@ -13,6 +13,7 @@ EXPECTED = {
     "Float32", "Float64", "Int32", "Int64", "OnlineClient", "OnlineResponse", "ParquetSource",
     "QuiverError", "String", "Timestamp", "ValueType", "__version__", "parse_feature_ref",
     "TrainingClient", "SpineHandle", "OfflineSpine", "PushResult",
+    "OnDemandFeatureView", "RequestSource", "Transform",
 }
 
 
@@ -20,6 +21,13 @@ def test_exports_are_pinned() -> None:
     assert set(quiver.__all__) >= EXPECTED
     for name in quiver.__all__:
         assert hasattr(quiver, name), name
+
+
+def test_transforms_module_exports() -> None:
+    import quiver.transforms
+
+    for name in quiver.transforms.__all__:
+        assert hasattr(quiver.transforms, name), name
 
 
 def test_errors_module_exports() -> None:
