@@ -84,7 +84,7 @@ def arrow_features(inputs):
     amount = inputs["amount"]
     return {
         "ratio": pc.divide(amount, inputs["x_float"]),
-        "amount_plus": pc.add(amount, inputs["x_int"].cast(pa.float64())),
+        "amount_plus": pc.add(amount, inputs["x_int"].cast(pa.float64(), safe=False)),
         "big": pc.greater(amount, pa.scalar(100.0)),
     }
 

@@ -89,7 +89,8 @@ def _row(**values: Any) -> dict[str, Any]:
 
 # The documented edge cases, always run: zero variance (every fitted value
 # equal), unseen categories (fitted on user 1 only), NaN / -0.0 / infinite
-# request data, a missing row, a row past the ttl, nulls everywhere.
+# request data, a missing row, a row past the ttl, nulls everywhere, integers
+# float64 cannot hold, overflow to infinity.
 EDGES = [
     _row(),
     _row(cat="b", code=3, fit=False, amount=float("nan")),
@@ -97,6 +98,8 @@ EDGES = [
     _row(y_fresh=False, x_float=None, x_int=None, x_f32=None, cat=None, code=None, flag=None,
          fit=False, amount=float("inf")),
     _row(x_float=0.0, amount=0.0, older_row=True, fit=False),
+    _row(x_int=2**53 + 1, fit=False),  # beyond float64's integers: rounds, both paths alike
+    _row(x_int=-(2**63), x_float=-1e308, amount=-1e308, fit=False),
 ]
 
 

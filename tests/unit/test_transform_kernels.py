@@ -57,6 +57,9 @@ def test_min_max_and_robust_scalers() -> None:
 def test_integer_inputs_are_scaled_as_float64() -> None:
     [out] = fit_apply(T.standard_scaler("v:x"), [1, 3], [2, None], pa.int64())
     assert out == [0.0, None]
+    # Beyond 2**53 an integer rounds to the nearest float64 rather than failing.
+    [out] = fit_apply(T.min_max_scaler("v:x"), [0, 2**63 - 1], [2**53 + 1], pa.int64())
+    assert out == [float(2**53) / float(2**63)]
 
 
 def test_label_encoder_maps_unseen_values_to_minus_one_and_keeps_nulls() -> None:

@@ -61,16 +61,10 @@ def apply_pipeline(
             )
         return columns
     request = decode_request_data(request_data, pipeline.selection.request_fields, count)
-    arrays: dict[int, pa.Array] = {}
-
-    def stored(index: int) -> pa.Array:
-        array = arrays.get(index)
-        if array is None:
-            array = arrays[index] = _as_array(columns[index], plan.refs[index].feature.dtype)
-        return array
-
+    arrays = _stored_arrays(plan, columns, pipeline.stored_inputs, count)
     out: list[OutputColumn] = []
-    for output, array in zip(pipeline.outputs, pipeline.compute(stored, request, count), strict=True):
+    computed = pipeline.compute(arrays.__getitem__, request, count)
+    for output, array in zip(pipeline.outputs, computed, strict=True):
         if array is None:
             out.append(columns[output.stored])
         else:
@@ -79,16 +73,31 @@ def apply_pipeline(
     return out
 
 
-def _as_array(column: OutputColumn, dtype: ValueType) -> pa.Array:
-    """Stored values as a training set holds them: null unless PRESENT."""
-    if column.statuses.count(PRESENT) == len(column.statuses):
-        values = column.values
-    else:
-        values = [v if s == PRESENT else None for v, s in zip(column.values, column.statuses,
-                                                               strict=True)]
-    if dtype == ValueType.TIMESTAMP:  # microseconds online
-        return pa.array(values, pa.int64()).cast(dtype.arrow_type)
-    return pa.array(values, dtype.arrow_type)
+def _stored_arrays(
+    plan: ReadPlan, columns: list[OutputColumn], wanted: Sequence[int], count: int
+) -> dict[int, pa.Array]:
+    """The stored values the pipeline reads, as a training set holds them (null
+    unless PRESENT): one Arrow conversion per type, sliced per feature."""
+    by_type: dict[ValueType, list[int]] = {}
+    for index in wanted:
+        by_type.setdefault(plan.refs[index].feature.dtype, []).append(index)
+    arrays: dict[int, pa.Array] = {}
+    for dtype, indices in by_type.items():
+        values: list[Any] = []
+        for index in indices:
+            column = columns[index]
+            if column.statuses.count(PRESENT) == count:
+                values.extend(column.values)
+            else:
+                values.extend(v if s == PRESENT else None
+                              for v, s in zip(column.values, column.statuses, strict=True))
+        if dtype == ValueType.TIMESTAMP:  # microseconds online
+            joined = pa.array(values, pa.int64()).cast(dtype.arrow_type)
+        else:
+            joined = pa.array(values, dtype.arrow_type)
+        for position, index in enumerate(indices):
+            arrays[index] = joined.slice(position * count, count)
+    return arrays
 
 
 def _graded(

@@ -35,6 +35,13 @@ CATEGORICAL = (ValueType.STRING, ValueType.INT64, ValueType.INT32, ValueType.BOO
 MAX_ONE_HOT_CATEGORIES = 1000
 _F64 = pa.float64()
 _I64 = pa.int64()
+# Looked up once: a lookup applies them on one-row arrays, where the generic
+# pyarrow.compute wrappers cost more than the arithmetic.
+_SUBTRACT = pc.get_function("subtract")
+_DIVIDE = pc.get_function("divide")
+_CAST = pc.get_function("cast")
+# Integers beyond 2**53 round to the nearest float64 (a safe cast would refuse them).
+_TO_FLOAT = pc.CastOptions.unsafe(_F64)
 
 
 @dataclass(frozen=True)
@@ -45,10 +52,46 @@ class BoundTransform:
         outputs: (name suffix, type) of each output column; the suffix is ""
             for the transformed feature itself, ``"__<category>"`` for one-hot.
         apply: Input array (the feature's declared type) to one array per output.
+        affine: ``(center, scale)`` of a scaler; the pipeline applies all of a
+            selection's scalers in one `affine` call (the same call `apply`
+            makes for one), so a lookup pays two Arrow calls for all of them.
     """
 
     outputs: tuple[tuple[str, ValueType], ...]
     apply: Callable[[pa.Array], list[pa.Array]]
+    affine: tuple[float, float] | None = None
+
+
+def affine(
+    inputs: Sequence[pa.Array], parameters: Sequence[tuple[float, float]], rows: int,
+    repeated: tuple[pa.Array, pa.Array] | None = None,
+) -> list[pa.Array]:
+    """``(x - center) / scale`` of every input (each `rows` long), in one pass.
+
+    The inputs are laid end to end and computed with one subtract and one
+    divide against the centers and scales repeated per row; element by
+    element this is the IEEE ``(x - c) / s`` whatever the grouping.
+
+    Args:
+        inputs: Numeric arrays (cast to float64 here).
+        parameters: ``(center, scale)`` per input.
+        rows: Length of every input.
+        repeated: The centers and scales already repeated for `rows` (see
+            `repeat_parameters`), to skip building them.
+    """
+    floats = [_as_float(x) for x in inputs]
+    joined = floats[0] if len(floats) == 1 else pa.concat_arrays(floats)
+    centers, scales = repeated or repeat_parameters(parameters, rows)
+    result = _DIVIDE.call([_SUBTRACT.call([joined, centers]), scales])
+    return [result.slice(i * rows, rows) for i in range(len(floats))]
+
+
+def repeat_parameters(
+    parameters: Sequence[tuple[float, float]], rows: int
+) -> tuple[pa.Array, pa.Array]:
+    """Centers and scales, each repeated `rows` times, as float64 arrays."""
+    table = np.asarray(parameters, np.float64).reshape(-1, 2)
+    return pa.array(np.repeat(table[:, 0], rows)), pa.array(np.repeat(table[:, 1], rows))
 
 
 def input_types(kind: str) -> tuple[ValueType, ...] | None:
@@ -92,11 +135,9 @@ def bind(transform: Transform, params: Params) -> BoundTransform:
     """A built-in with its parameters (declared or fitted)."""
     kind = transform.kind
     if kind in _SCALERS:
-        center = pa.scalar(params["center"][0].as_py(), _F64)
-        scale = pa.scalar(params["scale"][0].as_py(), _F64)
+        pair = (float(params["center"][0].as_py()), float(params["scale"][0].as_py()))
         return BoundTransform(
-            (("", ValueType.FLOAT64),),
-            lambda values: [pc.divide(pc.subtract(_as_float(values), center), scale)],
+            (("", ValueType.FLOAT64),), lambda values: affine([values], [pair], len(values)), pair
         )
     if kind == "log1p":
         return BoundTransform(
@@ -121,7 +162,7 @@ def bind(transform: Transform, params: Params) -> BoundTransform:
 
 
 def _as_float(values: pa.Array) -> pa.Array:
-    return values if values.type == _F64 else values.cast(_F64)
+    return values if values.type == _F64 else _CAST.call([values], _TO_FLOAT)
 
 
 def _as_key(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -131,7 +172,7 @@ def _as_key(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 
 def _finite(values: pa.ChunkedArray) -> FloatArray:
     """The finite values of a column as float64 (nulls, NaN and infinities dropped)."""
-    chunks = [c.cast(_F64).to_numpy(zero_copy_only=False) for c in values.chunks]
+    chunks = [_as_float(c).to_numpy(zero_copy_only=False) for c in values.chunks]
     data = np.concatenate(chunks) if chunks else np.empty(0, np.float64)
     result: FloatArray = data[np.isfinite(data)]
     return result

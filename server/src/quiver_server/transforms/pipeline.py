@@ -18,7 +18,7 @@ import pyarrow as pa
 from quiver import ValueType
 from quiver.errors import InvalidArgumentError
 from quiver_server.registry.snapshot import FeatureRef
-from quiver_server.transforms.builtins import BoundTransform
+from quiver_server.transforms.builtins import BoundTransform, affine, repeat_parameters
 from quiver_server.transforms.on_demand import OnDemandRunner
 from quiver_server.transforms.selection import Selection
 
@@ -67,7 +67,7 @@ class _Step:
     stored: int  # -1 for on-demand
     on_demand: tuple[str, int] | None  # (view, feature position)
     bound: BoundTransform | None
-    count: int  # output columns
+    first: int  # index of its first output column
 
 
 class Pipeline:
@@ -98,6 +98,10 @@ class Pipeline:
         kinds = {t.feature: t.kind for t in selection.transforms}
         self.outputs: list[Output] = []
         self._steps: list[_Step] = []
+        # Parameters of the scalers, applied together (see builtins.affine), and
+        # their per-row repetitions by batch length.
+        self._affine: list[tuple[float, float]] = []  # in step order
+        self._repeated: dict[int, tuple[pa.Array, pa.Array]] = {}
         for ref in selection.requested:
             stored = self._stored_index[ref.ref] if isinstance(ref, FeatureRef) else -1
             on_demand = None
@@ -105,6 +109,7 @@ class Pipeline:
                 on_demand = (ref.view.name, ref.view.feature_names.index(ref.feature.name))
             transform = (bound or {}).get(ref.ref)
             base = ref.output_name(full_names)
+            first = len(self.outputs)
             if transform is None:
                 self.outputs.append(Output(base, ref.feature.dtype, ref.ref, stored, ""))
             else:
@@ -112,9 +117,17 @@ class Pipeline:
                     Output(base + suffix, dtype, ref.ref, stored, kinds[ref.ref])
                     for suffix, dtype in transform.outputs
                 )
-            count = 1 if transform is None else len(transform.outputs)
-            self._steps.append(_Step(stored, on_demand, transform, count))
+            self._steps.append(_Step(stored, on_demand, transform, first))
+            if transform is not None and transform.affine is not None:
+                self._affine.append(transform.affine)
         self._check_names()
+        inputs = [
+            self._stored_index[f"{p.view}:{name}"]
+            for view in selection.on_demand for p in view.feature_inputs for name in p.features
+        ]
+        inputs.extend(s.stored for s in self._steps if s.bound is not None and s.stored >= 0)
+        self.stored_inputs: tuple[int, ...] = tuple(dict.fromkeys(inputs))
+        """Indices in `Selection.stored` of the values `compute` reads."""
 
     @property
     def output_names(self) -> list[str]:
@@ -160,7 +173,8 @@ class Pipeline:
                 failed or returned the wrong type or length.
         """
         on_demand = self._run_on_demand(stored, request, rows) if self.runners else {}
-        out: list[pa.Array | None] = []
+        out: list[pa.Array | None] = [None] * len(self.outputs)
+        scaled: list[tuple[int, pa.Array]] = []
         for step in self._steps:
             if step.on_demand is not None:
                 view, position = step.on_demand
@@ -168,9 +182,21 @@ class Pipeline:
             else:
                 value = None if step.bound is None else stored(step.stored)
             if step.bound is None:
-                out.append(value)
+                out[step.first] = value
+            elif step.bound.affine is not None:
+                scaled.append((step.first, value))
             else:
-                out.extend(step.bound.apply(value))
+                results = step.bound.apply(value)
+                out[step.first:step.first + len(results)] = results
+        if scaled:
+            repeated = self._repeated.get(rows)
+            if repeated is None:
+                if len(self._repeated) >= 8:  # batch lengths vary little; bound it anyway
+                    self._repeated.clear()
+                repeated = self._repeated[rows] = repeat_parameters(self._affine, rows)
+            results = affine([v for _, v in scaled], self._affine, rows, repeated)
+            for (position, _), result in zip(scaled, results, strict=True):
+                out[position] = result
         return out
 
     def bases(

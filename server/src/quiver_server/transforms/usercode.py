@@ -66,6 +66,8 @@ class UserCode:
         """
         if isinstance(value, pa.ChunkedArray):
             value = value.combine_chunks()
+        if isinstance(value, pa.Array) and value.type == expected.arrow_type and len(value) == rows:
+            return value
         if not isinstance(value, pa.Array):
             raise self.error(
                 f"returned {type(value).__name__} for {name!r}; return a pyarrow.Array"
