@@ -111,7 +111,7 @@ transaction = RequestSource(
 )
 
 
-def amount_features(inputs: pa.Table) -> dict[str, pa.ChunkedArray]:
+def amount_features(inputs: pa.RecordBatch) -> dict[str, pa.Array]:
     """The transaction's amount against the user's 7-day habits (vectorized, row-wise)."""
     amount = inputs["amount"]
     return {

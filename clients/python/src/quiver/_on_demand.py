@@ -71,9 +71,9 @@ class OnDemandFeatureView:
             module is looked up in the feature repo first, then installed
             packages. Its source is hashed at `quiver apply`, and servers refuse
             to run different code than what was applied.
-        mode: ``"arrow"``: the function receives a ``pyarrow.Table`` with one
-            column per input (named after the request field or feature) and
-            returns a Table, RecordBatch or mapping of arrays holding every
+        mode: ``"arrow"``: the function receives a ``pyarrow.RecordBatch`` with
+            one column per input (named after the request field or feature) and
+            returns a RecordBatch, Table or mapping of arrays holding every
             declared feature; ``"pandas"``: a ``pandas.DataFrame`` in and out.
             The function must be row-wise (each output row depends on its input
             row only): online it sees one request's rows, offline a batch.

@@ -35,13 +35,9 @@ CATEGORICAL = (ValueType.STRING, ValueType.INT64, ValueType.INT32, ValueType.BOO
 MAX_ONE_HOT_CATEGORIES = 1000
 _F64 = pa.float64()
 _I64 = pa.int64()
-# Looked up once: a lookup applies them on one-row arrays, where the generic
-# pyarrow.compute wrappers cost more than the arithmetic.
-_SUBTRACT = pc.get_function("subtract")
-_DIVIDE = pc.get_function("divide")
-_CAST = pc.get_function("cast")
-# Integers beyond 2**53 round to the nearest float64 (a safe cast would refuse them).
-_TO_FLOAT = pc.CastOptions.unsafe(_F64)
+_NUMPY_TYPES = {
+    pa.float64(): np.float64, pa.float32(): np.float32, pa.int64(): np.int64, pa.int32(): np.int32,
+}
 
 
 @dataclass(frozen=True)
@@ -64,34 +60,64 @@ class BoundTransform:
 
 def affine(
     inputs: Sequence[pa.Array], parameters: Sequence[tuple[float, float]], rows: int,
-    repeated: tuple[pa.Array, pa.Array] | None = None,
+    repeated: tuple[FloatArray, FloatArray] | None = None,
 ) -> list[pa.Array]:
     """``(x - center) / scale`` of every input (each `rows` long), in one pass.
 
-    The inputs are laid end to end and computed with one subtract and one
-    divide against the centers and scales repeated per row; element by
-    element this is the IEEE ``(x - c) / s`` whatever the grouping.
+    The inputs are laid end to end and computed with one NumPy subtract and
+    one divide against the centers and scales repeated per row. Subtraction
+    and division are correctly rounded IEEE operations in every NumPy loop
+    (SIMD or not), so element by element this is ``(x - c) / s`` exactly,
+    whatever the grouping or batch length; nulls stay null, NaN stays NaN.
 
     Args:
-        inputs: Numeric arrays (cast to float64 here).
+        inputs: Numeric arrays (integers convert to the nearest float64).
         parameters: ``(center, scale)`` per input.
         rows: Length of every input.
         repeated: The centers and scales already repeated for `rows` (see
             `repeat_parameters`), to skip building them.
     """
-    floats = [_as_float(x) for x in inputs]
-    joined = floats[0] if len(floats) == 1 else pa.concat_arrays(floats)
+    converted = [float_values(x) for x in inputs]
+    values = [v for v, _ in converted]
+    nulls = [n for _, n in converted]
+    joined = values[0] if len(values) == 1 else np.concatenate(values)
     centers, scales = repeated or repeat_parameters(parameters, rows)
-    result = _DIVIDE.call([_SUBTRACT.call([joined, centers]), scales])
-    return [result.slice(i * rows, rows) for i in range(len(floats))]
+    with np.errstate(all="ignore"):
+        result = (joined - centers) / scales
+    mask = None
+    if any(n is not None for n in nulls):
+        mask = np.concatenate([np.zeros(rows, bool) if n is None else n for n in nulls])
+    out = pa.array(result, _F64, mask=mask)
+    return [out.slice(i * rows, rows) for i in range(len(values))]
 
 
 def repeat_parameters(
     parameters: Sequence[tuple[float, float]], rows: int
-) -> tuple[pa.Array, pa.Array]:
-    """Centers and scales, each repeated `rows` times, as float64 arrays."""
+) -> tuple[FloatArray, FloatArray]:
+    """Centers and scales, each repeated `rows` times."""
     table = np.asarray(parameters, np.float64).reshape(-1, 2)
-    return pa.array(np.repeat(table[:, 0], rows)), pa.array(np.repeat(table[:, 1], rows))
+    return np.repeat(table[:, 0], rows), np.repeat(table[:, 1], rows)
+
+
+def float_values(array: pa.Array) -> tuple[FloatArray, npt.NDArray[np.bool_] | None]:
+    """A numeric array's values as float64, and its null mask (None: no nulls).
+
+    Values are read from the data buffer the same way whether or not the
+    array has nulls (slots under a null hold anything and are masked), so a
+    value converts identically in a one-row lookup and a training batch.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    dtype = _NUMPY_TYPES[array.type]
+    buffer = array.buffers()[1]
+    if buffer is None or len(array) == 0:  # nothing but nulls may come without data
+        data = np.zeros(len(array), dtype)
+    else:
+        data = np.frombuffer(buffer, dtype, len(array) + array.offset)[array.offset:]
+    nulls = None
+    if array.null_count:
+        nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False), bool)
+    return data.astype(np.float64, copy=False), nulls
 
 
 def input_types(kind: str) -> tuple[ValueType, ...] | None:
@@ -162,7 +188,8 @@ def bind(transform: Transform, params: Params) -> BoundTransform:
 
 
 def _as_float(values: pa.Array) -> pa.Array:
-    return values if values.type == _F64 else _CAST.call([values], _TO_FLOAT)
+    # Integers beyond 2**53 round to the nearest float64 (a safe cast refuses them).
+    return values if values.type == _F64 else values.cast(_F64, safe=False)
 
 
 def _as_key(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -172,9 +199,12 @@ def _as_key(values: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 
 def _finite(values: pa.ChunkedArray) -> FloatArray:
     """The finite values of a column as float64 (nulls, NaN and infinities dropped)."""
-    chunks = [_as_float(c).to_numpy(zero_copy_only=False) for c in values.chunks]
-    data = np.concatenate(chunks) if chunks else np.empty(0, np.float64)
-    result: FloatArray = data[np.isfinite(data)]
+    kept = []
+    for chunk in values.chunks:
+        data, nulls = float_values(chunk)
+        keep = np.isfinite(data) if nulls is None else np.isfinite(data) & ~nulls
+        kept.append(data[keep])
+    result: FloatArray = np.concatenate(kept) if kept else np.empty(0, np.float64)
     return result
 
 
@@ -225,9 +255,10 @@ def _label(values: pa.Array, vocabulary: pa.Array) -> pa.Array:
 
 
 def _bucketize(values: pa.Array, edges: FloatArray) -> pa.Array:
-    data = _as_float(values).to_numpy(zero_copy_only=False)  # nulls read as NaN
+    data, nulls = float_values(values)
     index = np.searchsorted(edges, data, side="right").astype(np.int64)
-    return pa.array(index, _I64, mask=np.isnan(data))
+    missing = np.isnan(data) if nulls is None else np.isnan(data) | nulls
+    return pa.array(index, _I64, mask=missing)
 
 
 def _label_text(value: Any) -> str:

@@ -39,7 +39,7 @@ class OnDemandRunner:
             InvalidArgumentError: the function raised, or returned something
                 other than one value of each declared type per row.
         """
-        table = pa.table({name: inputs[name] for name in self._names})
+        table = pa.RecordBatch.from_arrays([inputs[name] for name in self._names], self._names)
         if self.view.mode == "pandas":
             result = self.code.call(self.function, table.to_pandas())
             columns = self._pandas_columns(result)

@@ -18,7 +18,12 @@ import pyarrow as pa
 from quiver import ValueType
 from quiver.errors import InvalidArgumentError
 from quiver_server.registry.snapshot import FeatureRef
-from quiver_server.transforms.builtins import BoundTransform, affine, repeat_parameters
+from quiver_server.transforms.builtins import (
+    BoundTransform,
+    FloatArray,
+    affine,
+    repeat_parameters,
+)
 from quiver_server.transforms.on_demand import OnDemandRunner
 from quiver_server.transforms.selection import Selection
 
@@ -101,7 +106,7 @@ class Pipeline:
         # Parameters of the scalers, applied together (see builtins.affine), and
         # their per-row repetitions by batch length.
         self._affine: list[tuple[float, float]] = []  # in step order
-        self._repeated: dict[int, tuple[pa.Array, pa.Array]] = {}
+        self._repeated: dict[int, tuple[FloatArray, FloatArray]] = {}
         for ref in selection.requested:
             stored = self._stored_index[ref.ref] if isinstance(ref, FeatureRef) else -1
             on_demand = None
@@ -121,9 +126,19 @@ class Pipeline:
             if transform is not None and transform.affine is not None:
                 self._affine.append(transform.affine)
         self._check_names()
+        # Per on-demand view: its input names, each with where the value comes
+        # from (a request field, or an index in `Selection.stored`).
+        self._on_demand_inputs: list[tuple[str, list[tuple[str, str | int]]]] = [
+            (view.name, [
+                *((f.name, f.name) for f in view.request_fields),
+                *((name, self._stored_index[f"{p.view}:{name}"])
+                  for p in view.feature_inputs for name in p.features),
+            ])
+            for view in selection.on_demand
+        ]
         inputs = [
-            self._stored_index[f"{p.view}:{name}"]
-            for view in selection.on_demand for p in view.feature_inputs for name in p.features
+            source for _, sources in self._on_demand_inputs for _, source in sources
+            if isinstance(source, int)
         ]
         inputs.extend(s.stored for s in self._steps if s.bound is not None and s.stored >= 0)
         self.stored_inputs: tuple[int, ...] = tuple(dict.fromkeys(inputs))
@@ -149,12 +164,12 @@ class Pipeline:
         self, stored: StoredArrays, request: Mapping[str, pa.Array], rows: int
     ) -> dict[str, list[pa.Array]]:
         results: dict[str, list[pa.Array]] = {}
-        for view in self.selection.on_demand:
-            inputs = {f.name: request[f.name] for f in view.request_fields}
-            for projection in view.feature_inputs:
-                for name in projection.features:
-                    inputs[name] = stored(self._stored_index[f"{projection.view}:{name}"])
-            results[view.name] = self.runners[view.name].run(inputs, rows)
+        for view, sources in self._on_demand_inputs:
+            inputs = {
+                name: request[source] if isinstance(source, str) else stored(source)
+                for name, source in sources
+            }
+            results[view] = self.runners[view].run(inputs, rows)
         return results
 
     def compute(

@@ -29,7 +29,7 @@ class _OnDemandModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OnDemand
     DESCRIPTOR: _descriptor.EnumDescriptor
     ON_DEMAND_MODE_UNSPECIFIED: _OnDemandMode.ValueType  # 0
     ON_DEMAND_MODE_ARROW: _OnDemandMode.ValueType  # 1
-    """A pyarrow.Table in; a pyarrow Table, RecordBatch or mapping of arrays out."""
+    """A pyarrow.RecordBatch in; a RecordBatch, Table or mapping of arrays out."""
     ON_DEMAND_MODE_PANDAS: _OnDemandMode.ValueType  # 2
     """A pandas.DataFrame in and out."""
 
@@ -38,7 +38,7 @@ class OnDemandMode(_OnDemandMode, metaclass=_OnDemandModeEnumTypeWrapper):
 
 ON_DEMAND_MODE_UNSPECIFIED: OnDemandMode.ValueType  # 0
 ON_DEMAND_MODE_ARROW: OnDemandMode.ValueType  # 1
-"""A pyarrow.Table in; a pyarrow Table, RecordBatch or mapping of arrays out."""
+"""A pyarrow.RecordBatch in; a RecordBatch, Table or mapping of arrays out."""
 ON_DEMAND_MODE_PANDAS: OnDemandMode.ValueType  # 2
 """A pandas.DataFrame in and out."""
 Global___OnDemandMode: _TypeAlias = OnDemandMode  # noqa: Y015
