@@ -58,49 +58,39 @@ class BoundTransform:
     affine: tuple[float, float] | None = None
 
 
-def affine(
-    inputs: Sequence[pa.Array], parameters: Sequence[tuple[float, float]], rows: int,
-    repeated: tuple[FloatArray, FloatArray] | None = None,
-) -> list[pa.Array]:
-    """``(x - center) / scale`` of every input (each `rows` long), in one pass.
+def affine(inputs: Sequence[pa.Array], parameters: Sequence[tuple[float, float]]) -> list[pa.Array]:
+    """``(x - center) / scale`` of every input, in one pass over all of them.
 
-    The inputs are laid end to end and computed with one NumPy subtract and
-    one divide against the centers and scales repeated per row. Subtraction
-    and division are correctly rounded IEEE operations in every NumPy loop
-    (SIMD or not), so element by element this is ``(x - c) / s`` exactly,
-    whatever the grouping or batch length; nulls stay null, NaN stays NaN.
+    The inputs (all of one length) become the rows of one float64 matrix,
+    computed with one NumPy subtract and one divide against the centers and
+    scales. Subtraction and division are correctly rounded IEEE operations in
+    every NumPy loop (SIMD or not), so element by element this is ``(x - c) / s``
+    exactly, whatever the grouping or batch length; nulls stay null, NaN stays
+    NaN, integers convert to the nearest float64.
 
     Args:
-        inputs: Numeric arrays (integers convert to the nearest float64).
+        inputs: Numeric arrays of one length.
         parameters: ``(center, scale)`` per input.
-        rows: Length of every input.
-        repeated: The centers and scales already repeated for `rows` (see
-            `repeat_parameters`), to skip building them.
     """
-    converted = [float_values(x) for x in inputs]
-    values = [v for v, _ in converted]
-    nulls = [n for _, n in converted]
-    joined = values[0] if len(values) == 1 else np.concatenate(values)
-    centers, scales = repeated or repeat_parameters(parameters, rows)
-    with np.errstate(all="ignore"):
-        result = (joined - centers) / scales
-    mask = None
-    if any(n is not None for n in nulls):
-        mask = np.concatenate([np.zeros(rows, bool) if n is None else n for n in nulls])
-    out = pa.array(result, _F64, mask=mask)
-    return [out.slice(i * rows, rows) for i in range(len(values))]
-
-
-def repeat_parameters(
-    parameters: Sequence[tuple[float, float]], rows: int
-) -> tuple[FloatArray, FloatArray]:
-    """Centers and scales, each repeated `rows` times."""
+    rows = len(inputs[0])
+    matrix = np.empty((len(inputs), rows), np.float64)
+    masks = []
+    for i, array in enumerate(inputs):
+        matrix[i], nulls = numeric_values(array)
+        masks.append(nulls)
     table = np.asarray(parameters, np.float64).reshape(-1, 2)
-    return np.repeat(table[:, 0], rows), np.repeat(table[:, 1], rows)
+    with np.errstate(all="ignore"):
+        np.subtract(matrix, table[:, :1], out=matrix)
+        np.divide(matrix, table[:, 1:], out=matrix)
+    mask = None
+    if any(m is not None for m in masks):
+        mask = np.concatenate([np.zeros(rows, bool) if m is None else m for m in masks])
+    out = pa.array(matrix.reshape(-1), _F64, mask=mask)
+    return [out.slice(i * rows, rows) for i in range(len(inputs))]
 
 
-def float_values(array: pa.Array) -> tuple[FloatArray, npt.NDArray[np.bool_] | None]:
-    """A numeric array's values as float64, and its null mask (None: no nulls).
+def numeric_values(array: pa.Array) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None]:
+    """A numeric array's values (its own dtype) and null mask (None: no nulls).
 
     Values are read from the data buffer the same way whether or not the
     array has nulls (slots under a null hold anything and are masked), so a
@@ -117,6 +107,12 @@ def float_values(array: pa.Array) -> tuple[FloatArray, npt.NDArray[np.bool_] | N
     nulls = None
     if array.null_count:
         nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False), bool)
+    return data, nulls
+
+
+def float_values(array: pa.Array) -> tuple[FloatArray, npt.NDArray[np.bool_] | None]:
+    """`numeric_values` converted to float64 (integers to the nearest float64)."""
+    data, nulls = numeric_values(array)
     return data.astype(np.float64, copy=False), nulls
 
 
@@ -163,7 +159,7 @@ def bind(transform: Transform, params: Params) -> BoundTransform:
     if kind in _SCALERS:
         pair = (float(params["center"][0].as_py()), float(params["scale"][0].as_py()))
         return BoundTransform(
-            (("", ValueType.FLOAT64),), lambda values: affine([values], [pair], len(values)), pair
+            (("", ValueType.FLOAT64),), lambda values: affine([values], [pair]), pair
         )
     if kind == "log1p":
         return BoundTransform(

@@ -18,12 +18,7 @@ import pyarrow as pa
 from quiver import ValueType
 from quiver.errors import InvalidArgumentError
 from quiver_server.registry.snapshot import FeatureRef
-from quiver_server.transforms.builtins import (
-    BoundTransform,
-    FloatArray,
-    affine,
-    repeat_parameters,
-)
+from quiver_server.transforms.builtins import BoundTransform, affine
 from quiver_server.transforms.on_demand import OnDemandRunner
 from quiver_server.transforms.selection import Selection
 
@@ -103,10 +98,8 @@ class Pipeline:
         kinds = {t.feature: t.kind for t in selection.transforms}
         self.outputs: list[Output] = []
         self._steps: list[_Step] = []
-        # Parameters of the scalers, applied together (see builtins.affine), and
-        # their per-row repetitions by batch length.
+        # Parameters of the scalers, applied together (see builtins.affine).
         self._affine: list[tuple[float, float]] = []  # in step order
-        self._repeated: dict[int, tuple[FloatArray, FloatArray]] = {}
         for ref in selection.requested:
             stored = self._stored_index[ref.ref] if isinstance(ref, FeatureRef) else -1
             on_demand = None
@@ -204,12 +197,7 @@ class Pipeline:
                 results = step.bound.apply(value)
                 out[step.first:step.first + len(results)] = results
         if scaled:
-            repeated = self._repeated.get(rows)
-            if repeated is None:
-                if len(self._repeated) >= 8:  # batch lengths vary little; bound it anyway
-                    self._repeated.clear()
-                repeated = self._repeated[rows] = repeat_parameters(self._affine, rows)
-            results = affine([v for _, v in scaled], self._affine, rows, repeated)
+            results = affine([v for _, v in scaled], self._affine)
             for (position, _), result in zip(scaled, results, strict=True):
                 out[position] = result
         return out
