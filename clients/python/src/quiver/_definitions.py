@@ -247,16 +247,7 @@ class FeatureView:
 
     def __getitem__(self, features: Sequence[str]) -> FeatureProjection:
         """Select some features for a feature service: ``view[["a", "b"]]``."""
-        if isinstance(features, str):
-            features = [features]
-        known = set(self.feature_names)
-        for name in features:
-            if name not in known:
-                raise DefinitionError(
-                    f"feature view {self.name!r} has no feature {name!r}; "
-                    f"it has: {', '.join(self.feature_names)}"
-                )
-        return FeatureProjection(self.name, tuple(features))
+        return project("feature view", self.name, self.feature_names, features)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FeatureView):
@@ -355,6 +346,20 @@ class FeatureService:
 
     def __repr__(self) -> str:
         return f"FeatureService(name={self.name!r}, projections={self.projections!r})"
+
+
+def project(
+    kind: str, view: str, known: Sequence[str], features: Sequence[str] | str
+) -> FeatureProjection:
+    """A projection of `view` (a `kind`) onto `features`, which must be among `known`."""
+    if isinstance(features, str):
+        features = [features]
+    for name in features:
+        if name not in known:
+            raise DefinitionError(
+                f"{kind} {view!r} has no feature {name!r}; it has: {', '.join(known)}"
+            )
+    return FeatureProjection(view, tuple(features))
 
 
 def parse_feature_ref(ref: str) -> tuple[str, str]:

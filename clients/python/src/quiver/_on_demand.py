@@ -20,6 +20,7 @@ from quiver._definitions import (
     _check_tags,
     _check_unique,
     check_name,
+    project,
 )
 from quiver.errors import DefinitionError
 from quiver.transforms import check_import_path
@@ -153,15 +154,7 @@ class OnDemandFeatureView:
 
     def __getitem__(self, features: Sequence[str]) -> FeatureProjection:
         """Select some features for a feature service: ``view[["a"]]``."""
-        if isinstance(features, str):
-            features = [features]
-        for name in features:
-            if name not in self.feature_names:
-                raise DefinitionError(
-                    f"on-demand feature view {self.name!r} has no feature {name!r}; "
-                    f"it has: {', '.join(self.feature_names)}"
-                )
-        return FeatureProjection(self.name, tuple(features))
+        return project("on-demand feature view", self.name, self.feature_names, features)
 
     def _key(self) -> tuple[object, ...]:
         return (

@@ -21,34 +21,34 @@ from quiver_server.online.base import ViewTable
 from quiver_server.registry import convert, convert_transforms
 
 
+class _Named:
+    """Names of a resolved feature, from its view's name and its own."""
+
+    view: FeatureView | OnDemandFeatureView
+    feature: Field
+
+    @property
+    def ref(self) -> str:
+        return f"{self.view.name}:{self.feature.name}"
+
+    def output_name(self, full: bool) -> str:
+        return f"{self.view.name}__{self.feature.name}" if full else self.feature.name
+
+
 @dataclass(frozen=True)
-class FeatureRef:
+class FeatureRef(_Named):
     """One resolved feature: its view and field."""
 
     view: FeatureView
     feature: Field
 
-    @property
-    def ref(self) -> str:
-        return f"{self.view.name}:{self.feature.name}"
-
-    def output_name(self, full: bool) -> str:
-        return f"{self.view.name}__{self.feature.name}" if full else self.feature.name
-
 
 @dataclass(frozen=True)
-class OnDemandRef:
+class OnDemandRef(_Named):
     """One feature of an on-demand view: computed at request time, not stored."""
 
     view: OnDemandFeatureView
     feature: Field
-
-    @property
-    def ref(self) -> str:
-        return f"{self.view.name}:{self.feature.name}"
-
-    def output_name(self, full: bool) -> str:
-        return f"{self.view.name}__{self.feature.name}" if full else self.feature.name
 
 
 AnyRef = FeatureRef | OnDemandRef
