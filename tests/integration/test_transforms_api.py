@@ -205,6 +205,14 @@ def test_training_set_applies_the_version_it_names(env: Env) -> None:
     assert "code__1" in schema.names
 
 
+def test_list_flights_describes_the_transformed_service(env: Env) -> None:
+    with TrainingClient(env.location) as client:
+        [(info, schema)] = client.list_feature_sets("every")
+    assert info.name == "everything" and "arrow_odfv:ratio" in info.feature_refs
+    assert schema.field("amount").metadata[b"quiver.role"] == b"request"
+    assert "nums__code__1" in schema.names  # full names, one-hot columns of version 1
+
+
 def test_spine_without_request_column_is_invalid_argument(env: Env) -> None:
     bare = spine(USERS, [1.0, 2.0, 3.0], NOW).drop_columns(["amount"])
     with TrainingClient(env.location) as client, pytest.raises(InvalidArgumentError) as caught:

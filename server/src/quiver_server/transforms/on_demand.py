@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 
 from quiver import OnDemandFeatureView
+from quiver.errors import FailedPreconditionError
 from quiver_server.transforms.functions import AnyFunction
 from quiver_server.transforms.usercode import UserCode
 
@@ -21,6 +23,12 @@ class OnDemandRunner:
     """
 
     def __init__(self, view: OnDemandFeatureView, function: AnyFunction) -> None:
+        if view.mode == "pandas" and importlib.util.find_spec("pandas") is None:
+            raise FailedPreconditionError(
+                f"on-demand feature view {view.name!r} runs in pandas mode, but pandas is not "
+                f"installed here; install quiver-feature-store[pandas]",
+                reason="PANDAS_MISSING", metadata={"on_demand_feature_view": view.name},
+            )
         self.view = view
         self.function = function
         self.code = UserCode(

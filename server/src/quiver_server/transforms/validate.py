@@ -8,6 +8,7 @@ exactly which code a definition means.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -67,6 +68,10 @@ def validate(
                         f"has no feature {name!r}"
                     )
         resolve(view.function, where)
+        if view.mode == "pandas" and importlib.util.find_spec("pandas") is None:
+            raise DefinitionError(
+                f"{where}: mode 'pandas' needs pandas; install quiver-feature-store[pandas]"
+            )
     for service in feature_services.values():
         where = f"{origin('feature_service', service.name)}: feature service {service.name!r}"
         selected = _selected_types(service, feature_views, on_demand_views)
