@@ -27,7 +27,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "quiver serve-flight stopped cleanly (exit code 0)" in out
     # The scaled service: fitted, served with the on-demand ratio, and its
     # training rows equal the online answer.
-    assert "parameter version 1 (registry version 2)" in out
+    assert "Fitted feature service 'fraud_model_scaled' on 2,000 rows" in out
     assert "Feature service fraud_model_scaled (transform parameters version 1)" in out
     assert "amount_to_avg_7d" in out
     assert "All 21 columns identical to the online answer: True" in out

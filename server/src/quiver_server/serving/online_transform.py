@@ -61,7 +61,7 @@ def apply_pipeline(
             )
         return columns
     request = decode_request_data(request_data, pipeline.selection.request_fields, count)
-    arrays = _stored_arrays(plan, columns, pipeline.stored_inputs, count)
+    arrays = _stored_arrays(columns, pipeline.stored_input_groups, count)
     out: list[OutputColumn] = []
     computed = pipeline.compute(arrays.__getitem__, request, count)
     for output, array in zip(pipeline.outputs, computed, strict=True):
@@ -74,15 +74,12 @@ def apply_pipeline(
 
 
 def _stored_arrays(
-    plan: ReadPlan, columns: list[OutputColumn], wanted: Sequence[int], count: int
+    columns: list[OutputColumn], groups: Sequence[tuple[ValueType, Sequence[int]]], count: int
 ) -> dict[int, pa.Array]:
     """The stored values the pipeline reads, as a training set holds them (null
     unless PRESENT): one Arrow conversion per type, sliced per feature."""
-    by_type: dict[ValueType, list[int]] = {}
-    for index in wanted:
-        by_type.setdefault(plan.refs[index].feature.dtype, []).append(index)
     arrays: dict[int, pa.Array] = {}
-    for dtype, indices in by_type.items():
+    for dtype, indices in groups:
         values: list[Any] = []
         for index in indices:
             column = columns[index]

@@ -136,6 +136,13 @@ class Pipeline:
         inputs.extend(s.stored for s in self._steps if s.bound is not None and s.stored >= 0)
         self.stored_inputs: tuple[int, ...] = tuple(dict.fromkeys(inputs))
         """Indices in `Selection.stored` of the values `compute` reads."""
+        groups: dict[ValueType, list[int]] = {}
+        for index in self.stored_inputs:
+            groups.setdefault(selection.stored[index].feature.dtype, []).append(index)
+        self.stored_input_groups: tuple[tuple[ValueType, tuple[int, ...]], ...] = tuple(
+            (dtype, tuple(indices)) for dtype, indices in groups.items()
+        )
+        """`stored_inputs` grouped by type, for callers that convert a type at once."""
 
     @property
     def output_names(self) -> list[str]:
