@@ -58,7 +58,9 @@ class BoundTransform:
     affine: tuple[float, float] | None = None
 
 
-def affine(inputs: Sequence[pa.Array], parameters: Sequence[tuple[float, float]]) -> list[pa.Array]:
+def affine(
+    inputs: Sequence[pa.Array], parameters: Sequence[tuple[float, float]] | FloatArray
+) -> list[pa.Array]:
     """``(x - center) / scale`` of every input, in one pass over all of them.
 
     The inputs (all of one length) become the rows of one float64 matrix,
@@ -70,7 +72,7 @@ def affine(inputs: Sequence[pa.Array], parameters: Sequence[tuple[float, float]]
 
     Args:
         inputs: Numeric arrays of one length.
-        parameters: ``(center, scale)`` per input.
+        parameters: ``(center, scale)`` per input (or a k x 2 float64 array of them).
     """
     rows = len(inputs[0])
     matrix = np.empty((len(inputs), rows), np.float64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from quiver import ValueType
@@ -119,6 +120,7 @@ class Pipeline:
             if transform is not None and transform.affine is not None:
                 self._affine.append(transform.affine)
         self._check_names()
+        self._affine_table = np.asarray(self._affine, np.float64).reshape(-1, 2)
         # Per on-demand view: its input names, each with where the value comes
         # from (a request field, or an index in `Selection.stored`).
         self._on_demand_inputs: list[tuple[str, list[tuple[str, str | int]]]] = [
@@ -204,7 +206,7 @@ class Pipeline:
                 results = step.bound.apply(value)
                 out[step.first:step.first + len(results)] = results
         if scaled:
-            results = affine([v for _, v in scaled], self._affine)
+            results = affine([v for _, v in scaled], self._affine_table)
             for (position, _), result in zip(scaled, results, strict=True):
                 out[position] = result
         return out
