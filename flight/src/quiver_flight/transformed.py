@@ -20,6 +20,7 @@ from quiver.errors import InvalidArgumentError
 from quiver_flight.pit import check_spine_schema, group_by_view, output_schema
 from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.registry.snapshot import FeatureRef
+from quiver_server.transforms.builtins import Numbers
 from quiver_server.transforms.pipeline import TRANSFORM_VERSION_METADATA, Pipeline
 from quiver_server.transforms.selection import Selection
 
@@ -116,7 +117,8 @@ class TrainingShape:
             stored = batch.columns[spine_width:]
             arrays = pipeline.compute(stored.__getitem__, self.request_arrays(batch), batch.num_rows)
             outputs = [
-                stored[output.stored] if array is None else array
+                stored[output.stored] if array is None
+                else array.to_arrow() if isinstance(array, Numbers) else array
                 for output, array in zip(pipeline.outputs, arrays, strict=True)
             ]
             yield pa.RecordBatch.from_arrays([*batch.columns[:spine_width], *outputs], schema=schema)

@@ -112,18 +112,14 @@ transaction = RequestSource(
 
 
 def amount_features(inputs: pa.RecordBatch) -> dict[str, pa.Array]:
-    """The transaction's amount against the user's 7-day habits (vectorized, row-wise)."""
-    amount = inputs["amount"]
-    return {
-        "amount_to_avg_7d": pc.divide(amount, inputs["txn_amount_avg_7d"]),
-        "amount_above_max_7d": pc.greater(amount, inputs["txn_amount_max_7d"]),
-    }
+    """The transaction's amount against the user's 7-day average (vectorized, row-wise)."""
+    return {"amount_to_avg_7d": pc.divide(inputs["amount"], inputs["txn_amount_avg_7d"])}
 
 
 txn_amount_features = OnDemandFeatureView(
     name="txn_amount_features",
-    sources=[transaction, user_transaction_stats[["txn_amount_avg_7d", "txn_amount_max_7d"]]],
-    schema=[Field("amount_to_avg_7d", Float64), Field("amount_above_max_7d", Bool)],
+    sources=[transaction, user_transaction_stats[["txn_amount_avg_7d"]]],
+    schema=[Field("amount_to_avg_7d", Float64)],
     function="features:amount_features",
     description="Computed per lookup from the request's amount and stored 7-day aggregates.",
     owner="risk-team@example.com",
@@ -133,7 +129,7 @@ fraud_model_scaled = FeatureService(
     name="fraud_model_scaled",
     features=[
         user_transaction_stats, user_profile, merchant_stats,
-        txn_amount_features[["amount_to_avg_7d"]],
+        txn_amount_features,
     ],
     transforms=[
         T.standard_scaler("user_transaction_stats:txn_count_24h"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from quiver import ValueType
@@ -31,6 +32,7 @@ from quiver_server.serving.online_read import (
     OutputColumn,
     ReadPlan,
 )
+from quiver_server.transforms.builtins import NUMPY_TYPES, Numbers
 
 # What a request field accepts: the rule spine columns follow (offline.columns).
 _ACCEPTED: dict[ValueType, tuple[ValueType, ...]] = {
@@ -61,9 +63,18 @@ def apply_pipeline(
             )
         return columns
     request = decode_request_data(request_data, pipeline.selection.request_fields, count)
-    arrays = _stored_arrays(columns, pipeline.stored_input_groups, count)
+    arrays = _stored_arrays(columns, pipeline.arrow_input_groups, count)
+
+    def numbers(index: int) -> Numbers:
+        # The values read, zero where not PRESENT (masked), as the scalers take them.
+        column = columns[index]
+        values = np.array(column.values, NUMPY_TYPES[plan.refs[index].feature.dtype])
+        if column.statuses.count(PRESENT) == count:
+            return Numbers(values, None)
+        return Numbers(values, np.array([s != PRESENT for s in column.statuses]))
+
     out: list[OutputColumn] = []
-    computed = pipeline.compute(arrays.__getitem__, request, count)
+    computed = pipeline.compute(arrays.__getitem__, request, count, numbers)
     for output, array in zip(pipeline.outputs, computed, strict=True):
         if array is None:
             out.append(columns[output.stored])
@@ -98,18 +109,23 @@ def _stored_arrays(
 
 
 def _graded(
-    dtype: ValueType, array: pa.Array, source: OutputColumn | None, count: int
+    dtype: ValueType, column: pa.Array | Numbers, source: OutputColumn | None, count: int
 ) -> OutputColumn:
-    if dtype == ValueType.TIMESTAMP:
-        array = array.cast(pa.int64())
-    values: list[Any] = array.to_pylist()
     event_ts = source.event_ts if source is not None else [0] * count
-    if array.null_count == 0:
+    if isinstance(column, Numbers):
+        values: list[Any] = column.values.tolist()
+        nulls = None if column.nulls is None else column.nulls.tolist()
+    else:
+        if dtype == ValueType.TIMESTAMP:
+            column = column.cast(pa.int64())
+        values = column.to_pylist()
+        nulls = None if column.null_count == 0 else [v is None for v in values]
+    if nulls is None:
         return OutputColumn(dtype, values, [PRESENT] * count, event_ts)
     zero = ZERO_VALUES[dtype]
     statuses = []
-    for i, value in enumerate(values):
-        if value is None:
+    for i, null in enumerate(nulls):
+        if null:
             values[i] = zero
             inherited = source.statuses[i] if source is not None else PRESENT
             statuses.append(NULL_VALUE if inherited == PRESENT else inherited)
@@ -197,7 +213,7 @@ def _checked(
     assert sent is not None
     try:
         # The cast a spine column of this type gets, so both paths see one value.
-        return cast_column(pa.array(values, sent.arrow_type), dtype)
+        return cast_column(pa.array(list(values), sent.arrow_type), dtype)
     except (pa.ArrowInvalid, OverflowError) as exc:
         violations.append(FieldViolation(where, f"values do not fit {dtype.name.lower()}: {exc}"))
         return pa.array([], dtype.arrow_type)

@@ -29,6 +29,7 @@ from quiver.transforms import CUSTOM, Transform
 
 Params = dict[str, pa.Array]
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 NUMERIC = (ValueType.INT64, ValueType.INT32, ValueType.FLOAT64, ValueType.FLOAT32)
 CATEGORICAL = (ValueType.STRING, ValueType.INT64, ValueType.INT32, ValueType.BOOL, ValueType.BYTES)
@@ -36,7 +37,12 @@ MAX_ONE_HOT_CATEGORIES = 1000
 _F64 = pa.float64()
 _I64 = pa.int64()
 _NUMPY_TYPES = {
-    pa.float64(): np.float64, pa.float32(): np.float32, pa.int64(): np.int64, pa.int32(): np.int32,
+    pa.float64().id: np.float64, pa.float32().id: np.float32, pa.int64().id: np.int64,
+    pa.int32().id: np.int32,
+}
+NUMPY_TYPES = {
+    ValueType.FLOAT64: np.float64, ValueType.FLOAT32: np.float32, ValueType.INT64: np.int64,
+    ValueType.INT32: np.int32,
 }
 
 
@@ -50,7 +56,7 @@ class BoundTransform:
         apply: Input array (the feature's declared type) to one array per output.
         affine: ``(center, scale)`` of a scaler; the pipeline applies all of a
             selection's scalers in one `affine` call (the same call `apply`
-            makes for one), so a lookup pays two Arrow calls for all of them.
+            makes for one), so a lookup pays two NumPy calls for all of them.
     """
 
     outputs: tuple[tuple[str, ValueType], ...]
@@ -58,64 +64,75 @@ class BoundTransform:
     affine: tuple[float, float] | None = None
 
 
+@dataclass(frozen=True)
+class Numbers:
+    """A numeric column as NumPy: values in their own dtype, and a null mask.
+
+    Scalers read and write this form, so a lookup can hand them the values it
+    read without building Arrow arrays first; callers convert at the edges.
+
+    Attributes:
+        values: The values (anything under a null).
+        nulls: True where null; None when nothing is.
+    """
+
+    values: npt.NDArray[Any]
+    nulls: BoolArray | None
+
+    @classmethod
+    def of(cls, array: pa.Array | pa.ChunkedArray) -> Numbers:
+        """A numeric Arrow array's values, read from its data buffer.
+
+        Read the same way whether or not the array has nulls, so a value
+        converts identically in a one-row lookup and a training batch.
+        """
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        dtype = _NUMPY_TYPES[array.type.id]
+        buffer = array.buffers()[1]
+        if buffer is None or len(array) == 0:  # nothing but nulls may come without data
+            values = np.zeros(len(array), dtype)
+        else:
+            values = np.frombuffer(buffer, dtype, len(array) + array.offset)[array.offset:]
+        nulls = None
+        if array.null_count:
+            nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False), bool)
+        return cls(values, nulls)
+
+    def to_arrow(self) -> pa.Array:
+        return pa.array(self.values, mask=self.nulls)
+
+
 def affine(
-    inputs: Sequence[pa.Array], parameters: Sequence[tuple[float, float]] | FloatArray
-) -> list[pa.Array]:
+    inputs: Sequence[Numbers], parameters: Sequence[tuple[float, float]] | FloatArray
+) -> list[Numbers]:
     """``(x - center) / scale`` of every input, in one pass over all of them.
 
-    The inputs (all of one length) become the rows of one float64 matrix,
-    computed with one NumPy subtract and one divide against the centers and
-    scales. Subtraction and division are correctly rounded IEEE operations in
-    every NumPy loop (SIMD or not), so element by element this is ``(x - c) / s``
-    exactly, whatever the grouping or batch length; nulls stay null, NaN stays
-    NaN, integers convert to the nearest float64.
+    The inputs (all of one length) become the rows of one float64 matrix
+    (integers convert to the nearest float64), computed with one NumPy
+    subtract and one divide against the centers and scales. Subtraction and
+    division are correctly rounded IEEE operations in every NumPy loop (SIMD
+    or not), so element by element this is ``(x - c) / s`` exactly, whatever
+    the grouping or batch length; nulls stay null, NaN stays NaN.
 
     Args:
-        inputs: Numeric arrays of one length.
+        inputs: Numeric columns of one length.
         parameters: ``(center, scale)`` per input (or a k x 2 float64 array of them).
     """
-    rows = len(inputs[0])
-    matrix = np.empty((len(inputs), rows), np.float64)
-    masks = []
-    for i, array in enumerate(inputs):
-        matrix[i], nulls = numeric_values(array)
-        masks.append(nulls)
+    matrix = np.empty((len(inputs), len(inputs[0].values)), np.float64)
+    for i, column in enumerate(inputs):
+        matrix[i] = column.values
     table = np.asarray(parameters, np.float64).reshape(-1, 2)
     with np.errstate(all="ignore"):
         np.subtract(matrix, table[:, :1], out=matrix)
         np.divide(matrix, table[:, 1:], out=matrix)
-    mask = None
-    if any(m is not None for m in masks):
-        mask = np.concatenate([np.zeros(rows, bool) if m is None else m for m in masks])
-    out = pa.array(matrix.reshape(-1), _F64, mask=mask)
-    return [out.slice(i * rows, rows) for i in range(len(inputs))]
+    return [Numbers(matrix[i], column.nulls) for i, column in enumerate(inputs)]
 
 
-def numeric_values(array: pa.Array) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None]:
-    """A numeric array's values (its own dtype) and null mask (None: no nulls).
-
-    Values are read from the data buffer the same way whether or not the
-    array has nulls (slots under a null hold anything and are masked), so a
-    value converts identically in a one-row lookup and a training batch.
-    """
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    dtype = _NUMPY_TYPES[array.type]
-    buffer = array.buffers()[1]
-    if buffer is None or len(array) == 0:  # nothing but nulls may come without data
-        data = np.zeros(len(array), dtype)
-    else:
-        data = np.frombuffer(buffer, dtype, len(array) + array.offset)[array.offset:]
-    nulls = None
-    if array.null_count:
-        nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False), bool)
-    return data, nulls
-
-
-def float_values(array: pa.Array) -> tuple[FloatArray, npt.NDArray[np.bool_] | None]:
-    """`numeric_values` converted to float64 (integers to the nearest float64)."""
-    data, nulls = numeric_values(array)
-    return data.astype(np.float64, copy=False), nulls
+def float_values(array: pa.Array) -> tuple[FloatArray, BoolArray | None]:
+    """`Numbers.of` converted to float64 (integers to the nearest float64)."""
+    numbers = Numbers.of(array)
+    return numbers.values.astype(np.float64, copy=False), numbers.nulls
 
 
 def input_types(kind: str) -> tuple[ValueType, ...] | None:
@@ -161,7 +178,9 @@ def bind(transform: Transform, params: Params) -> BoundTransform:
     if kind in _SCALERS:
         pair = (float(params["center"][0].as_py()), float(params["scale"][0].as_py()))
         return BoundTransform(
-            (("", ValueType.FLOAT64),), lambda values: affine([values], [pair]), pair
+            (("", ValueType.FLOAT64),),
+            lambda values: [affine([Numbers.of(values)], [pair])[0].to_arrow()],
+            pair,
         )
     if kind == "log1p":
         return BoundTransform(

@@ -19,7 +19,7 @@ import pyarrow as pa
 from quiver import ValueType
 from quiver.errors import InvalidArgumentError
 from quiver_server.registry.snapshot import FeatureRef
-from quiver_server.transforms.builtins import BoundTransform, affine
+from quiver_server.transforms.builtins import BoundTransform, Numbers, affine
 from quiver_server.transforms.on_demand import OnDemandRunner
 from quiver_server.transforms.selection import Selection
 
@@ -121,6 +121,9 @@ class Pipeline:
                 self._affine.append(transform.affine)
         self._check_names()
         self._affine_table = np.asarray(self._affine, np.float64).reshape(-1, 2)
+        self._affine_positions = [
+            s.first for s in self._steps if s.bound is not None and s.bound.affine is not None
+        ]
         # Per on-demand view: its input names, each with where the value comes
         # from (a request field, or an index in `Selection.stored`).
         self._on_demand_inputs: list[tuple[str, list[tuple[str, str | int]]]] = [
@@ -135,16 +138,24 @@ class Pipeline:
             source for _, sources in self._on_demand_inputs for _, source in sources
             if isinstance(source, int)
         ]
-        inputs.extend(s.stored for s in self._steps if s.bound is not None and s.stored >= 0)
-        self.stored_inputs: tuple[int, ...] = tuple(dict.fromkeys(inputs))
-        """Indices in `Selection.stored` of the values `compute` reads."""
+        inputs.extend(
+            s.stored for s in self._steps
+            if s.bound is not None and s.bound.affine is None and s.stored >= 0
+        )
+        self.arrow_inputs: tuple[int, ...] = tuple(dict.fromkeys(inputs))
+        """Indices in `Selection.stored` of the values `compute` reads as arrays."""
+        self.numeric_inputs: tuple[int, ...] = tuple(
+            s.stored for s in self._steps
+            if s.bound is not None and s.bound.affine is not None and s.stored >= 0
+        )
+        """Indices of the values `compute` reads as `Numbers` (the scalers' inputs)."""
         groups: dict[ValueType, list[int]] = {}
-        for index in self.stored_inputs:
+        for index in self.arrow_inputs:
             groups.setdefault(selection.stored[index].feature.dtype, []).append(index)
-        self.stored_input_groups: tuple[tuple[ValueType, tuple[int, ...]], ...] = tuple(
+        self.arrow_input_groups: tuple[tuple[ValueType, tuple[int, ...]], ...] = tuple(
             (dtype, tuple(indices)) for dtype, indices in groups.items()
         )
-        """`stored_inputs` grouped by type, for callers that convert a type at once."""
+        """`arrow_inputs` grouped by type, for callers that convert a type at once."""
 
     @property
     def output_names(self) -> list[str]:
@@ -175,39 +186,56 @@ class Pipeline:
         return results
 
     def compute(
-        self, stored: StoredArrays, request: Mapping[str, pa.Array], rows: int
-    ) -> list[pa.Array | None]:
-        """One array per output, in order; None for a passthrough stored value.
+        self,
+        stored: StoredArrays,
+        request: Mapping[str, pa.Array],
+        rows: int,
+        numbers: Callable[[int], Numbers] | None = None,
+    ) -> list[pa.Array | Numbers | None]:
+        """One column per output, in order; None for a passthrough stored value.
+
+        Scalers' outputs come as `Numbers` (`Numbers.to_arrow` converts), the
+        rest as Arrow arrays.
 
         Args:
             stored: Index in `Selection.stored` to that feature's array; asked
-                only for values an on-demand view or a transform reads.
+                for `arrow_inputs` (and for `numeric_inputs` when `numbers` is
+                None).
             request: Request field to array (every field the views declare).
             rows: Rows in this batch.
+            numbers: Index to the feature's `Numbers`, for `numeric_inputs`;
+                by default read from `stored`'s arrays.
 
         Raises:
             InvalidArgumentError: an on-demand function or custom transform
                 failed or returned the wrong type or length.
         """
         on_demand = self._run_on_demand(stored, request, rows) if self.runners else {}
-        out: list[pa.Array | None] = [None] * len(self.outputs)
-        scaled: list[tuple[int, pa.Array]] = []
+        out: list[pa.Array | Numbers | None] = [None] * len(self.outputs)
+        scaled: list[Numbers] = []
         for step in self._steps:
+            bound = step.bound
             if step.on_demand is not None:
                 view, position = step.on_demand
                 value: pa.Array | None = on_demand[view][position]
+                if bound is None:
+                    out[step.first] = value
+                    continue
+            elif bound is None:
+                continue
+            elif bound.affine is not None:
+                scaled.append(numbers(step.stored) if numbers else Numbers.of(stored(step.stored)))
+                continue
             else:
-                value = None if step.bound is None else stored(step.stored)
-            if step.bound is None:
-                out[step.first] = value
-            elif step.bound.affine is not None:
-                scaled.append((step.first, value))
+                value = stored(step.stored)
+            if bound.affine is not None:
+                scaled.append(Numbers.of(value))
             else:
-                results = step.bound.apply(value)
+                results = bound.apply(value)
                 out[step.first:step.first + len(results)] = results
         if scaled:
-            results = affine([v for _, v in scaled], self._affine_table)
-            for (position, _), result in zip(scaled, results, strict=True):
+            results = affine(scaled, self._affine_table)
+            for position, result in zip(self._affine_positions, results, strict=True):
                 out[position] = result
         return out
 
