@@ -11,6 +11,7 @@ from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_service_pb2 as pb
 from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from quiver.registry.v1.registry_pb2 import FeatureService, Registry
+from quiver_server.echo import clip
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.serving.status import rpc_errors
 from quiver_server.transforms import params
@@ -26,9 +27,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         snapshot = self._registry.current()
         if project and project != snapshot.project:
             raise NotFoundError(
-                f"project {project!r} is not served here; this server serves {snapshot.project!r}",
+                f"project {clip(project)!r} is not served here; "
+                f"this server serves {snapshot.project!r}",
                 reason="PROJECT_NOT_FOUND",
-                metadata={"project": project},
+                metadata={"project": clip(project)},
             )
         return snapshot.proto
 
@@ -41,9 +43,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             if item.name == name:  # type: ignore[attr-defined]
                 return item
         raise NotFoundError(
-            f"{kind.replace('_', ' ')} {name!r} does not exist",
+            f"{kind.replace('_', ' ')} {clip(name)!r} does not exist",
             reason=f"{kind.upper()}_NOT_FOUND",
-            metadata={kind: name},
+            metadata={kind: clip(name)},
         )
 
     @rpc_errors

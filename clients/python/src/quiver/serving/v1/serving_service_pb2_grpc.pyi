@@ -31,7 +31,12 @@ class FeatureServingServiceStub:
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
     """
 
     @_typing.overload
@@ -53,10 +58,11 @@ class FeatureServingServiceStub:
     request or more entities than the server allows, missing, extra or
     mistyped request data, or an on-demand function or custom transform that
     raises or returns the wrong type or length (ErrorInfo metadata names the
-    view or transform); FAILED_PRECONDITION when the service's transforms were
-    never fitted for its current definition, or a function's deployed source
-    differs from what was applied; UNAVAILABLE when the online store cannot be
-    read; DEADLINE_EXCEEDED when the store does not answer in time.
+    view or transform); RESOURCE_EXHAUSTED for one heavy request too many;
+    FAILED_PRECONDITION when the service's transforms were never fitted for
+    its current definition, or a function's deployed source differs from what
+    was applied; UNAVAILABLE when the online store cannot be read;
+    DEADLINE_EXCEEDED when the store does not answer in time.
     """
     PushFeatures: _grpc.UnaryUnaryMultiCallable[_serving_service_pb2.PushFeaturesRequest, _serving_service_pb2.PushFeaturesResponse]
     """PushFeatures writes rows of one feature view to the online store, the
@@ -64,8 +70,12 @@ class FeatureServingServiceStub:
     replace it. Either every row is accepted or none is written.
 
     Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
-    or extra columns, wrong column types, ragged columns or missing timestamps;
-    UNAVAILABLE when a store cannot be written.
+    or extra columns, wrong column types, ragged columns, missing timestamps,
+    event or created times more than serving.max_future_seconds ahead of the
+    server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+    unknown push target or arrow_ipc that is not an Arrow IPC stream;
+    RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+    cannot be written.
     """
     DeleteEntities: _grpc.UnaryUnaryMultiCallable[_serving_service_pb2.DeleteEntitiesRequest, _serving_service_pb2.DeleteEntitiesResponse]
     """DeleteEntities removes the online rows of the given entities from the given
@@ -73,8 +83,9 @@ class FeatureServingServiceStub:
     history is not rewritten.
 
     Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
-    columns that do not match the views' join keys; UNAVAILABLE when the online
-    store cannot be written.
+    columns that do not match the views' join keys or more entities than
+    serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+    many; UNAVAILABLE when the online store cannot be written.
     """
 
 @_typing.type_check_only
@@ -83,7 +94,12 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -102,10 +118,11 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     request or more entities than the server allows, missing, extra or
     mistyped request data, or an on-demand function or custom transform that
     raises or returns the wrong type or length (ErrorInfo metadata names the
-    view or transform); FAILED_PRECONDITION when the service's transforms were
-    never fitted for its current definition, or a function's deployed source
-    differs from what was applied; UNAVAILABLE when the online store cannot be
-    read; DEADLINE_EXCEEDED when the store does not answer in time.
+    view or transform); RESOURCE_EXHAUSTED for one heavy request too many;
+    FAILED_PRECONDITION when the service's transforms were never fitted for
+    its current definition, or a function's deployed source differs from what
+    was applied; UNAVAILABLE when the online store cannot be read;
+    DEADLINE_EXCEEDED when the store does not answer in time.
     """
     PushFeatures: _aio.UnaryUnaryMultiCallable[_serving_service_pb2.PushFeaturesRequest, _serving_service_pb2.PushFeaturesResponse]  # type: ignore[assignment]
     """PushFeatures writes rows of one feature view to the online store, the
@@ -113,8 +130,12 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     replace it. Either every row is accepted or none is written.
 
     Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
-    or extra columns, wrong column types, ragged columns or missing timestamps;
-    UNAVAILABLE when a store cannot be written.
+    or extra columns, wrong column types, ragged columns, missing timestamps,
+    event or created times more than serving.max_future_seconds ahead of the
+    server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+    unknown push target or arrow_ipc that is not an Arrow IPC stream;
+    RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+    cannot be written.
     """
     DeleteEntities: _aio.UnaryUnaryMultiCallable[_serving_service_pb2.DeleteEntitiesRequest, _serving_service_pb2.DeleteEntitiesResponse]  # type: ignore[assignment]
     """DeleteEntities removes the online rows of the given entities from the given
@@ -122,8 +143,9 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     history is not rewritten.
 
     Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
-    columns that do not match the views' join keys; UNAVAILABLE when the online
-    store cannot be written.
+    columns that do not match the views' join keys or more entities than
+    serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+    many; UNAVAILABLE when the online store cannot be written.
     """
 
 class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -131,7 +153,12 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
     """
 
     @_abc_1.abstractmethod
@@ -154,10 +181,11 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         request or more entities than the server allows, missing, extra or
         mistyped request data, or an on-demand function or custom transform that
         raises or returns the wrong type or length (ErrorInfo metadata names the
-        view or transform); FAILED_PRECONDITION when the service's transforms were
-        never fitted for its current definition, or a function's deployed source
-        differs from what was applied; UNAVAILABLE when the online store cannot be
-        read; DEADLINE_EXCEEDED when the store does not answer in time.
+        view or transform); RESOURCE_EXHAUSTED for one heavy request too many;
+        FAILED_PRECONDITION when the service's transforms were never fitted for
+        its current definition, or a function's deployed source differs from what
+        was applied; UNAVAILABLE when the online store cannot be read;
+        DEADLINE_EXCEEDED when the store does not answer in time.
         """
 
     @_abc_1.abstractmethod
@@ -171,8 +199,12 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         replace it. Either every row is accepted or none is written.
 
         Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
-        or extra columns, wrong column types, ragged columns or missing timestamps;
-        UNAVAILABLE when a store cannot be written.
+        or extra columns, wrong column types, ragged columns, missing timestamps,
+        event or created times more than serving.max_future_seconds ahead of the
+        server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+        unknown push target or arrow_ipc that is not an Arrow IPC stream;
+        RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+        cannot be written.
         """
 
     @_abc_1.abstractmethod
@@ -186,8 +218,9 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         history is not rewritten.
 
         Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
-        columns that do not match the views' join keys; UNAVAILABLE when the online
-        store cannot be written.
+        columns that do not match the views' join keys or more entities than
+        serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+        many; UNAVAILABLE when the online store cannot be written.
         """
 
 def add_FeatureServingServiceServicer_to_server(servicer: FeatureServingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
