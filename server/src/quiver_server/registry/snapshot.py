@@ -197,10 +197,10 @@ class Snapshot:
             return [OnDemandRef(on_demand, on_demand.feature(name))]
         except KeyError:
             raise NotFoundError(
-                f"on-demand feature view {view_name!r} has no feature {name!r}; "
-                f"it has: {', '.join(on_demand.feature_names)}",
+                f"on-demand feature view {view_name!r} has no feature {clip(name)!r}; "
+                f"it has: {name_list(on_demand.feature_names)}",
                 reason="FEATURE_NOT_FOUND",
-                metadata={"feature_view": view_name, "feature": name},
+                metadata={"feature_view": view_name, "feature": clip(name)},
             ) from None
 
     def _ref(self, view: FeatureView, name: str) -> FeatureRef:

@@ -24,6 +24,7 @@ from quiver import ValueType
 from quiver._convert import FIELD_FOR_TYPE, from_values
 from quiver.errors import FieldViolation, InvalidArgumentError
 from quiver.types.v1 import value_pb2
+from quiver_server.echo import clip
 from quiver_server.offline.columns import cast_column
 from quiver_server.serving.online_read import (
     NULL_VALUE,
@@ -146,7 +147,7 @@ def request_rows(
             to read), or no rows, or more than the server allows.
     """
     if entities:
-        name = next(iter(entities))
+        name = clip(next(iter(entities)))
         raise InvalidArgumentError.for_field(
             f"entities.{name}", "the requested features read no stored feature; send no entities, "
             "only request_data", reason="INVALID_ENTITIES",
@@ -174,7 +175,7 @@ def decode_request_data(
         if name not in fields:
             expected = ", ".join(sorted(fields)) or "none"
             violations.append(FieldViolation(
-                f"request_data.{name}",
+                f"request_data.{clip(name)}",
                 f"not a request field of the requested on-demand views; expected: {expected}",
             ))
     for name, dtype in fields.items():
