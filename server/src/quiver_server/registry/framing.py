@@ -17,8 +17,10 @@ framed file rather than misreading it.
 Files written before framing (a bare Registry message) are still read: their
 first byte is the tag of field 1 (``version``). They carry no checksum, so they
 are accepted only when they hold their own version number and the fields every
-commit writes, including ``cause``, the last field serialized: a file cut at a
-field boundary loses it, and a file cut inside a field does not parse. Byte
+commit writes, including ``cause``, the last field such a file serializes (the
+fields numbered after it, on-demand views and parameter sets, came later): a
+file cut at a field boundary loses it, and a file cut inside a field does not
+parse. Byte
 flips inside such a file cannot be detected; `quiver apply` or a materialization
 writes a new, framed version on top of it.
 """
