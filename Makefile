@@ -11,10 +11,12 @@ STAMP := $(VENV)/.installed
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# The SDK comes in as a dependency (a copy); make it editable too.
+	$(BIN)/pip install --quiet --no-deps -e clients/python
 	touch $(STAMP)
 
 .PHONY: setup
@@ -36,8 +38,12 @@ lint: $(STAMP) ## Ruff over hand-written code (generated code is excluded)
 typecheck: $(STAMP) ## mypy --strict over hand-written code
 	$(BIN)/mypy clients/python/src/quiver server/src/quiver_server flight/src/quiver_flight
 
+.PHONY: test-tools
+test-tools: ## Install the Debian tools tests drive: chromium (report) and promtool (alert rules)
+	bash scripts/install_test_tools.sh
+
 .PHONY: test
-test: $(STAMP) protos-check ## Run the whole test suite (what CI runs)
+test: $(STAMP) protos-check test-tools ## Run the whole test suite (what CI runs)
 	$(BIN)/pytest -q
 
 .PHONY: demo
@@ -45,7 +51,7 @@ demo: $(STAMP) ## The main job: demo repo -> apply -> materialize -> serve -> lo
 	$(BIN)/python scripts/demo.py
 
 .PHONY: bench-online
-bench-online: $(STAMP) ## Online serving latency/throughput vs a bare gRPC echo floor, then tracing off/on
+bench-online: $(STAMP) ## Online serving latency/throughput vs a bare gRPC echo floor, auth off/on, tracing off/on
 	$(BIN)/python benchmarks/bench_online.py $(ARGS)
 	$(BIN)/python benchmarks/tracing_overhead.py $(TRACING_ARGS)
 
@@ -57,10 +63,14 @@ bench-training: $(STAMP) ## Training sets through Flight vs a bare Flight stream
 bench-materialize: $(STAMP) ## Materialization rows/s into the online store vs raw SQLite inserts
 	$(BIN)/python benchmarks/bench_materialize.py $(ARGS)
 
+.PHONY: bench-monitor
+bench-monitor: $(STAMP) ## Monitoring costs: lookups with profiling off/on, materialize with/without profiles, quiver monitor over 10M rows
+	$(BIN)/python benchmarks/bench_monitor.py $(ARGS)
+
 .PHONY: bench-admission
 bench-admission: $(STAMP) ## 1-entity lookup latency while heavy callers send 1,000-entity lookups, with and without the heavy-request limit
 	$(BIN)/python benchmarks/bench_admission.py $(ARGS)
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and demo output
-	rm -rf $(VENV) demo-repo .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-repo .bench .pytest_cache .mypy_cache .ruff_cache test-artifacts

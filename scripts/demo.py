@@ -1,13 +1,16 @@
 """The README's main job: a fraud-detection feature store, end to end, on local defaults.
 
 Writes the demo feature repo (Parquet history + definitions), applies it,
-materializes it into the embedded SQLite online store, fits the transforms of
-the `fraud_model_scaled` service on labelled events (`quiver fit`), starts
-`quiver serve`, looks up features for a few users with the Python client --
-stored, standardized and on-demand ones, computed from the transaction amount
-sent with the lookup -- and prints them, then starts `quiver serve-flight`,
-pulls a point-in-time-correct training set for a few labelled events, pulls
-the scaled service's training set for the users looked up (same entities, same
+materializes it into the embedded SQLite online store in two batches -- the
+second one with one feature shifted, as an upstream bug would -- runs
+`quiver monitor report`, which flags the shifted feature and writes an HTML
+report, fits the transforms of the `fraud_model_scaled` service on labelled
+events (`quiver fit`), starts `quiver serve`, looks up features for a few users
+with the Python client -- stored, standardized and on-demand ones, computed
+from the transaction amount sent with the lookup -- and prints them and the
+drift metrics its Prometheus endpoint exports, then starts `quiver serve-flight`,
+pulls a point-in-time-correct training set for a few labelled events, pulls the
+scaled service's training set for the users looked up (same entities, same
 time, same amounts) and checks it holds exactly the online answer, and shuts
 both servers down with SIGTERM.
 """
@@ -23,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,6 +36,7 @@ import pyarrow.parquet as pq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quiver import OnlineClient, TrainingClient
+from quiver_server.demo_repo import SHIFTED_FEATURE, write_shifted_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIVER = [sys.executable, "-m", "quiver_server.cli"]
@@ -92,16 +97,27 @@ def main() -> int:
     run("--repo", str(repo), "apply")
     end = datetime.now(UTC) + timedelta(seconds=1)
     start = end - timedelta(days=30)
-    run("--repo", str(repo), "materialize", start.isoformat(), end.isoformat())
+    # Two batches: history up to yesterday, then the last day, in which an
+    # upstream bug multiplied one feature by 3.
+    yesterday = (end - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+    run("--repo", str(repo), "materialize", start.isoformat(), yesterday.isoformat())
+    shifted = write_shifted_batch(repo)
+    print(f"\nWrote a second batch with {SHIFTED_FEATURE} x3 for every user: {shifted.name}")
+    run("--repo", str(repo), "materialize", yesterday.isoformat(), end.isoformat())
+    report = repo / "drift-report.html"
+    run("--repo", str(repo), "monitor", "report", "--out", str(report))
     labels = write_labels(repo, end)
     run("--repo", str(repo), "fit", "fraud_model_scaled", "--spine", str(labels))
 
     port = free_port()
+    metrics_port = free_port()
     target = f"127.0.0.1:{port}"
     print(f"\n$ quiver serve --port {port}", flush=True)
     server = subprocess.Popen(
         [*QUIVER, "--repo", str(repo), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "QUIVER_TELEMETRY__LOGGING__FORMAT": "console"},
+        env={**os.environ, "QUIVER_TELEMETRY__LOGGING__FORMAT": "console",
+             "QUIVER_TELEMETRY__METRICS__PORT": str(metrics_port),
+             "QUIVER_TELEMETRY__METRICS__HOST": "127.0.0.1"},
     )
     try:
         wait_until_serving(target, server)
@@ -128,6 +144,7 @@ def main() -> int:
                   f"{scaled.transform_version}), with the transaction amount sent in the request:")
             for name in SHOWN_SCALED:
                 print(f"  {name:<22} {scaled.values(name)}")
+        show_drift_metrics(metrics_port)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
@@ -164,12 +181,28 @@ def write_labels(repo: Path, end: datetime) -> Path:
     return path
 
 
+def show_drift_metrics(port: int) -> None:
+    """What Prometheus scrapes (and the chart's alert rules read) about the drift."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    print(f"\nDrift metrics of {SHIFTED_FEATURE} at {url} (alert QuiverFeatureDrift fires "
+          f"when a score is over its threshold):")
+    for line in text.splitlines():
+        if f'feature="{SHIFTED_FEATURE}"' in line and line.startswith(
+            ("quiver_feature_drift_score", "quiver_feature_drift_threshold",
+             "quiver_feature_drift_status")
+        ):
+            print(f"  {line}")
+
+
 def training_set(repo: Path, end: datetime, online: pa.Table, online_at: datetime) -> int:
     """Pull training sets over Arrow Flight; the scaled one must equal the online answer."""
     port = free_port()
     print(f"\n$ quiver serve-flight --port {port}", flush=True)
     server = subprocess.Popen(
-        [*QUIVER, "--repo", str(repo), "serve-flight", "--host", "127.0.0.1", "--port", str(port)],
+        [*QUIVER, "--repo", str(repo), "serve-flight", "--host", "127.0.0.1", "--port", str(port),
+         "--health-port", "0"],
         env={**os.environ, "QUIVER_TELEMETRY__LOGGING__LEVEL": "warning"},
     )
     try:
@@ -194,6 +227,7 @@ def training_set(repo: Path, end: datetime, online: pa.Table, online_at: datetim
                         features=["user_transaction_stats:txn_count_24h",
                                   "user_transaction_stats:txn_amount_sum_24h",
                                   "user_profile:credit_score", "merchant_stats:is_high_risk"],
+                        name="fraud_demo",
                     )
                 break
             except Exception:

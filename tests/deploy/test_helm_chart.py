@@ -174,6 +174,7 @@ def test_config_follows_values() -> None:
         "max_future_seconds": 300,
         "max_workers_threads": 4,
         "grace_seconds": 15,
+        "health_port": 6567,
     }
     assert out["flight"]["location"] == "grpc+tls://flight.example.com:443"
     # configOverrides reaches fields the chart does not model.
@@ -202,25 +203,71 @@ def test_serving_probes_are_native_grpc_health_checks(rendered: Rendered) -> Non
         pytest.skip("serving disabled in this value set")
     _, pod = rendered.workload("serving")
     (container,) = pod["containers"]
-    grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # The plaintext health-only port when there is one (kubelet speaks neither TLS nor tokens).
+    probe_port = ports.get("health", ports["grpc"])
+    assert ("health" in ports) == (values["serving"]["healthPort"] > 0)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, probe
-        assert container[probe]["grpc"]["port"] == grpc_port
+        assert container[probe]["grpc"]["port"] == probe_port
     assert container["readinessProbe"]["grpc"]["service"] == HEALTH_SERVICE
     assert container["livenessProbe"]["grpc"]["service"] == ""
     assert container["startupProbe"]["grpc"]["service"] == ""
 
 
-def test_flight_probes_use_the_flight_port(rendered: Rendered) -> None:
-    """Arrow Flight servers have no grpc.health.v1 service, so Flight is probed over TCP."""
+def test_flight_probes_are_native_grpc_health_checks_on_the_health_port(rendered: Rendered) -> None:
+    """serve-flight runs grpc.health.v1 on a side port; readiness asks about the Flight service."""
     values = deep_merge(chart_defaults(), rendered.values)
     if not values["flight"]["enabled"]:
         pytest.skip("flight disabled in this value set")
     _, pod = rendered.workload("flight")
     (container,) = pod["containers"]
-    assert next(p["name"] for p in container["ports"]) == "flight"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == values["flight"]["health"]["port"] != ports["flight"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["tcpSocket"] == {"port": "flight"}
+        assert set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, probe
+        assert container[probe]["grpc"]["port"] == ports["health"]
+    assert container["readinessProbe"]["grpc"]["service"] == "arrow.flight.protocol.FlightService"
+    assert container["livenessProbe"]["grpc"]["service"] == ""
+    assert container["startupProbe"]["grpc"]["service"] == ""
+    config = rendered.quiver_yaml()["flight"]
+    assert config["health_port"] == ports["health"]
+    service = rendered.get("Service", f"{rendered.fullname}-flight")
+    assert "health" not in [p["name"] for p in service["spec"]["ports"]]
+
+
+def test_flight_limits_and_spine_settings_reach_the_config() -> None:
+    out = render({"flight": {
+        "maxSpineBytes": 5 << 30, "maxStoredSpineBytes": 50 << 30, "spineSweepSeconds": 60,
+        "spineRoot": "labels", "maxConcurrentStreams": 4, "maxConcurrentUploads": 2,
+        "health": {"port": 9000, "checkSeconds": 2},
+    }}).quiver_yaml()["flight"]
+    assert {k: out[k] for k in (
+        "max_spine_bytes", "max_stored_spine_bytes", "spine_sweep_seconds", "spine_root",
+        "max_concurrent_streams", "max_concurrent_uploads", "health_port", "health_check_seconds",
+    )} == {
+        "max_spine_bytes": 5 << 30, "max_stored_spine_bytes": 50 << 30, "spine_sweep_seconds": 60,
+        "spine_root": "labels", "max_concurrent_streams": 4, "max_concurrent_uploads": 2,
+        "health_port": 9000, "health_check_seconds": 2,
+    }
+    assert "ticket_key_file" not in out
+
+
+def test_flight_ticket_keys_come_from_a_user_secret_shared_by_every_replica() -> None:
+    out = render({"flight": {"replicaCount": 3,
+                             "ticketKeys": {"existingSecret": "quiver-ticket-keys", "secretKey": "k"}}})
+    _, pod = out.workload("flight")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "ticket-keys"]
+    assert volume["secret"]["secretName"] == "quiver-ticket-keys"
+    assert volume["secret"]["items"] == [{"key": "k", "path": "keys"}]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "ticket-keys"]
+    assert mount["readOnly"]
+    key_file = out.quiver_yaml()["flight"]["ticket_key_file"]
+    assert key_file == f"{mount['mountPath']}/keys"
+    # Only Flight pods sign tickets.
+    _, serving = out.workload("serving")
+    assert all(v["name"] != "ticket-keys" for v in serving["volumes"])
 
 
 def test_containers_run_hardened(rendered: Rendered) -> None:
@@ -463,11 +510,15 @@ def test_network_policies_select_pods_and_open_their_ports() -> None:
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
         ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-        assert ingress_ports == {port, 9464}
+        assert ingress_ports == ({port, 6567, 9464} if component == "serving" else {port, 9464})
+        health = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 6567]
+        assert all("from" not in rule for rule in health), "probes come from the node"
         egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
         assert {53, 4333, 4317, 9091, 443} <= egress_ports
     jobs = out.get("NetworkPolicy", "quiver-jobs")
-    assert jobs["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["materialize", "apply"]
+    assert jobs["spec"]["podSelector"]["matchExpressions"][0]["values"] == [
+        "materialize", "monitor", "apply",
+    ]
     custom = render(VALUE_SETS["networkpolicy-egress-tracing"]).get(
         "NetworkPolicy", f"{FULL}-serving"
     )
@@ -508,7 +559,54 @@ def test_materialize_cron_job_runs_incremental_materialization() -> None:
     (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["--repo", "/etc/quiver/repo", "materialize-incremental", "now"]
     assert env_of(container)["QUIVER_LOG_CONTEXT"]["value"] == "cron"
-    assert not render({"materialize": {"enabled": False}}).of_kind("CronJob")
+    remaining = render({"materialize": {"enabled": False}}).of_kind("CronJob")
+    assert [c["metadata"]["name"] for c in remaining] == [f"{FULL}-monitor"]
+
+
+def test_monitor_cron_job_runs_quiver_monitor() -> None:
+    out = render(VALUE_SETS["full"])
+    cron = out.get("CronJob", "quiver-monitor")
+    assert cron["spec"]["schedule"] == "0 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["args"] == ["--repo", "/etc/quiver/repo", "monitor", "--current", "serving"]
+    # It reads the same offline store as the servers that write the profiles.
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    serving_mounts = {m["mountPath"] for m in out.workload("serving")[1]["containers"][0]["volumeMounts"]}
+    assert mounts == serving_mounts
+    monitoring = out.quiver_yaml()["monitoring"]
+    assert monitoring["serving_sample_rate"] == 0.05
+    assert monitoring["reference"] == "training_set:fraud_model_v3"
+    assert not render({"monitor": {"enabled": False}, "materialize": {"enabled": False}}).of_kind(
+        "CronJob"
+    )
+
+
+def test_prometheus_rule_alerts_on_drift_staleness_not_found_and_errors() -> None:
+    out = render(VALUE_SETS["full"])
+    (rule,) = out.of_kind("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(rules) == {
+        "QuiverFeatureDrift", "QuiverFeatureViewStale", "QuiverNotFoundRatioHigh",
+        "QuiverErrorRateHigh", "QuiverMonitorNotRunning",
+    }
+    assert rules["QuiverFeatureDrift"]["for"] == "30m"
+    assert all(r["labels"]["team"] == "ml-platform" for r in rules.values())
+    # Every series a rule reads is one the servers export, with labels they carry.
+    from quiver_server.telemetry.metrics import exported_metrics
+
+    exported = exported_metrics()
+    for name, alert in rules.items():
+        used = set(re.findall(r"\b(quiver_[a-z_]+)\b", alert["expr"]))
+        assert used and used <= set(exported), (name, used - set(exported))
+        for labels in re.findall(r"by \(([^)]*)\)", alert["expr"]):
+            for label in (part.strip() for part in labels.split(",")):
+                if label != "namespace":  # added by the scrape, not by Quiver
+                    assert any(label in exported[series] for series in used), (name, label)
+    assert not render().of_kind("PrometheusRule"), "off by default, like the ServiceMonitor"
 
 
 def test_apply_job_reruns_only_when_its_inputs_change() -> None:
@@ -686,6 +784,10 @@ CROSS_FIELD = {
     "metrics port clash": (
         {"telemetry": {"metrics": {"port": 6566}}},
         "serving.port and telemetry.metrics.port",
+    ),
+    "flight health port clash": (
+        {"flight": {"health": {"port": 8815, "checkSeconds": 5}}},
+        "flight.health.port (8815) must differ",
     ),
     "min above max replicas": (
         {"flight": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},

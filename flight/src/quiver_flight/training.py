@@ -11,6 +11,7 @@ times and either produce the same rows or refuse with FAILED_PRECONDITION.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,29 +19,35 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from google.protobuf import message
 
-from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
+from quiver import Action
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    QuiverError,
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
+from quiver_flight.convert import timestamp_seconds, unpack_ticket
 from quiver_flight.fitting import FitRequest, fit_service
 from quiver_flight.pit import PointInTimeEngine, feature_fields, group_by_view
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.transformed import TrainingShape
+from quiver_server.auth.access import AccessControl
 from quiver_server.config import FlightConfig
+from quiver_server.monitoring.training_sets import TrainingSetProfiler
+from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
-from quiver_server.telemetry.scope import traced
+from quiver_server.telemetry.spans import traced
 from quiver_server.transforms.engine import Transformations
 from quiver_server.transforms.pipeline import Pipeline
-from quiver_server.transforms.selection import select
+from quiver_server.transforms.selection import Selection, select
 
 ROLE_METADATA = b"quiver.role"
 _SNAPSHOTS_KEPT = 8
@@ -65,7 +72,11 @@ class PartitionJob:
 
 
 class TrainingSets:
-    """The Flight-independent half of the server: plan, describe, compute."""
+    """The Flight-independent half of the server: plan, describe, compute.
+
+    Every entry point checks READ_OFFLINE (DESCRIBE for `feature_sets`) on
+    what it resolved, through `access` (a no-op when auth is off).
+    """
 
     def __init__(
         self,
@@ -75,9 +86,13 @@ class TrainingSets:
         signer: TicketSigner,
         config: FlightConfig,
         clock: Callable[[], float] = time.time,
+        profiler: TrainingSetProfiler | None = None,
+        access: AccessControl | None = None,
         transformations: Transformations | None = None,
     ) -> None:
         self.registry = registry
+        self.profiler = profiler
+        self.access = access or AccessControl.disabled()
         self.engine = engine
         self.spines = spines
         self.signer = signer
@@ -108,6 +123,44 @@ class TrainingSets:
                 self._snapshots.popitem(last=False)
         return snapshot
 
+    def readiness(self) -> str | None:
+        """None when training sets can be planned and computed now, else why not.
+
+        Ready means the newest registry version loads and the offline store
+        root can be listed (the health service reports it).
+        """
+        try:
+            self.snapshot()
+        except QuiverError as exc:
+            return f"registry: {exc.message}"
+        except Exception as exc:
+            return f"registry: {type(exc).__name__}: {exc}"
+        fs, root = filesystem_and_path(self.engine.offline_root)
+        try:
+            info = fs.get_file_info(root)
+            if info.type != pafs.FileType.Directory:
+                return "offline store: its root is not a directory"
+            fs.get_file_info(pafs.FileSelector(root))
+        except OSError as exc:
+            return f"offline store: {exc}"
+        return None
+
+    def resolve(
+        self, snapshot: Snapshot, requested: Sequence[str], service: str
+    ) -> Selection:
+        """The selection, once the caller may READ_OFFLINE every stored feature it
+        reads (an on-demand view's inputs included)."""
+        try:
+            selection = select(snapshot, list(requested), service or None, field="features")
+        except NotFoundError as exc:
+            raise self.access.unknown(
+                exc, snapshot, Action.READ_OFFLINE, requested=requested, service=service
+            ) from None
+        self.access.check_features(
+            snapshot, Action.READ_OFFLINE, selection.stored, service=service, requested=requested
+        )
+        return selection
+
     def shape(
         self,
         snapshot: Snapshot,
@@ -118,7 +171,7 @@ class TrainingSets:
         transform_version: int = 0,
     ) -> TrainingShape:
         """Resolve a selection and build what turns its join into the training set."""
-        selection = select(snapshot, list(features), feature_service or None, field="features")
+        selection = self.resolve(snapshot, features, feature_service)
         pipeline = None
         if not selection.plain or transform_version:
             pipeline = self.transformations.pipeline(
@@ -139,12 +192,21 @@ class TrainingSets:
         )
 
     @traced("quiver.flight.spine.open")
-    def open_spine(self, source: pb.SpineSource) -> Spine:
+    def open_spine(self, source: pb.SpineSource, snapshot: Snapshot) -> Spine:
+        """The spine a command names. A Parquet spine is whatever was put in the spine
+        directory, by anyone, so reading one needs READ_OFFLINE on the whole project."""
         kind = source.WhichOneof("source")
         if kind == "spine_id":
             return self.spines.open(source.spine_id)
         if kind == "parquet_path":
-            return self.spines.open_path(source.parquet_path)
+            self.access.check_project(
+                snapshot, Action.READ_OFFLINE, f"Parquet spine {source.parquet_path!r} "
+                "(a parquet_path spine needs READ_OFFLINE on the whole project; upload the "
+                "spine instead)", parquet_path=source.parquet_path,
+            )
+            history = [resolve_path(self.engine.offline_root, view.source.path)
+                       for view in snapshot.feature_views.values()]
+            return self.spines.open_path(source.parquet_path, history)
         raise InvalidArgumentError.for_field(
             "spine", "name a spine: spine_id (from do_put) or parquet_path", reason="MISSING_SPINE"
         )
@@ -156,7 +218,7 @@ class TrainingSets:
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if not command.HasField("spine"):
             return required_schema(shape, timestamp_column)
-        spine = self.open_spine(command.spine)
+        spine = self.open_spine(command.spine, snapshot)
         return shape.schema(spine.schema, timestamp_column)
 
     @traced("quiver.flight.plan")
@@ -170,12 +232,18 @@ class TrainingSets:
         snapshot = self.snapshot()
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if command.fit:
-            spine = self.open_spine(command.spine)
+            if command.WhichOneof("selection") != "feature_service":
+                raise InvalidArgumentError.for_field(
+                    "fit", "fitting needs a feature service (its transforms are what is fitted)",
+                    reason="NOTHING_TO_FIT",
+                )
+            self.resolve(snapshot, (), command.feature_service)  # may it read what it fits on?
+            spine = self.open_spine(command.spine, snapshot)
             snapshot, fitted = self._fit(command, snapshot, spine, timestamp_column)
             shape = self.command_shape(command, snapshot, fitted)
         else:
             shape = self.command_shape(command, snapshot)
-            spine = self.open_spine(command.spine)
+            spine = self.open_spine(command.spine, snapshot)
         schema = shape.schema(spine.schema, timestamp_column)
         refs = shape.join_refs
         rows = spine.num_rows
@@ -207,6 +275,7 @@ class TrainingSets:
             partition_count=count,
             history_fingerprints={name: s.fingerprint for name, s in sources.items()},
             spine_fingerprint=spine.fingerprint,
+            name=_training_set_name(command.name),
         )
         base.planned_at.FromDatetime(timestamp_seconds(self.clock()))
         if spine.expires_at is not None:
@@ -237,7 +306,7 @@ class TrainingSets:
         if not self.signer.verify(ticket.partition, ticket.signature):
             raise InvalidArgumentError.for_field(
                 "ticket", "the ticket's signature does not match: it was altered, or issued by a "
-                "server that does not share this offline store", reason="TICKET_SIGNATURE",
+                "server that does not share this server's ticket keys", reason="TICKET_SIGNATURE",
             )
         partition = pb.TrainingSetPartition()
         try:
@@ -252,6 +321,7 @@ class TrainingSets:
             snapshot = self.snapshot(partition.registry_version)
         except FailedPreconditionError:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
+        # A ticket is not a capability: whoever presents it must be allowed its features.
         shape = self.shape(
             snapshot,
             features=[] if partition.feature_service else list(partition.feature_refs),
@@ -261,7 +331,7 @@ class TrainingSets:
         )
         refs = shape.join_refs
         try:
-            spine = self.open_spine(partition.spine)
+            spine = self.open_spine(partition.spine, snapshot)
         except NotFoundError as exc:
             raise _stale(exc.message) from None
         if spine.fingerprint != partition.spine_fingerprint:
@@ -272,31 +342,37 @@ class TrainingSets:
                 raise _stale(f"the history of feature view {name!r} changed since it was planned")
         rows = spine.read(partition.row_offset, partition.row_count)
         schema = shape.schema(spine.schema, partition.timestamp_column)
-        batches = self.engine.join(
+        joined = self.engine.join(
             rows, refs, timestamp_column=partition.timestamp_column,
             full_feature_names=shape.join_full_names, sources=sources,
         )
-        return PartitionJob(schema, shape.batches(batches, schema, len(spine.schema)), partition)
+        if self.profiler is not None:
+            # Profiles hold stored values, as the online ones do: the joined
+            # columns, before on-demand views and transforms.
+            joined = self.profiler.wrap(joined, _stored_partition(partition, shape), snapshot)
+        return PartitionJob(schema, shape.batches(joined, schema, len(spine.schema)), partition)
 
     def _fit(
         self, command: pb.TrainingSetCommand, snapshot: Snapshot, spine: Spine, timestamp_column: str
     ) -> tuple[Snapshot, int]:
-        if command.WhichOneof("selection") != "feature_service":
-            raise InvalidArgumentError.for_field(
-                "fit", "fitting needs a feature service (its transforms are what is fitted)",
-                reason="NOTHING_TO_FIT",
-            )
         if command.transform_version:
             raise InvalidArgumentError.for_field(
                 "transform_version", "give fit or a transform version, not both"
             )
+        # A fit stores a parameter set in the registry: a write of the project's.
+        self.access.check_project(
+            snapshot, Action.WRITE_OFFLINE, f"fitting the transforms of feature service "
+            f"{command.feature_service!r} (stores parameters in the registry)",
+            feature_service=command.feature_service,
+        )
         if spine.num_rows > self.spines.max_rows:
             raise _too_many_rows(spine.num_rows, self.spines.max_rows)
+        call = self.access.call()
         source = command.spine
         kind = source.WhichOneof("source")
         request = FitRequest(
             command.feature_service, spine, f"{kind}:{getattr(source, kind or 'spine_id')}",
-            timestamp_column, command.requested_by, "flight",
+            timestamp_column, call.principal.subject if call else command.requested_by, "flight",
         )
         fitted, parameters = fit_service(
             request, snapshot, self.registry, self.engine, self.transformations
@@ -304,13 +380,17 @@ class TrainingSets:
         return self.snapshot(fitted.version), parameters.version
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
-        """Every feature service and view: what it is, its command and schema."""
+        """Every feature service and view the caller may DESCRIBE: what it is, its command
+        and schema."""
         version = self.registry.latest_good_version()
         if version == 0:
             return
         snapshot = self.snapshot(version)
+        describable = self.access.may_describe
         for service in snapshot.feature_services.values():
-            if service.name.startswith(name_prefix):
+            if service.name.startswith(name_prefix) and describable(
+                snapshot, "feature_service", service.name
+            ):
                 command = pb.TrainingSetCommand(feature_service=service.name)
                 info = pb.FeatureSetInfo(
                     kind=pb.FEATURE_SET_KIND_FEATURE_SERVICE, name=service.name,
@@ -319,26 +399,25 @@ class TrainingSets:
                 yield self._describe(info, command, self._listed_shape(snapshot, service.name),
                                      snapshot)
         for view in snapshot.feature_views.values():
-            if view.name.startswith(name_prefix):
+            if view.name.startswith(name_prefix) and describable(snapshot, "feature_view", view.name):
                 refs = [FeatureRef(view, f).ref for f in view.schema]
                 command = pb.TrainingSetCommand(features=pb.FeatureList(refs=refs))
                 info = pb.FeatureSetInfo(
                     kind=pb.FEATURE_SET_KIND_FEATURE_VIEW, name=view.name,
                     description=view.description, owner=view.owner, tags=view.tags,
                 )
-                yield self._describe(
-                    info, command, self.shape(snapshot, features=refs, full_feature_names=True),
-                    snapshot,
-                )
+                selection = select(snapshot, refs)
+                yield self._describe(info, command, TrainingShape(selection, None, True), snapshot)
 
     def _listed_shape(self, snapshot: Snapshot, service: str) -> TrainingShape:
+        selection = select(snapshot, feature_service=service)
         try:
-            return self.shape(snapshot, feature_service=service, full_feature_names=True)
+            pipeline = self.transformations.pipeline(snapshot, selection, full_names=True)
         except FailedPreconditionError:
             # Not fitted yet (or its code is not deployed here): list the
             # features as they are before transforms.
-            selection = select(snapshot, feature_service=service)
-            return TrainingShape(selection, Pipeline(selection, {}, {}, 0, True), True)
+            pipeline = Pipeline(selection, {}, {}, 0, True)
+        return TrainingShape(selection, None if selection.plain else pipeline, True)
 
     @staticmethod
     def _describe(
@@ -372,6 +451,32 @@ def required_schema(shape: TrainingShape, timestamp_column: str) -> pa.Schema:
     else:
         features = [output.arrow_field() for output in shape.pipeline.outputs]
     return pa.schema([*fields, *features])
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def _training_set_name(name: str) -> str:
+    if name and not _NAME.match(name):
+        raise InvalidArgumentError.for_field(
+            "name", f"training set name {name!r} is invalid: use 1 to 128 letters, digits, "
+            f"'_', '-' or '.'", reason="INVALID_NAME",
+        )
+    return name
+
+
+def _stored_partition(
+    partition: pb.TrainingSetPartition, shape: TrainingShape
+) -> pb.TrainingSetPartition:
+    """`partition` as the point-in-time join sees it: its stored features, by join name."""
+    if shape.pipeline is None:
+        return partition
+    stored = pb.TrainingSetPartition()
+    stored.CopyFrom(partition)
+    del stored.feature_refs[:]
+    stored.feature_refs.extend(ref.ref for ref in shape.join_refs)
+    stored.full_feature_names = shape.join_full_names
+    return stored
 
 
 def _stale(why: str) -> FailedPreconditionError:

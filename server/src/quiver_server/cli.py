@@ -4,8 +4,10 @@
                         | serve | serve-flight | registry history | registry show [VERSION]
                         | registry prune [--keep N] | registry repair
                         | delete-entity KEY=VALUE... [--views V,...]
+                        | monitor [run | report --out FILE | training-sets]
                         | fit SERVICE --spine PATH | transforms list | transforms show SERVICE
     quiver init-demo DIR
+    quiver auth token NAME [--principal P] [--groups G,...]
 
 DIR is the feature repo (default: $QUIVER_REPO or the current directory).
 Times are ISO 8601; a time without an offset is UTC; `now` is accepted.
@@ -27,6 +29,7 @@ from quiver_server.config import QuiverConfig, load_config
 from quiver_server.transforms.commands import register as register_transform_commands
 
 if TYPE_CHECKING:
+    from quiver_server.monitoring.sinks import ProfileWriter
     from quiver_server.registry.store import RegistryStore
 
 
@@ -64,20 +67,49 @@ def cmd_plan(config: QuiverConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_writer(config: QuiverConfig) -> ProfileWriter | None:
+    """Where materialization stores the profiles of what it writes (None: monitoring off)."""
+    if not config.monitoring.enabled:
+        return None
+    from quiver_server.monitoring.sinks import ProfileWriter
+    from quiver_server.monitoring.storage import ProfileStore
+
+    return ProfileWriter(ProfileStore(config.offline_root))
+
+
 def cmd_materialize(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_range
+    from quiver_server.progress import MaterializeBars
+    from quiver_server.telemetry.job import run_materialization
 
     if args.start >= args.end:
         raise SystemExit(f"quiver: error: START ({args.start}) must be before END ({args.end})")
-    materialize_range(config, args.start, args.end, _views(args.views), progress=True)
+    profiles = _profile_writer(config)
+    with MaterializeBars() as bars:
+        run_materialization(config, lambda progress: materialize_range(
+            config, args.start, args.end, _views(args.views), progress=progress,
+            profiles=profiles,
+        ), draw=bars)
     return 0
 
 
 def cmd_materialize_incremental(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_incremental
+    from quiver_server.progress import MaterializeBars
+    from quiver_server.telemetry.job import run_materialization
 
-    materialize_incremental(config, args.end, _views(args.views), progress=True)
+    profiles = _profile_writer(config)
+    with MaterializeBars() as bars:
+        run_materialization(config, lambda progress: materialize_incremental(
+            config, args.end, _views(args.views), progress=progress, profiles=profiles,
+        ), draw=bars)
     return 0
+
+
+def cmd_monitor(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.monitoring.cli import monitor_command
+
+    return monitor_command(config, args)
 
 
 def cmd_serve(config: QuiverConfig, args: argparse.Namespace) -> int:
@@ -90,7 +122,7 @@ def cmd_serve(config: QuiverConfig, args: argparse.Namespace) -> int:
 def cmd_serve_flight(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_flight.server import serve
 
-    serve(config, args.host, args.port)
+    serve(config, args.host, args.port, health_port=args.health_port)
     return 0
 
 
@@ -146,26 +178,23 @@ def _print_history(store: RegistryStore) -> int:
 def cmd_delete_entity(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.deletion import delete_entities
     from quiver_server.online.factory import open_online_store
+    from quiver_server.online.keys import parse_key
     from quiver_server.registry.store import RegistryStore
 
     registry = RegistryStore(config.registry_path)
     snapshot = registry.latest_good() or registry.latest()  # the latter raises why
-    key_types = {k.name: k.dtype for e in snapshot.entities.values() for k in e.join_keys}
+    keys = {k.name: k for e in snapshot.entities.values() for k in e.join_keys}
     entities: dict[str, list[object]] = {}
     for item in args.keys:
         name, sep, value = item.partition("=")
-        if not sep or name not in key_types:
-            known = ", ".join(sorted(key_types))
+        if not sep or name not in keys:
+            known = ", ".join(sorted(keys))
             raise SystemExit(f"quiver: error: {item!r}: use KEY=VALUE with a join key ({known})")
-        dtype = key_types[name]
-        parsed: object = value
-        if dtype.name in ("INT64", "INT32"):
-            try:
-                parsed = int(value)
-            except ValueError:
-                raise SystemExit(f"quiver: error: {item!r}: {name} is an integer key") from None
-        elif dtype.name == "BYTES":
-            parsed = value.encode()
+        try:
+            parsed = parse_key(keys[name], value)
+        except ValueError:
+            kind = keys[name].dtype.name.lower()
+            raise SystemExit(f"quiver: error: {item!r}: {name} is a {kind} key") from None
         entities.setdefault(name, []).append(parsed)
     store = open_online_store(config)
     try:
@@ -184,6 +213,19 @@ def cmd_init_demo(args: argparse.Namespace) -> int:
 
     repo = write_demo_repo(args.directory, users=args.users, merchants=args.merchants, days=args.days)
     print(f"Wrote the fraud-detection demo repo to {repo}")
+    return 0
+
+
+def cmd_auth_token(args: argparse.Namespace) -> int:
+    import yaml
+
+    from quiver_server.auth.static import new_token
+
+    groups = [g for g in (args.groups or "").split(",") if g]
+    token, entry = new_token(args.name, args.principal, groups)
+    print(f"token (give it to {args.name}; it is not stored anywhere):\n  {token}\n")
+    print("entry for the tokens file (auth.static.tokens_file), under 'tokens:':")
+    print(yaml.safe_dump([entry], sort_keys=False).rstrip())
     return 0
 
 
@@ -223,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve-flight", help="serve training sets over Arrow Flight")
     p.add_argument("--host", help="listen address (default: flight.host)")
     p.add_argument("--port", type=int, help="port (default: flight.port, 8815)")
+    p.add_argument("--health-port", type=int,
+                   help="port of the grpc.health.v1 service (default: flight.health_port, 8816; "
+                        "0 = any free port)")
     p.set_defaults(func=cmd_serve_flight)
 
     p = sub.add_parser(
@@ -233,12 +278,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", help="comma-separated feature views (default: every view keyed by them)")
     p.set_defaults(func=cmd_delete_entity)
 
+    p = sub.add_parser(
+        "monitor", help="feature drift and freshness: compute, report, list training sets"
+    )
+    p.add_argument("action", nargs="?", choices=["run", "report", "training-sets"], default="run",
+                   help="run (default): compute and store drift; report: also write HTML; "
+                        "training-sets: list stored training-set profiles")
+    p.add_argument("--current", choices=["online", "serving", "history"], default="online",
+                   help="values to check: written online (default), served, or offline history")
+    p.add_argument("--reference", help="trailing or training_set:NAME (default: monitoring.reference)")
+    p.add_argument("--views", help="comma-separated feature views (default: all)")
+    p.add_argument("--now", type=parse_time, help="end of the current window (default: now)")
+    p.add_argument("--out", default="report.html", help="HTML file for report (default: report.html)")
+    p.add_argument("--fail-on-drift", action="store_true",
+                   help="exit with status 3 when a feature drifted (for CI and scripts)")
+    p.set_defaults(func=cmd_monitor)
+
     p = sub.add_parser("init-demo", help="write a sample fraud-detection feature repo")
     p.add_argument("directory")
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--merchants", type=int, default=200)
     p.add_argument("--days", type=int, default=14)
     p.set_defaults(func=cmd_init_demo, needs_config=False)
+
+    p = sub.add_parser("auth", help="access control helpers (docs/security.md)")
+    auth = p.add_subparsers(dest="auth_command", required=True, metavar="ACTION")
+    p = auth.add_parser("token", help="make a static bearer token and its tokens-file entry")
+    p.add_argument("name", help="the token's name (audit log); the principal by default")
+    p.add_argument("--principal", help="principal the token authenticates as (default: NAME)")
+    p.add_argument("--groups", help="comma-separated groups of the principal")
+    p.set_defaults(func=cmd_auth_token, needs_config=False)
 
     register_transform_commands(sub)
 

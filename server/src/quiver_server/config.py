@@ -70,6 +70,33 @@ class OfflineStoreConfig(_Model):
     root: str = Field("data", description="Base for relative source paths; a path or URI.")
 
 
+class TlsConfig(_Model):
+    """TLS of a server's port. Files are PEM; they are re-read when they change
+    (Kubernetes updates mounted Secrets in place), so certificates rotate
+    without a restart (docs/security.md)."""
+
+    cert_file: str | None = Field(None, description="Certificate chain; TLS is on when set.")
+    key_file: str | None = Field(None, description="Private key of the certificate.")
+    client_ca_file: str | None = Field(
+        None, description="CA bundle for client certificates: set it to require mutual TLS."
+    )
+    reload_check_seconds: float = Field(
+        10.0, gt=0, description="How often the files are checked for a new certificate."
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
 class ServingConfig(_Model):
     host: str = "0.0.0.0"
     port: int = Field(6566, ge=0, le=65535)
@@ -92,6 +119,14 @@ class ServingConfig(_Model):
         ),
     )
     grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
+    tls: TlsConfig = TlsConfig()
+    health_port: int | None = Field(
+        None, ge=0, le=65535,
+        description=(
+            "Also answer gRPC health checks (only) in plaintext on this port, for probes that "
+            "cannot speak TLS or carry tokens (Kubernetes gRPC probes)."
+        ),
+    )
     heavy_request_entities: int = Field(
         100,
         ge=1,
@@ -135,7 +170,53 @@ class FlightConfig(_Model):
     host: str = "0.0.0.0"
     port: int = Field(8815, ge=0, le=65535)
     max_spine_rows: int = Field(50_000_000, ge=1)
-    spine_ttl_seconds: int = Field(86_400, ge=1, description="How long uploaded spines are kept.")
+    max_spine_bytes: int = Field(
+        2 << 30, ge=1, description="Largest spine one upload may hold, in bytes of Arrow data."
+    )
+    max_stored_spine_bytes: int = Field(
+        20 << 30, ge=1,
+        description="Bytes all uploaded spines may take together (checked per replica at upload).",
+    )
+    spine_ttl_seconds: int = Field(
+        86_400, ge=1,
+        description="How long an uploaded spine, and a ticket over a Parquet spine, stays valid.",
+    )
+    spine_sweep_seconds: float = Field(
+        300.0, gt=0, description="Seconds between sweeps that delete expired uploaded spines."
+    )
+    spine_root: str = Field(
+        "spines",
+        description=(
+            "Directory of the Parquet spines a training set may name by path (parquet_path);"
+            " relative to the offline store root unless absolute or a URI. It must not hold"
+            " feature history or the registry."
+        ),
+    )
+    ticket_key_file: str | None = Field(
+        None,
+        description=(
+            "File of the keys that sign tickets, one base64 key (32+ bytes) per line: the first"
+            " signs, the others still verify. Default: the environment variable ticket_key_env,"
+            " else a key kept in the offline store."
+        ),
+    )
+    ticket_key_env: str = Field(
+        "QUIVER_FLIGHT_TICKET_KEYS",
+        description="Environment variable holding ticket keys (same format) when no file is set.",
+    )
+    max_concurrent_streams: int = Field(
+        32, ge=1, description="do_get streams served at once; more are refused (RESOURCE_EXHAUSTED)."
+    )
+    max_concurrent_uploads: int = Field(
+        8, ge=1, description="Spine uploads (do_put) at once; more are refused (RESOURCE_EXHAUSTED)."
+    )
+    health_port: int = Field(
+        8816, ge=0, le=65535,
+        description="Port of the grpc.health.v1 service reporting readiness (0 = any free port).",
+    )
+    health_check_seconds: float = Field(
+        5.0, gt=0, description="Seconds between readiness checks (registry, offline store)."
+    )
     partition_rows: int = Field(1_000_000, ge=1, description="Spine rows per Flight endpoint.")
     batch_rows: int = Field(65_536, ge=1, description="Rows per streamed record batch.")
     location: str | None = Field(None, description="URI advertised in endpoints; default: reuse the connection.")
@@ -145,6 +226,7 @@ class FlightConfig(_Model):
     grace_seconds: float = Field(
         30.0, ge=0, description="Drain time for in-flight streams on SIGTERM."
     )
+    tls: TlsConfig = TlsConfig()
 
 
 class TracingConfig(_Model):
@@ -185,6 +267,113 @@ class TelemetryConfig(_Model):
     logging: LoggingConfig = LoggingConfig()
 
 
+Algorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+
+
+class OidcConfig(_Model):
+    """Bearer JWTs from an OpenID Connect issuer (Kubernetes service-account tokens included)."""
+
+    issuer: str = Field(description="Expected `iss` claim, e.g. https://login.example.com/realms/ml.")
+    audience: str = Field(description="Expected `aud` claim: what tokens for Quiver are issued to.")
+    jwks_url: str | None = Field(
+        None,
+        description=(
+            "Where the signing keys are (https://, http:// or file://); default: the jwks_uri of "
+            "<issuer>/.well-known/openid-configuration."
+        ),
+    )
+    ca_file: str | None = Field(None, description="CA bundle for the issuer's HTTPS endpoints.")
+    algorithms: list[Algorithm] = Field(
+        default_factory=lambda: ["RS256", "ES256"],  # type: ignore[arg-type]
+        min_length=1,
+        description="Accepted signature algorithms (asymmetric only).",
+    )
+    principal_claim: str = Field("sub", description="Claim naming the principal (dots descend).")
+    groups_claim: str = Field(
+        "groups", description="Claim holding the groups, a list or a string (dots descend)."
+    )
+    leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat.")
+    jwks_cache_seconds: int = Field(300, ge=1, description="How long fetched keys are kept.")
+    jwks_min_refresh_seconds: int = Field(
+        10, ge=0,
+        description="Least time between two fetches for an unknown key id (bounds fetches).",
+    )
+
+
+class StaticTokensConfig(_Model):
+    """Named tokens whose SHA-256 hashes are listed in a file (`quiver auth token` makes them)."""
+
+    tokens_file: str = Field(description="YAML file of {name, sha256, principal, groups} entries.")
+
+
+class MtlsAuthConfig(_Model):
+    """Client certificates (mutual TLS on the gRPC port) as principals."""
+
+    enabled: bool = False
+    principal: Literal["common_name", "uri_san", "dns_san"] = Field(
+        "common_name", description="Which part of the certificate names the principal."
+    )
+
+
+class AuthConfig(_Model):
+    """Authentication and authorization of both servers (docs/security.md)."""
+
+    enabled: bool = Field(
+        False, description="Authenticate every call and enforce the registry's permissions."
+    )
+    oidc: OidcConfig | None = None
+    static: StaticTokensConfig | None = None
+    mtls: MtlsAuthConfig = MtlsAuthConfig()
+    cache_seconds: float = Field(
+        60.0, ge=0, description="How long a verified token is trusted without checking it again."
+    )
+    cache_entries: int = Field(4096, ge=1, description="Verified tokens kept.")
+
+    @model_validator(mode="after")
+    def _sources(self) -> AuthConfig:
+        if self.enabled and self.oidc is None and self.static is None and not self.mtls.enabled:
+            raise ValueError("auth is enabled but no principal source is: set oidc, static or mtls")
+        return self
+
+
+class MonitoringConfig(_Model):
+    """Feature profiles and drift (docs/monitoring.md)."""
+
+    enabled: bool = Field(
+        True, description="Profile materialized, pushed, served and training-set values."
+    )
+    serving_sample_rate: float = Field(
+        0.01, ge=0.0, le=1.0, description="Share of GetOnlineFeatures calls whose values are profiled."
+    )
+    flush_seconds: float = Field(
+        300.0, gt=0,
+        description="How often a server writes the profiles it has accumulated (one file per view and window each time).",
+    )
+    window_seconds: int = Field(
+        3600, ge=1, description="Width of the windows served and pushed values are grouped in."
+    )
+    current_window_seconds: int = Field(
+        86_400, ge=1, description="`quiver monitor`: the current window is this long, ending now."
+    )
+    reference_window_seconds: int = Field(
+        7 * 86_400, ge=1, description="Trailing reference: this long, ending where the current starts."
+    )
+    reference: str = Field(
+        "trailing",
+        pattern=r"^(trailing|training_set:[A-Za-z0-9_.-]{1,128})$",
+        description="What `quiver monitor` compares with: trailing, or training_set:NAME.",
+    )
+    training_set_sketch_rows: int = Field(
+        10_000, ge=1,
+        description=(
+            "Rows per training-set partition fed to the quantile sketches (every k-th row);"
+            " counts, moments and categories stay exact."
+        ),
+    )
+
+
 class QuiverConfig(_Model):
     """Everything in `quiver.yaml`."""
 
@@ -196,9 +385,19 @@ class QuiverConfig(_Model):
     serving: ServingConfig = ServingConfig()
     flight: FlightConfig = FlightConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+    auth: AuthConfig = AuthConfig()
 
     # Not read from the file: the directory the config came from.
     repo_path: Path = Field(Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _mtls_needs_client_ca(self) -> QuiverConfig:
+        if self.auth.enabled and self.auth.mtls.enabled and not self.serving.tls.client_ca_file:
+            raise ValueError(
+                "auth.mtls names principals by client certificate: set serving.tls.client_ca_file"
+            )
+        return self
 
     def resolve(self, path: str) -> str:
         """Resolve a config path against the repo unless it is absolute or a URI."""

@@ -6,20 +6,16 @@ is not rewritten; erasing it needs a rewrite of the affected files.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from quiver import ValueType
+from quiver import FeatureView
 from quiver.errors import InvalidArgumentError
-from quiver_server.echo import clip, name_list
+from quiver_server.echo import name_list
 from quiver_server.online.base import OnlineStore
-from quiver_server.online.keys import encode_keys
+from quiver_server.online.keys import check_key_values, encode_keys
 from quiver_server.registry.snapshot import Snapshot
-
-_PYTHON_TYPES: dict[ValueType, type] = {
-    ValueType.INT64: int, ValueType.INT32: int, ValueType.STRING: str, ValueType.BYTES: bytes,
-}
 
 
 @dataclass
@@ -44,9 +40,15 @@ def delete_entities(
     snapshot: Snapshot,
     entities: Mapping[str, Sequence[Any]],
     views: Sequence[str] = (),
+    *,
+    authorize: Callable[[list[FeatureView]], None] | None = None,
 ) -> DeleteResult:
     """Delete the given entities' rows from `views` (default: every view whose join
-    keys are all given)."""
+    keys are all given).
+
+    `authorize` is called with the views once they are resolved and the keys
+    checked, before anything is deleted; it raises to refuse.
+    """
     if not entities:
         raise InvalidArgumentError.for_field("entities", "name at least one join key column")
     lengths = {name: len(values) for name, values in entities.items()}
@@ -73,13 +75,9 @@ def delete_entities(
                 f"entities.{missing[0]}", f"feature view {view.name!r} needs join keys {missing}"
             )
         for key in view.join_keys:
-            python_type = _PYTHON_TYPES[key.dtype]
-            bad = [v for v in entities[key.name] if not isinstance(v, python_type) or isinstance(v, bool)]
-            if bad:
-                raise InvalidArgumentError.for_field(
-                    f"entities.{key.name}",
-                    f"join key is {key.dtype.name.lower()}; got {clip(repr(bad[0]))}",
-                )
+            check_key_values(f"entities.{key.name}", key, entities[key.name])
+    if authorize is not None:
+        authorize(targets)
     deleted = 0
     for view in targets:
         keys = encode_keys(view.join_keys, [entities[k] for k in view.join_key_names])

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 DEFINITIONS = '''"""Feature definitions of the fraud-detection demo."""
@@ -21,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from quiver import (
-    Bool, Entity, FeatureService, FeatureView, Field, Float64, Int32, Int64, OnDemandFeatureView,
-    ParquetSource, RequestSource, String,
+    Bool, DriftThresholds, Entity, FeatureService, FeatureView, Field, Float64, Int32, Int64,
+    OnDemandFeatureView, ParquetSource, RequestSource, String,
 )
 from quiver import transforms as T
 
@@ -70,7 +71,8 @@ user_profile = FeatureView(
     schema=[
         Field("age", Int32),
         Field("account_age_days", Int64),
-        Field("credit_score", Int32),
+        # Missing credit scores hurt the model: alert on a 2-point change.
+        Field("credit_score", Int32, drift=DriftThresholds(null_rate=0.02)),
         Field("is_verified", Bool),
         Field("country", String),
         Field("signup_channel", String),
@@ -95,6 +97,9 @@ merchant_stats = FeatureView(
     ttl=timedelta(days=7),
     description="Merchant risk aggregates, computed daily.",
     owner="risk-team@example.com",
+    # A few hundred merchants per window: small samples vary more, so drift
+    # must be larger before it counts.
+    drift=DriftThresholds(psi=0.5, jensen_shannon=0.3),
 )
 
 fraud_model_v1 = FeatureService(
@@ -152,6 +157,35 @@ user_risk = FeatureService(
 )
 '''
 
+PERMISSIONS = '''"""Who may do what (enforced when auth is on in quiver.yaml; docs/security.md)."""
+
+from quiver import Action, Permission, Resource
+
+# The fraud model reads its feature service online, and nothing else.
+fraud_model_reads = Permission(
+    name="fraud_model_reads",
+    principals=["fraud-model"],
+    actions=[Action.READ_ONLINE],
+    resources=[Resource.feature_service("fraud_model_v1")],
+)
+
+# The streaming job keeps user_transaction_stats fresh, online and in history.
+txn_stats_pipeline = Permission(
+    name="txn_stats_pipeline",
+    principals=["txn-stats-pipeline"],
+    actions=[Action.WRITE_ONLINE, Action.WRITE_OFFLINE],
+    resources=[Resource.feature_view("user_transaction_stats")],
+)
+
+# Data scientists browse the registry and pull training sets of anything.
+data_scientists = Permission(
+    name="data_scientists",
+    groups=["data-scientists"],
+    actions=[Action.DESCRIBE, Action.READ_OFFLINE],
+    resources=[Resource.project()],
+)
+'''
+
 CONFIG = """project: fraud_detection
 description: Card fraud detection features (Quiver demo).
 registry: data/registry
@@ -178,13 +212,14 @@ def write_demo_repo(
     end: datetime | None = None,
     seed: int = 7,
 ) -> Path:
-    """Write quiver.yaml, features.py and Parquet history under `path`."""
+    """Write quiver.yaml, features.py, permissions.py and Parquet history under `path`."""
     repo = Path(path)
     data = repo / "data"
     for name in ("user_transaction_stats", "user_profile", "merchant_stats"):
         (data / name).mkdir(parents=True, exist_ok=True)
     (repo / "quiver.yaml").write_text(CONFIG)
     (repo / "features.py").write_text(DEFINITIONS)
+    (repo / "permissions.py").write_text(PERMISSIONS)
     end = (end or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
     rng = random.Random(seed)
     _user_transaction_stats(data, rng, users, days, end)
@@ -274,3 +309,44 @@ def _merchant_stats(data: Path, rng: random.Random, merchants: int, days: int, e
         "is_high_risk": pa.array([rng.random() < 0.07 for _ in range(n)]),
     })
     pq.write_table(table, data / "merchant_stats" / "part-0.parquet")
+
+
+SHIFTED_FEATURE = "txn_amount_avg_7d"
+
+
+def write_shifted_batch(
+    path: str | Path,
+    feature: str = SHIFTED_FEATURE,
+    factor: float = 3.0,
+    at: datetime | None = None,
+) -> Path:
+    """Append a batch of `user_transaction_stats` rows in which one feature shifted.
+
+    Every user gets a new row at `at` (default: 30 minutes ago) copying their
+    latest values, with `feature` multiplied by `factor`, as an upstream bug or
+    a real change in behaviour would. Materializing it and running
+    `quiver monitor` shows the drift on that feature only.
+
+    Returns:
+        The Parquet file written.
+    """
+    directory = Path(path) / "data" / "user_transaction_stats"
+    history = pq.read_table(directory / "part-0.parquet")
+    order = pc.sort_indices(history, [("user_id", "ascending"), ("event_timestamp", "descending")])
+    history = history.take(order)
+    users = history.column("user_id")
+    first = pc.not_equal(users.slice(1), users.slice(0, len(users) - 1))
+    latest = history.filter(pa.concat_arrays([pa.array([True]), first.combine_chunks()]))
+    when = (at or datetime.now(UTC) - timedelta(minutes=30)).astimezone(UTC)
+    n = latest.num_rows
+    latest = latest.set_column(
+        latest.schema.get_field_index("event_timestamp"), "event_timestamp", _ts([when] * n)
+    )
+    latest = latest.set_column(
+        latest.schema.get_field_index("created"), "created", _ts([when + timedelta(minutes=1)] * n)
+    )
+    index = latest.schema.get_field_index(feature)
+    latest = latest.set_column(index, feature, pc.multiply(latest.column(feature), factor))
+    out = directory / "shifted-batch.parquet"
+    pq.write_table(latest, out)
+    return out

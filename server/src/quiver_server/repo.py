@@ -1,11 +1,11 @@
 """Feature repositories: load the definitions, validate them, plan and apply.
 
 A feature repo is a directory with a `quiver.yaml` and Python files that define
-`Entity`, `FeatureView`, `OnDemandFeatureView` and `FeatureService` objects at
-module level. Files whose names start with `_` or `test_` are not loaded.
-Applying stores a new registry version only if something changed; a repo that
-does not validate is reported with the file and object at fault and the stored
-registry is left untouched.
+`Entity`, `FeatureView`, `OnDemandFeatureView`, `FeatureService` and `Permission`
+objects at module level. Files whose names start with `_` or `test_` are not
+loaded. Applying stores a new registry version only if something changed; a
+repo that does not validate is reported with the file and object at fault and
+the stored registry is left untouched.
 """
 
 from __future__ import annotations
@@ -19,17 +19,18 @@ from typing import Literal
 
 from google.protobuf.message import Message
 
-from quiver import Entity, FeatureService, FeatureView, OnDemandFeatureView
+from quiver import Action, Entity, FeatureService, FeatureView, OnDemandFeatureView, Permission
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
 from quiver_server.registry import convert, convert_transforms
+from quiver_server.registry.layout import assign_bins
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.transforms.plan_notes import transform_notes
 from quiver_server.transforms.validate import validate as validate_transforms
 
-Kind = Literal["entity", "feature_view", "on_demand_feature_view", "feature_service"]
+Kind = Literal["entity", "feature_view", "on_demand_feature_view", "feature_service", "permission"]
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RepoContents:
     feature_views: dict[str, FeatureView] = field(default_factory=dict)
     feature_services: dict[str, FeatureService] = field(default_factory=dict)
     on_demand_views: dict[str, OnDemandFeatureView] = field(default_factory=dict)
+    permissions: dict[str, Permission] = field(default_factory=dict)
     origin: dict[tuple[Kind, str], str] = field(default_factory=dict)
     # Import path -> source hash of every function the definitions name.
     function_hashes: dict[str, str] = field(default_factory=dict)
@@ -83,8 +85,11 @@ class Plan:
         return "\n".join(lines)
 
 
-def load_repo(repo_path: Path) -> RepoContents:
-    """Import every definition file in `repo_path` and validate the whole repo."""
+def load_repo(repo_path: Path, project: str = "") -> RepoContents:
+    """Import every definition file in `repo_path` and validate the whole repo.
+
+    `project` is the repo's project name; permissions naming another one are refused.
+    """
     contents = RepoContents()
     files = sorted(
         p for p in repo_path.glob("*.py") if not p.name.startswith(("_", "test_"))
@@ -99,6 +104,7 @@ def load_repo(repo_path: Path) -> RepoContents:
         repo_path, contents.feature_views, contents.on_demand_views, contents.feature_services,
         lambda kind, name: contents.origin[(kind, name)],  # type: ignore[index]
     )
+    _validate_permissions(contents, project)
     return contents
 
 
@@ -125,7 +131,9 @@ def _import_definitions(file: Path, repo_path: Path) -> list[object]:
     return [
         value for name, value in vars(module).items()
         if not name.startswith("_")
-        and isinstance(value, Entity | FeatureView | OnDemandFeatureView | FeatureService)
+        and isinstance(
+            value, Entity | FeatureView | OnDemandFeatureView | FeatureService | Permission
+        )
     ]
 
 
@@ -138,6 +146,8 @@ def _add(contents: RepoContents, obj: object, file: str) -> None:
         kind, table = "feature_view", contents.feature_views  # type: ignore[assignment]
     elif isinstance(obj, OnDemandFeatureView):
         kind, table = "on_demand_feature_view", contents.on_demand_views  # type: ignore[assignment]
+    elif isinstance(obj, Permission):
+        kind, table = "permission", contents.permissions  # type: ignore[assignment]
     else:
         assert isinstance(obj, FeatureService)
         kind, table = "feature_service", contents.feature_services  # type: ignore[assignment]
@@ -192,7 +202,27 @@ def _validate(contents: RepoContents) -> None:
                 outputs[feature] = selected.name
 
 
-def _protos(contents: RepoContents) -> dict[tuple[Kind, str], Message]:
+def _validate_permissions(contents: RepoContents, project: str) -> None:
+    """Every named view, service and project exists, so a typo cannot grant nothing silently."""
+    for permission in contents.permissions.values():
+        where = f"{contents.origin[('permission', permission.name)]}: permission {permission.name!r}"
+        for resource in permission.resources:
+            tables: dict[str, dict[str, FeatureView] | dict[str, FeatureService]] = {
+                "feature_view": contents.feature_views,
+                "feature_service": contents.feature_services,
+            }
+            known = tables.get(resource.kind)
+            if known is not None and resource.name not in known:
+                raise DefinitionError(
+                    f"{where} names {resource}, which the repo does not define"
+                )
+            if resource.kind == "project" and resource.name and project and resource.name != project:
+                raise DefinitionError(
+                    f"{where} names project {resource.name!r}, but this repo is project {project!r}"
+                )
+
+
+def _protos(contents: RepoContents, project: str) -> dict[tuple[Kind, str], Message]:
     out: dict[tuple[Kind, str], Message] = {}
     for e in contents.entities.values():
         out[("entity", e.name)] = convert.entity_to_proto(e)
@@ -204,6 +234,8 @@ def _protos(contents: RepoContents) -> dict[tuple[Kind, str], Message]:
         )
     for s in contents.feature_services.values():
         out[("feature_service", s.name)] = convert.service_to_proto(s, contents.function_hashes)
+    for p in contents.permissions.values():
+        out[("permission", p.name)] = convert.permission_to_proto(p, project)
     return out
 
 
@@ -217,7 +249,19 @@ def _stored(proto: pb.Registry) -> dict[tuple[Kind, str], Message]:
         out[("on_demand_feature_view", o.name)] = o
     for s in proto.feature_services:
         out[("feature_service", s.name)] = s
+    for p in proto.permissions:
+        out[("permission", p.name)] = p
     return out
+
+
+def _grant(message: Message) -> str:
+    """What a permission grants, for the plan: ``who: ACTIONS on resources``."""
+    if not isinstance(message, pb.Permission):
+        return ""
+    who = [*message.principals, *(f"group {g}" for g in message.groups)]
+    actions = [Action(a).name for a in message.actions]
+    resources = [str(convert.resource_from_proto(r)) for r in message.resources]
+    return f"{', '.join(who)}: {', '.join(actions)} on {', '.join(resources)}"
 
 
 def _differences(old: Message, new: Message) -> str:
@@ -229,20 +273,22 @@ def _differences(old: Message, new: Message) -> str:
 
 def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
     """What applying `contents` on top of `proto` would change."""
-    old, new = _stored(proto), _protos(contents)
+    old, new = _stored(proto), _protos(contents, project)
     order: dict[Kind, int] = {
-        "entity": 0, "feature_view": 1, "on_demand_feature_view": 2, "feature_service": 3
+        "entity": 0, "feature_view": 1, "on_demand_feature_view": 2, "feature_service": 3,
+        "permission": 4,
     }
     items: list[PlanItem] = []
     for key in sorted(set(old) | set(new), key=lambda k: (order[k[0]], k[1])):
         kind, name = key
         if key not in old:
-            items.append(PlanItem(kind, name, "add"))
+            items.append(PlanItem(kind, name, "add", _grant(new[key])))
         elif key not in new:
-            items.append(PlanItem(kind, name, "remove"))
+            items.append(PlanItem(kind, name, "remove", _grant(old[key])))
         elif old[key] != new[key]:
             detail = _differences(old[key], new[key])
-            notes = transform_notes(proto, old[key], new[key])
+            grant = _grant(new[key])
+            notes = transform_notes(proto, old[key], new[key]) or (f"now {grant}" if grant else "")
             items.append(PlanItem(kind, name, "change", f"{detail}; {notes}" if notes else detail))
     if proto.project.name and proto.project.name != project:
         raise DefinitionError(
@@ -254,7 +300,7 @@ def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
 
 def plan(config: QuiverConfig) -> Plan:
     """Validate the repo and compute what `apply` would change."""
-    contents = load_repo(config.repo_path)
+    contents = load_repo(config.repo_path, config.project)
     store = RegistryStore(config.registry_path)
     base = store.latest_version()
     proto = store.read(base) if base else pb.Registry()
@@ -263,7 +309,7 @@ def plan(config: QuiverConfig) -> Plan:
 
 def apply(config: QuiverConfig) -> tuple[Plan, Snapshot | None]:
     """Validate the repo and store a new registry version if anything changed."""
-    contents = load_repo(config.repo_path)
+    contents = load_repo(config.repo_path, config.project)
     store = RegistryStore(config.registry_path)
     result: dict[str, Plan] = {}
 
@@ -289,7 +335,11 @@ def _rebuild(proto: pb.Registry, contents: RepoContents, config: QuiverConfig) -
     del proto.feature_views[:]
     del proto.feature_services[:]
     del proto.on_demand_feature_views[:]
+    del proto.permissions[:]
     proto.entities.extend(convert.entity_to_proto(e) for _, e in sorted(contents.entities.items()))
+    proto.permissions.extend(
+        convert.permission_to_proto(p, config.project) for _, p in sorted(contents.permissions.items())
+    )
     proto.feature_services.extend(
         convert.service_to_proto(s, contents.function_hashes)
         for _, s in sorted(contents.feature_services.items())
@@ -308,30 +358,3 @@ def _rebuild(proto: pb.Registry, contents: RepoContents, config: QuiverConfig) -
             meta.updated_at.FromDatetime(now)
             meta.defined_in_version = proto.version + 1
         assign_bins(meta.layout, view, stored_views.get(name))
-
-
-def assign_bins(layout: pb.StorageLayout, view: FeatureView, old: pb.FeatureView | None) -> None:
-    """Give every feature a short storage name, stable while its type is unchanged.
-
-    Removed or retyped features lose their name, and names are never handed out
-    again, so stale values in a store can never be read as a different feature.
-    """
-    old_types = {f.name: f.value_type for f in old.features} if old is not None else {}
-    current = {f.name: int(f.dtype) for f in view.schema}
-    for feature in list(layout.bin_names):
-        if current.get(feature) != old_types.get(feature):
-            del layout.bin_names[feature]
-    for feature in view.feature_names:
-        if feature not in layout.bin_names:
-            layout.bin_names[feature] = _bin_name(layout.next_bin)
-            layout.next_bin += 1
-
-
-def _bin_name(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    text = ""
-    while True:
-        number, rem = divmod(number, 36)
-        text = digits[rem] + text
-        if number == 0:
-            return "f" + text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from quiver._credentials import Tls, token_file
 from quiver._definitions import (
+    DriftThresholds,
     Entity,
     FeatureProjection,
     FeatureService,
@@ -12,28 +14,33 @@ from quiver._definitions import (
     parse_feature_ref,
 )
 from quiver._on_demand import OnDemandFeatureView, RequestSource
-from quiver._online_client import OnlineClient, PushResult
+from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
-from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient
-from quiver._types import (
+from quiver._permissions import Action, Permission, Resource
+from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingProgress
+from quiver.errors import QuiverError
+from quiver.transforms import Transform
+from quiver.types import (
     Bool,
     Bytes,
     Float32,
     Float64,
     Int32,
     Int64,
+    PushResult,
+    PushTarget,
     String,
     Timestamp,
     ValueType,
 )
-from quiver.errors import QuiverError
-from quiver.transforms import Transform
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "Bool",
     "Bytes",
+    "DriftThresholds",
     "Entity",
     "FeatureProjection",
     "FeatureService",
@@ -48,15 +55,21 @@ __all__ = [
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
+    "Permission",
     "PushResult",
+    "PushTarget",
     "QuiverError",
     "RequestSource",
+    "Resource",
     "SpineHandle",
     "String",
     "Timestamp",
+    "Tls",
     "TrainingClient",
+    "TrainingProgress",
     "Transform",
     "ValueType",
     "__version__",
     "parse_feature_ref",
+    "token_file",
 ]

@@ -4,39 +4,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pyarrow as pa
 
-from quiver._convert import encode_columns
+from quiver._credentials import Tls, Token, bearer
 from quiver._online_response import OnlineResponse, as_list
-from quiver._status import from_rpc_error
+from quiver.convert import encode_columns, push_target_to_proto
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
+from quiver.status import from_rpc_error
+from quiver.types import PushResult, PushTarget
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
-
-_PUSH_TARGETS = {
-    "online": pb.PUSH_TARGET_ONLINE,
-    "offline": pb.PUSH_TARGET_OFFLINE,
-    "online_and_offline": pb.PUSH_TARGET_ONLINE_AND_OFFLINE,
-}
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """Rows accepted, and how many of them were older than what is stored online."""
-
-    rows: int
-    superseded: int
-
 
 def _as_table(rows: Any) -> pa.Table:
     if isinstance(rows, pa.Table):
@@ -106,7 +92,12 @@ class OnlineClient:
     Args:
         target: ``"host:port"`` of the server.
         timeout: Default deadline of each call, in seconds.
-        credentials: TLS credentials; plaintext when None.
+        tls: True for TLS with the system's CAs, a `Tls` for your own CA, a
+            client certificate (mutual TLS) or another server name; plaintext
+            when False.
+        token: Bearer token sent as ``authorization`` metadata on every call,
+            or a function returning the current token (see `token_file`).
+        credentials: gRPC channel credentials, instead of `tls`.
         options: Extra gRPC channel options.
         interceptors: Client interceptors.
         max_push_bytes: Largest PushFeatures message sent; larger pushes are
@@ -132,6 +123,8 @@ class OnlineClient:
         target: str,
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        tls: bool | Tls = False,
+        token: Token | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
@@ -140,6 +133,15 @@ class OnlineClient:
     ) -> None:
         self.target = target
         self.timeout = timeout
+        self._token = token
+        if tls is not False:
+            if credentials is not None:
+                raise InvalidArgumentError.for_field("tls", "pass tls or credentials, not both")
+            settings = Tls() if tls is True else tls
+            root, cert, key = settings.read()
+            credentials = grpc.ssl_channel_credentials(root, key, cert)
+            if settings.server_name:
+                options = [*options, ("grpc.ssl_target_name_override", settings.server_name)]
         self.max_push_bytes = max_push_bytes
         channel = (
             grpc.secure_channel(target, credentials, options=list(options))
@@ -217,7 +219,8 @@ class OnlineClient:
             request.features.refs.extend(features or ())
         try:
             response = self._stub.GetOnlineFeatures(
-                request, timeout=self.timeout if timeout is None else timeout
+                request, timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
@@ -228,7 +231,7 @@ class OnlineClient:
         feature_view: str,
         rows: Mapping[str, Sequence[Any]] | pa.Table | Any,
         *,
-        to: str = "online",
+        to: PushTarget | str = PushTarget.ONLINE,
         timeout: float | None = None,
     ) -> PushResult:
         """Write rows of one feature view to the online store, offline history, or both.
@@ -246,7 +249,8 @@ class OnlineClient:
                 holding every join key, every feature and the event timestamp
                 column (named after the view's source timestamp field). Naive
                 timestamps are read as UTC.
-            to: ``"online"``, ``"offline"`` or ``"online_and_offline"``.
+            to: A `PushTarget` or its value: ``"online"``, ``"offline"`` or
+                ``"online_and_offline"``.
             timeout: Deadline in seconds of each message; the client default when None.
 
         Raises:
@@ -255,18 +259,21 @@ class OnlineClient:
                 that message is written.
             NotFoundError: unknown feature view.
         """
-        target = _PUSH_TARGETS.get(to)
-        if target is None:
+        try:
+            target = push_target_to_proto(PushTarget(to))
+        except ValueError:
+            allowed = ", ".join(t.value for t in PushTarget)
             raise InvalidArgumentError.for_field(
-                "to", f"{to!r} is not a push target; allowed: {', '.join(_PUSH_TARGETS)}"
-            )
+                "to", f"{to!r} is not a push target; allowed: {allowed}"
+            ) from None
         table = _as_table(rows)
         written = superseded = 0
         for _, data in push_messages(table, self.max_push_bytes):
             request = pb.PushFeaturesRequest(feature_view=feature_view, arrow_ipc=data, to=target)
             try:
                 reply = self._stub.PushFeatures(
-                    request, timeout=self.timeout if timeout is None else timeout
+                    request, timeout=self.timeout if timeout is None else timeout,
+                    metadata=self._metadata(),
                 )
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
@@ -298,10 +305,16 @@ class OnlineClient:
             raise InvalidArgumentError.for_field("entities", str(exc)) from None
         request = pb.DeleteEntitiesRequest(entities=columns, feature_views=list(feature_views))
         try:
-            reply = self._stub.DeleteEntities(request, timeout=self.timeout if timeout is None else timeout)
+            reply = self._stub.DeleteEntities(
+                request, timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata(),
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         return int(reply.rows_deleted)
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return None if self._token is None else (("authorization", bearer(self._token)),)
 
     def close(self) -> None:
         self._channel.close()

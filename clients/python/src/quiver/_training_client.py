@@ -16,8 +16,8 @@ import getpass
 import logging
 import math
 import os
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,21 +25,23 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
-from google.protobuf import any_pb2, message
 from pyarrow import flight
 
-from quiver._status import from_flight_error
+from quiver._credentials import Tls, Token, bearer
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
+from quiver.prefetch import Prefetch
+from quiver.status import flight_error_code, from_flight_error
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 # Below this many rows per partition, more partitions cost more than they win
 # (each one re-encodes its keys and re-reads its spine rows).
 _MIN_AUTO_PARTITION_ROWS = 500_000
@@ -60,10 +62,14 @@ class SpineHandle:
 
 @dataclass(frozen=True)
 class OfflineSpine:
-    """A Parquet spine already in the offline store, read by the server itself.
+    """A Parquet spine already on the server, read by the server itself (no upload).
 
     Args:
-        path: File or directory, relative to the offline store root.
+        path: File or directory relative to the server's spine directory
+            (``flight.spine_root``, by default ``spines/`` under the offline
+            store root). Paths that leave it (``..``, symbolic links out of it)
+            or reach feature history are refused with InvalidArgumentError.
+            Tickets planned over it expire like those of an uploaded spine.
     """
 
     path: str
@@ -73,8 +79,12 @@ class TrainingClient:
     """A connection to a Quiver Flight server.
 
     Args:
-        location: ``"grpc://host:port"`` (or ``grpc+tls://``) of the server.
+        location: ``"grpc://host:port"`` (or ``grpc+tls://`` for TLS) of the server.
         max_workers: Partitions fetched at once.
+        tls: Your own CA, a client certificate (mutual TLS) or another server
+            name for a ``grpc+tls://`` location; the system's CAs by default.
+        token: Bearer token sent as the ``authorization`` header on every call,
+            or a function returning the current one (see `token_file`).
         timeout: Deadline of each call in seconds (for ``do_get``, the whole
             stream); None waits as long as it takes.
         headers: Extra headers sent with every call.
@@ -96,24 +106,42 @@ class TrainingClient:
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
         tracing: bool | TracerProvider = False,
+        tls: Tls | None = None,
+        token: Token | None = None,
     ) -> None:
         if max_workers < 1:
             raise InvalidArgumentError.for_field("max_workers", "must be at least 1")
+        if tls is not None and not location.startswith("grpc+tls://"):
+            raise InvalidArgumentError.for_field(
+                "location", f"{location!r}: TLS settings need a grpc+tls:// location"
+            )
+        self._tls: dict[str, Any] = {}
+        if tls is not None:
+            root, cert, key = tls.read()
+            self._tls = {"tls_root_certs": root, "cert_chain": cert, "private_key": key,
+                         "override_hostname": tls.server_name}
         self.location = location
         self.max_workers = max_workers
         self._middleware: list[flight.ClientMiddlewareFactory] = []
         if tracing is not False:
             # Imported only now: the client does not depend on OpenTelemetry.
-            from quiver._flight_tracing import TracingClientMiddlewareFactory
+            from quiver._tracing import TracingClientMiddlewareFactory
 
             provider = None if tracing is True else tracing
             self._middleware.append(TracingClientMiddlewareFactory(location, provider))
-        self._options = flight.FlightCallOptions(
-            timeout=timeout, headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-        )
+        self._timeout = timeout
+        self._headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        self._token = token
         self._clients: dict[str, flight.FlightClient] = {}
         self._lock = threading.Lock()
         self._client = self._connect(location)
+
+    @property
+    def _options(self) -> flight.FlightCallOptions:
+        headers = self._headers
+        if self._token is not None:
+            headers = [*headers, (b"authorization", bearer(self._token).encode())]
+        return flight.FlightCallOptions(timeout=self._timeout, headers=headers)
 
     def close(self) -> None:
         with self._lock:
@@ -141,11 +169,12 @@ class TrainingClient:
 
         Raises:
             InvalidArgumentError: no such column, or naive timestamps.
-            ResourceExhaustedError: more rows than the server accepts.
+            ResourceExhaustedError: more rows or bytes than the server accepts, its
+                spine storage is full, or it runs as many uploads as it allows.
         """
         schema, batches = _spine_batches(spine)
         command = pb.UploadSpineCommand(timestamp_column=timestamp_column)
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
 
         def upload() -> bytes:
             writer, metadata = self._client.do_put(descriptor, schema, self._options)
@@ -179,6 +208,7 @@ class TrainingClient:
         partition_rows: int | None = None,
         fit: bool = False,
         transform_version: int = 0,
+        name: str = "",
     ) -> flight.FlightInfo:
         """Upload the spine if needed and plan the training set (``get_flight_info``).
 
@@ -191,6 +221,7 @@ class TrainingClient:
         if fit:
             command.fit = True
             command.requested_by = _user_name()
+        command.name = name
         rows = 0
         if isinstance(spine, OfflineSpine):
             command.spine.parquet_path = spine.path
@@ -203,7 +234,7 @@ class TrainingClient:
         if partition_rows is None and rows:
             partition_rows = max(math.ceil(rows / self.max_workers), _MIN_AUTO_PARTITION_ROWS)
         command.partition_rows = partition_rows or 0
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
         return _call(lambda: self._client.get_flight_info(descriptor, self._options))
 
     def get_training_set(
@@ -217,6 +248,8 @@ class TrainingClient:
         partition_rows: int | None = None,
         fit: bool = False,
         transform_version: int = 0,
+        name: str = "",
+        progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.Table:
         """The spine joined point-in-time with the features, as one Arrow table.
 
@@ -242,6 +275,13 @@ class TrainingClient:
                 ``quiver.transform_version`` names the version).
             transform_version: Apply this parameter set version of the
                 service's transforms; 0 applies the current one.
+            name: Optional name the server stores the training set's feature
+                profile under (the reference for `quiver monitor --reference
+                training_set:NAME`); default: the training set's fingerprint.
+            progress: Called after each record batch arrives with the rows
+                received so far and the total (see `TrainingProgress`); nothing
+                is reported by default. For a bar: ``bar = tqdm(unit="rows")``
+                and ``progress=lambda p: bar.update(p.rows - bar.n)``.
 
         Raises:
             InvalidArgumentError: a spine that does not fit the features (a
@@ -252,14 +292,19 @@ class TrainingClient:
             FailedPreconditionError: no registry applied, a feature view's
                 history is missing or malformed, or the service's transforms
                 were never fitted (pass ``fit=True``).
+            ResourceExhaustedError: a spine over the server's limits, or the server
+                already serves as many streams or uploads as it allows.
+            FailedPreconditionError: no registry applied, or a feature view's
+                history is missing or malformed.
             UnavailableError: the server cannot be reached.
         """
         info = self.plan(
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
             partition_rows=partition_rows, fit=fit, transform_version=transform_version,
+            name=name,
         )
-        return self.fetch(info)
+        return self.fetch(info, progress=progress)
 
     def get_training_set_reader(
         self,
@@ -272,6 +317,8 @@ class TrainingClient:
         partition_rows: int | None = None,
         fit: bool = False,
         transform_version: int = 0,
+        name: str = "",
+        progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.RecordBatchReader:
         """Like `get_training_set`, but streamed: batches in spine order as they arrive.
 
@@ -282,27 +329,40 @@ class TrainingClient:
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
             partition_rows=partition_rows, fit=fit, transform_version=transform_version,
+            name=name,
         )
-        return self.fetch_reader(info)
+        return self.fetch_reader(info, progress=progress)
 
-    def fetch(self, info: flight.FlightInfo) -> pa.Table:
+    def fetch(
+        self,
+        info: flight.FlightInfo,
+        *,
+        progress: Callable[[TrainingProgress], None] | None = None,
+    ) -> pa.Table:
         """Every endpoint of a planned training set, fetched in parallel, as one table."""
         endpoints = list(info.endpoints)
+        counter = _Counter(info, progress)
         if len(endpoints) == 1:
-            return self._read_endpoint(endpoints[0])
+            return self._read_endpoint(endpoints[0], counter)
         with ThreadPoolExecutor(min(self.max_workers, len(endpoints))) as pool:
             # Each fetch runs in a copy of the caller's context, so tracing
             # (and anything else kept in context variables) follows it.
-            futures = [pool.submit(contextvars.copy_context().run, self._read_endpoint, endpoint)
-                       for endpoint in endpoints]
+            futures = [
+                pool.submit(contextvars.copy_context().run, self._read_endpoint, endpoint, counter)
+                for endpoint in endpoints
+            ]
             tables = [future.result() for future in futures]
         return pa.concat_tables(tables) if tables else info.schema.empty_table()
 
-    def fetch_reader(self, info: flight.FlightInfo) -> pa.RecordBatchReader:
+    def fetch_reader(
+        self,
+        info: flight.FlightInfo,
+        *,
+        progress: Callable[[TrainingProgress], None] | None = None,
+    ) -> pa.RecordBatchReader:
         """Every endpoint of a planned training set, streamed in order."""
-        context = contextvars.copy_context()
         return pa.RecordBatchReader.from_batches(
-            info.schema, self._stream(list(info.endpoints), context)
+            info.schema, self._stream(list(info.endpoints), _Counter(info, progress))
         )
 
     def get_schema(
@@ -315,7 +375,7 @@ class TrainingClient:
     ) -> pa.Schema:
         """The columns a spine needs (join keys, timestamp) followed by the features."""
         command = self._command(features, feature_service, full_feature_names, timestamp_column)
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
         result = _call(lambda: self._client.get_schema(descriptor, self._options))
         return result.schema
 
@@ -358,7 +418,10 @@ class TrainingClient:
         with self._lock:
             client = self._clients.get(location)
             if client is None:
-                client = flight.FlightClient(location, middleware=self._middleware or None)
+                client = flight.FlightClient(
+                    location, middleware=self._middleware or None,
+                    **(self._tls if location.startswith("grpc+tls://") else {}),
+                )
                 self._clients[location] = client
             return client
 
@@ -369,66 +432,93 @@ class TrainingClient:
                 return self._connect(uri)
         return self._client
 
-    def _read_endpoint(self, endpoint: flight.FlightEndpoint) -> pa.Table:
+    def _read_endpoint(self, endpoint: flight.FlightEndpoint, counter: _Counter) -> pa.Table:
         client = self._client_for(endpoint)
-        return _call(lambda: client.do_get(endpoint.ticket, self._options).read_all())
-
-    def _stream(
-        self, endpoints: list[flight.FlightEndpoint], context: contextvars.Context
-    ) -> Iterator[pa.RecordBatch]:
-        stop = threading.Event()
-        done = object()
-        buffers: list[queue.Queue[object]] = [queue.Queue(_QUEUED_BATCHES) for _ in endpoints]
-
-        def put(buffer: queue.Queue[object], item: object) -> bool:
-            while not stop.is_set():
-                try:
-                    buffer.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce(index: int) -> None:
-            buffer = buffers[index]
+        reader = _call(lambda: client.do_get(endpoint.ticket, self._options))
+        if counter.progress is None:
+            return _call(reader.read_all)
+        batches: list[pa.RecordBatch] = []
+        while True:
             try:
-                client = self._client_for(endpoints[index])
-                reader = _call(lambda: client.do_get(endpoints[index].ticket, self._options))
-                while True:
-                    try:
-                        chunk = _call(reader.read_chunk)
-                    except StopIteration:
-                        break
-                    if not put(buffer, chunk.data):
-                        return
-                put(buffer, done)
-            except BaseException as exc:
-                put(buffer, exc)
+                chunk = _call(reader.read_chunk)
+            except StopIteration:
+                return pa.Table.from_batches(batches, schema=reader.schema)
+            counter.add(chunk.data)
+            batches.append(chunk.data)
 
-        threads: list[threading.Thread] = []
+    def _batches(self, endpoint: flight.FlightEndpoint) -> Iterator[pa.RecordBatch]:
+        """One endpoint's record batches, as they arrive; cancelled if left unread."""
+        client = self._client_for(endpoint)
+        reader = _call(lambda: client.do_get(endpoint.ticket, self._options))
+        finished = False
+        try:
+            while True:
+                try:
+                    chunk = _call(reader.read_chunk)
+                except StopIteration:
+                    finished = True
+                    return
+                yield chunk.data
+        finally:
+            if not finished:
+                reader.cancel()
+
+    def _stream(self, endpoints: list[flight.FlightEndpoint], counter: _Counter
+                ) -> Iterator[pa.RecordBatch]:
+        """Endpoints in order, up to `max_workers` of them fetched ahead at once."""
+        ahead: deque[Prefetch[pa.RecordBatch]] = deque()
 
         def start(index: int) -> None:
             if index < len(endpoints):
-                thread = threading.Thread(target=context.copy().run, args=(produce, index),
-                                          daemon=True, name=f"quiver-fetch-{index}")
-                thread.start()
-                threads.append(thread)
+                ahead.append(Prefetch(
+                    self._batches(endpoints[index]), _QUEUED_BATCHES, on_item=counter.add,
+                    name=f"quiver-fetch-{index}",
+                ))
 
         for index in range(min(self.max_workers, len(endpoints))):
             start(index)
         try:
             for index in range(len(endpoints)):
-                while True:
-                    item = buffers[index].get()
-                    if item is done:
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-                buffers[index] = queue.Queue()  # drop the reference to a finished partition
+                yield from ahead[0]
+                ahead.popleft()
                 start(index + self.max_workers)
         finally:
-            stop.set()
+            for prefetch in ahead:
+                prefetch.close()
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """How much of a training set has arrived.
+
+    Attributes:
+        rows: Rows received so far.
+        total_rows: Rows the whole training set has (from the plan); None if unknown.
+        batches: Record batches received so far.
+    """
+
+    rows: int
+    total_rows: int | None
+    batches: int
+
+
+class _Counter:
+    """Rows received for one pull, reported to its progress callback (any thread)."""
+
+    def __init__(self, info: flight.FlightInfo, progress: Callable[[TrainingProgress], None] | None
+                 ) -> None:
+        self.progress = progress
+        self.total = info.total_records if info.total_records >= 0 else None
+        self.rows = self.batches = 0
+        self._lock = threading.Lock()
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if self.progress is None:
+            return
+        with self._lock:
+            self.rows += batch.num_rows
+            self.batches += 1
+            self.progress(TrainingProgress(self.rows, self.total, self.batches))
 
 
 def _spine_batches(spine: Any) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -483,17 +573,17 @@ def _user_name() -> str:
         return ""
 
 
-def _pack(command: message.Message) -> bytes:
-    wrapper = any_pb2.Any()
-    wrapper.Pack(command)
-    return wrapper.SerializeToString()
-
-
 def _call(func: Callable[[], T]) -> T:
     """Run a Flight call, turning its failure into a `quiver.errors` class."""
     try:
         return func()
     except (flight.FlightError, pa.ArrowException) as exc:
+        raise from_flight_error(exc) from None
+    except OSError as exc:
+        # A refused call whose status pyarrow reduced to an OSError; a local I/O
+        # error (reading a spine file) is re-raised as it is.
+        if flight_error_code(exc) is grpc.StatusCode.UNKNOWN:
+            raise
         raise from_flight_error(exc) from None
 
 

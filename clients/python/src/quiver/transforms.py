@@ -44,8 +44,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from quiver._types import ValueType
 from quiver.errors import DefinitionError
+from quiver.types import ValueType
 
 __all__ = [
     "BUILTIN_KINDS",

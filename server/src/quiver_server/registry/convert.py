@@ -5,20 +5,47 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 
-from quiver import Entity, FeatureProjection, FeatureService, FeatureView, Field, ParquetSource
-from quiver._types import ValueType
+from quiver import (
+    Action,
+    DriftThresholds,
+    Entity,
+    FeatureProjection,
+    FeatureService,
+    FeatureView,
+    Field,
+    ParquetSource,
+    Permission,
+    Resource,
+)
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
+from quiver.types import ValueType
+
+
+def drift_to_proto(d: DriftThresholds | None) -> pb.DriftThresholds | None:
+    """None (nothing set) stays unset in the message, so definitions without
+    thresholds compare equal to those stored before thresholds existed."""
+    if d is None:
+        return None
+    return pb.DriftThresholds(
+        psi=d.psi or 0.0, jensen_shannon=d.jensen_shannon or 0.0, null_rate=d.null_rate or 0.0
+    )
+
+
+def drift_from_proto(p: pb.DriftThresholds) -> DriftThresholds:
+    return DriftThresholds(p.psi or None, p.jensen_shannon or None, p.null_rate or None)
 
 
 def field_to_proto(f: Field) -> pb.Field:
     return pb.Field(
-        name=f.name, value_type=int(f.dtype), description=f.description, tags=dict(f.tags)  # type: ignore[arg-type]
+        name=f.name, value_type=int(f.dtype), description=f.description, tags=dict(f.tags),  # type: ignore[arg-type]
+        drift=drift_to_proto(f.drift),
     )
 
 
 def field_from_proto(p: pb.Field) -> Field:
-    return Field(p.name, ValueType(p.value_type), p.description, dict(p.tags))
+    drift = drift_from_proto(p.drift) if p.HasField("drift") else None
+    return Field(p.name, ValueType(p.value_type), p.description, dict(p.tags), drift)
 
 
 def entity_to_proto(e: Entity) -> pb.Entity:
@@ -57,6 +84,7 @@ def view_to_proto(v: FeatureView) -> pb.FeatureView:
         description=v.description,
         owner=v.owner,
         tags=dict(v.tags),
+        drift=drift_to_proto(v.drift),
     )
 
 
@@ -79,6 +107,7 @@ def view_from_proto(p: pb.FeatureView, entities: Mapping[str, Entity]) -> Featur
         description=p.description,
         owner=p.owner,
         tags=dict(p.tags),
+        drift=drift_from_proto(p.drift) if p.HasField("drift") else None,
     )
 
 
@@ -113,4 +142,46 @@ def service_from_proto(p: pb.FeatureService) -> FeatureService:
         owner=p.owner,
         tags=dict(p.tags),
         transforms=[transform_from_proto(t) for t in p.transforms],
+    )
+
+
+def resource_to_proto(r: Resource, project: str) -> pb.Resource:
+    """A resource selector; a project resource without a name means `project`."""
+    if r.kind == "project":
+        return pb.Resource(project=r.name or project)
+    if r.kind == "feature_view":
+        return pb.Resource(feature_view=r.name)
+    if r.kind == "feature_service":
+        return pb.Resource(feature_service=r.name)
+    return pb.Resource(tag=pb.TagSelector(key=r.name, value=r.value))
+
+
+def resource_from_proto(p: pb.Resource) -> Resource:
+    kind = p.WhichOneof("selector")
+    if kind == "tag":
+        return Resource.tag(p.tag.key, p.tag.value)
+    if kind is None:
+        raise DefinitionError("a stored permission resource selects nothing")
+    return Resource(kind, getattr(p, kind))
+
+
+def permission_to_proto(p: Permission, project: str) -> pb.Permission:
+    return pb.Permission(
+        name=p.name,
+        principals=list(p.principals),
+        groups=list(p.groups),
+        actions=[int(a) for a in p.actions],  # type: ignore[misc]
+        resources=[resource_to_proto(r, project) for r in p.resources],
+        description=p.description,
+    )
+
+
+def permission_from_proto(p: pb.Permission) -> Permission:
+    return Permission(
+        name=p.name,
+        principals=list(p.principals),
+        groups=list(p.groups),
+        actions=[Action(a) for a in p.actions],
+        resources=[resource_from_proto(r) for r in p.resources],
+        description=p.description,
     )

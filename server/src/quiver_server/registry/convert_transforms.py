@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import pyarrow as pa
 
 from quiver import OnDemandFeatureView, RequestSource, ValueType
-from quiver._convert import FIELD_FOR_TYPE, from_values
+from quiver.convert import FIELD_FOR_TYPE, from_values
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver.transforms import CustomTransform, Transform
 from quiver.types.v1 import value_pb2

@@ -13,13 +13,14 @@ from quiver import (
     FeatureView,
     Field,
     OnDemandFeatureView,
+    Permission,
     parse_feature_ref,
 )
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.echo import clip, name_list
-from quiver_server.online.base import ViewTable
 from quiver_server.registry import convert, convert_transforms
+from quiver_server.registry.layout import ViewTable
 
 
 class _Named:
@@ -72,8 +73,12 @@ class Snapshot:
         self.feature_services: dict[str, FeatureService] = {
             s.name: convert.service_from_proto(s) for s in proto.feature_services
         }
+        self.permissions: list[Permission] = [
+            convert.permission_from_proto(p) for p in proto.permissions
+        ]
         self.on_demand_views: dict[str, OnDemandFeatureView] = {
-            v.name: convert_transforms.on_demand_view_from_proto(v) for v in proto.on_demand_feature_views
+            v.name: convert_transforms.on_demand_view_from_proto(v)
+            for v in proto.on_demand_feature_views
         }
         self._tables = {
             name: ViewTable(self.project, view, dict(proto.view_meta[name].layout.bin_names))

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from quiver import ValueType
-from quiver._convert import FIELD_FOR_TYPE, from_values
+from quiver.convert import FIELD_FOR_TYPE, from_values
 from quiver.errors import FieldViolation, InvalidArgumentError
 from quiver.types.v1 import value_pb2
 from quiver_server.echo import clip

@@ -1,4 +1,8 @@
-"""`quiver.registry.v1.RegistryService`: read-only access to the served registry."""
+"""`quiver.registry.v1.RegistryService`: read-only access to the served registry.
+
+With auth on, listings hold only what the caller may DESCRIBE, and a Get of
+anything else is PERMISSION_DENIED whether it exists or not.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,11 @@ import grpc
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_service_pb2 as pb
 from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from quiver.registry.v1.registry_pb2 import FeatureService, Registry
+from quiver.registry.v1.registry_pb2 import FeatureService, OnDemandFeatureView
+from quiver_server.auth.access import AccessControl
 from quiver_server.echo import clip
 from quiver_server.registry.provider import RegistryProvider
+from quiver_server.registry.snapshot import Snapshot
 from quiver_server.serving.status import rpc_errors
 from quiver_server.transforms import params
 
@@ -20,19 +26,33 @@ T = TypeVar("T")
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, registry: RegistryProvider) -> None:
+    def __init__(self, registry: RegistryProvider, *, access: AccessControl | None = None) -> None:
         self._registry = registry
+        self._access = access or AccessControl.disabled()
 
-    def _proto(self, project: str) -> Registry:
+    def _snapshot(self, project: str) -> Snapshot:
         snapshot = self._registry.current()
         if project and project != snapshot.project:
+            served = (f"; this server serves {snapshot.project!r}"
+                      if self._access.may_describe(snapshot, "project", snapshot.project) else "")
             raise NotFoundError(
-                f"project {clip(project)!r} is not served here; "
-                f"this server serves {snapshot.project!r}",
+                f"project {clip(project)!r} is not served here{served}",
                 reason="PROJECT_NOT_FOUND",
                 metadata={"project": clip(project)},
             )
-        return snapshot.proto
+        return snapshot
+
+    def _visible(self, snapshot: Snapshot, kind: str, items: Iterable[T]) -> list[T]:
+        """`items` the caller may describe, sorted by name."""
+        return sorted(
+            (i for i in items if self._access.may_describe(snapshot, kind, i.name)),  # type: ignore[attr-defined]
+            key=lambda i: i.name,  # type: ignore[attr-defined]
+        )
+
+    def _get(self, snapshot: Snapshot, items: Iterable[T], name: str, kind: str) -> T:
+        if name:
+            self._access.check_describe(snapshot, kind, name)
+        return self._find(items, name, kind)
 
     @staticmethod
     def _find(items: Iterable[T], name: str, kind: str) -> T:
@@ -52,108 +72,134 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def ListProjects(
         self, request: pb.ListProjectsRequest, context: grpc.ServicerContext
     ) -> pb.ListProjectsResponse:
-        proto = self._proto("")
-        return pb.ListProjectsResponse(projects=[proto.project], registry_version=proto.version)
+        snapshot = self._snapshot("")
+        proto = snapshot.proto
+        visible = self._access.may_describe(snapshot, "project", snapshot.project)
+        return pb.ListProjectsResponse(
+            projects=[proto.project] if visible else [], registry_version=proto.version
+        )
 
     @rpc_errors
     def ListEntities(
         self, request: pb.ListEntitiesRequest, context: grpc.ServicerContext
     ) -> pb.ListEntitiesResponse:
-        proto = self._proto(request.project)
-        return pb.ListEntitiesResponse(entities=sorted(proto.entities, key=lambda e: e.name))
+        snapshot = self._snapshot(request.project)
+        return pb.ListEntitiesResponse(
+            entities=self._visible(snapshot, "entity", snapshot.proto.entities)
+        )
 
     @rpc_errors
     def GetEntity(
         self, request: pb.GetEntityRequest, context: grpc.ServicerContext
     ) -> pb.GetEntityResponse:
-        entities = self._proto(request.project).entities
-        return pb.GetEntityResponse(entity=self._find(entities, request.name, "entity"))
+        snapshot = self._snapshot(request.project)
+        return pb.GetEntityResponse(
+            entity=self._get(snapshot, snapshot.proto.entities, request.name, "entity")
+        )
 
     @rpc_errors
     def ListFeatureViews(
         self, request: pb.ListFeatureViewsRequest, context: grpc.ServicerContext
     ) -> pb.ListFeatureViewsResponse:
-        proto = self._proto(request.project)
+        snapshot = self._snapshot(request.project)
         return pb.ListFeatureViewsResponse(
-            feature_views=sorted(proto.feature_views, key=lambda v: v.name)
+            feature_views=self._visible(snapshot, "feature_view", snapshot.proto.feature_views)
         )
 
     @rpc_errors
     def GetFeatureView(
         self, request: pb.GetFeatureViewRequest, context: grpc.ServicerContext
     ) -> pb.GetFeatureViewResponse:
-        proto = self._proto(request.project)
-        view = self._find(proto.feature_views, request.name, "feature_view")
+        snapshot = self._snapshot(request.project)
+        proto = snapshot.proto
+        view = self._get(snapshot, proto.feature_views, request.name, "feature_view")
         return pb.GetFeatureViewResponse(feature_view=view, meta=proto.view_meta[view.name])
 
     @rpc_errors
     def ListFeatureServices(
         self, request: pb.ListFeatureServicesRequest, context: grpc.ServicerContext
     ) -> pb.ListFeatureServicesResponse:
-        proto = self._proto(request.project)
+        snapshot = self._snapshot(request.project)
         return pb.ListFeatureServicesResponse(
-            feature_services=sorted(proto.feature_services, key=lambda s: s.name)
+            feature_services=self._visible(
+                snapshot, "feature_service", snapshot.proto.feature_services
+            )
         )
 
     @rpc_errors
     def GetFeatureService(
         self, request: pb.GetFeatureServiceRequest, context: grpc.ServicerContext
     ) -> pb.GetFeatureServiceResponse:
-        proto = self._proto(request.project)
-        service = self._find(proto.feature_services, request.name, "feature_service")
+        snapshot = self._snapshot(request.project)
+        service = self._get(
+            snapshot, snapshot.proto.feature_services, request.name, "feature_service"
+        )
         return pb.GetFeatureServiceResponse(
             feature_service=service,
-            current_transform_version=params.current_version(proto, service),
+            current_transform_version=params.current_version(snapshot.proto, service),
         )
+
+    def _may_describe_on_demand(self, snapshot: Snapshot, view: OnDemandFeatureView) -> bool:
+        """An on-demand view is described to whoever may describe every view it reads."""
+        inputs = {i.feature_view for i in view.feature_inputs}
+        if not inputs:
+            return self._access.may_describe(snapshot, "project", snapshot.project)
+        return all(self._access.may_describe(snapshot, "feature_view", v) for v in inputs)
 
     @rpc_errors
     def ListOnDemandFeatureViews(
         self, request: pb.ListOnDemandFeatureViewsRequest, context: grpc.ServicerContext
     ) -> pb.ListOnDemandFeatureViewsResponse:
-        proto = self._proto(request.project)
-        return pb.ListOnDemandFeatureViewsResponse(
-            on_demand_feature_views=sorted(proto.on_demand_feature_views, key=lambda v: v.name)
-        )
+        snapshot = self._snapshot(request.project)
+        views = snapshot.proto.on_demand_feature_views
+        return pb.ListOnDemandFeatureViewsResponse(on_demand_feature_views=sorted(
+            (v for v in views if self._may_describe_on_demand(snapshot, v)), key=lambda v: v.name
+        ))
 
     @rpc_errors
     def GetOnDemandFeatureView(
         self, request: pb.GetOnDemandFeatureViewRequest, context: grpc.ServicerContext
     ) -> pb.GetOnDemandFeatureViewResponse:
-        views = self._proto(request.project).on_demand_feature_views
-        return pb.GetOnDemandFeatureViewResponse(
-            on_demand_feature_view=self._find(views, request.name, "on_demand_feature_view")
+        snapshot = self._snapshot(request.project)
+        view = self._find(
+            snapshot.proto.on_demand_feature_views, request.name, "on_demand_feature_view"
         )
+        if not self._may_describe_on_demand(snapshot, view):
+            # Denied as an unknown name would be, so existence does not leak.
+            for source in view.feature_inputs:
+                self._access.check_describe(snapshot, "feature_view", source.feature_view)
+        return pb.GetOnDemandFeatureViewResponse(on_demand_feature_view=view)
 
     @rpc_errors
     def ListTransformParameterSets(
         self, request: pb.ListTransformParameterSetsRequest, context: grpc.ServicerContext
     ) -> pb.ListTransformParameterSetsResponse:
-        proto = self._proto(request.project)
-        service = self._named_service(proto, request.feature_service)
+        snapshot = self._snapshot(request.project)
+        service = self._named_service(snapshot, request.feature_service)
         return pb.ListTransformParameterSetsResponse(
-            parameter_sets=params.parameter_sets(proto, service.name),
-            current_version=params.current_version(proto, service),
+            parameter_sets=params.parameter_sets(snapshot.proto, service.name),
+            current_version=params.current_version(snapshot.proto, service),
         )
 
     @rpc_errors
     def GetTransformParameterSet(
         self, request: pb.GetTransformParameterSetRequest, context: grpc.ServicerContext
     ) -> pb.GetTransformParameterSetResponse:
-        proto = self._proto(request.project)
-        service = self._named_service(proto, request.feature_service)
-        found = params.parameter_set(proto, service.name, request.version)
+        snapshot = self._snapshot(request.project)
+        service = self._named_service(snapshot, request.feature_service)
+        found = params.parameter_set(snapshot.proto, service.name, request.version)
         if found is None:
             raise NotFoundError(
                 f"feature service {service.name!r} has no transforms with fitted parameters",
                 reason="TRANSFORM_VERSION_NOT_FOUND",
                 metadata={"feature_service": service.name},
             )
-        current = params.current_version(proto, service)
+        current = params.current_version(snapshot.proto, service)
         return pb.GetTransformParameterSetResponse(
             parameter_set=found, current=found.version == current
         )
 
-    def _named_service(self, proto: Registry, name: str) -> FeatureService:
+    def _named_service(self, snapshot: Snapshot, name: str) -> FeatureService:
         if not name:
             raise InvalidArgumentError.for_field("feature_service", "must not be empty")
-        return self._find(proto.feature_services, name, "feature_service")
+        return self._get(snapshot, snapshot.proto.feature_services, name, "feature_service")

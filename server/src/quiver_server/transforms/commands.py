@@ -77,18 +77,13 @@ def cmd_fit(config: QuiverConfig, args: argparse.Namespace) -> int:
 
 
 def _open_spine(config: QuiverConfig, path: Path) -> Spine:
-    from quiver_flight.spines import SpineStore
-
-    flight = config.flight
-    spines = SpineStore(config.offline_root, max_rows=flight.max_spine_rows,
-                        ttl_seconds=flight.spine_ttl_seconds, batch_rows=flight.batch_rows)
-    root = Path(config.offline_root).resolve()
-    if path.is_relative_to(root):
-        return spines.open_path(str(path.relative_to(root)))
+    """The local Parquet file or directory, stored as an uploaded spine (it expires)."""
     import pyarrow.dataset as ds
 
+    from quiver_flight.spines import SpineStore
+
     dataset = ds.dataset(str(path), format="parquet")
-    return spines.put(dataset.schema, dataset.to_batches())
+    return SpineStore(config.offline_root, config.flight).put(dataset.schema, dataset.to_batches())
 
 
 def _user() -> str:

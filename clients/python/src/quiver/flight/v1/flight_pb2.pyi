@@ -69,17 +69,39 @@ class UploadSpineCommand(_message.Message):
     (UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ...); for the rest
     (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED) the
     transport code is UNKNOWN and the code inside the Status is authoritative.
+    GetSchema, DoAction and DoExchange send the same Status as the
+    grpc-status-details-bin trailer with the real transport code where Arrow
+    has one (INVALID_ARGUMENT, NOT_FOUND, UNIMPLEMENTED). DoAction and
+    DoExchange are not offered: UNIMPLEMENTED. No error text carries a
+    traceback or a server path, and echoed input is cut so that a whole status
+    stays under 4 KiB.
+
+    A server runs at most flight.max_concurrent_streams DoGet streams and
+    flight.max_concurrent_uploads DoPut uploads at once; past that a call is
+    refused with RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS; retry, or use
+    another replica).
+
+    With authentication on, every call needs the header "authorization: Bearer
+    <token>": without valid credentials it fails with FlightUnauthenticatedError
+    (UNAUTHENTICATED), and without READ_OFFLINE on every feature of a training
+    set (DESCRIBE for list_flights, which then lists only what the caller may
+    describe) with FlightUnauthorizedError (PERMISSION_DENIED).
 
     UploadSpineCommand is the FlightDescriptor command of a do_put that uploads
     a spine as an Arrow stream. The spine is stored under the offline store root
-    until it expires (flight.spine_ttl_seconds) and may hold at most
-    flight.max_spine_rows rows (RESOURCE_EXHAUSTED beyond).
+    until it expires, flight.spine_ttl_seconds after the upload ends, and may
+    hold at most flight.max_spine_rows rows and flight.max_spine_bytes bytes of
+    Arrow data; all stored spines together at most flight.max_stored_spine_bytes.
+    A refused upload leaves nothing stored.
 
     Yields: no data; one PutResult whose app_metadata is an UploadSpineResult.
 
     Errors: INVALID_ARGUMENT when timestamp_column is missing or not a
     timestamp with a time zone, or the stream has no columns;
-    RESOURCE_EXHAUSTED (reason SPINE_TOO_LARGE) beyond flight.max_spine_rows;
+    RESOURCE_EXHAUSTED with reason SPINE_TOO_LARGE beyond flight.max_spine_rows
+    or flight.max_spine_bytes, SPINE_STORE_FULL beyond
+    flight.max_stored_spine_bytes, TOO_MANY_CALLS beyond
+    flight.max_concurrent_uploads (ErrorInfo metadata names the setting);
     UNAVAILABLE when the offline store cannot be written.
     """
 
@@ -149,8 +171,13 @@ class SpineSource(_message.Message):
     spine_id: _builtins.str
     """A spine uploaded with do_put (UploadSpineResult.spine_id)."""
     parquet_path: _builtins.str
-    """A Parquet file or directory inside the offline store, relative to its
-    root; paths that leave the root are refused.
+    """A Parquet file or directory in the server's spine directory
+    (flight.spine_root, default "spines" under the offline store root),
+    relative to it. INVALID_ARGUMENT for a path that leaves it (".." or a
+    symbolic link out of it), reaches feature history, names a hidden file
+    ("_x", ".x"), holds a NUL byte or a name over 255 bytes; NOT_FOUND when
+    nothing is there. Tickets over it expire flight.spine_ttl_seconds after
+    planning.
     """
     def __init__(
         self,
@@ -221,10 +248,13 @@ class TrainingSetCommand(_message.Message):
     spine must provide (join keys, timestamp, request fields) followed by the
     feature columns.
 
+    Dictionary-encoded spine columns come back decoded.
+
     Errors: INVALID_ARGUMENT for a spine that does not fit (a missing join key
-    or timestamp column, a key of the wrong type, naive or null timestamps,
-    clashing output names; BadRequest names the spine column) or a malformed
-    selection; NOT_FOUND for an unknown feature view, feature, feature service
+    or timestamp column, a key of a type the view cannot hold -- e.g. uint64,
+    floats or strings for an integer key; the message lists the types allowed --
+    naive or null timestamps, clashing output names; BadRequest names the spine
+    column) or a malformed selection; NOT_FOUND for an unknown feature view, feature, feature service
     or spine (reasons SPINE_NOT_FOUND, SPINE_EXPIRED); RESOURCE_EXHAUSTED for a
     spine over flight.max_spine_rows; FAILED_PRECONDITION when nothing was
     applied yet or a view's history is missing or lacks a declared column, or
@@ -241,6 +271,7 @@ class TrainingSetCommand(_message.Message):
     FULL_FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     TIMESTAMP_COLUMN_FIELD_NUMBER: _builtins.int
     PARTITION_ROWS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     FIT_FIELD_NUMBER: _builtins.int
     TRANSFORM_VERSION_FIELD_NUMBER: _builtins.int
     REQUESTED_BY_FIELD_NUMBER: _builtins.int
@@ -256,6 +287,13 @@ class TrainingSetCommand(_message.Message):
     partition_rows: _builtins.int
     """Spine rows per endpoint; 0 or more than the server's
     flight.partition_rows means the server's value.
+    """
+    name: _builtins.str
+    """Optional name of the training set (letters, digits, "_", "-", ".", at
+    most 128 characters). The profile of its features is stored under it, so
+    `quiver monitor --reference training_set:NAME` can compare live data with
+    what a model was trained on; without a name it is stored under the
+    training set's fingerprint.
     """
     fit: _builtins.bool
     """Fit the feature service's transforms on this training set first, store
@@ -285,13 +323,14 @@ class TrainingSetCommand(_message.Message):
         full_feature_names: _builtins.bool = ...,
         timestamp_column: _builtins.str = ...,
         partition_rows: _builtins.int = ...,
+        name: _builtins.str = ...,
         fit: _builtins.bool = ...,
         transform_version: _builtins.int = ...,
         requested_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "selection", b"selection", "spine", b"spine"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "fit", b"fit", "full_feature_names", b"full_feature_names", "partition_rows", b"partition_rows", "requested_by", b"requested_by", "selection", b"selection", "spine", b"spine", "timestamp_column", b"timestamp_column", "transform_version", b"transform_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "fit", b"fit", "full_feature_names", b"full_feature_names", "name", b"name", "partition_rows", b"partition_rows", "requested_by", b"requested_by", "selection", b"selection", "spine", b"spine", "timestamp_column", b"timestamp_column", "transform_version", b"transform_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selection: _TypeAlias = _typing.Literal["features", "feature_service"]  # noqa: Y015
     _WhichOneofArgType_selection: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
@@ -311,8 +350,9 @@ class TrainingSetTicket(_message.Message):
     Errors: INVALID_ARGUMENT for a garbled ticket (reason INVALID_TICKET) or an
     altered one (reason TICKET_SIGNATURE); FAILED_PRECONDITION (reason
     STALE_TICKET) once its spine expired, its registry version is gone or a
-    view's history files changed; UNAVAILABLE when the offline store cannot be
-    read.
+    view's history files changed; RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS)
+    beyond flight.max_concurrent_streams; UNAVAILABLE when the offline store
+    cannot be read.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -322,7 +362,10 @@ class TrainingSetTicket(_message.Message):
     partition: _builtins.bytes
     """A serialized TrainingSetPartition."""
     signature: _builtins.bytes
-    """HMAC-SHA256 of `partition` under the key the replicas share."""
+    """HMAC-SHA256 of `partition` under the current key the replicas share
+    (flight.ticket_key_file, QUIVER_FLIGHT_TICKET_KEYS, or a key kept in the
+    offline store); any of the configured keys verifies it.
+    """
     def __init__(
         self,
         *,
@@ -380,6 +423,7 @@ class TrainingSetPartition(_message.Message):
     HISTORY_FINGERPRINTS_FIELD_NUMBER: _builtins.int
     PLANNED_AT_FIELD_NUMBER: _builtins.int
     SPINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
     TRANSFORM_VERSION_FIELD_NUMBER: _builtins.int
     timestamp_column: _builtins.str
@@ -400,6 +444,8 @@ class TrainingSetPartition(_message.Message):
     """Number of endpoints of the training set."""
     spine_fingerprint: _builtins.str
     """Digest of the spine file(s) of a parquet_path spine when planned."""
+    name: _builtins.str
+    """The TrainingSetCommand's name, if any."""
     feature_service: _builtins.str
     """The feature service selected, when one was; its transforms apply."""
     transform_version: _builtins.int
@@ -414,7 +460,9 @@ class TrainingSetPartition(_message.Message):
 
     @_builtins.property
     def spine_expires_at(self) -> _timestamp_pb2.Timestamp:
-        """When an uploaded spine expires; unset for a spine in the offline store."""
+        """When the ticket expires: an uploaded spine's expiry, or
+        flight.spine_ttl_seconds after planning for a Parquet spine.
+        """
 
     @_builtins.property
     def history_fingerprints(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -443,12 +491,13 @@ class TrainingSetPartition(_message.Message):
         history_fingerprints: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         planned_at: _timestamp_pb2.Timestamp | None = ...,
         spine_fingerprint: _builtins.str = ...,
+        name: _builtins.str = ...,
         feature_service: _builtins.str = ...,
         transform_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["planned_at", b"planned_at", "spine", b"spine", "spine_expires_at", b"spine_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "feature_service", b"feature_service", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column", "transform_version", b"transform_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "feature_service", b"feature_service", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "name", b"name", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column", "transform_version", b"transform_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

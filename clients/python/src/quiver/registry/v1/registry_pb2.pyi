@@ -21,6 +21,44 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Action:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Action.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACTION_UNSPECIFIED: _Action.ValueType  # 0
+    ACTION_DESCRIBE: _Action.ValueType  # 1
+    """Registry reads: list and describe objects (RegistryService, Flight list_flights)."""
+    ACTION_READ_ONLINE: _Action.ValueType  # 2
+    """Online lookups (GetOnlineFeatures)."""
+    ACTION_READ_OFFLINE: _Action.ValueType  # 3
+    """Training sets (Flight get_flight_info, get_schema, do_get, do_put of a spine)."""
+    ACTION_WRITE_ONLINE: _Action.ValueType  # 4
+    """Pushes to the online store (PushFeatures to online)."""
+    ACTION_WRITE_OFFLINE: _Action.ValueType  # 5
+    """Pushes to offline history (PushFeatures to offline)."""
+    ACTION_DELETE: _Action.ValueType  # 6
+    """Removing entities (DeleteEntities)."""
+
+class Action(_Action, metaclass=_ActionEnumTypeWrapper):
+    """Action is what a permission allows on its resources."""
+
+ACTION_UNSPECIFIED: Action.ValueType  # 0
+ACTION_DESCRIBE: Action.ValueType  # 1
+"""Registry reads: list and describe objects (RegistryService, Flight list_flights)."""
+ACTION_READ_ONLINE: Action.ValueType  # 2
+"""Online lookups (GetOnlineFeatures)."""
+ACTION_READ_OFFLINE: Action.ValueType  # 3
+"""Training sets (Flight get_flight_info, get_schema, do_get, do_put of a spine)."""
+ACTION_WRITE_ONLINE: Action.ValueType  # 4
+"""Pushes to the online store (PushFeatures to online)."""
+ACTION_WRITE_OFFLINE: Action.ValueType  # 5
+"""Pushes to offline history (PushFeatures to offline)."""
+ACTION_DELETE: Action.ValueType  # 6
+"""Removing entities (DeleteEntities)."""
+Global___Action: _TypeAlias = Action  # noqa: Y015
+
 class _OnDemandMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -73,11 +111,16 @@ class Field(_message.Message):
     VALUE_TYPE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     value_type: _value_pb2.ValueType.ValueType
     description: _builtins.str
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def drift(self) -> Global___DriftThresholds:
+        """Drift thresholds of this feature; unset ones come from the view, then the defaults."""
+
     def __init__(
         self,
         *,
@@ -85,14 +128,48 @@ class Field(_message.Message):
         value_type: _value_pb2.ValueType.ValueType = ...,
         description: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        drift: Global___DriftThresholds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drift", b"drift"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "tags", b"tags", "value_type", b"value_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "drift", b"drift", "name", b"name", "tags", b"tags", "value_type", b"value_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Field: _TypeAlias = Field  # noqa: Y015
+
+@_typing.final
+class DriftThresholds(_message.Message):
+    """DriftThresholds say when a feature has drifted from its reference
+    (docs/monitoring.md). A threshold of 0 is unset: it is inherited from the
+    feature view, then from the defaults (psi 0.2, jensen_shannon 0.15, null_rate 0.05).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PSI_FIELD_NUMBER: _builtins.int
+    JENSEN_SHANNON_FIELD_NUMBER: _builtins.int
+    NULL_RATE_FIELD_NUMBER: _builtins.int
+    psi: _builtins.float
+    """Population stability index between the binned distributions."""
+    jensen_shannon: _builtins.float
+    """Jensen-Shannon distance (base 2, between 0 and 1)."""
+    null_rate: _builtins.float
+    """Absolute change of the share of nulls (0.05 = five percentage points)."""
+    def __init__(
+        self,
+        *,
+        psi: _builtins.float = ...,
+        jensen_shannon: _builtins.float = ...,
+        null_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jensen_shannon", b"jensen_shannon", "null_rate", b"null_rate", "psi", b"psi"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriftThresholds: _TypeAlias = DriftThresholds  # noqa: Y015
 
 @_typing.final
 class Entity(_message.Message):
@@ -242,6 +319,7 @@ class FeatureView(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     ttl_seconds: _builtins.int
     """Maximum age of a value, in seconds; 0 means unlimited."""
@@ -258,6 +336,10 @@ class FeatureView(_message.Message):
     def source(self) -> Global___ParquetSource: ...
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def drift(self) -> Global___DriftThresholds:
+        """Drift thresholds of the view's features (each feature may override them)."""
+
     def __init__(
         self,
         *,
@@ -270,10 +352,11 @@ class FeatureView(_message.Message):
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        drift: Global___DriftThresholds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drift", b"drift", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "online", b"online", "owner", b"owner", "source", b"source", "tags", b"tags", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "drift", b"drift", "entities", b"entities", "features", b"features", "name", b"name", "online", b"online", "owner", b"owner", "source", b"source", "tags", b"tags", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -487,6 +570,116 @@ class ViewMeta(_message.Message):
 Global___ViewMeta: _TypeAlias = ViewMeta  # noqa: Y015
 
 @_typing.final
+class TagSelector(_message.Message):
+    """TagSelector matches objects (views, services, features) carrying a tag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagSelector: _TypeAlias = TagSelector  # noqa: Y015
+
+@_typing.final
+class Resource(_message.Message):
+    """Resource selects what a permission covers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """Every object of the named project."""
+    feature_view: _builtins.str
+    """Every feature of the named feature view, and the view itself."""
+    feature_service: _builtins.str
+    """The named feature service and every feature it selects."""
+    @_builtins.property
+    def tag(self) -> Global___TagSelector:
+        """Views, services and features carrying this tag."""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        feature_view: _builtins.str = ...,
+        feature_service: _builtins.str = ...,
+        tag: Global___TagSelector | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "feature_view", b"feature_view", "project", b"project", "selector", b"selector", "tag", b"tag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "feature_view", b"feature_view", "project", b"project", "selector", b"selector", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["project", "feature_view", "feature_service", "tag"]  # noqa: Y015
+    _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_selector) -> _WhichOneofReturnType_selector | None: ...
+
+Global___Resource: _TypeAlias = Resource  # noqa: Y015
+
+@_typing.final
+class Permission(_message.Message):
+    """Permission grants actions on resources to principals or groups. Access is
+    denied unless some permission allows it; permissions only ever add access.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PRINCIPALS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    @_builtins.property
+    def principals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Principal subjects (token subject, static token principal, certificate
+        common name); "*" is any authenticated principal.
+        """
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Groups (token groups claim, static token groups, certificate OUs)."""
+
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[Global___Action.ValueType]: ...
+    @_builtins.property
+    def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Resource]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        principals: _abc.Iterable[_builtins.str] | None = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        actions: _abc.Iterable[Global___Action.ValueType] | None = ...,
+        resources: _abc.Iterable[Global___Resource] | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "description", b"description", "groups", b"groups", "name", b"name", "principals", b"principals", "resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Permission: _TypeAlias = Permission  # noqa: Y015
+
+@_typing.final
 class Project(_message.Message):
     """Project groups the objects of one feature repository."""
 
@@ -545,6 +738,7 @@ class Registry(_message.Message):
     FEATURE_SERVICES_FIELD_NUMBER: _builtins.int
     VIEW_META_FIELD_NUMBER: _builtins.int
     CAUSE_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
     ON_DEMAND_FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
     TRANSFORM_PARAMETERS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
@@ -563,6 +757,10 @@ class Registry(_message.Message):
     @_builtins.property
     def view_meta(self) -> _containers.MessageMap[_builtins.str, Global___ViewMeta]:
         """Keyed by feature view name; kept for removed views so bin names are never reused."""
+
+    @_builtins.property
+    def permissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Permission]:
+        """Access control, enforced by both servers when authentication is on."""
 
     @_builtins.property
     def on_demand_feature_views(self) -> _containers.RepeatedCompositeFieldContainer[Global___OnDemandFeatureView]:
@@ -585,12 +783,13 @@ class Registry(_message.Message):
         feature_services: _abc.Iterable[Global___FeatureService] | None = ...,
         view_meta: _abc.Mapping[_builtins.str, Global___ViewMeta] | None = ...,
         cause: _builtins.str = ...,
+        permissions: _abc.Iterable[Global___Permission] | None = ...,
         on_demand_feature_views: _abc.Iterable[Global___OnDemandFeatureView] | None = ...,
         transform_parameters: _abc.Iterable[Global___TransformParameterSet] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "project", b"project"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "created_at", b"created_at", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "on_demand_feature_views", b"on_demand_feature_views", "project", b"project", "transform_parameters", b"transform_parameters", "version", b"version", "view_meta", b"view_meta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "created_at", b"created_at", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "on_demand_feature_views", b"on_demand_feature_views", "permissions", b"permissions", "project", b"project", "transform_parameters", b"transform_parameters", "version", b"version", "view_meta", b"view_meta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,6 +37,11 @@ class FeatureServingServiceStub:
     entities, rows or keys is heavy: past serving.max_heavy_requests running at
     once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
     retry with backoff). Messages are at most 4 MiB.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     @_typing.overload
@@ -53,23 +58,27 @@ class FeatureServingServiceStub:
     response reports.
 
     Errors: NOT_FOUND for an unknown feature view, feature, feature service or
-    transform version; INVALID_ARGUMENT for a missing or extra join key, a key
-    column of the wrong type, key columns of different lengths, an empty
-    request or more entities than the server allows, missing, extra or
-    mistyped request data, or an on-demand function or custom transform that
-    raises or returns the wrong type or length (ErrorInfo metadata names the
-    view or transform); RESOURCE_EXHAUSTED for one heavy request too many;
-    FAILED_PRECONDITION when the service's transforms were never fitted for
-    its current definition, or a function's deployed source differs from what
-    was applied; UNAVAILABLE when the online store cannot be read;
-    DEADLINE_EXCEEDED when the store does not answer in time.
+    transform version (PERMISSION_DENIED instead when the caller may not
+    DESCRIBE it); PERMISSION_DENIED without READ_ONLINE on every feature (an
+    on-demand feature's stored inputs included); INVALID_ARGUMENT for a
+    missing or extra join key, a key column of the wrong type, key columns of
+    different lengths, an empty request or more entities than the server
+    allows, missing, extra or mistyped request data, or an on-demand function
+    or custom transform that raises or returns the wrong type or length
+    (ErrorInfo metadata names the view or transform); RESOURCE_EXHAUSTED for
+    one heavy request too many; FAILED_PRECONDITION when the service's
+    transforms were never fitted for its current definition, or a function's
+    deployed source differs from what was applied; UNAVAILABLE when the online
+    store cannot be read; DEADLINE_EXCEEDED when the store does not answer in
+    time.
     """
     PushFeatures: _grpc.UnaryUnaryMultiCallable[_serving_service_pb2.PushFeaturesRequest, _serving_service_pb2.PushFeaturesResponse]
     """PushFeatures writes rows of one feature view to the online store, the
     offline history, or both. Rows older than what is stored online never
     replace it. Either every row is accepted or none is written.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
     or extra columns, wrong column types, ragged columns, missing timestamps,
     event or created times more than serving.max_future_seconds ahead of the
     server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
@@ -82,7 +91,8 @@ class FeatureServingServiceStub:
     feature views (all views of those entities when none are named). Offline
     history is not rewritten.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys or more entities than
     serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
     many; UNAVAILABLE when the online store cannot be written.
@@ -100,6 +110,11 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     entities, rows or keys is heavy: past serving.max_heavy_requests running at
     once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
     retry with backoff). Messages are at most 4 MiB.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -113,23 +128,27 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     response reports.
 
     Errors: NOT_FOUND for an unknown feature view, feature, feature service or
-    transform version; INVALID_ARGUMENT for a missing or extra join key, a key
-    column of the wrong type, key columns of different lengths, an empty
-    request or more entities than the server allows, missing, extra or
-    mistyped request data, or an on-demand function or custom transform that
-    raises or returns the wrong type or length (ErrorInfo metadata names the
-    view or transform); RESOURCE_EXHAUSTED for one heavy request too many;
-    FAILED_PRECONDITION when the service's transforms were never fitted for
-    its current definition, or a function's deployed source differs from what
-    was applied; UNAVAILABLE when the online store cannot be read;
-    DEADLINE_EXCEEDED when the store does not answer in time.
+    transform version (PERMISSION_DENIED instead when the caller may not
+    DESCRIBE it); PERMISSION_DENIED without READ_ONLINE on every feature (an
+    on-demand feature's stored inputs included); INVALID_ARGUMENT for a
+    missing or extra join key, a key column of the wrong type, key columns of
+    different lengths, an empty request or more entities than the server
+    allows, missing, extra or mistyped request data, or an on-demand function
+    or custom transform that raises or returns the wrong type or length
+    (ErrorInfo metadata names the view or transform); RESOURCE_EXHAUSTED for
+    one heavy request too many; FAILED_PRECONDITION when the service's
+    transforms were never fitted for its current definition, or a function's
+    deployed source differs from what was applied; UNAVAILABLE when the online
+    store cannot be read; DEADLINE_EXCEEDED when the store does not answer in
+    time.
     """
     PushFeatures: _aio.UnaryUnaryMultiCallable[_serving_service_pb2.PushFeaturesRequest, _serving_service_pb2.PushFeaturesResponse]  # type: ignore[assignment]
     """PushFeatures writes rows of one feature view to the online store, the
     offline history, or both. Rows older than what is stored online never
     replace it. Either every row is accepted or none is written.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
     or extra columns, wrong column types, ragged columns, missing timestamps,
     event or created times more than serving.max_future_seconds ahead of the
     server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
@@ -142,7 +161,8 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     feature views (all views of those entities when none are named). Offline
     history is not rewritten.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys or more entities than
     serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
     many; UNAVAILABLE when the online store cannot be written.
@@ -159,6 +179,11 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
     entities, rows or keys is heavy: past serving.max_heavy_requests running at
     once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
     retry with backoff). Messages are at most 4 MiB.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     @_abc_1.abstractmethod
@@ -176,16 +201,19 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         response reports.
 
         Errors: NOT_FOUND for an unknown feature view, feature, feature service or
-        transform version; INVALID_ARGUMENT for a missing or extra join key, a key
-        column of the wrong type, key columns of different lengths, an empty
-        request or more entities than the server allows, missing, extra or
-        mistyped request data, or an on-demand function or custom transform that
-        raises or returns the wrong type or length (ErrorInfo metadata names the
-        view or transform); RESOURCE_EXHAUSTED for one heavy request too many;
-        FAILED_PRECONDITION when the service's transforms were never fitted for
-        its current definition, or a function's deployed source differs from what
-        was applied; UNAVAILABLE when the online store cannot be read;
-        DEADLINE_EXCEEDED when the store does not answer in time.
+        transform version (PERMISSION_DENIED instead when the caller may not
+        DESCRIBE it); PERMISSION_DENIED without READ_ONLINE on every feature (an
+        on-demand feature's stored inputs included); INVALID_ARGUMENT for a
+        missing or extra join key, a key column of the wrong type, key columns of
+        different lengths, an empty request or more entities than the server
+        allows, missing, extra or mistyped request data, or an on-demand function
+        or custom transform that raises or returns the wrong type or length
+        (ErrorInfo metadata names the view or transform); RESOURCE_EXHAUSTED for
+        one heavy request too many; FAILED_PRECONDITION when the service's
+        transforms were never fitted for its current definition, or a function's
+        deployed source differs from what was applied; UNAVAILABLE when the online
+        store cannot be read; DEADLINE_EXCEEDED when the store does not answer in
+        time.
         """
 
     @_abc_1.abstractmethod
@@ -198,7 +226,8 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         offline history, or both. Rows older than what is stored online never
         replace it. Either every row is accepted or none is written.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
         or extra columns, wrong column types, ragged columns, missing timestamps,
         event or created times more than serving.max_future_seconds ahead of the
         server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
@@ -217,7 +246,8 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         feature views (all views of those entities when none are named). Offline
         history is not rewritten.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        DELETE on every view deleted from; INVALID_ARGUMENT for key
         columns that do not match the views' join keys or more entities than
         serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
         many; UNAVAILABLE when the online store cannot be written.
