@@ -183,7 +183,7 @@ def test_every_method_serves_an_allowed_principal(secured: SecuredFlight) -> Non
     _upload(client, options)
     assert METHODS["get_schema"](secured, client, options).schema.names[:2] == ["user_id", "merchant_id"]
     assert METHODS["do_get"](secured, client, options).num_rows == 3
-    assert len(METHODS["list_flights"](secured, client, options)) == 5
+    assert len(METHODS["list_flights"](secured, client, options)) == 6
     METHODS["list_actions"](secured, client, options)
     with secured.client(secured.tokens["alice"]) as training:
         table = training.get_training_set(_spine(), feature_service="fraud_model_v1")
@@ -211,8 +211,8 @@ def test_list_flights_shows_only_what_the_caller_may_describe(secured: SecuredFl
         assert client.list_feature_sets() == []
     with secured.client(secured.issuer.token("bob", ["data-scientists"])) as client:
         names = sorted(info.name for info, _ in client.list_feature_sets())
-    assert names == ["fraud_model_v1", "merchant_stats", "user_profile", "user_risk",
-                     "user_transaction_stats"]
+    assert names == ["fraud_model_scaled", "fraud_model_v1", "merchant_stats", "user_profile",
+                     "user_risk", "user_transaction_stats"]
 
 
 def test_training_client_raises_typed_errors(secured: SecuredFlight) -> None:
