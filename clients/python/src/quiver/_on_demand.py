@@ -48,16 +48,7 @@ class RequestSource:
 
     def __post_init__(self) -> None:
         check_name("request source", self.name)
-        fields = tuple(self.schema)
-        if not fields:
-            raise DefinitionError(f"request source {self.name!r}: schema must declare a field")
-        for item in fields:
-            if not isinstance(item, Field):
-                raise DefinitionError(
-                    f"request source {self.name!r}: schema must hold Field objects, got {item!r}"
-                )
-        _check_unique(f"request source {self.name!r} fields", [f.name for f in fields])
-        object.__setattr__(self, "schema", fields)
+        object.__setattr__(self, "schema", _schema(f"request source {self.name!r}", self.schema))
 
 
 class OnDemandFeatureView:
@@ -116,13 +107,7 @@ class OnDemandFeatureView:
         self.feature_inputs = tuple(inputs)
         self.request_sources = tuple(requests)
         _check_unique(f"{where} inputs", self.input_names)
-        self.schema = tuple(schema)
-        if not self.schema:
-            raise DefinitionError(f"{where}: schema must declare at least one feature")
-        for feature in self.schema:
-            if not isinstance(feature, Field):
-                raise DefinitionError(f"{where}: schema must hold Field objects, got {feature!r}")
-        _check_unique(f"{where} features", self.feature_names)
+        self.schema = _schema(where, schema)
         self.function = check_import_path(f"{where} function", function)
         if mode not in MODES:
             raise DefinitionError(f"{where}: mode {mode!r} is unknown; allowed: arrow, pandas")
@@ -172,3 +157,15 @@ class OnDemandFeatureView:
 
     def __repr__(self) -> str:
         return f"OnDemandFeatureView(name={self.name!r}, features={self.feature_names!r})"
+
+
+def _schema(where: str, fields: Sequence[Field]) -> tuple[Field, ...]:
+    """`fields` if they are at least one Field, with unique names, else DefinitionError."""
+    declared = tuple(fields)
+    if not declared:
+        raise DefinitionError(f"{where}: schema must declare at least one field")
+    for item in declared:
+        if not isinstance(item, Field):
+            raise DefinitionError(f"{where}: schema must hold Field objects, got {item!r}")
+    _check_unique(f"{where} fields", [f.name for f in declared])
+    return declared
