@@ -86,5 +86,6 @@ class BothEngines:
                 partition_index=index, timestamp_column=timestamp_column,
                 full_feature_names=full_feature_names,
             )
-            batches.extend(engine.open(partition, rows, refs, sources, schema))
+            batches.extend(engine.open(partition, rows, refs, sources, schema,
+                                       full_feature_names=full_feature_names))
         return pa.Table.from_batches(batches, schema=schema)

@@ -14,11 +14,13 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
+from quiver._on_demand import OnDemandFeatureView, RequestSource
 from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
 from quiver._permissions import Action, Permission, Resource
 from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingProgress
 from quiver.errors import QuiverError
+from quiver.transforms import Transform
 from quiver.types import (
     Bool,
     Bytes,
@@ -51,6 +53,7 @@ __all__ = [
     "Int32",
     "Int64",
     "OfflineSpine",
+    "OnDemandFeatureView",
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
@@ -58,6 +61,7 @@ __all__ = [
     "PushResult",
     "PushTarget",
     "QuiverError",
+    "RequestSource",
     "Resource",
     "SpineHandle",
     "String",
@@ -65,6 +69,7 @@ __all__ = [
     "Tls",
     "TrainingClient",
     "TrainingProgress",
+    "Transform",
     "ValueType",
     "__version__",
     "parse_feature_ref",

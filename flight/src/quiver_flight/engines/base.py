@@ -86,10 +86,36 @@ class TrainingEngine(Protocol):
         refs: Sequence[FeatureRef],
         sources: Mapping[str, HistorySource],
         schema: pa.Schema,
+        *,
+        full_feature_names: bool,
     ) -> Iterator[pa.RecordBatch]:
-        """The rows of one partition (`rows` are its spine rows), in spine order.
+        """The joined rows of one partition (`rows` are its spine rows), in spine order.
+
+        Args:
+            partition: The ticket's partition.
+            rows: Its spine rows.
+            refs: The stored features joined, in column order.
+            sources: Each view's history as listed when planned.
+            schema: The join's schema (the spine's columns, then `refs`).
+            full_feature_names: Name feature columns "view__feature".
 
         Raises:
             FailedPreconditionError: its staged rows are gone (reason STALE_TICKET).
+        """
+        ...
+
+    def join_spine(
+        self,
+        spine: Spine,
+        refs: Sequence[FeatureRef],
+        sources: Mapping[str, HistorySource],
+        schema: pa.Schema,
+        timestamp_column: str,
+    ) -> Iterator[pa.RecordBatch]:
+        """The whole spine's join, in spine order, feature columns named "view__feature"
+        (what fitting reads).
+
+        Raises:
+            InvalidArgumentError, FailedPreconditionError, UnavailableError: as `stage`.
         """
         ...

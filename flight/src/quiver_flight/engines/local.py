@@ -12,6 +12,7 @@ from quiver_flight.engines.base import Staged, TrainingJob
 from quiver_flight.engines.staged import read_staged
 from quiver_flight.history import HistorySource
 from quiver_flight.pit import PointInTimeEngine
+from quiver_flight.spines import Spine
 from quiver_server.registry.snapshot import FeatureRef
 
 
@@ -48,10 +49,25 @@ class LocalTrainingEngine:
         refs: Sequence[FeatureRef],
         sources: Mapping[str, HistorySource],
         schema: pa.Schema,
+        *,
+        full_feature_names: bool,
     ) -> Iterator[pa.RecordBatch]:
         if partition.staged_path:
             return read_staged(self.offline_root, partition, rows, refs, schema, self.pit.batch_rows)
         return self.pit.join(
             rows, refs, timestamp_column=partition.timestamp_column,
-            full_feature_names=partition.full_feature_names, sources=sources,
+            full_feature_names=full_feature_names, sources=sources,
+        )
+
+    def join_spine(
+        self,
+        spine: Spine,
+        refs: Sequence[FeatureRef],
+        sources: Mapping[str, HistorySource],
+        schema: pa.Schema,
+        timestamp_column: str,
+    ) -> Iterator[pa.RecordBatch]:
+        return self.pit.join(
+            spine.read(0, spine.num_rows), refs, timestamp_column=timestamp_column,
+            full_feature_names=True, sources=sources,
         )

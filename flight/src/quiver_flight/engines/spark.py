@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import posixpath
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -28,18 +28,24 @@ import pyarrow.parquet as pq
 
 from quiver import FeatureView, ValueType
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
+from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.engines.base import Staged, TrainingJob
 from quiver_flight.engines.local import LocalTrainingEngine
-from quiver_flight.engines.staged import StagedJob, StagingArea
+from quiver_flight.engines.staged import StagedJob, StagingArea, read_staged
 from quiver_flight.history import HistorySource
 from quiver_flight.keys import normalize_key
 from quiver_flight.pit import PointInTimeEngine, group_by_view
+from quiver_flight.spines import Spine
 from quiver_flight.timestamps import TimestampRangeError, comparison_unit, per_second, to_units
 from quiver_server.config import SparkConfig
 from quiver_server.offline.source import filesystem_and_path
+from quiver_server.registry.snapshot import FeatureRef
 
 # Spine rows converted per step while staging the spine (bounds the memory it takes).
 SPINE_CHUNK_ROWS = 1 << 20
+# How long a fit's staged join may live; it is deleted once read, and the
+# sweep deletes what a crash left behind.
+FIT_STAGING_SECONDS = 3600.0
 
 
 def key_column(name: str) -> str:
@@ -80,6 +86,45 @@ class SparkTrainingEngine(LocalTrainingEngine):
         self.staging = StagingArea(pit.offline_root, clock)
 
     def stage(self, job: TrainingJob) -> Staged | None:
+        staged = self._run(job)
+        return Staged([staged.partition_path(i) for i in range(job.partitions)], job.expires_at)
+
+    def join_spine(
+        self,
+        spine: Spine,
+        refs: Sequence[FeatureRef],
+        sources: Mapping[str, HistorySource],
+        schema: pa.Schema,
+        timestamp_column: str,
+    ) -> Iterator[pa.RecordBatch]:
+        rows = spine.num_rows
+        expires_at = self.staging.clock() + FIT_STAGING_SECONDS
+        staged = self._run(TrainingJob(
+            spine, refs, sources, schema, timestamp_column, max(rows, 1), 1, expires_at
+        ))
+        partition = pb.TrainingSetPartition(
+            timestamp_column=timestamp_column, row_count=rows, partition_count=1,
+            staged_path=staged.partition_path(0),
+        )
+        try:
+            batches = read_staged(
+                self.offline_root, partition, spine.read(0, rows), refs, schema, self.pit.batch_rows
+            )
+        except BaseException:
+            self.staging.delete(staged)
+            raise
+        return self._deleted_after(batches, staged)
+
+    def _deleted_after(
+        self, batches: Iterator[pa.RecordBatch], staged: StagedJob
+    ) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from batches
+        finally:
+            self.staging.delete(staged)
+
+    def _run(self, job: TrainingJob) -> StagedJob:
+        """Run the join as one Spark job into a new staging directory."""
         from quiver_flight.engines.spark_join import run_join
         from quiver_server.spark.session import spark_session
 
@@ -96,7 +141,7 @@ class SparkTrainingEngine(LocalTrainingEngine):
         except BaseException:
             self.staging.delete(staged)
             raise
-        return Staged([staged.partition_path(i) for i in range(job.partitions)], job.expires_at)
+        return staged
 
     def _check_unchanged(self, sources: Mapping[str, HistorySource]) -> None:
         now = self.locate([source.view for source in sources.values()])
