@@ -116,9 +116,43 @@ def materialize(directory: Path, engine: str, aerospike: str, executors: int) ->
     return {"wall": wall, "job": job, "rows": rows}
 
 
+Result = dict[str, float]
+
+
+def scaling(trained: dict[tuple[str, str], list[Result]], materialized: dict[str, Result]) -> list[str]:
+    """What the figures say side by side: cores, history size, engines."""
+    lines = ["scaling"]
+    for (engine, label), runs in trained.items():
+        if engine == "spark 2 cores" and ("spark 1 core", label) in trained:
+            one, two = trained["spark 1 core", label][-1], runs[-1]
+            lines.append(f"  {label}: spark 2 cores vs 1 core, warm pull {one['wall'] / two['wall']:.2f}x")
+    for engine in ENGINES:
+        small = trained.get((engine, "400,000 spine, 1M history"))
+        large = trained.get((engine, "400,000 spine, 10M history"))
+        if small and large:
+            lines.append(
+                f"  {engine}: Flight server peak MB, 400k spine over 10M vs 1M history: "
+                f"{large[0]['server_mb']:,.0f} / {small[0]['server_mb']:,.0f} = "
+                f"{large[0]['server_mb'] / small[0]['server_mb']:.2f}x"
+                + (f" (JVM {large[0]['jvm_mb']:,.0f} / {small[0]['jvm_mb']:,.0f} MB)"
+                   if large[0]["jvm_mb"] else "")
+            )
+    if "spark 1 core" in materialized and "spark 2 cores" in materialized:
+        one, two = materialized["spark 1 core"], materialized["spark 2 cores"]
+        lines.append(f"  materialization: spark 2 executors vs 1, job time {one['job'] / two['job']:.2f}x")
+    if "local" in materialized and "spark 2 cores" in materialized:
+        local, two = materialized["local"], materialized["spark 2 cores"]
+        lines.append(f"  materialization: spark 2 executors vs the local engine's one process, "
+                     f"job time {local['job'] / two['job']:.2f}x")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1M history rows, spines of 100k and 400k")
+    parser.add_argument("--memory", action="store_true",
+                        help="only the same 400k spine over 1M and 10M history rows, local vs spark "
+                        "2 cores (the Flight server's memory as the history grows)")
     parser.add_argument("--aerospike", default=os.environ.get("QUIVER_TEST_AEROSPIKE", ""),
                         help="host:port of an Aerospike server for the materialization part")
     parser.add_argument("--skip-training", action="store_true")
@@ -131,33 +165,41 @@ def main() -> int:
     print(f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at start", flush=True)
     header = f"{'training set':<46}{'wall s':>9}{'rows/s':>12}{'server MB':>11}{'JVM MB':>9}"
     lines = [header]
+    trained: dict[tuple[str, str], list[Result]] = {}
+    materialized: dict[str, Result] = {}
+    engines = ["local", "spark 2 cores"] if args.memory else list(ENGINES)
     if not args.skip_training:
-        runs = [(directory, directory / f"spine_{rows}.parquet", f"{rows:,} spine")
-                for rows in SCALES[name]["spines"]]
+        runs = [] if args.memory else [
+            (directory, directory / f"spine_{rows}.parquet", f"{rows:,} spine")
+            for rows in SCALES[name]["spines"]
+        ]
         # The same spine over a tenth of the history: memory as the history grows.
         runs.append((small, small / "spine_400000.parquet", "400,000 spine, 1M history"))
         if name == "full":
             runs.append((directory, small / "spine_400000.parquet", "400,000 spine, 10M history"))
         for data, spine, label in runs:
-            for engine in ENGINES:
-                for kind, result in zip(("cold", "warm"), training(data, spine, engine), strict=True):
+            for engine in engines:
+                results = training(data, spine, engine)
+                trained[engine, label] = results
+                for kind, result in zip(("cold", "warm"), results, strict=True):
                     line = (f"{engine + ', ' + label + ', ' + kind:<46}{result['wall']:>9.2f}"
                             f"{result['rows'] / result['wall']:>12,.0f}"
                             f"{result['server_mb']:>11,.0f}{result['jvm_mb']:>9,.0f}")
                     lines.append(line)
                     print(line, flush=True)
-    if args.aerospike:
+    if args.aerospike and not args.memory:
         lines.append(f"{'materialize into Aerospike':<46}{'wall s':>9}{'job s':>9}{'rows/s (job)':>14}")
         for engine, executors in (("local", 0), ("spark 1 core", 1), ("spark 2 cores", 2)):
             result = materialize(directory, engine, args.aerospike, executors)
+            materialized[engine] = result
             line = (f"{engine:<46}{result['wall']:>9.1f}{result['job']:>9.1f}"
                     f"{result['rows'] / max(result['job'], 1e-9):>14,.0f}")
             lines.append(line)
             print(line, flush=True)
-    else:
+    elif not args.memory:
         lines.append("materialization: skipped (set QUIVER_TEST_AEROSPIKE or --aerospike)")
     print()
-    print("\n".join(lines))
+    print("\n".join(lines + scaling(trained, materialized)))
     return 0
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.engines import TrainingJob
@@ -21,16 +23,16 @@ from quiver_server.config import SparkConfig
 from quiver_server.registry.snapshot import FeatureRef
 
 
+@dataclass(frozen=True)
 class TableSpine(Spine):
     """A spine held in memory (the engines read it only through `read`)."""
 
-    def __init__(self, table: pa.Table) -> None:
-        self.name = "test spine"
-        self.schema = table.schema
-        self.num_rows = table.num_rows
-        self.expires_at = None
-        self.fingerprint = "test"
-        self.table = table
+    table: pa.Table = field(default_factory=pa.table)
+
+    @classmethod
+    def of(cls, table: pa.Table) -> TableSpine:
+        return cls("test spine", table.schema, table.num_rows, None, "test",
+                   pafs.LocalFileSystem(), table)
 
     def read(self, offset: int, count: int) -> pa.Table:
         return self.table.slice(offset, count)
@@ -73,7 +75,7 @@ class BothEngines:
         engine.check_sources(refs, sources)
         per = self.partition_rows
         count = max(1, -(-spine.num_rows // per))
-        job = TrainingJob(TableSpine(spine), refs, sources, schema, timestamp_column, per, count,
+        job = TrainingJob(TableSpine.of(spine), refs, sources, schema, timestamp_column, per, count,
                           time.time() + 3600)
         staged = engine.stage(job)
         assert staged is not None

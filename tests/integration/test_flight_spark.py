@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,16 @@ from test_flight_server import (
     user_stats,
     write_history,
 )
+from transform_repo import write_history as write_transform_history
+from transform_repo import write_repo
 
-from quiver._training_client import TrainingClient
+from quiver import TrainingClient
 from quiver.errors import FailedPreconditionError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import unpack_ticket
-from quiver_server.config import OfflineStoreConfig, QuiverConfig, SparkConfig
+from quiver_flight.server import create_flight_server
+from quiver_server.config import OfflineStoreConfig, QuiverConfig, SparkConfig, load_config
+from quiver_server.repo import apply
 
 # A first Spark test also starts the JVM of the run's one session.
 pytestmark = [pytest.mark.spark, pytest.mark.timeout(600)]
@@ -66,7 +71,8 @@ def test_spark_planned_training_sets_equal_the_local_engine_and_expire(
         served = pa.concat_tables(raw.do_get(e.ticket).read_all() for e in info.endpoints)
         assert served.equals(want)
         # Full feature names, small batches, an offline spine: the same rows as locally.
-        pq.write_table(spine, Path(local.offline_root) / "labels.parquet")
+        (Path(local.offline_root) / "spines").mkdir()
+        pq.write_table(spine, Path(local.offline_root) / "spines" / "labels.parquet")
         from quiver._training_client import OfflineSpine
 
         named = client.get_training_set(OfflineSpine("labels.parquet"), feature_service="model",
@@ -96,3 +102,88 @@ def test_history_changed_after_planning_makes_spark_tickets_stale(
                        Path(config.offline_root) / "merchant_stats" / "more.parquet")
         with pytest.raises(FailedPreconditionError, match="merchant_stats"):
             client.fetch(info)
+
+
+def _transform_history(now: datetime) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Several rows per user (older, newer, not yet created, past the ttl) and nulls."""
+    nums: list[dict[str, object]] = []
+    ages: list[dict[str, object]] = []
+    for u in range(1, 13):
+        for age_hours, created_after in ((60, 0), (5, 0), (1, 0), (2, 3)):
+            event = now - timedelta(hours=age_hours)
+            value = None if (u + age_hours) % 5 == 0 else float(u * 3 + age_hours) * 0.5
+            nums.append({
+                "user_id": u, "event_timestamp": event,
+                "created": event + timedelta(hours=created_after),
+                "x_float": value, "x_int": None if u % 4 == 0 else u * 10 - age_hours,
+                "x_f32": float(u % 5) - 1.5, "cat": None if u % 6 == 0 else "abcd"[u % 4],
+                "code": u % 3, "flag": u % 2 == 0,
+            })
+        if u % 3:
+            ages.append({"user_id": u, "event_timestamp": now - timedelta(hours=u * 2),
+                         "y": float(u) / 3})
+    return nums, ages
+
+
+def _transform_spine(now: datetime, n: int) -> pa.Table:
+    users = [1 + (i * 7) % 14 for i in range(n)]  # 13 and 14 have no history
+    times = [now - timedelta(hours=(i % 5) * 3, minutes=i % 7) for i in range(n)]
+    amounts = [0.5 + (i % 9) * 40.0 for i in range(n)]
+    return pa.table({
+        "user_id": pa.array(users, pa.int64()),
+        "event_timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
+        "amount": pa.array(amounts, pa.float64()),
+    })
+
+
+def _same_cells(got: pa.Table, want: pa.Table) -> None:
+    assert got.schema.names == want.schema.names
+    for name in want.schema.names:
+        assert got.schema.field(name) == want.schema.field(name), name
+        assert got[name].to_pylist() == want[name].to_pylist(), name
+
+
+def test_spark_training_sets_apply_on_demand_views_and_fitted_transforms_as_locally(
+    spark: Any, tmp_path: Path,
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    repo = write_repo(tmp_path / "repo")
+    write_transform_history(repo, *_transform_history(now))
+    local = load_config(repo, env={})
+    apply(local)
+    on_spark_config = with_engine(local, "spark")
+    local_server, local_port = create_flight_server(local)
+    spark_server, spark_port = create_flight_server(on_spark_config)
+    fit_spine, pull_spine = _transform_spine(now, 40), _transform_spine(now - timedelta(hours=2), 57)
+    try:
+        with (
+            TrainingClient(f"grpc://127.0.0.1:{spark_port}") as on_spark,
+            TrainingClient(f"grpc://127.0.0.1:{local_port}") as on_local,
+        ):
+            # Fitting on each engine: the same parameters (versions 1 and 2), so the
+            # same fitted training set.
+            fitted_on_spark = on_spark.get_training_set(fit_spine, feature_service="everything",
+                                                        fit=True, partition_rows=16)
+            fitted_on_local = on_local.get_training_set(fit_spine, feature_service="everything",
+                                                        fit=True)
+            assert fitted_on_spark.schema.metadata[b"quiver.transform_version"] == b"1"
+            assert fitted_on_local.schema.metadata[b"quiver.transform_version"] == b"2"
+            _same_cells(fitted_on_spark, fitted_on_local)
+            assert fitted_on_spark.num_rows == 40
+            for version in (1, 2):
+                got = on_spark.get_training_set(pull_spine, feature_service="everything",
+                                                transform_version=version, partition_rows=10)
+                want = on_local.get_training_set(pull_spine, feature_service="everything",
+                                                 transform_version=version)
+                assert got.equals(want)
+            # On-demand features by reference, without transforms, full names.
+            features = ["arrow_odfv:ratio", "nums:x_float", "pandas_odfv:shifted", "ages:y"]
+            got = on_spark.get_training_set(pull_spine, features=features, full_feature_names=True,
+                                            partition_rows=20)
+            want = on_local.get_training_set(pull_spine, features=features,
+                                             full_feature_names=True)
+            assert got.equals(want)
+            assert got["arrow_odfv__ratio"].null_count < got.num_rows
+    finally:
+        spark_server.shutdown()
+        local_server.shutdown()

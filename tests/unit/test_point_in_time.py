@@ -214,6 +214,15 @@ def test_views_with_different_and_composite_join_keys(engine: PointInTimeEngine,
     assert out["age"].to_pylist() == [40, 30, None, 30]
     assert out["risk"].to_pylist() == [0.1, None, 0.9, None]
     assert out["crashes"].to_pylist() == [20, 10, 30, None]
+    # Features of different views interleaved: each column where it was asked for.
+    write(root, "people", {"user_id": [1, 2], "event_timestamp": [at(0), at(0)],
+                           "created": [at(0), at(0)], "age": [30, 40], "level": ["a", "b"]})
+    people = make_view("people", [user], [Field("age", Int64), Field("level", String)])
+    mixed = join(engine, table, [*refs(people, "age"), *refs(merchants), *refs(people, "level")])
+    assert mixed.schema.names[-3:] == ["age", "risk", "level"]
+    assert mixed["age"].to_pylist() == [40, 30, None, 30]
+    assert mixed["risk"].to_pylist() == [0.1, None, 0.9, None]
+    assert mixed["level"].to_pylist() == ["b", "a", None, "a"]
 
 
 def test_spine_columns_order_and_types_are_unchanged(engine: PointInTimeEngine, root: Path) -> None:

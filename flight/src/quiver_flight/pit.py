@@ -295,12 +295,17 @@ class PointInTimeEngine:
                     ) from None
             if join.block is None:
                 join.gathered = self._gather_scan(join, *bounds[unit])
-        return self._batches(spine, schema, joins, bounds)
+        # Views are joined one at a time; `order` puts each feature column back
+        # where `refs` asks for it (refs of several views may be interleaved).
+        grouped = [i for view, _ in groups for i, ref in enumerate(refs)
+                   if ref.view.name == view.name]
+        order = None if grouped == sorted(grouped) else [grouped.index(i) for i in range(len(refs))]
+        return self._batches(spine, schema, joins, bounds, order)
 
     @traced("quiver.flight.point_in_time_join")
     def _batches(
         self, spine: pa.Table, schema: pa.Schema, joins: list[_ViewJoin],
-        bounds: dict[str, tuple[IntArray, IntArray]],
+        bounds: dict[str, tuple[IntArray, IntArray]], order: list[int] | None,
     ) -> Iterator[pa.RecordBatch]:
         # Batches follow the spine's own chunks (at most `batch_rows`), so spine
         # columns pass through without a copy even when a partition starts
@@ -313,8 +318,10 @@ class PointInTimeEngine:
             # Views are joined one after another: batches are too small for
             # threads to win against the GIL hand-offs between numpy calls;
             # parallelism comes from serving several partitions at once.
+            features: list[pa.Array] = []
             for join in joins:
-                arrays.extend(join.arrays(start, stop, *bounds[join.index.unit]))
+                features.extend(join.arrays(start, stop, *bounds[join.index.unit]))
+            arrays.extend(features if order is None else [features[i] for i in order])
             yield pa.RecordBatch.from_arrays(arrays, schema=schema)
             start = stop
 

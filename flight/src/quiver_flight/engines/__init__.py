@@ -11,8 +11,11 @@ implement it:
   one Parquet directory per partition under the offline store, and serves a
   ticket by streaming its directory; the Flight server holds no history.
 
-Both follow the same rules and give the same rows cell for cell. A ticket
-planned by either can be served by any replica sharing the offline store.
+Both follow the same rules and give the same rows cell for cell. An engine
+computes the point-in-time join only; on-demand views and transforms run on
+its batches in the Flight server (`quiver_flight.transformed`), the same for
+both. A ticket planned by either can be served by any replica sharing the
+offline store.
 """
 
 from __future__ import annotations
