@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from spark_support import BothEngines
 
@@ -78,6 +78,9 @@ def write_parts(directory: Path, table: pa.Table, cuts: list[int]) -> None:
     user_ttl=st.sampled_from([0, 1, 3]), shop_ttl=st.sampled_from([0, 2]),
     cuts=st.lists(st.integers(0, 60), max_size=3), nanos=st.booleans(),
 )
+# A history whose only feature values are null (typed columns, not Arrow's null type).
+@example(users=[], shops=[(0, 0, None, None, 0)], spine=[(0, 0, 1, 0)], user_ttl=0, shop_ttl=0,
+         cuts=[], nanos=False)
 def test_random_training_sets_match(
     spark: Any, users: list[tuple[Any, ...]], shops: list[tuple[Any, ...]],
     spine: list[tuple[Any, ...]], user_ttl: int, shop_ttl: int, cuts: list[int], nanos: bool,
@@ -101,7 +104,8 @@ def test_random_training_sets_match(
             "event_timestamp": pa.array([tick(e) for _, e, *_ in shops], pa.int64()).cast(NS)
             .cast(pa.timestamp("ms", tz="UTC"), safe=False),
             "count": pa.array([v for *_, v, _ in shops], pa.int64()),
-            "label": pa.array([None if v is None else f"v{v % 7}" for *_, v, _ in shops]),
+            "label": pa.array([None if v is None else f"v{v % 7}" for *_, v, _ in shops],
+                              pa.string()),
         }), cuts)
         user_view = FeatureView(
             name="users", entities=[user],
