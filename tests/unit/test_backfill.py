@@ -153,7 +153,7 @@ def test_backfill_serves_offline_and_online_and_repeats_change_nothing(config: Q
     more = backfill(config, "user_spend", D0 + DAY, D0 + 3 * DAY)
     assert (more.version, more.new_version, more.windows) == (1, False, [(D0 + 2 * DAY, D0 + 3 * DAY)])
     assert history_rows(config, "user_spend") == expected_history(raw, D0, D0 + 3 * DAY, 2)
-    [result] = materialize_range(config, D0 + 2 * DAY, D0 + 3 * DAY, ["user_spend"], progress=False)
+    [result] = materialize_range(config, D0 + 2 * DAY, D0 + 3 * DAY, ["user_spend"])
     assert result.entities == 3
 
 

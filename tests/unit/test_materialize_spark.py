@@ -24,6 +24,9 @@ from quiver_server.config import (
     SparkConfig,
 )
 from quiver_server.materialize import materialize_range
+from quiver_server.monitoring.profile import ViewProfile
+from quiver_server.monitoring.sinks import ProfileWriter, newest_event
+from quiver_server.monitoring.storage import ProfileStore
 from quiver_server.online.base import ViewRead, WriteBatch
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.store import RegistryStore
@@ -96,7 +99,7 @@ def test_the_sqlite_store_is_written_by_the_local_engine_only(
     config = QuiverConfig(project="shop", repo_path=tmp_path, offline_store=SPARK)
     make_registry(config, [USER], [stats_view()])
     with pytest.raises(FailedPreconditionError, match="--engine local") as info:
-        materialize_range(config, T, T + timedelta(days=1), progress=False)
+        materialize_range(config, T, T + timedelta(days=1))
     assert info.value.reason == "ENGINE_STORE_UNSUPPORTED"
     assert "sqlite" in info.value.message
 
@@ -124,10 +127,29 @@ def test_executors_write_aerospike_under_the_monotonic_rule(
     with AerospikeOnlineStore(store_config) as store:
         store.write(table, WriteBatch(keys[:1], [newer], [0],
                                       {"rate": [9.0], "opened": [None], "label": ["pushed"]}))
-    [first] = materialize_range(config, T - timedelta(days=1), T + timedelta(days=1), progress=False)
+    # Monitoring on: executors profile their partitions, the driver merges and stores them.
+    store = ProfileStore(str(tmp_path / "profiles"))
+    [first] = materialize_range(config, T - timedelta(days=1), T + timedelta(days=1),
+                                profiles=ProfileWriter(store))
     assert (first.rows_read, first.entities) == (600, want.num_rows)
+    types = {f.name: f.dtype for f in accounts.schema}
+    [profile] = store.scan("accounts", ("materialize",), types).profiles
+    # The local engine profiles the same latest rows.
+    expected = ViewProfile.for_view(accounts, "materialize", T - timedelta(days=1),
+                                    T + timedelta(days=1))
+    expected.observe(want)
+    expected.note_event_time(newest_event(want.column(local.EVENT_TS)))
+    assert (profile.rows, profile.window_start, profile.window_end, profile.newest_event) == (
+        expected.rows, expected.window_start, expected.window_end, expected.newest_event)
+    for name, summary in expected.features.items():
+        got = profile.features[name]
+        assert (got.count, got.null_count, got.numeric_count) == (
+            summary.count, summary.null_count, summary.numeric_count), name
+        if summary.numeric_count:
+            assert (got.minimum, got.maximum) == (summary.minimum, summary.maximum), name
+            assert got.mean == pytest.approx(summary.mean), name
     assert (first.rows_written, first.superseded) == (want.num_rows - 1, 1)
-    [again] = materialize_range(config, T - timedelta(days=1), T + timedelta(days=1), progress=False)
+    [again] = materialize_range(config, T - timedelta(days=1), T + timedelta(days=1))
     assert again.entities == want.num_rows
     with AerospikeOnlineStore(store_config) as store:
         [read] = store.read([ViewRead(table, keys, ["rate", "opened", "label"])])

@@ -269,11 +269,11 @@ def _run(
     progress: ProgressCallback | None,
     profiles: ProfileWriter | None = None,
 ) -> list[ViewMaterialization]:
+    report = progress or _ignore
     if config.offline_store.engine == "spark":
         from quiver_server.spark.materialize import run_on_spark
 
-        return run_on_spark(config, registry, windows, progress)
-    report = progress or _ignore
+        return run_on_spark(config, registry, windows, report, profiles)
     # Check every source before writing anything.
     jobs = [_plan(config, table, start, end) for table, start, end in windows]
     results: list[ViewMaterialization] = []

@@ -101,13 +101,27 @@ class ProfileWriter:
             profile.observe(rows, sample_step=step)
             if event_column is not None:
                 profile.note_event_time(newest_event(rows.column(event_column)))
+        except Exception as exc:
+            _not_written(view.name, source, exc)
+            return None
+        return self.save(profile)
+
+    def save(self, profile: ViewProfile) -> str | None:
+        """Store a profile built elsewhere (e.g. merged from Spark executors' partitions),
+        under this writer's producer; returns the file, or None when it could not be."""
+        profile.producer = self.producer
+        try:
             return self.store.write(profile)
         except Exception as exc:
-            # Monitoring is best effort: a profile that cannot be built or stored
-            # never fails the job whose rows it describes.
-            log.warning("profile not written", feature_view=view.name, source=source,
-                        error=f"{type(exc).__name__}: {exc}")
+            _not_written(profile.feature_view, profile.source, exc)
             return None
+
+
+def _not_written(view: str, source: str, exc: Exception) -> None:
+    # Monitoring is best effort: a profile that cannot be built or stored
+    # never fails the job whose rows it describes.
+    log.warning("profile not written", feature_view=view, source=source,
+                error=f"{type(exc).__name__}: {exc}")
 
 
 class ProfileAccumulator:

@@ -6,8 +6,9 @@ first, so it loses), then the row read last (files by path, rows in file
 order) -- and every partition of the result is written by its executor
 through the online store's own write path (`OnlineStore.write`), so
 Aerospike's server-side filter still refuses to go back in time and running
-the same window twice changes nothing. Nothing but counts comes back to the
-driver.
+the same window twice changes nothing. Nothing but counts (and, with feature
+monitoring on, each partition's profile of the rows it wrote) comes back to
+the driver.
 
 Only stores that executors on other machines can reach qualify: the embedded
 SQLite file is written by the local engine only.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ from quiver.errors import (
     QuiverError,
     UnavailableError,
 )
+from quiver.monitoring.v1 import profile_pb2 as pb
 from quiver_server.config import AerospikeOnlineStoreConfig, QuiverConfig
 from quiver_server.materialize import (
     CREATED_TS,
@@ -44,6 +46,8 @@ from quiver_server.materialize import (
     _ViewJob,
     _write_batch,
 )
+from quiver_server.monitoring.profile import ViewProfile, merge_profiles
+from quiver_server.monitoring.sinks import ProfileWriter, newest_event, producer_id
 from quiver_server.offline.source import list_files, resolve_path
 from quiver_server.online.base import ViewTable
 from quiver_server.registry.store import RegistryStore
@@ -64,7 +68,12 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 _ROWS = "__rows"
-_COUNTS = "rows long, entities long, superseded long, error string, reason string"
+_RESULT = ("rows long, entities long, superseded long, error string, reason string, "
+           "profile binary")
+_RESULT_SCHEMA = pa.schema([
+    ("rows", pa.int64()), ("entities", pa.int64()), ("superseded", pa.int64()),
+    ("error", pa.string()), ("reason", pa.string()), ("profile", pa.binary()),
+])
 
 
 def check_online_store(config: QuiverConfig) -> AerospikeOnlineStoreConfig:
@@ -89,9 +98,11 @@ def run_on_spark(
     config: QuiverConfig,
     registry: RegistryStore,
     windows: Sequence[tuple[ViewTable, datetime | None, datetime]],
-    progress: ProgressCallback | None,
+    report: ProgressCallback,
+    profiles: ProfileWriter | None = None,
 ) -> list[ViewMaterialization]:
-    """Materialize `windows` with Spark; progress and watermarks as on the local engine."""
+    """Materialize `windows` with Spark; progress, watermarks and profiles as on the local
+    engine."""
     store = check_online_store(config)
     jobs = [_plan(config, table, start, end) for table, start, end in windows]
     session = spark_session(config.offline_store.spark)
@@ -103,17 +114,18 @@ def run_on_spark(
                 results.append(ViewMaterialization(job.table.name, job.start, job.end, 0, 0, 0, 0, 0.0))
                 continue
             began = time.perf_counter()
-            if progress is not None:
-                progress(MaterializeProgress(job.table.name, "start"))
+            report(MaterializeProgress(job.table.name, "start"))
             latest = latest_rows(session, config, job)
-            counts = write_partitions(latest, store, job, config.offline_store.spark.write_partitions)
+            counts = write_partitions(latest, store, job, config.offline_store.spark.write_partitions,
+                                      profile=profiles is not None)
+            if profiles is not None and counts.profile is not None:
+                profiles.save(counts.profile)
             outcome = ViewMaterialization(
                 job.table.name, job.start, job.end, counts.rows, counts.entities,
                 counts.entities - counts.superseded, counts.superseded,
                 time.perf_counter() - began,
             )
-            if progress is not None:
-                progress(MaterializeProgress(job.table.name, "done", outcome.entities, result=outcome))
+            report(MaterializeProgress(job.table.name, "done", outcome.entities, result=outcome))
             results.append(outcome)
             done[job.table.name] = job.end
     finally:
@@ -179,44 +191,54 @@ class Counts:
     rows: int
     entities: int
     superseded: int
+    profile: ViewProfile | None = None
 
 
 def write_partitions(
-    latest: DataFrame, store: AerospikeOnlineStoreConfig, job: _ViewJob, partitions: int
+    latest: DataFrame, store: AerospikeOnlineStoreConfig, job: _ViewJob, partitions: int,
+    *, profile: bool = False,
 ) -> Counts:
     """Write `latest` from the executors, one store connection per partition.
+
+    Args:
+        latest: `latest_rows`.
+        store: The online store.
+        job: The view's planned window.
+        partitions: Repartition to this many writers first; 0 keeps Spark's.
+        profile: Also profile the rows written (feature monitoring): each
+            executor profiles its partition and the driver merges them.
 
     Raises:
         The QuiverError an executor's store raised (e.g. UnavailableError), by type.
     """
-    from pyspark.sql import functions as F
-
     if partitions > 0:
         latest = latest.repartition(partitions)
-    task = _WriteTask(store, job.table, job.key_names, job.has_created)
-    totals = latest.mapInArrow(task, _COUNTS).groupBy("error", "reason").agg(
-        F.sum("rows").alias("rows"), F.sum("entities").alias("entities"),
-        F.sum("superseded").alias("superseded"),
-    ).collect()
+    task = _WriteTask(store, job, profile)
+    # One row per partition comes back: counts, an error, a profile.
     rows = entities = superseded = 0
-    for total in totals:
-        if total["error"] is not None:
-            raise _executor_error(str(total["error"]), total["reason"])
-        rows, entities, superseded = int(total["rows"]), int(total["entities"]), int(total["superseded"])
-    return Counts(rows, entities, superseded)
+    found: list[ViewProfile] = []
+    types = {f.name: f.dtype for f in job.table.view.schema}
+    for part in latest.mapInArrow(task, _RESULT).collect():
+        if part["error"] is not None:
+            raise _executor_error(str(part["error"]), part["reason"])
+        rows += int(part["rows"])
+        entities += int(part["entities"])
+        superseded += int(part["superseded"])
+        if part["profile"] is not None:
+            found.append(ViewProfile.from_proto(pb.Profile.FromString(part["profile"]), types))
+    return Counts(rows, entities, superseded, merge_profiles(found))
 
 
 class _WriteTask:
     """What each executor runs over its partition (pickled by reference to this module)."""
 
-    def __init__(
-        self, store: AerospikeOnlineStoreConfig, table: ViewTable, key_names: list[str],
-        has_created: bool,
-    ) -> None:
+    def __init__(self, store: AerospikeOnlineStoreConfig, job: _ViewJob, profile: bool) -> None:
         self.store = store
-        self.table = table
-        self.key_names = key_names
-        self.has_created = has_created
+        self.table = job.table
+        self.key_names = job.key_names
+        self.has_created = job.has_created
+        self.window = (job.start, job.end)
+        self.profile = profile
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from quiver_server.online.aerospike import AerospikeOnlineStore
@@ -224,11 +246,14 @@ class _WriteTask:
         job = _ViewJob(self.table, None, datetime.min, None, {}, None, self.key_names, self.has_created)
         rows = entities = superseded = 0
         error = reason = None
+        profile = None
         try:
             with AerospikeOnlineStore(self.store) as store:
                 for batch in batches:
                     rows += int(pc.sum(batch.column(_ROWS)).as_py() or 0)
                     table = pa.Table.from_batches([batch])
+                    if self.profile and table.num_rows:
+                        profile = self._observe(profile, table)
                     for offset in range(0, table.num_rows, WRITE_CHUNK_ROWS):
                         chunk = _write_batch(job, table.slice(offset, WRITE_CHUNK_ROWS))
                         result = store.write(self.table, chunk)
@@ -239,11 +264,26 @@ class _WriteTask:
             error, reason = f"{type(exc).__name__}: {exc.message}", exc.reason
         yield pa.RecordBatch.from_pylist(
             [{"rows": rows, "entities": entities, "superseded": superseded, "error": error,
-              "reason": reason}],
-            schema=pa.schema([("rows", pa.int64()), ("entities", pa.int64()),
-                              ("superseded", pa.int64()), ("error", pa.string()),
-                              ("reason", pa.string())]),
+              "reason": reason,
+              "profile": profile.to_proto().SerializeToString() if profile is not None else None}],
+            schema=_RESULT_SCHEMA,
         )
+
+    def _observe(self, profile: ViewProfile | None, table: pa.Table) -> ViewProfile:
+        """Profile the rows as the local engine does (every row; the window starts at the
+        first event when the job has no start)."""
+        start, end = self.window
+        first = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
+            microseconds=int(pc.min(table.column(EVENT_TS)).as_py())
+        )
+        part = ViewProfile.for_view(self.table.view, "materialize", start or first, end,
+                                    producer=producer_id())
+        part.observe(table)
+        part.note_event_time(newest_event(table.column(EVENT_TS)))
+        if profile is None:
+            return part
+        profile.merge(part)
+        return profile
 
 
 # The errors a store's write raises, by the name an executor reports.
