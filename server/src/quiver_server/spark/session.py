@@ -22,7 +22,9 @@ import threading
 import warnings
 from typing import TYPE_CHECKING
 
-from quiver.errors import FailedPreconditionError
+import structlog
+
+from quiver.errors import FailedPreconditionError, UnavailableError
 from quiver_server.config import SparkConfig
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ _STARTUP_CONF = {
 }
 
 _lock = threading.Lock()
+log = structlog.get_logger(__name__)
 
 
 def spark_session(config: SparkConfig) -> SparkSession:
@@ -48,12 +51,17 @@ def spark_session(config: SparkConfig) -> SparkSession:
 
     Raises:
         FailedPreconditionError: PySpark is not installed.
+        UnavailableError: the session cannot be started or reached (the JVM did
+            not start, the master or Spark Connect server does not answer); the
+            next call tries again.
     """
     try:
         with warnings.catch_warnings():
             # PySpark 4.3 warns on import that it is untested with pandas 3 (the extra's pin);
             # Quiver's jobs exchange Arrow, not pandas.
             warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas")
+            from py4j.protocol import Py4JError
+            from pyspark.errors import PySparkException
             from pyspark.sql import SparkSession
     except ImportError:
         raise FailedPreconditionError(
@@ -75,7 +83,18 @@ def spark_session(config: SparkConfig) -> SparkSession:
         builder = builder.appName(config.app_name)
         for key, value in config.conf.items():
             builder = builder.config(key, value)
-        session = builder.getOrCreate()
-        for key, value in QUIVER_SQL_CONF.items():
-            session.conf.set(key, value)
+        try:
+            session = builder.getOrCreate()
+            for key, value in QUIVER_SQL_CONF.items():
+                session.conf.set(key, value)
+        except (PySparkException, Py4JError, OSError) as exc:
+            where = f"spark.remote {config.remote!r}" if config.remote else \
+                f"spark.master {config.master!r}"
+            # The cause may hold paths and hosts: it goes to the log, not the caller.
+            log.error("Spark session not available", target=where, exc_info=exc)
+            raise UnavailableError(
+                f"the Spark engine is unavailable: no Spark session could be started or reached "
+                f"({where} under offline_store.spark); the server log has the cause; retry",
+                reason="SPARK_UNAVAILABLE",
+            ) from None
     return session
