@@ -22,44 +22,65 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from quiver.registry.v1 import governance_pb2 as quiver_dot_registry_dot_v1_dot_governance__pb2
 from quiver.registry.v1 import registry_pb2 as quiver_dot_registry_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)quiver/registry/v1/registry_service.proto\x12\x12quiver.registry.v1\x1a!quiver/registry/v1/registry.proto\"\x15\n\x13ListProjectsRequest\"_\n\x14ListProjectsResponse\x12-\n\x08projects\x18\x01 \x03(\x0b\x32\x1b.quiver.registry.v1.Project\x12\x18\n\x10registry_version\x18\x02 \x01(\x03\"&\n\x13ListEntitiesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"D\n\x14ListEntitiesResponse\x12,\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x1a.quiver.registry.v1.Entity\"1\n\x10GetEntityRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"?\n\x11GetEntityResponse\x12*\n\x06\x65ntity\x18\x01 \x01(\x0b\x32\x1a.quiver.registry.v1.Entity\"*\n\x17ListFeatureViewsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"R\n\x18ListFeatureViewsResponse\x12\x36\n\rfeature_views\x18\x01 \x03(\x0b\x32\x1f.quiver.registry.v1.FeatureView\"6\n\x15GetFeatureViewRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"{\n\x16GetFeatureViewResponse\x12\x35\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\x0b\x32\x1f.quiver.registry.v1.FeatureView\x12*\n\x04meta\x18\x02 \x01(\x0b\x32\x1c.quiver.registry.v1.ViewMeta\"-\n\x1aListFeatureServicesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"[\n\x1bListFeatureServicesResponse\x12<\n\x10\x66\x65\x61ture_services\x18\x01 \x03(\x0b\x32\".quiver.registry.v1.FeatureService\"9\n\x18GetFeatureServiceRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"X\n\x19GetFeatureServiceResponse\x12;\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\x0b\x32\".quiver.registry.v1.FeatureService2\xf3\x05\n\x0fRegistryService\x12\x61\n\x0cListProjects\x12\'.quiver.registry.v1.ListProjectsRequest\x1a(.quiver.registry.v1.ListProjectsResponse\x12\x61\n\x0cListEntities\x12\'.quiver.registry.v1.ListEntitiesRequest\x1a(.quiver.registry.v1.ListEntitiesResponse\x12X\n\tGetEntity\x12$.quiver.registry.v1.GetEntityRequest\x1a%.quiver.registry.v1.GetEntityResponse\x12m\n\x10ListFeatureViews\x12+.quiver.registry.v1.ListFeatureViewsRequest\x1a,.quiver.registry.v1.ListFeatureViewsResponse\x12g\n\x0eGetFeatureView\x12).quiver.registry.v1.GetFeatureViewRequest\x1a*.quiver.registry.v1.GetFeatureViewResponse\x12v\n\x13ListFeatureServices\x12..quiver.registry.v1.ListFeatureServicesRequest\x1a/.quiver.registry.v1.ListFeatureServicesResponse\x12p\n\x11GetFeatureService\x12,.quiver.registry.v1.GetFeatureServiceRequest\x1a-.quiver.registry.v1.GetFeatureServiceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)quiver/registry/v1/registry_service.proto\x12\x12quiver.registry.v1\x1a#quiver/registry/v1/governance.proto\x1a!quiver/registry/v1/registry.proto\"\x15\n\x13ListProjectsRequest\"_\n\x14ListProjectsResponse\x12-\n\x08projects\x18\x01 \x03(\x0b\x32\x1b.quiver.registry.v1.Project\x12\x18\n\x10registry_version\x18\x02 \x01(\x03\"&\n\x13ListEntitiesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"D\n\x14ListEntitiesResponse\x12,\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x1a.quiver.registry.v1.Entity\"1\n\x10GetEntityRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"?\n\x11GetEntityResponse\x12*\n\x06\x65ntity\x18\x01 \x01(\x0b\x32\x1a.quiver.registry.v1.Entity\"*\n\x17ListFeatureViewsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"R\n\x18ListFeatureViewsResponse\x12\x36\n\rfeature_views\x18\x01 \x03(\x0b\x32\x1f.quiver.registry.v1.FeatureView\"6\n\x15GetFeatureViewRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"{\n\x16GetFeatureViewResponse\x12\x35\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\x0b\x32\x1f.quiver.registry.v1.FeatureView\x12*\n\x04meta\x18\x02 \x01(\x0b\x32\x1c.quiver.registry.v1.ViewMeta\"-\n\x1aListFeatureServicesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"[\n\x1bListFeatureServicesResponse\x12<\n\x10\x66\x65\x61ture_services\x18\x01 \x03(\x0b\x32\".quiver.registry.v1.FeatureService\"9\n\x18GetFeatureServiceRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"X\n\x19GetFeatureServiceResponse\x12;\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\x0b\x32\".quiver.registry.v1.FeatureService\"<\n\x1bListTrainingDatasetsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x1cListTrainingDatasetsResponse\x12\x39\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\'.quiver.registry.v1.TrainingDatasetInfo\"K\n\x19GetTrainingDatasetRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"V\n\x1aGetTrainingDatasetResponse\x12\x38\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\'.quiver.registry.v1.TrainingDatasetInfo\"@\n\x11GetLineageRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\"C\n\x12GetLineageResponse\x12-\n\x04root\x18\x01 \x01(\x0b\x32\x1f.quiver.registry.v1.LineageNode\"S\n\x14SearchCatalogRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"J\n\x15SearchCatalogResponse\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .quiver.registry.v1.CatalogEntry\"E\n\x16GetCatalogEntryRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"J\n\x17GetCatalogEntryResponse\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .quiver.registry.v1.CatalogEntry2\x92\n\n\x0fRegistryService\x12\x61\n\x0cListProjects\x12\'.quiver.registry.v1.ListProjectsRequest\x1a(.quiver.registry.v1.ListProjectsResponse\x12\x61\n\x0cListEntities\x12\'.quiver.registry.v1.ListEntitiesRequest\x1a(.quiver.registry.v1.ListEntitiesResponse\x12X\n\tGetEntity\x12$.quiver.registry.v1.GetEntityRequest\x1a%.quiver.registry.v1.GetEntityResponse\x12m\n\x10ListFeatureViews\x12+.quiver.registry.v1.ListFeatureViewsRequest\x1a,.quiver.registry.v1.ListFeatureViewsResponse\x12g\n\x0eGetFeatureView\x12).quiver.registry.v1.GetFeatureViewRequest\x1a*.quiver.registry.v1.GetFeatureViewResponse\x12v\n\x13ListFeatureServices\x12..quiver.registry.v1.ListFeatureServicesRequest\x1a/.quiver.registry.v1.ListFeatureServicesResponse\x12p\n\x11GetFeatureService\x12,.quiver.registry.v1.GetFeatureServiceRequest\x1a-.quiver.registry.v1.GetFeatureServiceResponse\x12y\n\x14ListTrainingDatasets\x12/.quiver.registry.v1.ListTrainingDatasetsRequest\x1a\x30.quiver.registry.v1.ListTrainingDatasetsResponse\x12s\n\x12GetTrainingDataset\x12-.quiver.registry.v1.GetTrainingDatasetRequest\x1a..quiver.registry.v1.GetTrainingDatasetResponse\x12[\n\nGetLineage\x12%.quiver.registry.v1.GetLineageRequest\x1a&.quiver.registry.v1.GetLineageResponse\x12\x64\n\rSearchCatalog\x12(.quiver.registry.v1.SearchCatalogRequest\x1a).quiver.registry.v1.SearchCatalogResponse\x12j\n\x0fGetCatalogEntry\x12*.quiver.registry.v1.GetCatalogEntryRequest\x1a+.quiver.registry.v1.GetCatalogEntryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quiver.registry.v1.registry_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTPROJECTSREQUEST']._serialized_start=100
-  _globals['_LISTPROJECTSREQUEST']._serialized_end=121
-  _globals['_LISTPROJECTSRESPONSE']._serialized_start=123
-  _globals['_LISTPROJECTSRESPONSE']._serialized_end=218
-  _globals['_LISTENTITIESREQUEST']._serialized_start=220
-  _globals['_LISTENTITIESREQUEST']._serialized_end=258
-  _globals['_LISTENTITIESRESPONSE']._serialized_start=260
-  _globals['_LISTENTITIESRESPONSE']._serialized_end=328
-  _globals['_GETENTITYREQUEST']._serialized_start=330
-  _globals['_GETENTITYREQUEST']._serialized_end=379
-  _globals['_GETENTITYRESPONSE']._serialized_start=381
-  _globals['_GETENTITYRESPONSE']._serialized_end=444
-  _globals['_LISTFEATUREVIEWSREQUEST']._serialized_start=446
-  _globals['_LISTFEATUREVIEWSREQUEST']._serialized_end=488
-  _globals['_LISTFEATUREVIEWSRESPONSE']._serialized_start=490
-  _globals['_LISTFEATUREVIEWSRESPONSE']._serialized_end=572
-  _globals['_GETFEATUREVIEWREQUEST']._serialized_start=574
-  _globals['_GETFEATUREVIEWREQUEST']._serialized_end=628
-  _globals['_GETFEATUREVIEWRESPONSE']._serialized_start=630
-  _globals['_GETFEATUREVIEWRESPONSE']._serialized_end=753
-  _globals['_LISTFEATURESERVICESREQUEST']._serialized_start=755
-  _globals['_LISTFEATURESERVICESREQUEST']._serialized_end=800
-  _globals['_LISTFEATURESERVICESRESPONSE']._serialized_start=802
-  _globals['_LISTFEATURESERVICESRESPONSE']._serialized_end=893
-  _globals['_GETFEATURESERVICEREQUEST']._serialized_start=895
-  _globals['_GETFEATURESERVICEREQUEST']._serialized_end=952
-  _globals['_GETFEATURESERVICERESPONSE']._serialized_start=954
-  _globals['_GETFEATURESERVICERESPONSE']._serialized_end=1042
-  _globals['_REGISTRYSERVICE']._serialized_start=1045
-  _globals['_REGISTRYSERVICE']._serialized_end=1800
+  _globals['_LISTPROJECTSREQUEST']._serialized_start=137
+  _globals['_LISTPROJECTSREQUEST']._serialized_end=158
+  _globals['_LISTPROJECTSRESPONSE']._serialized_start=160
+  _globals['_LISTPROJECTSRESPONSE']._serialized_end=255
+  _globals['_LISTENTITIESREQUEST']._serialized_start=257
+  _globals['_LISTENTITIESREQUEST']._serialized_end=295
+  _globals['_LISTENTITIESRESPONSE']._serialized_start=297
+  _globals['_LISTENTITIESRESPONSE']._serialized_end=365
+  _globals['_GETENTITYREQUEST']._serialized_start=367
+  _globals['_GETENTITYREQUEST']._serialized_end=416
+  _globals['_GETENTITYRESPONSE']._serialized_start=418
+  _globals['_GETENTITYRESPONSE']._serialized_end=481
+  _globals['_LISTFEATUREVIEWSREQUEST']._serialized_start=483
+  _globals['_LISTFEATUREVIEWSREQUEST']._serialized_end=525
+  _globals['_LISTFEATUREVIEWSRESPONSE']._serialized_start=527
+  _globals['_LISTFEATUREVIEWSRESPONSE']._serialized_end=609
+  _globals['_GETFEATUREVIEWREQUEST']._serialized_start=611
+  _globals['_GETFEATUREVIEWREQUEST']._serialized_end=665
+  _globals['_GETFEATUREVIEWRESPONSE']._serialized_start=667
+  _globals['_GETFEATUREVIEWRESPONSE']._serialized_end=790
+  _globals['_LISTFEATURESERVICESREQUEST']._serialized_start=792
+  _globals['_LISTFEATURESERVICESREQUEST']._serialized_end=837
+  _globals['_LISTFEATURESERVICESRESPONSE']._serialized_start=839
+  _globals['_LISTFEATURESERVICESRESPONSE']._serialized_end=930
+  _globals['_GETFEATURESERVICEREQUEST']._serialized_start=932
+  _globals['_GETFEATURESERVICEREQUEST']._serialized_end=989
+  _globals['_GETFEATURESERVICERESPONSE']._serialized_start=991
+  _globals['_GETFEATURESERVICERESPONSE']._serialized_end=1079
+  _globals['_LISTTRAININGDATASETSREQUEST']._serialized_start=1081
+  _globals['_LISTTRAININGDATASETSREQUEST']._serialized_end=1141
+  _globals['_LISTTRAININGDATASETSRESPONSE']._serialized_start=1143
+  _globals['_LISTTRAININGDATASETSRESPONSE']._serialized_end=1232
+  _globals['_GETTRAININGDATASETREQUEST']._serialized_start=1234
+  _globals['_GETTRAININGDATASETREQUEST']._serialized_end=1309
+  _globals['_GETTRAININGDATASETRESPONSE']._serialized_start=1311
+  _globals['_GETTRAININGDATASETRESPONSE']._serialized_end=1397
+  _globals['_GETLINEAGEREQUEST']._serialized_start=1399
+  _globals['_GETLINEAGEREQUEST']._serialized_end=1463
+  _globals['_GETLINEAGERESPONSE']._serialized_start=1465
+  _globals['_GETLINEAGERESPONSE']._serialized_end=1532
+  _globals['_SEARCHCATALOGREQUEST']._serialized_start=1534
+  _globals['_SEARCHCATALOGREQUEST']._serialized_end=1617
+  _globals['_SEARCHCATALOGRESPONSE']._serialized_start=1619
+  _globals['_SEARCHCATALOGRESPONSE']._serialized_end=1693
+  _globals['_GETCATALOGENTRYREQUEST']._serialized_start=1695
+  _globals['_GETCATALOGENTRYREQUEST']._serialized_end=1764
+  _globals['_GETCATALOGENTRYRESPONSE']._serialized_start=1766
+  _globals['_GETCATALOGENTRYRESPONSE']._serialized_end=1840
+  _globals['_REGISTRYSERVICE']._serialized_start=1843
+  _globals['_REGISTRYSERVICE']._serialized_end=3141
 # @@protoc_insertion_point(module_scope)

@@ -93,12 +93,17 @@ class FeatureServingServiceServicer:
 
     def DeleteEntities(self, request, context):
         """DeleteEntities removes the online rows of the given entities from the given
-        feature views (all views of those entities when none are named). Offline
-        history is not rewritten.
+        feature views (all views of those entities when none are named). With
+        offline set it also erases them from the views' Parquet history: the
+        request is recorded first (training sets planned from then on exclude the
+        entities), then only the files holding them are rewritten atomically and
+        the erasure is logged without the erased values. Repeating it is harmless;
+        an erasure interrupted midway is completed by the next one.
 
         Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
-        columns that do not match the views' join keys; UNAVAILABLE when the online
-        store cannot be written.
+        columns that do not match the views' join keys; FAILED_PRECONDITION when a
+        history file lacks a join key column; UNAVAILABLE when a store cannot be
+        written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
