@@ -41,6 +41,9 @@ from quiver_flight.spines import SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.training import TrainingSets
 from quiver_server.config import QuiverConfig
+from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.who import call_principal
 from quiver_server.observability import configure_logging
 from quiver_server.registry.store import RegistryStore
 from quiver_server.serving.status import as_quiver_error
@@ -124,13 +127,21 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
-        command = _training_command(descriptor)
-        plan = self.training.plan(command)
+        command = _command(descriptor)
+        metadata = b""
+        if isinstance(command, pb.CreateTrainingDatasetCommand):
+            plan, info = self.training.datasets.create(command, call_principal())
+            metadata = info.SerializeToString()
+        elif isinstance(command, pb.TrainingDatasetCommand):
+            plan, info = self.training.datasets.pull(command)
+            metadata = info.SerializeToString()
+        else:
+            plan = self.training.plan(_training_command(descriptor))
         annotate(partitions=len(plan.tickets), rows=plan.rows)
         endpoints = [flight.FlightEndpoint(ticket, self._locations) for ticket in plan.tickets]
         return flight.FlightInfo(
             plan.schema, descriptor, endpoints, total_records=plan.rows, total_bytes=-1,
-            ordered=True,
+            ordered=True, app_metadata=metadata,
         )
 
     @traced_flight_handler
@@ -268,8 +279,10 @@ def create_flight_server(
     flight_config = config.flight
     if cache_bytes is None:
         cache_bytes = flight_config.history_cache_bytes
+    governance = GovernancePaths.of(config)
     engine = PointInTimeEngine(
-        config.offline_root, cache_bytes=cache_bytes, batch_rows=flight_config.batch_rows
+        config.offline_root, cache_bytes=cache_bytes, batch_rows=flight_config.batch_rows,
+        exclusions=PendingErasures(governance),
     )
     spines = SpineStore(
         config.offline_root,
@@ -280,7 +293,7 @@ def create_flight_server(
     )
     training = TrainingSets(
         RegistryStore(config.registry_path), engine, spines, TicketSigner(config.offline_root),
-        flight_config, clock,
+        flight_config, clock, governance,
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
     server = TrainingSetFlightServer(

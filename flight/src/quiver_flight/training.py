@@ -28,7 +28,9 @@ from quiver.errors import (
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
+from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
+from quiver_flight.history import HistorySource
 from quiver_flight.pit import (
     PointInTimeEngine,
     feature_fields,
@@ -38,6 +40,7 @@ from quiver_flight.pit import (
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_server.config import FlightConfig
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.scope import traced
@@ -53,6 +56,18 @@ class Plan:
     schema: pa.Schema
     rows: int
     tickets: list[bytes]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked training set before it is cut into partitions."""
+
+    snapshot: Snapshot
+    refs: list[FeatureRef]
+    spine: Spine
+    schema: pa.Schema
+    sources: dict[str, HistorySource]
+    timestamp_column: str
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,7 @@ class TrainingSets:
         signer: TicketSigner,
         config: FlightConfig,
         clock: Callable[[], float] = time.time,
+        governance: GovernancePaths | None = None,
     ) -> None:
         self.registry = registry
         self.engine = engine
@@ -84,6 +100,12 @@ class TrainingSets:
         self.clock = clock
         self._snapshots: OrderedDict[int, Snapshot] = OrderedDict()
         self._lock = threading.Lock()
+        # Imported here: the dataset planner builds on this class.
+        from quiver_flight.datasets import TrainingDatasets
+
+        self.datasets = TrainingDatasets(
+            self, governance or GovernancePaths(registry.path, engine.offline_root)
+        )
 
     def snapshot(self, version: int | None = None) -> Snapshot:
         """A registry version (the newest by default), decoded once and kept."""
@@ -117,6 +139,8 @@ class TrainingSets:
             return self.spines.open(source.spine_id)
         if kind == "parquet_path":
             return self.spines.open_path(source.parquet_path)
+        if kind == "training_dataset":
+            return self.datasets.open_spine(source.training_dataset)
         raise InvalidArgumentError.for_field(
             "spine", "name a spine: spine_id (from do_put) or parquet_path", reason="MISSING_SPINE"
         )
@@ -140,10 +164,21 @@ class TrainingSets:
             InvalidArgumentError, NotFoundError, FailedPreconditionError,
             ResourceExhaustedError: naming what is wrong.
         """
-        snapshot = self.snapshot()
+        return self.issue(self.prepare(command), command)
+
+    def prepare(
+        self, command: pb.TrainingSetCommand, snapshot: Snapshot | None = None,
+        spine: Spine | None = None, sources: dict[str, HistorySource] | None = None,
+    ) -> Prepared:
+        """Resolve and check everything a training set depends on (nothing is issued).
+
+        `snapshot`, `spine` and `sources` pin those parts instead of taking the
+        newest registry version, the command's spine and the current history.
+        """
+        snapshot = snapshot or self.snapshot()
         refs = self.resolve(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
-        spine = self.open_spine(command.spine)
+        spine = spine or self.open_spine(command.spine)
         schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                                full_feature_names=command.full_feature_names)
         rows = spine.num_rows
@@ -156,27 +191,38 @@ class TrainingSets:
                 f"{nulls} spine rows have no timestamp; every spine row needs one",
                 reason="SPINE_NULL_TIMESTAMP",
             )
-        views = [view for view, _ in group_by_view(refs)]
-        sources = self.engine.locate(views)
+        if sources is None:
+            sources = self.engine.locate([view for view, _ in group_by_view(refs)])
         self.engine.check_sources(refs, sources)
+        return Prepared(snapshot, refs, spine, schema, sources, timestamp_column)
+
+    def issue(
+        self, prepared: Prepared, command: pb.TrainingSetCommand,
+        dataset: gpb.TrainingDatasetRef | None = None,
+    ) -> Plan:
+        """Cut a prepared training set into signed partitions."""
+        rows = prepared.spine.num_rows
         per_partition = self.config.partition_rows
         if 0 < command.partition_rows < per_partition:
             per_partition = int(command.partition_rows)
         count = max(1, math.ceil(rows / per_partition))
         base = pb.TrainingSetPartition(
             spine=command.spine,
-            timestamp_column=timestamp_column,
-            feature_refs=[r.ref for r in refs],
+            timestamp_column=prepared.timestamp_column,
+            feature_refs=[r.ref for r in prepared.refs],
             full_feature_names=command.full_feature_names,
-            project=snapshot.project,
-            registry_version=snapshot.version,
+            project=prepared.snapshot.project,
+            registry_version=prepared.snapshot.version,
             partition_count=count,
-            history_fingerprints={name: s.fingerprint for name, s in sources.items()},
-            spine_fingerprint=spine.fingerprint,
+            history_fingerprints={name: s.fingerprint for name, s in prepared.sources.items()},
+            spine_fingerprint=prepared.spine.fingerprint,
         )
+        if dataset is not None:
+            base.spine.training_dataset.CopyFrom(dataset)
+            base.training_dataset.CopyFrom(dataset)
         base.planned_at.FromDatetime(timestamp_seconds(self.clock()))
-        if spine.expires_at is not None:
-            base.spine_expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
+        if prepared.spine.expires_at is not None:
+            base.spine_expires_at.FromDatetime(timestamp_seconds(prepared.spine.expires_at))
         tickets = []
         for index in range(count):
             partition = pb.TrainingSetPartition()
@@ -188,7 +234,7 @@ class TrainingSets:
             tickets.append(pack(pb.TrainingSetTicket(
                 partition=payload, signature=self.signer.sign(payload)
             )))
-        return Plan(schema, rows, tickets)
+        return Plan(prepared.schema, rows, tickets)
 
     @traced("quiver.flight.ticket.open")
     def open_ticket(self, data: bytes) -> PartitionJob:
@@ -225,7 +271,14 @@ class TrainingSets:
             raise _stale(exc.message) from None
         if spine.fingerprint != partition.spine_fingerprint:
             raise _stale("its spine files changed since it was planned")
-        sources = self.engine.locate([view for view, _ in group_by_view(refs)])
+        views = [view for view, _ in group_by_view(refs)]
+        if partition.HasField("training_dataset"):
+            try:
+                sources = self.datasets.pinned_sources(partition.training_dataset, views)
+            except FailedPreconditionError as exc:
+                raise _stale(exc.message) from None
+        else:
+            sources = self.engine.locate(views)
         for name, source in sources.items():
             if partition.history_fingerprints.get(name) != source.fingerprint:
                 raise _stale(f"the history of feature view {name!r} changed since it was planned")

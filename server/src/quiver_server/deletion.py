@@ -1,7 +1,7 @@
 """Removing entities from the online store (privacy requests).
 
-Only online rows are removed. Offline Parquet history is immutable here and
-is not rewritten; erasing it needs a rewrite of the affected files.
+This module removes online rows; `quiver_server.governance.erasure` erases the
+same entities from the offline history when asked to (``offline=True``).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from quiver import ValueType
+from quiver import FeatureView, ValueType
 from quiver.errors import InvalidArgumentError
 from quiver_server.online.base import OnlineStore
 from quiver_server.online.keys import encode_keys
@@ -33,8 +33,32 @@ def delete_entities(
     entities: Mapping[str, Sequence[Any]],
     views: Sequence[str] = (),
 ) -> DeleteResult:
-    """Delete the given entities' rows from `views` (default: every view whose join
-    keys are all given)."""
+    """Delete the given entities' rows from `views` (default: every online view whose
+    join keys are all given)."""
+    targets = target_views(snapshot, entities, views, online_only=True)
+    deleted = 0
+    for view in targets:
+        if not view.online:
+            continue
+        keys = encode_keys(view.join_keys, [entities[k] for k in view.join_key_names])
+        deleted += store.delete(snapshot.view_table(view.name), keys)
+    return DeleteResult(deleted, [v.name for v in targets])
+
+
+def target_views(
+    snapshot: Snapshot,
+    entities: Mapping[str, Sequence[Any]],
+    views: Sequence[str],
+    *,
+    online_only: bool,
+) -> list[FeatureView]:
+    """The views to delete from, with the entity columns checked against their keys.
+
+    Raises:
+        InvalidArgumentError: no or ragged key columns, a key of the wrong type,
+            a named view whose keys are not given, or no view keyed by them.
+        NotFoundError: a named view does not exist.
+    """
     if not entities:
         raise InvalidArgumentError.for_field("entities", "name at least one join key column")
     lengths = {name: len(values) for name, values in entities.items()}
@@ -47,7 +71,7 @@ def delete_entities(
     else:
         targets = [
             v for v in snapshot.feature_views.values()
-            if v.online and set(v.join_key_names) <= set(entities)
+            if (v.online or not online_only) and set(v.join_key_names) <= set(entities)
         ]
         if not targets:
             raise InvalidArgumentError.for_field(
@@ -67,8 +91,4 @@ def delete_entities(
                     f"entities.{key.name}",
                     f"join key is {key.dtype.name.lower()}; got {bad[0]!r}",
                 )
-    deleted = 0
-    for view in targets:
-        keys = encode_keys(view.join_keys, [entities[k] for k in view.join_key_names])
-        deleted += store.delete(snapshot.view_table(view.name), keys)
-    return DeleteResult(deleted, [v.name for v in targets])
+    return targets

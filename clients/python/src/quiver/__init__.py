@@ -13,7 +13,7 @@ from quiver._definitions import (
 )
 from quiver._online_client import OnlineClient, PushResult
 from quiver._online_response import OnlineResponse
-from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient
+from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingDataset
 from quiver._types import (
     Bool,
     Bytes,
@@ -51,6 +51,7 @@ __all__ = [
     "String",
     "Timestamp",
     "TrainingClient",
+    "TrainingDataset",
     "ValueType",
     "__version__",
     "parse_feature_ref",

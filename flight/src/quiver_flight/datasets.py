@@ -1,0 +1,279 @@
+"""Training datasets on the Flight server: create one, pull one again.
+
+Creating a dataset plans the training set as usual, then pins what its rows
+depend on -- the registry version, the resolved feature references, each
+view's history files (path, size, modification time) -- copies the spine
+under ``_datasets/`` and records all of it as the next version of the name
+(`quiver_server.governance.datasets`). Its tickets read the kept spine and
+exactly the pinned files, so the first pull and every later one go through
+the same code and yield the same rows; files pushed since are not read, and a
+pinned file that was rewritten (erasure) or merged (compaction) makes the
+pull fail with FAILED_PRECONDITION naming the file and what changed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.ipc as ipc
+
+from quiver import FeatureView
+from quiver.errors import FailedPreconditionError, InvalidArgumentError
+from quiver.flight.v1 import flight_pb2 as pb
+from quiver.registry.v1 import governance_pb2 as gpb
+from quiver_flight.history import HistorySource, with_exclusions
+from quiver_flight.pit import group_by_view
+from quiver_flight.spines import Spine
+from quiver_server.governance.datasets import DatasetStore, check_name, label
+from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.spinefile import file_sha256, new_spine_path, write_spine
+from quiver_server.governance.spinefile import locate as locate_spine
+from quiver_server.offline.source import Listing, filesystem_and_path, list_files, resolve_path
+from quiver_server.registry.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from quiver_flight.training import Plan, TrainingSets
+
+_COPY_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class KeptSpine(Spine):
+    """The kept spine of a training dataset: an Arrow IPC file, read by row range."""
+
+    name: str
+    schema: pa.Schema
+    num_rows: int
+    expires_at: float | None
+    fingerprint: str
+    filesystem: pafs.FileSystem
+    path: str
+    offsets: tuple[int, ...]  # first row of each record batch, then the row count
+
+    def read(self, offset: int, count: int) -> pa.Table:
+        if count <= 0:
+            return self.schema.empty_table()
+        reader = self._reader()
+        batches: list[pa.RecordBatch] = []
+        first = 0
+        for i in range(len(self.offsets) - 1):
+            start, stop = self.offsets[i], self.offsets[i + 1]
+            if stop > offset and start < offset + count:
+                if not batches:
+                    first = start
+                batches.append(reader.get_batch(i))
+        table = pa.Table.from_batches(batches, schema=self.schema)
+        return table.slice(offset - first, count)
+
+    def null_count(self, column: str) -> int:
+        reader = self._reader()
+        index = self.schema.get_field_index(column)
+        return sum(reader.get_batch(i).column(index).null_count
+                   for i in range(reader.num_record_batches))
+
+    def _reader(self) -> pa.ipc.RecordBatchFileReader:
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            return ipc.open_file(pa.memory_map(self.path))
+        return ipc.open_file(self.filesystem.open_input_file(self.path))
+
+
+class TrainingDatasets:
+    """Creates and re-plans stored training datasets for a `TrainingSets`."""
+
+    def __init__(self, training: TrainingSets, paths: GovernancePaths) -> None:
+        self.training = training
+        self.paths = paths
+        self.store = DatasetStore(paths)
+        self.pending = PendingErasures(paths)
+
+    def create(
+        self, command: pb.CreateTrainingDatasetCommand, created_by: str
+    ) -> tuple[Plan, gpb.TrainingDatasetInfo]:
+        """Plan `command.training_set`, record it as a new dataset version, issue its tickets.
+
+        Raises:
+            InvalidArgumentError: a bad name, or what `TrainingSets.plan` refuses.
+            FailedPreconditionError: an erasure in progress on one of its views.
+        """
+        name = check_name(command.name)
+        request = command.training_set
+        if not request.HasField("spine"):
+            raise InvalidArgumentError.for_field(
+                "training_set.spine", "name the spine of the training dataset", reason="MISSING_SPINE"
+            )
+        prepared = self.training.prepare(request)
+        views = [view for view, _ in group_by_view(prepared.refs)]
+        self._refuse_pending(views)
+        histories = [_pin(prepared.sources[view.name]) for view in views]
+        kept = write_spine(
+            self.paths.offline_root, new_spine_path(name), prepared.spine.schema,
+            _spine_batches(prepared.spine),
+        )
+        record = gpb.TrainingDataset(
+            name=name,
+            project=prepared.snapshot.project,
+            registry_version=prepared.snapshot.version,
+            feature_service=request.feature_service
+            if request.WhichOneof("selection") == "feature_service" else "",
+            feature_refs=[r.ref for r in prepared.refs],
+            full_feature_names=request.full_feature_names,
+            timestamp_column=prepared.timestamp_column,
+            spine=gpb.DatasetSpine(
+                path=kept.path, source_fingerprint=prepared.spine.fingerprint,
+                sha256=kept.sha256, rows=kept.rows, columns=prepared.spine.schema.names,
+            ),
+            histories=histories,
+            row_count=kept.rows,
+            created_by=created_by,
+            description=command.description,
+            tags=dict(command.tags),
+        )
+        record = self.store.publish(record)
+        plan = self._issue(record, prepared.snapshot, request.partition_rows)
+        return plan, gpb.TrainingDatasetInfo(
+            dataset=record, status=gpb.DatasetStatus(reproducible=True)
+        )
+
+    def pull(self, command: pb.TrainingDatasetCommand) -> tuple[Plan, gpb.TrainingDatasetInfo]:
+        """Plan a stored dataset again.
+
+        Raises:
+            NotFoundError: no such dataset or version.
+            FailedPreconditionError: it can no longer be pulled cell for cell,
+                naming what changed.
+        """
+        record = self.store.read(command.name, command.version)
+        status = self.store.status(record, set(self.training.registry.versions()))
+        if status.reproducible:
+            fs, path = locate_spine(self.paths.offline_root, record.spine.path)
+            if file_sha256(fs, path) != record.spine.sha256:
+                status.reproducible = False
+                status.reasons.append(f"its kept spine {record.spine.path!r} was altered")
+        if not status.reproducible:
+            raise FailedPreconditionError(
+                f"training dataset {label(record)} can no longer be pulled cell for cell: "
+                + "; ".join(status.reasons),
+                reason="DATASET_NOT_REPRODUCIBLE",
+                metadata={"training_dataset": label(record)},
+            )
+        snapshot = self.training.snapshot(record.registry_version)
+        plan = self._issue(record, snapshot, command.partition_rows)
+        return plan, gpb.TrainingDatasetInfo(dataset=record, status=status)
+
+    def open_spine(self, ref: gpb.TrainingDatasetRef) -> KeptSpine:
+        """The kept spine of a dataset version."""
+        record = self.store.read(ref.name, ref.version)
+        fs, path = locate_spine(self.paths.offline_root, record.spine.path)
+        listing = list_files(resolve_path(self.paths.offline_root, record.spine.path))
+        if listing is None:
+            raise FailedPreconditionError(
+                f"training dataset {label(record)}: its kept spine {record.spine.path!r} is gone",
+                reason="DATASET_NOT_REPRODUCIBLE", metadata={"training_dataset": label(record)},
+            )
+        if isinstance(fs, pafs.LocalFileSystem):
+            reader = ipc.open_file(pa.memory_map(path))
+        else:
+            reader = ipc.open_file(fs.open_input_file(path))
+        offsets = [0]
+        for i in range(reader.num_record_batches):
+            offsets.append(offsets[-1] + reader.get_batch(i).num_rows)
+        return KeptSpine(
+            f"training dataset {label(record)}", reader.schema, offsets[-1], None,
+            listing.fingerprint, fs, path, tuple(offsets),
+        )
+
+    def pinned_sources(
+        self, ref: gpb.TrainingDatasetRef, views: Sequence[FeatureView],
+        record: gpb.TrainingDataset | None = None,
+    ) -> dict[str, HistorySource]:
+        """The views' history as the dataset pinned it, with pending erasures left out.
+
+        Raises:
+            FailedPreconditionError: a pinned file is gone or changed, named.
+        """
+        record = record or self.store.read(ref.name, ref.version)
+        changed = self.store.changed_files(record)
+        if changed:
+            raise FailedPreconditionError(
+                f"training dataset {label(record)} can no longer be pulled cell for cell: "
+                + "; ".join(changed),
+                reason="DATASET_NOT_REPRODUCIBLE", metadata={"training_dataset": label(record)},
+            )
+        pinned = {h.feature_view: h for h in record.histories}
+        sources = {}
+        for view in views:
+            history = pinned.get(view.name)
+            if history is None:
+                raise FailedPreconditionError(
+                    f"training dataset {label(record)} pins no history of feature view {view.name!r}",
+                    reason="DATASET_NOT_REPRODUCIBLE",
+                )
+            location = resolve_path(self.paths.offline_root, history.source_path)
+            fs, base = filesystem_and_path(location)
+            single = len(history.files) == 1 and history.files[0].path == ""
+            excluded, tag = self.pending.for_view(view)
+            sources[view.name] = HistorySource(
+                view=view, location=location, filesystem=fs, base=base, is_directory=not single,
+                files=tuple(_join(base, f.path) for f in history.files),
+                fingerprint=with_exclusions(history.fingerprint, tag), excluded=tuple(excluded),
+            )
+        return sources
+
+    def _issue(self, record: gpb.TrainingDataset, snapshot: Snapshot, partition_rows: int) -> Plan:
+        ref = gpb.TrainingDatasetRef(name=record.name, version=record.version)
+        command = pb.TrainingSetCommand(
+            spine=pb.SpineSource(training_dataset=ref),
+            features=pb.FeatureList(refs=list(record.feature_refs)),
+            full_feature_names=record.full_feature_names,
+            timestamp_column=record.timestamp_column,
+            partition_rows=partition_rows,
+        )
+        refs = snapshot.resolve(features=list(record.feature_refs))
+        views = [view for view, _ in group_by_view(refs)]
+        prepared = self.training.prepare(
+            command, snapshot=snapshot, spine=self.open_spine(ref),
+            sources=self.pinned_sources(ref, views, record),
+        )
+        return self.training.issue(prepared, command, dataset=ref)
+
+    def _refuse_pending(self, views: Sequence[FeatureView]) -> None:
+        for view in views:
+            _, tag = self.pending.for_view(view)
+            if tag:
+                raise FailedPreconditionError(
+                    f"an erasure ({tag}) is in progress on feature view {view.name!r}; create the "
+                    f"training dataset once it completes (`quiver erasures resume` completes it)",
+                    reason="ERASURE_IN_PROGRESS", metadata={"feature_view": view.name},
+                )
+
+
+def _pin(source: HistorySource) -> gpb.ViewHistory:
+    """The files of `source` with their sizes and modification times."""
+    infos = source.filesystem.get_file_info(list(source.files)) if source.files else []
+    listing = Listing(source.filesystem, source.base, source.is_directory, tuple(infos))
+    if listing.fingerprint != source.fingerprint:
+        raise FailedPreconditionError(
+            f"{source.describe()} changed while the training dataset was created; retry",
+            reason="HISTORY_CHANGED", metadata={"feature_view": source.view.name},
+        )
+    return gpb.ViewHistory(
+        feature_view=source.view.name,
+        source_path=source.view.source.path,
+        fingerprint=source.fingerprint,
+        files=[gpb.HistoryFile(path=info.path[len(source.base):].lstrip("/"), size=info.size,
+                               mtime_ns=info.mtime_ns) for info in infos],
+    )
+
+
+def _spine_batches(spine: Spine) -> Iterator[pa.RecordBatch]:
+    for offset in range(0, spine.num_rows, _COPY_ROWS):
+        yield from spine.read(offset, min(_COPY_ROWS, spine.num_rows - offset)).to_batches()
+
+
+def _join(base: str, relative: str) -> str:
+    return f"{base.rstrip('/')}/{relative}" if relative else base
