@@ -11,7 +11,7 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
-from quiver._online_client import OnlineClient, PushResult
+from quiver._online_client import ErasureResult, OnlineClient, PushResult
 from quiver._online_response import OnlineResponse
 from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingDataset
 from quiver._types import (
@@ -33,6 +33,7 @@ __all__ = [
     "Bool",
     "Bytes",
     "Entity",
+    "ErasureResult",
     "FeatureProjection",
     "FeatureService",
     "FeatureView",

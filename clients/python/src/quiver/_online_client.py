@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import grpc
 import pyarrow as pa
@@ -28,6 +28,28 @@ _PUSH_TARGETS = {
     "offline": pb.PUSH_TARGET_OFFLINE,
     "online_and_offline": pb.PUSH_TARGET_ONLINE_AND_OFFLINE,
 }
+
+
+@dataclass(frozen=True)
+class ErasureResult:
+    """What an online and offline erasure did.
+
+    Attributes:
+        erasure_id: Its id in the server's erasure log.
+        feature_views: Views it erased from.
+        online_rows_deleted: Online rows removed.
+        offline_rows_deleted: History rows removed.
+        files_rewritten: History files rewritten.
+        datasets_affected: Training datasets ("name:version") whose spine held
+            the entities; they can no longer be pulled cell for cell.
+    """
+
+    erasure_id: str
+    feature_views: list[str]
+    online_rows_deleted: int
+    offline_rows_deleted: int
+    files_rewritten: int
+    datasets_affected: list[str]
 
 
 @dataclass(frozen=True)
@@ -198,27 +220,62 @@ class OnlineClient:
             raise from_rpc_error(exc) from None
         return PushResult(rows=reply.rows, superseded=reply.rows_superseded)
 
+    @overload
+    def delete_entities(
+        self, entities: Mapping[str, Sequence[Any]], feature_views: Sequence[str] = (), *,
+        offline: Literal[False] = False, timeout: float | None = None,
+    ) -> int: ...
+
+    @overload
+    def delete_entities(
+        self, entities: Mapping[str, Sequence[Any]], feature_views: Sequence[str] = (), *,
+        offline: Literal[True], timeout: float | None = None,
+    ) -> ErasureResult: ...
+
     def delete_entities(
         self,
         entities: Mapping[str, Sequence[Any]],
         feature_views: Sequence[str] = (),
         *,
+        offline: bool = False,
         timeout: float | None = None,
-    ) -> int:
+    ) -> int | ErasureResult:
         """Remove entities' online rows (all views keyed by them unless `feature_views`).
 
-        Offline history is not rewritten. Returns the number of rows removed.
+        Args:
+            entities: Join key name to key values, one value per entity.
+            feature_views: Views to delete from; default every view keyed by them.
+            offline: Also erase them from the offline history (privacy
+                requests): training sets planned from now on leave them out,
+                the history files holding them are rewritten, and the erasure
+                is logged without the erased values. Give a generous
+                `timeout`: the call returns once the files are rewritten.
+            timeout: Deadline in seconds (default: the client's).
+
+        Returns:
+            The number of online rows removed, or with `offline` an `ErasureResult`.
         """
         try:
             columns = encode_columns(entities)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError.for_field("entities", str(exc)) from None
-        request = pb.DeleteEntitiesRequest(entities=columns, feature_views=list(feature_views))
+        request = pb.DeleteEntitiesRequest(
+            entities=columns, feature_views=list(feature_views), offline=offline
+        )
         try:
             reply = self._stub.DeleteEntities(request, timeout=self.timeout if timeout is None else timeout)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
-        return int(reply.rows_deleted)
+        if not offline:
+            return int(reply.rows_deleted)
+        return ErasureResult(
+            erasure_id=reply.erasure_id,
+            feature_views=list(reply.feature_views),
+            online_rows_deleted=int(reply.rows_deleted),
+            offline_rows_deleted=int(reply.offline_rows_deleted),
+            files_rewritten=int(reply.offline_files_rewritten),
+            datasets_affected=list(reply.datasets_affected),
+        )
 
     def close(self) -> None:
         self._channel.close()

@@ -3,11 +3,16 @@
 Each push becomes a new Parquet file under the view's source directory, in a
 date partition (`date=YYYY-MM-DD/`, by event time, UTC). The file is written
 under a hidden temporary name and renamed into place, so readers never see a
-partial file, and existing files are never rewritten.
+partial file. Names start with the push time (``push-<ns since epoch>-<random>``),
+so within a partition later pushes sort after earlier ones: "last in source
+order", the join's final tie-break, is then the last push, and compaction
+(which merges neighbouring files) never sees a new file appear in the middle
+of a run it merges. Files are rewritten only by erasure and compaction.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pyarrow as pa
@@ -42,7 +47,7 @@ def append_history(offline_root: str, view: FeatureView, rows: pa.Table) -> list
         part = rows.filter(pc.equal(days, day))
         directory = f"{base}/date={day}"
         fs.create_dir(directory, recursive=True)
-        name = f"push-{uuid.uuid4().hex}.parquet"
+        name = f"push-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
         tmp, final = f"{directory}/.{name}.tmp", f"{directory}/{name}"
         pq.write_table(part, tmp, filesystem=fs)
         fs.move(tmp, final)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -85,15 +85,17 @@ class RegistryStore:
                 return Snapshot(proto)
         raise FailedPreconditionError(f"registry at {self.path} is changing too fast to commit")
 
-    def prune(self, keep: int) -> list[int]:
-        """Delete all but the newest `keep` versions; returns the versions removed.
+    def prune(self, keep: int, pinned: Collection[int] = ()) -> list[int]:
+        """Delete all but the newest `keep` versions and the `pinned` ones; returns
+        the versions removed.
 
         Training-set tickets pin the registry version they were planned on, so
         a ticket whose version was pruned is reported stale rather than served.
+        Stored training datasets pin theirs for good (the caller passes them).
         """
         if keep < 1:
             raise FailedPreconditionError("prune must keep at least the newest version")
-        old = self.versions()[:-keep]
+        old = [v for v in self.versions()[:-keep] if v not in pinned]
         for version in old:
             self._file(version).unlink(missing_ok=True)
         return old

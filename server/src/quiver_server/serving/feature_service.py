@@ -9,6 +9,8 @@ from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
 from quiver_server.deletion import delete_entities
+from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.serving import erase_entities
 from quiver_server.online.base import OnlineStore
 from quiver_server.push import push
 from quiver_server.registry.provider import RegistryProvider
@@ -43,8 +45,10 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         store: OnlineStore,
         max_entities: int,
         offline_root: str,
+        governance: GovernancePaths | None = None,
     ) -> None:
         self._registry = registry
+        self._governance = governance
         self._offline_root = offline_root
         self._store = store
         self._max_entities = max_entities
@@ -83,6 +87,9 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         self, request: pb.DeleteEntitiesRequest, context: grpc.ServicerContext
     ) -> pb.DeleteEntitiesResponse:
         entities = {name: list(from_values(values)[1]) for name, values in request.entities.items()}
+        if request.offline:
+            return erase_entities(self._governance, self._registry.current(), self._store,
+                                  entities, list(request.feature_views))
         result = delete_entities(
             self._store, self._registry.current(), entities, list(request.feature_views)
         )

@@ -11,15 +11,18 @@ from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_service_pb2 as pb
 from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from quiver.registry.v1.registry_pb2 import Registry
+from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.registry_service import GovernanceMethods
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.serving.status import rpc_errors
 
 T = TypeVar("T")
 
 
-class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, registry: RegistryProvider) -> None:
+class RegistryServicer(GovernanceMethods, pb_grpc.RegistryServiceServicer):
+    def __init__(self, registry: RegistryProvider, governance: GovernancePaths | None = None) -> None:
         self._registry = registry
+        self._governance = governance
 
     def _proto(self, project: str) -> Registry:
         snapshot = self._registry.current()

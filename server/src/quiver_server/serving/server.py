@@ -25,6 +25,7 @@ from quiver.errors import InvalidArgumentError
 from quiver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from quiver.serving.v1 import serving_service_pb2, serving_service_pb2_grpc
 from quiver_server.config import QuiverConfig
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.observability import configure_logging
 from quiver_server.online.base import OnlineStore
 from quiver_server.online.factory import open_online_store
@@ -138,11 +139,12 @@ def create_server(
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
-        FeatureServingServicer(registry, store, config.serving.max_entities, config.offline_root),
+        FeatureServingServicer(registry, store, config.serving.max_entities, config.offline_root,
+                               GovernancePaths.of(config)),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
-        RegistryServicer(registry), server
+        RegistryServicer(registry, GovernancePaths.of(config)), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
