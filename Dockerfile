@@ -19,13 +19,18 @@ COPY pyproject.toml README.md ./
 COPY clients/python/src ./clients/python/src
 COPY server/src ./server/src
 COPY flight/src ./flight/src
+COPY scripts/smoke_servers.py ./scripts/smoke_servers.py
 # Dependencies come as wheels only (--only-binary), so no compiler is needed in any stage and a
 # dependency without a wheel for this platform fails the build instead of compiling in it.
 # The runtime environment has no pip: it is installed into from the outside (--python).
+# The smoke test then starts `quiver serve` and `quiver serve-flight` from that environment on
+# a demo repo and probes both (health, a lookup, a training set): an undeclared dependency
+# fails the build here rather than crash-looping a Deployment.
 RUN python -m pip wheel --no-deps --wheel-dir /tmp/wheels . \
  && python -m venv --without-pip /opt/quiver \
  && python -m pip --python /opt/quiver/bin/python install --only-binary=:all: /tmp/wheels/*.whl \
- && /opt/quiver/bin/quiver --help > /dev/null
+ && /opt/quiver/bin/quiver --help > /dev/null \
+ && /opt/quiver/bin/python scripts/smoke_servers.py --quiver /opt/quiver/bin/quiver
 
 # ---- runtime: the base image, the environment and an unprivileged user, nothing else ---------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -57,6 +57,10 @@ bench-training: $(STAMP) ## Training sets through Flight vs a bare Flight stream
 bench-materialize: $(STAMP) ## Materialization rows/s into the online store vs raw SQLite inserts
 	$(BIN)/python benchmarks/bench_materialize.py $(ARGS)
 
+.PHONY: bench-admission
+bench-admission: $(STAMP) ## 1-entity lookup latency while heavy callers send 1,000-entity lookups, with and without the heavy-request limit
+	$(BIN)/python benchmarks/bench_admission.py $(ARGS)
+
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and demo output
 	rm -rf $(VENV) demo-repo .bench .pytest_cache .mypy_cache .ruff_cache

@@ -306,3 +306,34 @@ def test_entrypoint_command_runs_in_the_project_environment() -> None:
             f"`quiver --help` does not list {command!r}, which the image or the chart runs"
         )
     assert "--repo" in result.stdout
+
+
+# ---- The smoke test of the built environment ---------------------------------------------------
+
+SMOKE = ROOT / "scripts" / "smoke_servers.py"
+
+
+def test_build_runs_the_smoke_test_of_both_servers_in_the_installed_environment() -> None:
+    """`quiver --help` imports only the CLI; the image must prove both servers start."""
+    (build,) = [s for s in STAGES if any("install" in " ".join(c.value) for c in s.of("RUN"))]
+    copied = [src for c in build.of("COPY") if not c.flags for src in _copy_sources(c)]
+    assert "scripts/smoke_servers.py" in copied
+    run = next(" ".join(c.value) for c in build.of("RUN") if "smoke_servers.py" in " ".join(c.value))
+    install = run.index(" install ")
+    smoke = run.index("smoke_servers.py")
+    assert install < smoke, "the smoke test runs after the environment is installed"
+    assert "/opt/quiver/bin/python scripts/smoke_servers.py --quiver /opt/quiver/bin/quiver" in run
+    script = SMOKE.read_text()
+    for command in ('"serve"', '"serve-flight"'):
+        assert command in script, f"the smoke script does not start {command}"
+
+
+@pytest.mark.slow
+def test_smoke_script_passes_in_the_project_environment() -> None:
+    quiver = Path(sys.executable).parent / "quiver"
+    result = subprocess.run(
+        [sys.executable, str(SMOKE), "--quiver", str(quiver), "--timeout", "120"],
+        capture_output=True, text=True, timeout=400,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "smoke test passed" in result.stdout

@@ -168,6 +168,10 @@ def test_config_follows_values() -> None:
         "port": 6566,
         "workers": 2,
         "max_entities": 500,
+        "max_delete_entities": 1000,
+        "heavy_request_entities": 100,
+        "max_heavy_requests": 2,
+        "max_future_seconds": 300,
         "max_workers_threads": 4,
         "grace_seconds": 15,
     }

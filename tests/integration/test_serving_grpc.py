@@ -263,6 +263,38 @@ def test_health_and_reflection(server: tuple[ServingServer, str, FailingStore]) 
             "grpc.health.v1.Health"} <= names
 
 
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_v1_and_v1alpha(server: tuple[ServingServer, str, FailingStore], version: str) -> None:
+    """Both reflection services answer; v1 is what current grpcurl and Postman ask for."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.Default()
+    package = f"grpc.reflection.{version}"
+    request_cls = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"{package}.ServerReflectionRequest"))
+    response_cls = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"{package}.ServerReflectionResponse"))
+    with grpc.insecure_channel(server[1]) as channel:
+        call = channel.stream_stream(
+            f"/{package}.ServerReflection/ServerReflectionInfo",
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=response_cls.FromString,
+        )
+        requests = [
+            request_cls(list_services=""),
+            request_cls(file_containing_symbol="quiver.serving.v1.FeatureServingService"),
+            request_cls(file_containing_symbol=f"{package}.ServerReflection"),
+        ]
+        listed, serving, itself = list(call(iter(requests), timeout=5))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"quiver.serving.v1.FeatureServingService", "quiver.registry.v1.RegistryService",
+            "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    for reply, wanted in ((serving, "quiver.serving.v1"), (itself, package)):
+        files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+                 for raw in reply.file_descriptor_response.file_descriptor_proto]
+        assert wanted in {f.package for f in files}, reply
+
+
 def test_registry_service(server: tuple[ServingServer, str, FailingStore]) -> None:
     with grpc.insecure_channel(server[1]) as channel:
         stub = reg_grpc.RegistryServiceStub(channel)

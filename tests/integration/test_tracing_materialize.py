@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -56,10 +57,14 @@ def test_run_and_view_spans_with_row_counts(
     registry = telemetry.metrics.registry
     for result in results:
         written = registry.get_sample_value(
-            "quiver_materialize_rows_total", {"feature_view": result.view, "result": "written"})
+            "quiver_materialize_last_run_rows", {"feature_view": result.view, "result": "written"})
         assert written == result.rows_written
         assert registry.get_sample_value(
-            "quiver_materialize_duration_seconds_count", {"feature_view": result.view}) == 1
+            "quiver_materialize_last_run_duration_seconds", {"feature_view": result.view}
+        ) == pytest.approx(result.seconds)
+        finished = registry.get_sample_value(
+            "quiver_materialize_last_run_finished_timestamp_seconds", {"feature_view": result.view})
+        assert finished is not None and abs(finished - time.time()) < 600
 
 
 def test_nothing_installed_and_tracing_off_means_no_telemetry(applied_demo: QuiverConfig) -> None:

@@ -202,4 +202,7 @@ def test_materialize_job_exports_spans_and_pushes_metrics(
     assert {resource["service.name"] for resource, _ in spans} == {"quiver-materialize"}
     [(method, path, body)] = pushed
     assert path == f"/metrics/job/quiver-materialize/project/{applied_demo.project}"
-    assert b'quiver_materialize_rows_total{feature_view="user_profile",result="written"}' in body
+    # Last-run gauges: what one push says stays true however many pushes came before.
+    assert b"# TYPE quiver_materialize_last_run_rows gauge" in body
+    assert b'quiver_materialize_last_run_rows{feature_view="user_profile",result="written"}' in body
+    assert b"# TYPE quiver_materialize_last_run_finished_timestamp_seconds gauge" in body

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from quiver_server.telemetry.metrics import exported_metrics
+from quiver_server.telemetry.metrics import Metrics, exported_metrics
 
 DASHBOARDS = sorted((Path(__file__).resolve().parents[2] / "deploy" / "dashboards").glob("*.json"))
 # Labels Prometheus adds to every scraped series.
@@ -121,3 +121,24 @@ def test_latency_panels_link_to_traces_through_exemplars() -> None:
             if "quiver_rpc_duration_seconds_bucket" in t.get("expr", "") and p["type"] == "timeseries"
         ]
         assert latency and all(t.get("exemplar") for t in latency), path.name
+
+
+def test_pushed_materialization_metrics_are_last_run_gauges_queried_as_such() -> None:
+    """A Pushgateway keeps only each job's latest push: counters restart with every run,
+    so `rate()` reads resets and histogram quantiles come out NaN. Materialization
+    pushes last-run gauges, and the dashboards read them as they are."""
+    from prometheus_client import Gauge
+
+    materialize = Metrics.for_component("materialize").materialize
+    assert materialize is not None
+    families = list(vars(materialize).values())
+    assert families and all(isinstance(f, Gauge) for f in families)
+    gauges = {f._name for f in families}
+    queried: set[str] = set()
+    for path in DASHBOARDS:
+        for expr in promql(json.loads(path.read_text())):
+            if "quiver_materialize_" not in expr:
+                continue
+            assert not re.search(r"\b(rate|irate|increase|delta|histogram_quantile)\s*\(", expr), expr
+            queried |= {name for name, _ in selectors(expr)}
+    assert queried == gauges, "every last-run gauge has a panel, and nothing else is queried"

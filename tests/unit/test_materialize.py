@@ -373,3 +373,33 @@ def test_progress_goes_to_stderr(
     assert captured.out == ""
     assert str(result) in captured.err
     assert "2 rows read, 2 entities, 2 written" in str(result)
+
+
+def test_rows_from_the_future_wait_and_the_watermark_stays_near_now(
+    config: QuiverConfig, make_registry: Any
+) -> None:
+    make_registry(config, [USER], [stats_view()])
+    now = datetime.now(UTC)
+    write_parquet(config, "stats/part-0.parquet", history(
+        [1, 2, 3], [now - timedelta(hours=1), datetime(2100, 1, 1, tzinfo=UTC), now], [1, 2, 3],
+        [now, now, now],
+    ))
+    [result] = materialize_range(config, T, datetime(9999, 1, 1, tzinfo=UTC), progress=False)
+    assert result.end <= now + timedelta(seconds=config.serving.max_future_seconds + 60)
+    assert online(config, "stats", [1, 2, 3]).values["count"] == [1, None, 3]
+    watermark = RegistryStore(config.registry_path).latest().watermark("stats")
+    assert watermark is not None and watermark < now + timedelta(hours=1)
+    with pytest.raises(InvalidArgumentError, match="max_future_seconds"):
+        materialize_range(config, datetime(2200, 1, 1), datetime(2300, 1, 1), progress=False)
+
+
+def test_nanosecond_history_with_bounds_far_outside_its_range(
+    config: QuiverConfig, make_registry: Any
+) -> None:
+    make_registry(config, [USER], [stats_view()])
+    table = history([1], [T], [5]).set_column(
+        1, "event_timestamp", pa.array([T], pa.timestamp("ns", tz="UTC"))
+    )
+    write_parquet(config, "stats/part-0.parquet", table)
+    [result] = materialize_range(config, datetime(1, 1, 1, tzinfo=UTC), datetime.now(UTC), progress=False)
+    assert result.rows_read == 1

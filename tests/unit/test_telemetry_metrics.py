@@ -27,7 +27,9 @@ REQUIRED = {
     "quiver_online_store_errors_total",
     "quiver_flight_rows_streamed_total",
     "quiver_flight_bytes_streamed_total",
-    "quiver_materialize_rows_total",
+    "quiver_materialize_last_run_rows",
+    "quiver_materialize_last_run_duration_seconds",
+    "quiver_materialize_last_run_finished_timestamp_seconds",
     "quiver_materialization_lag_seconds",
 }
 

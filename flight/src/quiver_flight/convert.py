@@ -17,6 +17,7 @@ from pyarrow import flight
 
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
+from quiver_server.echo import clip
 from quiver_server.serving.status import to_status
 
 TypeUrl = str
@@ -58,7 +59,7 @@ def unpack_command(data: bytes) -> message.Message:
     if command_type is None:
         allowed = ", ".join(t.DESCRIPTOR.full_name for t in COMMAND_TYPES.values())
         raise InvalidArgumentError.for_field(
-            "descriptor.cmd", f"unknown command type {wrapper.type_url!r}; allowed: {allowed}",
+            "descriptor.cmd", f"unknown command type {clip(wrapper.type_url)!r}; allowed: {allowed}",
             reason="UNKNOWN_COMMAND",
         )
     command = command_type()
@@ -77,7 +78,7 @@ def unpack_ticket(data: bytes) -> pb.TrainingSetTicket:
     ticket = pb.TrainingSetTicket()
     if wrapper.type_url != _TICKET_URL or not wrapper.Unpack(ticket):
         raise InvalidArgumentError.for_field(
-            "ticket", f"not a training-set ticket (type {wrapper.type_url!r}); use the tickets "
+            "ticket", f"not a training-set ticket (type {clip(wrapper.type_url)!r}); use the tickets "
             f"get_flight_info returns", reason="INVALID_TICKET",
         )
     return ticket
@@ -103,7 +104,9 @@ def timestamp_seconds(value: float) -> datetime:
 
 def flight_error(error: QuiverError) -> Exception:
     """The Flight exception to raise for `error`, carrying its rich status."""
-    status = to_status(error).SerializeToString()
+    status = to_status(error)  # bounded, so the message is too
     error_class = _FLIGHT_CLASSES.get(error.grpc_code, flight.FlightServerError)
-    result: Exception = error_class(f"{error.grpc_code.name}: {error.message}", extra_info=status)
+    result: Exception = error_class(
+        f"{error.grpc_code.name}: {status.message}", extra_info=status.SerializeToString()
+    )
     return result

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ from quiver.errors import FailedPreconditionError
 from quiver_flight.keys import IntArray, KeyEncoder, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, comparison_unit, to_units
 from quiver_server.offline.columns import cast_column, compatible
-from quiver_server.offline.source import list_files, resolve_path
+from quiver_server.offline.source import list_files, reading_history, resolve_path
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
 # Sorting packs (key id, event time) into one non-negative int64; when the raw
@@ -77,8 +78,13 @@ class HistorySource:
         )
 
     def schema(self) -> pa.Schema | None:
-        dataset = self.dataset
-        return None if dataset is None else dataset.schema
+        with self.reading():
+            dataset = self.dataset
+            return None if dataset is None else dataset.schema
+
+    def reading(self) -> AbstractContextManager[None]:
+        """Read the files inside this: one that does not read is named (FAILED_PRECONDITION)."""
+        return reading_history(self.view, self.filesystem, self.base, self.is_directory, self.files)
 
     def describe(self) -> str:
         return f"feature view {self.view.name!r} (source {self.location!r})"
@@ -268,7 +274,8 @@ def build_index(source: HistorySource) -> HistoryIndex:
         return HistoryIndex(empty, np.zeros(1, np.int64), nothing, nothing, "us", 0)
     check_source_schema(source, [])
     columns = [*key_columns, ts_column, *([created_column] if created_column else [])]
-    table = dataset.to_table(columns=list(dict.fromkeys(columns)))
+    with source.reading():
+        table = dataset.to_table(columns=list(dict.fromkeys(columns)))
     num_rows = table.num_rows
     unit = comparison_unit(table.schema.field(ts_column).type)
 

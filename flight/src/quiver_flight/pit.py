@@ -392,7 +392,8 @@ class PointInTimeEngine:
         if dataset is None:
             return pa.chunked_array([], type=feature.dtype.arrow_type)
         column = source.source_column(feature.name)
-        table = dataset.to_table(columns=[column])
+        with source.reading():
+            table = dataset.to_table(columns=[column])
         if table.num_rows != num_rows:
             raise _changed(source)
         return cast_feature(table[column], feature, source)
@@ -409,14 +410,15 @@ class PointInTimeEngine:
         pieces: list[pa.RecordBatch] = []
         start = 0
         if dataset is not None and len(wanted):
-            for batch in dataset.to_batches(columns=columns):
-                stop = start + batch.num_rows
-                lo, hi = np.searchsorted(wanted, [start, stop], side="left")
-                if hi > lo:
-                    pieces.append(batch.take(pa.array(wanted[lo:hi] - start)))
-                start = stop
-                if hi == len(wanted):
-                    break
+            with source.reading():
+                for batch in dataset.to_batches(columns=columns):
+                    stop = start + batch.num_rows
+                    lo, hi = np.searchsorted(wanted, [start, stop], side="left")
+                    if hi > lo:
+                        pieces.append(batch.take(pa.array(wanted[lo:hi] - start)))
+                    start = stop
+                    if hi == len(wanted):
+                        break
         gathered = sum(p.num_rows for p in pieces)
         if gathered != len(wanted):
             raise _changed(source)

@@ -110,9 +110,10 @@ class TrainingSets:
     def snapshot(self, version: int | None = None) -> Snapshot:
         """A registry version (the newest by default), decoded once and kept."""
         if version is None:
-            version = self.registry.latest_version()
+            # A version that does not verify is never served; the newest that does is.
+            version = self.registry.latest_good_version()
             if version == 0:
-                self.registry.latest()  # raises the "run quiver apply" error
+                self.registry.latest()  # raises "run quiver apply" or why the newest is bad
         with self._lock:
             found = self._snapshots.get(version)
             if found is not None:
@@ -293,7 +294,7 @@ class TrainingSets:
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
         """Every feature service and view: what it is, its command and schema."""
-        version = self.registry.latest_version()
+        version = self.registry.latest_good_version()
         if version == 0:
             return
         snapshot = self.snapshot(version)

@@ -2,7 +2,7 @@
 
     quiver [--repo DIR] apply | plan | materialize START END | materialize-incremental END
                         | serve | serve-flight | registry history | registry show [VERSION]
-                        | registry prune [--keep N]
+                        | registry prune [--keep N] | registry repair
                         | delete-entity KEY=VALUE... [--views V,...] [--offline]
                         | datasets list|show | lineage NAME | search TEXT | compact VIEW
                         | erasures list|resume
@@ -19,12 +19,16 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from google.protobuf import text_format
 
 from quiver.errors import QuiverError
 from quiver_server.config import QuiverConfig, load_config
 from quiver_server.governance.cli import add_commands as add_governance_commands
+
+if TYPE_CHECKING:
+    from quiver_server.registry.store import RegistryStore
 
 
 def parse_time(text: str) -> datetime:
@@ -101,21 +105,48 @@ def cmd_registry(config: QuiverConfig, args: argparse.Namespace) -> int:
 
         pinned = DatasetStore(GovernancePaths.of(config)).pinned_registry_versions()
         removed = store.prune(args.keep, pinned)
-        print(f"Removed {len(removed)} registry version(s); kept the newest {args.keep}"
+        print(f"Removed {len(removed)} registry version(s); kept the newest {args.keep} that verify"
               + (f" and {len(pinned)} pinned by training datasets." if pinned else "."))
         return 0
-    if args.action == "history":
-        for version in store.versions():
-            proto = store.read(version)
-            print(
-                f"v{version}\t{proto.created_at.ToDatetime(tzinfo=UTC).isoformat()}\t{proto.cause}\t"
-                f"{len(proto.entities)} entities, {len(proto.feature_views)} views, "
-                f"{len(proto.feature_services)} services"
-            )
+    if args.action == "repair":
+        set_aside = store.repair()
+        for version, problem in sorted(set_aside.items()):
+            print(f"v{version}\tset aside as v{version:08d}.pb.corrupt\t{problem}")
+        good = store.latest_good_version()
+        print(f"{len(set_aside)} bad version(s) set aside; the newest version is now "
+              f"{good or 'none'}.")
         return 0
+    if args.action == "history":
+        return _print_history(store)
     version = args.version or store.latest_version()
     print(text_format.MessageToString(store.read(version)), end="")
     return 0
+
+
+def _print_history(store: RegistryStore) -> int:
+    """One line per version, including those that do not verify; 1 if any does not."""
+    rows = {v: "" for v in store.versions()}
+    rows.update({v: "set aside" for v in store.set_aside()})
+    bad = 0
+    for version, state in sorted(rows.items()):
+        if state:
+            print(f"v{version}\tSET ASIDE\tv{version:08d}.pb.corrupt (did not verify)")
+            continue
+        problem = store.problem(version)
+        if problem is not None:
+            bad += 1
+            print(f"v{version}\tDOES NOT VERIFY\tv{version:08d}.pb: {problem}")
+            continue
+        proto = store.read(version)
+        print(
+            f"v{version}\t{proto.created_at.ToDatetime(tzinfo=UTC).isoformat()}\t{proto.cause}\t"
+            f"{len(proto.entities)} entities, {len(proto.feature_views)} views, "
+            f"{len(proto.feature_services)} services"
+        )
+    if bad:
+        print(f"quiver: {bad} version(s) do not verify; servers use the newest that does. "
+              f"`quiver registry repair` sets them aside.", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def cmd_delete_entity(config: QuiverConfig, args: argparse.Namespace) -> int:
@@ -123,7 +154,8 @@ def cmd_delete_entity(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.online.factory import open_online_store
     from quiver_server.registry.store import RegistryStore
 
-    snapshot = RegistryStore(config.registry_path).latest()
+    registry = RegistryStore(config.registry_path)
+    snapshot = registry.latest_good() or registry.latest()  # the latter raises why
     key_types = {k.name: k.dtype for e in snapshot.entities.values() for k in e.join_keys}
     entities: dict[str, list[object]] = {}
     for item in args.keys:
@@ -234,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init_demo, needs_config=False)
 
     p = sub.add_parser("registry", help="inspect stored registry versions")
-    p.add_argument("action", choices=["history", "show", "prune"])
+    p.add_argument("action", choices=["history", "show", "prune", "repair"])
     p.add_argument("version", nargs="?", type=int, help="version for show (default: latest)")
     p.add_argument("--keep", type=int, default=100, help="versions prune keeps (default: 100)")
     p.set_defaults(func=cmd_registry)
@@ -248,8 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args))
         config = load_config(args.repo)
         return int(args.func(config, args))
-    except QuiverError as exc:
-        print(f"quiver: error: {exc}", file=sys.stderr)
+    except (QuiverError, OSError) as exc:
+        # Expected failures (bad input, a file or store that cannot be used) get one
+        # line, whatever the message holds (some carry a library's multi-line text).
+        print(f"quiver: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

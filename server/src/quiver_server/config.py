@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from quiver.errors import DefinitionError
 
@@ -75,6 +75,14 @@ class ServingConfig(_Model):
     port: int = Field(6566, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="Server processes sharing the port.")
     max_entities: int = Field(1000, ge=1, description="Most entities one request may ask for.")
+    max_delete_entities: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Most entities one DeleteEntities request may remove (a delete holds the store's"
+            " write lock for all of them)."
+        ),
+    )
     max_workers_threads: int = Field(
         4,
         ge=1,
@@ -84,6 +92,43 @@ class ServingConfig(_Model):
         ),
     )
     grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
+    heavy_request_entities: int = Field(
+        100,
+        ge=1,
+        description=(
+            "A request with more entities (lookups, deleted keys) or pushed rows than this is"
+            " heavy; see max_heavy_requests."
+        ),
+    )
+    max_heavy_requests: int = Field(
+        2,
+        ge=1,
+        description=(
+            "Heavy requests one server process runs at once; more are answered"
+            " RESOURCE_EXHAUSTED at once (retry with backoff), so a few large callers cannot"
+            " take every handler thread from small lookups. Below max_workers_threads."
+        ),
+    )
+
+    max_future_seconds: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "How far ahead of the clock an event or created time may be: pushes with later"
+            " times are refused (INVALID_ARGUMENT), since one would pin its value online, and"
+            " materialization windows end there at the latest."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _light_requests_keep_a_thread(self) -> ServingConfig:
+        if 1 < self.max_workers_threads <= self.max_heavy_requests:
+            raise ValueError(
+                f"max_heavy_requests ({self.max_heavy_requests}) must be below "
+                f"max_workers_threads ({self.max_workers_threads}), so light lookups always "
+                f"find a handler thread"
+            )
+        return self
 
 
 class FlightConfig(_Model):

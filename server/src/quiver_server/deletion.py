@@ -12,6 +12,7 @@ from typing import Any
 
 from quiver import FeatureView, ValueType
 from quiver.errors import InvalidArgumentError
+from quiver_server.echo import clip, name_list
 from quiver_server.online.base import OnlineStore
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import Snapshot
@@ -25,6 +26,17 @@ _PYTHON_TYPES: dict[ValueType, type] = {
 class DeleteResult:
     rows_deleted: int
     feature_views: list[str]
+
+
+def check_delete_count(count: int, max_entities: int) -> None:
+    """INVALID_ARGUMENT when one request would delete more than `max_entities` entities."""
+    if count > max_entities:
+        raise InvalidArgumentError.for_field(
+            "entities",
+            f"{count} entities to delete; at most {max_entities} per request "
+            f"(serving.max_delete_entities); send several requests",
+            reason="INVALID_ENTITIES",
+        )
 
 
 def delete_entities(
@@ -63,8 +75,9 @@ def target_views(
         raise InvalidArgumentError.for_field("entities", "name at least one join key column")
     lengths = {name: len(values) for name, values in entities.items()}
     if len(set(lengths.values())) != 1 or 0 in lengths.values():
+        described = name_list(f"{n}={c}" for n, c in sorted(lengths.items()))
         raise InvalidArgumentError.for_field(
-            "entities", f"join key columns must be non-empty and the same length, got {lengths}"
+            "entities", f"join key columns must be non-empty and the same length, got {described}"
         )
     if views:
         targets = [snapshot.feature_view(name) for name in views]
@@ -75,7 +88,7 @@ def target_views(
         ]
         if not targets:
             raise InvalidArgumentError.for_field(
-                "entities", f"no feature view is keyed by {sorted(entities)}"
+                "entities", f"no feature view is keyed by {name_list(sorted(entities))}"
             )
     for view in targets:
         missing = [k for k in view.join_key_names if k not in entities]
@@ -89,6 +102,6 @@ def target_views(
             if bad:
                 raise InvalidArgumentError.for_field(
                     f"entities.{key.name}",
-                    f"join key is {key.dtype.name.lower()}; got {bad[0]!r}",
+                    f"join key is {key.dtype.name.lower()}; got {clip(repr(bad[0]))}",
                 )
     return targets

@@ -14,7 +14,9 @@ with pushes: an older row never replaces a newer one, and materializing the
 same window twice changes nothing.
 
 Timestamps: tz-aware columns are converted to UTC; naive timestamp columns are
-taken to be UTC already. Naive `start`/`end` arguments are UTC too.
+taken to be UTC already. Naive `start`/`end` arguments are UTC too. A window
+ends at the clock plus `serving.max_future_seconds` at the latest: history rows
+from further in the future wait for a later run (as a push of them is refused).
 
 Every view's source is checked (columns present, types compatible) before
 anything is written, so a repo with one bad source writes nothing at all.
@@ -26,6 +28,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
@@ -46,13 +49,20 @@ from quiver_server.governance.erasure import PendingErasures
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.runs import record_runs
 from quiver_server.offline.columns import cast_options, compatible
-from quiver_server.offline.source import resolve_path, view_dataset
+from quiver_server.offline.source import (
+    Listing,
+    list_files,
+    reading_listed,
+    resolve_path,
+    view_dataset,
+)
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.factory import open_online_store
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.hooks import traced_materialization, traced_view_materialization
+from quiver_server.times import latest_allowed, micros
 
 __all__ = ["ViewMaterialization", "materialize_incremental", "materialize_range"]
 
@@ -63,6 +73,7 @@ WRITE_CHUNK_ROWS = 50_000
 # History rows buffered before they are reduced to the latest row per entity, so
 # memory follows the number of entities rather than the length of the history.
 COMPACT_ROWS = 4_000_000
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,11 @@ class _ViewJob:
     filter: ds.Expression | None
     key_names: list[str]
     has_created: bool
+    # The files read, to name one that does not read.
+    listing: Listing | None = None
+
+    def reading(self) -> AbstractContextManager[None]:
+        return reading_listed(self.table.view, self.listing)
 
 
 def materialize_range(
@@ -150,10 +166,13 @@ def materialize_range(
         FailedPreconditionError: nothing applied yet, or a source path is missing.
         UnavailableError: the online store cannot be reached.
     """
-    start, end = _utc(start), _utc(end)
+    start, asked = _utc(start), _utc(end)
+    end = _clamp_end(config, asked)
     if start >= end:
+        capped = " (the clock plus serving.max_future_seconds)" if end < asked else ""
         raise InvalidArgumentError.for_field(
-            "start", f"must be before end; got start={start.isoformat()}, end={end.isoformat()}"
+            "start",
+            f"must be before end; got start={start.isoformat()}, end={end.isoformat()}{capped}",
         )
     registry = RegistryStore(config.registry_path)
     snapshot = registry.latest()
@@ -175,7 +194,7 @@ def materialize_incremental(
 
     Args and raises as `materialize_range`.
     """
-    end = _utc(end)
+    end = _clamp_end(config, _utc(end))
     registry = RegistryStore(config.registry_path)
     snapshot = registry.latest()
     windows: list[tuple[ViewTable, datetime | None, datetime]] = []
@@ -249,9 +268,11 @@ def _plan(
         )
     if start is not None and start >= end:
         return _ViewJob(table, start, end, None, {}, None, [], False)
-    dataset = view_dataset(config.offline_root, view)
     location = resolve_path(config.offline_root, view.source.path)
-    schema = dataset.schema
+    listing = list_files(location)
+    with reading_listed(view, listing):
+        dataset = view_dataset(config.offline_root, view)
+        schema = dataset.schema
     source_of = {name: column for column, name in view.source.field_mapping.items()}
     columns = [
         _Column(k.name, source_of.get(k.name, k.name), "join key", k.dtype) for k in view.join_keys
@@ -280,7 +301,8 @@ def _plan(
     if erasing is not None:
         condition = condition & erasing
     return _ViewJob(
-        table, start, end, dataset, projection, condition, view.join_key_names, bool(created)
+        table, start, end, dataset, projection, condition, view.join_key_names, bool(created),
+        listing,
     )
 
 
@@ -322,12 +344,13 @@ def _bound(value: datetime, column_type: pa.DataType) -> pa.Scalar:
     Rounded up to the column's unit: for an integer count c, ``c >= x`` and
     ``c < x`` are the same as comparing with ceil(x).
     """
-    micros = _micros(value)
+    us = micros(value)
     if column_type.unit == "ns":
-        ticks = micros * 1_000
+        # Nanoseconds reach 1677..2262 only; a bound past that is the column's own end.
+        ticks = min(max(us * 1_000, _INT64_MIN), _INT64_MAX)
     else:
         per_tick = {"s": 1_000_000, "ms": 1_000, "us": 1}[column_type.unit]
-        ticks = -(-micros // per_tick)
+        ticks = -(-us // per_tick)
     return pa.scalar(ticks, type=column_type)
 
 
@@ -344,16 +367,17 @@ def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) ->
     pending: list[pa.RecordBatch] = []
     pending_rows = rows_read = 0
     try:
-        for batch in scanner.to_reader():
-            if not batch.num_rows:
-                continue
-            pending.append(batch)
-            pending_rows += batch.num_rows
-            rows_read += batch.num_rows
-            progress.update("reading", rows_read)
-            if pending_rows >= max(COMPACT_ROWS, latest.num_rows if latest else 0):
-                latest = _latest_per_key(_concat(latest, pending, scanner), job)
-                pending, pending_rows = [], 0
+        with job.reading():
+            for batch in scanner.to_reader():
+                if not batch.num_rows:
+                    continue
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                rows_read += batch.num_rows
+                progress.update("reading", rows_read)
+                if pending_rows >= max(COMPACT_ROWS, latest.num_rows if latest else 0):
+                    latest = _latest_per_key(_concat(latest, pending, scanner), job)
+                    pending, pending_rows = [], 0
         latest = _latest_per_key(_concat(latest, pending, scanner), job)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise DefinitionError(
@@ -446,13 +470,19 @@ def _record_watermarks(registry: RegistryStore, ends: dict[str, datetime]) -> No
 # -- small helpers -----------------------------------------------------------------
 
 
+def _clamp_end(config: QuiverConfig, end: datetime) -> datetime:
+    """Windows end at the clock plus the allowed skew at the latest.
+
+    History rows further in the future are not materialized yet (a later run
+    picks them up once they are due), so one bad row cannot pin a value online,
+    and a watermark never runs ahead of the clock, where it would make the next
+    incremental run skip rows that arrive meanwhile.
+    """
+    return min(end, latest_allowed(datetime.now(UTC), config.serving.max_future_seconds))
+
+
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _micros(value: datetime) -> int:
-    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 class _Progress:

@@ -14,11 +14,13 @@ import pyarrow as pa
 
 from quiver import FeatureView, ValueType
 from quiver.errors import FieldViolation, InvalidArgumentError
+from quiver_server import echo
 from quiver_server.offline.append import append_history
 from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.keys import encode_keys
 from quiver_server.telemetry.hooks import traced_push
+from quiver_server.times import latest_allowed, time_violation
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _PUSH_TIME = "__quiver_push_time"
@@ -37,8 +39,12 @@ class PushResult:
     offline_files: list[str]
 
 
-def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
+def validate_rows(view: FeatureView, rows: pa.Table, latest: datetime) -> pa.Table:
     """Check names, types and timestamps; returns the rows cast to the declared types.
+
+    Event and created times must lie between the first representable time and
+    `latest` (the clock plus the allowed skew); timestamp features within the
+    representable range (`quiver_server.times`).
 
     Raises:
         InvalidArgumentError: with one violation per bad column.
@@ -55,13 +61,17 @@ def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
     for name in expected:
         if name not in present:
             violations.append(FieldViolation(f"columns.{name}", "missing column"))
-    for name in rows.column_names:
-        if name not in expected and name not in optional:
-            violations.append(FieldViolation(
-                f"columns.{name}",
-                f"not a column of feature view {view.name!r}; allowed: "
-                f"{', '.join([*expected, *sorted(optional)])}",
-            ))
+    unknown = [n for n in rows.column_names if n not in expected and n not in optional]
+    allowed = echo.name_list([*expected, *sorted(optional)], limit=len(expected) + 1)
+    for name in unknown[: echo.LIST_NAMES]:
+        violations.append(FieldViolation(
+            f"columns.{echo.clip(name)}",
+            f"not a column of feature view {view.name!r}; allowed: {allowed}",
+        ))
+    if len(unknown) > echo.LIST_NAMES:
+        violations.append(FieldViolation(
+            "columns", f"{len(unknown) - echo.LIST_NAMES} more columns are not in the view either"
+        ))
     if rows.num_rows == 0:
         violations.append(FieldViolation("columns", "push at least one row"))
     arrays: dict[str, pa.ChunkedArray] = {}
@@ -84,6 +94,11 @@ def validate_rows(view: FeatureView, rows: pa.Table) -> pa.Table:
             violations.append(FieldViolation(
                 f"columns.{name}", f"{what} column has {cast.null_count} null value(s)"
             ))
+        if want == ValueType.TIMESTAMP:
+            ordering = name == source.timestamp_field or name in optional
+            problem = time_violation(f"columns.{name}", cast, latest if ordering else None)
+            if problem is not None:
+                violations.append(problem)
         arrays[name] = cast
     if violations:
         raise InvalidArgumentError(
@@ -118,18 +133,25 @@ def push(
     offline_root: str,
     rows: pa.Table,
     to: PushTarget,
+    *,
+    max_future_seconds: float = 300.0,
+    now: datetime | None = None,
 ) -> PushResult:
     """Validate, then write. Offline goes first: it is append-only, so a later
-    online failure leaves history that a materialization would write anyway."""
+    online failure leaves history that a materialization would write anyway.
+
+    Event and created times more than `max_future_seconds` after `now` (the
+    server clock by default) are refused.
+    """
     view = table.view
-    rows = validate_rows(view, rows)
+    now = now or datetime.now(UTC)
+    rows = validate_rows(view, rows, latest_allowed(now, max_future_seconds))
     # Rows without a created time get the push time, the same one online and
     # offline. A view without a created column keeps it out of its history.
     created_field = view.source.created_timestamp_field
     created_column = created_field or _PUSH_TIME
     if created_column not in rows.column_names:
-        now = pa.array([datetime.now(UTC)] * rows.num_rows, _TIMESTAMP)
-        rows = rows.append_column(created_column, now)
+        rows = rows.append_column(created_column, pa.array([now] * rows.num_rows, _TIMESTAMP))
     files: list[str] = []
     if to in (PushTarget.OFFLINE, PushTarget.ONLINE_AND_OFFLINE):
         offline = rows if created_field else rows.drop_columns([_PUSH_TIME])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -75,7 +75,51 @@ def _as_table(rows: Any) -> pa.Table:
 def _as_array(values: Any) -> pa.Array:
     return values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values)
 
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def push_messages(table: pa.Table, max_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """`table` as Arrow IPC streams of at most `max_bytes` each, with their row counts.
+
+    Slices are cut by the average row size and halved while one is still too
+    large (rows of very different sizes), so every message fits.
+
+    Raises:
+        InvalidArgumentError: one row alone does not fit in `max_bytes`.
+    """
+    whole = _ipc(table)
+    if len(whole) <= max_bytes or table.num_rows == 0:
+        yield table.num_rows, whole
+        return
+    per_row = max(1, len(whole) // table.num_rows)
+    step = max(1, (max_bytes * 9 // 10) // per_row)
+    offset = 0
+    while offset < table.num_rows:
+        part = table.slice(offset, step)
+        data = _ipc(part)
+        if len(data) > max_bytes:
+            if part.num_rows == 1:
+                raise InvalidArgumentError.for_field(
+                    "rows",
+                    f"row {offset} alone takes {len(data)} bytes as Arrow IPC; one push message "
+                    f"holds at most {max_bytes} bytes (the server's gRPC message limit)",
+                )
+            step = max(1, part.num_rows // 2)
+            continue
+        yield part.num_rows, data
+        offset += part.num_rows
+
+
 DEFAULT_TIMEOUT_SECONDS = 5.0
+# gRPC servers accept messages up to 4 MiB by default; the server keeps that
+# limit. Pushes are sent in messages this large at most (room left for the
+# request's other fields).
+DEFAULT_MAX_PUSH_BYTES = 4 * 1024 * 1024 - 64 * 1024
 
 
 class OnlineClient:
@@ -87,12 +131,15 @@ class OnlineClient:
         credentials: TLS credentials; plaintext when None.
         options: Extra gRPC channel options.
         interceptors: Client interceptors.
+        max_push_bytes: Largest PushFeatures message sent; larger pushes are
+            split (see `push`). The server accepts 4 MiB, gRPC's default.
         tracing: Trace every call with OpenTelemetry: a client span per call whose
             context travels to the server as W3C ``traceparent`` metadata, so the
             server's spans join the caller's trace. True uses the globally
             configured tracer provider; pass a ``TracerProvider`` to use that one.
-            Needs ``opentelemetry-api`` (not a dependency of this package);
-            ImportError says so when it is missing. Off by default.
+            Needs ``opentelemetry-api`` (the ``tracing`` extra:
+            ``pip install 'quiver-client[tracing]'``); ImportError says so when it
+            is missing. Off by default.
 
     Example::
 
@@ -111,9 +158,11 @@ class OnlineClient:
         options: Sequence[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
         tracing: bool | TracerProvider = False,
+        max_push_bytes: int = DEFAULT_MAX_PUSH_BYTES,
     ) -> None:
         self.target = target
         self.timeout = timeout
+        self.max_push_bytes = max_push_bytes
         channel = (
             grpc.secure_channel(target, credentials, options=list(options))
             if credentials is not None
@@ -188,6 +237,13 @@ class OnlineClient:
     ) -> PushResult:
         """Write rows of one feature view to the online store, offline history, or both.
 
+        A push larger than one gRPC message (4 MiB on the server) is sent as
+        several PushFeatures calls of whole rows each, and their counts are
+        summed. Each message is checked and written on its own: if one is
+        refused, the rows of the messages before it stay written (the error's
+        ``metadata["rows_written"]`` says how many); pushing the same rows
+        again is safe, since an online row is only replaced by a newer one.
+
         Args:
             feature_view: The view's name.
             rows: Columns (name -> values), a pyarrow Table or a pandas DataFrame,
@@ -195,11 +251,12 @@ class OnlineClient:
                 column (named after the view's source timestamp field). Naive
                 timestamps are read as UTC.
             to: ``"online"``, ``"offline"`` or ``"online_and_offline"``.
-            timeout: Deadline in seconds; the client default when None.
+            timeout: Deadline in seconds of each message; the client default when None.
 
         Raises:
-            InvalidArgumentError: missing or extra columns, wrong types or null
-                timestamps; nothing is written.
+            InvalidArgumentError: missing or extra columns, wrong types, null
+                timestamps or timestamps ahead of the server's clock; nothing of
+                that message is written.
             NotFoundError: unknown feature view.
         """
         target = _PUSH_TARGETS.get(to)
@@ -208,17 +265,25 @@ class OnlineClient:
                 "to", f"{to!r} is not a push target; allowed: {', '.join(_PUSH_TARGETS)}"
             )
         table = _as_table(rows)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        request = pb.PushFeaturesRequest(
-            feature_view=feature_view, arrow_ipc=sink.getvalue().to_pybytes(), to=target
-        )
-        try:
-            reply = self._stub.PushFeatures(request, timeout=self.timeout if timeout is None else timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        return PushResult(rows=reply.rows, superseded=reply.rows_superseded)
+        written = superseded = 0
+        for _, data in push_messages(table, self.max_push_bytes):
+            request = pb.PushFeaturesRequest(feature_view=feature_view, arrow_ipc=data, to=target)
+            try:
+                reply = self._stub.PushFeatures(
+                    request, timeout=self.timeout if timeout is None else timeout
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                if written:
+                    error.metadata["rows_written"] = str(written)
+                    error.message += (
+                        f" (the first {written} rows of this push were written by earlier messages)"
+                    )
+                    error.args = (error.message,)
+                raise error from None
+            written += int(reply.rows)
+            superseded += reply.rows_superseded
+        return PushResult(rows=written, superseded=superseded)
 
     @overload
     def delete_entities(

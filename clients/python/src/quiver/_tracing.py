@@ -22,9 +22,9 @@ try:
     from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer, TracerProvider
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
-        "OnlineClient(tracing=...) needs the OpenTelemetry API, which the quiver client does "
-        "not install: pip install opentelemetry-api (plus opentelemetry-sdk and an exporter, "
-        "e.g. opentelemetry-exporter-otlp, to send the spans somewhere)"
+        "OnlineClient(tracing=...) needs the OpenTelemetry API, which the quiver client installs "
+        "only with its tracing extra: pip install opentelemetry-api (plus opentelemetry-sdk and "
+        "an exporter, e.g. opentelemetry-exporter-otlp, to send the spans somewhere)"
     ) from exc
 
 INSTRUMENTATION_SCOPE = "quiver"

@@ -98,7 +98,7 @@ class TrainingClient:
         headers: Extra headers sent with every call.
         tracing: Trace every call with OpenTelemetry (W3C ``traceparent`` in
             Flight headers); True uses the global tracer provider. Needs
-            ``opentelemetry-api``, which this package does not install.
+            ``opentelemetry-api`` (the ``tracing`` extra of this package).
 
     Example::
 

@@ -114,7 +114,7 @@ the rendered file with that model.
 {{- end }}
 {{- end }}
 {{- $s := $v.serving }}
-{{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
+{{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_delete_entities" $s.maxDeleteEntities "heavy_request_entities" $s.heavyRequestEntities "max_heavy_requests" $s.maxHeavyRequests "max_future_seconds" $s.maxFutureSeconds "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
 {{- $f := $v.flight }}
 {{- $flight := dict "host" "0.0.0.0" "port" $f.port "max_spine_rows" $f.maxSpineRows "spine_ttl_seconds" $f.spineTtlSeconds "partition_rows" $f.partitionRows "batch_rows" $f.batchRows "grace_seconds" $f.graceSeconds }}
 {{- if $f.location }}

@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 import structlog
 
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
-from quiver_server.governance.files import append_line, fsync_directory, locked, write_durable
+from quiver_server.durable import fsync_directory
+from quiver_server.governance.files import append_line, locked, write_durable
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.offline.source import list_files, resolve_path
 from quiver_server.registry.snapshot import Snapshot

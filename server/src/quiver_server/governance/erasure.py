@@ -53,6 +53,7 @@ import structlog
 from quiver import FeatureView
 from quiver.errors import FailedPreconditionError
 from quiver_server.deletion import delete_entities, target_views
+from quiver_server.durable import fsync_directory
 from quiver_server.governance.datasets import DatasetStore, label
 from quiver_server.governance.entities import (
     KeyTuple,
@@ -66,7 +67,6 @@ from quiver_server.governance.entities import (
 )
 from quiver_server.governance.files import (
     append_line,
-    fsync_directory,
     locked,
     write_durable,
 )

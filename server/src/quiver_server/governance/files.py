@@ -18,16 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from quiver_server.durable import fsync_directory
+
 TEMP_PREFIX = ".tmp-"
-
-
-def fsync_directory(directory: str | Path) -> None:
-    """Make a rename or unlink in `directory` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_durable(path: Path, data: bytes, *, exclusive: bool = False) -> bool:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
-from quiver_server.governance.files import fsync_directory
+from quiver_server.durable import fsync_directory
 from quiver_server.governance.paths import DATASET_SPINES
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from quiver import FeatureView
 from quiver.errors import FailedPreconditionError
+from quiver_server.echo import clip
 
 
 def resolve_path(offline_root: str, path: str) -> str:
@@ -101,3 +106,103 @@ def view_dataset(offline_root: str, view: FeatureView) -> ds.Dataset:
         exclude_invalid_files=False,
         ignore_prefixes=[".", "_"],
     )
+
+
+# -- files that do not read ------------------------------------------------------------
+
+
+def history_file_name(view: FeatureView, base: str, is_directory: bool, path: str) -> str:
+    """How errors name a history file: the view's source path (relative to the offline
+    root, as the definition gives it) and the file's place under it, never the
+    server's absolute path."""
+    if not is_directory:
+        return view.source.path
+    return f"{view.source.path.rstrip('/')}/{path[len(base):].lstrip('/')}"
+
+
+@contextmanager
+def reading_history(
+    view: FeatureView,
+    filesystem: pafs.FileSystem,
+    base: str,
+    is_directory: bool,
+    paths: Sequence[str],
+) -> Iterator[None]:
+    """Read `view`'s history inside this guard: a file that does not read is named.
+
+    pyarrow reports a torn or corrupt Parquet file without saying which one (or
+    with the server's absolute path), as ArrowInvalid or as an OSError that
+    would read as a store outage. When a read fails, the files are probed: the
+    first that does not read becomes FailedPreconditionError (reason
+    UNREADABLE_HISTORY) naming the file and the view. When every file reads, or
+    none does because the store itself is unreachable, the error is re-raised.
+    """
+    try:
+        yield
+    except (pa.ArrowException, OSError) as exc:
+        found = _unreadable(filesystem, paths, str(exc))
+        if found is None:
+            raise
+        path, problem = found
+        name = history_file_name(view, base, is_directory, path)
+        reason = clip(" ".join(str(problem).replace(path, name).split()), 300)
+        raise FailedPreconditionError(
+            f"feature view {view.name!r}: history file {name!r} cannot be read ({reason}); "
+            f"restore it or move it out of the source",
+            reason="UNREADABLE_HISTORY",
+            metadata={"feature_view": view.name, "file": clip(name, 160)},
+        ) from None
+
+
+def reading_listed(view: FeatureView, listing: Listing | None) -> AbstractContextManager[None]:
+    """`reading_history` over the files of `listing` (nothing to name when there is none)."""
+    if listing is None:
+        return nullcontext()
+    paths = [info.path for info in listing.files]
+    return reading_history(view, listing.filesystem, listing.base, listing.is_directory, paths)
+
+
+def _unreadable(
+    filesystem: pafs.FileSystem, paths: Sequence[str], hint: str
+) -> tuple[str, BaseException] | None:
+    """The first file that does not read, and why; footers first, then whole files."""
+    named = [p for p in paths if p in hint]
+    ordered = list(dict.fromkeys([*named, *paths]))
+
+    def footer(path: str) -> None:
+        pq.read_metadata(path, filesystem=filesystem)
+
+    def whole(path: str) -> None:
+        for _ in pq.ParquetFile(path, filesystem=filesystem).iter_batches(batch_size=65_536):
+            pass
+
+    local = isinstance(filesystem, pafs.LocalFileSystem)
+    for read in (footer, whole):
+        found = _probe(ordered, read, local)
+        if found is not None:
+            return found
+    return None
+
+
+def _probe(
+    paths: Sequence[str], read: Callable[[str], None], local: bool
+) -> tuple[str, BaseException] | None:
+    """A file whose content is bad: it fails to parse (ArrowInvalid), or fails with an
+    OSError that is no local I/O error (no errno) or while another file reads fine;
+    an error every file shares is the store's, not a file's."""
+    first: tuple[str, BaseException] | None = None
+    readable = False
+    for path in paths:
+        try:
+            read(path)
+        except pa.ArrowInvalid as exc:
+            return path, exc
+        except (pa.ArrowException, OSError) as exc:
+            if readable or (local and getattr(exc, "errno", None) is None):
+                return path, exc
+            first = first or (path, exc)
+            continue
+        readable = True
+        if first is not None:
+            return first
+    return None

@@ -2,7 +2,9 @@
 
 Servers poll the registry directory in the background and swap in a new
 snapshot when `quiver apply` or materialization stores one, so requests never
-pay for the check.
+pay for the check. A version that does not verify is never served: the
+provider keeps (or, at startup, loads) the newest version that does, and logs
+the bad one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class RegistryProvider:
         self._store = store
         self._snapshot: Snapshot | None = None
         self._refresh_seconds = refresh_seconds
+        self._checked = 0  # the newest version number looked at
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refresh()
@@ -38,22 +41,37 @@ class RegistryProvider:
         return self._snapshot.version if self._snapshot is not None else 0
 
     def current(self) -> Snapshot:
-        """The served version; UnavailableError until something has been applied."""
+        """The served version; UnavailableError until a version that verifies exists."""
         snapshot = self._snapshot
         if snapshot is None:
+            bad = sorted(self._store.bad_versions())
             raise UnavailableError(
-                f"no feature registry at {self._store.path} yet: run `quiver apply`",
+                f"no registry version verifies (bad: {', '.join(map(str, bad))}): "
+                f"run `quiver registry history`"
+                if bad else "no feature registry yet: run `quiver apply`",
                 reason="REGISTRY_EMPTY",
             )
         return snapshot
 
     def refresh(self) -> bool:
-        """Load the newest version if it changed; returns whether it did."""
+        """Load the newest version that verifies if it changed; returns whether it did."""
         latest = self._store.latest_version()
-        if latest == 0 or latest == self.version:
+        if latest == 0 or latest == self._checked:
             return False
-        self._snapshot = self._store.latest()
-        log.info("registry loaded", version=self._snapshot.version)
+        self._checked = latest
+        snapshot = self._store.latest_good()
+        if snapshot is None or snapshot.version != latest:
+            for version, problem in sorted(self._store.bad_versions().items()):
+                if version > (snapshot.version if snapshot else 0):
+                    log.error(
+                        "registry version does not verify; not serving it",
+                        bad_version=version, problem=problem,
+                        serving_version=snapshot.version if snapshot else None,
+                    )
+        if snapshot is None or snapshot.version == self.version:
+            return False
+        self._snapshot = snapshot
+        log.info("registry loaded", version=snapshot.version)
         return True
 
     def start(self) -> None:

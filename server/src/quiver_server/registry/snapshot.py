@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from quiver import Entity, FeatureService, FeatureView, Field, parse_feature_ref
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_pb2 as pb
+from quiver_server.echo import clip, name_list
 from quiver_server.online.base import ViewTable
 from quiver_server.registry import convert
 
@@ -58,9 +59,9 @@ class Snapshot:
             return self.feature_views[name]
         except KeyError:
             raise NotFoundError(
-                f"feature view {name!r} does not exist in project {self.project!r}",
+                f"feature view {clip(name)!r} does not exist in project {self.project!r}",
                 reason="FEATURE_VIEW_NOT_FOUND",
-                metadata={"feature_view": name},
+                metadata={"feature_view": clip(name)},
             ) from None
 
     def feature_service(self, name: str) -> FeatureService:
@@ -68,9 +69,9 @@ class Snapshot:
             return self.feature_services[name]
         except KeyError:
             raise NotFoundError(
-                f"feature service {name!r} does not exist in project {self.project!r}",
+                f"feature service {clip(name)!r} does not exist in project {self.project!r}",
                 reason="FEATURE_SERVICE_NOT_FOUND",
-                metadata={"feature_service": name},
+                metadata={"feature_service": clip(name)},
             ) from None
 
     def view_table(self, name: str) -> ViewTable:
@@ -117,11 +118,14 @@ class Snapshot:
         for i, ref in enumerate(features):
             try:
                 view_name, feature_name = parse_feature_ref(ref)
-            except ValueError as exc:
-                raise InvalidArgumentError.for_field(f"{field}[{i}]", str(exc)) from None
+            except ValueError:
+                raise InvalidArgumentError.for_field(
+                    f"{field}[{i}]",
+                    f"feature reference {clip(ref)!r} must look like 'feature_view:feature'",
+                ) from None
             if ref in seen:
                 raise InvalidArgumentError.for_field(
-                    f"{field}[{i}]", f"feature {ref!r} is requested more than once"
+                    f"{field}[{i}]", f"feature {clip(ref)!r} is requested more than once"
                 )
             seen.add(ref)
             resolved.append(self._ref(self.feature_view(view_name), feature_name))
@@ -132,8 +136,8 @@ class Snapshot:
             return FeatureRef(view, view.feature(name))
         except KeyError:
             raise NotFoundError(
-                f"feature view {view.name!r} has no feature {name!r}; "
-                f"it has: {', '.join(view.feature_names)}",
+                f"feature view {view.name!r} has no feature {clip(name)!r}; "
+                f"it has: {name_list(view.feature_names)}",
                 reason="FEATURE_NOT_FOUND",
-                metadata={"feature_view": view.name, "feature": name},
+                metadata={"feature_view": view.name, "feature": clip(name)},
             ) from None

@@ -8,17 +8,19 @@ from quiver._convert import from_values
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
-from quiver_server.deletion import delete_entities
+from quiver_server.config import ServingConfig
+from quiver_server.deletion import check_delete_count, delete_entities
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.serving import erase_entities
 from quiver_server.online.base import OnlineStore
 from quiver_server.push import push
 from quiver_server.registry.provider import RegistryProvider
+from quiver_server.serving.admission import HeavyRequestLimit
 from quiver_server.serving.convert import (
-    PUSH_TARGETS,
     decode_key_columns,
     decode_push_rows,
     fill_column,
+    push_target,
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
@@ -43,7 +45,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         self,
         registry: RegistryProvider,
         store: OnlineStore,
-        max_entities: int,
+        serving: ServingConfig,
         offline_root: str,
         governance: GovernancePaths | None = None,
     ) -> None:
@@ -51,8 +53,9 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         self._governance = governance
         self._offline_root = offline_root
         self._store = store
-        self._max_entities = max_entities
+        self._serving = serving
         self._plans = PlanCache()
+        self.heavy = HeavyRequestLimit(serving.heavy_request_entities, serving.max_heavy_requests)
 
     @rpc_errors
     def GetOnlineFeatures(
@@ -65,10 +68,11 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             request.full_feature_names,
         )
         key_columns, count = decode_key_columns(
-            request.entities, plan.key_types, max_entities=self._max_entities
+            request.entities, plan.key_types, max_entities=self._serving.max_entities
         )
-        columns = read_online(self._store, plan, key_columns, count)
-        return encode_response(plan.output_names, columns, count)
+        with self.heavy.admit(count, "entities"):
+            columns = read_online(self._store, plan, key_columns, count)
+            return encode_response(plan.output_names, columns, count)
 
     @rpc_errors
     def PushFeatures(
@@ -76,23 +80,32 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
     ) -> pb.PushFeaturesResponse:
         if not request.feature_view:
             raise InvalidArgumentError.for_field("feature_view", "name the feature view to push to")
+        target = push_target(request.to)
         snapshot = self._registry.current()
         table = snapshot.view_table(request.feature_view)
         rows = decode_push_rows(request)
-        result = push(self._store, table, self._offline_root, rows, PUSH_TARGETS[request.to])
+        with self.heavy.admit(rows.num_rows, "rows"):
+            result = push(
+                self._store, table, self._offline_root, rows, target,
+                max_future_seconds=self._serving.max_future_seconds,
+            )
         return pb.PushFeaturesResponse(rows=result.rows, rows_superseded=result.superseded)
 
     @rpc_errors
     def DeleteEntities(
         self, request: pb.DeleteEntitiesRequest, context: grpc.ServicerContext
     ) -> pb.DeleteEntitiesResponse:
-        entities = {name: list(from_values(values)[1]) for name, values in request.entities.items()}
-        if request.offline:
-            return erase_entities(self._governance, self._registry.current(), self._store,
-                                  entities, list(request.feature_views))
-        result = delete_entities(
-            self._store, self._registry.current(), entities, list(request.feature_views)
-        )
+        columns = {name: from_values(values)[1] for name, values in request.entities.items()}
+        count = max((len(values) for values in columns.values()), default=0)
+        check_delete_count(count, self._serving.max_delete_entities)
+        entities = {name: list(values) for name, values in columns.items()}
+        with self.heavy.admit(count, "keys"):
+            if request.offline:
+                return erase_entities(self._governance, self._registry.current(), self._store,
+                                      entities, list(request.feature_views))
+            result = delete_entities(
+                self._store, self._registry.current(), entities, list(request.feature_views)
+            )
         return pb.DeleteEntitiesResponse(
             rows_deleted=result.rows_deleted, feature_views=result.feature_views
         )

@@ -11,6 +11,7 @@ from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_service_pb2 as pb
 from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from quiver.registry.v1.registry_pb2 import Registry
+from quiver_server.echo import clip
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.registry_service import GovernanceMethods
 from quiver_server.registry.provider import RegistryProvider
@@ -28,9 +29,10 @@ class RegistryServicer(GovernanceMethods, pb_grpc.RegistryServiceServicer):
         snapshot = self._registry.current()
         if project and project != snapshot.project:
             raise NotFoundError(
-                f"project {project!r} is not served here; this server serves {snapshot.project!r}",
+                f"project {clip(project)!r} is not served here; "
+                f"this server serves {snapshot.project!r}",
                 reason="PROJECT_NOT_FOUND",
-                metadata={"project": project},
+                metadata={"project": clip(project)},
             )
         return snapshot.proto
 
@@ -43,9 +45,9 @@ class RegistryServicer(GovernanceMethods, pb_grpc.RegistryServiceServicer):
             if item.name == name:  # type: ignore[attr-defined]
                 return item
         raise NotFoundError(
-            f"{kind.replace('_', ' ')} {name!r} does not exist",
+            f"{kind.replace('_', ' ')} {clip(name)!r} does not exist",
             reason=f"{kind.upper()}_NOT_FOUND",
-            metadata={kind: name},
+            metadata={kind: clip(name)},
         )
 
     @rpc_errors

@@ -19,7 +19,6 @@ from types import FrameType, TracebackType
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from quiver.errors import InvalidArgumentError
 from quiver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
@@ -31,7 +30,9 @@ from quiver_server.online.base import OnlineStore
 from quiver_server.online.factory import open_online_store
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.store import RegistryStore
+from quiver_server.serving.decoding import RequestDecoding
 from quiver_server.serving.feature_service import FeatureServingServicer
+from quiver_server.serving.reflection import enable_reflection
 from quiver_server.serving.registry_service import RegistryServicer
 from quiver_server.telemetry import SupervisorMetrics, Telemetry, setup_telemetry
 
@@ -135,11 +136,12 @@ def create_server(
         futures.ThreadPoolExecutor(
             max_workers=config.serving.max_workers_threads, thread_name_prefix="rpc"
         ),
-        interceptors=telemetry.server_interceptors(),
+        # Decoding is innermost, so telemetry logs its INVALID_ARGUMENT like any status.
+        interceptors=[*telemetry.server_interceptors(), RequestDecoding()],
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
-        FeatureServingServicer(registry, store, config.serving.max_entities, config.offline_root,
+        FeatureServingServicer(registry, store, config.serving, config.offline_root,
                                GovernancePaths.of(config)),
         server,
     )
@@ -148,9 +150,7 @@ def create_server(
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVING_SERVICE, REGISTRY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection((SERVING_SERVICE, REGISTRY_SERVICE, health.SERVICE_NAME), server)
     address = f"{host or config.serving.host}:{config.serving.port if port is None else port}"
     bound = server.add_insecure_port(address)
     if bound == 0:

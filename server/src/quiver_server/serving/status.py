@@ -14,11 +14,13 @@ from grpc_status import rpc_status
 
 from quiver.errors import (
     ERROR_DOMAIN,
+    FieldViolation,
     InternalError,
     InvalidArgumentError,
     QuiverError,
     UnavailableError,
 )
+from quiver_server import echo
 
 log = structlog.get_logger(__name__)
 
@@ -26,20 +28,43 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def to_status(error: QuiverError) -> status_pb2.Status:
-    """A google.rpc.Status carrying ErrorInfo and, for bad input, BadRequest."""
-    status = status_pb2.Status(code=error.grpc_code.value[0], message=error.message)
+    """A google.rpc.Status carrying ErrorInfo and, for bad input, BadRequest.
+
+    Bounded (see `quiver_server.echo`): whatever input an error repeats, the
+    status fits a client's trailer limit with room to spare.
+    """
+    message = echo.clip_bytes(error.message, echo.MESSAGE_BYTES)
+    metadata = echo.bounded_metadata(error.metadata)
+    given = error.violations if isinstance(error, InvalidArgumentError) else []
+    limit = echo.VIOLATIONS
+    while True:
+        violations = echo.bounded_violations(given, limit)
+        status = _status(error, message, metadata, violations)
+        if status.ByteSize() <= echo.DETAILS_BYTES:
+            return status
+        if limit > 0:
+            limit = min(limit, len(given)) - 1
+        elif metadata:
+            metadata = {}
+        else:
+            return status  # message and one count line: within bounds by construction
+
+
+def _status(
+    error: QuiverError,
+    message: str,
+    metadata: dict[str, str],
+    violations: list[FieldViolation],
+) -> status_pb2.Status:
+    status = status_pb2.Status(code=error.grpc_code.value[0], message=message)
     info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(
-            reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
-        )
-    )
+    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
     status.details.append(info)
-    if isinstance(error, InvalidArgumentError) and error.violations:
+    if violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
+                for v in violations
             ]
         )
         detail = any_pb2.Any()

@@ -10,10 +10,10 @@ Each one costs a context-variable lookup when the call is not traced or measured
   which is ten times cheaper than reading them back from the response).
 - `traced_push`: a span for a push, with its view, row count and target.
 - `traced_materialization` / `traced_view_materialization`: a span for a
-  materialization run and one per view, with rows and timings; rows also go to
-  `quiver_materialize_rows_total`. Run outside a server (the CLI, a CronJob),
-  the first one sets telemetry up from the config and pushes metrics to the
-  configured Pushgateway at the end.
+  materialization run and one per view, with rows and timings; the last run's
+  rows, duration and end also go to the `quiver_materialize_last_run_*` gauges.
+  Run outside a server (the CLI, a CronJob), the first one sets telemetry up from
+  the config and pushes metrics to the configured Pushgateway at the end.
 """
 
 from __future__ import annotations
@@ -264,9 +264,7 @@ def traced_view_materialization(function: Callable[P, Outcome]) -> Callable[P, O
             })
         metrics = telemetry.metrics.materialize if telemetry and telemetry.metrics else None
         if metrics is not None:
-            metrics.rows.labels(outcome.view, "written").inc(outcome.rows_written)
-            metrics.rows.labels(outcome.view, "superseded").inc(outcome.superseded)
-            metrics.duration.labels(outcome.view).observe(outcome.seconds)
+            metrics.record(outcome.view, outcome.rows_written, outcome.superseded, outcome.seconds)
         return outcome
 
     return wrapper

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -127,23 +127,44 @@ class FlightMetrics:
 
 
 class MaterializeMetrics:
-    """Rows materialization moved into the online store."""
+    """The last materialization run of each view, as gauges.
+
+    A materialization job is a short batch process: it pushes its metrics to a
+    Pushgateway when it ends, and the gateway keeps only the latest push. Every
+    run's counters would start from zero again, so `rate()` over them reads
+    resets and one-sample series (and a histogram's quantile is NaN). Gauges of
+    the last run mean the same whichever push Prometheus scraped: query them
+    as they are (`time() - ..._finished_timestamp_seconds` is the age of the
+    last run).
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.rows = Counter(
-            "quiver_materialize_rows",
-            "Rows materialization offered the online store, by view and result "
+        self.rows = Gauge(
+            "quiver_materialize_last_run_rows",
+            "Rows the last materialization of the view offered the online store, by result "
             "(written, or superseded by a newer stored row).",
             ["feature_view", "result"],
             registry=registry,
         )
-        self.duration = Histogram(
-            "quiver_materialize_duration_seconds",
-            "Wall time of materializing one view.",
+        self.duration = Gauge(
+            "quiver_materialize_last_run_duration_seconds",
+            "Wall time of the last materialization of the view.",
             ["feature_view"],
-            buckets=(0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0),
             registry=registry,
         )
+        self.finished = Gauge(
+            "quiver_materialize_last_run_finished_timestamp_seconds",
+            "When the last materialization of the view finished, in seconds since the epoch.",
+            ["feature_view"],
+            registry=registry,
+        )
+
+    def record(self, view: str, written: int, superseded: int, seconds: float) -> None:
+        """Set the gauges of one view's run, just finished."""
+        self.rows.labels(view, "written").set(written)
+        self.rows.labels(view, "superseded").set(superseded)
+        self.duration.labels(view).set(seconds)
+        self.finished.labels(view).set_to_current_time()
 
 
 class MaterializationLagCollector(Collector):
@@ -177,7 +198,7 @@ class MaterializationLagCollector(Collector):
 
     def _current(self) -> dict[str, float]:
         try:
-            version = self._store.latest_version()
+            version = self._store.latest_good_version()
             with self._lock:
                 if version != self._version:
                     proto = self._store.read(version) if version else registry_pb2.Registry()
@@ -299,11 +320,13 @@ def exported_metrics() -> dict[str, frozenset[str]]:
         parts = (metrics.rpc, metrics.online, metrics.flight, metrics.materialize)
         for part in parts:
             for metric in vars(part).values() if part is not None else ():
-                if not isinstance(metric, Counter | Histogram):
+                if not isinstance(metric, Counter | Gauge | Histogram):
                     continue
                 labels = frozenset(metric._labelnames)
                 name = metric._name
-                if isinstance(metric, Counter):
+                if isinstance(metric, Gauge):
+                    found[name] = labels
+                elif isinstance(metric, Counter):
                     found[f"{name}_total"] = labels
                 else:
                     found[f"{name}_bucket"] = labels | {"le"}

@@ -30,7 +30,12 @@ class FeatureServingServiceStub:
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
     """
 
     def __init__(self, channel):
@@ -61,7 +66,12 @@ class FeatureServingServiceServicer:
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
     """
 
     def GetOnlineFeatures(self, request, context):
@@ -71,8 +81,9 @@ class FeatureServingServiceServicer:
         Errors: NOT_FOUND for an unknown feature view, feature or feature service;
         INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
         type, key columns of different lengths, an empty request or more entities
-        than the server allows; UNAVAILABLE when the online store cannot be read;
-        DEADLINE_EXCEEDED when the store does not answer in time.
+        than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
+        UNAVAILABLE when the online store cannot be read; DEADLINE_EXCEEDED when
+        the store does not answer in time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -84,8 +95,12 @@ class FeatureServingServiceServicer:
         replace it. Either every row is accepted or none is written.
 
         Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
-        or extra columns, wrong column types, ragged columns or missing timestamps;
-        UNAVAILABLE when a store cannot be written.
+        or extra columns, wrong column types, ragged columns, missing timestamps,
+        event or created times more than serving.max_future_seconds ahead of the
+        server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+        unknown push target or arrow_ipc that is not an Arrow IPC stream;
+        RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+        cannot be written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,9 +116,10 @@ class FeatureServingServiceServicer:
         an erasure interrupted midway is completed by the next one.
 
         Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
-        columns that do not match the views' join keys; FAILED_PRECONDITION when a
-        history file lacks a join key column; UNAVAILABLE when a store cannot be
-        written.
+        columns that do not match the views' join keys or more entities than
+        serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+        many; FAILED_PRECONDITION when a history file lacks a join key column;
+        UNAVAILABLE when a store cannot be written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,7 +156,12 @@ class FeatureServingService:
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
     """
 
     @staticmethod

@@ -31,7 +31,12 @@ class FeatureServingServiceStub:
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
     """
 
     @_typing.overload
@@ -45,8 +50,9 @@ class FeatureServingServiceStub:
     Errors: NOT_FOUND for an unknown feature view, feature or feature service;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
-    than the server allows; UNAVAILABLE when the online store cannot be read;
-    DEADLINE_EXCEEDED when the store does not answer in time.
+    than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
+    UNAVAILABLE when the online store cannot be read; DEADLINE_EXCEEDED when
+    the store does not answer in time.
     """
     PushFeatures: _grpc.UnaryUnaryMultiCallable[_serving_service_pb2.PushFeaturesRequest, _serving_service_pb2.PushFeaturesResponse]
     """PushFeatures writes rows of one feature view to the online store, the
@@ -54,8 +60,12 @@ class FeatureServingServiceStub:
     replace it. Either every row is accepted or none is written.
 
     Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
-    or extra columns, wrong column types, ragged columns or missing timestamps;
-    UNAVAILABLE when a store cannot be written.
+    or extra columns, wrong column types, ragged columns, missing timestamps,
+    event or created times more than serving.max_future_seconds ahead of the
+    server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+    unknown push target or arrow_ipc that is not an Arrow IPC stream;
+    RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+    cannot be written.
     """
     DeleteEntities: _grpc.UnaryUnaryMultiCallable[_serving_service_pb2.DeleteEntitiesRequest, _serving_service_pb2.DeleteEntitiesResponse]
     """DeleteEntities removes the online rows of the given entities from the given
@@ -67,9 +77,10 @@ class FeatureServingServiceStub:
     an erasure interrupted midway is completed by the next one.
 
     Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
-    columns that do not match the views' join keys; FAILED_PRECONDITION when a
-    history file lacks a join key column; UNAVAILABLE when a store cannot be
-    written.
+    columns that do not match the views' join keys or more entities than
+    serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+    many; FAILED_PRECONDITION when a history file lacks a join key column;
+    UNAVAILABLE when a store cannot be written.
     """
 
 @_typing.type_check_only
@@ -78,7 +89,12 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -89,8 +105,9 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     Errors: NOT_FOUND for an unknown feature view, feature or feature service;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
-    than the server allows; UNAVAILABLE when the online store cannot be read;
-    DEADLINE_EXCEEDED when the store does not answer in time.
+    than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
+    UNAVAILABLE when the online store cannot be read; DEADLINE_EXCEEDED when
+    the store does not answer in time.
     """
     PushFeatures: _aio.UnaryUnaryMultiCallable[_serving_service_pb2.PushFeaturesRequest, _serving_service_pb2.PushFeaturesResponse]  # type: ignore[assignment]
     """PushFeatures writes rows of one feature view to the online store, the
@@ -98,8 +115,12 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     replace it. Either every row is accepted or none is written.
 
     Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
-    or extra columns, wrong column types, ragged columns or missing timestamps;
-    UNAVAILABLE when a store cannot be written.
+    or extra columns, wrong column types, ragged columns, missing timestamps,
+    event or created times more than serving.max_future_seconds ahead of the
+    server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+    unknown push target or arrow_ipc that is not an Arrow IPC stream;
+    RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+    cannot be written.
     """
     DeleteEntities: _aio.UnaryUnaryMultiCallable[_serving_service_pb2.DeleteEntitiesRequest, _serving_service_pb2.DeleteEntitiesResponse]  # type: ignore[assignment]
     """DeleteEntities removes the online rows of the given entities from the given
@@ -111,9 +132,10 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     an erasure interrupted midway is completed by the next one.
 
     Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
-    columns that do not match the views' join keys; FAILED_PRECONDITION when a
-    history file lacks a join key column; UNAVAILABLE when a store cannot be
-    written.
+    columns that do not match the views' join keys or more entities than
+    serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+    many; FAILED_PRECONDITION when a history file lacks a join key column;
+    UNAVAILABLE when a store cannot be written.
     """
 
 class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -121,7 +143,12 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC returns errors as a google.rpc.Status in the grpc-status-details-bin
     trailer, with ErrorInfo (reason, domain "quiver.dev") and, for bad input,
-    BadRequest field violations naming the offending field.
+    BadRequest field violations naming the offending field. Request bytes that do
+    not decode as the method's request are INVALID_ARGUMENT (reason
+    UNDECODABLE_REQUEST). A request with more than serving.heavy_request_entities
+    entities, rows or keys is heavy: past serving.max_heavy_requests running at
+    once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
+    retry with backoff). Messages are at most 4 MiB.
     """
 
     @_abc_1.abstractmethod
@@ -136,8 +163,9 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND for an unknown feature view, feature or feature service;
         INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
         type, key columns of different lengths, an empty request or more entities
-        than the server allows; UNAVAILABLE when the online store cannot be read;
-        DEADLINE_EXCEEDED when the store does not answer in time.
+        than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
+        UNAVAILABLE when the online store cannot be read; DEADLINE_EXCEEDED when
+        the store does not answer in time.
         """
 
     @_abc_1.abstractmethod
@@ -151,8 +179,12 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         replace it. Either every row is accepted or none is written.
 
         Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
-        or extra columns, wrong column types, ragged columns or missing timestamps;
-        UNAVAILABLE when a store cannot be written.
+        or extra columns, wrong column types, ragged columns, missing timestamps,
+        event or created times more than serving.max_future_seconds ahead of the
+        server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
+        unknown push target or arrow_ipc that is not an Arrow IPC stream;
+        RESOURCE_EXHAUSTED for one heavy request too many; UNAVAILABLE when a store
+        cannot be written.
         """
 
     @_abc_1.abstractmethod
@@ -170,9 +202,10 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         an erasure interrupted midway is completed by the next one.
 
         Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
-        columns that do not match the views' join keys; FAILED_PRECONDITION when a
-        history file lacks a join key column; UNAVAILABLE when a store cannot be
-        written.
+        columns that do not match the views' join keys or more entities than
+        serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
+        many; FAILED_PRECONDITION when a history file lacks a join key column;
+        UNAVAILABLE when a store cannot be written.
         """
 
 def add_FeatureServingServiceServicer_to_server(servicer: FeatureServingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
