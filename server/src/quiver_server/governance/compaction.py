@@ -49,6 +49,7 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_TARGET_BYTES = 128 << 20
 _TEMP_MARK = ".compact-"
+_ROW_GROUP_ROWS = 1 << 20
 
 
 @dataclass
@@ -197,12 +198,22 @@ def _merge(paths: GovernancePaths, fs: pafs.FileSystem, journal: _Journal) -> No
     with fs.open_input_file(first) as handle:
         schema = pq.ParquetFile(handle).schema_arrow
     rows = 0
+    pending: list[pa.Table] = []
+    buffered = 0
     with pq.ParquetWriter(journal.temp, schema, filesystem=fs) as writer:
+        # Small inputs are gathered into large row groups: one row group per
+        # input file would leave the merged file as slow to read as before.
         for relative in journal.files:
             with fs.open_input_file(journal.absolute(relative)) as handle:
                 table = pq.ParquetFile(handle).read()
             rows += table.num_rows
-            writer.write_table(table.replace_schema_metadata(schema.metadata))
+            pending.append(table.replace_schema_metadata(schema.metadata))
+            buffered += table.num_rows
+            if buffered >= _ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(pending), row_group_size=_ROW_GROUP_ROWS)
+                pending, buffered = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending), row_group_size=_ROW_GROUP_ROWS)
     if isinstance(fs, pafs.LocalFileSystem):
         fd = os.open(journal.temp, os.O_RDONLY)
         try:
