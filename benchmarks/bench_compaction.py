@@ -15,7 +15,7 @@ import argparse
 import shutil
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np

@@ -197,7 +197,7 @@ class TrainingDatasets:
             FailedPreconditionError: a pinned file is gone or changed, named.
         """
         record = record or self.store.read(ref.name, ref.version)
-        changed = self.store.changed_files(record)
+        current, changed = self.store.current_files(record)
         if changed:
             raise FailedPreconditionError(
                 f"training dataset {label(record)} can no longer be pulled cell for cell: "
@@ -217,10 +217,14 @@ class TrainingDatasets:
             fs, base = filesystem_and_path(location)
             single = len(history.files) == 1 and history.files[0].path == ""
             excluded, tag = self.pending.for_view(view)
+            # The files as they are now: the pinned ones, unless an erasure of
+            # entities outside this dataset rewrote them (same rows for it).
+            infos = tuple(current[view.name])
+            fingerprint = Listing(fs, base, not single, infos).fingerprint
             sources[view.name] = HistorySource(
                 view=view, location=location, filesystem=fs, base=base, is_directory=not single,
-                files=tuple(_join(base, f.path) for f in history.files),
-                fingerprint=with_exclusions(history.fingerprint, tag), excluded=tuple(excluded),
+                files=tuple(i.path for i in infos),
+                fingerprint=with_exclusions(fingerprint, tag), excluded=tuple(excluded),
             )
         return sources
 

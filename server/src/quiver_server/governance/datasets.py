@@ -155,23 +155,60 @@ class DatasetStore:
 
     def changed_files(self, dataset: gpb.TrainingDataset) -> list[str]:
         """One line per pinned history file that is gone or changed, naming what changed it."""
-        lines: list[str] = []
+        return self.current_files(dataset)[1]
+
+    def current_files(
+        self, dataset: gpb.TrainingDataset
+    ) -> tuple[dict[str, list[pafs.FileInfo]], list[str]]:
+        """The pinned files as they are now, per view, and what keeps the dataset
+        from being pulled again (empty when nothing does).
+
+        A pinned file rewritten only by erasures whose entities are not in this
+        dataset's spine still yields the same rows -- the rows it lost never
+        matched a spine row -- so it is followed through the erasure log (each
+        rewrite records the size and modification time before and after) and
+        read as it is now. Any other change is a problem, named.
+        """
+        rewrites = self._rewrites()
+        mine = set(self.erasures(dataset))
+        current: dict[str, list[pafs.FileInfo]] = {}
+        problems: list[str] = []
         for history in dataset.histories:
             location = resolve_path(self.paths.offline_root, history.source_path)
             fs, base = filesystem_and_path(location)
             paths = [_join(base, f.path) for f in history.files]
             infos = fs.get_file_info(paths) if paths else []
+            current[history.feature_view] = list(infos)
             for pinned, info in zip(history.files, infos, strict=True):
-                if info.type == pafs.FileType.File and info.size == pinned.size and \
-                        info.mtime_ns == pinned.mtime_ns:
+                if info.type != pafs.FileType.File:
+                    cause = self._cause(history.feature_view, pinned.path)
+                    problems.append(f"feature view {history.feature_view!r}: history file "
+                                    f"{pinned.path!r} {cause or 'was removed'}")
                     continue
-                what = "was removed" if info.type != pafs.FileType.File else "changed"
+                state = (pinned.size, pinned.mtime_ns)
+                chain: list[str] = []
+                while state != (info.size, info.mtime_ns) and \
+                        (history.feature_view, pinned.path, state) in rewrites:
+                    erasure, state = rewrites[(history.feature_view, pinned.path, state)]
+                    chain.append(erasure)
+                if state == (info.size, info.mtime_ns) and not mine.intersection(chain):
+                    continue
                 cause = self._cause(history.feature_view, pinned.path)
-                lines.append(
-                    f"feature view {history.feature_view!r}: history file {pinned.path!r} "
-                    f"{cause or what}"
+                problems.append(f"feature view {history.feature_view!r}: history file "
+                                f"{pinned.path!r} {cause or 'changed'}")
+        return current, problems
+
+    def _rewrites(self) -> dict[tuple[str, str, tuple[int, int]], tuple[str, tuple[int, int]]]:
+        """(view, file, state before) -> (erasure id, state after), for every erasure rewrite."""
+        found = {}
+        for record in read_lines(self.paths.erasure_log):
+            if record.get("event") == "file_rewritten" and "old_size" in record:
+                before = (int(record["old_size"]), int(record["old_mtime_ns"]))
+                after = (int(record["size"]), int(record["mtime_ns"]))
+                found[(str(record["view"]), str(record["path"]), before)] = (
+                    str(record["erasure_id"]), after
                 )
-        return lines
+        return found
 
     def _cause(self, view: str, path: str) -> str:
         """What last rewrote or merged a history file, from the erasure and compaction logs."""

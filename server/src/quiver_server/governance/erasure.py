@@ -370,6 +370,7 @@ class Eraser:
                 "event": "file_rewritten", "erasure_id": request.erasure_id,
                 "at": self.clock().isoformat(), "view": view.name,
                 "path": _relative(listing.base, info.path), "rows_removed": removed,
+                "old_size": info.size, "old_mtime_ns": info.mtime_ns,
                 "size": new.size, "mtime_ns": new.mtime_ns,
             })
             self._pause.rewritten += 1
