@@ -13,7 +13,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from functools import reduce
@@ -70,8 +69,7 @@ def load_secret(path: Path) -> bytes:
             return secret
     except FileNotFoundError:
         pass
-    write_durable(path, secrets.token_bytes(_KEY_BYTES), exclusive=True)
-    os.chmod(path, 0o600)
+    write_durable(path, secrets.token_bytes(_KEY_BYTES), exclusive=True, mode=0o600)
     return path.read_bytes()
 
 

@@ -23,20 +23,21 @@ from quiver_server.durable import fsync_directory
 TEMP_PREFIX = ".tmp-"
 
 
-def write_durable(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+def write_durable(path: Path, data: bytes, *, exclusive: bool = False, mode: int = 0o644) -> bool:
     """Write `data` to `path` atomically and durably.
 
     Args:
         path: Destination; its directory is created.
         data: Bytes to store.
         exclusive: Fail (return False) instead of replacing an existing file.
+        mode: Permissions of the new file (before the umask).
 
     Returns:
         Whether the file was written (always True unless `exclusive`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}-{path.name}"
-    with open(temp, "wb") as handle:
+    with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
