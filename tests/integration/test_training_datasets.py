@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from quiver import Entity, FeatureService, FeatureView, Field, Float64, Int64, ParquetSource
-from quiver._training_client import OfflineSpine, TrainingClient
+from quiver._training_client import DatasetSpine, OfflineSpine, TrainingClient
 from quiver.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from quiver_server.config import QuiverConfig
 from quiver_server.governance.datasets import DatasetStore
@@ -138,6 +138,16 @@ def test_offline_spines_are_kept_too(repo: QuiverConfig, flight_server: Any) -> 
                                                  features=["stats:spend"])
         path.unlink()
         assert client.get_training_dataset("offline", 1).table.equals(created.table)
+
+
+def test_a_kept_spine_feeds_a_new_training_set(repo: QuiverConfig, flight_server: Any) -> None:
+    labelled = spine()
+    with flight_server(repo) as location, TrainingClient(location) as client:
+        client.create_training_dataset("base", labelled, features=["profile:age"])
+        table = client.get_training_set(DatasetSpine("base"), feature_service="model")
+        assert table.equals(client.get_training_set(labelled, feature_service="model"))
+        with pytest.raises(NotFoundError):
+            client.get_training_set(DatasetSpine("base", 2), feature_service="model")
 
 
 def test_compaction_or_a_changed_file_is_named(repo: QuiverConfig, flight_server: Any) -> None:

@@ -13,7 +13,13 @@ from quiver._definitions import (
 )
 from quiver._online_client import ErasureResult, OnlineClient, PushResult
 from quiver._online_response import OnlineResponse
-from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingDataset
+from quiver._training_client import (
+    DatasetSpine,
+    OfflineSpine,
+    SpineHandle,
+    TrainingClient,
+    TrainingDataset,
+)
 from quiver._types import (
     Bool,
     Bytes,
@@ -32,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Bool",
     "Bytes",
+    "DatasetSpine",
     "Entity",
     "ErasureResult",
     "FeatureProjection",

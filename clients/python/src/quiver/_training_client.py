@@ -77,6 +77,19 @@ class TrainingDataset:
 
 
 @dataclass(frozen=True)
+class DatasetSpine:
+    """The spine kept by a stored training dataset, reused for a new training set.
+
+    Args:
+        name: Training dataset name.
+        version: Its version; 0 means the newest.
+    """
+
+    name: str
+    version: int = 0
+
+
+@dataclass(frozen=True)
 class OfflineSpine:
     """A Parquet spine already in the offline store, read by the server itself.
 
@@ -206,6 +219,9 @@ class TrainingClient:
         rows = 0
         if isinstance(spine, OfflineSpine):
             command.spine.parquet_path = spine.path
+        elif isinstance(spine, DatasetSpine):
+            command.spine.training_dataset.name = spine.name
+            command.spine.training_dataset.version = spine.version
         else:
             handle = spine if isinstance(spine, SpineHandle) else self.upload_spine(
                 spine, timestamp_column=timestamp_column
@@ -238,7 +254,8 @@ class TrainingClient:
         Args:
             spine: A pyarrow Table or RecordBatchReader, a pandas DataFrame, the
                 path of a local Parquet file or directory (all uploaded), a
-                `SpineHandle` from `upload_spine`, or an `OfflineSpine`. Its
+                `SpineHandle` from `upload_spine`, an `OfflineSpine`, or a
+                `DatasetSpine` (the spine a training dataset kept). Its
                 timestamp column must be timezone-aware (naive times are refused).
             features: Feature references, ``"view:feature"``.
             feature_service: Or the name of a feature service.
