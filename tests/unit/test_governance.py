@@ -151,3 +151,29 @@ def test_compaction_finishes_a_run_interrupted_before_its_swap(
     assert [f.name for f in files] == ["part-0.parquet"] and result.groups == []
     assert pq.read_table(files[0]).equals(before)
     assert not list(paths.compactions_pending.glob("*.json"))
+
+
+def test_erasure_of_a_two_key_entity_from_a_single_file_source(
+    config: QuiverConfig, make_registry: Any,
+) -> None:
+    balances = FeatureView(name="balances", entities=[account], schema=[Field("balance", Float64)],
+                           source=ParquetSource("balances.parquet"))
+    snapshot = make_registry(config, [account], [balances])
+    root = Path(config.offline_root)
+    root.mkdir(parents=True)
+    (root / "beside").mkdir()
+    (root / "beside" / ".keep.erasing-x").write_text("not ours to delete")
+    when = pa.array([0, 0, 0], pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"bank": ["a", "a", "b"], "number": [1, 2, 1], "event_timestamp": when,
+                             "balance": [1.0, 2.0, 3.0]}), root / "balances.parquet")
+    from quiver_server.governance.erasure import Eraser
+
+    result = Eraser(GovernancePaths.of(config), snapshot, None, "test").erase(
+        {"bank": ["a"], "number": [1]}
+    )
+    assert (result.files_rewritten, result.rows_removed) == (1, 1)
+    assert pq.read_table(root / "balances.parquet").to_pydict()["number"] == [2, 1]
+    assert (root / "beside" / ".keep.erasing-x").exists()
+    with pytest.raises(InvalidArgumentError) as bad:
+        Eraser(GovernancePaths.of(config), snapshot, None, "test").erase({"bank": ["a"]})
+    assert "no feature view is keyed by" in bad.value.message

@@ -345,7 +345,10 @@ class Eraser:
         if listing is None or expression is None:
             return 0, 0
         fs = listing.filesystem
-        _remove_stale_temps(fs, listing.base if listing.is_directory else posixpath.dirname(listing.base))
+        if listing.is_directory:
+            _remove_stale_temps(fs, listing.base, recursive=True)
+        else:  # a single-file source: only its own directory, not what is beside it
+            _remove_stale_temps(fs, posixpath.dirname(listing.base), recursive=False)
         files = rows = 0
         for info in listing.files:
             with fs.open_input_file(info.path) as handle:
@@ -421,10 +424,10 @@ def _relative(base: str, path: str) -> str:
     return path[len(base):].lstrip("/")
 
 
-def _remove_stale_temps(fs: pafs.FileSystem, base: str) -> None:
+def _remove_stale_temps(fs: pafs.FileSystem, base: str, recursive: bool) -> None:
     """Delete rewrites that a killed erasure left under hidden names (never renamed)."""
     try:
-        found = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        found = fs.get_file_info(pafs.FileSelector(base, recursive=recursive, allow_not_found=True))
     except OSError:
         return
     for info in found:
