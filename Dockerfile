@@ -9,26 +9,28 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: a wheel of the project, installed with its dependencies into /opt/quiver ----------
+# ---- build: the servers and the SDK they depend on, installed into /opt/quiver -----------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY clients/python/pyproject.toml ./clients/python/pyproject.toml
 COPY clients/python/src ./clients/python/src
 COPY server/src ./server/src
 COPY flight/src ./flight/src
 COPY scripts/smoke_servers.py ./scripts/smoke_servers.py
-# Dependencies come as wheels only (--only-binary), so no compiler is needed in any stage and a
-# dependency without a wheel for this platform fails the build instead of compiling in it.
-# The runtime environment has no pip: it is installed into from the outside (--python).
+# The project (quiver-feature-store) and the SDK it depends on by path (quiver-client, from
+# ./clients/python) are built here; every other dependency comes as a wheel (--only-binary), so
+# no compiler is needed in any stage and a dependency without a wheel for this platform fails the
+# build instead of compiling in it. The runtime environment has no pip: it is installed into
+# from the outside (--python).
 # The smoke test then starts `quiver serve` and `quiver serve-flight` from that environment on
 # a demo repo and probes both (health, a lookup, a training set): an undeclared dependency
 # fails the build here rather than crash-looping a Deployment.
-RUN python -m pip wheel --no-deps --wheel-dir /tmp/wheels . \
- && python -m venv --without-pip /opt/quiver \
- && python -m pip --python /opt/quiver/bin/python install --only-binary=:all: /tmp/wheels/*.whl \
+RUN python -m venv --without-pip /opt/quiver \
+ && python -m pip --python /opt/quiver/bin/python install --only-binary=:all: . \
  && /opt/quiver/bin/quiver --help > /dev/null \
  && /opt/quiver/bin/python scripts/smoke_servers.py --quiver /opt/quiver/bin/quiver
 

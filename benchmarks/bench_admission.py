@@ -155,7 +155,7 @@ def main() -> int:
     repo = write_demo_repo(BENCH_DIR / f"repo-{os.getpid()}", users=2000, merchants=200, days=2)
     config = load_config(repo, env={})
     apply(config)
-    materialize_incremental(config, datetime.now(UTC), progress=False)
+    materialize_incremental(config, datetime.now(UTC))
     base = {**os.environ, "QUIVER_TELEMETRY__METRICS__ENABLED": "false",
             "QUIVER_TELEMETRY__LOGGING__ACCESS_LOG": "false"}
     print(f"1-entity lookups while {args.heavy_threads} threads send 1,000-entity lookups "

@@ -87,7 +87,7 @@ def materialize(path: Path) -> tuple[float, int]:
     apply(config)
     began = time.perf_counter()
     [result] = materialize_range(
-        config, datetime(2023, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC), progress=False
+        config, datetime(2023, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC)
     )
     return time.perf_counter() - began, result.rows_written
 

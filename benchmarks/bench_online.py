@@ -153,7 +153,7 @@ def prepare_repo(users: int, online_store: str, hosts: str, namespace: str) -> P
         store.close()
     apply(config)
     end = datetime.now(UTC) + timedelta(seconds=1)
-    materialize_range(config, end - timedelta(days=30), end, progress=False)
+    materialize_range(config, end - timedelta(days=30), end)
     return repo
 
 

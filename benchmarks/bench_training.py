@@ -245,7 +245,7 @@ class ServerProcess:
 # --- measurements --------------------------------------------------------------------
 
 def pull_training_set(location: str, spine: pa.Table) -> dict[str, float]:
-    from quiver._training_client import TrainingClient
+    from quiver import TrainingClient
 
     with TrainingClient(location, max_workers=WORKERS) as client:
         start = time.perf_counter()
@@ -347,7 +347,7 @@ def _save_result(server_directory: Path, spine: pa.Table, path: Path) -> None:
         return
     server = ServerProcess.quiver(server_directory)
     try:
-        from quiver._training_client import TrainingClient
+        from quiver import TrainingClient
 
         with TrainingClient(server.location, max_workers=WORKERS) as client:
             pq.write_table(client.get_training_set(spine, feature_service="fraud_model"), path)

@@ -43,5 +43,5 @@ def materialized(applied_demo: QuiverConfig) -> QuiverConfig:
     from quiver_server.materialize import materialize_range
 
     end = datetime.now(UTC) + timedelta(seconds=1)
-    materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
+    materialize_range(applied_demo, end - timedelta(days=30), end)
     return applied_demo

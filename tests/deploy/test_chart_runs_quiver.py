@@ -128,7 +128,7 @@ def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
                 time.sleep(0.2)
             assert process.poll() is None, log_path.read_text()
             assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), (
-                statuses
+                statuses, log_path.read_text()
             )
             _, pod = out.workload("serving")
             process.send_signal(signal.SIGTERM)
@@ -159,7 +159,8 @@ def test_flight_container_listens_where_its_probes_look(tmp_path: Path) -> None:
     (data / "offline").mkdir(parents=True)
     for name, content in out.get("ConfigMap", f"{out.fullname}-config")["data"].items():
         (repo / name).write_text(content)
-    assert _run(_container(out, "apply"), tmp_path).returncode == 0
+    applied = _run(_container(out, "apply"), tmp_path)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
     flight = _container(out, "flight")
     probe_port = next(
         p["containerPort"]

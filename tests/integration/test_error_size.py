@@ -18,12 +18,12 @@ import pytest
 from pyarrow import flight
 
 from quiver import OnlineClient
-from quiver._status import from_flight_error, from_rpc_error
+from quiver.convert import pack
 from quiver.errors import InvalidArgumentError, NotFoundError, QuiverError
 from quiver.flight.v1 import flight_pb2
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
-from quiver_flight.convert import pack
+from quiver.status import from_flight_error, from_rpc_error
 from quiver_server.config import QuiverConfig
 from quiver_server.serving.server import create_server
 

@@ -16,8 +16,20 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from pyarrow import flight
 
-from quiver import Entity, FeatureService, FeatureView, Field, Float64, Int64, ParquetSource, String
-from quiver._training_client import OfflineSpine, TrainingClient
+from quiver import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    Float64,
+    Int64,
+    OfflineSpine,
+    ParquetSource,
+    String,
+    TrainingClient,
+    TrainingProgress,
+)
+from quiver.convert import pack
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -25,7 +37,6 @@ from quiver.errors import (
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import pack
 from quiver_flight.pit import PointInTimeEngine
 from quiver_server.config import QuiverConfig
 from quiver_server.registry.store import RegistryStore
@@ -157,6 +168,44 @@ def test_streaming_reader_pandas_and_parquet_spines(repo: QuiverConfig, client: 
     from_directory = client.get_training_set(str(tmp_path / "parts"), feature_service="model",
                                              full_feature_names=True)
     assert from_directory.equals(want)
+
+
+def test_progress_reports_rows_as_they_arrive(repo: QuiverConfig, client: TrainingClient) -> None:
+    spine = make_spine(2500, seed=3)
+    seen: list[TrainingProgress] = []
+    table = client.get_training_set(spine, feature_service="model", partition_rows=1000,
+                                    progress=seen.append)
+    assert table.num_rows == 2500
+    assert [p.rows for p in seen] == sorted(p.rows for p in seen)  # cumulative
+    assert seen[-1].rows == seen[-1].total_rows == 2500
+    assert seen[-1].batches == len(seen)
+    streamed: list[TrainingProgress] = []
+    reader = client.get_training_set_reader(spine, feature_service="model", partition_rows=1000,
+                                            progress=streamed.append)
+    rows = 0
+    for batch in reader:
+        rows += batch.num_rows
+        assert streamed[-1].rows == rows  # reported as each batch is handed over
+    assert streamed[-1].total_rows == 2500
+    # Off by default: nothing to call, nothing printed.
+    assert client.get_training_set(spine, feature_service="model").num_rows == 2500
+
+
+def test_a_reader_closed_early_stops_fetching(client: TrainingClient) -> None:
+    import threading
+
+    reader = client.get_training_set_reader(make_spine(3000, seed=4), feature_service="model",
+                                            partition_rows=500)
+    assert reader.read_next_batch().num_rows > 0
+    reader.close()
+    del reader
+    import gc
+
+    gc.collect()
+    fetchers = [t for t in threading.enumerate() if t.name.startswith("quiver-fetch-")]
+    for thread in fetchers:
+        thread.join(30)
+    assert not [t for t in fetchers if t.is_alive()]
 
 
 def test_features_by_reference_and_offline_spine(repo: QuiverConfig, client: TrainingClient) -> None:

@@ -103,7 +103,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     apply(config)
     from datetime import UTC, datetime
 
-    materialize_incremental(config, datetime.now(UTC), progress=False)
+    materialize_incremental(config, datetime.now(UTC))
     app, port = create_server(config, "127.0.0.1", 0)
     with app:
         fuzz = Server(f"127.0.0.1:{port}", repo)

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -53,7 +47,7 @@ def rpc_count(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], meth
 @pytest.fixture
 def materialized(applied_demo: QuiverConfig) -> QuiverConfig:
     end = datetime.now(UTC) + timedelta(seconds=1)
-    materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
+    materialize_range(applied_demo, end - timedelta(days=30), end)
     return applied_demo
 
 
@@ -110,62 +104,34 @@ def test_metrics_off_means_no_interceptor_and_no_wrapper(materialized: QuiverCon
         assert type(app.store).__name__ == "SqliteOnlineStore"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def two_workers(materialized: QuiverConfig) -> Iterator[tuple[str, int, subprocess.Popen[bytes]]]:
-    port, metrics_port = _free_port(), _free_port()
-    env = {
-        **os.environ,
-        "QUIVER_TELEMETRY__METRICS__PORT": str(metrics_port),
-        "QUIVER_TELEMETRY__LOGGING__LEVEL": "warning",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "quiver_server.cli", "--repo", str(materialized.repo_path), "serve",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, cwd=ROOT,
-    )
-    try:
-        yield f"127.0.0.1:{port}", metrics_port, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-
-
-def test_workers_share_one_metrics_endpoint(two_workers: tuple[str, int, subprocess.Popen[bytes]]
-                                            ) -> None:
-    target, metrics_port, proc = two_workers
-    grpc.channel_ready_future(grpc.insecure_channel(target)).result(timeout=30)
-    workers = _children(proc.pid)
-    deadline = time.monotonic() + 30
-    while len(workers) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-        workers = _children(proc.pid)
-    assert len(workers) == 2
+@pytest.mark.slow
+def test_workers_share_one_metrics_endpoint(
+    materialized: QuiverConfig, serve_workers: Callable[..., Any]
+) -> None:
+    server, target, env = serve_workers(materialized)
+    metrics_port = int(env["QUIVER_TELEMETRY__METRICS__PORT"])
+    workers = _children(server.process.pid)
+    assert len(workers) == 2, server.output()
     directory = _environ(workers[0]).get("PROMETHEUS_MULTIPROC_DIR")
     assert directory and _environ(workers[1]).get("PROMETHEUS_MULTIPROC_DIR") == directory
-    time.sleep(1.0)  # let both workers bind the shared port
-    requests = 40
-    for _ in range(requests):  # a fresh connection each: the kernel spreads them
+
+    # Fresh connections until each worker has answered some: which worker the
+    # kernel picks is its business, so count rather than assume.
+    requests = 0
+    while requests < 400 and not all(_served(Path(directory), pid) for pid in workers):
         with OnlineClient(target, options=[("grpc.use_local_subchannel_pool", 1)]) as client:
             client.get_online_features(feature_service="fraud_model_v1",
                                        entities={"user_id": [1], "merchant_id": [1]})
+        requests += 1
+    per_worker = [_served(Path(directory), pid) for pid in workers]
+    assert all(per_worker), (per_worker, server.output())
 
     samples = scrape(metrics_port)
-    assert rpc_count(samples, "GetOnlineFeatures", "OK") == requests
+    assert rpc_count(samples, "GetOnlineFeatures", "OK") == requests == sum(per_worker)
     assert value(samples, "quiver_feature_status_total", status="PRESENT") == requests * FEATURES
     assert any(name == "quiver_materialization_lag_seconds" for name, _ in samples)
-    per_worker = [_served(Path(directory), pid) for pid in workers]
-    assert sum(per_worker) == requests and all(per_worker), per_worker
 
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    assert server.stop() == 0, server.output()
     with pytest.raises(OSError):
         scrape(metrics_port)
     assert not Path(directory).exists(), "the supervisor removes its metrics directory"

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 
 from quiver import OnlineClient
-from quiver._status import from_rpc_error
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
+from quiver.status import from_rpc_error
 from quiver_server.config import QuiverConfig
 from quiver_server.serving.server import create_server
 

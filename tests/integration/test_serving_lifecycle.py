@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quiver import OnlineClient
 from quiver_server.config import QuiverConfig
 from quiver_server.online.sqlite import SqliteOnlineStore
 from quiver_server.serving.server import create_server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_serving(target: str, timeout: float = 30) -> None:
@@ -39,28 +30,21 @@ def wait_serving(target: str, timeout: float = 30) -> None:
     raise AssertionError(f"{target} never became SERVING")
 
 
-def test_workers_share_one_port_and_stop_on_sigterm(materialized: QuiverConfig) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "quiver_server.cli", "--repo", str(materialized.repo_path), "serve",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        env={**os.environ, "QUIVER_TELEMETRY__LOGGING__FORMAT": "json"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        wait_serving(f"127.0.0.1:{port}")
-        time.sleep(0.5)
-        for _ in range(20):
-            # A fresh connection each time, so the kernel can pick either worker.
-            with OnlineClient(f"127.0.0.1:{port}") as client:
-                result = client.get_online_features(features=["user_profile:age"], entities={"user_id": [1]})
-                assert result.statuses("age") == ["PRESENT"]
-    finally:
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
-    assert process.returncode == 0, err
-    assert "with 2 workers" in out
-    assert err.count('"event": "stopped"') == 2, err
+@pytest.mark.slow
+def test_workers_share_one_port_and_stop_on_sigterm(
+    materialized: QuiverConfig, serve_workers: Callable[..., Any]
+) -> None:
+    # Both workers logged "serving": both are bound to the one port.
+    server, target, _ = serve_workers(materialized)
+    wait_serving(target)
+    for _ in range(20):
+        with OnlineClient(target) as client:
+            result = client.get_online_features(features=["user_profile:age"],
+                                                entities={"user_id": [1]})
+            assert result.statuses("age") == ["PRESENT"]
+    assert server.stop() == 0, server.output()
+    assert "with 2 workers" in server.output()
+    assert {e.get("worker") for e in server.logged("stopped")} == {0, 1}, server.output()
 
 
 def test_sigterm_drains_in_flight_calls(materialized: QuiverConfig) -> None:

@@ -1,8 +1,8 @@
 """The Flight middleware, client and server, on a real Flight server.
 
-The server here is a small stand-in with the hooks the training server uses
-(`traced_flight_handler`, `count_batches`, `traced` child spans), so the
-middleware is checked on its own: one trace per call across client and server,
+The server here is a small stand-in using what the training server uses
+(`flight_call` around each handler, `flight_call_counter` for streamed batches,
+`Prefetch` for do_get, `traced` child spans), so the middleware is checked on its own: one trace per call across client and server,
 child spans inside the handler and inside the streamed generator, row and byte
 counts on spans and in metrics, and gRPC status codes from Quiver's
 `google.rpc.Status` in `extra_info`.
@@ -24,11 +24,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from pyarrow import flight
 
-from quiver._flight_tracing import TracingClientMiddlewareFactory
+from quiver._tracing import TracingClientMiddlewareFactory
+from quiver.prefetch import Prefetch
 from quiver_server.observability import add_trace_context
 from quiver_server.telemetry import Metrics, Telemetry
-from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
-from quiver_server.telemetry.hooks import traced
+from quiver_server.telemetry.flight_middleware import flight_call, flight_call_counter
+from quiver_server.telemetry.spans import traced
 
 SERVICE = "arrow.flight.protocol.FlightService"
 SCHEMA = pa.schema([("x", pa.int64())])
@@ -49,25 +50,30 @@ class StandIn(flight.FlightServerBase):  # type: ignore[misc]
         super().__init__("grpc://127.0.0.1:0", middleware=telemetry.flight_middleware())
         self.received = 0
 
-    @traced_flight_handler
     def get_flight_info(self, context: Any, descriptor: flight.FlightDescriptor) -> flight.FlightInfo:
-        parts = plan(int(descriptor.command))
-        endpoints = [flight.FlightEndpoint(str(p).encode(), []) for p in parts]
-        return flight.FlightInfo(SCHEMA, descriptor, endpoints, -1, -1)
+        with flight_call(context) as call:
+            parts = plan(int(descriptor.command))
+            endpoints = [flight.FlightEndpoint(str(p).encode(), []) for p in parts]
+            info = flight.FlightInfo(SCHEMA, descriptor, endpoints, 10 * len(parts), -1)
+            call.handled(info)
+            return info
 
-    @traced_flight_handler
     def do_get(self, context: Any, ticket: flight.Ticket) -> flight.GeneratorStream:
-        if ticket.ticket == b"missing":
-            status = status_pb2.Status(code=5, message="spine 'missing' does not exist")
-            raise flight.FlightServerError("spine 'missing' does not exist",
-                                           extra_info=status.SerializeToString())
-        partitions = int(ticket.ticket)
-        return flight.GeneratorStream(SCHEMA, count_batches(join(p) for p in range(partitions)))
+        with flight_call(context):
+            if ticket.ticket == b"missing":
+                status = status_pb2.Status(code=5, message="spine 'missing' does not exist")
+                raise flight.FlightServerError("spine 'missing' does not exist",
+                                               extra_info=status.SerializeToString())
+            partitions = int(ticket.ticket)
+            batches = Prefetch((join(p) for p in range(partitions)), 2,
+                               on_item=flight_call_counter(context))
+            return flight.GeneratorStream(SCHEMA, batches)
 
-    @traced_flight_handler
     def do_put(self, context: Any, descriptor: Any, reader: Any, writer: Any) -> None:
-        for batch in count_batches(chunk.data for chunk in reader):
-            self.received += batch.num_rows
+        with flight_call(context) as call:
+            for chunk in reader:
+                call.count(chunk.data)
+                self.received += chunk.data.num_rows
 
 
 class Tracing:
@@ -121,6 +127,8 @@ def test_training_pull_is_one_trace_per_call(
     [info_span] = server_tracing.named(f"{SERVICE}/GetFlightInfo")
     [plan_span] = server_tracing.named("quiver.flight.plan")
     assert plan_span.parent is not None and plan_span.parent.span_id == info_span.context.span_id
+    assert info_span.attributes is not None
+    assert (info_span.attributes["quiver.partitions"], info_span.attributes["quiver.rows"]) == (3, 30)
 
     # Child spans opened while the stream is produced join the do_get span.
     [get_span] = server_tracing.named(f"{SERVICE}/DoGet")
@@ -203,8 +211,6 @@ def test_access_log_line_carries_the_trace(
 
 def test_telemetry_off_installs_no_middleware() -> None:
     assert Telemetry("flight", access_log=False).flight_middleware() == {}
-    # The hooks are then plain calls.
-    assert next(iter(count_batches(iter([join(0)])))).num_rows == 10
 
 
 # --- the real training-set server and TrainingClient ------------------------------------
@@ -235,7 +241,7 @@ def _spine(rows: int) -> pa.Table:
 
 
 def _pull(location: str, client_tracing: Tracing) -> ReadableSpan:
-    from quiver._training_client import TrainingClient
+    from quiver import TrainingClient
 
     tracer = client_tracing.provider.get_tracer("trainer")
     with TrainingClient(location, tracing=client_tracing.provider, max_workers=2) as client, \
@@ -297,25 +303,3 @@ def test_one_training_set_pull_is_one_trace(
     for span in joins + server_tracing.named("quiver.flight.ticket.open"):
         assert span.parent is not None and span.parent.span_id in do_gets, span.name
         assert span.context.trace_id == root.context.trace_id
-
-
-def test_annotate_sets_attributes_on_the_current_span(
-    setup: tuple[flight.FlightClient, Tracing, Tracing, Telemetry, StandIn],
-) -> None:
-    from quiver_server.telemetry.hooks import annotate
-
-    annotate(partitions=3)  # outside any call: nothing happens
-    client, server_tracing, _, _, server = setup
-
-    original = StandIn.get_flight_info.__wrapped__  # type: ignore[attr-defined]
-
-    @traced_flight_handler
-    def planned(self: StandIn, context: Any, descriptor: flight.FlightDescriptor) -> Any:
-        info = original(self, context, descriptor)
-        annotate(partitions=len(info.endpoints))
-        return info
-
-    server.get_flight_info = planned.__get__(server)  # type: ignore[method-assign]
-    client.get_flight_info(flight.FlightDescriptor.for_command(b"4"))
-    [span] = server_tracing.named(f"{SERVICE}/GetFlightInfo")
-    assert span.attributes is not None and span.attributes["quiver.partitions"] == 4

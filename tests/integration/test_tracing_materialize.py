@@ -1,41 +1,50 @@
-"""Materialization gets a span per run and per view, and counts its rows."""
+"""Materialization run by its job runner gets a span per run and per view, and counts its rows."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
+from quiver.errors import FailedPreconditionError
 from quiver_server.config import QuiverConfig
-from quiver_server.materialize import materialize_range
-from quiver_server.telemetry import Metrics, Telemetry, install_telemetry, installed_telemetry
+from quiver_server.materialize import MaterializeProgress, materialize_range
+from quiver_server.telemetry import Metrics, Telemetry
+from quiver_server.telemetry.job import run_materialization
 
 VIEWS = {"user_transaction_stats", "user_profile", "merchant_stats"}
 
 
 @pytest.fixture
-def installed() -> Iterator[tuple[Telemetry, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def telemetry(exporter: InMemorySpanExporter) -> Telemetry:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry = Telemetry("materialize", tracer_provider=provider,
-                          metrics=Metrics.for_component("materialize"))
-    install_telemetry(telemetry)
-    yield telemetry, exporter
-    install_telemetry(None)
+    return Telemetry("materialize", tracer_provider=provider,
+                     metrics=Metrics.for_component("materialize"))
 
 
 def test_run_and_view_spans_with_row_counts(
-    applied_demo: QuiverConfig, installed: tuple[Telemetry, InMemorySpanExporter]
+    applied_demo: QuiverConfig, telemetry: Telemetry, exporter: InMemorySpanExporter
 ) -> None:
-    telemetry, exporter = installed
     end = datetime.now(UTC) + timedelta(seconds=1)
-    results = materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
+    drawn: list[MaterializeProgress] = []
+    results = run_materialization(
+        applied_demo,
+        lambda progress: materialize_range(
+            applied_demo, end - timedelta(days=30), end, progress=progress
+        ),
+        telemetry=telemetry, draw=drawn.append,
+    )
 
     spans = exporter.get_finished_spans()
     [run] = [s for s in spans if s.name == "quiver.materialize"]
@@ -52,6 +61,8 @@ def test_run_and_view_spans_with_row_counts(
         assert attributes["quiver.rows_read"] == result.rows_read > 0
         assert attributes["quiver.rows_written"] == result.rows_written
         assert attributes["quiver.window.end"] == end.isoformat()
+    # The drawing callback sees every event the telemetry saw.
+    assert {e.result for e in drawn if e.phase == "done"} == set(results)
 
     assert telemetry.metrics is not None
     registry = telemetry.metrics.registry
@@ -67,19 +78,33 @@ def test_run_and_view_spans_with_row_counts(
         assert finished is not None and abs(finished - time.time()) < 600
 
 
-def test_nothing_installed_and_tracing_off_means_no_telemetry(applied_demo: QuiverConfig) -> None:
+def test_a_failed_run_ends_its_spans_as_errors(
+    applied_demo: QuiverConfig, telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    def fail(progress: object) -> None:
+        raise FailedPreconditionError("history missing")
+
+    with pytest.raises(FailedPreconditionError):
+        run_materialization(applied_demo, fail, telemetry=telemetry)
+    [run] = exporter.get_finished_spans()
+    assert run.name == "quiver.materialize" and run.status.status_code is StatusCode.ERROR
+    assert [e.name for e in run.events] == ["exception"]
+
+
+def test_tracing_off_and_no_pushgateway_means_no_telemetry(applied_demo: QuiverConfig) -> None:
     end = datetime.now(UTC) + timedelta(seconds=1)
-    results = materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
+    results = run_materialization(applied_demo, lambda progress: materialize_range(
+        applied_demo, end - timedelta(days=30), end, progress=progress))
     assert {r.view for r in results} == VIEWS
-    assert installed_telemetry() is None
 
 
-def test_a_run_that_sets_up_telemetry_takes_it_down(applied_demo: QuiverConfig) -> None:
-    # Tracing on in the config with a console exporter: the run installs telemetry
-    # for itself and must leave none behind for the next run to mistake as its own.
+def test_a_run_that_sets_up_telemetry_runs_with_it(applied_demo: QuiverConfig) -> None:
+    # Tracing on in the config with a console exporter: the runner sets telemetry
+    # up for the run and shuts it down (flushing) at the end.
     config = applied_demo.model_copy(update={"telemetry": applied_demo.telemetry.model_copy(
         update={"tracing": applied_demo.telemetry.tracing.model_copy(
             update={"enabled": True, "exporter": "console"})})})
     end = datetime.now(UTC) + timedelta(seconds=1)
-    materialize_range(config, end - timedelta(days=30), end, progress=False)
-    assert installed_telemetry() is None
+    results = run_materialization(config, lambda progress: materialize_range(
+        config, end - timedelta(days=30), end, progress=progress))
+    assert {r.view for r in results} == VIEWS

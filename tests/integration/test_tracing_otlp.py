@@ -118,7 +118,7 @@ def configured(repo: QuiverConfig, exporter: str, endpoint: str) -> QuiverConfig
 @pytest.fixture
 def materialized(applied_demo: QuiverConfig) -> QuiverConfig:
     end = datetime.now(UTC) + timedelta(seconds=1)
-    materialize_range(applied_demo, end - timedelta(days=30), end, progress=False)
+    materialize_range(applied_demo, end - timedelta(days=30), end)
     return applied_demo
 
 
@@ -160,6 +160,7 @@ def test_spans_arrive_at_a_real_otlp_receiver(
     assert attributes["quiver.entities"].int_value == 2
 
 
+@pytest.mark.slow
 def test_materialize_job_exports_spans_and_pushes_metrics(
     applied_demo: QuiverConfig, grpc_receiver: tuple[str, Received]
 ) -> None:
@@ -186,11 +187,12 @@ def test_materialize_job_exports_spans_and_pushes_metrics(
         "QUIVER_TELEMETRY__METRICS__PUSHGATEWAY": f"127.0.0.1:{gateway.server_port}",
     }
     try:
-        subprocess.run(
+        job = subprocess.run(
             [sys.executable, "-m", "quiver_server.cli", "--repo", str(applied_demo.repo_path),
              "materialize", (datetime.now(UTC) - timedelta(days=30)).isoformat(), "now"],
-            env=env, check=True, capture_output=True, timeout=120,
+            env=env, capture_output=True, text=True, timeout=120,
         )
+        assert job.returncode == 0, job.stdout + job.stderr
     finally:
         gateway.shutdown()
         gateway.server_close()

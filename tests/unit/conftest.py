@@ -10,9 +10,9 @@ from quiver import Entity, FeatureService, FeatureView
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
 from quiver_server.registry import convert
+from quiver_server.registry.layout import assign_bins
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
-from quiver_server.repo import assign_bins
 
 MakeRegistry = Callable[..., Snapshot]
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import socket
 from datetime import timedelta
+from typing import Any
 
 import aerospike
 import pytest
 from aerospike import exception as aerospike_exception
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quiver import (
     Bool,
@@ -34,11 +37,15 @@ from quiver.errors import (
     UnavailableError,
 )
 from quiver_server.config import AerospikeOnlineStoreConfig, AerospikeTlsConfig
+from quiver_server.online.aerospike_expressions import (
+    CREATED_BIN,
+    EVENT_BIN,
+    WriteFilter,
+    compile_write_filter,
+)
 from quiver_server.online.aerospike_layout import (
     MAX_TTL_SECONDS,
-    WriteFilter,
     bin_name,
-    compile_write_filter,
     decoder,
     read_layout,
     record_ttl,
@@ -159,9 +166,71 @@ def test_record_ttl_follows_the_view() -> None:
 )
 def test_the_write_filter_is_the_compiled_expression(event_ts: int, created_ts: int) -> None:
     make = WriteFilter()
+    assert make.fast  # the installed client is one the fast path was checked against
     assert make(event_ts, created_ts) == compile_write_filter(event_ts, created_ts)
     # Filling one row's filter leaves the template untouched for the next.
     assert make(7, 8) == compile_write_filter(7, 8)
+
+
+@pytest.mark.parametrize("version", ["18.0.0", "20.1.0", "", "unknown"])
+def test_an_unverified_client_falls_back_to_the_public_compile(version: str) -> None:
+    make = WriteFilter(version)
+    assert not make.fast
+    assert make(5, 6) == compile_write_filter(5, 6)
+
+
+def evaluate(expression: list[Any], record: dict[str, int]) -> Any:
+    """Evaluate a compiled filter the way the server does, for the operators it uses.
+
+    Ops are the helpers' numbers (aerospike_helpers.expressions.resources._ExprOp);
+    children follow their parent in prefix order.
+    """
+    position = 0
+
+    def node() -> Any:
+        nonlocal position
+        op, _, fixed, children = expression[position]
+        position += 1
+        if op == 200:  # value
+            return fixed["val"]
+        if op == 81:  # bin
+            return record.get(fixed["bin"])
+        if op == 83:  # bin exists
+            return fixed["bin"] in record
+        if op == 150:  # end of variadic arguments
+            return None
+        args = []
+        while True:
+            if op in (16, 17) and expression[position][0] == 150:  # and/or end marker
+                position += 1
+                break
+            args.append(node())
+            if op not in (16, 17) and len(args) == children:
+                break
+        if op == 18:
+            return not args[0]
+        if op == 16:
+            return all(args)
+        if op == 17:
+            return any(args)
+        left, right = args
+        if left is None or right is None:
+            return False
+        return {1: left == right, 5: left < right, 6: left <= right}[op]
+
+    return node()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-5, 5), st.integers(-5, 5), st.one_of(st.none(), st.tuples(
+    st.integers(-5, 5), st.integers(-5, 5))))
+def test_the_filter_is_the_write_rule(event_ts: int, created_ts: int,
+                                      stored: tuple[int, int] | None) -> None:
+    """A row replaces the stored one only if (event, created) >= stored, or none is stored."""
+    record = {} if stored is None else {EVENT_BIN: stored[0], CREATED_BIN: stored[1]}
+    expected = stored is None or (event_ts, created_ts) >= stored
+    assert evaluate(compile_write_filter(event_ts, created_ts), record) is expected
+    assert evaluate(WriteFilter()(event_ts, created_ts), record) is expected
 
 
 def test_newest_row_per_key_wins_by_event_then_created_then_position() -> None:

@@ -29,7 +29,11 @@ from quiver import (
 from quiver.errors import DefinitionError, InvalidArgumentError, NotFoundError
 from quiver_server import materialize as materialize_module
 from quiver_server.config import QuiverConfig
-from quiver_server.materialize import materialize_incremental, materialize_range
+from quiver_server.materialize import (
+    MaterializeProgress,
+    materialize_incremental,
+    materialize_range,
+)
 from quiver_server.online.base import ViewRead, ViewReadResult, WriteBatch
 from quiver_server.online.keys import encode_keys
 from quiver_server.online.sqlite import SqliteOnlineStore
@@ -120,7 +124,7 @@ def test_latest_row_per_entity_with_created_tie_break(config: QuiverConfig, make
         [13, 31, 10],
         [T + timedelta(minutes=1), None, T],
     ))
-    [result] = materialize_range(config, T, T + timedelta(days=1), progress=False)
+    [result] = materialize_range(config, T, T + timedelta(days=1))
     assert (result.view, result.rows_read, result.entities) == ("stats", 7, 3)
     assert (result.rows_written, result.superseded) == (3, 0)
     read = online(config, "stats", [1, 2, 3])
@@ -137,7 +141,7 @@ def test_window_start_is_inclusive_and_end_exclusive(config: QuiverConfig, make_
     write_parquet(config, "stats/part-0.parquet", history(
         [1, 2, 3, 4], [start - US, start, end - US, end], [1, 2, 3, 4]
     ))
-    [result] = materialize_range(config, start, end, progress=False)
+    [result] = materialize_range(config, start, end)
     assert result.rows_read == 2
     assert online(config, "stats", [1, 2, 3, 4]).values["count"] == [None, 2, 3, None]
     assert RegistryStore(config.registry_path).latest().watermark("stats") == end
@@ -148,7 +152,7 @@ def test_incremental_runs_pick_up_only_new_rows(config: QuiverConfig, make_regis
     write_parquet(config, "stats/part-0.parquet", history(
         [1, 2], [T - timedelta(days=400), T], [1, 2]
     ))
-    [first] = materialize_incremental(config, T + timedelta(hours=1), progress=False)
+    [first] = materialize_incremental(config, T + timedelta(hours=1))
     assert first.start is None and first.rows_read == 2  # ttl 0: from the beginning
     registry = RegistryStore(config.registry_path)
     assert registry.latest().watermark("stats") == T + timedelta(hours=1)
@@ -156,14 +160,14 @@ def test_incremental_runs_pick_up_only_new_rows(config: QuiverConfig, make_regis
     write_parquet(config, "stats/part-1.parquet", history(
         [2, 3], [T + timedelta(hours=1), T + timedelta(hours=2)], [22, 3]
     ))
-    [second] = materialize_incremental(config, T + timedelta(hours=3), progress=False)
+    [second] = materialize_incremental(config, T + timedelta(hours=3))
     assert second.start == T + timedelta(hours=1)
     assert (second.rows_read, second.entities) == (2, 2)
     assert online(config, "stats", [1, 2, 3]).values["count"] == [1, 22, 3]
     assert registry.latest().watermark("stats") == T + timedelta(hours=3)
 
     versions = registry.latest_version()
-    [third] = materialize_incremental(config, T + timedelta(hours=3), progress=False)
+    [third] = materialize_incremental(config, T + timedelta(hours=3))
     assert third.rows_read == 0
     assert registry.latest_version() == versions  # nothing to record
 
@@ -176,7 +180,7 @@ def test_first_incremental_run_of_a_view_with_ttl_starts_at_end_minus_ttl(
     write_parquet(config, "stats/part-0.parquet", history(
         [1, 2], [end - timedelta(days=1) - US, end - timedelta(days=1)], [1, 2]
     ))
-    [result] = materialize_incremental(config, end, progress=False)
+    [result] = materialize_incremental(config, end)
     assert result.start == end - timedelta(days=1)
     assert online(config, "stats", [1, 2]).values["count"] == [None, 2]
 
@@ -184,8 +188,8 @@ def test_first_incremental_run_of_a_view_with_ttl_starts_at_end_minus_ttl(
 def test_the_watermark_never_moves_back(config: QuiverConfig, make_registry: Any) -> None:
     make_registry(config, [USER], [stats_view()])
     write_parquet(config, "stats/part-0.parquet", history([1], [T], [1]))
-    materialize_range(config, T, T + timedelta(days=2), progress=False)
-    materialize_range(config, T, T + timedelta(days=1), progress=False)
+    materialize_range(config, T, T + timedelta(days=2))
+    materialize_range(config, T, T + timedelta(days=1))
     assert RegistryStore(config.registry_path).latest().watermark("stats") == T + timedelta(days=2)
 
 
@@ -195,9 +199,9 @@ def test_the_same_window_twice_changes_nothing(config: QuiverConfig, make_regist
         [1, 1, 2, 3], [T, T + US, T, T], [1, 2, None, 3]
     ))
     window = (T, T + timedelta(days=1))
-    [first] = materialize_range(config, *window, progress=False)
+    [first] = materialize_range(config, *window)
     before = dump(config)
-    [second] = materialize_range(config, *window, progress=False)
+    [second] = materialize_range(config, *window)
     assert dump(config) == before
     assert (second.rows_read, second.entities, second.superseded) == (4, 3, 0)
     assert first.entities == second.entities
@@ -213,7 +217,7 @@ def test_newer_online_rows_survive_materialization(config: QuiverConfig, make_re
             encode_keys(USER.join_keys, [[1]]), [micros(T + timedelta(hours=1))], [0],
             {"count": [100], "label": ["pushed"]},
         ))
-    [result] = materialize_range(config, T, T + timedelta(days=1), progress=False)
+    [result] = materialize_range(config, T, T + timedelta(days=1))
     assert (result.entities, result.rows_written, result.superseded) == (2, 1, 1)
     assert online(config, "stats", [1, 2]).values["label"] == ["pushed", "n2"]
 
@@ -230,7 +234,7 @@ def test_field_mapping_renames_source_columns(config: QuiverConfig, make_registr
         "label": pa.array(["seven"]),
         "unrelated": pa.array([1.5]),
     }))
-    materialize_range(config, T, T + US, progress=False)
+    materialize_range(config, T, T + US)
     assert online(config, "stats", [7]).values == {"count": [70], "label": ["seven"]}
 
 
@@ -258,7 +262,7 @@ def test_naive_timestamps_are_utc_and_aware_ones_are_converted(
         "count": pa.array([1, 2], pa.int64()),
         "label": pa.array(["a", "b"]),
     }))
-    results = materialize_range(config, T, T + timedelta(hours=1), progress=False)
+    results = materialize_range(config, T, T + timedelta(hours=1))
     assert [r.rows_read for r in results] == [1, 1]
     for view in ("naive", "aware"):
         read = online(config, view, [1, 2])
@@ -314,7 +318,7 @@ def test_every_value_type_and_multi_key_entities(
         # Later rows win ties, like the rows read last.
         if best is None or rows["event_timestamp"][i] >= rows["event_timestamp"][best]:
             expected[key] = i
-    [result] = materialize_range(config, T, T + timedelta(days=1), progress=False)
+    [result] = materialize_range(config, T, T + timedelta(days=1))
     assert (result.rows_read, result.entities) == (n, len(expected))
     entities = [*sorted(expected), ("none", 1)]
     read = online(config, "accounts", entities)
@@ -334,7 +338,7 @@ def test_a_wrong_column_type_fails_before_anything_is_written(
     wrong = history([1], [T], [1]).set_column(3, "count", pa.array(["1"]))
     write_parquet(config, "bad/p.parquet", wrong)
     with pytest.raises(DefinitionError) as caught:
-        materialize_range(config, T, T + timedelta(days=1), progress=False)
+        materialize_range(config, T, T + timedelta(days=1))
     message = str(caught.value)
     for part in ("'bad'", "'count'", "expected int64", "type string"):
         assert part in message
@@ -346,33 +350,64 @@ def test_a_missing_column_is_a_definition_error(config: QuiverConfig, make_regis
     make_registry(config, [USER], [stats_view()])
     write_parquet(config, "stats/p.parquet", history([1], [T], [1]).drop_columns(["label"]))
     with pytest.raises(DefinitionError, match=r"'stats'.*no column 'label'.*expected string"):
-        materialize_range(config, T, T + timedelta(days=1), progress=False)
+        materialize_range(config, T, T + timedelta(days=1))
 
 
 def test_view_selection(config: QuiverConfig, make_registry: Any) -> None:
     offline_only = stats_view("offline_only", online=False)
     make_registry(config, [USER], [stats_view(), offline_only])
     write_parquet(config, "stats/p.parquet", history([1], [T], [1]))
-    results = materialize_range(config, T, T + timedelta(days=1), progress=False)
+    results = materialize_range(config, T, T + timedelta(days=1))
     assert [r.view for r in results] == ["stats"]  # no source needed for the offline view
     with pytest.raises(InvalidArgumentError, match="'offline_only' is not online"):
-        materialize_range(config, T, T + timedelta(days=1), ["offline_only"], progress=False)
+        materialize_range(config, T, T + timedelta(days=1), ["offline_only"])
     with pytest.raises(NotFoundError, match="'nope'"):
-        materialize_incremental(config, T, ["stats", "nope"], progress=False)
+        materialize_incremental(config, T, ["stats", "nope"])
     with pytest.raises(InvalidArgumentError, match="start"):
-        materialize_range(config, T, T, progress=False)
+        materialize_range(config, T, T)
 
 
-def test_progress_goes_to_stderr(
+def test_progress_is_reported_through_the_callback_only(
     config: QuiverConfig, make_registry: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     make_registry(config, [USER], [stats_view()])
     write_parquet(config, "stats/p.parquet", history([1, 2], [T, T], [1, 2]))
-    [result] = materialize_range(config, T, T + timedelta(days=1), progress=True)
+    events: list[MaterializeProgress] = []
+    [result] = materialize_range(config, T, T + timedelta(days=1), progress=events.append)
     captured = capsys.readouterr()
-    assert captured.out == ""
-    assert str(result) in captured.err
+    assert captured.out == captured.err == ""  # a library call never prints
+    phases = [e.phase for e in events]
+    assert phases[0] == "start" and phases[-1] == "done"
+    assert {e.view for e in events} == {"stats"}
+    assert [e.rows for e in events if e.phase == "read"][-1] == 2
+    writes = [e for e in events if e.phase == "write"]
+    assert writes[-1].rows == writes[-1].total == 2
+    assert events[-1].result == result
     assert "2 rows read, 2 entities, 2 written" in str(result)
+
+
+def test_nothing_is_reported_without_a_callback(
+    config: QuiverConfig, make_registry: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_registry(config, [USER], [stats_view()])
+    write_parquet(config, "stats/p.parquet", history([1], [T], [1]))
+    materialize_range(config, T, T + timedelta(days=1))
+    assert capsys.readouterr() == ("", "")
+
+
+def test_the_cli_bars_leave_one_summary_line_per_view(
+    config: QuiverConfig, make_registry: Any
+) -> None:
+    import io
+
+    from quiver_server.progress import MaterializeBars
+
+    make_registry(config, [USER], [stats_view()])
+    write_parquet(config, "stats/p.parquet", history([1, 2], [T, T], [1, 2]))
+    out = io.StringIO()  # not a terminal: no bar is drawn, only the summaries
+    with MaterializeBars(out) as bars:
+        [result] = materialize_range(config, T, T + timedelta(days=1), progress=bars)
+    assert out.getvalue() == f"{result}\n"
 
 
 def test_rows_from_the_future_wait_and_the_watermark_stays_near_now(
@@ -384,13 +419,13 @@ def test_rows_from_the_future_wait_and_the_watermark_stays_near_now(
         [1, 2, 3], [now - timedelta(hours=1), datetime(2100, 1, 1, tzinfo=UTC), now], [1, 2, 3],
         [now, now, now],
     ))
-    [result] = materialize_range(config, T, datetime(9999, 1, 1, tzinfo=UTC), progress=False)
+    [result] = materialize_range(config, T, datetime(9999, 1, 1, tzinfo=UTC))
     assert result.end <= now + timedelta(seconds=config.serving.max_future_seconds + 60)
     assert online(config, "stats", [1, 2, 3]).values["count"] == [1, None, 3]
     watermark = RegistryStore(config.registry_path).latest().watermark("stats")
     assert watermark is not None and watermark < now + timedelta(hours=1)
     with pytest.raises(InvalidArgumentError, match="max_future_seconds"):
-        materialize_range(config, datetime(2200, 1, 1), datetime(2300, 1, 1), progress=False)
+        materialize_range(config, datetime(2200, 1, 1), datetime(2300, 1, 1))
 
 
 def test_nanosecond_history_with_bounds_far_outside_its_range(
@@ -401,5 +436,5 @@ def test_nanosecond_history_with_bounds_far_outside_its_range(
         1, "event_timestamp", pa.array([T], pa.timestamp("ns", tz="UTC"))
     )
     write_parquet(config, "stats/part-0.parquet", table)
-    [result] = materialize_range(config, datetime(1, 1, 1, tzinfo=UTC), datetime.now(UTC), progress=False)
+    [result] = materialize_range(config, datetime(1, 1, 1, tzinfo=UTC), datetime.now(UTC))
     assert result.rows_read == 1

@@ -2,31 +2,89 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 import quiver
+import quiver.convert
 import quiver.errors
+import quiver.prefetch
+import quiver.status
+import quiver.tracing
+import quiver.types
 
-EXPECTED = {
-    "Bool", "Bytes", "Entity", "FeatureProjection", "FeatureService", "FeatureView", "Field",
-    "Float32", "Float64", "Int32", "Int64", "OnlineClient", "OnlineResponse", "ParquetSource",
-    "QuiverError", "String", "Timestamp", "ValueType", "__version__", "parse_feature_ref",
-    "TrainingClient", "SpineHandle", "OfflineSpine", "PushResult",
+# Every public module of the client and exactly what it exports. A change here is
+# an API change: the server and Flight packages import only these.
+PUBLIC = {
+    quiver: {
+        "Bool", "Bytes", "DatasetSpine", "Entity", "ErasureResult", "FeatureProjection",
+        "FeatureService", "FeatureView", "Field",
+        "Float32", "Float64", "Int32", "Int64", "OfflineSpine", "OnlineClient", "OnlineResponse",
+        "ParquetSource", "PushResult", "PushTarget", "QuiverError", "SpineHandle", "String",
+        "Timestamp", "TrainingClient", "TrainingDataset", "TrainingProgress", "ValueType",
+        "__version__",
+        "parse_feature_ref",
+    },
+    quiver.errors: {
+        "DeadlineExceededError", "DefinitionError", "FailedPreconditionError", "FieldViolation",
+        "InternalError", "InvalidArgumentError", "NotFoundError", "QuiverError",
+        "ResourceExhaustedError", "UnavailableError", "UnimplementedError", "error_for_code",
+    },
+    quiver.status: {
+        "DETAILS_KEY", "RichStatus", "build_status", "decode_status", "encode_status",
+        "error_from_status",
+        "flight_error_code", "from_flight_error", "from_rpc_error",
+    },
+    quiver.convert: {
+        "DEFAULT_TIMESTAMP_COLUMN", "FIELD_FOR_TYPE", "TYPE_OF_FIELD", "encode_columns",
+        "from_values", "infer_type", "pack", "push_target_from_proto", "push_target_to_proto",
+        "to_values",
+    },
+    quiver.types: {
+        "Bool", "Bytes", "ErasureResult", "Float32", "Float64", "Int32", "Int64", "PushResult",
+        "PushTarget", "String", "Timestamp", "ValueType",
+    },
+    quiver.tracing: {"FLIGHT_SERVICE", "flight_method", "peer_attributes", "rpc_attributes",
+                     "split_target"},
+    quiver.prefetch: {"Prefetch"},
 }
 
 
-def test_exports_are_pinned() -> None:
-    assert set(quiver.__all__) >= EXPECTED
-    for name in quiver.__all__:
-        assert hasattr(quiver, name), name
+@pytest.mark.parametrize("module", PUBLIC, ids=lambda m: m.__name__)
+def test_exports_are_pinned_exactly(module: ModuleType) -> None:
+    assert set(module.__all__) == PUBLIC[module]
+    assert len(module.__all__) == len(set(module.__all__))
+    for name in module.__all__:
+        assert hasattr(module, name), name
 
 
-def test_errors_module_exports() -> None:
-    for name in quiver.errors.__all__:
-        assert hasattr(quiver.errors, name)
+def test_server_and_flight_import_only_public_client_modules() -> None:
+    root = Path(__file__).resolve().parents[2]
+    public = {m.__name__ for m in PUBLIC} | {"quiver.serving.v1", "quiver.registry.v1",
+                                            "quiver.flight.v1", "quiver.types.v1", "quiver.rpc.v1"}
+    for package in (root / "server" / "src", root / "flight" / "src"):
+        for path in package.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names
+                                               if a.name.startswith("_") and a.name != "__version__"]
+                elif isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                else:
+                    continue
+                for module in modules:
+                    if module.split(".")[0] == "quiver":
+                        base = module.rsplit(".", 1)[0] if module.endswith("_pb2") or \
+                            module.endswith("_pb2_grpc") else module
+                        assert base in public, f"{path.relative_to(root)} imports {module}"
 
 
+@pytest.mark.slow
 def test_client_imports_without_server_packages() -> None:
     # Production models import only the client: it must not pull server deps.
     code = (

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from quiver.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from quiver_flight.convert import flight_error
 from quiver_server import echo
-from quiver_server.serving.status import to_status
+from quiver_server.error_policy import to_status
 
 text = st.text(max_size=5000)
 

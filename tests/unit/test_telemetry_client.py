@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from quiver._tracing import split_target
+from quiver.tracing import split_target
 
 # Makes `import opentelemetry` fail, as on a machine where it is not installed.
 _WITHOUT_OTEL = """
@@ -29,6 +29,7 @@ def run(code: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_client_works_without_opentelemetry() -> None:
     result = run("""
         import quiver
@@ -39,6 +40,7 @@ def test_client_works_without_opentelemetry() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_tracing_without_opentelemetry_says_what_to_install() -> None:
     result = run("""
         from quiver import OnlineClient
@@ -53,6 +55,7 @@ def test_tracing_without_opentelemetry_says_what_to_install() -> None:
     assert "pip install opentelemetry-api" in result.stdout
 
 
+@pytest.mark.slow
 def test_importing_quiver_does_not_import_opentelemetry() -> None:
     code = "import sys, quiver; print([m for m in sys.modules if m.startswith('opentelemetry')])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

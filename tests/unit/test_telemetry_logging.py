@@ -11,6 +11,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+# Every case starts an interpreter.
+pytestmark = pytest.mark.slow
+
 
 def run(code: str) -> subprocess.CompletedProcess[str]:
     prelude = textwrap.dedent("""

@@ -11,7 +11,6 @@ from prometheus_client import CollectorRegistry
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
 from quiver_server.registry.store import RegistryStore
-from quiver_server.telemetry.hooks import count_statuses
 from quiver_server.telemetry.metrics import (
     MaterializationLagCollector,
     Metrics,
@@ -59,12 +58,13 @@ def test_components_export_only_their_own_families() -> None:
 
 
 def test_feature_statuses_are_counted_from_graded_columns() -> None:
-    class Column:
-        def __init__(self, statuses: list[int]) -> None:
-            self.statuses = statuses
+    from quiver import ValueType
+    from quiver_server.serving.online_read import OutputColumn
 
+    columns = [OutputColumn(ValueType.INT64, [0] * 3, statuses, [0] * 3)
+               for statuses in ([1, 1, 3], [1, 1, 1], [4, 2, 1])]
     metrics = OnlineMetrics(registry := CollectorRegistry())
-    count_statuses(metrics, [Column([1, 1, 3]), Column([1, 1, 1]), Column([4, 2, 1])])
+    metrics.count_statuses(columns)
     count = {
         status: registry.get_sample_value("quiver_feature_status_total", {"status": status})
         for status in ("PRESENT", "NULL_VALUE", "NOT_FOUND", "OUTSIDE_MAX_AGE")

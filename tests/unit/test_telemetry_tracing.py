@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from quiver.errors import InvalidArgumentError
 from quiver_server.config import QuiverConfig, TracingConfig, load_config
 from quiver_server.telemetry import setup_telemetry
-from quiver_server.telemetry.grpc_server import split_method, trace_id_from_traceparent
+from quiver_server.telemetry.grpc_server import split_method
 from quiver_server.telemetry.tracing import (
     build_exporter,
     build_sampler,
@@ -129,7 +129,7 @@ def test_everything_off_installs_nothing(tmp_path: Path) -> None:
     )
     config = load_config(tmp_path, env={})
     telemetry = setup_telemetry(config, "serving", env={})
-    assert telemetry.recorder is None and telemetry.metrics is None
+    assert telemetry.tracer is None and telemetry.metrics is None
     assert telemetry.server_interceptors() == []
     assert telemetry.flight_middleware() == {}
     store: Any = object()
@@ -140,18 +140,9 @@ def test_defaults_are_metrics_and_access_log_without_tracing(tmp_path: Path) -> 
     (tmp_path / "quiver.yaml").write_text("project: p\n")
     config: QuiverConfig = load_config(tmp_path, env={})
     telemetry = setup_telemetry(config, "serving", env={})
-    assert telemetry.recorder is None
+    assert telemetry.tracer is None
     assert telemetry.metrics is not None and telemetry.access_log
     assert len(telemetry.server_interceptors()) == 1
-
-
-def test_traceparent_parsing() -> None:
-    assert trace_id_from_traceparent(
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    ) == "0af7651916cd43dd8448eb211c80319c"
-    for bad in (None, "", "garbage", "00-" + "0" * 32 + "-b7ad6b7169203331-01",
-                "00-zzf7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", b"bytes"):
-        assert trace_id_from_traceparent(bad) is None
 
 
 def test_split_method() -> None:

@@ -18,7 +18,7 @@ from pyarrow import flight
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_server.echo import clip
-from quiver_server.serving.status import to_status
+from quiver_server.error_policy import to_status
 
 TypeUrl = str
 
@@ -39,13 +39,6 @@ _FLIGHT_CLASSES: dict[grpc.StatusCode, type[flight.FlightError]] = {
     grpc.StatusCode.UNAUTHENTICATED: flight.FlightUnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: flight.FlightUnauthorizedError,
 }
-
-
-def pack(msg: message.Message) -> bytes:
-    """`msg` as the bytes of a descriptor command or ticket."""
-    wrapper = any_pb2.Any()
-    wrapper.Pack(msg)
-    return wrapper.SerializeToString()
 
 
 def unpack_command(data: bytes) -> message.Message:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from quiver import Field
-from quiver._types import ValueType
+from quiver.types import ValueType
 from quiver_flight.keys import IntArray
 
 _FIXED = {

@@ -27,8 +27,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from quiver import FeatureView, Field
-from quiver._types import ValueType
 from quiver.errors import FailedPreconditionError
+from quiver.types import ValueType
 from quiver_flight.keys import IntArray, KeyEncoder, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, comparison_unit, to_units
 from quiver_server.offline.columns import cast_column, compatible

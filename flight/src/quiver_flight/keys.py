@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from quiver._types import ValueType
+from quiver.types import ValueType
 from quiver_server.offline.columns import compatible
 
 IntArray = npt.NDArray[np.int64]

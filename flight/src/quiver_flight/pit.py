@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from quiver import FeatureView, Field
-from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver_flight.cache import ByteBudgetCache
 from quiver_flight.features import FeatureBlock
@@ -50,6 +50,7 @@ from quiver_flight.keys import IntArray, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, per_second, to_units
 from quiver_server.offline.columns import compatible
 from quiver_server.registry.snapshot import FeatureRef
+from quiver_server.telemetry.spans import traced
 
 FEATURE_REF_METADATA = b"quiver.feature_ref"
 
@@ -309,6 +310,7 @@ class PointInTimeEngine:
                 join.gathered = self._gather_scan(join, *bounds[unit])
         return self._batches(spine, schema, joins, bounds)
 
+    @traced("quiver.flight.point_in_time_join")
     def _batches(
         self, spine: pa.Table, schema: pa.Schema, joins: list[_ViewJoin],
         bounds: dict[str, tuple[IntArray, IntArray]],

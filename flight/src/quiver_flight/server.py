@@ -18,9 +18,7 @@ google.rpc.Status in extra_info; a bad request never takes the server down.
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import queue
 import signal
 import sys
 import threading
@@ -33,24 +31,24 @@ import pyarrow as pa
 import structlog
 from pyarrow import flight
 
+from quiver.convert import pack
 from quiver.errors import InvalidArgumentError
 from quiver.flight.v1 import flight_pb2 as pb
-from quiver_flight.convert import flight_error, pack, timestamp_seconds, unpack_command
+from quiver.prefetch import Prefetch
+from quiver_flight.convert import flight_error, timestamp_seconds, unpack_command
 from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
 from quiver_flight.spines import SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.training import TrainingSets
 from quiver_server.config import QuiverConfig
+from quiver_server.error_policy import as_quiver_error
 from quiver_server.governance.erasure import PendingErasures
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.who import call_principal
 from quiver_server.observability import configure_logging
 from quiver_server.registry.store import RegistryStore
-from quiver_server.serving.status import as_quiver_error
 from quiver_server.telemetry import Telemetry, setup_telemetry
-from quiver_server.telemetry.flight_middleware import count_batches, traced_flight_handler
-from quiver_server.telemetry.hooks import annotate
-from quiver_server.telemetry.scope import traced_iteration
+from quiver_server.telemetry.flight_middleware import flight_call, flight_call_counter
 
 log = structlog.get_logger(__name__)
 
@@ -64,17 +62,23 @@ _PREFETCH_BATCHES = 2
 _SWITCH_INTERVAL_SECONDS = 0.001
 
 
-def _flight_errors(handler: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
-    """Turn what a handler raises into a Flight error carrying a google.rpc.Status."""
+def _handler(
+    handler: Callable[Concatenate[S, flight.ServerCallContext, P], R],
+) -> Callable[Concatenate[S, flight.ServerCallContext, P], R]:
+    """The edge of every Flight handler: the call's telemetry is current while it
+    runs, and what it raises leaves as a Flight error carrying a google.rpc.Status."""
 
     @functools.wraps(handler)
-    def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return handler(self, *args, **kwargs)
-        except Exception as exc:
-            raise _translate(exc, handler.__name__) from None
+    def wrapper(self: S, context: flight.ServerCallContext, *args: P.args, **kwargs: P.kwargs) -> R:
+        with flight_call(context) as call:
+            try:
+                result = handler(self, context, *args, **kwargs)
+            except Exception as exc:
+                raise _translate(exc, handler.__name__) from None
+            call.handled(result)
+            return result
 
-    return cast("Callable[Concatenate[S, P], R]", wrapper)
+    return cast("Callable[Concatenate[S, flight.ServerCallContext, P], R]", wrapper)
 
 
 def _translate(exc: BaseException, where: str) -> BaseException:
@@ -98,8 +102,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.training = training
         self._locations = [flight.Location(advertised)] if advertised else []
 
-    @traced_flight_handler
-    @_flight_errors
+    @_handler
     def do_put(
         self,
         context: flight.ServerCallContext,
@@ -114,16 +117,14 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             )
         if command.timestamp_column:
             check_timestamp_column(reader.schema, command.timestamp_column)
-        spine = self.training.spines.put(
-            reader.schema, count_batches(chunk.data for chunk in reader)
-        )
+        count = flight_call_counter(context)
+        spine = self.training.spines.put(reader.schema, _received(reader, count))
         result = pb.UploadSpineResult(spine_id=spine.spine_id, rows=spine.num_rows)
         if spine.expires_at is not None:
             result.expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
         writer.write(pa.py_buffer(result.SerializeToString()))
 
-    @traced_flight_handler
-    @_flight_errors
+    @_handler
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
@@ -137,30 +138,31 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             metadata = info.SerializeToString()
         else:
             plan = self.training.plan(_training_command(descriptor))
-        annotate(partitions=len(plan.tickets), rows=plan.rows)
         endpoints = [flight.FlightEndpoint(ticket, self._locations) for ticket in plan.tickets]
         return flight.FlightInfo(
             plan.schema, descriptor, endpoints, total_records=plan.rows, total_bytes=-1,
             ordered=True, app_metadata=metadata,
         )
 
-    @traced_flight_handler
-    @_flight_errors
+    @_handler
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
         return flight.SchemaResult(self.training.schema(_training_command(descriptor)))
 
-    @traced_flight_handler
-    @_flight_errors
+    @_handler
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         job = self.training.open_ticket(ticket.ticket)
-        annotate(rows=job.partition.row_count)
-        batches = _prefetched(traced_iteration("quiver.flight.point_in_time_join", job.batches), context)
-        return flight.GeneratorStream(job.schema, count_batches(_translated(batches)))
+        # The next batch is joined while this one is sent; a client that hangs up
+        # stops the join and frees this handler (`context.is_cancelled`).
+        batches = Prefetch(
+            job.batches, _PREFETCH_BATCHES, cancelled=context.is_cancelled,
+            on_item=flight_call_counter(context),
+            on_error=lambda exc: _translate(exc, "do_get"), name="quiver-do-get",
+        )
+        return flight.GeneratorStream(job.schema, batches)
 
-    @traced_flight_handler
-    @_flight_errors
+    @_handler
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
         wanted = pb.ListFlightsCriteria()
         if criteria:
@@ -202,57 +204,13 @@ def _training_command(descriptor: flight.FlightDescriptor) -> pb.TrainingSetComm
     return command
 
 
-def _translated(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    try:
-        yield from batches
-    except Exception as exc:
-        raise _translate(exc, "do_get") from None
-
-
-_DONE = object()
-
-
-def _prefetched(
-    batches: Iterator[pa.RecordBatch], context: flight.ServerCallContext
+def _received(
+    reader: flight.MetadataRecordBatchReader, count: Callable[[pa.RecordBatch], None] | None
 ) -> Iterator[pa.RecordBatch]:
-    """`batches`, computed on a helper thread up to `_PREFETCH_BATCHES` ahead."""
-    buffer: queue.Queue[object] = queue.Queue(maxsize=_PREFETCH_BATCHES)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not (stop.is_set() or context.is_cancelled()):
-            try:
-                buffer.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not put(batch):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer, which raises it
-            put(exc)
-
-    # The producer runs in a copy of this context so the join's span stays in the call's trace.
-    context_copy = contextvars.copy_context()
-    threading.Thread(
-        target=context_copy.run, args=(produce,), name="quiver-do-get", daemon=True
-    ).start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        # The client went away or the stream failed: let the producer stop.
-        stop.set()
+    for chunk in reader:
+        if count is not None:
+            count(chunk.data)
+        yield chunk.data
 
 
 def create_flight_server(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 from google.protobuf import message
 
-from quiver._training_client import DEFAULT_TIMESTAMP_COLUMN
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -29,7 +29,7 @@ from quiver.errors import (
 )
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.registry.v1 import governance_pb2 as gpb
-from quiver_flight.convert import pack, timestamp_seconds, unpack_ticket
+from quiver_flight.convert import timestamp_seconds, unpack_ticket
 from quiver_flight.history import HistorySource
 from quiver_flight.pit import (
     PointInTimeEngine,
@@ -43,7 +43,7 @@ from quiver_server.config import FlightConfig
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
-from quiver_server.telemetry.scope import traced
+from quiver_server.telemetry.spans import traced
 
 ROLE_METADATA = b"quiver.role"
 _SNAPSHOTS_KEPT = 8

@@ -67,17 +67,27 @@ def cmd_plan(config: QuiverConfig, args: argparse.Namespace) -> int:
 
 def cmd_materialize(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_range
+    from quiver_server.progress import MaterializeBars
+    from quiver_server.telemetry.job import run_materialization
 
     if args.start >= args.end:
         raise SystemExit(f"quiver: error: START ({args.start}) must be before END ({args.end})")
-    materialize_range(config, args.start, args.end, _views(args.views), progress=True)
+    with MaterializeBars() as bars:
+        run_materialization(config, lambda progress: materialize_range(
+            config, args.start, args.end, _views(args.views), progress=progress
+        ), draw=bars)
     return 0
 
 
 def cmd_materialize_incremental(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_incremental
+    from quiver_server.progress import MaterializeBars
+    from quiver_server.telemetry.job import run_materialization
 
-    materialize_incremental(config, args.end, _views(args.views), progress=True)
+    with MaterializeBars() as bars:
+        run_materialization(config, lambda progress: materialize_incremental(
+            config, args.end, _views(args.views), progress=progress
+        ), draw=bars)
     return 0
 
 
@@ -152,26 +162,23 @@ def _print_history(store: RegistryStore) -> int:
 def cmd_delete_entity(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.deletion import delete_entities
     from quiver_server.online.factory import open_online_store
+    from quiver_server.online.keys import parse_key
     from quiver_server.registry.store import RegistryStore
 
     registry = RegistryStore(config.registry_path)
     snapshot = registry.latest_good() or registry.latest()  # the latter raises why
-    key_types = {k.name: k.dtype for e in snapshot.entities.values() for k in e.join_keys}
+    keys = {k.name: k for e in snapshot.entities.values() for k in e.join_keys}
     entities: dict[str, list[object]] = {}
     for item in args.keys:
         name, sep, value = item.partition("=")
-        if not sep or name not in key_types:
-            known = ", ".join(sorted(key_types))
+        if not sep or name not in keys:
+            known = ", ".join(sorted(keys))
             raise SystemExit(f"quiver: error: {item!r}: use KEY=VALUE with a join key ({known})")
-        dtype = key_types[name]
-        parsed: object = value
-        if dtype.name in ("INT64", "INT32"):
-            try:
-                parsed = int(value)
-            except ValueError:
-                raise SystemExit(f"quiver: error: {item!r}: {name} is an integer key") from None
-        elif dtype.name == "BYTES":
-            parsed = value.encode()
+        try:
+            parsed = parse_key(keys[name], value)
+        except ValueError:
+            kind = keys[name].dtype.name.lower()
+            raise SystemExit(f"quiver: error: {item!r}: {name} is a {kind} key") from None
         entities.setdefault(name, []).append(parsed)
     store = open_online_store(config)
     try:

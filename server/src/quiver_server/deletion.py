@@ -10,16 +10,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from quiver import FeatureView, ValueType
+from quiver import FeatureView
 from quiver.errors import InvalidArgumentError
-from quiver_server.echo import clip, name_list
+from quiver_server.echo import name_list
 from quiver_server.online.base import OnlineStore
-from quiver_server.online.keys import encode_keys
+from quiver_server.online.keys import check_key_values, encode_keys
 from quiver_server.registry.snapshot import Snapshot
-
-_PYTHON_TYPES: dict[ValueType, type] = {
-    ValueType.INT64: int, ValueType.INT32: int, ValueType.STRING: str, ValueType.BYTES: bytes,
-}
 
 
 @dataclass
@@ -97,11 +93,5 @@ def target_views(
                 f"entities.{missing[0]}", f"feature view {view.name!r} needs join keys {missing}"
             )
         for key in view.join_keys:
-            python_type = _PYTHON_TYPES[key.dtype]
-            bad = [v for v in entities[key.name] if not isinstance(v, python_type) or isinstance(v, bool)]
-            if bad:
-                raise InvalidArgumentError.for_field(
-                    f"entities.{key.name}",
-                    f"join key is {key.dtype.name.lower()}; got {clip(repr(bad[0]))}",
-                )
+            check_key_values(f"entities.{key.name}", key, entities[key.name])
     return targets

@@ -24,14 +24,12 @@ anything is written, so a repo with one bad source writes nothing at all.
 
 from __future__ import annotations
 
-import math
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -61,10 +59,15 @@ from quiver_server.online.factory import open_online_store
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
-from quiver_server.telemetry.hooks import traced_materialization, traced_view_materialization
 from quiver_server.times import latest_allowed, micros
 
-__all__ = ["ViewMaterialization", "materialize_incremental", "materialize_range"]
+__all__ = [
+    "MaterializeProgress",
+    "ProgressCallback",
+    "ViewMaterialization",
+    "materialize_incremental",
+    "materialize_range",
+]
 
 EVENT_TS = "__event_ts"
 CREATED_TS = "__created_ts"
@@ -112,6 +115,34 @@ class ViewMaterialization:
 
 
 @dataclass(frozen=True)
+class MaterializeProgress:
+    """One step of materializing one view, as the `progress` callback receives it.
+
+    Attributes:
+        view: The feature view.
+        phase: ``start``; then ``read`` (after each batch of history read) and
+            ``write`` (after each chunk written to the store); then ``done``.
+        rows: History rows read so far (read), rows offered to the store so far
+            (write), or entities (start and done: 0 and the result's entities).
+        total: Rows to write (write), when known.
+        result: The view's result (done).
+    """
+
+    view: str
+    phase: Literal["start", "read", "write", "done"]
+    rows: int = 0
+    total: int | None = None
+    result: ViewMaterialization | None = None
+
+
+ProgressCallback = Callable[[MaterializeProgress], None]
+
+
+def _ignore(event: MaterializeProgress) -> None:
+    return None
+
+
+@dataclass(frozen=True)
 class _Column:
     """One column to read: where it comes from and what it becomes."""
 
@@ -143,7 +174,8 @@ def materialize_range(
     start: datetime,
     end: datetime,
     views: Sequence[str] | None = None,
-    progress: bool = True,
+    *,
+    progress: ProgressCallback | None = None,
 ) -> list[ViewMaterialization]:
     """Materialize history with event time in ``[start, end)``.
 
@@ -154,7 +186,8 @@ def materialize_range(
         start: Window start, inclusive (naive means UTC).
         end: Window end, exclusive (naive means UTC).
         views: Feature views to materialize; default every online view.
-        progress: Draw progress on stderr.
+        progress: Called as each view progresses (see `MaterializeProgress`);
+            nothing is reported by default. The CLI draws it.
 
     Returns:
         One result per view, in order.
@@ -184,7 +217,8 @@ def materialize_incremental(
     config: QuiverConfig,
     end: datetime,
     views: Sequence[str] | None = None,
-    progress: bool = True,
+    *,
+    progress: ProgressCallback | None = None,
 ) -> list[ViewMaterialization]:
     """Materialize each view from where the last run stopped up to `end`.
 
@@ -224,13 +258,13 @@ def _select_views(snapshot: Snapshot, names: Sequence[str] | None) -> list[ViewT
     return tables
 
 
-@traced_materialization
 def _run(
     config: QuiverConfig,
     registry: RegistryStore,
     windows: Sequence[tuple[ViewTable, datetime | None, datetime]],
-    progress: bool,
+    progress: ProgressCallback | None,
 ) -> list[ViewMaterialization]:
+    report = progress or _ignore
     # Check every source before writing anything.
     jobs = [_plan(config, table, start, end) for table, start, end in windows]
     results: list[ViewMaterialization] = []
@@ -241,7 +275,10 @@ def _run(
             if job.dataset is None:
                 results.append(ViewMaterialization(job.table.name, job.start, job.end, 0, 0, 0, 0, 0.0))
                 continue
-            results.append(_materialize_view(store, job, _Progress(job.table.name, progress)))
+            report(MaterializeProgress(job.table.name, "start"))
+            outcome = _materialize_view(store, job, report)
+            report(MaterializeProgress(job.table.name, "done", outcome.entities, result=outcome))
+            results.append(outcome)
             done[job.table.name] = job.end
     finally:
         store.close()
@@ -357,8 +394,9 @@ def _bound(value: datetime, column_type: pa.DataType) -> pa.Scalar:
 # -- running -----------------------------------------------------------------------
 
 
-@traced_view_materialization
-def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) -> ViewMaterialization:
+def _materialize_view(
+    store: OnlineStore, job: _ViewJob, report: ProgressCallback
+) -> ViewMaterialization:
     began = time.perf_counter()
     name = job.table.name
     assert job.dataset is not None
@@ -374,7 +412,7 @@ def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) ->
                 pending.append(batch)
                 pending_rows += batch.num_rows
                 rows_read += batch.num_rows
-                progress.update("reading", rows_read)
+                report(MaterializeProgress(name, "read", rows_read))
                 if pending_rows >= max(COMPACT_ROWS, latest.num_rows if latest else 0):
                     latest = _latest_per_key(_concat(latest, pending, scanner), job)
                     pending, pending_rows = [], 0
@@ -393,13 +431,11 @@ def _materialize_view(store: OnlineStore, job: _ViewJob, progress: _Progress) ->
         result = store.write(job.table, _write_batch(job, chunk))
         written += result.rows - result.superseded
         superseded += result.superseded
-        progress.update("writing", offset + chunk.num_rows, entities)
+        report(MaterializeProgress(name, "write", offset + chunk.num_rows, entities))
     seconds = time.perf_counter() - began
-    outcome = ViewMaterialization(
+    return ViewMaterialization(
         name, job.start, job.end, rows_read, entities, written, superseded, seconds
     )
-    progress.done(outcome)
-    return outcome
 
 
 def _concat(latest: pa.Table | None, batches: list[pa.RecordBatch], scanner: ds.Scanner) -> pa.Table:
@@ -484,44 +520,4 @@ def _clamp_end(config: QuiverConfig, end: datetime) -> datetime:
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
-
-class _Progress:
-    """A one-line progress report per view on stderr; no dependencies.
-
-    On a terminal the line is redrawn in place; elsewhere (CI logs) a line is
-    printed at most every few seconds so logs stay short.
-    """
-
-    def __init__(self, view: str, enabled: bool, stream: TextIO | None = None) -> None:
-        self.view = view
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.began = self.last = time.monotonic()
-
-    def update(self, phase: str, done: int, total: int | None = None) -> None:
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.last < (0.1 if self.tty else 5.0) and done != total:
-            return
-        self.last = now
-        if total:
-            share = done / total
-            bar = "#" * math.floor(share * 20)
-            text = f"{self.view}: {phase} [{bar:<20}] {done:,}/{total:,} rows"
-        else:
-            text = f"{self.view}: {phase} {done:,} rows"
-        self._emit(f"{text} ({now - self.began:.1f} s)")
-
-    def done(self, outcome: ViewMaterialization) -> None:
-        if self.enabled:
-            self._emit(str(outcome), final=True)
-
-    def _emit(self, text: str, final: bool = False) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
 

@@ -22,24 +22,21 @@ import structlog
 from opentelemetry import trace
 
 from quiver_server.config import LoggingConfig
-from quiver_server.telemetry.recorder import current_span_id
-from quiver_server.telemetry.scope import current_scope
 
 
 def add_trace_context(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """structlog processor: ``trace_id``/``span_id`` of the current span, if any."""
+    """structlog processor: ``trace_id``/``span_id`` of the current span, if any.
+
+    A remote span is the caller's (this process does not trace, the caller does):
+    its trace id joins the caller's trace, its span id is not ours to log.
+    """
     context = trace.get_current_span().get_span_context()
-    scope = current_scope()
     if context.is_valid:
-        span_id = context.span_id
-        if scope is not None and scope.call is not None and scope.call.span_id == span_id:
-            span_id = current_span_id() or span_id  # inside a recorded child span
         event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
-        event_dict.setdefault("span_id", format(span_id, "016x"))
-    elif scope is not None and scope.remote_trace_id is not None:
-        event_dict.setdefault("trace_id", scope.remote_trace_id)
+        if not context.is_remote:
+            event_dict.setdefault("span_id", format(context.span_id, "016x"))
     return event_dict
 
 

@@ -6,37 +6,22 @@ store as it was. Naive timestamps are read as UTC (as in materialization).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import Enum
 
 import pyarrow as pa
 
-from quiver import FeatureView, ValueType
+from quiver import FeatureView, PushResult, PushTarget, ValueType
 from quiver.errors import FieldViolation, InvalidArgumentError
 from quiver_server import echo
 from quiver_server.offline.append import append_history
 from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.keys import encode_keys
-from quiver_server.telemetry.hooks import traced_push
+from quiver_server.telemetry.spans import traced
 from quiver_server.times import latest_allowed, time_violation
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _PUSH_TIME = "__quiver_push_time"
-
-
-class PushTarget(Enum):
-    ONLINE = "online"
-    OFFLINE = "offline"
-    ONLINE_AND_OFFLINE = "online_and_offline"
-
-
-@dataclass
-class PushResult:
-    rows: int
-    superseded: int
-    offline_files: list[str]
 
 
 def validate_rows(view: FeatureView, rows: pa.Table, latest: datetime) -> pa.Table:
@@ -126,7 +111,7 @@ def to_write_batch(view: FeatureView, rows: pa.Table, created_column: str) -> Wr
     return WriteBatch(keys=keys, event_ts=event, created_ts=created, features=features)
 
 
-@traced_push
+@traced("quiver.push")
 def push(
     store: OnlineStore,
     table: ViewTable,
@@ -152,12 +137,9 @@ def push(
     created_column = created_field or _PUSH_TIME
     if created_column not in rows.column_names:
         rows = rows.append_column(created_column, pa.array([now] * rows.num_rows, _TIMESTAMP))
-    files: list[str] = []
-    if to in (PushTarget.OFFLINE, PushTarget.ONLINE_AND_OFFLINE):
-        offline = rows if created_field else rows.drop_columns([_PUSH_TIME])
-        files = append_history(offline_root, view, offline)
+    if to.offline:
+        append_history(offline_root, view, rows if created_field else rows.drop_columns([_PUSH_TIME]))
     superseded = 0
-    if to in (PushTarget.ONLINE, PushTarget.ONLINE_AND_OFFLINE):
-        result = store.write(table, to_write_batch(view, rows, created_column))
-        superseded = result.superseded
-    return PushResult(rows=rows.num_rows, superseded=superseded, offline_files=files)
+    if to.online:
+        superseded = store.write(table, to_write_batch(view, rows, created_column)).superseded
+    return PushResult(rows=rows.num_rows, superseded=superseded)

@@ -24,6 +24,7 @@ from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
 from quiver_server.registry import convert
+from quiver_server.registry.layout import assign_bins
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
 
@@ -280,30 +281,3 @@ def _rebuild(proto: pb.Registry, contents: RepoContents, config: QuiverConfig) -
             meta.updated_at.FromDatetime(now)
             meta.defined_in_version = proto.version + 1
         assign_bins(meta.layout, view, stored_views.get(name))
-
-
-def assign_bins(layout: pb.StorageLayout, view: FeatureView, old: pb.FeatureView | None) -> None:
-    """Give every feature a short storage name, stable while its type is unchanged.
-
-    Removed or retyped features lose their name, and names are never handed out
-    again, so stale values in a store can never be read as a different feature.
-    """
-    old_types = {f.name: f.value_type for f in old.features} if old is not None else {}
-    current = {f.name: int(f.dtype) for f in view.schema}
-    for feature in list(layout.bin_names):
-        if current.get(feature) != old_types.get(feature):
-            del layout.bin_names[feature]
-    for feature in view.feature_names:
-        if feature not in layout.bin_names:
-            layout.bin_names[feature] = _bin_name(layout.next_bin)
-            layout.next_bin += 1
-
-
-def _bin_name(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    text = ""
-    while True:
-        number, rem = divmod(number, 36)
-        text = digits[rem] + text
-        if number == 0:
-            return "f" + text

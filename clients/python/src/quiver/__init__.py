@@ -11,7 +11,7 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
-from quiver._online_client import ErasureResult, OnlineClient, PushResult
+from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
 from quiver._training_client import (
     DatasetSpine,
@@ -19,19 +19,23 @@ from quiver._training_client import (
     SpineHandle,
     TrainingClient,
     TrainingDataset,
+    TrainingProgress,
 )
-from quiver._types import (
+from quiver.errors import QuiverError
+from quiver.types import (
     Bool,
     Bytes,
+    ErasureResult,
     Float32,
     Float64,
     Int32,
     Int64,
+    PushResult,
+    PushTarget,
     String,
     Timestamp,
     ValueType,
 )
-from quiver.errors import QuiverError
 
 __version__ = "0.1.0"
 
@@ -54,12 +58,14 @@ __all__ = [
     "OnlineResponse",
     "ParquetSource",
     "PushResult",
+    "PushTarget",
     "QuiverError",
     "SpineHandle",
     "String",
     "Timestamp",
     "TrainingClient",
     "TrainingDataset",
+    "TrainingProgress",
     "ValueType",
     "__version__",
     "parse_feature_ref",

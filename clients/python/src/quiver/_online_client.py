@@ -4,61 +4,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import grpc
 import pyarrow as pa
 
-from quiver._convert import encode_columns
 from quiver._online_response import OnlineResponse, as_list
-from quiver._status import from_rpc_error
+from quiver.convert import encode_columns, push_target_to_proto
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
+from quiver.status import from_rpc_error
+from quiver.types import ErasureResult, PushResult, PushTarget
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
-
-_PUSH_TARGETS = {
-    "online": pb.PUSH_TARGET_ONLINE,
-    "offline": pb.PUSH_TARGET_OFFLINE,
-    "online_and_offline": pb.PUSH_TARGET_ONLINE_AND_OFFLINE,
-}
-
-
-@dataclass(frozen=True)
-class ErasureResult:
-    """What an online and offline erasure did.
-
-    Attributes:
-        erasure_id: Its id in the server's erasure log.
-        feature_views: Views it erased from.
-        online_rows_deleted: Online rows removed.
-        offline_rows_deleted: History rows removed.
-        files_rewritten: History files rewritten.
-        datasets_affected: Training datasets ("name:version") whose spine held
-            the entities; they can no longer be pulled cell for cell.
-    """
-
-    erasure_id: str
-    feature_views: list[str]
-    online_rows_deleted: int
-    offline_rows_deleted: int
-    files_rewritten: int
-    datasets_affected: list[str]
-
-
-@dataclass(frozen=True)
-class PushResult:
-    """Rows accepted, and how many of them were older than what is stored online."""
-
-    rows: int
-    superseded: int
-
 
 def _as_table(rows: Any) -> pa.Table:
     if isinstance(rows, pa.Table):
@@ -232,7 +195,7 @@ class OnlineClient:
         feature_view: str,
         rows: Mapping[str, Sequence[Any]] | pa.Table | Any,
         *,
-        to: str = "online",
+        to: PushTarget | str = PushTarget.ONLINE,
         timeout: float | None = None,
     ) -> PushResult:
         """Write rows of one feature view to the online store, offline history, or both.
@@ -250,7 +213,8 @@ class OnlineClient:
                 holding every join key, every feature and the event timestamp
                 column (named after the view's source timestamp field). Naive
                 timestamps are read as UTC.
-            to: ``"online"``, ``"offline"`` or ``"online_and_offline"``.
+            to: A `PushTarget` or its value: ``"online"``, ``"offline"`` or
+                ``"online_and_offline"``.
             timeout: Deadline in seconds of each message; the client default when None.
 
         Raises:
@@ -259,11 +223,13 @@ class OnlineClient:
                 that message is written.
             NotFoundError: unknown feature view.
         """
-        target = _PUSH_TARGETS.get(to)
-        if target is None:
+        try:
+            target = push_target_to_proto(PushTarget(to))
+        except ValueError:
+            allowed = ", ".join(t.value for t in PushTarget)
             raise InvalidArgumentError.for_field(
-                "to", f"{to!r} is not a push target; allowed: {', '.join(_PUSH_TARGETS)}"
-            )
+                "to", f"{to!r} is not a push target; allowed: {allowed}"
+            ) from None
         table = _as_table(rows)
         written = superseded = 0
         for _, data in push_messages(table, self.max_push_bytes):

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from quiver._convert import from_values
-from quiver._types import ValueType
+from quiver.convert import from_values
 from quiver.serving.v1 import serving_service_pb2 as pb
+from quiver.types import ValueType
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -15,8 +15,8 @@ import contextvars
 import logging
 import math
 import os
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,20 +26,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from google.protobuf import any_pb2, message
 from pyarrow import flight
 
-from quiver._status import from_flight_error
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
+from quiver.prefetch import Prefetch
 from quiver.registry.v1 import governance_pb2 as gpb
+from quiver.status import from_flight_error
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 # Below this many rows per partition, more partitions cost more than they win
 # (each one re-encodes its keys and re-reads its spine rows).
 _MIN_AUTO_PARTITION_ROWS = 500_000
@@ -135,7 +135,7 @@ class TrainingClient:
         self._middleware: list[flight.ClientMiddlewareFactory] = []
         if tracing is not False:
             # Imported only now: the client does not depend on OpenTelemetry.
-            from quiver._flight_tracing import TracingClientMiddlewareFactory
+            from quiver._tracing import TracingClientMiddlewareFactory
 
             provider = None if tracing is True else tracing
             self._middleware.append(TracingClientMiddlewareFactory(location, provider))
@@ -176,7 +176,7 @@ class TrainingClient:
         """
         schema, batches = _spine_batches(spine)
         command = pb.UploadSpineCommand(timestamp_column=timestamp_column)
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
 
         def upload() -> bytes:
             writer, metadata = self._client.do_put(descriptor, schema, self._options)
@@ -231,7 +231,7 @@ class TrainingClient:
         if partition_rows is None and rows:
             partition_rows = max(math.ceil(rows / self.max_workers), _MIN_AUTO_PARTITION_ROWS)
         command.partition_rows = partition_rows or 0
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
         return _call(lambda: self._client.get_flight_info(descriptor, self._options))
 
     def get_training_set(
@@ -243,6 +243,7 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.Table:
         """The spine joined point-in-time with the features, as one Arrow table.
 
@@ -263,6 +264,10 @@ class TrainingClient:
             timestamp_column: The spine's event-time column.
             partition_rows: Spine rows per partition; by default the spine is
                 split so that `max_workers` partitions are fetched at once.
+            progress: Called after each record batch arrives with the rows
+                received so far and the total (see `TrainingProgress`); nothing
+                is reported by default. For a bar: ``bar = tqdm(unit="rows")``
+                and ``progress=lambda p: bar.update(p.rows - bar.n)``.
 
         Raises:
             InvalidArgumentError: a spine that does not fit the features (a
@@ -279,7 +284,7 @@ class TrainingClient:
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
             partition_rows=partition_rows,
         )
-        return self.fetch(info)
+        return self.fetch(info, progress=progress)
 
     def get_training_set_reader(
         self,
@@ -290,6 +295,7 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.RecordBatchReader:
         """Like `get_training_set`, but streamed: batches in spine order as they arrive.
 
@@ -301,26 +307,38 @@ class TrainingClient:
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
             partition_rows=partition_rows,
         )
-        return self.fetch_reader(info)
+        return self.fetch_reader(info, progress=progress)
 
-    def fetch(self, info: flight.FlightInfo) -> pa.Table:
+    def fetch(
+        self,
+        info: flight.FlightInfo,
+        *,
+        progress: Callable[[TrainingProgress], None] | None = None,
+    ) -> pa.Table:
         """Every endpoint of a planned training set, fetched in parallel, as one table."""
         endpoints = list(info.endpoints)
+        counter = _Counter(info, progress)
         if len(endpoints) == 1:
-            return self._read_endpoint(endpoints[0])
+            return self._read_endpoint(endpoints[0], counter)
         with ThreadPoolExecutor(min(self.max_workers, len(endpoints))) as pool:
             # Each fetch runs in a copy of the caller's context, so tracing
             # (and anything else kept in context variables) follows it.
-            futures = [pool.submit(contextvars.copy_context().run, self._read_endpoint, endpoint)
-                       for endpoint in endpoints]
+            futures = [
+                pool.submit(contextvars.copy_context().run, self._read_endpoint, endpoint, counter)
+                for endpoint in endpoints
+            ]
             tables = [future.result() for future in futures]
         return pa.concat_tables(tables) if tables else info.schema.empty_table()
 
-    def fetch_reader(self, info: flight.FlightInfo) -> pa.RecordBatchReader:
+    def fetch_reader(
+        self,
+        info: flight.FlightInfo,
+        *,
+        progress: Callable[[TrainingProgress], None] | None = None,
+    ) -> pa.RecordBatchReader:
         """Every endpoint of a planned training set, streamed in order."""
-        context = contextvars.copy_context()
         return pa.RecordBatchReader.from_batches(
-            info.schema, self._stream(list(info.endpoints), context)
+            info.schema, self._stream(list(info.endpoints), _Counter(info, progress))
         )
 
     def get_schema(
@@ -333,7 +351,7 @@ class TrainingClient:
     ) -> pa.Schema:
         """The columns a spine needs (join keys, timestamp) followed by the features."""
         command = self._command(features, feature_service, full_feature_names, timestamp_column)
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
         result = _call(lambda: self._client.get_schema(descriptor, self._options))
         return result.schema
 
@@ -414,8 +432,10 @@ class TrainingClient:
         )
         return self._dataset(command)
 
-    def _dataset(self, command: message.Message) -> TrainingDataset:
-        descriptor = flight.FlightDescriptor.for_command(_pack(command))
+    def _dataset(
+        self, command: pb.CreateTrainingDatasetCommand | pb.TrainingDatasetCommand
+    ) -> TrainingDataset:
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
         info = _call(lambda: self._client.get_flight_info(descriptor, self._options))
         described = gpb.TrainingDatasetInfo()
         described.ParseFromString(info.app_metadata)
@@ -463,66 +483,93 @@ class TrainingClient:
                 return self._connect(uri)
         return self._client
 
-    def _read_endpoint(self, endpoint: flight.FlightEndpoint) -> pa.Table:
+    def _read_endpoint(self, endpoint: flight.FlightEndpoint, counter: _Counter) -> pa.Table:
         client = self._client_for(endpoint)
-        return _call(lambda: client.do_get(endpoint.ticket, self._options).read_all())
-
-    def _stream(
-        self, endpoints: list[flight.FlightEndpoint], context: contextvars.Context
-    ) -> Iterator[pa.RecordBatch]:
-        stop = threading.Event()
-        done = object()
-        buffers: list[queue.Queue[object]] = [queue.Queue(_QUEUED_BATCHES) for _ in endpoints]
-
-        def put(buffer: queue.Queue[object], item: object) -> bool:
-            while not stop.is_set():
-                try:
-                    buffer.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce(index: int) -> None:
-            buffer = buffers[index]
+        reader = _call(lambda: client.do_get(endpoint.ticket, self._options))
+        if counter.progress is None:
+            return _call(reader.read_all)
+        batches: list[pa.RecordBatch] = []
+        while True:
             try:
-                client = self._client_for(endpoints[index])
-                reader = _call(lambda: client.do_get(endpoints[index].ticket, self._options))
-                while True:
-                    try:
-                        chunk = _call(reader.read_chunk)
-                    except StopIteration:
-                        break
-                    if not put(buffer, chunk.data):
-                        return
-                put(buffer, done)
-            except BaseException as exc:
-                put(buffer, exc)
+                chunk = _call(reader.read_chunk)
+            except StopIteration:
+                return pa.Table.from_batches(batches, schema=reader.schema)
+            counter.add(chunk.data)
+            batches.append(chunk.data)
 
-        threads: list[threading.Thread] = []
+    def _batches(self, endpoint: flight.FlightEndpoint) -> Iterator[pa.RecordBatch]:
+        """One endpoint's record batches, as they arrive; cancelled if left unread."""
+        client = self._client_for(endpoint)
+        reader = _call(lambda: client.do_get(endpoint.ticket, self._options))
+        finished = False
+        try:
+            while True:
+                try:
+                    chunk = _call(reader.read_chunk)
+                except StopIteration:
+                    finished = True
+                    return
+                yield chunk.data
+        finally:
+            if not finished:
+                reader.cancel()
+
+    def _stream(self, endpoints: list[flight.FlightEndpoint], counter: _Counter
+                ) -> Iterator[pa.RecordBatch]:
+        """Endpoints in order, up to `max_workers` of them fetched ahead at once."""
+        ahead: deque[Prefetch[pa.RecordBatch]] = deque()
 
         def start(index: int) -> None:
             if index < len(endpoints):
-                thread = threading.Thread(target=context.copy().run, args=(produce, index),
-                                          daemon=True, name=f"quiver-fetch-{index}")
-                thread.start()
-                threads.append(thread)
+                ahead.append(Prefetch(
+                    self._batches(endpoints[index]), _QUEUED_BATCHES, on_item=counter.add,
+                    name=f"quiver-fetch-{index}",
+                ))
 
         for index in range(min(self.max_workers, len(endpoints))):
             start(index)
         try:
             for index in range(len(endpoints)):
-                while True:
-                    item = buffers[index].get()
-                    if item is done:
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-                buffers[index] = queue.Queue()  # drop the reference to a finished partition
+                yield from ahead[0]
+                ahead.popleft()
                 start(index + self.max_workers)
         finally:
-            stop.set()
+            for prefetch in ahead:
+                prefetch.close()
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """How much of a training set has arrived.
+
+    Attributes:
+        rows: Rows received so far.
+        total_rows: Rows the whole training set has (from the plan); None if unknown.
+        batches: Record batches received so far.
+    """
+
+    rows: int
+    total_rows: int | None
+    batches: int
+
+
+class _Counter:
+    """Rows received for one pull, reported to its progress callback (any thread)."""
+
+    def __init__(self, info: flight.FlightInfo, progress: Callable[[TrainingProgress], None] | None
+                 ) -> None:
+        self.progress = progress
+        self.total = info.total_records if info.total_records >= 0 else None
+        self.rows = self.batches = 0
+        self._lock = threading.Lock()
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if self.progress is None:
+            return
+        with self._lock:
+            self.rows += batch.num_rows
+            self.batches += 1
+            self.progress(TrainingProgress(self.rows, self.total, self.batches))
 
 
 def _spine_batches(spine: Any) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -567,12 +614,6 @@ def _parquet_batches(path: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
             yield from pq.ParquetFile(file).iter_batches(batch_size=_UPLOAD_BATCH_ROWS)
 
     return schema, batches()
-
-
-def _pack(command: message.Message) -> bytes:
-    wrapper = any_pb2.Any()
-    wrapper.Pack(command)
-    return wrapper.SerializeToString()
 
 
 def _call(func: Callable[[], T]) -> T:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from quiver._types import ValueType
+from quiver.types import ValueType
 
 _t = pa.types
 

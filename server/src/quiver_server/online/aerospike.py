@@ -10,7 +10,7 @@ Reads: every view and entity of one `read` call goes to the cluster in one batch
 call; only the requested bins come back. Writes: batches of `batch_size`
 records, each replacing the whole record, guarded by a filter expression on the
 stored ``_e``/``_c`` so the server itself refuses to go back in time
-(`aerospike_layout.compile_write_filter`). Deletes: batch removes.
+(`aerospike_expressions`). Deletes: batch removes.
 
 TTL: a record expires ``ttl`` seconds after its last write when its view has a
 ttl, and never otherwise. The namespace must allow TTLs for that: a server with
@@ -39,11 +39,9 @@ from aerospike_helpers.batch.records import BatchRecords, Read, Write
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver_server.config import AerospikeOnlineStoreConfig
 from quiver_server.online.aerospike_connection import Connection
+from quiver_server.online.aerospike_expressions import CREATED_BIN, EVENT_BIN, WriteFilter
 from quiver_server.online.aerospike_layout import (
-    CREATED_BIN,
-    EVENT_BIN,
     ReadLayout,
-    WriteFilter,
     WriteLayout,
     find_bad_value,
     read_layout,
@@ -58,15 +56,14 @@ from quiver_server.online.aerospike_policy import (
     read_policy,
 )
 from quiver_server.online.base import (
-    MAX_CACHED_READS,
+    PreparedCache,
     ViewRead,
     ViewReadResult,
     ViewTable,
     WriteBatch,
     WriteResult,
     check_batch,
-    newest_per_key,
-    reject_unknown_features,
+    write_rows,
 )
 
 _WRITE = aerospike.OPERATOR_WRITE
@@ -99,8 +96,8 @@ class AerospikeOnlineStore:
         self.config = config
         self.namespace = config.namespace
         self._read_policy = read_policy(config)
-        self._read_layouts: dict[tuple[str, str, tuple[str, ...]], ReadLayout] = {}
-        self._write_layouts: dict[tuple[str, str], WriteLayout] = {}
+        self._read_layouts = PreparedCache(read_layout)
+        self._write_layouts = PreparedCache(lambda table, _: write_layout(table))
         self._filter = WriteFilter()
         self._connection = Connection(config)
 
@@ -114,25 +111,15 @@ class AerospikeOnlineStore:
         safe: the filter makes it idempotent).
         """
         n = len(batch)
-        check_batch(table, batch)
         if n == 0:
+            check_batch(table, batch)
             return WriteResult(0, 0)
-        layout = self._write_layout(table)
-        reject_unknown_features(table, batch, layout.features)
-        keys, event_ts, created_ts = batch.keys, batch.event_ts, batch.created_ts
+        layout: WriteLayout = self._write_layouts.get(table)
+        rows = write_rows(table, batch, layout.features)
+        keys, event_ts, created_ts = rows.keys, rows.event_ts, rows.created_ts
         columns: list[Sequence[Any]] = [
-            batch.features.get(feature) or [None] * n for feature in layout.features
+            [None] * len(keys) if column is None else column for column in rows.columns
         ]
-        losers = 0
-        if len(set(keys)) != n:
-            # Only each key's newest row can win; sending the others would only
-            # make the server filter them out.
-            picked = newest_per_key(keys, event_ts, created_ts)
-            losers = n - len(picked)
-            keys = [keys[i] for i in picked]
-            event_ts = [event_ts[i] for i in picked]
-            created_ts = [created_ts[i] for i in picked]
-            columns = [[column[i] for i in picked] for column in columns]
         client = self._connection.client()
         written = superseded = 0
         size = self.config.batch_size
@@ -178,14 +165,14 @@ class AerospikeOnlineStore:
                 )
             written += applied
             superseded += filtered
-        return WriteResult(rows=n, superseded=losers + superseded)
+        return WriteResult(rows=n, superseded=rows.superseded + superseded)
 
     def read(self, reads: Sequence[ViewRead]) -> list[ViewReadResult]:
         """Read several views in one batch call; each result is aligned with its keys."""
         spans: list[_Span] = []
         keys: list[tuple[str, str, bytearray]] = []
         for request in reads:
-            layout = self._read_layout(request.table, tuple(request.features))
+            layout: ReadLayout = self._read_layouts.get(request.table, tuple(request.features))
             unique: dict[bytes, int] = {}
             positions = [unique.setdefault(k, len(unique)) for k in request.keys]
             spans.append(_Span(layout, len(keys), len(unique), positions))
@@ -276,25 +263,6 @@ class AerospikeOnlineStore:
 
     # -- layouts and records ---------------------------------------------------------
 
-    def _read_layout(self, table: ViewTable, features: tuple[str, ...]) -> ReadLayout:
-        key = (table.project, table.name, features)
-        layout = self._read_layouts.get(key)
-        # Identity checks are cheap and catch a new registry version of the view.
-        if layout is None or not _current(layout, table):
-            layout = read_layout(table, features)
-            if len(self._read_layouts) >= MAX_CACHED_READS:
-                self._read_layouts.clear()
-            self._read_layouts[key] = layout
-        return layout
-
-    def _write_layout(self, table: ViewTable) -> WriteLayout:
-        key = (table.project, table.name)
-        layout = self._write_layouts.get(key)
-        if layout is None or not _current(layout, table):
-            layout = write_layout(table)
-            self._write_layouts[key] = layout
-        return layout
-
     def _write_records(
         self,
         layout: WriteLayout,
@@ -379,11 +347,6 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def _current(layout: ReadLayout | WriteLayout, table: ViewTable) -> bool:
-    """Whether `layout` was made from this registry version of the table."""
-    return layout.view is table.view and layout.bin_names is table.bin_names
 
 
 def _bad_timestamp(event_ts: Sequence[Any], created_ts: Sequence[Any]) -> str | None:

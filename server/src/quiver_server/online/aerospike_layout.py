@@ -1,4 +1,4 @@
-"""How Quiver lays feature rows out in Aerospike: sets, bins, values, the write filter.
+"""How Quiver lays feature rows out in Aerospike: sets, bins and values.
 
 Pure functions and small value objects, kept apart from the store so they can be
 tested without a server. See `quiver_server.online.aerospike` for the store.
@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aerospike
-from aerospike_helpers import expressions as exp
 
 from quiver import FeatureView
-from quiver._types import ValueType
 from quiver.errors import FailedPreconditionError
-from quiver_server.online.base import ViewTable, feature_type
+from quiver.types import ValueType
+from quiver_server.online.aerospike_expressions import CREATED_BIN, EVENT_BIN
+from quiver_server.registry.layout import ViewTable, feature_type, storage_name
 
-EVENT_BIN = "_e"
-CREATED_BIN = "_c"
 RESERVED_BINS = frozenset({EVENT_BIN, CREATED_BIN})
 MAX_BIN_NAME = 15  # bytes; a server limit
 MAX_SET_NAME = 63  # bytes; a server limit
@@ -145,15 +143,7 @@ def find_bad_value(
 
 def bin_name(table: ViewTable, feature: str) -> str:
     """The bin of `feature`, checked against Aerospike's rules."""
-    try:
-        name = table.bin_names[feature]
-    except KeyError:
-        feature_type(table.view, feature)  # an unknown feature gets the clearer error
-        raise FailedPreconditionError(
-            f"feature view {table.name!r}: feature {feature!r} has no storage name in the "
-            f"registry; run `quiver apply`",
-            reason="NO_STORAGE_LAYOUT",
-        ) from None
+    name = storage_name(table, feature)
     if name in RESERVED_BINS or not name or len(name.encode()) > MAX_BIN_NAME:
         raise FailedPreconditionError(
             f"feature view {table.name!r}: storage name {name!r} of feature {feature!r} "
@@ -169,7 +159,6 @@ class ReadLayout:
     """What to read for some features of one view, and how to decode it."""
 
     view: FeatureView
-    bin_names: Mapping[str, str]
     set_name: str
     features: tuple[str, ...]
     bins: tuple[str, ...]  # aligned with `features`
@@ -190,7 +179,7 @@ def read_layout(table: ViewTable, features: Sequence[str]) -> ReadLayout:
     read_ops = [{"op": aerospike.OPERATOR_READ, "bin": b} for b in read_bins]
     unwanted = frozenset(table.bin_names.values()).difference(bins)
     return ReadLayout(
-        table.view, table.bin_names, set_name(table.project, table.name), features, bins,
+        table.view, set_name(table.project, table.name), features, bins,
         decoders, read_bins, read_ops, unwanted,
     )
 
@@ -218,7 +207,6 @@ class WriteLayout:
     """How rows of one view are written."""
 
     view: FeatureView
-    bin_names: Mapping[str, str]
     set_name: str
     features: tuple[str, ...]  # every feature of the view
     bins: tuple[str, ...]  # aligned with `features`
@@ -231,72 +219,8 @@ def write_layout(table: ViewTable) -> WriteLayout:
     features = tuple(view.feature_names)
     return WriteLayout(
         view,
-        table.bin_names,
         set_name(table.project, table.name),
         features,
         tuple(bin_name(table, f) for f in features),
         record_ttl(view),
     )
-
-
-def compile_write_filter(event_ts: int, created_ts: int) -> list[Any]:
-    """The write rule as an Aerospike filter expression, compiled.
-
-    True when the stored record is absent or older:
-    ``_e`` absent OR ``_e < event_ts`` OR (``_e == event_ts`` AND ``_c <= created_ts``).
-    A write whose filter is false is not applied (result FILTERED_OUT), so the
-    rule holds on the server however many writers race.
-    """
-    compiled: list[Any] = exp.Or(
-        exp.Not(exp.BinExists(EVENT_BIN)),
-        exp.LT(exp.IntBin(EVENT_BIN), event_ts),
-        exp.And(
-            exp.Eq(exp.IntBin(EVENT_BIN), event_ts),
-            exp.LE(exp.IntBin(CREATED_BIN), created_ts),
-        ),
-    ).compile()
-    return compiled
-
-
-class WriteFilter:
-    """`compile_write_filter` for many rows, without building an expression per row.
-
-    A compiled expression is a flat list of ``(op, result_type, fixed, children)``
-    tuples in which constants are ``(VAL, None, {"val": v}, 0)``. The filter is
-    compiled once with two marker values; each call copies that list and puts
-    the row's timestamps where the markers were. Tests compare the result with
-    `compile_write_filter` so a change in the helpers' format cannot go unnoticed.
-    """
-
-    # Values no real timestamp pair uses together, to find the constants' places.
-    _EVENT_MARK = -0x5155_4956_4552_0001
-    _CREATED_MARK = -0x5155_4956_4552_0002
-
-    def __init__(self) -> None:
-        template = compile_write_filter(self._EVENT_MARK, self._CREATED_MARK)
-        self._template = template
-        self._event_at = self._positions(template, self._EVENT_MARK)
-        self._created_at = self._positions(template, self._CREATED_MARK)
-        if not self._event_at or not self._created_at:
-            raise RuntimeError("unexpected compiled expression format from aerospike_helpers")
-        op, result_type, _, children = template[self._event_at[0]]
-        self._value_op = (op, result_type, children)
-
-    @staticmethod
-    def _positions(template: list[Any], mark: int) -> tuple[int, ...]:
-        return tuple(
-            i for i, entry in enumerate(template)
-            if isinstance(entry[2], dict) and entry[2].get("val") == mark
-        )
-
-    def __call__(self, event_ts: int, created_ts: int) -> list[Any]:
-        op, result_type, children = self._value_op
-        expression = self._template.copy()
-        event = (op, result_type, {"val": event_ts}, children)
-        for i in self._event_at:
-            expression[i] = event
-        created = (op, result_type, {"val": created_ts}, children)
-        for i in self._created_at:
-            expression[i] = created
-        return expression
-

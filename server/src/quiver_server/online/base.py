@@ -12,26 +12,31 @@ again changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from operator import itemgetter
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from quiver import FeatureView, ValueType
 from quiver.errors import InvalidArgumentError
+from quiver_server.registry.layout import ViewTable, feature_type
 
+__all__ = [
+    "MAX_CACHED_READS",
+    "OnlineStore",
+    "PreparedCache",
+    "ViewRead",
+    "ViewReadResult",
+    "ViewTable",
+    "WriteBatch",
+    "WriteResult",
+    "WriteRows",
+    "check_batch",
+    "feature_type",
+    "newest_per_key",
+    "write_rows",
+]
 
-@dataclass(frozen=True)
-class ViewTable:
-    """Where and how one feature view is stored online."""
-
-    project: str
-    view: FeatureView
-    # Feature name -> short storage name (at most 15 characters).
-    bin_names: Mapping[str, str]
-
-    @property
-    def name(self) -> str:
-        return self.view.name
+P = TypeVar("P")
 
 
 @dataclass
@@ -115,6 +120,30 @@ class OnlineStore(Protocol):
 MAX_CACHED_READS = 1024
 
 
+class PreparedCache(Generic[P]):
+    """What a store prepares per view and selection (SQL, bin layouts), built once.
+
+    An entry is rebuilt when the view or its storage names are no longer the same
+    objects, i.e. when a new registry version is served; identity checks are cheap.
+    """
+
+    def __init__(self, build: Callable[[ViewTable, Any], P], limit: int = MAX_CACHED_READS) -> None:
+        self._build = build
+        self._limit = limit
+        self._entries: dict[tuple[str, str, Hashable], tuple[object, object, P]] = {}
+
+    def get(self, table: ViewTable, selection: Hashable = None) -> P:
+        key = (table.project, table.name, selection)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is table.view and entry[1] is table.bin_names:
+            return entry[2]
+        prepared = self._build(table, selection)
+        if len(self._entries) >= self._limit:
+            self._entries.clear()
+        self._entries[key] = (table.view, table.bin_names, prepared)
+        return prepared
+
+
 def check_batch(table: ViewTable, batch: WriteBatch) -> None:
     """Reject a batch whose columns disagree in length or carry null timestamps."""
     n = len(batch.keys)
@@ -149,24 +178,56 @@ def newest_per_key(
     return sorted(best.values())
 
 
-def feature_type(view: FeatureView, feature: str) -> ValueType:
-    """The type of `feature`, or InvalidArgumentError naming the view's features."""
-    try:
-        return view.feature(feature).dtype
-    except KeyError:
-        raise InvalidArgumentError.for_field(
-            "features",
-            f"feature view {view.name!r} has no feature {feature!r}; "
-            f"it has: {', '.join(view.feature_names)}",
-        ) from None
+@dataclass
+class WriteRows:
+    """A batch checked and reduced to one row per key, columns in a store's feature order.
+
+    `columns[i]` is None when the batch has no values for feature i (null rows).
+    """
+
+    keys: list[bytes]
+    event_ts: list[int]
+    created_ts: list[int]
+    columns: list[list[Any] | None]
+    # Rows dropped because a newer row of the same key is in the batch.
+    superseded: int
 
 
-def reject_unknown_features(table: ViewTable, batch: WriteBatch, known: Sequence[str]) -> None:
-    """InvalidArgumentError if the batch carries a feature the store does not lay out."""
-    unknown = [f for f in batch.features if f not in known]
+def write_rows(table: ViewTable, batch: WriteBatch, features: Sequence[str]) -> WriteRows:
+    """Check `batch` and keep each key's winning row (the write rule, within the batch).
+
+    Only each key's newest row can win, so stores send only those: fewer
+    operations, and no reliance on a store applying rows in order.
+
+    Raises:
+        InvalidArgumentError: columns of different lengths, null timestamps, or a
+            feature the view does not have.
+    """
+    check_batch(table, batch)
+    unknown = [f for f in batch.features if f not in features]
     if unknown:
         raise InvalidArgumentError.for_field(
             "features",
             f"feature view {table.name!r} has no feature {unknown[0]!r}; "
-            f"it has: {', '.join(known)}",
+            f"it has: {', '.join(features)}",
         )
+    keys, event_ts, created_ts = batch.keys, batch.event_ts, batch.created_ts
+    columns: list[list[Any] | None] = [batch.features.get(f) for f in features]
+    n = len(keys)
+    if len(set(keys)) == n:
+        return WriteRows(list(keys), list(event_ts), list(created_ts), columns, 0)
+    picked = newest_per_key(keys, event_ts, created_ts)
+    take = _picker(picked)
+    return WriteRows(
+        take(keys), take(event_ts), take(created_ts),
+        [None if c is None else take(c) for c in columns], n - len(picked),
+    )
+
+
+def _picker(indices: list[int]) -> Callable[[Sequence[Any]], list[Any]]:
+    """A function taking `indices` from a list, always returning a list."""
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda values: [values[index]]
+    getter = itemgetter(*indices)
+    return lambda values: list(getter(values))

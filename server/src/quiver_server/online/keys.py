@@ -12,9 +12,49 @@ from collections.abc import Sequence
 from typing import Any
 
 from quiver import Field, ValueType
+from quiver.errors import InvalidArgumentError
+from quiver_server.echo import clip
 
 _INT = struct.Struct(">q")
 _LEN = struct.Struct(">I")
+
+# The one table of what a join key of each type accepts: which wire types (an
+# integer key takes either integer width) and which Python values.
+ACCEPTED_KEY_TYPES: dict[ValueType, tuple[ValueType, ...]] = {
+    ValueType.INT64: (ValueType.INT64, ValueType.INT32),
+    ValueType.INT32: (ValueType.INT32, ValueType.INT64),
+    ValueType.STRING: (ValueType.STRING,),
+    ValueType.BYTES: (ValueType.BYTES,),
+}
+_PYTHON_TYPES: dict[ValueType, type] = {
+    ValueType.INT64: int, ValueType.INT32: int, ValueType.STRING: str, ValueType.BYTES: bytes,
+}
+
+
+def check_key_values(field: str, key: Field, values: Sequence[Any]) -> None:
+    """InvalidArgumentError naming `field` if a value does not fit join key `key`'s type."""
+    python_type = _PYTHON_TYPES.get(key.dtype)
+    bad = [v for v in values if python_type is None or not isinstance(v, python_type)
+           or isinstance(v, bool)]
+    if bad:
+        raise InvalidArgumentError.for_field(
+            field, f"join key is {key.dtype.name.lower()}; got {clip(repr(bad[0]))}"
+        )
+
+
+def parse_key(key: Field, text: str) -> Any:
+    """A join key value written as text (the CLI's KEY=VALUE): int, str or UTF-8 bytes.
+
+    Raises:
+        ValueError: text that is not a value of the key's type.
+    """
+    if key.dtype in (ValueType.INT64, ValueType.INT32):
+        return int(text)
+    if key.dtype == ValueType.BYTES:
+        return text.encode()
+    if key.dtype == ValueType.STRING:
+        return text
+    raise ValueError(f"join keys of type {key.dtype.name.lower()} are not supported")
 
 
 def encode_value(value: Any, dtype: ValueType) -> bytes:

@@ -32,20 +32,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import repeat
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from quiver import FeatureView
-from quiver._types import ValueType
 from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     QuiverError,
     UnavailableError,
 )
+from quiver.types import ValueType
 from quiver_server.online.base import (
-    MAX_CACHED_READS,
+    PreparedCache,
     ViewRead,
     ViewReadResult,
     ViewTable,
@@ -53,9 +52,9 @@ from quiver_server.online.base import (
     WriteResult,
     check_batch,
     feature_type,
-    newest_per_key,
-    reject_unknown_features,
+    write_rows,
 )
+from quiver_server.registry.layout import storage_name
 
 KEY = "__key"
 EVENT_TS = "__event_ts"
@@ -96,7 +95,6 @@ class _ReadPlan:
     """SQL and conversions to read some features of one view; built once, reused."""
 
     view: FeatureView
-    bin_names: object
     table: str
     features: tuple[str, ...]
     bins: tuple[str | None, ...]  # aligned with `features`; None: no such column yet
@@ -115,7 +113,6 @@ class _ReadPlan:
 @dataclass(frozen=True)
 class _WritePlan:
     view: FeatureView
-    bin_names: object
     table: str
     features: tuple[str, ...]  # every feature of the view, in column order
     bins: tuple[str, ...]
@@ -148,8 +145,8 @@ class SqliteOnlineStore:
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._closed = False
-        self._read_plans: dict[tuple[str, str, tuple[str, ...]], _ReadPlan] = {}
-        self._write_plans: dict[tuple[str, str], _WritePlan] = {}
+        self._read_plans = PreparedCache(_build_read_plan)
+        self._write_plans = PreparedCache(lambda table, _: _build_write_plan(table))
         # Columns known to exist per table; tables and columns are never dropped,
         # so this only grows and a hit saves a schema check per write.
         self._known_columns: dict[str, frozenset[str]] = {}
@@ -180,32 +177,22 @@ class SqliteOnlineStore:
     def write(self, table: ViewTable, batch: WriteBatch) -> WriteResult:
         """Upsert `batch` following the write rule; returns rows and rows superseded."""
         n = len(batch)
-        check_batch(table, batch)
         if n == 0:
+            check_batch(table, batch)
             return WriteResult(0, 0)
-        plan = self._write_plan(table)
-        reject_unknown_features(table, batch, plan.features)
-        columns: list[Sequence[Any] | repeat[Any]] = []
-        for feature in plan.features:
-            values = batch.features.get(feature)
-            columns.append(repeat(None) if values is None else values)
-        keys, event_ts, created_ts = batch.keys, batch.event_ts, batch.created_ts
-        losers = 0
-        if len(set(keys)) != n:
-            # Only each key's newest row can win, so send only those: fewer
-            # statements, and no reliance on SQLite applying rows in order.
-            picked = newest_per_key(keys, event_ts, created_ts)
-            losers = n - len(picked)
-            take = _picker(picked)
-            keys, event_ts, created_ts = take(keys), take(event_ts), take(created_ts)
-            columns = [c if isinstance(c, repeat) else take(c) for c in columns]
+        plan = self._write_plans.get(table)
+        rows = write_rows(table, batch, plan.features)
+        columns: list[Sequence[Any] | repeat[Any]] = [
+            repeat(None) if values is None else values for values in rows.columns
+        ]
+        keys = rows.keys
         conn = self._conn()
         with self._errors(f"writing feature view {table.name!r}"):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 added = self._ensure_columns(conn, plan)
                 cursor = conn.executemany(
-                    plan.upsert, zip(keys, event_ts, created_ts, *columns, strict=False)
+                    plan.upsert, zip(keys, rows.event_ts, rows.created_ts, *columns, strict=False)
                 )
                 applied = cursor.rowcount
                 conn.execute("COMMIT")
@@ -216,7 +203,7 @@ class SqliteOnlineStore:
         if added is not None:
             self._known_columns[plan.table] = added
         # rowcount counts applied rows only: the WHERE of DO UPDATE skips the rest.
-        return WriteResult(rows=n, superseded=losers + (len(keys) - applied))
+        return WriteResult(rows=n, superseded=rows.superseded + (len(keys) - applied))
 
     def read(self, reads: Sequence[ViewRead]) -> list[ViewReadResult]:
         """Read several views; each result is aligned with its request's keys."""
@@ -337,14 +324,6 @@ class SqliteOnlineStore:
 
     # -- writes ----------------------------------------------------------------------
 
-    def _write_plan(self, table: ViewTable) -> _WritePlan:
-        key = (table.project, table.name)
-        plan = self._write_plans.get(key)
-        if plan is None or plan.view is not table.view or plan.bin_names is not table.bin_names:
-            plan = _build_write_plan(table)
-            self._write_plans[key] = plan
-        return plan
-
     def _ensure_columns(
         self, conn: sqlite3.Connection, plan: _WritePlan
     ) -> frozenset[str] | None:
@@ -372,21 +351,10 @@ class SqliteOnlineStore:
 
     # -- reads -----------------------------------------------------------------------
 
-    def _read_plan(self, table: ViewTable, features: tuple[str, ...]) -> _ReadPlan:
-        key = (table.project, table.name, features)
-        plan = self._read_plans.get(key)
-        # Identity checks are cheap and catch a new registry version of the view.
-        if plan is None or plan.view is not table.view or plan.bin_names is not table.bin_names:
-            plan = _build_read_plan(table, features)
-            if len(self._read_plans) >= MAX_CACHED_READS:
-                self._read_plans.clear()
-            self._read_plans[key] = plan
-        return plan
-
     def _read_view(self, conn: sqlite3.Connection, read: ViewRead) -> ViewReadResult:
         features = tuple(read.features)
         keys = read.keys
-        plan = self._read_plan(read.table, features)
+        plan = self._read_plans.get(read.table, features)
         if not keys:
             return ViewReadResult([], {f: [] for f in features})
         action = f"reading feature view {read.table.name!r}"
@@ -437,7 +405,7 @@ class SqliteOnlineStore:
         existing = {row[1] for row in rows}
         bins = tuple(b if b in existing else None for b in plan.bins)
         return _ReadPlan(
-            plan.view, plan.bin_names, plan.table, plan.features, bins, plan.bools,
+            plan.view, plan.table, plan.features, bins, plan.bools,
             _select_prefix(plan.table, bins),
         )
 
@@ -449,9 +417,7 @@ def _build_read_plan(table: ViewTable, features: tuple[str, ...]) -> _ReadPlan:
         i for i, f in enumerate(features) if feature_type(view, f) == ValueType.BOOL
     )
     name = table_name(table.project, table.name)
-    return _ReadPlan(
-        view, table.bin_names, name, features, bins, bools, _select_prefix(name, bins)
-    )
+    return _ReadPlan(view, name, features, bins, bools, _select_prefix(name, bins))
 
 
 def _select_prefix(table: str, bins: Sequence[str | None]) -> str:
@@ -488,21 +454,13 @@ def _build_write_plan(table: ViewTable) -> _WritePlan:
         f"WHERE (excluded.{event}, excluded.{created}) >= ({name}.{event}, {name}.{created})"
     )
     return _WritePlan(
-        view, table.bin_names, table_name(table.project, table.name), features, bins,
+        view, table_name(table.project, table.name), features, bins,
         f"CREATE TABLE IF NOT EXISTS {name} ({definitions}) WITHOUT ROWID", upsert,
     )
 
 
 def _bin(table: ViewTable, feature: str) -> str:
-    try:
-        bin_name = table.bin_names[feature]
-    except KeyError:
-        feature_type(table.view, feature)  # unknown feature: a clearer error
-        raise FailedPreconditionError(
-            f"feature view {table.name!r}: feature {feature!r} has no storage name in the "
-            f"registry; run `quiver apply`",
-            reason="NO_STORAGE_LAYOUT",
-        ) from None
+    bin_name = storage_name(table, feature)
     if bin_name in _RESERVED:
         raise FailedPreconditionError(
             f"feature view {table.name!r}: storage name {bin_name!r} of feature {feature!r} "
@@ -513,13 +471,3 @@ def _bin(table: ViewTable, feature: str) -> str:
 
 def _column_types(view: FeatureView, features: Sequence[str]) -> list[str]:
     return [_SQL_TYPES[view.feature(f).dtype] for f in features]
-
-
-def _picker(indices: list[int]) -> Any:
-    """A function taking `indices` from a list, always returning a list."""
-    if len(indices) == 1:
-        index = indices[0]
-        return lambda values: [values[index]]
-    getter = itemgetter(*indices)
-    return lambda values: list(getter(values))
-

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from quiver import Entity, FeatureProjection, FeatureService, FeatureView, Field, ParquetSource
-from quiver._types import ValueType
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
+from quiver.types import ValueType
 
 
 def field_to_proto(f: Field) -> pb.Field:

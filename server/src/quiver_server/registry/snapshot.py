@@ -10,8 +10,8 @@ from quiver import Entity, FeatureService, FeatureView, Field, parse_feature_ref
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.echo import clip, name_list
-from quiver_server.online.base import ViewTable
 from quiver_server.registry import convert
+from quiver_server.registry.layout import ViewTable
 
 
 @dataclass(frozen=True)

@@ -12,39 +12,25 @@ from typing import Any
 
 import pyarrow as pa
 
-from quiver._convert import FIELD_FOR_TYPE, from_values
-from quiver._types import ValueType
+from quiver import PushTarget
+from quiver.convert import FIELD_FOR_TYPE, from_values, push_target_from_proto
 from quiver.errors import FieldViolation, InvalidArgumentError, ResourceExhaustedError
 from quiver.serving.v1 import serving_service_pb2 as serving_pb
+from quiver.types import ValueType
 from quiver.types.v1 import value_pb2
 from quiver_server import echo
-from quiver_server.push import PushTarget
-
-PUSH_TARGETS: dict[int, PushTarget] = {
-    serving_pb.PUSH_TARGET_UNSPECIFIED: PushTarget.ONLINE,
-    serving_pb.PUSH_TARGET_ONLINE: PushTarget.ONLINE,
-    serving_pb.PUSH_TARGET_OFFLINE: PushTarget.OFFLINE,
-    serving_pb.PUSH_TARGET_ONLINE_AND_OFFLINE: PushTarget.ONLINE_AND_OFFLINE,
-}
-
-# Integer keys accept either integer width.
-_ACCEPTED_KEY_TYPES: dict[ValueType, tuple[ValueType, ...]] = {
-    ValueType.INT64: (ValueType.INT64, ValueType.INT32),
-    ValueType.INT32: (ValueType.INT32, ValueType.INT64),
-    ValueType.STRING: (ValueType.STRING,),
-    ValueType.BYTES: (ValueType.BYTES,),
-}
+from quiver_server.online.keys import ACCEPTED_KEY_TYPES
 
 
 def push_target(value: int) -> PushTarget:
     """The target a PushFeaturesRequest names; INVALID_ARGUMENT for a number it does not know."""
-    target = PUSH_TARGETS.get(value)
-    if target is None:
+    try:
+        return push_target_from_proto(value)
+    except ValueError:
         allowed = ", ".join(serving_pb.PushTarget.keys())
         raise InvalidArgumentError.for_field(
             "to", f"{value} is not a push target; allowed: {allowed}", reason="INVALID_PUSH"
-        )
-    return target
+        ) from None
 
 
 @contextmanager
@@ -102,7 +88,7 @@ def decode_key_columns(
         if name not in entities:
             continue
         sent, values = from_values(entities[name])
-        accepted = _ACCEPTED_KEY_TYPES.get(dtype, ())
+        accepted = ACCEPTED_KEY_TYPES.get(dtype, ())
         if sent not in accepted:
             violations.append(
                 FieldViolation(
@@ -175,3 +161,4 @@ def decode_push_rows(request: serving_pb.PushFeaturesRequest) -> pa.Table:
         described = echo.name_list(f"{n}={len(a)}" for n, a in sorted(arrays.items()))
         raise InvalidArgumentError.for_field("columns", f"columns must have the same length, got {described}")
     return pa.table(arrays)
+

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
-from quiver._convert import from_values
+from quiver.convert import from_values
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
@@ -24,10 +26,10 @@ from quiver_server.serving.convert import (
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
-from quiver_server.telemetry.hooks import traced_encoding
+from quiver_server.telemetry.spans import traced
 
 
-@traced_encoding
+@traced("quiver.response.encode")
 def encode_response(
     names: list[str], columns: list[OutputColumn], count: int
 ) -> pb.GetOnlineFeaturesResponse:
@@ -41,12 +43,24 @@ def encode_response(
 
 
 class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
+    """The serving service's gRPC edge.
+
+    Args:
+        registry: The registry versions served.
+        store: The online store.
+        serving: The `serving` settings (entity, delete and heavy-request limits, clock skew).
+        offline_root: Where pushed rows are appended to history.
+        served: Called with the graded columns of every answered lookup, before
+            they are encoded (the feature-status metrics count them there).
+    """
+
     def __init__(
         self,
         registry: RegistryProvider,
         store: OnlineStore,
         serving: ServingConfig,
         offline_root: str,
+        served: Callable[[list[OutputColumn]], None] | None = None,
         governance: GovernancePaths | None = None,
     ) -> None:
         self._registry = registry
@@ -55,6 +69,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         self._store = store
         self._serving = serving
         self._plans = PlanCache()
+        self._served = served
         self.heavy = HeavyRequestLimit(serving.heavy_request_entities, serving.max_heavy_requests)
 
     @rpc_errors
@@ -72,6 +87,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         )
         with self.heavy.admit(count, "entities"):
             columns = read_online(self._store, plan, key_columns, count)
+            if self._served is not None:
+                self._served(columns)
             return encode_response(plan.output_names, columns, count)
 
     @rpc_errors

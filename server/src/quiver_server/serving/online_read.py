@@ -13,13 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from quiver._types import ValueType
 from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
+from quiver.types import ValueType
 from quiver_server.online.base import OnlineStore, ViewRead, ViewReadResult, ViewTable
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
-from quiver_server.telemetry.hooks import traced
+from quiver_server.telemetry.spans import traced
 
 PRESENT: int = pb.FEATURE_STATUS_PRESENT
 NULL_VALUE: int = pb.FEATURE_STATUS_NULL_VALUE

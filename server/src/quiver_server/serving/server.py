@@ -141,8 +141,10 @@ def create_server(
         options=[("grpc.so_reuseport", 1)],
     )
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
-        FeatureServingServicer(registry, store, config.serving, config.offline_root,
-                               GovernancePaths.of(config)),
+        FeatureServingServicer(
+            registry, store, config.serving, config.offline_root,
+            served=telemetry.lookup_observer(), governance=GovernancePaths.of(config),
+        ),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(

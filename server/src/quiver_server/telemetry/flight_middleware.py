@@ -2,74 +2,45 @@
 
 Per call: a SERVER span named ``arrow.flight.protocol.FlightService/<Method>``
 whose parent comes from the ``traceparent`` header, a `quiver_rpc_duration_seconds`
-sample and an access-log line, all from the middleware alone.
+sample and an access-log line, from the middleware alone.
 
-Arrow enters Python afresh for the middleware, the handler and every step of a
-``do_get`` generator, so a context variable set in one is gone in the next.
-Two small hooks therefore make the call's span current where the server's own
-code runs, so that spans it opens (`quiver_server.telemetry.hooks.traced`)
-become children of the call's span:
+Arrow enters Python afresh for the middleware and for the handler, so the
+middleware cannot leave its span current for the handler. The Flight server's
+one handler wrapper does it with `flight_call`, and passes what moved to
+`flight_call_counter` (rows, bytes and batches go on the span and to
+`quiver_flight_{rows,bytes,batches}_streamed_total`):
 
-    class QuiverFlightServer(flight.FlightServerBase):
-        def __init__(self, ..., telemetry: Telemetry):
-            super().__init__(location, middleware=telemetry.flight_middleware())
+    with flight_call(context) as call:
+        result = handler(...)           # `traced` spans nest under the call's span
+        call.handled(result)            # a FlightInfo's partitions and rows
 
-        @traced_flight_handler                 # on do_put, get_flight_info, do_get, ...
-        def do_get(self, context, ticket):
-            ...
-            return flight.GeneratorStream(schema, count_batches(batches))
-
-        @traced_flight_handler
-        def do_put(self, context, descriptor, reader, writer):
-            for batch in count_batches(chunk.data for chunk in reader): ...
-
-`count_batches` resumes the call's context around each step of the stream and
-adds rows, bytes and batches to the span and to
-`quiver_flight_{rows,bytes,batches}_streamed_total`. With telemetry off,
-`flight_middleware()` is empty and both hooks cost one lookup per call.
+With telemetry off the server has no middleware and `flight_call` costs one lookup.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import pyarrow as pa
 import structlog
 from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from pyarrow import flight
 
-from quiver._flight_tracing import FLIGHT_SERVICE, METHOD_NAMES
-from quiver._status import flight_error_code
-from quiver_server.telemetry.grpc_server import SERVER_ERROR_CODES, trace_id_from_traceparent
+from quiver.status import flight_error_code
+from quiver.tracing import FLIGHT_SERVICE, flight_method, rpc_attributes
+from quiver_server.telemetry.grpc_server import SERVER_ERROR_CODES
 from quiver_server.telemetry.metrics import FlightMetrics, RpcMetrics
-from quiver_server.telemetry.recorder import RecordedCall, SpanRecorder
-from quiver_server.telemetry.scope import Scope, current_scope, enter_scope, exit_scope
+from quiver_server.telemetry.spans import call_context, enter, leave
 
 MIDDLEWARE_KEY = "quiver.telemetry"
 
 access_log = structlog.get_logger("quiver.access")
-
-S = TypeVar("S")
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-@dataclass(slots=True)
-class StreamStats:
-    """Arrow data one Flight call moved."""
-
-    method: str
-    flight: FlightMetrics | None
-    batches: int = 0
-    rows: int = 0
-    bytes: int = 0
 
 
 def status_of(exception: BaseException | None) -> str:
@@ -77,69 +48,79 @@ def status_of(exception: BaseException | None) -> str:
     return "OK" if exception is None else flight_error_code(exception).name
 
 
-def traced_flight_handler(handler: Callable[Concatenate[S, Any, P], R]) -> Callable[Concatenate[S, Any, P], R]:
-    """Run a FlightServerBase method ``(self, context, ...)`` inside its call's span and scope."""
+class FlightCall:
+    """What one Flight call moved, and the context its handler runs in."""
 
-    @functools.wraps(handler)
-    def wrapper(self: S, context: Any, *args: P.args, **kwargs: P.kwargs) -> R:
-        middleware = context.get_middleware(MIDDLEWARE_KEY)
-        if middleware is None:
-            return handler(self, context, *args, **kwargs)
-        with activate(middleware.scope):
-            return handler(self, context, *args, **kwargs)
+    def __init__(
+        self, method: str, flight_metrics: FlightMetrics | None, span: Span | None,
+        context: Context | None,
+    ) -> None:
+        self.method = method
+        self.span = span
+        self.context = context
+        self.batches = self.rows = self.bytes = 0
+        self._series = None
+        if flight_metrics is not None:
+            self._series = (
+                flight_metrics.batches.labels(method), flight_metrics.rows.labels(method),
+                flight_metrics.bytes.labels(method),
+            )
 
-    return cast("Callable[Concatenate[S, Any, P], R]", wrapper)
+    def count(self, batch: pa.RecordBatch) -> None:
+        """Count a record batch sent or received."""
+        rows, size = batch.num_rows, batch.nbytes
+        self.batches += 1
+        self.rows += rows
+        self.bytes += size
+        if self._series is not None:
+            self._series[0].inc()
+            self._series[1].inc(rows)
+            self._series[2].inc(size)
+
+    def handled(self, result: object) -> None:
+        """Note what the handler returned (a planned FlightInfo's size)."""
+        if isinstance(result, flight.FlightInfo) and self.span is not None:
+            self.span.set_attributes({
+                "quiver.partitions": len(result.endpoints), "quiver.rows": result.total_records,
+            })
+
+
+class _NoCall(FlightCall):
+    def __init__(self) -> None:
+        super().__init__("", None, None, None)
+
+    def count(self, batch: pa.RecordBatch) -> None:
+        return None
+
+    def handled(self, result: object) -> None:
+        return None
+
+
+NO_CALL: FlightCall = _NoCall()
 
 
 @contextlib.contextmanager
-def activate(scope: Scope) -> Iterator[None]:
-    """Make `scope` (and its call's span) current for the block."""
-    token = enter_scope(scope)
-    tokens = scope.call.activate() if scope.call is not None else None
+def flight_call(context: flight.ServerCallContext) -> Iterator[FlightCall]:
+    """The call's telemetry, its span current for the block (`NO_CALL` with telemetry off)."""
+    middleware = context.get_middleware(MIDDLEWARE_KEY)
+    if middleware is None:
+        yield NO_CALL
+        return
+    call: FlightCall = middleware.call
+    token = enter(call.context) if call.context is not None else None
     try:
-        yield
+        yield call
     finally:
-        if tokens is not None:
-            RecordedCall.deactivate(tokens)
-        exit_scope(token)
+        if token is not None:
+            leave(token)
 
 
-def count_batches(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """`batches`, counted for the current Flight call, with its span current at each step.
-
-    Call it where the call's scope is current (inside a `traced_flight_handler`);
-    elsewhere it returns the batches untouched.
-    """
-    scope = current_scope()
-    if scope is None or scope.stream is None:
-        return iter(batches)
-    return _counted(iter(batches), scope, scope.stream)
-
-
-def _counted(
-    batches: Iterator[pa.RecordBatch], scope: Scope, stats: StreamStats
-) -> Iterator[pa.RecordBatch]:
-    children = None
-    if stats.flight is not None:
-        children = (
-            stats.flight.batches.labels(stats.method),
-            stats.flight.rows.labels(stats.method),
-            stats.flight.bytes.labels(stats.method),
-        )
-    while True:
-        with activate(scope):
-            batch = next(batches, None)
-        if batch is None:
-            return
-        rows, size = batch.num_rows, batch.nbytes
-        stats.batches += 1
-        stats.rows += rows
-        stats.bytes += size
-        if children is not None:
-            children[0].inc()
-            children[1].inc(rows)
-            children[2].inc(size)
-        yield batch
+def flight_call_counter(
+    context: flight.ServerCallContext,
+) -> Callable[[pa.RecordBatch], None] | None:
+    """The call's `FlightCall.count` for the batches it streams; None with telemetry off."""
+    middleware = context.get_middleware(MIDDLEWARE_KEY)
+    return None if middleware is None else middleware.call.count
 
 
 class TelemetryServerMiddlewareFactory(flight.ServerMiddlewareFactory):  # type: ignore[misc]
@@ -148,12 +129,12 @@ class TelemetryServerMiddlewareFactory(flight.ServerMiddlewareFactory):  # type:
     def __init__(
         self,
         *,
-        recorder: SpanRecorder | None,
+        tracer: Tracer | None,
         rpc: RpcMetrics | None,
         flight: FlightMetrics | None,
         access_log: bool,
     ) -> None:
-        self.recorder = recorder
+        self.tracer = tracer
         self.rpc = rpc
         self.flight = flight
         self.access_log = access_log
@@ -161,33 +142,29 @@ class TelemetryServerMiddlewareFactory(flight.ServerMiddlewareFactory):  # type:
     def start_call(
         self, info: flight.CallInfo, headers: dict[str, list[Any]]
     ) -> TelemetryServerMiddleware:
-        method = METHOD_NAMES.get(info.method, str(info.method))
+        method = flight_method(info.method)
         carrier = {
             key: values[0] for key, values in headers.items()
             if values and isinstance(values[0], str)
         }
-        scope = Scope(None, None, stream=StreamStats(method, self.flight))
-        if self.recorder is not None:
-            name = f"{FLIGHT_SERVICE}/{method}"
-            scope.call = self.recorder.start(name, SpanKind.SERVER, propagate.extract(carrier), {
-                "rpc.system.name": "grpc", "rpc.method": name,
-                "rpc.system": "grpc", "rpc.service": FLIGHT_SERVICE,
-            })
-        else:
-            scope.remote_trace_id = trace_id_from_traceparent(carrier.get("traceparent"))
-        return TelemetryServerMiddleware(self, method, scope)
+        parent = propagate.extract(carrier) if "traceparent" in carrier else None
+        span = None
+        context = parent  # not tracing: log lines still carry the caller's trace id
+        if self.tracer is not None:
+            span = self.tracer.start_span(
+                f"{FLIGHT_SERVICE}/{method}", parent, SpanKind.SERVER,
+                rpc_attributes(FLIGHT_SERVICE, method),
+            )
+            context = call_context(span, self.tracer if span.is_recording() else None, parent)
+        return TelemetryServerMiddleware(self, FlightCall(method, self.flight, span, context))
 
 
 class TelemetryServerMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
-    """One call's telemetry; a handler may reach it as
-    ``context.get_middleware(MIDDLEWARE_KEY)`` and add attributes to ``scope.call``."""
+    """One call's telemetry; handlers reach it through `flight_call`."""
 
-    def __init__(
-        self, factory: TelemetryServerMiddlewareFactory, method: str, scope: Scope
-    ) -> None:
+    def __init__(self, factory: TelemetryServerMiddlewareFactory, call: FlightCall) -> None:
         self.factory = factory
-        self.method = method
-        self.scope = scope
+        self.call = call
         self._start = time.perf_counter()
 
     def sending_headers(self) -> dict[str, str]:
@@ -196,35 +173,41 @@ class TelemetryServerMiddleware(flight.ServerMiddleware):  # type: ignore[misc]
     def call_completed(self, exception: BaseException | None) -> None:
         seconds = time.perf_counter() - self._start
         status = status_of(exception)
-        stats = self.scope.stream
-        call = self.scope.call
-        factory = self.factory
+        call, factory = self.call, self.factory
+        span = call.span
+        sampled = span is not None and span.is_recording()
         if factory.rpc is not None:
-            child = factory.rpc.duration.labels(FLIGHT_SERVICE, self.method, status)
-            if call is not None and call.sampled:
-                child.observe(seconds, {"trace_id": format(call.trace_id, "032x")})
+            series = factory.rpc.duration.labels(FLIGHT_SERVICE, call.method, status)
+            if sampled:
+                trace_id = format(span.get_span_context().trace_id, "032x")  # type: ignore[union-attr]
+                series.observe(seconds, {"trace_id": trace_id})
             else:
-                child.observe(seconds)
-        if call is not None:
-            call.set_attribute("rpc.response.status_code", status)
-            if stats is not None and stats.batches:
-                call.attributes.update({
-                    "quiver.batches": stats.batches, "quiver.rows": stats.rows,
-                    "quiver.bytes": stats.bytes,
+                series.observe(seconds)
+        if span is not None and sampled:
+            attributes: dict[str, Any] = {"rpc.response.status_code": status}
+            if call.batches:
+                attributes.update({
+                    "quiver.batches": call.batches, "quiver.rows": call.rows,
+                    "quiver.bytes": call.bytes,
                 })
             if status != "OK":
-                call.set_attribute("error.type", status)
+                attributes["error.type"] = status
                 if grpc.StatusCode[status] in SERVER_ERROR_CODES:
                     message = str(exception).split("\n", 1)[0] if exception else status
-                    call.set_status(Status(StatusCode.ERROR, message))
+                    span.set_status(Status(StatusCode.ERROR, message))
+            span.set_attributes(attributes)
         if factory.access_log:
             fields: dict[str, Any] = {
-                "method": self.method, "service": FLIGHT_SERVICE, "status": status,
+                "method": call.method, "service": FLIGHT_SERVICE, "status": status,
                 "duration_ms": round(seconds * 1000, 3),
             }
-            if stats is not None and stats.batches:
-                fields.update(rows=stats.rows, bytes=stats.bytes, batches=stats.batches)
-            with activate(self.scope):
+            if call.batches:
+                fields.update(rows=call.rows, bytes=call.bytes, batches=call.batches)
+            token = enter(call.context) if call.context is not None else None
+            try:
                 access_log.info("rpc", **fields)
-        if call is not None:
-            call.finish()
+            finally:
+                if token is not None:
+                    leave(token)
+        if span is not None:
+            span.end()

@@ -1,13 +1,11 @@
 """The gRPC server interceptor: one server span, one latency sample and one access-log line per RPC.
 
-Spans follow OpenTelemetry's RPC semantic conventions: named
-``<package>.<Service>/<Method>``, kind SERVER, the parent taken from the W3C
-``traceparent`` metadata (through the globally configured propagators), with
-``rpc.system.name``/``rpc.method``/``rpc.response.status_code``, plus the older
-``rpc.system``/``rpc.service``/``rpc.grpc.status_code`` many backends still key
-on. Only server-side failures (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
-INTERNAL, UNAVAILABLE, DATA_LOSS) mark the span as an error; a caller's bad
-request does not.
+Spans follow OpenTelemetry's RPC semantic conventions (names and attributes from
+`quiver.tracing`): kind SERVER, the parent taken from the W3C ``traceparent``
+metadata through the globally configured propagators, with
+``rpc.response.status_code`` and the older ``rpc.grpc.status_code``. Only
+server-side failures (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+UNAVAILABLE, DATA_LOSS) mark the span as an error; a caller's bad request does not.
 
 Only unary-unary methods are wrapped (all of Quiver's); streaming ones (health
 Watch, reflection) pass through untouched.
@@ -21,12 +19,13 @@ from typing import Any, TypeAlias
 
 import grpc
 import structlog
-from opentelemetry import propagate
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
+from quiver.serving.v1 import serving_service_pb2 as serving_pb
+from quiver.tracing import rpc_attributes
 from quiver_server.telemetry.metrics import OnlineMetrics, RpcMetrics
-from quiver_server.telemetry.recorder import RecordedCall, SpanRecorder
-from quiver_server.telemetry.scope import Scope, enter_scope, exit_scope
+from quiver_server.telemetry.spans import call_context, enter, leave
 
 access_log = structlog.get_logger("quiver.access")
 
@@ -44,6 +43,24 @@ _SIZES = {
     "PushFeatures": ("rows", "rows"),
     "DeleteEntities": ("rows_deleted", "rows"),
 }
+def _describe_lookup(request: Any, response: Any) -> dict[str, Any]:
+    return {"quiver.features": len(response.feature_names)}
+
+
+def _describe_push(request: Any, response: Any) -> dict[str, Any]:
+    return {
+        "quiver.feature_view": request.feature_view,
+        "quiver.push_target": serving_pb.PushTarget.Name(request.to).removeprefix("PUSH_TARGET_").lower(),
+        "quiver.rows_superseded": response.rows_superseded,
+    }
+
+
+# More span attributes of a sampled call, from its request and response.
+# Sizes and names only: never entity keys or feature values.
+_DESCRIBE: dict[str, Callable[[Any, Any], dict[str, Any]]] = {
+    "GetOnlineFeatures": _describe_lookup,
+    "PushFeatures": _describe_push,
+}
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -55,22 +72,8 @@ def split_method(path: str) -> tuple[str, str]:
     return service, method
 
 
-def trace_id_from_traceparent(value: str | bytes | None) -> str | None:
-    """The trace id of a W3C traceparent (``00-<32 hex>-<16 hex>-<2 hex>``), or None."""
-    if not isinstance(value, str) or len(value) < 55 or value[2] != "-":
-        return None
-    trace_id = value[3:35]
-    if trace_id == "0" * 32:
-        return None
-    try:
-        int(trace_id, 16)
-    except ValueError:
-        return None
-    return trace_id
-
-
 class TelemetryInterceptor(grpc.ServerInterceptor):
-    """Tracing (if a recorder is given), RPC metrics (if given) and the access log.
+    """Tracing (if a tracer is given), RPC metrics (if given) and the access log.
 
     Installed only when at least one of them is on; see `Telemetry.server_interceptors`.
     """
@@ -78,12 +81,12 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
     def __init__(
         self,
         *,
-        recorder: SpanRecorder | None,
+        tracer: Tracer | None,
         rpc: RpcMetrics | None,
         online: OnlineMetrics | None,
         access_log: bool,
     ) -> None:
-        self._recorder = recorder
+        self._tracer = tracer
         self._rpc = rpc
         self._online = online
         self._access_log = access_log
@@ -115,34 +118,30 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
     def _wrap(self, path: str, inner: Behavior) -> Behavior:
         service, method = split_method(path)
         span_name = path.lstrip("/")
-        attributes = {
-            "rpc.system.name": "grpc", "rpc.method": span_name,
-            "rpc.system": "grpc", "rpc.service": service,
-        }
+        span_attributes = rpc_attributes(service, method)
         size_field, size_name = _SIZES.get(method, (None, None))
         quiet = service.startswith(_QUIET_SERVICES)
-        recorder, rpc, online = self._recorder, self._rpc, self._online
-        log_enabled = self._access_log
+        tracer, rpc, log_enabled = self._tracer, self._rpc, self._access_log
         trace_headers = self._trace_headers
         durations: dict[grpc.StatusCode, Any] = {}
-        entities = online.entities if online is not None and method == "GetOnlineFeatures" else None
+        online = self._online if method == "GetOnlineFeatures" else None
+        describe = _DESCRIBE.get(method)
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
-            carrier = dict(context.invocation_metadata() or ())
-            scope = Scope(None, online)
-            call = None
-            tokens = None
-            if recorder is not None:
-                parent = (
-                    propagate.extract(carrier) if not trace_headers.isdisjoint(carrier) else None
-                )
-                call = recorder.start(span_name, SpanKind.SERVER, parent, attributes)
-                scope.call = call
-                tokens = call.activate()
-            else:
-                scope.remote_trace_id = trace_id_from_traceparent(carrier.get("traceparent"))
-            token = enter_scope(scope)
+            parent = None
+            metadata = context.invocation_metadata()
+            if metadata and not trace_headers.isdisjoint(key for key, _ in metadata):
+                parent = propagate.extract(dict(metadata))
+            span = None
+            token = None
+            if tracer is not None:
+                span = tracer.start_span(span_name, parent, SpanKind.SERVER, span_attributes)
+                # Unsampled, the span only lends its ids to log lines: no tracer for children.
+                token = enter(call_context(span, tracer if span.is_recording() else None, parent))
+            elif parent is not None:
+                # Not tracing, but the caller is: log lines still carry its trace id.
+                token = enter(parent)
             response = None
             try:
                 response = inner(request, context)
@@ -153,18 +152,21 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                     grpc.StatusCode.OK if response is not None else grpc.StatusCode.UNKNOWN
                 )
                 size = getattr(response, size_field) if size_field and response is not None else None
+                sampled = span is not None and span.is_recording()
                 if rpc is not None:
-                    child = durations.get(code)
-                    if child is None:
-                        child = durations[code] = rpc.duration.labels(service, method, code.name)
-                    if call is not None and call.sampled:
-                        child.observe(seconds, {"trace_id": format(call.trace_id, "032x")})
+                    series = durations.get(code)
+                    if series is None:
+                        series = durations[code] = rpc.duration.labels(service, method, code.name)
+                    if sampled:
+                        trace_id = format(span.get_span_context().trace_id, "032x")  # type: ignore[union-attr]
+                        series.observe(seconds, {"trace_id": trace_id})
                     else:
-                        child.observe(seconds)
-                if entities is not None and size is not None:
-                    entities.observe(size)
-                if call is not None:
-                    _end_call(call, context, code, size_name, size)
+                        series.observe(seconds)
+                if online is not None and response is not None:
+                    online.entities.observe(size)
+                if sampled:
+                    attributes = describe(request, response) if describe and response else {}
+                    _end_span(span, context, code, attributes, size_name, size)  # type: ignore[arg-type]
                 if log_enabled:
                     fields: dict[str, Any] = {
                         "method": method, "service": service, "status": code.name,
@@ -175,36 +177,37 @@ class TelemetryInterceptor(grpc.ServerInterceptor):
                     if code is not grpc.StatusCode.OK:
                         fields["peer"] = context.peer()
                     (access_log.debug if quiet else access_log.info)("rpc", **fields)
-                exit_scope(token)
-                if tokens is not None:
-                    RecordedCall.deactivate(tokens)
+                if token is not None:
+                    leave(token)
+                if span is not None and not sampled:
+                    span.end()
 
         return behavior
 
 
-def _end_call(
-    call: RecordedCall,
+def _end_span(
+    span: trace.Span,
     context: grpc.ServicerContext,
     code: grpc.StatusCode,
+    attributes: dict[str, Any],
     size_name: str | None,
     size: int | None,
 ) -> None:
-    if call.sampled:
-        attributes = call.attributes
-        attributes["rpc.grpc.status_code"] = code.value[0]
-        attributes["rpc.response.status_code"] = code.name
-        peer = context.peer()
-        if peer.startswith(("ipv4:", "ipv6:")):
-            host, _, port = peer.partition(":")[2].rpartition(":")
-            attributes["network.peer.address"] = host.strip("[]")
-            if port.isdigit():
-                attributes["network.peer.port"] = int(port)
-        if size_name is not None and size is not None:
-            attributes[f"quiver.{size_name}"] = size
-        if code is not grpc.StatusCode.OK:
-            attributes["error.type"] = code.name
-            if code in SERVER_ERROR_CODES:
-                details = context.details()  # type: ignore[attr-defined]
-                message = details.decode(errors="replace") if isinstance(details, bytes) else details
-                call.set_status(Status(StatusCode.ERROR, message or code.name))
-    call.finish()
+    attributes["rpc.grpc.status_code"] = code.value[0]
+    attributes["rpc.response.status_code"] = code.name
+    peer = context.peer()
+    if peer.startswith(("ipv4:", "ipv6:")):
+        host, _, port = peer.partition(":")[2].rpartition(":")
+        attributes["network.peer.address"] = host.strip("[]")
+        if port.isdigit():
+            attributes["network.peer.port"] = int(port)
+    if size_name is not None and size is not None:
+        attributes[f"quiver.{size_name}"] = size
+    if code is not grpc.StatusCode.OK:
+        attributes["error.type"] = code.name
+        if code in SERVER_ERROR_CODES:
+            details = context.details()  # type: ignore[attr-defined]
+            message = details.decode(errors="replace") if isinstance(details, bytes) else details
+            span.set_status(Status(StatusCode.ERROR, message or code.name))
+    span.set_attributes(attributes)
+    span.end()

@@ -18,16 +18,18 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter as CounterOf
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from quiver.registry.v1 import registry_pb2
+from quiver.serving.v1 import serving_service_pb2 as serving_pb
 from quiver_server.registry.store import RegistryStore
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -48,56 +50,139 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
+@dataclass(frozen=True)
+class Family:
+    """One metric family as Quiver declares it; `exported_metrics` reads these."""
+
+    kind: type[Counter] | type[Gauge] | type[Histogram]
+    name: str
+    documentation: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+    def make(self, registry: CollectorRegistry) -> Any:
+        if self.kind is Histogram:
+            return Histogram(self.name, self.documentation, self.labels, buckets=self.buckets,
+                             registry=registry)
+        if self.kind is Gauge:
+            return Gauge(self.name, self.documentation, self.labels, registry=registry)
+        return Counter(self.name, self.documentation, self.labels, registry=registry)
+
+
+RPC_DURATION = Family(
+    Histogram, "quiver_rpc_duration_seconds",
+    "Server-side duration of RPCs, by service, method and gRPC status code.",
+    ("service", "method", "status"), LATENCY_BUCKETS,
+)
+ONLINE_ENTITIES = Family(
+    Histogram, "quiver_online_entities_per_request",
+    "Entities asked for per GetOnlineFeatures call.", (), ENTITY_BUCKETS,
+)
+FEATURE_STATUS = Family(
+    Counter, "quiver_feature_status",
+    "Feature values served, by status (PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE).",
+    ("status",),
+)
+STORE_DURATION = Family(
+    Histogram, "quiver_online_store_duration_seconds",
+    "Duration of online store calls, by store and operation.", ("store", "operation"),
+    STORE_BUCKETS,
+)
+STORE_ERRORS = Family(
+    Counter, "quiver_online_store_errors",
+    "Failed online store calls, by store, operation and error class.",
+    ("store", "operation", "error"),
+)
+FLIGHT_ROWS = Family(
+    Counter, "quiver_flight_rows_streamed",
+    "Rows sent (do_get) or received (do_put) as Arrow record batches.", ("method",),
+)
+FLIGHT_BYTES = Family(
+    Counter, "quiver_flight_bytes_streamed",
+    "Arrow buffer bytes of the record batches sent (do_get) or received (do_put).", ("method",),
+)
+FLIGHT_BATCHES = Family(
+    Counter, "quiver_flight_batches_streamed",
+    "Record batches sent (do_get) or received (do_put).", ("method",),
+)
+# Gauges, not counters: a batch job's counters restart at zero every run, and the
+# Pushgateway keeps only the last push, so only "the last run's" values mean anything.
+MATERIALIZE_ROWS = Family(
+    Gauge, "quiver_materialize_last_run_rows",
+    "Rows the last materialization of the view offered the online store, by result "
+    "(written, or superseded by a newer stored row).", ("feature_view", "result"),
+)
+MATERIALIZE_DURATION = Family(
+    Gauge, "quiver_materialize_last_run_duration_seconds",
+    "Wall time of the last materialization of the view.", ("feature_view",),
+)
+MATERIALIZE_FINISHED = Family(
+    Gauge, "quiver_materialize_last_run_finished_timestamp_seconds",
+    "When the last materialization of the view finished, in seconds since the epoch.",
+    ("feature_view",),
+)
+FAMILIES = (
+    RPC_DURATION, ONLINE_ENTITIES, FEATURE_STATUS, STORE_DURATION, STORE_ERRORS,
+    FLIGHT_ROWS, FLIGHT_BYTES, FLIGHT_BATCHES, MATERIALIZE_ROWS, MATERIALIZE_DURATION,
+    MATERIALIZE_FINISHED,
+)
+PRESENT: int = serving_pb.FEATURE_STATUS_PRESENT
+_STATUS_NAMES = {
+    int(value): name.removeprefix("FEATURE_STATUS_")
+    for name, value in serving_pb.FeatureStatus.items()
+}
+
+
+class Graded(Protocol):
+    """A graded output column (`quiver_server.serving.online_read.OutputColumn`)."""
+
+    @property
+    def statuses(self) -> list[int]: ...
+
+
 class RpcMetrics:
     """Per-call latency of every gRPC and Flight method."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.duration = Histogram(
-            "quiver_rpc_duration_seconds",
-            "Server-side duration of RPCs, by service, method and gRPC status code.",
-            ["service", "method", "status"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
+        self.duration = RPC_DURATION.make(registry)
 
 
 class OnlineMetrics:
     """The online read path: request sizes, feature statuses and the store."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.entities = Histogram(
-            "quiver_online_entities_per_request",
-            "Entities asked for per GetOnlineFeatures call.",
-            buckets=ENTITY_BUCKETS,
-            registry=registry,
-        )
-        self.feature_status = Counter(
-            "quiver_feature_status",
-            "Feature values served, by status (PRESENT, NULL_VALUE, NOT_FOUND, OUTSIDE_MAX_AGE).",
-            ["status"],
-            registry=registry,
-        )
-        self.store_duration = Histogram(
-            "quiver_online_store_duration_seconds",
-            "Duration of online store calls, by store and operation.",
-            ["store", "operation"],
-            buckets=STORE_BUCKETS,
-            registry=registry,
-        )
-        self.store_errors = Counter(
-            "quiver_online_store_errors",
-            "Failed online store calls, by store, operation and error class.",
-            ["store", "operation", "error"],
-            registry=registry,
-        )
+        self.entities = ONLINE_ENTITIES.make(registry)
+        self.feature_status = FEATURE_STATUS.make(registry)
+        self.store_duration = STORE_DURATION.make(registry)
+        self.store_errors = STORE_ERRORS.make(registry)
         self._status_children: dict[int, Any] = {}
 
-    def status_child(self, status: int, names: dict[int, str]) -> Any:
+    def count_statuses(self, columns: Sequence[Graded]) -> None:
+        """Add the values of a lookup's graded columns to `quiver_feature_status_total`.
+
+        Counted from the columns' status lists before they are encoded: reading
+        them back from the protobuf response costs several times more.
+        """
+        present = 0
+        others: CounterOf[int] = CounterOf()
+        for column in columns:
+            statuses = column.statuses
+            found = statuses.count(PRESENT)
+            present += found
+            if found != len(statuses):
+                others.update(statuses)
+        others.pop(PRESENT, None)
+        if present:
+            self.status_child(PRESENT).inc(present)
+        for status, n in others.items():
+            self.status_child(status).inc(n)
+
+    def status_child(self, status: int) -> Any:
         """The `quiver_feature_status_total` series of one status number (cached)."""
         child = self._status_children.get(status)
         if child is None:
             child = self._status_children[status] = self.feature_status.labels(
-                names.get(status, str(status))
+                _STATUS_NAMES.get(status, str(status))
             )
         return child
 
@@ -106,24 +191,9 @@ class FlightMetrics:
     """Arrow data moved by the Flight server."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.rows = Counter(
-            "quiver_flight_rows_streamed",
-            "Rows sent (do_get) or received (do_put) as Arrow record batches.",
-            ["method"],
-            registry=registry,
-        )
-        self.bytes = Counter(
-            "quiver_flight_bytes_streamed",
-            "Arrow buffer bytes of the record batches sent (do_get) or received (do_put).",
-            ["method"],
-            registry=registry,
-        )
-        self.batches = Counter(
-            "quiver_flight_batches_streamed",
-            "Record batches sent (do_get) or received (do_put).",
-            ["method"],
-            registry=registry,
-        )
+        self.rows = FLIGHT_ROWS.make(registry)
+        self.bytes = FLIGHT_BYTES.make(registry)
+        self.batches = FLIGHT_BATCHES.make(registry)
 
 
 class MaterializeMetrics:
@@ -139,25 +209,9 @@ class MaterializeMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.rows = Gauge(
-            "quiver_materialize_last_run_rows",
-            "Rows the last materialization of the view offered the online store, by result "
-            "(written, or superseded by a newer stored row).",
-            ["feature_view", "result"],
-            registry=registry,
-        )
-        self.duration = Gauge(
-            "quiver_materialize_last_run_duration_seconds",
-            "Wall time of the last materialization of the view.",
-            ["feature_view"],
-            registry=registry,
-        )
-        self.finished = Gauge(
-            "quiver_materialize_last_run_finished_timestamp_seconds",
-            "When the last materialization of the view finished, in seconds since the epoch.",
-            ["feature_view"],
-            registry=registry,
-        )
+        self.rows = MATERIALIZE_ROWS.make(registry)
+        self.duration = MATERIALIZE_DURATION.make(registry)
+        self.finished = MATERIALIZE_FINISHED.make(registry)
 
     def record(self, view: str, written: int, superseded: int, seconds: float) -> None:
         """Set the gauges of one view's run, just finished."""
@@ -315,22 +369,14 @@ def exported_metrics() -> dict[str, frozenset[str]]:
     found: dict[str, frozenset[str]] = {
         "quiver_materialization_lag_seconds": frozenset({"feature_view"}),
     }
-    for component in ("serving", "flight", "materialize"):
-        metrics = Metrics.for_component(component)
-        parts = (metrics.rpc, metrics.online, metrics.flight, metrics.materialize)
-        for part in parts:
-            for metric in vars(part).values() if part is not None else ():
-                if not isinstance(metric, Counter | Gauge | Histogram):
-                    continue
-                labels = frozenset(metric._labelnames)
-                name = metric._name
-                if isinstance(metric, Gauge):
-                    found[name] = labels
-                elif isinstance(metric, Counter):
-                    found[f"{name}_total"] = labels
-                else:
-                    found[f"{name}_bucket"] = labels | {"le"}
-                    found[f"{name}_sum"] = labels
-                    found[f"{name}_count"] = labels
+    for family in FAMILIES:
+        labels = frozenset(family.labels)
+        if family.kind is Gauge:
+            found[family.name] = labels
+        elif family.kind is Counter:
+            found[f"{family.name}_total"] = labels
+        else:
+            found[f"{family.name}_bucket"] = labels | {"le"}
+            found[f"{family.name}_sum"] = labels
+            found[f"{family.name}_count"] = labels
     return found
-

@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Tracer
 
 from quiver_server.config import QuiverConfig
 from quiver_server.online.base import OnlineStore
-from quiver_server.telemetry.metrics import Metrics, MetricsEndpoint
-from quiver_server.telemetry.recorder import SpanRecorder
+from quiver_server.telemetry.metrics import Graded, Metrics, MetricsEndpoint
 from quiver_server.telemetry.tracing import build_tracer_provider, tracing_enabled
 
 if TYPE_CHECKING:
     from pyarrow import flight
 
 INSTRUMENTATION_SCOPE = "quiver_server"
-
-_installed: Telemetry | None = None
 
 
 class Telemetry:
@@ -37,6 +35,7 @@ class Telemetry:
         metrics: The Prometheus families; None disables metrics.
         access_log: One log line per RPC.
         store_system: db.system of the online store (sqlite, aerospike).
+        pushgateway: ``host:port`` of the Pushgateway a batch job pushes its metrics to.
     """
 
     def __init__(
@@ -51,11 +50,11 @@ class Telemetry:
     ) -> None:
         self.component = component
         self.tracer_provider = tracer_provider
-        self.recorder: SpanRecorder | None = None
+        self.tracer: Tracer | None = None
         if tracer_provider is not None:
             from quiver import __version__
 
-            self.recorder = SpanRecorder(tracer_provider, INSTRUMENTATION_SCOPE, __version__)
+            self.tracer = tracer_provider.get_tracer(INSTRUMENTATION_SCOPE, __version__)
         self.metrics = metrics
         self.access_log = access_log
         self.store_system = store_system
@@ -64,7 +63,7 @@ class Telemetry:
 
     @property
     def enabled(self) -> bool:
-        return self.recorder is not None or self.metrics is not None or self.access_log
+        return self.tracer is not None or self.metrics is not None or self.access_log
 
     def server_interceptors(self) -> list[grpc.ServerInterceptor]:
         """The gRPC server interceptors: none at all when everything is off."""
@@ -74,16 +73,21 @@ class Telemetry:
 
         metrics = self.metrics
         return [TelemetryInterceptor(
-            recorder=self.recorder,
+            tracer=self.tracer,
             rpc=metrics.rpc if metrics else None,
             online=metrics.online if metrics else None,
             access_log=self.access_log,
         )]
 
+    def lookup_observer(self) -> Callable[[Sequence[Graded]], None] | None:
+        """What counts each lookup's feature values by status; None with metrics off."""
+        online = self.metrics.online if self.metrics else None
+        return online.count_statuses if online is not None else None
+
     def instrument_store(self, store: OnlineStore) -> OnlineStore:
         """`store` with spans and latency metrics, or `store` itself when both are off."""
         online = self.metrics.online if self.metrics else None
-        if self.recorder is None and online is None:
+        if self.tracer is None and online is None:
             return store
         from quiver_server.telemetry.store import InstrumentedOnlineStore
 
@@ -100,7 +104,7 @@ class Telemetry:
 
         metrics = self.metrics
         return {MIDDLEWARE_KEY: TelemetryServerMiddlewareFactory(
-            recorder=self.recorder,
+            tracer=self.tracer,
             rpc=metrics.rpc if metrics else None,
             flight=metrics.flight if metrics else None,
             access_log=self.access_log,
@@ -129,14 +133,11 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Flush and stop exporting; stop the metrics endpoint."""
-        global _installed
         if self.endpoint is not None:
             self.endpoint.close()
             self.endpoint = None
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
-        if _installed is self:
-            _installed = None
 
 
 def setup_telemetry(
@@ -151,10 +152,10 @@ def setup_telemetry(
     Args:
         config: The repo's configuration.
         component: serving, flight or materialize.
-        install: Make it this process's telemetry: the global OpenTelemetry
-            tracer provider (so libraries' own instrumentation joins the same
-            traces) and what materialization and push report to. Server entry
-            points do this once; tests and embedders leave it off.
+        install: Make its tracer provider the global OpenTelemetry one, so
+            libraries' own instrumentation joins the same traces. Process entry
+            points (the servers, the materialize job) do this; tests and
+            embedders leave it off.
         env: Environment for OTEL_* settings; default os.environ.
     """
     telemetry_config = config.telemetry
@@ -173,21 +174,9 @@ def setup_telemetry(
         store_system=config.online_store.type,
         pushgateway=telemetry_config.metrics.pushgateway,
     )
-    if install:
-        install_telemetry(telemetry)
+    if install and provider is not None:
+        _set_global_provider(provider)
     return telemetry
-
-
-def install_telemetry(telemetry: Telemetry | None) -> None:
-    """Make `telemetry` the process's own (None: forget it; the OTel global stays)."""
-    global _installed
-    _installed = telemetry
-    if telemetry is not None and telemetry.tracer_provider is not None:
-        _set_global_provider(telemetry.tracer_provider)
-
-
-def installed_telemetry() -> Telemetry | None:
-    return _installed
 
 
 def _set_global_provider(provider: Any) -> None:

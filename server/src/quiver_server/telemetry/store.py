@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Tracer
 
 from quiver_server.online.base import (
     OnlineStore,
@@ -22,14 +22,14 @@ from quiver_server.online.base import (
     WriteResult,
 )
 from quiver_server.telemetry.metrics import OnlineMetrics
-from quiver_server.telemetry.scope import current_scope
+from quiver_server.telemetry.spans import current_tracer
 
 
 class InstrumentedOnlineStore:
     """Delegates to `store`; times every call and, in a traced call, adds a child span.
 
-    Spans are made only inside a traced call (the interceptor's scope), so
-    background work such as health checks produces none.
+    Spans are made only inside a traced and sampled call (the interceptor's),
+    so background work such as health checks produces none.
     """
 
     def __init__(self, store: OnlineStore, system: str, metrics: OnlineMetrics | None) -> None:
@@ -77,27 +77,16 @@ class InstrumentedOnlineStore:
         self, operation: str, describe: Callable[[], dict[str, Any]], function: Any, *args: Any
     ) -> Any:
         start = time.perf_counter()
-        scope = current_scope()
-        call = scope.call if scope is not None else None
-        child = None
-        if call is not None and call.sampled:
-            attributes = describe()
-            attributes.update({
-                "db.system": self.system, "db.system.name": self.system,
-                "db.operation.name": operation,
-            })
-            child = call.begin(f"online_store.{operation}", SpanKind.CLIENT, attributes)
+        tracer = current_tracer()
         try:
-            return function(*args)
+            if tracer is None:
+                return function(*args)
+            return self._traced(tracer, operation, describe(), function, *args)
         except Exception as exc:
-            if child is not None:
-                child.fail(exc)
             if self._metrics is not None:
                 self._metrics.store_errors.labels(self.system, operation, type(exc).__name__).inc()
             raise
         finally:
-            if call is not None and child is not None:
-                call.end(child)
             if self._metrics is not None:
                 series = self._durations.get(operation)
                 if series is None:
@@ -106,3 +95,14 @@ class InstrumentedOnlineStore:
                     )
                 series.observe(time.perf_counter() - start)
 
+
+    def _traced(
+        self, tracer: Tracer, operation: str, attributes: dict[str, Any], function: Any, *args: Any
+    ) -> Any:
+        attributes.update({
+            "db.system": self.system, "db.system.name": self.system, "db.operation.name": operation,
+        })
+        with tracer.start_as_current_span(
+            f"online_store.{operation}", kind=SpanKind.CLIENT, attributes=attributes
+        ):
+            return function(*args)

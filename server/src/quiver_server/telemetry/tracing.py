@@ -110,14 +110,20 @@ def service_name(config: TracingConfig, component: str, env: Mapping[str, str] =
 
 
 def build_exporter(config: TracingConfig, env: Mapping[str, str] = os.environ) -> SpanExporter:
+    """The SDK's own exporter for the configured name (OTLP exporters imported when used)."""
     name = exporter_name(config, env)
     if name == "console":
         return ConsoleSpanExporter()
-    # The SDK's OTLP exporters with a faster encoder (see telemetry/otlp.py).
-    from quiver_server.telemetry.otlp import GrpcSpanExporter, HttpSpanExporter
-
     if name == "otlp_grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
         return GrpcSpanExporter(endpoint=config.endpoint)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
     return HttpSpanExporter(endpoint=http_traces_url(config.endpoint) if config.endpoint else None)
 
 

@@ -1,4 +1,12 @@
-"""Client-side protobuf conversion: Python/Arrow columns to `Values` and back."""
+"""Wire conversion shared by the SDK and the servers.
+
+- typed columns: Python, NumPy and Arrow columns to `quiver.types.v1.Values`
+  (one packed array per column) and back, with the one table of which `Values`
+  field carries each `ValueType`;
+- push targets: `PushTarget` to `quiver.serving.v1.PushTarget` and back;
+- Flight commands and tickets: `quiver.flight.v1` messages packed in a
+  `google.protobuf.Any`, and the spine's default timestamp column.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,27 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+from google.protobuf import any_pb2, message
 
-from quiver._types import ValueType
+from quiver.serving.v1 import serving_service_pb2 as serving_pb
+from quiver.types import PushTarget, ValueType
 from quiver.types.v1 import value_pb2
+
+__all__ = [
+    "DEFAULT_TIMESTAMP_COLUMN",
+    "FIELD_FOR_TYPE",
+    "TYPE_OF_FIELD",
+    "encode_columns",
+    "from_values",
+    "infer_type",
+    "pack",
+    "push_target_from_proto",
+    "push_target_to_proto",
+    "to_values",
+]
+
+# The spine column a training-set command uses when it names none.
+DEFAULT_TIMESTAMP_COLUMN = "event_timestamp"
 
 # The `Values` oneof field that carries each type; the one table both sides use.
 FIELD_FOR_TYPE: dict[ValueType, str] = {
@@ -74,3 +100,32 @@ def from_values(values: value_pb2.Values) -> tuple[ValueType | None, Sequence[An
     if kind is None:
         return None, []
     return TYPE_OF_FIELD[kind], getattr(values, kind).values
+
+
+_PUSH_TARGETS: dict[PushTarget, serving_pb.PushTarget.ValueType] = {
+    PushTarget.ONLINE: serving_pb.PUSH_TARGET_ONLINE,
+    PushTarget.OFFLINE: serving_pb.PUSH_TARGET_OFFLINE,
+    PushTarget.ONLINE_AND_OFFLINE: serving_pb.PUSH_TARGET_ONLINE_AND_OFFLINE,
+}
+_FROM_PROTO = {number: target for target, number in _PUSH_TARGETS.items()}
+
+
+def push_target_to_proto(target: PushTarget) -> serving_pb.PushTarget.ValueType:
+    return _PUSH_TARGETS[target]
+
+
+def push_target_from_proto(number: int) -> PushTarget:
+    """The target a request names; unspecified (0) means online."""
+    if number == serving_pb.PUSH_TARGET_UNSPECIFIED:
+        return PushTarget.ONLINE
+    try:
+        return _FROM_PROTO[number]  # type: ignore[index]
+    except KeyError:
+        raise ValueError(f"unknown push target {number}") from None
+
+
+def pack(msg: message.Message) -> bytes:
+    """`msg` as the bytes of a Flight descriptor command or ticket (a packed Any)."""
+    wrapper = any_pb2.Any()
+    wrapper.Pack(msg)
+    return wrapper.SerializeToString()
