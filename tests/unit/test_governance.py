@@ -21,6 +21,7 @@ from quiver_server.governance.datasets import DatasetStore, check_name
 from quiver_server.governance.entities import hash_key, load_secret, table_mask
 from quiver_server.governance.lineage import Lineage, render_tree
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.progress import RewriteProgress
 from quiver_server.registry.store import RegistryStore
 
 user = Entity("user", (Field("user_id", Int64),))
@@ -168,10 +169,12 @@ def test_erasure_of_a_two_key_entity_from_a_single_file_source(
                              "balance": [1.0, 2.0, 3.0]}), root / "balances.parquet")
     from quiver_server.governance.erasure import Eraser
 
-    result = Eraser(GovernancePaths.of(config), snapshot, None, "test").erase(
+    events: list[RewriteProgress] = []
+    result = Eraser(GovernancePaths.of(config), snapshot, None, "test", progress=events.append).erase(
         {"bank": ["a"], "number": [1]}
     )
     assert (result.files_rewritten, result.rows_removed) == (1, 1)
+    assert events == [RewriteProgress("erasure", "balances", 0, 1), RewriteProgress("erasure", "balances", 1, 1)]
     assert pq.read_table(root / "balances.parquet").to_pydict()["number"] == [2, 1]
     assert (root / "beside" / ".keep.erasing-x").exists()
     with pytest.raises(InvalidArgumentError) as bad:

@@ -185,11 +185,12 @@ def cmd_delete_entity(config: QuiverConfig, args: argparse.Namespace) -> int:
         if args.offline:
             from quiver_server.governance.erasure import Eraser
             from quiver_server.governance.paths import GovernancePaths
+            from quiver_server.governance.progress import RewriteBars
             from quiver_server.governance.who import local_principal
 
-            erased = Eraser(GovernancePaths.of(config), snapshot, store, local_principal()).erase(
-                entities, _views(args.views) or ()
-            )
+            with RewriteBars() as bars:
+                erased = Eraser(GovernancePaths.of(config), snapshot, store, local_principal(),
+                                progress=bars).erase(entities, _views(args.views) or ())
             print(
                 f"Erased from {', '.join(erased.feature_views)}: {erased.online_rows_deleted} online "
                 f"row(s), {erased.rows_removed} history row(s) in {erased.files_rewritten} file(s) "

@@ -163,13 +163,15 @@ def cmd_search(config: QuiverConfig, args: argparse.Namespace) -> int:
 
 def cmd_compact(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.governance.compaction import compact_view
+    from quiver_server.governance.progress import RewriteBars
     from quiver_server.governance.who import local_principal
     from quiver_server.registry.store import RegistryStore
 
-    result = compact_view(
-        GovernancePaths.of(config), RegistryStore(config.registry_path).latest(), args.view,
-        local_principal(), target_bytes=int(args.target_mb * (1 << 20)),
-    )
+    with RewriteBars() as bars:
+        result = compact_view(
+            GovernancePaths.of(config), RegistryStore(config.registry_path).latest(), args.view,
+            local_principal(), target_bytes=int(args.target_mb * (1 << 20)), progress=bars,
+        )
     print(f"{result.feature_view}: {result.files_before} file(s) -> {result.files_after} "
           f"({len(result.groups)} merged group(s), compaction {result.compaction_id})")
     return 0
@@ -181,14 +183,16 @@ def cmd_erasures(config: QuiverConfig, args: argparse.Namespace) -> int:
     paths = GovernancePaths.of(config)
     if args.action == "resume":
         from quiver_server.governance.erasure import Eraser
+        from quiver_server.governance.progress import RewriteBars
         from quiver_server.governance.who import local_principal
         from quiver_server.online.factory import open_online_store
         from quiver_server.registry.store import RegistryStore
 
         store = open_online_store(config)
         try:
-            results = Eraser(paths, RegistryStore(config.registry_path).latest(), store,
-                             local_principal()).resume()
+            with RewriteBars() as bars:
+                results = Eraser(paths, RegistryStore(config.registry_path).latest(), store,
+                                 local_principal(), progress=bars).resume()
         finally:
             store.close()
         for result in results:

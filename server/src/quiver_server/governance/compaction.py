@@ -42,6 +42,7 @@ from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver_server.durable import fsync_directory
 from quiver_server.governance.files import append_line, locked, write_durable
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
 from quiver_server.offline.source import list_files, resolve_path
 from quiver_server.registry.snapshot import Snapshot
 
@@ -66,6 +67,7 @@ class CompactionResult:
 def compact_view(
     paths: GovernancePaths, snapshot: Snapshot, view_name: str, by: str,
     target_bytes: int = DEFAULT_TARGET_BYTES,
+    progress: RewriteCallback = ignore,
 ) -> CompactionResult:
     """Merge runs of small files of `view_name`'s history.
 
@@ -76,6 +78,7 @@ def compact_view(
         by: The principal recorded in the log.
         target_bytes: Files at least this large are left alone; a merged file
             grows up to about this size.
+        progress: Called as groups of files are merged.
 
     Raises:
         NotFoundError: no such view.
@@ -101,7 +104,9 @@ def compact_view(
         result = CompactionResult(compaction_id, view.name, len(listing.files), len(listing.files))
         if not listing.is_directory:
             return result
-        for group in _groups(fs, list(listing.files), target_bytes):
+        groups = _groups(fs, list(listing.files), target_bytes)
+        for done, group in enumerate(groups):
+            progress(RewriteProgress("compaction", view.name, done, len(groups)))
             journal = _Journal(
                 compaction_id=f"{compaction_id}-{len(result.groups)}", view=view.name,
                 files=[_relative(base, p) for p in group], base=base, temp="",
@@ -109,6 +114,7 @@ def compact_view(
             _merge(paths, fs, journal)
             result.groups.append(journal.files)
             result.files_after -= len(group) - 1
+        progress(RewriteProgress("compaction", view.name, len(groups), len(groups)))
         append_line(paths.compaction_log, {
             "event": "completed", "compaction_id": compaction_id, "view": view.name,
             "at": datetime.now(UTC).isoformat(), "by": by, "files_before": result.files_before,

@@ -71,6 +71,7 @@ from quiver_server.governance.files import (
     write_durable,
 )
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
 from quiver_server.governance.spinefile import read_spine, write_spine
 from quiver_server.offline.source import list_files, resolve_path
 from quiver_server.online.base import OnlineStore
@@ -205,6 +206,7 @@ class Eraser:
         store: Online store to delete from (None: the online rows are left,
             e.g. when a serving server already deleted them).
         by: The principal recorded in the log.
+        progress: Called as each view's files are checked.
     """
 
     def __init__(
@@ -214,6 +216,7 @@ class Eraser:
         store: OnlineStore | None,
         by: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        progress: RewriteCallback = ignore,
     ) -> None:
         self.paths = paths
         self.snapshot = snapshot
@@ -221,6 +224,7 @@ class Eraser:
         self.by = by
         self.clock = clock
         self.datasets = DatasetStore(paths)
+        self.progress = progress
         self._pause = _Pause()
 
     def erase(
@@ -350,7 +354,8 @@ class Eraser:
         else:  # a single-file source: only its own directory, not what is beside it
             _remove_stale_temps(fs, posixpath.dirname(listing.base), recursive=False)
         files = rows = 0
-        for info in listing.files:
+        for checked, info in enumerate(listing.files):
+            self.progress(RewriteProgress("erasure", view.name, checked, len(listing.files)))
             with fs.open_input_file(info.path) as handle:
                 parquet = pq.ParquetFile(handle)
                 schema = parquet.schema_arrow
@@ -378,6 +383,7 @@ class Eraser:
             })
             self._pause.rewritten += 1
             self._pause.check("after")
+        self.progress(RewriteProgress("erasure", view.name, len(listing.files), len(listing.files)))
         return files, rows
 
     def _rewrite(self, fs: pafs.FileSystem, path: str, columns: list[str], keys: list[KeyTuple]) -> int:
