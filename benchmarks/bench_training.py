@@ -225,7 +225,7 @@ class ServerProcess:
         """`quiver serve-flight`, as deployed."""
         cli = Path(sys.executable).with_name("quiver")
         return cls(str(cli), "--repo", str(directory), "serve-flight", "--host", "127.0.0.1",
-                   "--port", "0")
+                   "--port", "0", "--health-port", "0")
 
     @classmethod
     def floor(cls, table_path: Path) -> ServerProcess:

@@ -122,7 +122,8 @@ def training_set(repo: Path, end: datetime) -> int:
     port = free_port()
     print(f"\n$ quiver serve-flight --port {port}", flush=True)
     server = subprocess.Popen(
-        [*QUIVER, "--repo", str(repo), "serve-flight", "--host", "127.0.0.1", "--port", str(port)],
+        [*QUIVER, "--repo", str(repo), "serve-flight", "--host", "127.0.0.1", "--port", str(port),
+         "--health-port", "0"],
         env={**os.environ, "QUIVER_TELEMETRY__LOGGING__LEVEL": "warning"},
     )
     try:

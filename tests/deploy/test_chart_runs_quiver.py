@@ -67,6 +67,24 @@ def _health(port: int, service: str) -> int:
             return -1
 
 
+def _wait_for_probes(
+    container: dict[str, Any], process: subprocess.Popen[bytes], log_path: Path
+) -> None:
+    """Wait until every gRPC probe of `container` gets SERVING, as kubelet would."""
+    probes = {p: container[p]["grpc"] for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+    deadline = time.monotonic() + 60
+    statuses: dict[str, int] = {}
+    while time.monotonic() < deadline and process.poll() is None:
+        statuses = {p: _health(g["port"], g["service"]) for p, g in probes.items()}
+        if all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, log_path.read_text()
+    assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), (
+        statuses, log_path.read_text()
+    )
+
+
 def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     made = subprocess.run(
@@ -116,20 +134,7 @@ def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
         ) as process,
     ):
         try:
-            probes = {
-                p: serving[p]["grpc"] for p in ("startupProbe", "readinessProbe", "livenessProbe")
-            }
-            deadline = time.monotonic() + 60
-            statuses: dict[str, int] = {}
-            while time.monotonic() < deadline and process.poll() is None:
-                statuses = {p: _health(g["port"], g["service"]) for p, g in probes.items()}
-                if all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()):
-                    break
-                time.sleep(0.2)
-            assert process.poll() is None, log_path.read_text()
-            assert all(s == health_pb2.HealthCheckResponse.SERVING for s in statuses.values()), (
-                statuses, log_path.read_text()
-            )
+            _wait_for_probes(serving, process, log_path)
             _, pod = out.workload("serving")
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=pod["terminationGracePeriodSeconds"])
@@ -140,16 +145,16 @@ def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
                 process.wait()
 
 
-def test_flight_container_listens_where_its_probes_look(tmp_path: Path) -> None:
+def test_flight_container_answers_its_grpc_probes(tmp_path: Path) -> None:
     from quiver_server.demo_repo import DEFINITIONS
 
     repo, data = tmp_path / "repo", tmp_path / "volume"
-    port = _free_port()
+    port, health_port = _free_port(), _free_port()
     out = render(
         {
             "onlineStore": {"type": "sqlite"},
             "serving": {"replicaCount": 1},
-            "flight": {"port": port},
+            "flight": {"port": port, "health": {"port": health_port, "checkSeconds": 1}},
             "telemetry": {"metrics": {"enabled": False}},
             "persistence": {"mountPath": str(data)},
             "featureRepo": {"mountPath": str(repo), "files": {"features.py": DEFINITIONS}},
@@ -162,11 +167,6 @@ def test_flight_container_listens_where_its_probes_look(tmp_path: Path) -> None:
     applied = _run(_container(out, "apply"), tmp_path)
     assert applied.returncode == 0, applied.stdout + applied.stderr
     flight = _container(out, "flight")
-    probe_port = next(
-        p["containerPort"]
-        for p in flight["ports"]
-        if p["name"] == flight["readinessProbe"]["tcpSocket"]["port"]
-    )
     log_path = tmp_path / "flight.log"
     with (
         log_path.open("w") as log,
@@ -179,14 +179,9 @@ def test_flight_container_listens_where_its_probes_look(tmp_path: Path) -> None:
         ) as process,
     ):
         try:
-            deadline, connected = time.monotonic() + 60, False
-            while time.monotonic() < deadline and process.poll() is None and not connected:
-                try:
-                    socket.create_connection(("127.0.0.1", probe_port), timeout=1).close()
-                    connected = True
-                except OSError:
-                    time.sleep(0.2)
-            assert connected, log_path.read_text()
+            _wait_for_probes(flight, process, log_path)
+            # The Flight port itself takes connections.
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
             _, pod = out.workload("flight")
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=pod["terminationGracePeriodSeconds"]) == 0, log_path.read_text()

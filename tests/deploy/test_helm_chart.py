@@ -211,16 +211,59 @@ def test_serving_probes_are_native_grpc_health_checks(rendered: Rendered) -> Non
     assert container["startupProbe"]["grpc"]["service"] == ""
 
 
-def test_flight_probes_use_the_flight_port(rendered: Rendered) -> None:
-    """Arrow Flight servers have no grpc.health.v1 service, so Flight is probed over TCP."""
+def test_flight_probes_are_native_grpc_health_checks_on_the_health_port(rendered: Rendered) -> None:
+    """serve-flight runs grpc.health.v1 on a side port; readiness asks about the Flight service."""
     values = deep_merge(chart_defaults(), rendered.values)
     if not values["flight"]["enabled"]:
         pytest.skip("flight disabled in this value set")
     _, pod = rendered.workload("flight")
     (container,) = pod["containers"]
-    assert next(p["name"] for p in container["ports"]) == "flight"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == values["flight"]["health"]["port"] != ports["flight"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["tcpSocket"] == {"port": "flight"}
+        assert set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, probe
+        assert container[probe]["grpc"]["port"] == ports["health"]
+    assert container["readinessProbe"]["grpc"]["service"] == "arrow.flight.protocol.FlightService"
+    assert container["livenessProbe"]["grpc"]["service"] == ""
+    assert container["startupProbe"]["grpc"]["service"] == ""
+    config = rendered.quiver_yaml()["flight"]
+    assert config["health_port"] == ports["health"]
+    service = rendered.get("Service", f"{rendered.fullname}-flight")
+    assert "health" not in [p["name"] for p in service["spec"]["ports"]]
+
+
+def test_flight_limits_and_spine_settings_reach_the_config() -> None:
+    out = render({"flight": {
+        "maxSpineBytes": 5 << 30, "maxStoredSpineBytes": 50 << 30, "spineSweepSeconds": 60,
+        "spineRoot": "labels", "maxConcurrentStreams": 4, "maxConcurrentUploads": 2,
+        "health": {"port": 9000, "checkSeconds": 2},
+    }}).quiver_yaml()["flight"]
+    assert {k: out[k] for k in (
+        "max_spine_bytes", "max_stored_spine_bytes", "spine_sweep_seconds", "spine_root",
+        "max_concurrent_streams", "max_concurrent_uploads", "health_port", "health_check_seconds",
+    )} == {
+        "max_spine_bytes": 5 << 30, "max_stored_spine_bytes": 50 << 30, "spine_sweep_seconds": 60,
+        "spine_root": "labels", "max_concurrent_streams": 4, "max_concurrent_uploads": 2,
+        "health_port": 9000, "health_check_seconds": 2,
+    }
+    assert "ticket_key_file" not in out
+
+
+def test_flight_ticket_keys_come_from_a_user_secret_shared_by_every_replica() -> None:
+    out = render({"flight": {"replicaCount": 3,
+                             "ticketKeys": {"existingSecret": "quiver-ticket-keys", "secretKey": "k"}}})
+    _, pod = out.workload("flight")
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "ticket-keys"]
+    assert volume["secret"]["secretName"] == "quiver-ticket-keys"
+    assert volume["secret"]["items"] == [{"key": "k", "path": "keys"}]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "ticket-keys"]
+    assert mount["readOnly"]
+    key_file = out.quiver_yaml()["flight"]["ticket_key_file"]
+    assert key_file == f"{mount['mountPath']}/keys"
+    # Only Flight pods sign tickets.
+    _, serving = out.workload("serving")
+    assert all(v["name"] != "ticket-keys" for v in serving["volumes"])
 
 
 def test_containers_run_hardened(rendered: Rendered) -> None:
@@ -686,6 +729,10 @@ CROSS_FIELD = {
     "metrics port clash": (
         {"telemetry": {"metrics": {"port": 6566}}},
         "serving.port and telemetry.metrics.port",
+    ),
+    "flight health port clash": (
+        {"flight": {"health": {"port": 8815, "checkSeconds": 5}}},
+        "flight.health.port (8815) must differ",
     ),
     "min above max replicas": (
         {"flight": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},

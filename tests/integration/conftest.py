@@ -107,6 +107,21 @@ def fake_clock() -> FakeClock:
     return FakeClock()
 
 
+@pytest.fixture(name="flight_repo")
+def flight_repo_fixture(tmp_path: Path) -> Callable[..., QuiverConfig]:
+    """`flight_repo(**flight_settings)`: a config under tmp_path with the shared Flight test repo
+    (flight_data: two views, one service, seeded history) applied."""
+    from flight_data import ENTITIES, SERVICES, VIEWS, write_history
+
+    def make(**flight: Any) -> QuiverConfig:
+        config = make_config(tmp_path, **flight)
+        write_history(Path(config.offline_root))
+        apply_objects(config, ENTITIES, VIEWS, SERVICES)
+        return config
+
+    return make
+
+
 class QuiverProcess:
     """A `quiver` command in its own process, its output kept for failure messages.
 

@@ -4,31 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from flight_data import (
+    T0,
+    US,
+    expected,
+    make_spine,
+    merchant,
+    merchant_stats,
+    model,
+    user,
+    user_stats,
+    write_history,
+)
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from pyarrow import flight
 
-from quiver import (
-    Entity,
-    FeatureService,
-    FeatureView,
-    Field,
-    Float64,
-    Int64,
-    OfflineSpine,
-    ParquetSource,
-    String,
-    TrainingClient,
-    TrainingProgress,
-)
+from quiver import OfflineSpine, TrainingClient, TrainingProgress
 from quiver.convert import pack
 from quiver.errors import (
     FailedPreconditionError,
@@ -41,66 +39,7 @@ from quiver_flight.pit import PointInTimeEngine
 from quiver_server.config import QuiverConfig
 from quiver_server.registry.store import RegistryStore
 
-T0 = datetime(2024, 6, 1, tzinfo=UTC)
-US = pa.timestamp("us", tz="UTC")
-DAY = 86_400
-
-user = Entity("user", (Field("user_id", Int64),))
-merchant = Entity("merchant", (Field("merchant_id", String),))
-user_stats = FeatureView(
-    name="user_stats", entities=[user],
-    schema=[Field("spend", Float64), Field("txns", Int64), Field("country", String)],
-    source=ParquetSource("user_stats", created_timestamp_field="created"),
-    ttl=timedelta(days=2),
-)
-merchant_stats = FeatureView(
-    name="merchant_stats", entities=[merchant],
-    schema=[Field("risk", Float64), Field("volume", Int64)],
-    source=ParquetSource("merchant_stats"),
-)
-model = FeatureService(name="model", features=[user_stats, merchant_stats[["risk"]]])
-
 Server = Callable[..., AbstractContextManager[str]]
-
-
-def write_history(root: Path, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    n = 3000
-    events = seconds(rng.integers(0, 10 * DAY, n))
-    (root / "user_stats").mkdir(parents=True)
-    for part, rows in enumerate((slice(0, 1700), slice(1700, n))):
-        pq.write_table(pa.table({
-            "user_id": rng.integers(0, 300, n)[rows],
-            "event_timestamp": events[rows],
-            "created": events[rows],
-            "spend": pa.array(rng.random(n) * 100, mask=rng.random(n) < 0.05)[rows],
-            "txns": rng.integers(0, 50, n)[rows],
-            "country": pa.array(rng.choice(["US", "DE", "BR"], n)[rows].tolist()),
-        }), root / "user_stats" / f"part-{part}.parquet")
-    (root / "merchant_stats").mkdir()
-    m = 400
-    pq.write_table(pa.table({
-        "merchant_id": pa.array([f"m{i}" for i in rng.integers(0, 40, m)]),
-        "event_timestamp": seconds(rng.integers(0, 10 * DAY, m)),
-        "risk": rng.random(m),
-        "volume": rng.integers(0, 1000, m),
-    }), root / "merchant_stats" / "data.parquet")
-
-
-def seconds(values: np.ndarray) -> pa.Array:
-    """Timestamps `values` seconds after T0."""
-    start = int(T0.timestamp()) * 1_000_000
-    return pa.array(start + values.astype(np.int64) * 1_000_000, pa.int64()).cast(US)
-
-
-def make_spine(rows: int, seed: int = 1) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    return pa.table({
-        "user_id": rng.integers(0, 320, rows),
-        "merchant_id": pa.array([f"m{i}" for i in rng.integers(0, 45, rows)], pa.string()),
-        "event_timestamp": seconds(rng.integers(0, 11 * DAY, rows)),
-        "label": rng.integers(0, 2, rows),
-    })
 
 
 @pytest.fixture
@@ -122,13 +61,6 @@ def location(repo: QuiverConfig, flight_server: Server) -> Iterator[str]:
 def client(location: str) -> Iterator[TrainingClient]:
     with TrainingClient(location, max_workers=3) as c:
         yield c
-
-
-def expected(config: QuiverConfig, spine: pa.Table, service: str = "model", **kw: Any) -> pa.Table:
-    """The engine's own answer, computed in-process (the engine is unit-tested)."""
-    snapshot = RegistryStore(config.registry_path).latest()
-    refs = snapshot.resolve(feature_service=service)
-    return PointInTimeEngine(config.offline_root).join_table(spine, refs, **kw)
 
 
 def test_training_set_in_one_call_over_several_endpoints(repo: QuiverConfig, client: TrainingClient) -> None:
@@ -210,7 +142,8 @@ def test_a_reader_closed_early_stops_fetching(client: TrainingClient) -> None:
 
 def test_features_by_reference_and_offline_spine(repo: QuiverConfig, client: TrainingClient) -> None:
     spine = make_spine(500, seed=3)
-    pq.write_table(spine, Path(repo.offline_root) / "labels.parquet")
+    (Path(repo.offline_root) / "spines").mkdir()
+    pq.write_table(spine, Path(repo.offline_root) / "spines" / "labels.parquet")
     got = client.get_training_set(OfflineSpine("labels.parquet"),
                                   features=["merchant_stats:volume", "user_stats:txns"])
     assert got.schema.names[-2:] == ["volume", "txns"]
@@ -367,7 +300,10 @@ def _unpack_any(data: bytes) -> Any:
 
 
 def test_expired_spines_and_stale_tickets(repo: QuiverConfig, flight_server: Server, fake_clock: Any) -> None:
-    with flight_server(repo, clock=fake_clock) as loc, TrainingClient(loc) as client:
+    from quiver_flight.server import create_flight_server
+
+    server, port = create_flight_server(repo, clock=fake_clock)
+    with server, TrainingClient(f"grpc://127.0.0.1:{port}") as client:
         handle = client.upload_spine(make_spine(20))
         info = client.plan(handle, feature_service="model")
         assert client.fetch(info).num_rows == 20
@@ -380,10 +316,11 @@ def test_expired_spines_and_stale_tickets(repo: QuiverConfig, flight_server: Ser
         assert missing.value.reason == "SPINE_EXPIRED"
         with pytest.raises(NotFoundError, match="does not exist"):
             client.plan(handle, feature_service="model")
-        # Uploads sweep expired spines away.
+        # The server's sweeper deletes expired spines (woken here rather than waited for).
         other = client.upload_spine(make_spine(5))
         fake_clock.now += repo.flight.spine_ttl_seconds + 1
         client.upload_spine(make_spine(5))
+        assert server.spine_sweeper.run_now(timeout=30)
         spines = Path(repo.offline_root) / "_spines"
         assert not (spines / f"{other.spine_id}.arrow").exists()
         assert len(list(spines.glob("*.arrow"))) == 1
@@ -401,12 +338,13 @@ def test_a_ticket_goes_stale_when_the_history_changes(repo: QuiverConfig, client
 
 def test_offline_spine_paths_must_stay_inside_the_store(repo: QuiverConfig, client: TrainingClient) -> None:
     for path in ("../outside.parquet", "/etc/passwd", "s3://bucket/x.parquet"):
-        with pytest.raises(InvalidArgumentError, match="inside the offline store"):
+        with pytest.raises(InvalidArgumentError, match="inside the spine directory"):
             client.get_training_set(OfflineSpine(path), feature_service="model")
     client.upload_spine(make_spine(3))  # creates _spines/
-    with pytest.raises(InvalidArgumentError, match="not readable as spines"):
-        client.get_training_set(OfflineSpine("_spines/.ticket-key"), feature_service="model")
-    (Path(repo.offline_root) / "notes.txt").write_text("not parquet")
+    with pytest.raises(InvalidArgumentError, match="inside the spine directory"):
+        client.get_training_set(OfflineSpine("../_spines/.ticket-key"), feature_service="model")
+    (Path(repo.offline_root) / "spines").mkdir()
+    (Path(repo.offline_root) / "spines" / "notes.txt").write_text("not parquet")
     with pytest.raises(InvalidArgumentError, match="not a Parquet file"):
         client.get_training_set(OfflineSpine("notes.txt"), feature_service="model")
     with pytest.raises(NotFoundError):

@@ -134,7 +134,7 @@ def test_offline_spines_are_kept_too(repo: QuiverConfig, flight_server: Any) -> 
     path.parent.mkdir()
     pq.write_table(spine(), path)
     with flight_server(repo) as location, TrainingClient(location) as client:
-        created = client.create_training_dataset("offline", OfflineSpine("spines/s.parquet"),
+        created = client.create_training_dataset("offline", OfflineSpine("s.parquet"),
                                                  features=["stats:spend"])
         path.unlink()
         assert client.get_training_dataset("offline", 1).table.equals(created.table)

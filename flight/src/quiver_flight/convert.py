@@ -56,8 +56,11 @@ def unpack_command(data: bytes) -> message.Message:
             reason="UNKNOWN_COMMAND",
         )
     command = command_type()
-    if not wrapper.Unpack(command):  # pragma: no cover - type_url checked above
-        raise InvalidArgumentError.for_field("descriptor.cmd", "cannot unpack the command")
+    if not _unpack(wrapper, command):
+        raise InvalidArgumentError.for_field(
+            "descriptor.cmd", f"not a valid {command_type.DESCRIPTOR.full_name}: a malformed "
+            f"message, or a string that is not UTF-8", reason="INVALID_COMMAND",
+        )
     return command
 
 
@@ -69,12 +72,19 @@ def unpack_ticket(data: bytes) -> pb.TrainingSetTicket:
     """
     wrapper = _any(data, "ticket", "a training-set ticket")
     ticket = pb.TrainingSetTicket()
-    if wrapper.type_url != _TICKET_URL or not wrapper.Unpack(ticket):
+    if wrapper.type_url != _TICKET_URL or not _unpack(wrapper, ticket):
         raise InvalidArgumentError.for_field(
             "ticket", f"not a training-set ticket (type {clip(wrapper.type_url)!r}); use the tickets "
             f"get_flight_info returns", reason="INVALID_TICKET",
         )
     return ticket
+
+
+def _unpack(wrapper: any_pb2.Any, target: message.Message) -> bool:
+    try:
+        return bool(wrapper.Unpack(target))
+    except message.DecodeError:
+        return False
 
 
 def _any(data: bytes, field: str, what: str) -> any_pb2.Any:

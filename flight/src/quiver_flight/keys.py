@@ -37,6 +37,36 @@ _CANONICAL = {
 }
 
 
+# The spine column types a join key accepts. Integer keys are int64 (both widths
+# share one key space, as online keys do): uint64 is refused, since its values
+# need not fit, and a column that fails half way through a stream is worse than
+# one refused when the training set is planned.
+_SPINE_KEY_TYPES: dict[ValueType, tuple[pa.DataType, ...]] = {
+    ValueType.INT64: (pa.int8(), pa.int16(), pa.int32(), pa.int64(),
+                      pa.uint8(), pa.uint16(), pa.uint32()),
+    ValueType.STRING: (pa.string(), pa.large_string(), pa.string_view()),
+    ValueType.BYTES: (pa.binary(), pa.large_binary(), pa.binary_view()),
+}
+_SPINE_KEY_TYPES[ValueType.INT32] = _SPINE_KEY_TYPES[ValueType.INT64]
+
+
+def spine_key_types(value_type: ValueType) -> str:
+    """The spine column types a `value_type` join key accepts, for messages."""
+    names = [str(t) for t in _SPINE_KEY_TYPES.get(value_type, ())]
+    if value_type == ValueType.BYTES:
+        names.append("fixed_size_binary")
+    return ", ".join(names) + " (or dictionary-encoded)" if names else "none"
+
+
+def spine_key_accepts(value_type: ValueType, arrow_type: pa.DataType) -> bool:
+    """Whether a spine column of `arrow_type` can be joined on a `value_type` key."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if value_type == ValueType.BYTES and pa.types.is_fixed_size_binary(arrow_type):
+        return True
+    return any(arrow_type.equals(t) for t in _SPINE_KEY_TYPES.get(value_type, ()))
+
+
 def normalize_key(values: pa.Array | pa.ChunkedArray, value_type: ValueType) -> pa.Array | None:
     """`values` as the canonical Arrow type of a `value_type` key, or None if incompatible.
 

@@ -46,9 +46,8 @@ from quiver_flight.history import (
     check_source_schema,
     locate,
 )
-from quiver_flight.keys import IntArray, normalize_key
+from quiver_flight.keys import IntArray, normalize_key, spine_key_accepts, spine_key_types
 from quiver_flight.timestamps import TimestampRangeError, per_second, to_units
-from quiver_server.offline.columns import compatible
 from quiver_server.registry.snapshot import FeatureRef
 from quiver_server.telemetry.spans import traced
 
@@ -100,13 +99,15 @@ def check_spine_schema(
                     metadata={"column": key.name, "feature_view": view.name},
                 )
             arrow_type = schema.field(index).type
-            if not compatible(key.dtype, arrow_type):
+            if not spine_key_accepts(key.dtype, arrow_type):
                 raise InvalidArgumentError.for_field(
                     f"spine.{key.name}",
                     f"spine column {key.name!r} is {arrow_type}, but join key {key.name!r} of "
-                    f"feature view {view.name!r} is {key.dtype.name.lower()}",
+                    f"feature view {view.name!r} is {key.dtype.name.lower()}; allowed spine "
+                    f"types: {spine_key_types(key.dtype)} (cast the column before sending)",
                     reason="SPINE_KEY_TYPE",
-                    metadata={"column": key.name, "feature_view": view.name},
+                    metadata={"column": key.name, "feature_view": view.name,
+                              "type": str(arrow_type)},
                 )
 
 
@@ -151,12 +152,17 @@ def output_schema(
 ) -> pa.Schema:
     """The training set's schema: the spine's columns, then one per feature.
 
+    Dictionary-encoded spine columns come back decoded: record batches streamed
+    one at a time carry no dictionaries (and each batch may have its own).
+
     Raises:
         InvalidArgumentError: the spine does not fit the features, or two output
             columns would share a name.
     """
     check_spine_schema(spine_schema, [view for view, _ in group_by_view(refs)], timestamp_column)
-    return pa.schema([*spine_schema, *feature_fields(refs, full_feature_names, spine_schema.names)])
+    spine_fields = [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                    for f in spine_schema]
+    return pa.schema([*spine_fields, *feature_fields(refs, full_feature_names, spine_schema.names)])
 
 
 def feature_fields(
@@ -321,7 +327,8 @@ class PointInTimeEngine:
         start = 0
         for piece in spine.to_batches(max_chunksize=self.batch_rows):
             stop = start + piece.num_rows
-            arrays = list(piece.columns)
+            arrays = [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c
+                      for c in piece.columns]
             # Views are joined one after another: batches are too small for
             # threads to win against the GIL hand-offs between numpy calls;
             # parallelism comes from serving several partitions at once.

@@ -11,9 +11,13 @@ Calls (commands and tickets are described in `quiver/flight/v1/flight.proto`):
 - ``do_get`` (TrainingSetTicket): stream one partition as it is computed.
 - ``get_schema`` (TrainingSetCommand): the schema, without planning.
 - ``list_flights`` (ListFlightsCriteria): every feature service and view.
+- ``do_action``, ``do_exchange``: not offered (UNIMPLEMENTED).
 
-Errors are the matching `pyarrow.flight` error with a serialized
-google.rpc.Status in extra_info; a bad request never takes the server down.
+Every failure carries a google.rpc.Status, never a traceback or a server path
+(`quiver_flight.errors`); a bad request never takes the server down. Streams
+and uploads are bounded in number (`quiver_flight.limits`), expired spines are
+swept on a timer, and readiness is served on grpc.health.v1 on a side port
+(`quiver_flight.health`).
 """
 
 from __future__ import annotations
@@ -26,26 +30,33 @@ import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Concatenate, ParamSpec, TypeVar, cast
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import structlog
 from pyarrow import flight
 
 from quiver.convert import pack
-from quiver.errors import InvalidArgumentError
+from quiver.errors import InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.prefetch import Prefetch
-from quiver_flight.convert import flight_error, timestamp_seconds, unpack_command
+from quiver_flight.convert import timestamp_seconds, unpack_command
+from quiver_flight.errors import ErrorPolicy
+from quiver_flight.health import FlightHealth
+from quiver_flight.limits import CallSlots
+from quiver_flight.periodic import Periodic
 from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
-from quiver_flight.spines import SpineStore
+from quiver_flight.spine_paths import SpineDirectory
+from quiver_flight.spines import SPINE_DIRECTORY, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.training import TrainingSets
 from quiver_server.config import QuiverConfig
-from quiver_server.error_policy import as_quiver_error
+from quiver_server.echo import clip
 from quiver_server.governance.erasure import PendingErasures
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.who import call_principal
 from quiver_server.observability import configure_logging
+from quiver_server.offline.source import resolve_path
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry import Telemetry, setup_telemetry
 from quiver_server.telemetry.flight_middleware import flight_call, flight_call_counter
@@ -54,7 +65,6 @@ log = structlog.get_logger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-S = TypeVar("S")
 
 # Batches computed ahead of the one being sent, so the join of the next batch
 # overlaps the serialization and sending of this one.
@@ -62,29 +72,41 @@ _PREFETCH_BATCHES = 2
 _SWITCH_INTERVAL_SECONDS = 0.001
 
 
-def _handler(
-    handler: Callable[Concatenate[S, flight.ServerCallContext, P], R],
-) -> Callable[Concatenate[S, flight.ServerCallContext, P], R]:
-    """The edge of every Flight handler: the call's telemetry is current while it
-    runs, and what it raises leaves as a Flight error carrying a google.rpc.Status."""
+Translate = Callable[
+    ["TrainingSetFlightServer", BaseException, str, flight.ServerCallContext], BaseException
+]
+Handler = Callable[Concatenate["TrainingSetFlightServer", flight.ServerCallContext, P], R]
+
+
+def _edge(handler: Handler[P, R], translate: Translate) -> Handler[P, R]:
+    """The edge of a Flight handler: the call's telemetry is current while it runs,
+    and what it raises leaves as `translate` makes it (a google.rpc.Status inside)."""
 
     @functools.wraps(handler)
-    def wrapper(self: S, context: flight.ServerCallContext, *args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(
+        self: TrainingSetFlightServer, context: flight.ServerCallContext,
+        *args: P.args, **kwargs: P.kwargs,
+    ) -> R:
         with flight_call(context) as call:
             try:
                 result = handler(self, context, *args, **kwargs)
             except Exception as exc:
-                raise _translate(exc, handler.__name__) from None
+                raise translate(self, exc, handler.__name__, context) from None
             call.handled(result)
             return result
 
-    return cast("Callable[Concatenate[S, flight.ServerCallContext, P], R]", wrapper)
+    return cast("Handler[P, R]", wrapper)
 
 
-def _translate(exc: BaseException, where: str) -> BaseException:
-    if isinstance(exc, flight.FlightError):
-        return cast(BaseException, exc)
-    return flight_error(as_quiver_error(exc, where, store="offline store"))
+def _handler(handler: Handler[P, R]) -> Handler[P, R]:
+    """For the methods whose Flight errors pyarrow sends as they are."""
+    return _edge(handler, lambda server, exc, where, _: server.errors.flight_error(exc, where))
+
+
+def _trailer_handler(handler: Handler[P, R]) -> Handler[P, R]:
+    """For get_schema, do_action and do_exchange, whose Flight errors pyarrow does not translate."""
+    return _edge(handler, lambda server, exc, where, context: server.errors.trailer_error(
+        exc, where, context))
 
 
 class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
@@ -97,10 +119,43 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         *,
         advertised: str | None = None,
         middleware: dict[str, flight.ServerMiddlewareFactory] | None = None,
+        errors: ErrorPolicy | None = None,
     ) -> None:
         super().__init__(location, middleware=middleware or None)
         self.training = training
+        self.errors = errors or ErrorPolicy()
         self._locations = [flight.Location(advertised)] if advertised else []
+        # Expired spines are swept on a timer, not only when someone uploads.
+        self.spine_sweeper = Periodic(
+            "quiver-spine-sweep", training.config.spine_sweep_seconds, training.spines.sweep
+        )
+        self.spine_sweeper.start()
+        config = training.config
+        self.streams = CallSlots(
+            "training-set streams", "max_concurrent_streams", config.max_concurrent_streams
+        )
+        self.uploads = CallSlots("spine uploads", "max_concurrent_uploads", config.max_concurrent_uploads)
+        self.health: FlightHealth | None = None
+
+    def shutdown(self) -> None:
+        """Stop the background jobs, refuse new calls and wait for running ones."""
+        self.stop_jobs()
+        super().shutdown()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop_jobs()
+        super().__exit__(*exc_info)
+
+    def attach_health(self, health: FlightHealth) -> None:
+        """Start `health`, and stop it with the server."""
+        self.health = health
+        health.start()
+
+    def stop_jobs(self) -> None:
+        self.spine_sweeper.stop()
+        if self.health is not None:
+            self.health.stop(0)
+
 
     @_handler
     def do_put(
@@ -118,7 +173,10 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         if command.timestamp_column:
             check_timestamp_column(reader.schema, command.timestamp_column)
         count = flight_call_counter(context)
-        spine = self.training.spines.put(reader.schema, _received(reader, count))
+        # The slot is given back before the answer is sent, so a client that
+        # has its answer can upload again at once.
+        with self.uploads.claim():
+            spine = self.training.spines.put(reader.schema, _received(reader, count))
         result = pb.UploadSpineResult(spine_id=spine.spine_id, rows=spine.num_rows)
         if spine.expires_at is not None:
             result.expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
@@ -144,7 +202,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             ordered=True, app_metadata=metadata,
         )
 
-    @_handler
+    @_trailer_handler
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
@@ -152,15 +210,16 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
     @_handler
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
-        job = self.training.open_ticket(ticket.ticket)
-        # The next batch is joined while this one is sent; a client that hangs up
-        # stops the join and frees this handler (`context.is_cancelled`).
-        batches = Prefetch(
-            job.batches, _PREFETCH_BATCHES, cancelled=context.is_cancelled,
-            on_item=flight_call_counter(context),
-            on_error=lambda exc: _translate(exc, "do_get"), name="quiver-do-get",
-        )
-        return flight.GeneratorStream(job.schema, batches)
+        with self.streams.claim() as slot:  # held by the stream until it ends
+            job = self.training.open_ticket(ticket.ticket)
+            # The next batch is joined while this one is sent; a client that hangs up
+            # stops the join and frees this handler (`context.is_cancelled`).
+            batches = Prefetch(
+                job.batches, _PREFETCH_BATCHES, cancelled=context.is_cancelled,
+                on_item=flight_call_counter(context),
+                on_error=lambda exc: self.errors.flight_error(exc, "do_get"), name="quiver-do-get",
+            )
+            return flight.GeneratorStream(job.schema, slot.hold(batches))
 
     @_handler
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
@@ -182,8 +241,29 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             ))
         return iter(infos)
 
+    @_handler
     def list_actions(self, context: flight.ServerCallContext) -> list[tuple[str, str]]:
         return []
+
+    @_trailer_handler
+    def do_action(self, context: flight.ServerCallContext, action: flight.Action) -> Iterator[bytes]:
+        raise UnimplementedError(
+            f"this Flight server offers no actions (asked for {clip(action.type)!r}); "
+            f"list_actions lists none", reason="UNIMPLEMENTED",
+        )
+
+    @_trailer_handler
+    def do_exchange(
+        self,
+        context: flight.ServerCallContext,
+        descriptor: flight.FlightDescriptor,
+        reader: flight.MetadataRecordBatchReader,
+        writer: flight.MetadataRecordBatchWriter,
+    ) -> None:
+        raise UnimplementedError(
+            "this Flight server does not offer do_exchange; upload spines with do_put and "
+            "fetch training sets with get_flight_info and do_get", reason="UNIMPLEMENTED",
+        )
 
 
 def _command(descriptor: flight.FlightDescriptor) -> object:
@@ -220,8 +300,9 @@ def create_flight_server(
     telemetry: Telemetry | None = None,
     clock: Callable[[], float] = time.time,
     cache_bytes: int | None = None,
+    health_port: int = 0,
 ) -> tuple[TrainingSetFlightServer, int]:
-    """Build and start a training-set Flight server.
+    """Build and start a training-set Flight server, and its health service.
 
     Args:
         config: The repo's configuration (offline store, registry, flight).
@@ -230,6 +311,9 @@ def create_flight_server(
         clock: Seconds since the epoch, for spine expiry (tests fake it).
         cache_bytes: Budget for cached history indexes and features; default
             `flight.history_cache_bytes`.
+        health_port: Port of the gRPC health service, on the same host; 0
+            picks a free one (`serve` passes `flight.health_port`). The
+            server's ``health.port`` is the port bound.
 
     Returns:
         The running server and the port it listens on.
@@ -243,26 +327,56 @@ def create_flight_server(
         exclusions=PendingErasures(governance),
     )
     spines = SpineStore(
-        config.offline_root,
-        max_rows=flight_config.max_spine_rows,
-        ttl_seconds=flight_config.spine_ttl_seconds,
-        batch_rows=flight_config.batch_rows,
-        clock=clock,
+        config.offline_root, flight_config, directory=spine_directory(config), clock=clock
     )
     training = TrainingSets(
-        RegistryStore(config.registry_path), engine, spines, TicketSigner(config.offline_root),
+        RegistryStore(config.registry_path), engine, spines, TicketSigner.from_config(config),
         flight_config, clock, governance,
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
     server = TrainingSetFlightServer(
         location, training, advertised=flight_config.location,
-        middleware=telemetry.flight_middleware(),
+        middleware=telemetry.flight_middleware(), errors=server_error_policy(config),
     )
+    host = urlparse(location).hostname or flight_config.host
+    try:
+        server.attach_health(FlightHealth(
+            training.readiness, f"{host}:{health_port}", flight_config.health_check_seconds
+        ))
+    except BaseException:
+        server.shutdown()
+        raise
     return server, server.port
 
 
-def serve(config: QuiverConfig, host: str | None = None, port: int | None = None) -> None:
-    """Serve training sets over Arrow Flight until SIGTERM or SIGINT."""
+def spine_directory(config: QuiverConfig) -> SpineDirectory:
+    """The directory Parquet spines are named in, checked to hold no history or registry."""
+    return SpineDirectory(
+        config.offline_root, config.flight.spine_root,
+        apart=[str(config.registry_path), resolve_path(config.offline_root, SPINE_DIRECTORY)],
+        outside=[config.offline_root],
+    )
+
+
+def server_error_policy(config: QuiverConfig) -> ErrorPolicy:
+    """Errors that name the server's directories by role, never by path."""
+    return ErrorPolicy({
+        config.offline_root: "<offline store>",
+        str(config.registry_path): "<registry>",
+        str(config.repo_path): "<feature repo>",
+        resolve_path(config.offline_root, config.flight.spine_root): "<spines>",
+    }, opaque=[str(config.registry_path)])
+
+
+def serve(
+    config: QuiverConfig, host: str | None = None, port: int | None = None,
+    *, health_port: int | None = None,
+) -> None:
+    """Serve training sets over Arrow Flight until SIGTERM or SIGINT.
+
+    Prints ``quiver: serving Arrow Flight on HOST:PORT`` once it listens, then
+    ``quiver: health (grpc.health.v1) on HOST:PORT``.
+    """
     configure_logging(config.telemetry.logging)
     # Partitions are served on parallel threads whose heavy work is numpy and
     # Arrow calls that release the GIL. With the default 5 ms switch interval a
@@ -278,9 +392,17 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
             log.warning("metrics endpoint not started", port=metrics.port, error=str(exc))
     host = host or config.flight.host
     port = config.flight.port if port is None else port
-    server, bound = create_flight_server(config, f"grpc://{host}:{port}", telemetry=telemetry)
+    if health_port is None:
+        health_port = config.flight.health_port
+    server, bound = create_flight_server(
+        config, f"grpc://{host}:{port}", telemetry=telemetry, health_port=health_port
+    )
+    health = server.health
+    assert health is not None
     print(f"quiver: serving Arrow Flight on {host}:{bound}", flush=True)
-    log.info("serving", address=f"{host}:{bound}", offline_root=config.offline_root)
+    print(f"quiver: health (grpc.health.v1) on {host}:{health.port}", flush=True)
+    log.info("serving", address=f"{host}:{bound}", health_port=health.port,
+             offline_root=config.offline_root)
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -290,6 +412,7 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     done.wait()
+    health.stop_serving()
     # shutdown() refuses new calls and waits for running ones; bound the wait.
     stopper = threading.Thread(target=server.shutdown, name="flight-shutdown", daemon=True)
     stopper.start()

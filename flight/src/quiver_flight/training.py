@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 from google.protobuf import message
 
 from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
@@ -25,6 +26,7 @@ from quiver.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    QuiverError,
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
@@ -41,6 +43,7 @@ from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_server.config import FlightConfig
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.spans import traced
@@ -126,6 +129,28 @@ class TrainingSets:
                 self._snapshots.popitem(last=False)
         return snapshot
 
+    def readiness(self) -> str | None:
+        """None when training sets can be planned and computed now, else why not.
+
+        Ready means the newest registry version loads and the offline store
+        root can be listed (the health service reports it).
+        """
+        try:
+            self.snapshot()
+        except QuiverError as exc:
+            return f"registry: {exc.message}"
+        except Exception as exc:
+            return f"registry: {type(exc).__name__}: {exc}"
+        fs, root = filesystem_and_path(self.engine.offline_root)
+        try:
+            info = fs.get_file_info(root)
+            if info.type != pafs.FileType.Directory:
+                return "offline store: its root is not a directory"
+            fs.get_file_info(pafs.FileSelector(root))
+        except OSError as exc:
+            return f"offline store: {exc}"
+        return None
+
     def resolve(self, command: pb.TrainingSetCommand, snapshot: Snapshot) -> list[FeatureRef]:
         selection = command.WhichOneof("selection")
         if selection == "feature_service":
@@ -134,12 +159,14 @@ class TrainingSets:
         return snapshot.resolve(features=refs, field="features")
 
     @traced("quiver.flight.spine.open")
-    def open_spine(self, source: pb.SpineSource) -> Spine:
+    def open_spine(self, source: pb.SpineSource, snapshot: Snapshot) -> Spine:
         kind = source.WhichOneof("source")
         if kind == "spine_id":
             return self.spines.open(source.spine_id)
         if kind == "parquet_path":
-            return self.spines.open_path(source.parquet_path)
+            history = [resolve_path(self.engine.offline_root, view.source.path)
+                       for view in snapshot.feature_views.values()]
+            return self.spines.open_path(source.parquet_path, history)
         if kind == "training_dataset":
             return self.datasets.open_spine(source.training_dataset)
         raise InvalidArgumentError.for_field(
@@ -153,7 +180,7 @@ class TrainingSets:
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if not command.HasField("spine"):
             return required_schema(refs, timestamp_column, command.full_feature_names)
-        spine = self.open_spine(command.spine)
+        spine = self.open_spine(command.spine, snapshot)
         return output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                              full_feature_names=command.full_feature_names)
 
@@ -179,7 +206,7 @@ class TrainingSets:
         snapshot = snapshot or self.snapshot()
         refs = self.resolve(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
-        spine = spine or self.open_spine(command.spine)
+        spine = spine or self.open_spine(command.spine, snapshot)
         schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                                full_feature_names=command.full_feature_names)
         rows = spine.num_rows
@@ -250,7 +277,7 @@ class TrainingSets:
         if not self.signer.verify(ticket.partition, ticket.signature):
             raise InvalidArgumentError.for_field(
                 "ticket", "the ticket's signature does not match: it was altered, or issued by a "
-                "server that does not share this offline store", reason="TICKET_SIGNATURE",
+                "server that does not share this server's ticket keys", reason="TICKET_SIGNATURE",
             )
         partition = pb.TrainingSetPartition()
         try:
@@ -267,7 +294,7 @@ class TrainingSets:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
         refs = snapshot.resolve(features=list(partition.feature_refs))
         try:
-            spine = self.open_spine(partition.spine)
+            spine = self.open_spine(partition.spine, snapshot)
         except NotFoundError as exc:
             raise _stale(exc.message) from None
         if spine.fingerprint != partition.spine_fingerprint:

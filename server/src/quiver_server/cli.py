@@ -101,7 +101,7 @@ def cmd_serve(config: QuiverConfig, args: argparse.Namespace) -> int:
 def cmd_serve_flight(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_flight.server import serve
 
-    serve(config, args.host, args.port)
+    serve(config, args.host, args.port, health_port=args.health_port)
     return 0
 
 
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve-flight", help="serve training sets over Arrow Flight")
     p.add_argument("--host", help="listen address (default: flight.host)")
     p.add_argument("--port", type=int, help="port (default: flight.port, 8815)")
+    p.add_argument("--health-port", type=int,
+                   help="port of the grpc.health.v1 service (default: flight.health_port, 8816; "
+                        "0 = any free port)")
     p.set_defaults(func=cmd_serve_flight)
 
     p = sub.add_parser(

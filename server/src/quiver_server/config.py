@@ -135,7 +135,53 @@ class FlightConfig(_Model):
     host: str = "0.0.0.0"
     port: int = Field(8815, ge=0, le=65535)
     max_spine_rows: int = Field(50_000_000, ge=1)
-    spine_ttl_seconds: int = Field(86_400, ge=1, description="How long uploaded spines are kept.")
+    max_spine_bytes: int = Field(
+        2 << 30, ge=1, description="Largest spine one upload may hold, in bytes of Arrow data."
+    )
+    max_stored_spine_bytes: int = Field(
+        20 << 30, ge=1,
+        description="Bytes all uploaded spines may take together (checked per replica at upload).",
+    )
+    spine_ttl_seconds: int = Field(
+        86_400, ge=1,
+        description="How long an uploaded spine, and a ticket over a Parquet spine, stays valid.",
+    )
+    spine_sweep_seconds: float = Field(
+        300.0, gt=0, description="Seconds between sweeps that delete expired uploaded spines."
+    )
+    spine_root: str = Field(
+        "spines",
+        description=(
+            "Directory of the Parquet spines a training set may name by path (parquet_path);"
+            " relative to the offline store root unless absolute or a URI. It must not hold"
+            " feature history or the registry."
+        ),
+    )
+    ticket_key_file: str | None = Field(
+        None,
+        description=(
+            "File of the keys that sign tickets, one base64 key (32+ bytes) per line: the first"
+            " signs, the others still verify. Default: the environment variable ticket_key_env,"
+            " else a key kept in the offline store."
+        ),
+    )
+    ticket_key_env: str = Field(
+        "QUIVER_FLIGHT_TICKET_KEYS",
+        description="Environment variable holding ticket keys (same format) when no file is set.",
+    )
+    max_concurrent_streams: int = Field(
+        32, ge=1, description="do_get streams served at once; more are refused (RESOURCE_EXHAUSTED)."
+    )
+    max_concurrent_uploads: int = Field(
+        8, ge=1, description="Spine uploads (do_put) at once; more are refused (RESOURCE_EXHAUSTED)."
+    )
+    health_port: int = Field(
+        8816, ge=0, le=65535,
+        description="Port of the grpc.health.v1 service reporting readiness (0 = any free port).",
+    )
+    health_check_seconds: float = Field(
+        5.0, gt=0, description="Seconds between readiness checks (registry, offline store)."
+    )
     partition_rows: int = Field(1_000_000, ge=1, description="Spine rows per Flight endpoint.")
     batch_rows: int = Field(65_536, ge=1, description="Rows per streamed record batch.")
     location: str | None = Field(None, description="URI advertised in endpoints; default: reuse the connection.")

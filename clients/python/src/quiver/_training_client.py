@@ -91,10 +91,14 @@ class DatasetSpine:
 
 @dataclass(frozen=True)
 class OfflineSpine:
-    """A Parquet spine already in the offline store, read by the server itself.
+    """A Parquet spine already on the server, read by the server itself (no upload).
 
     Args:
-        path: File or directory, relative to the offline store root.
+        path: File or directory relative to the server's spine directory
+            (``flight.spine_root``, by default ``spines/`` under the offline
+            store root). Paths that leave it (``..``, symbolic links out of it)
+            or reach feature history are refused with InvalidArgumentError.
+            Tickets planned over it expire like those of an uploaded spine.
     """
 
     path: str
@@ -172,7 +176,8 @@ class TrainingClient:
 
         Raises:
             InvalidArgumentError: no such column, or naive timestamps.
-            ResourceExhaustedError: more rows than the server accepts.
+            ResourceExhaustedError: more rows or bytes than the server accepts, its
+                spine storage is full, or it runs as many uploads as it allows.
         """
         schema, batches = _spine_batches(spine)
         command = pb.UploadSpineCommand(timestamp_column=timestamp_column)
@@ -274,7 +279,8 @@ class TrainingClient:
                 missing join key or timestamp column, a wrong type, naive
                 timestamps) or a bad selection; `violations` names the field.
             NotFoundError: unknown feature view, feature, feature service or spine.
-            ResourceExhaustedError: a spine over the server's row limit.
+            ResourceExhaustedError: a spine over the server's limits, or the server
+                already serves as many streams or uploads as it allows.
             FailedPreconditionError: no registry applied, or a feature view's
                 history is missing or malformed.
             UnavailableError: the server cannot be reached.

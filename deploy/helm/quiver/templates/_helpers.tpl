@@ -79,6 +79,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "quiver.aerospikeTlsDir" -}}/etc/quiver/aerospike-tls{{- end }}
 {{- define "quiver.repoSourceDir" -}}/etc/quiver/repo-source{{- end }}
 {{- define "quiver.configDir" -}}/etc/quiver/config{{- end }}
+{{- define "quiver.ticketKeysDir" -}}/etc/quiver/ticket-keys{{- end }}
+{{- define "quiver.ticketKeysFile" -}}{{ include "quiver.ticketKeysDir" . }}/keys{{- end }}
 
 {{/* True ("true") when the definitions come from a volume and are copied in by an init container. */}}
 {{- define "quiver.repoFromVolume" -}}
@@ -116,9 +118,12 @@ the rendered file with that model.
 {{- $s := $v.serving }}
 {{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_delete_entities" $s.maxDeleteEntities "heavy_request_entities" $s.heavyRequestEntities "max_heavy_requests" $s.maxHeavyRequests "max_future_seconds" $s.maxFutureSeconds "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
 {{- $f := $v.flight }}
-{{- $flight := dict "host" "0.0.0.0" "port" $f.port "max_spine_rows" $f.maxSpineRows "spine_ttl_seconds" $f.spineTtlSeconds "partition_rows" $f.partitionRows "batch_rows" $f.batchRows "grace_seconds" $f.graceSeconds }}
+{{- $flight := dict "host" "0.0.0.0" "port" $f.port "max_spine_rows" $f.maxSpineRows "max_spine_bytes" (int64 $f.maxSpineBytes) "max_stored_spine_bytes" (int64 $f.maxStoredSpineBytes) "spine_ttl_seconds" $f.spineTtlSeconds "spine_sweep_seconds" $f.spineSweepSeconds "spine_root" $f.spineRoot "max_concurrent_streams" $f.maxConcurrentStreams "max_concurrent_uploads" $f.maxConcurrentUploads "health_port" $f.health.port "health_check_seconds" $f.health.checkSeconds "partition_rows" $f.partitionRows "batch_rows" $f.batchRows "grace_seconds" $f.graceSeconds }}
 {{- if $f.location }}
 {{- $_ := set $flight "location" $f.location }}
+{{- end }}
+{{- if $f.ticketKeys.existingSecret }}
+{{- $_ := set $flight "ticket_key_file" (include "quiver.ticketKeysFile" .) }}
 {{- end }}
 {{- $t := $v.telemetry }}
 {{- $tracing := dict "enabled" $t.tracing.enabled "exporter" $t.tracing.exporter "sampling_ratio" $t.tracing.samplingRatio "service_name" $t.tracing.serviceName }}
@@ -469,6 +474,10 @@ configmap.yaml, so `helm install` and `helm template` stop with the message.
 {{- if and $v.telemetry.metrics.enabled (eq (int $c.port) (int $v.telemetry.metrics.port)) }}
 {{- fail (printf "%s.port and telemetry.metrics.port are both %v; they must differ" $name $c.port) }}
 {{- end }}
+{{- end }}
+{{- $f := $v.flight }}
+{{- if or (eq (int $f.health.port) (int $f.port)) (and $v.telemetry.metrics.enabled (eq (int $f.health.port) (int $v.telemetry.metrics.port))) }}
+{{- fail (printf "flight.health.port (%v) must differ from flight.port and telemetry.metrics.port" $f.health.port) }}
 {{- end }}
 {{- if and (eq $v.onlineStore.type "sqlite") $s.enabled (or $s.autoscaling.enabled (gt (int $s.replicaCount) 1)) }}
 {{- fail "onlineStore.type sqlite is one file for one serving pod: set serving.replicaCount=1 and serving.autoscaling.enabled=false, or use Aerospike" }}

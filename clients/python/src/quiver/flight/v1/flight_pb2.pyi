@@ -70,17 +70,33 @@ class UploadSpineCommand(_message.Message):
     (UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ...); for the rest
     (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED) the
     transport code is UNKNOWN and the code inside the Status is authoritative.
+    GetSchema, DoAction and DoExchange send the same Status as the
+    grpc-status-details-bin trailer with the real transport code where Arrow
+    has one (INVALID_ARGUMENT, NOT_FOUND, UNIMPLEMENTED). DoAction and
+    DoExchange are not offered: UNIMPLEMENTED. No error text carries a
+    traceback or a server path, and echoed input is cut so that a whole status
+    stays under 4 KiB.
+
+    A server runs at most flight.max_concurrent_streams DoGet streams and
+    flight.max_concurrent_uploads DoPut uploads at once; past that a call is
+    refused with RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS; retry, or use
+    another replica).
 
     UploadSpineCommand is the FlightDescriptor command of a do_put that uploads
     a spine as an Arrow stream. The spine is stored under the offline store root
-    until it expires (flight.spine_ttl_seconds) and may hold at most
-    flight.max_spine_rows rows (RESOURCE_EXHAUSTED beyond).
+    until it expires, flight.spine_ttl_seconds after the upload ends, and may
+    hold at most flight.max_spine_rows rows and flight.max_spine_bytes bytes of
+    Arrow data; all stored spines together at most flight.max_stored_spine_bytes.
+    A refused upload leaves nothing stored.
 
     Yields: no data; one PutResult whose app_metadata is an UploadSpineResult.
 
     Errors: INVALID_ARGUMENT when timestamp_column is missing or not a
     timestamp with a time zone, or the stream has no columns;
-    RESOURCE_EXHAUSTED (reason SPINE_TOO_LARGE) beyond flight.max_spine_rows;
+    RESOURCE_EXHAUSTED with reason SPINE_TOO_LARGE beyond flight.max_spine_rows
+    or flight.max_spine_bytes, SPINE_STORE_FULL beyond
+    flight.max_stored_spine_bytes, TOO_MANY_CALLS beyond
+    flight.max_concurrent_uploads (ErrorInfo metadata names the setting);
     UNAVAILABLE when the offline store cannot be written.
     """
 
@@ -151,8 +167,13 @@ class SpineSource(_message.Message):
     spine_id: _builtins.str
     """A spine uploaded with do_put (UploadSpineResult.spine_id)."""
     parquet_path: _builtins.str
-    """A Parquet file or directory inside the offline store, relative to its
-    root; paths that leave the root are refused.
+    """A Parquet file or directory in the server's spine directory
+    (flight.spine_root, default "spines" under the offline store root),
+    relative to it. INVALID_ARGUMENT for a path that leaves it (".." or a
+    symbolic link out of it), reaches feature history, names a hidden file
+    ("_x", ".x"), holds a NUL byte or a name over 255 bytes; NOT_FOUND when
+    nothing is there. Tickets over it expire flight.spine_ttl_seconds after
+    planning.
     """
     @_builtins.property
     def training_dataset(self) -> _governance_pb2.TrainingDatasetRef:
@@ -220,10 +241,13 @@ class TrainingSetCommand(_message.Message):
     get_schema accepts the command without a spine and then yields the columns a
     spine must provide (join keys, timestamp) followed by the feature columns.
 
+    Dictionary-encoded spine columns come back decoded.
+
     Errors: INVALID_ARGUMENT for a spine that does not fit (a missing join key
-    or timestamp column, a key of the wrong type, naive or null timestamps,
-    clashing output names; BadRequest names the spine column) or a malformed
-    selection; NOT_FOUND for an unknown feature view, feature, feature service
+    or timestamp column, a key of a type the view cannot hold -- e.g. uint64,
+    floats or strings for an integer key; the message lists the types allowed --
+    naive or null timestamps, clashing output names; BadRequest names the spine
+    column) or a malformed selection; NOT_FOUND for an unknown feature view, feature, feature service
     or spine (reasons SPINE_NOT_FOUND, SPINE_EXPIRED); RESOURCE_EXHAUSTED for a
     spine over flight.max_spine_rows; FAILED_PRECONDITION when nothing was
     applied yet or a view's history is missing or lacks a declared column.
@@ -290,8 +314,9 @@ class TrainingSetTicket(_message.Message):
     Errors: INVALID_ARGUMENT for a garbled ticket (reason INVALID_TICKET) or an
     altered one (reason TICKET_SIGNATURE); FAILED_PRECONDITION (reason
     STALE_TICKET) once its spine expired, its registry version is gone or a
-    view's history files changed; UNAVAILABLE when the offline store cannot be
-    read.
+    view's history files changed; RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS)
+    beyond flight.max_concurrent_streams; UNAVAILABLE when the offline store
+    cannot be read.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -301,7 +326,10 @@ class TrainingSetTicket(_message.Message):
     partition: _builtins.bytes
     """A serialized TrainingSetPartition."""
     signature: _builtins.bytes
-    """HMAC-SHA256 of `partition` under the key the replicas share."""
+    """HMAC-SHA256 of `partition` under the current key the replicas share
+    (flight.ticket_key_file, QUIVER_FLIGHT_TICKET_KEYS, or a key kept in the
+    offline store); any of the configured keys verifies it.
+    """
     def __init__(
         self,
         *,
@@ -388,7 +416,9 @@ class TrainingSetPartition(_message.Message):
 
     @_builtins.property
     def spine_expires_at(self) -> _timestamp_pb2.Timestamp:
-        """When an uploaded spine expires; unset for a spine in the offline store."""
+        """When the ticket expires: an uploaded spine's expiry, or
+        flight.spine_ttl_seconds after planning for a Parquet spine.
+        """
 
     @_builtins.property
     def history_fingerprints(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
