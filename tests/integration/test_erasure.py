@@ -22,6 +22,7 @@ from governed import FILES, history_rows, spine, write_repo
 
 from quiver import OnlineClient, TrainingClient
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
+from quiver_server.cli import main as cli_main
 from quiver_server.config import QuiverConfig
 from quiver_server.governance.datasets import DatasetStore
 from quiver_server.governance.paths import GovernancePaths
@@ -166,7 +167,9 @@ def serving(repo: QuiverConfig) -> Iterator[OnlineClient]:
         yield client
 
 
-def test_delete_entities_offline_over_grpc(repo: QuiverConfig, serving: OnlineClient) -> None:
+def test_delete_entities_offline_over_grpc(
+    repo: QuiverConfig, serving: OnlineClient, capsys: pytest.CaptureFixture[str],
+) -> None:
     before = history_rows(repo)
     assert serving.get_online_features(features=["stats:spend"], entities={"user_id": [USER]}) \
         .statuses("spend") != ["NOT_FOUND"]
@@ -180,6 +183,12 @@ def test_delete_entities_offline_over_grpc(repo: QuiverConfig, serving: OnlineCl
     assert user_rows(history_rows(repo)) == 0
     assert others(history_rows(repo)).equals(others(before))
     assert serving.delete_entities({"user_id": [USER]}) == 0
+    assert cli_main(["--repo", str(repo.repo_path), "erasures", "list"]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("e-")]
+    assert [line.split("\t")[:2] for line in listed] == [
+        [result.erasure_id, "requested"], [result.erasure_id, "completed"],
+    ]
+    assert "anonymous" in listed[0] and "views profile, stats" in listed[0]
     with pytest.raises(InvalidArgumentError) as caught:
         serving.delete_entities({"user_id": ["seven"]}, offline=True)
     assert caught.value.violations[0].field == "entities.user_id"
