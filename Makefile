@@ -38,8 +38,12 @@ lint: $(STAMP) ## Ruff over hand-written code (generated code is excluded)
 typecheck: $(STAMP) ## mypy --strict over hand-written code
 	$(BIN)/mypy clients/python/src/quiver server/src/quiver_server flight/src/quiver_flight
 
+.PHONY: test-tools
+test-tools: ## Install the Debian tools tests drive: chromium (report) and promtool (alert rules)
+	bash scripts/install_test_tools.sh
+
 .PHONY: test
-test: $(STAMP) protos-check ## Run the whole test suite (what CI runs)
+test: $(STAMP) protos-check test-tools ## Run the whole test suite (what CI runs)
 	$(BIN)/pytest -q
 
 .PHONY: demo
@@ -59,6 +63,10 @@ bench-training: $(STAMP) ## Training sets through Flight vs a bare Flight stream
 bench-materialize: $(STAMP) ## Materialization rows/s into the online store vs raw SQLite inserts
 	$(BIN)/python benchmarks/bench_materialize.py $(ARGS)
 
+.PHONY: bench-monitor
+bench-monitor: $(STAMP) ## Monitoring costs: lookups with profiling off/on, materialize with/without profiles, quiver monitor over 10M rows
+	$(BIN)/python benchmarks/bench_monitor.py $(ARGS)
+
 .PHONY: bench-admission
 bench-admission: $(STAMP) ## 1-entity lookup latency while heavy callers send 1,000-entity lookups, with and without the heavy-request limit
 	$(BIN)/python benchmarks/bench_admission.py $(ARGS)
@@ -69,4 +77,4 @@ bench-compaction: $(STAMP) ## A 100-row training set over 2,800 pushed files, be
 
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and demo output
-	rm -rf $(VENV) demo-repo .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-repo .bench .pytest_cache .mypy_cache .ruff_cache test-artifacts

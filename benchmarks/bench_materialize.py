@@ -8,6 +8,8 @@ entity (1M upserts). The floor, measured in the same run, is SQLite itself:
 a plain `executemany` INSERT of the same number of 23-column rows into an empty
 table, with the same pragmas, no conflict handling and no Arrow work.
 Use `--online-store aerospike` to materialize into a local Aerospike instead.
+`--profiles` adds an arm with feature-monitoring profiles on (what `quiver
+materialize` does by default), against a fresh online store.
 """
 
 from __future__ import annotations
@@ -78,16 +80,23 @@ def write_repo(path: Path, rows: int, entities: int, online_store: str, hosts: s
     pq.write_table(pa.table(columns), path / "data" / "stats" / "part-0.parquet", row_group_size=250_000)
 
 
-def materialize(path: Path) -> tuple[float, int]:
+def materialize(path: Path, profiles: bool = False) -> tuple[float, int]:
+    """Materialize the whole history into an empty online store; (seconds, rows written)."""
     from quiver_server.config import load_config
     from quiver_server.materialize import materialize_range
+    from quiver_server.monitoring.sinks import ProfileWriter
+    from quiver_server.monitoring.storage import ProfileStore
     from quiver_server.repo import apply
 
+    for leftover in (path / "data").glob("online.db*"):  # each arm starts from an empty store
+        leftover.unlink()
     config = load_config(path, env={})
     apply(config)
+    writer = ProfileWriter(ProfileStore(config.offline_root)) if profiles else None
     began = time.perf_counter()
     [result] = materialize_range(
-        config, datetime(2023, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC)
+        config, datetime(2023, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC),
+        profiles=writer,
     )
     return time.perf_counter() - began, result.rows_written
 
@@ -123,6 +132,8 @@ def main() -> int:
     parser.add_argument("--online-store", choices=["sqlite", "aerospike"], default="sqlite")
     parser.add_argument("--aerospike-host", default="127.0.0.1:3000")
     parser.add_argument("--quick", action="store_true", help="100k rows")
+    parser.add_argument("--profiles", action="store_true",
+                        help="also materialize with monitoring profiles on")
     args = parser.parse_args()
     rows = 100_000 if args.quick else args.rows
     results = []
@@ -132,6 +143,9 @@ def main() -> int:
         write_repo(path, rows, entities, args.online_store, args.aerospike_host)
         seconds, written = materialize(path)
         results.append((f"materialize, {label}", rows, written, seconds))
+        if args.profiles:
+            seconds, written = materialize(path, profiles=True)
+            results.append((f"  + profiles, {label}", rows, written, seconds))
     floor = sqlite_floor(BENCH_DIR, rows)
     print(f"\n{'run':<32} {'rows read':>10} {'written':>10} {'seconds':>8} {'rows/s':>10}")
     for label, read, written, seconds in results:

@@ -203,10 +203,10 @@ def _announce_and_wait(server: Any, port: int) -> None:
 class ServerProcess:
     """A server subprocess: its location, and its peak RSS from /proc."""
 
-    def __init__(self, *command: str) -> None:
+    def __init__(self, *command: str, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             list(command), stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         assert self.process.stdout is not None
         for line in self.process.stdout:
@@ -221,11 +221,12 @@ class ServerProcess:
         self.location = f"grpc://127.0.0.1:{port}"
 
     @classmethod
-    def quiver(cls, directory: Path) -> ServerProcess:
-        """`quiver serve-flight`, as deployed."""
+    def quiver(cls, directory: Path, profiles: bool = True) -> ServerProcess:
+        """`quiver serve-flight`, as deployed (training-set profiles on, the default)."""
         cli = Path(sys.executable).with_name("quiver")
+        env = {} if profiles else {"QUIVER_MONITORING__ENABLED": "false"}
         return cls(str(cli), "--repo", str(directory), "serve-flight", "--host", "127.0.0.1",
-                   "--port", "0", "--health-port", "0")
+                   "--port", "0", "--health-port", "0", env=env)
 
     @classmethod
     def floor(cls, table_path: Path) -> ServerProcess:
@@ -294,6 +295,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1M history rows, spines of 100k and 400k")
     parser.add_argument("--runs", type=int, default=3, help="pulls per spine (the first is cold)")
     parser.add_argument("--serve-floor", metavar="PARQUET", help=argparse.SUPPRESS)
+    parser.add_argument("--profiles-off", action="store_true",
+                        help="also pull warm with training-set profiles off (monitoring.enabled)")
     args = parser.parse_args()
     if args.serve_floor:
         serve_floor(args.serve_floor)
@@ -319,6 +322,16 @@ def main() -> int:
         median = statistics.median(r["wall"] for r in warm)
         lines.append(_row(f"quiver {rows:,} cold", cold, rows, peak))
         lines.append(_row(f"quiver {rows:,} warm", {**best, "wall": median}, rows, peak))
+        if args.profiles_off:
+            server = ServerProcess.quiver(directory, profiles=False)
+            try:
+                off = [pull_training_set(server.location, spine) for _ in range(max(args.runs, 2))]
+                off_peak = server.peak_rss_mb()
+            finally:
+                server.stop()
+            off_median = statistics.median(r["wall"] for r in off[1:])
+            lines.append(_row(f"  profiles off {rows:,} warm", {**off[1], "wall": off_median},
+                              rows, off_peak))
         # The floor: the same schema and size, streamed from memory by bare Flight.
         result_path = directory / f"result_{rows}.parquet"
         _save_result(server_directory=directory, spine=spine, path=result_path)
@@ -332,7 +345,7 @@ def main() -> int:
             floor.stop()
         lines.append(_row(f"floor {rows:,} 1 stream", one, rows, floor_peak))
         lines.append(_row(f"floor {rows:,} {WORKERS} streams", many, rows, floor_peak))
-        for line in lines[-4:]:
+        for line in lines[-(5 if args.profiles_off else 4):]:
             print(line, flush=True)
     print()
     print(f"{'run':<28}{'wall s':>9}{'rows/s':>13}{'MB/s':>9}{'TTFB s':>9}{'peak RSS MB':>13}")

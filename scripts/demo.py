@@ -1,10 +1,13 @@
 """The README's main job: a fraud-detection feature store, end to end, on local defaults.
 
 Writes the demo feature repo (Parquet history + definitions), applies it,
-materializes it into the embedded SQLite online store, starts `quiver serve`,
-looks up features for a few users with the Python client, prints them, then
-starts `quiver serve-flight` and pulls a point-in-time-correct training set
-for a few labelled events, and shuts both servers down with SIGTERM.
+materializes it into the embedded SQLite online store in two batches -- the
+second one with one feature shifted, as an upstream bug would -- runs
+`quiver monitor report`, which flags the shifted feature and writes an HTML
+report, starts `quiver serve`, looks up features for a few users with the
+Python client, prints them and the drift metrics its Prometheus endpoint
+exports, then starts `quiver serve-flight` and pulls a point-in-time-correct
+training set for a few labelled events, and shuts both servers down with SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +29,7 @@ import pyarrow as pa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quiver import OnlineClient, TrainingClient
+from quiver_server.demo_repo import SHIFTED_FEATURE, write_shifted_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIVER = [sys.executable, "-m", "quiver_server.cli"]
@@ -85,14 +90,25 @@ def main() -> int:
     run("--repo", str(repo), "apply")
     end = datetime.now(UTC) + timedelta(seconds=1)
     start = end - timedelta(days=30)
-    run("--repo", str(repo), "materialize", start.isoformat(), end.isoformat())
+    # Two batches: history up to yesterday, then the last day, in which an
+    # upstream bug multiplied one feature by 3.
+    yesterday = (end - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+    run("--repo", str(repo), "materialize", start.isoformat(), yesterday.isoformat())
+    shifted = write_shifted_batch(repo)
+    print(f"\nWrote a second batch with {SHIFTED_FEATURE} x3 for every user: {shifted.name}")
+    run("--repo", str(repo), "materialize", yesterday.isoformat(), end.isoformat())
+    report = repo / "drift-report.html"
+    run("--repo", str(repo), "monitor", "report", "--out", str(report))
 
     port = free_port()
+    metrics_port = free_port()
     target = f"127.0.0.1:{port}"
     print(f"\n$ quiver serve --port {port}", flush=True)
     server = subprocess.Popen(
         [*QUIVER, "--repo", str(repo), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "QUIVER_TELEMETRY__LOGGING__FORMAT": "console"},
+        env={**os.environ, "QUIVER_TELEMETRY__LOGGING__FORMAT": "console",
+             "QUIVER_TELEMETRY__METRICS__PORT": str(metrics_port),
+             "QUIVER_TELEMETRY__METRICS__HOST": "127.0.0.1"},
     )
     try:
         wait_until_serving(target, server)
@@ -109,12 +125,28 @@ def main() -> int:
                 entities={"user_id": [1, 2, 3]},
             )
             print("\nBy reference:", by_ref.to_dict())
+        show_drift_metrics(metrics_port)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
     print(f"\nquiver serve stopped cleanly (exit code {code}).")
     flight_code = training_set(repo, end)
     return 0 if code == 0 and flight_code == 0 else 1
+
+
+def show_drift_metrics(port: int) -> None:
+    """What Prometheus scrapes (and the chart's alert rules read) about the drift."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    print(f"\nDrift metrics of {SHIFTED_FEATURE} at {url} (alert QuiverFeatureDrift fires "
+          f"when a score is over its threshold):")
+    for line in text.splitlines():
+        if f'feature="{SHIFTED_FEATURE}"' in line and line.startswith(
+            ("quiver_feature_drift_score", "quiver_feature_drift_threshold",
+             "quiver_feature_drift_status")
+        ):
+            print(f"  {line}")
 
 
 def training_set(repo: Path, end: datetime) -> int:
@@ -148,6 +180,7 @@ def training_set(repo: Path, end: datetime) -> int:
                         features=["user_transaction_stats:txn_count_24h",
                                   "user_transaction_stats:txn_amount_sum_24h",
                                   "user_profile:credit_score", "merchant_stats:is_high_risk"],
+                        name="fraud_demo",
                     )
                 break
             except Exception:

@@ -510,7 +510,9 @@ def test_network_policies_select_pods_and_open_their_ports() -> None:
         egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
         assert {53, 4333, 4317, 9091, 443} <= egress_ports
     jobs = out.get("NetworkPolicy", "quiver-jobs")
-    assert jobs["spec"]["podSelector"]["matchExpressions"][0]["values"] == ["materialize", "apply"]
+    assert jobs["spec"]["podSelector"]["matchExpressions"][0]["values"] == [
+        "materialize", "monitor", "apply",
+    ]
     custom = render(VALUE_SETS["networkpolicy-egress-tracing"]).get(
         "NetworkPolicy", f"{FULL}-serving"
     )
@@ -551,7 +553,54 @@ def test_materialize_cron_job_runs_incremental_materialization() -> None:
     (container,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["--repo", "/etc/quiver/repo", "materialize-incremental", "now"]
     assert env_of(container)["QUIVER_LOG_CONTEXT"]["value"] == "cron"
-    assert not render({"materialize": {"enabled": False}}).of_kind("CronJob")
+    remaining = render({"materialize": {"enabled": False}}).of_kind("CronJob")
+    assert [c["metadata"]["name"] for c in remaining] == [f"{FULL}-monitor"]
+
+
+def test_monitor_cron_job_runs_quiver_monitor() -> None:
+    out = render(VALUE_SETS["full"])
+    cron = out.get("CronJob", "quiver-monitor")
+    assert cron["spec"]["schedule"] == "0 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["args"] == ["--repo", "/etc/quiver/repo", "monitor", "--current", "serving"]
+    # It reads the same offline store as the servers that write the profiles.
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    serving_mounts = {m["mountPath"] for m in out.workload("serving")[1]["containers"][0]["volumeMounts"]}
+    assert mounts == serving_mounts
+    monitoring = out.quiver_yaml()["monitoring"]
+    assert monitoring["serving_sample_rate"] == 0.05
+    assert monitoring["reference"] == "training_set:fraud_model_v3"
+    assert not render({"monitor": {"enabled": False}, "materialize": {"enabled": False}}).of_kind(
+        "CronJob"
+    )
+
+
+def test_prometheus_rule_alerts_on_drift_staleness_not_found_and_errors() -> None:
+    out = render(VALUE_SETS["full"])
+    (rule,) = out.of_kind("PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(rules) == {
+        "QuiverFeatureDrift", "QuiverFeatureViewStale", "QuiverNotFoundRatioHigh",
+        "QuiverErrorRateHigh", "QuiverMonitorNotRunning",
+    }
+    assert rules["QuiverFeatureDrift"]["for"] == "30m"
+    assert all(r["labels"]["team"] == "ml-platform" for r in rules.values())
+    # Every series a rule reads is one the servers export, with labels they carry.
+    from quiver_server.telemetry.metrics import exported_metrics
+
+    exported = exported_metrics()
+    for name, alert in rules.items():
+        used = set(re.findall(r"\b(quiver_[a-z_]+)\b", alert["expr"]))
+        assert used and used <= set(exported), (name, used - set(exported))
+        for labels in re.findall(r"by \(([^)]*)\)", alert["expr"]):
+            for label in (part.strip() for part in labels.split(",")):
+                if label != "namespace":  # added by the scrape, not by Quiver
+                    assert any(label in exported[series] for series in used), (name, label)
+    assert not render().of_kind("PrometheusRule"), "off by default, like the ServiceMonitor"
 
 
 def test_apply_job_reruns_only_when_its_inputs_change() -> None:

@@ -19,6 +19,7 @@ from quiver.errors import FailedPreconditionError, InvalidArgumentError, NotFoun
 from quiver_server.config import QuiverConfig
 from quiver_server.governance.datasets import DatasetStore
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.monitoring.storage import ProfileStore
 from quiver_server.offline.append import append_history
 
 T0 = datetime(2024, 6, 1, tzinfo=UTC)
@@ -104,6 +105,8 @@ def test_a_dataset_is_recorded_and_pulled_again_cell_for_cell(repo: QuiverConfig
         ]
         assert record.spine.path.startswith("_datasets/fraud_train/")
         assert dict(record.tags) == {"team": "risk"}
+        assert record.profile == "fraud_train.v1"
+        assert "fraud_train.v1" in ProfileStore(repo.offline_root).training_sets()
 
         # A push (a new file, an event that would win for user 5) and a new
         # registry version do not change what the dataset pulls.

@@ -18,6 +18,8 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.online_store.type == "sqlite"
     assert config.registry_path == (tmp_path / "data" / "registry").resolve()
     assert config.serving.port == 6566
+    assert config.monitoring.enabled and config.monitoring.serving_sample_rate == 0.01
+    assert config.monitoring.reference == "trailing"
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -44,6 +46,10 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("project: p\nserving: {port: 70000}\n", "serving.port: Input should be less than"),
         ("serving: {}\n", "project: Field required"),
         ("project: [\n", "not valid YAML"),
+        ("project: p\nmonitoring: {serving_sample_rate: 2}\n",
+         "monitoring.serving_sample_rate: Input should be less than or equal to 1"),
+        ("project: p\nmonitoring: {reference: last_week}\n",
+         "monitoring.reference: String should match pattern"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path: Path, text: str, message: str) -> None:

@@ -236,6 +236,8 @@ class TrainingDatasets:
             full_feature_names=record.full_feature_names,
             timestamp_column=record.timestamp_column,
             partition_rows=partition_rows,
+            # Pulls are profiled under the version's own name (monitoring).
+            name=record.profile,
         )
         refs = snapshot.resolve(features=list(record.feature_refs))
         views = [view for view, _ in group_by_view(refs)]

@@ -55,6 +55,8 @@ from quiver_server.echo import clip
 from quiver_server.governance.erasure import PendingErasures
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.who import call_principal
+from quiver_server.monitoring.storage import ProfileStore
+from quiver_server.monitoring.training_sets import TrainingSetProfiler
 from quiver_server.observability import configure_logging
 from quiver_server.offline.source import resolve_path
 from quiver_server.registry.store import RegistryStore
@@ -329,9 +331,14 @@ def create_flight_server(
     spines = SpineStore(
         config.offline_root, flight_config, directory=spine_directory(config), clock=clock
     )
+    profiler = (
+        TrainingSetProfiler(ProfileStore(config.offline_root),
+                            config.monitoring.training_set_sketch_rows)
+        if config.monitoring.enabled else None
+    )
     training = TrainingSets(
         RegistryStore(config.registry_path), engine, spines, TicketSigner.from_config(config),
-        flight_config, clock, governance,
+        flight_config, clock, profiler, governance,
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
     server = TrainingSetFlightServer(

@@ -11,6 +11,7 @@ times and either produce the same rows or refuse with FAILED_PRECONDITION.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -43,6 +44,7 @@ from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_server.config import FlightConfig
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.monitoring.training_sets import TrainingSetProfiler
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
@@ -93,9 +95,11 @@ class TrainingSets:
         signer: TicketSigner,
         config: FlightConfig,
         clock: Callable[[], float] = time.time,
+        profiler: TrainingSetProfiler | None = None,
         governance: GovernancePaths | None = None,
     ) -> None:
         self.registry = registry
+        self.profiler = profiler
         self.engine = engine
         self.spines = spines
         self.signer = signer
@@ -244,6 +248,7 @@ class TrainingSets:
             partition_count=count,
             history_fingerprints={name: s.fingerprint for name, s in prepared.sources.items()},
             spine_fingerprint=prepared.spine.fingerprint,
+            name=_training_set_name(command.name),
         )
         if dataset is not None:
             base.spine.training_dataset.CopyFrom(dataset)
@@ -317,6 +322,8 @@ class TrainingSets:
             rows, refs, timestamp_column=partition.timestamp_column,
             full_feature_names=partition.full_feature_names, sources=sources,
         )
+        if self.profiler is not None:
+            batches = self.profiler.wrap(batches, partition, snapshot)
         return PartitionJob(schema, batches, partition)
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
@@ -373,6 +380,18 @@ def required_schema(
     fields.append(pa.field(timestamp_column, pa.timestamp("us", tz="UTC"), nullable=False,
                            metadata={ROLE_METADATA: b"timestamp"}))
     return pa.schema([*fields, *feature_fields(refs, full_feature_names, [f.name for f in fields])])
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+
+
+def _training_set_name(name: str) -> str:
+    if name and not _NAME.match(name):
+        raise InvalidArgumentError.for_field(
+            "name", f"training set name {name!r} is invalid: use 1 to 128 letters, digits, "
+            f"'_', '-' or '.'", reason="INVALID_NAME",
+        )
+    return name
 
 
 def _stale(why: str) -> FailedPreconditionError:

@@ -4,6 +4,7 @@
                         | serve | serve-flight | registry history | registry show [VERSION]
                         | registry prune [--keep N] | registry repair
                         | delete-entity KEY=VALUE... [--views V,...] [--offline]
+                        | monitor [run | report --out FILE | training-sets]
                         | datasets list|show | lineage NAME | search TEXT | compact VIEW
                         | erasures list|resume
     quiver init-demo DIR
@@ -28,6 +29,7 @@ from quiver_server.config import QuiverConfig, load_config
 from quiver_server.governance.cli import add_commands as add_governance_commands
 
 if TYPE_CHECKING:
+    from quiver_server.monitoring.sinks import ProfileWriter
     from quiver_server.registry.store import RegistryStore
 
 
@@ -65,6 +67,16 @@ def cmd_plan(config: QuiverConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_writer(config: QuiverConfig) -> ProfileWriter | None:
+    """Where materialization stores the profiles of what it writes (None: monitoring off)."""
+    if not config.monitoring.enabled:
+        return None
+    from quiver_server.monitoring.sinks import ProfileWriter
+    from quiver_server.monitoring.storage import ProfileStore
+
+    return ProfileWriter(ProfileStore(config.offline_root))
+
+
 def cmd_materialize(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_server.materialize import materialize_range
     from quiver_server.progress import MaterializeBars
@@ -72,9 +84,11 @@ def cmd_materialize(config: QuiverConfig, args: argparse.Namespace) -> int:
 
     if args.start >= args.end:
         raise SystemExit(f"quiver: error: START ({args.start}) must be before END ({args.end})")
+    profiles = _profile_writer(config)
     with MaterializeBars() as bars:
         run_materialization(config, lambda progress: materialize_range(
-            config, args.start, args.end, _views(args.views), progress=progress
+            config, args.start, args.end, _views(args.views), progress=progress,
+            profiles=profiles,
         ), draw=bars)
     return 0
 
@@ -84,11 +98,18 @@ def cmd_materialize_incremental(config: QuiverConfig, args: argparse.Namespace) 
     from quiver_server.progress import MaterializeBars
     from quiver_server.telemetry.job import run_materialization
 
+    profiles = _profile_writer(config)
     with MaterializeBars() as bars:
         run_materialization(config, lambda progress: materialize_incremental(
-            config, args.end, _views(args.views), progress=progress
+            config, args.end, _views(args.views), progress=progress, profiles=profiles,
         ), draw=bars)
     return 0
+
+
+def cmd_monitor(config: QuiverConfig, args: argparse.Namespace) -> int:
+    from quiver_server.monitoring.cli import monitor_command
+
+    return monitor_command(config, args)
 
 
 def cmd_serve(config: QuiverConfig, args: argparse.Namespace) -> int:
@@ -268,6 +289,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also erase them from the offline history (rewrites the files holding them)")
     p.set_defaults(func=cmd_delete_entity)
     add_governance_commands(sub)
+
+    p = sub.add_parser(
+        "monitor", help="feature drift and freshness: compute, report, list training sets"
+    )
+    p.add_argument("action", nargs="?", choices=["run", "report", "training-sets"], default="run",
+                   help="run (default): compute and store drift; report: also write HTML; "
+                        "training-sets: list stored training-set profiles")
+    p.add_argument("--current", choices=["online", "serving", "history"], default="online",
+                   help="values to check: written online (default), served, or offline history")
+    p.add_argument("--reference", help="trailing or training_set:NAME (default: monitoring.reference)")
+    p.add_argument("--views", help="comma-separated feature views (default: all)")
+    p.add_argument("--now", type=parse_time, help="end of the current window (default: now)")
+    p.add_argument("--out", default="report.html", help="HTML file for report (default: report.html)")
+    p.add_argument("--fail-on-drift", action="store_true",
+                   help="exit with status 3 when a feature drifted (for CI and scripts)")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("init-demo", help="write a sample fraud-detection feature repo")
     p.add_argument("directory")

@@ -231,6 +231,42 @@ class TelemetryConfig(_Model):
     logging: LoggingConfig = LoggingConfig()
 
 
+class MonitoringConfig(_Model):
+    """Feature profiles and drift (docs/monitoring.md)."""
+
+    enabled: bool = Field(
+        True, description="Profile materialized, pushed, served and training-set values."
+    )
+    serving_sample_rate: float = Field(
+        0.01, ge=0.0, le=1.0, description="Share of GetOnlineFeatures calls whose values are profiled."
+    )
+    flush_seconds: float = Field(
+        300.0, gt=0,
+        description="How often a server writes the profiles it has accumulated (one file per view and window each time).",
+    )
+    window_seconds: int = Field(
+        3600, ge=1, description="Width of the windows served and pushed values are grouped in."
+    )
+    current_window_seconds: int = Field(
+        86_400, ge=1, description="`quiver monitor`: the current window is this long, ending now."
+    )
+    reference_window_seconds: int = Field(
+        7 * 86_400, ge=1, description="Trailing reference: this long, ending where the current starts."
+    )
+    reference: str = Field(
+        "trailing",
+        pattern=r"^(trailing|training_set:[A-Za-z0-9_.-]{1,128})$",
+        description="What `quiver monitor` compares with: trailing, or training_set:NAME.",
+    )
+    training_set_sketch_rows: int = Field(
+        10_000, ge=1,
+        description=(
+            "Rows per training-set partition fed to the quantile sketches (every k-th row);"
+            " counts, moments and categories stay exact."
+        ),
+    )
+
+
 class QuiverConfig(_Model):
     """Everything in `quiver.yaml`."""
 
@@ -242,6 +278,7 @@ class QuiverConfig(_Model):
     serving: ServingConfig = ServingConfig()
     flight: FlightConfig = FlightConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     # Not read from the file: the directory the config came from.
     repo_path: Path = Field(Path("."), exclude=True)

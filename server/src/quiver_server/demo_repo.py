@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 DEFINITIONS = '''"""Feature definitions of the fraud-detection demo."""
@@ -18,7 +19,8 @@ DEFINITIONS = '''"""Feature definitions of the fraud-detection demo."""
 from datetime import timedelta
 
 from quiver import (
-    Bool, Entity, FeatureService, FeatureView, Field, Float64, Int32, Int64, ParquetSource, String,
+    Bool, DriftThresholds, Entity, FeatureService, FeatureView, Field, Float64, Int32, Int64,
+    ParquetSource, String,
 )
 
 user = Entity(
@@ -65,7 +67,8 @@ user_profile = FeatureView(
     schema=[
         Field("age", Int32),
         Field("account_age_days", Int64),
-        Field("credit_score", Int32),
+        # Missing credit scores hurt the model: alert on a 2-point change.
+        Field("credit_score", Int32, drift=DriftThresholds(null_rate=0.02)),
         Field("is_verified", Bool),
         Field("country", String),
         Field("signup_channel", String),
@@ -90,6 +93,9 @@ merchant_stats = FeatureView(
     ttl=timedelta(days=7),
     description="Merchant risk aggregates, computed daily.",
     owner="risk-team@example.com",
+    # A few hundred merchants per window: small samples vary more, so drift
+    # must be larger before it counts.
+    drift=DriftThresholds(psi=0.5, jensen_shannon=0.3),
 )
 
 fraud_model_v1 = FeatureService(
@@ -231,3 +237,44 @@ def _merchant_stats(data: Path, rng: random.Random, merchants: int, days: int, e
         "is_high_risk": pa.array([rng.random() < 0.07 for _ in range(n)]),
     })
     pq.write_table(table, data / "merchant_stats" / "part-0.parquet")
+
+
+SHIFTED_FEATURE = "txn_amount_avg_7d"
+
+
+def write_shifted_batch(
+    path: str | Path,
+    feature: str = SHIFTED_FEATURE,
+    factor: float = 3.0,
+    at: datetime | None = None,
+) -> Path:
+    """Append a batch of `user_transaction_stats` rows in which one feature shifted.
+
+    Every user gets a new row at `at` (default: 30 minutes ago) copying their
+    latest values, with `feature` multiplied by `factor`, as an upstream bug or
+    a real change in behaviour would. Materializing it and running
+    `quiver monitor` shows the drift on that feature only.
+
+    Returns:
+        The Parquet file written.
+    """
+    directory = Path(path) / "data" / "user_transaction_stats"
+    history = pq.read_table(directory / "part-0.parquet")
+    order = pc.sort_indices(history, [("user_id", "ascending"), ("event_timestamp", "descending")])
+    history = history.take(order)
+    users = history.column("user_id")
+    first = pc.not_equal(users.slice(1), users.slice(0, len(users) - 1))
+    latest = history.filter(pa.concat_arrays([pa.array([True]), first.combine_chunks()]))
+    when = (at or datetime.now(UTC) - timedelta(minutes=30)).astimezone(UTC)
+    n = latest.num_rows
+    latest = latest.set_column(
+        latest.schema.get_field_index("event_timestamp"), "event_timestamp", _ts([when] * n)
+    )
+    latest = latest.set_column(
+        latest.schema.get_field_index("created"), "created", _ts([when + timedelta(minutes=1)] * n)
+    )
+    index = latest.schema.get_field_index(feature)
+    latest = latest.set_column(index, feature, pc.multiply(latest.column(feature), factor))
+    out = directory / "shifted-batch.parquet"
+    pq.write_table(latest, out)
+    return out

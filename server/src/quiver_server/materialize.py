@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -60,6 +60,9 @@ from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.times import latest_allowed, micros
+
+if TYPE_CHECKING:
+    from quiver_server.monitoring.sinks import ProfileWriter
 
 __all__ = [
     "MaterializeProgress",
@@ -176,6 +179,7 @@ def materialize_range(
     views: Sequence[str] | None = None,
     *,
     progress: ProgressCallback | None = None,
+    profiles: ProfileWriter | None = None,
 ) -> list[ViewMaterialization]:
     """Materialize history with event time in ``[start, end)``.
 
@@ -188,6 +192,8 @@ def materialize_range(
         views: Feature views to materialize; default every online view.
         progress: Called as each view progresses (see `MaterializeProgress`);
             nothing is reported by default. The CLI draws it.
+        profiles: Where to store a profile of the rows each view writes
+            (feature monitoring); None profiles nothing.
 
     Returns:
         One result per view, in order.
@@ -210,7 +216,7 @@ def materialize_range(
     registry = RegistryStore(config.registry_path)
     snapshot = registry.latest()
     tables = _select_views(snapshot, views)
-    return _run(config, registry, [(t, start, end) for t in tables], progress)
+    return _run(config, registry, [(t, start, end) for t in tables], progress, profiles)
 
 
 def materialize_incremental(
@@ -219,6 +225,7 @@ def materialize_incremental(
     views: Sequence[str] | None = None,
     *,
     progress: ProgressCallback | None = None,
+    profiles: ProfileWriter | None = None,
 ) -> list[ViewMaterialization]:
     """Materialize each view from where the last run stopped up to `end`.
 
@@ -237,7 +244,7 @@ def materialize_incremental(
         if start is None and table.view.ttl:
             start = end - table.view.ttl
         windows.append((table, start, end))
-    return _run(config, registry, windows, progress)
+    return _run(config, registry, windows, progress, profiles)
 
 
 def _select_views(snapshot: Snapshot, names: Sequence[str] | None) -> list[ViewTable]:
@@ -263,6 +270,7 @@ def _run(
     registry: RegistryStore,
     windows: Sequence[tuple[ViewTable, datetime | None, datetime]],
     progress: ProgressCallback | None,
+    profiles: ProfileWriter | None = None,
 ) -> list[ViewMaterialization]:
     report = progress or _ignore
     # Check every source before writing anything.
@@ -276,7 +284,7 @@ def _run(
                 results.append(ViewMaterialization(job.table.name, job.start, job.end, 0, 0, 0, 0, 0.0))
                 continue
             report(MaterializeProgress(job.table.name, "start"))
-            outcome = _materialize_view(store, job, report)
+            outcome = _materialize_view(store, job, report, profiles)
             report(MaterializeProgress(job.table.name, "done", outcome.entities, result=outcome))
             results.append(outcome)
             done[job.table.name] = job.end
@@ -395,7 +403,8 @@ def _bound(value: datetime, column_type: pa.DataType) -> pa.Scalar:
 
 
 def _materialize_view(
-    store: OnlineStore, job: _ViewJob, report: ProgressCallback
+    store: OnlineStore, job: _ViewJob, report: ProgressCallback,
+    profiles: ProfileWriter | None = None,
 ) -> ViewMaterialization:
     began = time.perf_counter()
     name = job.table.name
@@ -424,6 +433,11 @@ def _materialize_view(
     except OSError as exc:
         raise FailedPreconditionError(f"feature view {name!r}: cannot read its history: {exc}") from exc
 
+    if profiles is not None and latest.num_rows:
+        # The profile of what is written online: each entity's latest row.
+        first = datetime(1970, 1, 1, tzinfo=UTC) + _min_micros(latest)
+        profiles.record(job.table.view, "materialize", latest, job.start or first, job.end,
+                        event_column=EVENT_TS)
     written = superseded = 0
     entities = latest.num_rows
     for offset in range(0, entities, WRITE_CHUNK_ROWS):
@@ -515,6 +529,10 @@ def _clamp_end(config: QuiverConfig, end: datetime) -> datetime:
     incremental run skip rows that arrive meanwhile.
     """
     return min(end, latest_allowed(datetime.now(UTC), config.serving.max_future_seconds))
+
+
+def _min_micros(table: pa.Table) -> timedelta:
+    return timedelta(microseconds=int(pc.min(table.column(EVENT_TS)).as_py()))
 
 
 def _utc(value: datetime) -> datetime:

@@ -7,6 +7,7 @@ store as it was. Naive timestamps are read as UTC (as in materialization).
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -19,6 +20,9 @@ from quiver_server.online.base import OnlineStore, ViewTable, WriteBatch
 from quiver_server.online.keys import encode_keys
 from quiver_server.telemetry.spans import traced
 from quiver_server.times import latest_allowed, time_violation
+
+if TYPE_CHECKING:
+    from quiver_server.monitoring.sinks import ProfileAccumulator
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 _PUSH_TIME = "__quiver_push_time"
@@ -121,12 +125,14 @@ def push(
     *,
     max_future_seconds: float = 300.0,
     now: datetime | None = None,
+    profiles: ProfileAccumulator | None = None,
 ) -> PushResult:
     """Validate, then write. Offline goes first: it is append-only, so a later
     online failure leaves history that a materialization would write anyway.
 
     Event and created times more than `max_future_seconds` after `now` (the
-    server clock by default) are refused.
+    server clock by default) are refused. Rows written online are profiled
+    into `profiles` (feature monitoring).
     """
     view = table.view
     now = now or datetime.now(UTC)
@@ -142,4 +148,6 @@ def push(
     superseded = 0
     if to.online:
         superseded = store.write(table, to_write_batch(view, rows, created_column)).superseded
+        if profiles is not None:
+            profiles.add_rows(view, "push", rows, view.source.timestamp_field)
     return PushResult(rows=rows.num_rows, superseded=superseded)

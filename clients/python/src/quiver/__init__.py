@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quiver._definitions import (
+    DriftThresholds,
     Entity,
     FeatureProjection,
     FeatureService,
@@ -43,6 +44,7 @@ __all__ = [
     "Bool",
     "Bytes",
     "DatasetSpine",
+    "DriftThresholds",
     "Entity",
     "ErasureResult",
     "FeatureProjection",

@@ -8,6 +8,7 @@ repository (unknown entities, name collisions across objects) live in
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,13 +39,54 @@ def _check_tags(owner: str, tags: Mapping[str, str]) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class DriftThresholds:
+    """When a feature counts as drifted from its reference (`quiver monitor`).
+
+    A threshold left as None is inherited: a feature's from its view, a view's
+    from the defaults (psi 0.2, jensen_shannon 0.15, null_rate 0.05).
+
+    Args:
+        psi: Population stability index between the binned distributions
+            (0.1 is a small shift, 0.2 a significant one).
+        jensen_shannon: Jensen-Shannon distance, base 2, between 0 and 1.
+        null_rate: Absolute change of the share of nulls (0.05 = 5 points).
+    """
+
+    psi: float | None = None
+    jensen_shannon: float | None = None
+    null_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        limits = {"psi": math.inf, "jensen_shannon": 1.0, "null_rate": 1.0}
+        for name, upper in limits.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                0 < value <= upper
+            ):
+                allowed = "a positive number" if upper == math.inf else f"a number in (0, {upper:g}]"
+                raise DefinitionError(f"DriftThresholds.{name} must be {allowed}, got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+
+@dataclass(frozen=True)
 class Field:
-    """A named, typed column: a join key or a feature."""
+    """A named, typed column: a join key or a feature.
+
+    Args:
+        name: Column name.
+        dtype: Its type.
+        description: Free text for people.
+        tags: Free-form labels.
+        drift: Drift thresholds of this feature, overriding its view's.
+    """
 
     name: str
     dtype: ValueType
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    drift: DriftThresholds | None = None
 
     def __post_init__(self) -> None:
         check_name("field", self.name)
@@ -53,6 +95,10 @@ class Field:
         except ValueError as exc:
             raise DefinitionError(f"field {self.name!r}: {exc}") from None
         object.__setattr__(self, "tags", _check_tags(f"field {self.name!r}", self.tags))
+        if self.drift is not None and not isinstance(self.drift, DriftThresholds):
+            raise DefinitionError(
+                f"field {self.name!r}: drift must be a DriftThresholds, got {self.drift!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -156,6 +202,7 @@ class FeatureView:
         description: Free text for people.
         owner: Who answers for it.
         tags: Free-form labels.
+        drift: Drift thresholds of its features (each `Field` may override them).
     """
 
     def __init__(
@@ -170,6 +217,7 @@ class FeatureView:
         description: str = "",
         owner: str = "",
         tags: Mapping[str, str] | None = None,
+        drift: DriftThresholds | None = None,
     ) -> None:
         self.name = check_name("feature view", name)
         where = f"feature view {name!r}"
@@ -199,6 +247,9 @@ class FeatureView:
         self.description = description
         self.owner = owner
         self.tags = _check_tags(where, tags or {})
+        if drift is not None and not isinstance(drift, DriftThresholds):
+            raise DefinitionError(f"{where}: drift must be a DriftThresholds, got {drift!r}")
+        self.drift = drift
 
         key_names: list[str] = []
         for entity in self.entities:
@@ -264,7 +315,7 @@ class FeatureView:
     def _key(self) -> tuple[object, ...]:
         return (
             self.name, self.entities, self.schema, self.source, self.ttl, self.online,
-            self.description, self.owner, tuple(sorted(self.tags.items())),
+            self.description, self.owner, tuple(sorted(self.tags.items())), self.drift,
         )
 
     def __repr__(self) -> str:

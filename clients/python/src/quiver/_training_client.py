@@ -213,6 +213,7 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        name: str = "",
     ) -> flight.FlightInfo:
         """Upload the spine if needed and plan the training set (``get_flight_info``).
 
@@ -221,6 +222,7 @@ class TrainingClient:
         Arguments are those of `get_training_set`.
         """
         command = self._command(features, feature_service, full_feature_names, timestamp_column)
+        command.name = name
         rows = 0
         if isinstance(spine, OfflineSpine):
             command.spine.parquet_path = spine.path
@@ -248,6 +250,7 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        name: str = "",
         progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.Table:
         """The spine joined point-in-time with the features, as one Arrow table.
@@ -269,6 +272,9 @@ class TrainingClient:
             timestamp_column: The spine's event-time column.
             partition_rows: Spine rows per partition; by default the spine is
                 split so that `max_workers` partitions are fetched at once.
+            name: Optional name the server stores the training set's feature
+                profile under (the reference for `quiver monitor --reference
+                training_set:NAME`); default: the training set's fingerprint.
             progress: Called after each record batch arrives with the rows
                 received so far and the total (see `TrainingProgress`); nothing
                 is reported by default. For a bar: ``bar = tqdm(unit="rows")``
@@ -288,7 +294,7 @@ class TrainingClient:
         info = self.plan(
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
-            partition_rows=partition_rows,
+            partition_rows=partition_rows, name=name,
         )
         return self.fetch(info, progress=progress)
 
@@ -301,6 +307,7 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        name: str = "",
         progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.RecordBatchReader:
         """Like `get_training_set`, but streamed: batches in spine order as they arrive.
@@ -311,7 +318,7 @@ class TrainingClient:
         info = self.plan(
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
-            partition_rows=partition_rows,
+            partition_rows=partition_rows, name=name,
         )
         return self.fetch_reader(info, progress=progress)
 

@@ -135,7 +135,9 @@ the rendered file with that model.
 {{- $_ := set $metrics "pushgateway" $t.metrics.pushgateway }}
 {{- end }}
 {{- $telemetry := dict "tracing" $tracing "metrics" $metrics "logging" (dict "format" $t.logging.format "level" $t.logging.level) }}
-{{- $config := dict "project" $v.project "description" $v.description "registry" (default (printf "%s/registry" $data) $v.registryPath) "offline_store" (dict "root" (default (printf "%s/offline" $data) $v.offlineStore.root)) "online_store" $online "serving" $serving "flight" $flight "telemetry" $telemetry }}
+{{- $mo := $v.monitoring }}
+{{- $monitoring := dict "enabled" $mo.enabled "serving_sample_rate" $mo.servingSampleRate "flush_seconds" $mo.flushSeconds "current_window_seconds" $mo.currentWindowSeconds "reference_window_seconds" $mo.referenceWindowSeconds "reference" $mo.reference }}
+{{- $config := dict "project" $v.project "description" $v.description "registry" (default (printf "%s/registry" $data) $v.registryPath) "offline_store" (dict "root" (default (printf "%s/offline" $data) $v.offlineStore.root)) "online_store" $online "serving" $serving "flight" $flight "telemetry" $telemetry "monitoring" $monitoring }}
 {{- $config = mustMergeOverwrite $config (deepCopy $v.configOverrides) }}
 {{- toYaml $config }}
 {{- end }}

@@ -108,6 +108,8 @@ def _describe(info: gpb.TrainingDatasetInfo) -> str:
         f"  spine        {record.spine.path} (sha256 {record.spine.sha256[:16]}..., "
         f"columns {', '.join(record.spine.columns)})",
     ]
+    if record.profile:
+        lines.append(f"  profile      training_set:{record.profile}")
     if record.description:
         lines.append(f"  description  {record.description}")
     if record.tags:

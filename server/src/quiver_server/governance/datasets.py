@@ -24,7 +24,8 @@ from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.spinefile import locate as locate_spine
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Short enough that "<name>.v<version>" is still a valid training-set (profile) name.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,111}$")
 _VERSION_FILE = re.compile(r"^v(\d{8})\.pb$")
 _MARK = ".erased-"
 _MAX_ATTEMPTS = 20
@@ -36,7 +37,7 @@ def check_name(name: str, field: str = "name") -> str:
         raise InvalidArgumentError.for_field(
             field,
             f"{name!r} is not a training dataset name: use letters, digits, '_', '-' and '.', "
-            f"starting with a letter or digit, at most 128 characters",
+            f"starting with a letter or digit, at most 112 characters",
             reason="INVALID_DATASET_NAME",
         )
     return name
@@ -44,6 +45,11 @@ def check_name(name: str, field: str = "name") -> str:
 
 def label(dataset: gpb.TrainingDataset) -> str:
     return f"{dataset.name}:{dataset.version}"
+
+
+def profile_name(dataset: gpb.TrainingDataset) -> str:
+    """The training-set name a dataset version's pulls are profiled under."""
+    return f"{dataset.name}.v{dataset.version}"
 
 
 class DatasetStore:
@@ -74,6 +80,7 @@ class DatasetStore:
         for _ in range(_MAX_ATTEMPTS):
             versions = self.versions(record.name)
             record.version = (versions[-1] if versions else 0) + 1
+            record.profile = profile_name(record)
             if write_durable(self._file(record.name, record.version), record.SerializeToString(),
                              exclusive=True):
                 return record

@@ -138,6 +138,9 @@ class Lineage:
             node.children.append(child)
         node.children.append(_node("spine", record.spine.path,
                                   f"{record.spine.rows} rows, sha256 {record.spine.sha256[:16]}"))
+        if record.profile:
+            node.children.append(_node("profile", f"training_set:{record.profile}",
+                                       "statistics of its pulls (quiver monitor --reference)"))
         node.children.append(_node(
             "status", "reproducible" if status.reproducible else "not reproducible",
             "; ".join(status.reasons),

@@ -5,20 +5,44 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import timedelta
 
-from quiver import Entity, FeatureProjection, FeatureService, FeatureView, Field, ParquetSource
+from quiver import (
+    DriftThresholds,
+    Entity,
+    FeatureProjection,
+    FeatureService,
+    FeatureView,
+    Field,
+    ParquetSource,
+)
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver.types import ValueType
 
 
+def drift_to_proto(d: DriftThresholds | None) -> pb.DriftThresholds | None:
+    """None (nothing set) stays unset in the message, so definitions without
+    thresholds compare equal to those stored before thresholds existed."""
+    if d is None:
+        return None
+    return pb.DriftThresholds(
+        psi=d.psi or 0.0, jensen_shannon=d.jensen_shannon or 0.0, null_rate=d.null_rate or 0.0
+    )
+
+
+def drift_from_proto(p: pb.DriftThresholds) -> DriftThresholds:
+    return DriftThresholds(p.psi or None, p.jensen_shannon or None, p.null_rate or None)
+
+
 def field_to_proto(f: Field) -> pb.Field:
     return pb.Field(
-        name=f.name, value_type=int(f.dtype), description=f.description, tags=dict(f.tags)  # type: ignore[arg-type]
+        name=f.name, value_type=int(f.dtype), description=f.description, tags=dict(f.tags),  # type: ignore[arg-type]
+        drift=drift_to_proto(f.drift),
     )
 
 
 def field_from_proto(p: pb.Field) -> Field:
-    return Field(p.name, ValueType(p.value_type), p.description, dict(p.tags))
+    drift = drift_from_proto(p.drift) if p.HasField("drift") else None
+    return Field(p.name, ValueType(p.value_type), p.description, dict(p.tags), drift)
 
 
 def entity_to_proto(e: Entity) -> pb.Entity:
@@ -57,6 +81,7 @@ def view_to_proto(v: FeatureView) -> pb.FeatureView:
         description=v.description,
         owner=v.owner,
         tags=dict(v.tags),
+        drift=drift_to_proto(v.drift),
     )
 
 
@@ -79,6 +104,7 @@ def view_from_proto(p: pb.FeatureView, entities: Mapping[str, Entity]) -> Featur
         description=p.description,
         owner=p.owner,
         tags=dict(p.tags),
+        drift=drift_from_proto(p.drift) if p.HasField("drift") else None,
     )
 
 

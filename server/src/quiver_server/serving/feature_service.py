@@ -14,6 +14,7 @@ from quiver_server.config import ServingConfig
 from quiver_server.deletion import check_delete_count, delete_entities
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.serving import erase_entities
+from quiver_server.monitoring.sinks import ServerProfiles
 from quiver_server.online.base import OnlineStore
 from quiver_server.push import push
 from quiver_server.registry.provider import RegistryProvider
@@ -52,6 +53,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         offline_root: Where pushed rows are appended to history.
         served: Called with the graded columns of every answered lookup, before
             they are encoded (the feature-status metrics count them there).
+        profiles: Feature monitoring: pushed rows and a sample of the served
+            values are profiled into it.
     """
 
     def __init__(
@@ -61,9 +64,11 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         serving: ServingConfig,
         offline_root: str,
         served: Callable[[list[OutputColumn]], None] | None = None,
+        profiles: ServerProfiles | None = None,
         governance: GovernancePaths | None = None,
     ) -> None:
         self._registry = registry
+        self._profiles = profiles
         self._governance = governance
         self._offline_root = offline_root
         self._store = store
@@ -89,6 +94,8 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             columns = read_online(self._store, plan, key_columns, count)
             if self._served is not None:
                 self._served(columns)
+            if self._profiles is not None:
+                self._profiles.sampler.observe(plan.parts, columns)
             return encode_response(plan.output_names, columns, count)
 
     @rpc_errors
@@ -105,6 +112,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             result = push(
                 self._store, table, self._offline_root, rows, target,
                 max_future_seconds=self._serving.max_future_seconds,
+                profiles=self._profiles.accumulator if self._profiles is not None else None,
             )
         return pb.PushFeaturesResponse(rows=result.rows, rows_superseded=result.superseded)
 

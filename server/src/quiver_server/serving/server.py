@@ -25,6 +25,7 @@ from quiver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from quiver.serving.v1 import serving_service_pb2, serving_service_pb2_grpc
 from quiver_server.config import QuiverConfig
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.monitoring.sinks import ServerProfiles
 from quiver_server.observability import configure_logging
 from quiver_server.online.base import OnlineStore
 from quiver_server.online.factory import open_online_store
@@ -52,8 +53,10 @@ class ServingServer:
         store: OnlineStore,
         registry: RegistryProvider,
         health_servicer: health.HealthServicer,
+        profiles: ServerProfiles | None = None,
     ) -> None:
         self.server = server
+        self.profiles = profiles
         self.store = store
         self.registry = registry
         self.health = health_servicer
@@ -79,6 +82,8 @@ class ServingServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.profiles is not None:
+            self.profiles.close()  # after the drain, so the last lookups are in
         self.registry.stop()
         self.store.close()
 
@@ -140,10 +145,12 @@ def create_server(
         interceptors=[*telemetry.server_interceptors(), RequestDecoding()],
         options=[("grpc.so_reuseport", 1)],
     )
+    profiles = ServerProfiles.from_config(config)
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
         FeatureServingServicer(
             registry, store, config.serving, config.offline_root,
-            served=telemetry.lookup_observer(), governance=GovernancePaths.of(config),
+            served=telemetry.lookup_observer(), profiles=profiles,
+            governance=GovernancePaths.of(config),
         ),
         server,
     )
@@ -157,7 +164,7 @@ def create_server(
     bound = server.add_insecure_port(address)
     if bound == 0:
         raise InvalidArgumentError.for_field("serving.port", f"cannot listen on {address}")
-    app = ServingServer(server, store, registry, health_servicer)
+    app = ServingServer(server, store, registry, health_servicer, profiles)
     app.start()
     return app, bound
 
@@ -204,7 +211,8 @@ def serve(config: QuiverConfig, host: str | None = None, port: int | None = None
     print(f"quiver: serving gRPC on {host}:{port} with {workers} workers", flush=True)
     # Workers share the gRPC port, so this process serves their summed metrics.
     metrics_config = config.telemetry.metrics
-    metrics = (SupervisorMetrics(metrics_config.port, metrics_config.host, config.registry_path)
+    metrics = (SupervisorMetrics(metrics_config.port, metrics_config.host, config.registry_path,
+                                 config.offline_root if config.monitoring.enabled else None)
                if metrics_config.enabled else None)
     context = multiprocessing.get_context("spawn")
     processes = [

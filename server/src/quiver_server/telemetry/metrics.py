@@ -284,8 +284,11 @@ class Metrics:
     extra: list[Collector] = field(default_factory=list)
 
     @classmethod
-    def for_component(cls, component: str, registry_path: str | Path | None = None) -> Metrics:
-        """serving: RPC, online and lag; flight: RPC and Flight; materialize: its rows."""
+    def for_component(
+        cls, component: str, registry_path: str | Path | None = None,
+        offline_root: str | None = None,
+    ) -> Metrics:
+        """serving: RPC, online, lag and monitoring; flight: RPC and Flight; materialize: its rows."""
         registry = CollectorRegistry(auto_describe=True)
         metrics = cls(registry)
         if component in ("serving", "flight"):
@@ -294,6 +297,8 @@ class Metrics:
             metrics.online = OnlineMetrics(registry)
             if registry_path is not None:
                 metrics.extra.append(MaterializationLagCollector(registry_path))
+            if offline_root is not None:
+                metrics.extra.append(_monitoring_collector(offline_root))
         if component == "flight":
             metrics.flight = FlightMetrics(registry)
         if component == "materialize":
@@ -337,7 +342,10 @@ class SupervisorMetrics:
     to an emptyDir volume), which the spawned workers inherit.
     """
 
-    def __init__(self, port: int, host: str, registry_path: str | Path | None) -> None:
+    def __init__(
+        self, port: int, host: str, registry_path: str | Path | None,
+        offline_root: str | None = None,
+    ) -> None:
         given = os.environ.get(MULTIPROC_ENV)
         self._owned = None if given else tempfile.mkdtemp(prefix="quiver-metrics-")
         self.directory = Path(given or self._owned or "")
@@ -349,6 +357,8 @@ class SupervisorMetrics:
         metrics = Metrics(CollectorRegistry())
         if registry_path is not None:
             metrics.extra.append(MaterializationLagCollector(registry_path))
+        if offline_root is not None:
+            metrics.extra.append(_monitoring_collector(offline_root))
         self.endpoint = MetricsEndpoint(metrics.exposition_registry(), port, host)
         self.port = self.endpoint.port
 
@@ -359,6 +369,12 @@ class SupervisorMetrics:
             os.environ.pop(MULTIPROC_ENV, None)
 
 
+def _monitoring_collector(offline_root: str) -> Collector:
+    from quiver_server.monitoring.metrics import MonitoringCollector
+
+    return MonitoringCollector(offline_root)
+
+
 def exported_metrics() -> dict[str, frozenset[str]]:
     """Every series name the Quiver servers can export, with its label names.
 
@@ -366,8 +382,11 @@ def exported_metrics() -> dict[str, frozenset[str]]:
     as `<name>_bucket` (with `le`), `_sum` and `_count`. The dashboards test
     checks every panel query against this.
     """
+    from quiver_server.monitoring.metrics import MONITORING_SERIES
+
     found: dict[str, frozenset[str]] = {
         "quiver_materialization_lag_seconds": frozenset({"feature_view"}),
+        **MONITORING_SERIES,
     }
     for family in FAMILIES:
         labels = frozenset(family.labels)

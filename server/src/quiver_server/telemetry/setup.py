@@ -165,7 +165,10 @@ def setup_telemetry(
         provider = build_tracer_provider(telemetry_config.tracing, component, environ)
     metrics = None
     if telemetry_config.metrics.enabled:
-        metrics = Metrics.for_component(component, config.registry_path)
+        metrics = Metrics.for_component(
+            component, config.registry_path,
+            config.offline_root if config.monitoring.enabled else None,
+        )
     telemetry = Telemetry(
         component,
         tracer_provider=provider,

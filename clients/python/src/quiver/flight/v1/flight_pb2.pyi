@@ -261,6 +261,7 @@ class TrainingSetCommand(_message.Message):
     FULL_FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     TIMESTAMP_COLUMN_FIELD_NUMBER: _builtins.int
     PARTITION_ROWS_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     feature_service: _builtins.str
     """Name of a feature service."""
     full_feature_names: _builtins.bool
@@ -273,6 +274,13 @@ class TrainingSetCommand(_message.Message):
     partition_rows: _builtins.int
     """Spine rows per endpoint; 0 or more than the server's
     flight.partition_rows means the server's value.
+    """
+    name: _builtins.str
+    """Optional name of the training set (letters, digits, "_", "-", ".", at
+    most 128 characters). The profile of its features is stored under it, so
+    `quiver monitor --reference training_set:NAME` can compare live data with
+    what a model was trained on; without a name it is stored under the
+    training set's fingerprint.
     """
     @_builtins.property
     def spine(self) -> Global___SpineSource:
@@ -291,10 +299,11 @@ class TrainingSetCommand(_message.Message):
         full_feature_names: _builtins.bool = ...,
         timestamp_column: _builtins.str = ...,
         partition_rows: _builtins.int = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "selection", b"selection", "spine", b"spine"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "full_feature_names", b"full_feature_names", "partition_rows", b"partition_rows", "selection", b"selection", "spine", b"spine", "timestamp_column", b"timestamp_column"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "full_feature_names", b"full_feature_names", "name", b"name", "partition_rows", b"partition_rows", "selection", b"selection", "spine", b"spine", "timestamp_column", b"timestamp_column"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selection: _TypeAlias = _typing.Literal["features", "feature_service"]  # noqa: Y015
     _WhichOneofArgType_selection: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
@@ -387,6 +396,7 @@ class TrainingSetPartition(_message.Message):
     HISTORY_FINGERPRINTS_FIELD_NUMBER: _builtins.int
     PLANNED_AT_FIELD_NUMBER: _builtins.int
     SPINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     TRAINING_DATASET_FIELD_NUMBER: _builtins.int
     timestamp_column: _builtins.str
     """Spine column holding each row's event time."""
@@ -406,6 +416,8 @@ class TrainingSetPartition(_message.Message):
     """Number of endpoints of the training set."""
     spine_fingerprint: _builtins.str
     """Digest of the spine file(s) of a parquet_path spine when planned."""
+    name: _builtins.str
+    """The TrainingSetCommand's name, if any."""
     @_builtins.property
     def spine(self) -> Global___SpineSource:
         """The spine."""
@@ -454,11 +466,12 @@ class TrainingSetPartition(_message.Message):
         history_fingerprints: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         planned_at: _timestamp_pb2.Timestamp | None = ...,
         spine_fingerprint: _builtins.str = ...,
+        name: _builtins.str = ...,
         training_dataset: _governance_pb2.TrainingDatasetRef | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["planned_at", b"planned_at", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "training_dataset", b"training_dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column", "training_dataset", b"training_dataset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "name", b"name", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column", "training_dataset", b"training_dataset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -577,8 +590,12 @@ class CreateTrainingDatasetCommand(_message.Message):
     Yields: the TrainingSetCommand's Arrow schema and endpoints; the
     FlightInfo's app_metadata is a serialized quiver.registry.v1.TrainingDatasetInfo.
 
+    Its pulls are profiled (monitoring) under the training-set name
+    "<name>.v<version>", recorded as TrainingDataset.profile; the
+    training_set.name given here is not used.
+
     Errors: those of TrainingSetCommand; INVALID_ARGUMENT for an empty or
-    malformed name (letters, digits, "_", "-" and ".", at most 128 characters);
+    malformed name (letters, digits, "_", "-" and ".", at most 112 characters);
     UNAVAILABLE when the offline store or the registry cannot be written.
     """
 

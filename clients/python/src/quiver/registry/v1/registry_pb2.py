@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from quiver.types.v1 import value_pb2 as quiver_dot_types_dot_v1_dot_value__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!quiver/registry/v1/registry.proto\x12\x12quiver.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquiver/types/v1/value.proto\"\xba\x01\n\x05\x46ield\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\nvalue_type\x18\x02 \x01(\x0e\x32\x1a.quiver.types.v1.ValueType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x31\n\x04tags\x18\x04 \x03(\x0b\x32#.quiver.registry.v1.Field.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc9\x01\n\x06\x45ntity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tjoin_keys\x18\x02 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x32\n\x04tags\x18\x05 \x03(\x0b\x32$.quiver.registry.v1.Entity.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd8\x01\n\rParquetSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x17\n\x0ftimestamp_field\x18\x02 \x01(\t\x12\x1f\n\x17\x63reated_timestamp_field\x18\x03 \x01(\t\x12J\n\rfield_mapping\x18\x04 \x03(\x0b\x32\x33.quiver.registry.v1.ParquetSource.FieldMappingEntry\x1a\x33\n\x11\x46ieldMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x02\n\x0b\x46\x65\x61tureView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ntities\x18\x02 \x03(\t\x12+\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x31\n\x06source\x18\x04 \x01(\x0b\x32!.quiver.registry.v1.ParquetSource\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x03\x12\x0e\n\x06online\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x37\n\x04tags\x18\t \x03(\x0b\x32).quiver.registry.v1.FeatureView.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11\x46\x65\x61tureProjection\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\"\xe7\x01\n\x0e\x46\x65\x61tureService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12:\n\x0bprojections\x18\x02 \x03(\x0b\x32%.quiver.registry.v1.FeatureProjection\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12:\n\x04tags\x18\x05 \x03(\x0b\x32,.quiver.registry.v1.FeatureService.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\rStorageLayout\x12\x42\n\tbin_names\x18\x01 \x03(\x0b\x32/.quiver.registry.v1.StorageLayout.BinNamesEntry\x12\x10\n\x08next_bin\x18\x02 \x01(\x03\x1a/\n\rBinNamesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x14MaterializationState\x12-\n\twatermark\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x01\n\x08ViewMeta\x12\x31\n\x06layout\x18\x01 \x01(\x0b\x32!.quiver.registry.v1.StorageLayout\x12\x41\n\x0fmaterialization\x18\x02 \x01(\x0b\x32(.quiver.registry.v1.MaterializationState\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x64\x65\x66ined_in_version\x18\x05 \x01(\x03\",\n\x07Project\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xba\x03\n\x08Registry\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07project\x18\x03 \x01(\x0b\x32\x1b.quiver.registry.v1.Project\x12,\n\x08\x65ntities\x18\x04 \x03(\x0b\x32\x1a.quiver.registry.v1.Entity\x12\x36\n\rfeature_views\x18\x05 \x03(\x0b\x32\x1f.quiver.registry.v1.FeatureView\x12<\n\x10\x66\x65\x61ture_services\x18\x06 \x03(\x0b\x32\".quiver.registry.v1.FeatureService\x12=\n\tview_meta\x18\x07 \x03(\x0b\x32*.quiver.registry.v1.Registry.ViewMetaEntry\x12\r\n\x05\x63\x61use\x18\x08 \x01(\t\x1aM\n\rViewMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.quiver.registry.v1.ViewMeta:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!quiver/registry/v1/registry.proto\x12\x12quiver.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquiver/types/v1/value.proto\"\xee\x01\n\x05\x46ield\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\nvalue_type\x18\x02 \x01(\x0e\x32\x1a.quiver.types.v1.ValueType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x31\n\x04tags\x18\x04 \x03(\x0b\x32#.quiver.registry.v1.Field.TagsEntry\x12\x32\n\x05\x64rift\x18\x05 \x01(\x0b\x32#.quiver.registry.v1.DriftThresholds\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x0f\x44riftThresholds\x12\x0b\n\x03psi\x18\x01 \x01(\x01\x12\x16\n\x0ejensen_shannon\x18\x02 \x01(\x01\x12\x11\n\tnull_rate\x18\x03 \x01(\x01\"\xc9\x01\n\x06\x45ntity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tjoin_keys\x18\x02 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x32\n\x04tags\x18\x05 \x03(\x0b\x32$.quiver.registry.v1.Entity.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd8\x01\n\rParquetSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x17\n\x0ftimestamp_field\x18\x02 \x01(\t\x12\x1f\n\x17\x63reated_timestamp_field\x18\x03 \x01(\t\x12J\n\rfield_mapping\x18\x04 \x03(\x0b\x32\x33.quiver.registry.v1.ParquetSource.FieldMappingEntry\x1a\x33\n\x11\x46ieldMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x02\n\x0b\x46\x65\x61tureView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ntities\x18\x02 \x03(\t\x12+\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x31\n\x06source\x18\x04 \x01(\x0b\x32!.quiver.registry.v1.ParquetSource\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x03\x12\x0e\n\x06online\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x37\n\x04tags\x18\t \x03(\x0b\x32).quiver.registry.v1.FeatureView.TagsEntry\x12\x32\n\x05\x64rift\x18\n \x01(\x0b\x32#.quiver.registry.v1.DriftThresholds\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11\x46\x65\x61tureProjection\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\"\xe7\x01\n\x0e\x46\x65\x61tureService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12:\n\x0bprojections\x18\x02 \x03(\x0b\x32%.quiver.registry.v1.FeatureProjection\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12:\n\x04tags\x18\x05 \x03(\x0b\x32,.quiver.registry.v1.FeatureService.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\rStorageLayout\x12\x42\n\tbin_names\x18\x01 \x03(\x0b\x32/.quiver.registry.v1.StorageLayout.BinNamesEntry\x12\x10\n\x08next_bin\x18\x02 \x01(\x03\x1a/\n\rBinNamesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x14MaterializationState\x12-\n\twatermark\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x01\n\x08ViewMeta\x12\x31\n\x06layout\x18\x01 \x01(\x0b\x32!.quiver.registry.v1.StorageLayout\x12\x41\n\x0fmaterialization\x18\x02 \x01(\x0b\x32(.quiver.registry.v1.MaterializationState\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x64\x65\x66ined_in_version\x18\x05 \x01(\x03\",\n\x07Project\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xba\x03\n\x08Registry\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07project\x18\x03 \x01(\x0b\x32\x1b.quiver.registry.v1.Project\x12,\n\x08\x65ntities\x18\x04 \x03(\x0b\x32\x1a.quiver.registry.v1.Entity\x12\x36\n\rfeature_views\x18\x05 \x03(\x0b\x32\x1f.quiver.registry.v1.FeatureView\x12<\n\x10\x66\x65\x61ture_services\x18\x06 \x03(\x0b\x32\".quiver.registry.v1.FeatureService\x12=\n\tview_meta\x18\x07 \x03(\x0b\x32*.quiver.registry.v1.Registry.ViewMetaEntry\x12\r\n\x05\x63\x61use\x18\x08 \x01(\t\x1aM\n\rViewMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.quiver.registry.v1.ViewMeta:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,39 +48,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRY_VIEWMETAENTRY']._loaded_options = None
   _globals['_REGISTRY_VIEWMETAENTRY']._serialized_options = b'8\001'
   _globals['_FIELD']._serialized_start=120
-  _globals['_FIELD']._serialized_end=306
-  _globals['_FIELD_TAGSENTRY']._serialized_start=263
-  _globals['_FIELD_TAGSENTRY']._serialized_end=306
-  _globals['_ENTITY']._serialized_start=309
-  _globals['_ENTITY']._serialized_end=510
-  _globals['_ENTITY_TAGSENTRY']._serialized_start=263
-  _globals['_ENTITY_TAGSENTRY']._serialized_end=306
-  _globals['_PARQUETSOURCE']._serialized_start=513
-  _globals['_PARQUETSOURCE']._serialized_end=729
-  _globals['_PARQUETSOURCE_FIELDMAPPINGENTRY']._serialized_start=678
-  _globals['_PARQUETSOURCE_FIELDMAPPINGENTRY']._serialized_end=729
-  _globals['_FEATUREVIEW']._serialized_start=732
-  _globals['_FEATUREVIEW']._serialized_end=1048
-  _globals['_FEATUREVIEW_TAGSENTRY']._serialized_start=263
-  _globals['_FEATUREVIEW_TAGSENTRY']._serialized_end=306
-  _globals['_FEATUREPROJECTION']._serialized_start=1050
-  _globals['_FEATUREPROJECTION']._serialized_end=1109
-  _globals['_FEATURESERVICE']._serialized_start=1112
-  _globals['_FEATURESERVICE']._serialized_end=1343
-  _globals['_FEATURESERVICE_TAGSENTRY']._serialized_start=263
-  _globals['_FEATURESERVICE_TAGSENTRY']._serialized_end=306
-  _globals['_STORAGELAYOUT']._serialized_start=1346
-  _globals['_STORAGELAYOUT']._serialized_end=1496
-  _globals['_STORAGELAYOUT_BINNAMESENTRY']._serialized_start=1449
-  _globals['_STORAGELAYOUT_BINNAMESENTRY']._serialized_end=1496
-  _globals['_MATERIALIZATIONSTATE']._serialized_start=1498
-  _globals['_MATERIALIZATIONSTATE']._serialized_end=1615
-  _globals['_VIEWMETA']._serialized_start=1618
-  _globals['_VIEWMETA']._serialized_end=1870
-  _globals['_PROJECT']._serialized_start=1872
-  _globals['_PROJECT']._serialized_end=1916
-  _globals['_REGISTRY']._serialized_start=1919
-  _globals['_REGISTRY']._serialized_end=2361
-  _globals['_REGISTRY_VIEWMETAENTRY']._serialized_start=2284
-  _globals['_REGISTRY_VIEWMETAENTRY']._serialized_end=2361
+  _globals['_FIELD']._serialized_end=358
+  _globals['_FIELD_TAGSENTRY']._serialized_start=315
+  _globals['_FIELD_TAGSENTRY']._serialized_end=358
+  _globals['_DRIFTTHRESHOLDS']._serialized_start=360
+  _globals['_DRIFTTHRESHOLDS']._serialized_end=433
+  _globals['_ENTITY']._serialized_start=436
+  _globals['_ENTITY']._serialized_end=637
+  _globals['_ENTITY_TAGSENTRY']._serialized_start=315
+  _globals['_ENTITY_TAGSENTRY']._serialized_end=358
+  _globals['_PARQUETSOURCE']._serialized_start=640
+  _globals['_PARQUETSOURCE']._serialized_end=856
+  _globals['_PARQUETSOURCE_FIELDMAPPINGENTRY']._serialized_start=805
+  _globals['_PARQUETSOURCE_FIELDMAPPINGENTRY']._serialized_end=856
+  _globals['_FEATUREVIEW']._serialized_start=859
+  _globals['_FEATUREVIEW']._serialized_end=1227
+  _globals['_FEATUREVIEW_TAGSENTRY']._serialized_start=315
+  _globals['_FEATUREVIEW_TAGSENTRY']._serialized_end=358
+  _globals['_FEATUREPROJECTION']._serialized_start=1229
+  _globals['_FEATUREPROJECTION']._serialized_end=1288
+  _globals['_FEATURESERVICE']._serialized_start=1291
+  _globals['_FEATURESERVICE']._serialized_end=1522
+  _globals['_FEATURESERVICE_TAGSENTRY']._serialized_start=315
+  _globals['_FEATURESERVICE_TAGSENTRY']._serialized_end=358
+  _globals['_STORAGELAYOUT']._serialized_start=1525
+  _globals['_STORAGELAYOUT']._serialized_end=1675
+  _globals['_STORAGELAYOUT_BINNAMESENTRY']._serialized_start=1628
+  _globals['_STORAGELAYOUT_BINNAMESENTRY']._serialized_end=1675
+  _globals['_MATERIALIZATIONSTATE']._serialized_start=1677
+  _globals['_MATERIALIZATIONSTATE']._serialized_end=1794
+  _globals['_VIEWMETA']._serialized_start=1797
+  _globals['_VIEWMETA']._serialized_end=2049
+  _globals['_PROJECT']._serialized_start=2051
+  _globals['_PROJECT']._serialized_end=2095
+  _globals['_REGISTRY']._serialized_start=2098
+  _globals['_REGISTRY']._serialized_end=2540
+  _globals['_REGISTRY_VIEWMETAENTRY']._serialized_start=2463
+  _globals['_REGISTRY_VIEWMETAENTRY']._serialized_end=2540
 # @@protoc_insertion_point(module_scope)

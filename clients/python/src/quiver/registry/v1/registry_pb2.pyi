@@ -50,11 +50,16 @@ class Field(_message.Message):
     VALUE_TYPE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     value_type: _value_pb2.ValueType.ValueType
     description: _builtins.str
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def drift(self) -> Global___DriftThresholds:
+        """Drift thresholds of this feature; unset ones come from the view, then the defaults."""
+
     def __init__(
         self,
         *,
@@ -62,14 +67,48 @@ class Field(_message.Message):
         value_type: _value_pb2.ValueType.ValueType = ...,
         description: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        drift: Global___DriftThresholds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drift", b"drift"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "tags", b"tags", "value_type", b"value_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "drift", b"drift", "name", b"name", "tags", b"tags", "value_type", b"value_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Field: _TypeAlias = Field  # noqa: Y015
+
+@_typing.final
+class DriftThresholds(_message.Message):
+    """DriftThresholds say when a feature has drifted from its reference
+    (docs/monitoring.md). A threshold of 0 is unset: it is inherited from the
+    feature view, then from the defaults (psi 0.2, jensen_shannon 0.15, null_rate 0.05).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PSI_FIELD_NUMBER: _builtins.int
+    JENSEN_SHANNON_FIELD_NUMBER: _builtins.int
+    NULL_RATE_FIELD_NUMBER: _builtins.int
+    psi: _builtins.float
+    """Population stability index between the binned distributions."""
+    jensen_shannon: _builtins.float
+    """Jensen-Shannon distance (base 2, between 0 and 1)."""
+    null_rate: _builtins.float
+    """Absolute change of the share of nulls (0.05 = five percentage points)."""
+    def __init__(
+        self,
+        *,
+        psi: _builtins.float = ...,
+        jensen_shannon: _builtins.float = ...,
+        null_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jensen_shannon", b"jensen_shannon", "null_rate", b"null_rate", "psi", b"psi"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriftThresholds: _TypeAlias = DriftThresholds  # noqa: Y015
 
 @_typing.final
 class Entity(_message.Message):
@@ -219,6 +258,7 @@ class FeatureView(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    DRIFT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     ttl_seconds: _builtins.int
     """Maximum age of a value, in seconds; 0 means unlimited."""
@@ -235,6 +275,10 @@ class FeatureView(_message.Message):
     def source(self) -> Global___ParquetSource: ...
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def drift(self) -> Global___DriftThresholds:
+        """Drift thresholds of the view's features (each feature may override them)."""
+
     def __init__(
         self,
         *,
@@ -247,10 +291,11 @@ class FeatureView(_message.Message):
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        drift: Global___DriftThresholds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drift", b"drift", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "entities", b"entities", "features", b"features", "name", b"name", "online", b"online", "owner", b"owner", "source", b"source", "tags", b"tags", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "drift", b"drift", "entities", b"entities", "features", b"features", "name", b"name", "online", b"online", "owner", b"owner", "source", b"source", "tags", b"tags", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
