@@ -52,6 +52,7 @@ import structlog
 
 from quiver import FeatureView
 from quiver.errors import FailedPreconditionError
+from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_server.deletion import delete_entities, target_views
 from quiver_server.durable import fsync_directory
 from quiver_server.governance.datasets import DatasetStore, label
@@ -113,7 +114,7 @@ class ErasureRequest:
 
 
 @dataclass
-class ErasureResult:
+class ErasureOutcome:
     """What one erasure did."""
 
     erasure_id: str
@@ -229,7 +230,7 @@ class Eraser:
 
     def erase(
         self, entities: Mapping[str, Sequence[Any]], views: Sequence[str] = ()
-    ) -> ErasureResult:
+    ) -> ErasureOutcome:
         """Erase `entities` online and offline (every view keyed by them unless `views`).
 
         Pending erasures left by an interrupted run are completed first; when
@@ -243,7 +244,7 @@ class Eraser:
         """
         targets = target_views(self.snapshot, entities, views, online_only=False)
         wanted = {k: list(entities[k]) for k in entities}
-        same: ErasureResult | None = None
+        same: ErasureOutcome | None = None
         for pending in PendingErasures(self.paths).requests():
             result = self._carry_out(pending)
             if pending.entities == wanted and set(pending.views) == {v.name for v in targets}:
@@ -269,13 +270,13 @@ class Eraser:
         })
         return self._carry_out(request)
 
-    def resume(self) -> list[ErasureResult]:
+    def resume(self) -> list[ErasureOutcome]:
         """Complete every pending erasure (idempotent)."""
         return [self._carry_out(r) for r in PendingErasures(self.paths).requests()]
 
-    def _carry_out(self, request: ErasureRequest) -> ErasureResult:
+    def _carry_out(self, request: ErasureRequest) -> ErasureOutcome:
         views = [self.snapshot.feature_views[n] for n in request.views if n in self.snapshot.feature_views]
-        result = ErasureResult(request.erasure_id, [v.name for v in views])
+        result = ErasureOutcome(request.erasure_id, [v.name for v in views])
         marked = self._mark_datasets(request, views)
         result.datasets_affected = [label(d) for d in marked]
         if self.store is not None:
@@ -304,7 +305,9 @@ class Eraser:
                  files_rewritten=result.files_rewritten, rows_removed=result.rows_removed)
         return result
 
-    def _mark_datasets(self, request: ErasureRequest, views: Sequence[FeatureView]) -> list[Any]:
+    def _mark_datasets(
+        self, request: ErasureRequest, views: Sequence[FeatureView]
+    ) -> list[gpb.TrainingDataset]:
         marked = []
         erased = {v.name: v for v in views}
         for dataset in self.datasets.all():
@@ -322,7 +325,9 @@ class Eraser:
                 marked.append(dataset)
         return marked
 
-    def _scrub_spine(self, request: ErasureRequest, dataset: Any, views: Sequence[FeatureView]) -> None:
+    def _scrub_spine(
+        self, request: ErasureRequest, dataset: gpb.TrainingDataset, views: Sequence[FeatureView]
+    ) -> None:
         used = [v for v in views if v.name in {h.feature_view for h in dataset.histories}]
         try:
             spine = read_spine(self.paths.offline_root, dataset.spine.path)
