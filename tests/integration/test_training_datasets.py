@@ -180,3 +180,29 @@ def test_bad_names_and_unknown_datasets(repo: QuiverConfig, flight_server: Any) 
         with pytest.raises(NotFoundError) as missing:
             client.get_training_dataset("one", 7)
         assert "has no version 7" in missing.value.message
+
+
+def test_a_pruned_registry_version_is_named(
+    repo: QuiverConfig, flight_server: Any, apply_objects: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from quiver_server.cli import main as cli_main
+    from quiver_server.registry.store import RegistryStore
+
+    with flight_server(repo) as location, TrainingClient(location) as client:
+        created = client.create_training_dataset("pinned", spine(), feature_service="model")
+        for _ in range(3):
+            apply_objects(repo, [user], [stats, profile], [model])
+        # `quiver registry prune` keeps the version the dataset pins...
+        (Path(repo.repo_path) / "quiver.yaml").write_text(
+            f"project: test\nregistry: {repo.registry_path}\noffline_store: {{root: {repo.offline_root}}}\n"
+        )
+        assert cli_main(["--repo", str(repo.repo_path), "registry", "prune", "--keep", "1"]) == 0
+        assert "pinned by training datasets" in capsys.readouterr().out
+        assert RegistryStore(repo.registry_path).versions() == [1, 4]
+        assert client.get_training_dataset("pinned").table.equals(created.table)
+        # ...and a version removed anyway is named.
+        RegistryStore(repo.registry_path).prune(1)
+        with pytest.raises(FailedPreconditionError) as caught:
+            client.get_training_dataset("pinned")
+        assert "registry version 1 was pruned" in caught.value.message

@@ -148,20 +148,30 @@ class TrainingDatasets:
                 naming what changed.
         """
         record = self.store.read(command.name, command.version)
-        status = self.store.status(record, set(self.training.registry.versions()))
+        versions = set(self.training.registry.versions())
+        try:
+            snapshot: Snapshot | None = self.training.snapshot(record.registry_version)
+        except FailedPreconditionError:  # pruned, or set aside as corrupt
+            snapshot = None
+        if snapshot is not None:
+            # The caller may read its features before learning anything about its files.
+            self.training.resolve(_command_for(record, command.partition_rows), snapshot)
+        status = self.store.status(record, versions)
+        if snapshot is None and record.registry_version in versions:
+            status.reasons.append(f"registry version {record.registry_version} cannot be read")
+            status.reproducible = False
         if status.reproducible:
             fs, path = locate_spine(self.paths.offline_root, record.spine.path)
             if file_sha256(fs, path) != record.spine.sha256:
                 status.reproducible = False
                 status.reasons.append(f"its kept spine {record.spine.path!r} was altered")
-        if not status.reproducible:
+        if snapshot is None or not status.reproducible:
             raise FailedPreconditionError(
                 f"training dataset {label(record)} can no longer be pulled cell for cell: "
                 + "; ".join(status.reasons),
                 reason="DATASET_NOT_REPRODUCIBLE",
                 metadata={"training_dataset": label(record)},
             )
-        snapshot = self.training.snapshot(record.registry_version)
         plan = self._issue(record, snapshot, command.partition_rows)
         return plan, gpb.TrainingDatasetInfo(dataset=record, status=status)
 
@@ -230,16 +240,8 @@ class TrainingDatasets:
 
     def _issue(self, record: gpb.TrainingDataset, snapshot: Snapshot, partition_rows: int) -> Plan:
         ref = gpb.TrainingDatasetRef(name=record.name, version=record.version)
-        command = pb.TrainingSetCommand(
-            spine=pb.SpineSource(training_dataset=ref),
-            features=pb.FeatureList(refs=list(record.feature_refs)),
-            full_feature_names=record.full_feature_names,
-            timestamp_column=record.timestamp_column,
-            partition_rows=partition_rows,
-            # Pulls are profiled under the version's own name (monitoring).
-            name=record.profile,
-        )
-        refs = snapshot.resolve(features=list(record.feature_refs))
+        command = _command_for(record, partition_rows)
+        refs = self.training.resolve(command, snapshot)
         views = [view for view, _ in group_by_view(refs)]
         prepared = self.training.prepare(
             command, snapshot=snapshot, spine=self.open_spine(ref),
@@ -256,6 +258,21 @@ class TrainingDatasets:
                     f"training dataset once it completes (`quiver erasures resume` completes it)",
                     reason="ERASURE_IN_PROGRESS", metadata={"feature_view": view.name},
                 )
+
+
+def _command_for(record: gpb.TrainingDataset, partition_rows: int) -> pb.TrainingSetCommand:
+    """The training-set command that pulls a stored dataset version."""
+    return pb.TrainingSetCommand(
+        spine=pb.SpineSource(
+            training_dataset=gpb.TrainingDatasetRef(name=record.name, version=record.version)
+        ),
+        features=pb.FeatureList(refs=list(record.feature_refs)),
+        full_feature_names=record.full_feature_names,
+        timestamp_column=record.timestamp_column,
+        partition_rows=partition_rows,
+        # Pulls are profiled under the version's own name (monitoring).
+        name=record.profile,
+    )
 
 
 def _pin(source: HistorySource) -> gpb.ViewHistory:
