@@ -51,7 +51,7 @@ demo: $(STAMP) ## The main job: demo repo -> apply -> materialize -> serve -> lo
 	$(BIN)/python scripts/demo.py
 
 .PHONY: bench-online
-bench-online: $(STAMP) ## Online serving latency/throughput vs a bare gRPC echo floor, then tracing off/on
+bench-online: $(STAMP) ## Online serving latency/throughput vs a bare gRPC echo floor, auth off/on, tracing off/on
 	$(BIN)/python benchmarks/bench_online.py $(ARGS)
 	$(BIN)/python benchmarks/tracing_overhead.py $(TRACING_ARGS)
 

@@ -8,7 +8,10 @@ processes on loopback:
   sequentially (1 client) and with 4 concurrent clients;
 - throughput (requests/s) for 1 entity with `--workers 1` and `--workers 2`;
 - the floor: a bare gRPC echo server (no Quiver code) answering the same
-  request bytes with a payload of the same size, measured in the same run.
+  request bytes with a payload of the same size, measured in the same run;
+- the cost of access control: 1 x 20 p50 with auth off next to an authenticated
+  (OIDC JWT, RS256, verified against a JWKS) and authorized lookup, in
+  alternating rounds against two servers of the same repo.
 
 Figures are medians of what this machine did in this run; compare ratios, not
 absolute numbers, across machines.
@@ -23,6 +26,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -74,29 +78,31 @@ def _echo_server(port: int, payloads: dict[int, bytes], threads: int) -> None:
 # --- load generation ----------------------------------------------------------------
 
 def _client(target: str, method: str, request: bytes, count: int, warmup: int,
-            start_at: float, out: Any) -> None:
+            start_at: float, out: Any, metadata: tuple[tuple[str, str], ...] = ()) -> None:
     channel = grpc.insecure_channel(target)
     call = channel.unary_unary(method)  # raw bytes: measures the server, not client decoding
     for _ in range(warmup):
-        call(request, timeout=10)
+        call(request, timeout=10, metadata=metadata)
     while time.time() < start_at:
         time.sleep(0.001)
     latencies = []
     begin = time.perf_counter()
     for _ in range(count):
         t0 = time.perf_counter_ns()
-        call(request, timeout=10)
+        call(request, timeout=10, metadata=metadata)
         latencies.append(time.perf_counter_ns() - t0)
     elapsed = time.perf_counter() - begin
     channel.close()
     out.put((latencies, elapsed))
 
 
-def run_load(target: str, method: str, request: bytes, clients: int, count: int) -> dict[str, float]:
+def run_load(target: str, method: str, request: bytes, clients: int, count: int,
+             metadata: tuple[tuple[str, str], ...] = ()) -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     start_at = time.time() + 1.5
-    procs = [ctx.Process(target=_client, args=(target, method, request, count, 200, start_at, queue))
+    procs = [ctx.Process(target=_client,
+                         args=(target, method, request, count, 200, start_at, queue, metadata))
              for _ in range(clients)]
     for p in procs:
         p.start()
@@ -195,8 +201,9 @@ def store_reads(repo: Path, count: int) -> list[tuple[str, str, dict[str, float]
     return rows
 
 
-def start_server(repo: Path, port: int, workers: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "QUIVER_TELEMETRY__LOGGING__LEVEL": "warning"}
+def start_server(repo: Path, port: int, workers: int,
+                 env_overrides: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "QUIVER_TELEMETRY__LOGGING__LEVEL": "warning", **(env_overrides or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "quiver_server.cli", "--repo", str(repo), "serve",
          "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
@@ -212,6 +219,99 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
+# --- access control -----------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux), 0.0 where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+
+def auth_env(directory: Path) -> tuple[dict[str, str], str]:
+    """Settings turning OIDC auth on (keys in a JWKS file) and a token for the demo repo's
+    `fraud-model` principal, which its permissions.py lets READ_ONLINE fraud_model_v1."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="bench", use="sig", alg="RS256")
+    jwks = directory / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [jwk]}))
+    issuer = "https://issuer.bench.invalid"
+    now = int(time.time())
+    token = jwt.encode({"iss": issuer, "aud": "quiver", "sub": "fraud-model", "iat": now,
+                        "exp": now + 3600}, key, algorithm="RS256", headers={"kid": "bench"})
+    oidc = {"issuer": issuer, "audience": "quiver", "jwks_url": jwks.as_uri()}
+    return {"QUIVER_AUTH__ENABLED": "true", "QUIVER_AUTH__OIDC": json.dumps(oidc)}, token
+
+
+def auth_overhead(repo: Path, request: bytes, count: int, rounds: int) -> dict[str, list[float]]:
+    """p50 of 1x20 lookups with auth off and on, in alternating rounds (drift hits both),
+    and each server's CPU microseconds per request (steadier on a busy machine)."""
+    env, token = auth_env(BENCH_DIR)
+    metadata = (("authorization", f"Bearer {token}"),)
+    off_port, on_port = free_port(), free_port()
+    # Both run at once, so each needs its own metrics port.
+    off = start_server(repo, off_port, workers=1,
+                       env_overrides={"QUIVER_TELEMETRY__METRICS__PORT": str(free_port())})
+    p50: dict[str, list[float]] = {"off": [], "on": [], "cpu_off": [], "cpu_on": []}
+    on = None
+    try:
+        on = start_server(repo, on_port, workers=1,
+                          env_overrides={**env, "QUIVER_TELEMETRY__METRICS__PORT": str(free_port())})
+        check = grpc.insecure_channel(f"127.0.0.1:{on_port}")
+        check.unary_unary(METHOD)(request, timeout=10, metadata=metadata)  # authorized, or raise
+        check.close()
+        for _ in range(rounds):
+            for name, proc, port, md in (("off", off, off_port, ()), ("on", on, on_port, metadata)):
+                cpu = cpu_seconds(proc.pid)
+                result = run_load(f"127.0.0.1:{port}", METHOD, request, 1, count, md)
+                p50[name].append(result["p50_ms"])
+                # Warm-up calls count too: CPU per call made.
+                p50[f"cpu_{name}"].append((cpu_seconds(proc.pid) - cpu) / (count + 200) * 1e6)
+    finally:
+        stop(off)
+        if on is not None:
+            stop(on)
+    return p50
+
+
+def auth_path_us(repo: Path, token: str, env: dict[str, str], count: int = 20_000) -> float:
+    """In-process cost of what the auth interceptor and the lookup's policy check add to a
+    call once the token and the decision are cached: microseconds per call."""
+    from quiver import Action
+    from quiver_server.auth.access import AccessControl
+    from quiver_server.auth.authenticator import build_authenticator
+    from quiver_server.auth.principal import CallAccess, enter_call, exit_call
+    from quiver_server.config import load_config
+    from quiver_server.registry.store import RegistryStore
+
+    config = load_config(repo, env=env)
+    authenticator = build_authenticator(config)
+    assert authenticator is not None
+    snapshot = RegistryStore(config.registry_path).latest()
+    refs = snapshot.resolve(feature_service="fraud_model_v1")
+    access = AccessControl(enabled=True)
+    header = f"Bearer {token}"
+
+    def one() -> None:
+        call = CallAccess(authenticator.authenticate(header), "GetOnlineFeatures", "grpc")
+        entered = enter_call(call)
+        access.check_features(snapshot, Action.READ_ONLINE, refs, service="fraud_model_v1")
+        exit_call(entered)
+
+    one()  # verifies the token and fills both caches
+    begin = time.perf_counter()
+    for _ in range(count):
+        one()
+    return (time.perf_counter() - begin) / count * 1e6
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="requests per client per scenario")
@@ -220,6 +320,8 @@ def main() -> int:
     parser.add_argument("--online-store", choices=["sqlite", "aerospike"], default="sqlite")
     parser.add_argument("--aerospike-hosts", default="127.0.0.1:3000", help="comma-separated")
     parser.add_argument("--aerospike-namespace", default="quiver")
+    parser.add_argument("--auth-rounds", type=int, default=5,
+                        help="alternating auth off/on rounds for the access-control arm")
     args = parser.parse_args()
     count = 300 if args.quick else args.requests
 
@@ -279,6 +381,20 @@ def main() -> int:
         rps = f"{r['rps']:>9.0f}" if "rps" in r else f"{'':>9}"
         print(f"{name:<22} {load:<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {rps}")
     by = {(name, load): r for name, load, r in rows}
+    p50 = auth_overhead(repo, requests["1x20"], count, 2 if args.quick else args.auth_rounds)
+    env, token = auth_env(BENCH_DIR)
+    path_us = auth_path_us(repo, token, env)
+    off, on = statistics.median(p50["off"]), statistics.median(p50["on"])
+    print(f"\naccess control, 1x20, 1 client, {len(p50['on'])} alternating rounds of {count}: "
+          f"p50 auth off {off:.3f} ms, authenticated (OIDC JWT) and authorized {on:.3f} ms, "
+          f"overhead {100 * (on - off) / off:+.1f}% (target <= 5%)")
+    print("  per round off: " + " ".join(f"{v:.3f}" for v in p50["off"]))
+    print("  per round on:  " + " ".join(f"{v:.3f}" for v in p50["on"]))
+    cpu_off, cpu_on = statistics.median(p50["cpu_off"]), statistics.median(p50["cpu_on"])
+    print(f"  server CPU per request: off {cpu_off:.0f} us, on {cpu_on:.0f} us "
+          f"({100 * (cpu_on - cpu_off) / cpu_off:+.1f}%)")
+    print(f"  auth path in-process (cached token and decision): {path_us:.1f} us per call, "
+          f"{100 * path_us / (off * 1000):.1f}% of the auth-off p50")
     print("\nratio to the echo floor (quiver / echo):")
     for name in requests:
         for clients in (1, 4):

@@ -44,7 +44,15 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_online  # a sibling script, not a package
-from bench_online import METHOD, ROOT, build_requests, free_port, run_load, wait_ready
+from bench_online import (
+    METHOD,
+    ROOT,
+    build_requests,
+    cpu_seconds,
+    free_port,
+    run_load,
+    wait_ready,
+)
 
 
 class Receiver:
@@ -94,15 +102,6 @@ def start(repo: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]
     )
     wait_ready(f"127.0.0.1:{port}")
     return proc
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux), 0.0 where /proc is missing."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

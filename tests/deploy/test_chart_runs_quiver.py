@@ -100,7 +100,7 @@ def test_chart_containers_run_against_the_cli(tmp_path: Path) -> None:
         {
             "project": "fraud_detection",
             "onlineStore": {"type": "sqlite"},
-            "serving": {"replicaCount": 1, "port": port},
+            "serving": {"replicaCount": 1, "port": port, "healthPort": _free_port()},
             "telemetry": {"metrics": {"enabled": False}},
             "persistence": {"mountPath": str(data)},
             "featureRepo": {

@@ -174,6 +174,7 @@ def test_config_follows_values() -> None:
         "max_future_seconds": 300,
         "max_workers_threads": 4,
         "grace_seconds": 15,
+        "health_port": 6567,
     }
     assert out["flight"]["location"] == "grpc+tls://flight.example.com:443"
     # configOverrides reaches fields the chart does not model.
@@ -202,10 +203,13 @@ def test_serving_probes_are_native_grpc_health_checks(rendered: Rendered) -> Non
         pytest.skip("serving disabled in this value set")
     _, pod = rendered.workload("serving")
     (container,) = pod["containers"]
-    grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # The plaintext health-only port when there is one (kubelet speaks neither TLS nor tokens).
+    probe_port = ports.get("health", ports["grpc"])
+    assert ("health" in ports) == (values["serving"]["healthPort"] > 0)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert set(container[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, probe
-        assert container[probe]["grpc"]["port"] == grpc_port
+        assert container[probe]["grpc"]["port"] == probe_port
     assert container["readinessProbe"]["grpc"]["service"] == HEALTH_SERVICE
     assert container["livenessProbe"]["grpc"]["service"] == ""
     assert container["startupProbe"]["grpc"]["service"] == ""
@@ -506,7 +510,9 @@ def test_network_policies_select_pods_and_open_their_ports() -> None:
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
         ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-        assert ingress_ports == {port, 9464}
+        assert ingress_ports == ({port, 6567, 9464} if component == "serving" else {port, 9464})
+        health = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 6567]
+        assert all("from" not in rule for rule in health), "probes come from the node"
         egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
         assert {53, 4333, 4317, 9091, 443} <= egress_ports
     jobs = out.get("NetworkPolicy", "quiver-jobs")

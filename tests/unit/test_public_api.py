@@ -22,18 +22,18 @@ import quiver.types
 # an API change: the server and Flight packages import only these.
 PUBLIC = {
     quiver: {
-        "Bool", "Bytes", "DatasetSpine", "DriftThresholds", "Entity", "ErasureResult",
-        "FeatureProjection", "FeatureService", "FeatureView", "Field",
-        "Float32", "Float64", "Int32", "Int64", "OfflineSpine", "OnlineClient", "OnlineResponse",
-        "ParquetSource", "PushResult", "PushTarget", "QuiverError", "SpineHandle", "String",
-        "Timestamp", "TrainingClient", "TrainingDataset", "TrainingProgress", "ValueType",
-        "__version__",
-        "parse_feature_ref",
+        "Action", "Bool", "Bytes", "DatasetSpine", "DriftThresholds", "Entity", "ErasureResult",
+        "FeatureProjection", "FeatureService", "FeatureView", "Field", "Float32", "Float64",
+        "Int32", "Int64", "OfflineSpine", "OnlineClient", "OnlineResponse", "ParquetSource",
+        "Permission", "PushResult", "PushTarget", "QuiverError", "Resource", "SpineHandle",
+        "String", "Timestamp", "Tls", "TrainingClient", "TrainingDataset", "TrainingProgress",
+        "ValueType", "__version__", "parse_feature_ref", "token_file",
     },
     quiver.errors: {
         "DeadlineExceededError", "DefinitionError", "FailedPreconditionError", "FieldViolation",
-        "InternalError", "InvalidArgumentError", "NotFoundError", "QuiverError",
-        "ResourceExhaustedError", "UnavailableError", "UnimplementedError", "error_for_code",
+        "InternalError", "InvalidArgumentError", "NotFoundError", "PermissionDeniedError",
+        "QuiverError", "ResourceExhaustedError", "UnauthenticatedError", "UnavailableError",
+        "UnimplementedError", "error_for_code",
     },
     quiver.status: {
         "DETAILS_KEY", "RichStatus", "build_status", "decode_status", "encode_status",

@@ -65,6 +65,7 @@ def test_unframed_versions_from_before_framing_still_read_and_truncations_do_not
     store = RegistryStore(materialized.registry_path)
     version = store.latest_version()
     proto = store.read(version)
+    del proto.permissions[:]  # versions written before framing had none
     legacy = proto.SerializeToString()  # how versions were written before framing
     file = version_file(materialized, version)
     file.write_bytes(legacy)
@@ -171,3 +172,12 @@ def test_cli_reports_a_registry_it_cannot_use_in_one_line(
     assert cli_main(["--repo", str(demo_config.repo_path), "apply"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("quiver: error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_unframed_file_with_permissions_is_refused(materialized: QuiverConfig) -> None:
+    # `cause` is not the last field of such a file, so truncations could pass for complete.
+    store = RegistryStore(materialized.registry_path)
+    version = store.latest_version()
+    proto = store.read(version)
+    assert proto.permissions
+    assert not verifies(proto.SerializeToString(), version)

@@ -8,6 +8,7 @@ import pytest
 
 from quiver.errors import DefinitionError, FailedPreconditionError
 from quiver_server.config import QuiverConfig
+from quiver_server.registry import framing
 from quiver_server.registry.store import RegistryStore
 from quiver_server.repo import apply, plan
 
@@ -22,7 +23,7 @@ def edit(repo: Path, old: str, new: str) -> None:
 def test_plan_then_apply_then_nothing_to_do(demo_config: QuiverConfig) -> None:
     first = plan(demo_config)
     assert {(i.kind, i.action) for i in first.items} == {
-        ("entity", "add"), ("feature_view", "add"), ("feature_service", "add")
+        ("entity", "add"), ("feature_view", "add"), ("feature_service", "add"), ("permission", "add")
     }
     assert RegistryStore(demo_config.registry_path).versions() == []
     applied, snapshot = apply(demo_config)
@@ -125,7 +126,7 @@ def test_concurrent_commit_retries_on_newer_version(applied_demo: QuiverConfig) 
             # Another writer publishes version 2 while we prepare ours.
             other = store.read(1)
             other.version = 2
-            (store.path / "v00000002.pb").write_bytes(other.SerializeToString())
+            (store.path / "v00000002.pb").write_bytes(framing.encode(other))
         return "test"
 
     snapshot = store.commit(change)

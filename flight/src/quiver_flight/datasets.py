@@ -176,8 +176,13 @@ class TrainingDatasets:
         return plan, gpb.TrainingDatasetInfo(dataset=record, status=status)
 
     def open_spine(self, ref: gpb.TrainingDatasetRef) -> KeptSpine:
-        """The kept spine of a dataset version."""
+        """The kept spine of a dataset version, once the caller may read its features
+        (the spine holds its labels)."""
         record = self.store.read(ref.name, ref.version)
+        if self.training.access.enabled:
+            self.training.resolve(
+                _command_for(record, 0), self.training.snapshot(record.registry_version)
+            )
         fs, path = locate_spine(self.paths.offline_root, record.spine.path)
         listing = list_files(resolve_path(self.paths.offline_root, record.spine.path))
         if listing is None:

@@ -18,6 +18,13 @@ Every failure carries a google.rpc.Status, never a traceback or a server path
 and uploads are bounded in number (`quiver_flight.limits`), expired spines are
 swept on a timer, and readiness is served on grpc.health.v1 on a side port
 (`quiver_flight.health`).
+
+With `auth.enabled` every call is authenticated from its ``authorization``
+header before its handler runs (`quiver_flight.auth`) and each call checks
+the registry's permissions on what it resolved: READ_OFFLINE for training
+sets, schemas, tickets and spine uploads, DESCRIBE for list_flights. With
+`flight.tls` the server speaks TLS and follows certificate rotation
+(`quiver_flight.tls`).
 """
 
 from __future__ import annotations
@@ -29,17 +36,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Concatenate, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 from urllib.parse import urlparse
 
 import pyarrow as pa
 import structlog
 from pyarrow import flight
 
+from quiver import Action
 from quiver.convert import pack
 from quiver.errors import InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.prefetch import Prefetch
+from quiver_flight.auth import MIDDLEWARE_KEY as AUTH_MIDDLEWARE_KEY
+from quiver_flight.auth import AuthMiddlewareFactory, with_call_access
 from quiver_flight.convert import timestamp_seconds, unpack_command
 from quiver_flight.errors import ErrorPolicy
 from quiver_flight.health import FlightHealth
@@ -49,7 +59,12 @@ from quiver_flight.pit import PointInTimeEngine, check_timestamp_column
 from quiver_flight.spine_paths import SpineDirectory
 from quiver_flight.spines import SPINE_DIRECTORY, SpineStore
 from quiver_flight.tickets import TicketSigner
+from quiver_flight.tls import FlightServerHandle
 from quiver_flight.training import TrainingSets
+from quiver_server.auth.access import AccessControl
+from quiver_server.auth.authenticator import build_authenticator
+from quiver_server.auth.tls import KeyPair, ReloadingKeyPair, tls_paths
+from quiver_server.auth.warnings import warn_if_open
 from quiver_server.config import QuiverConfig
 from quiver_server.echo import clip
 from quiver_server.governance.erasure import PendingErasures
@@ -122,8 +137,14 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         advertised: str | None = None,
         middleware: dict[str, flight.ServerMiddlewareFactory] | None = None,
         errors: ErrorPolicy | None = None,
+        tls: KeyPair | None = None,
     ) -> None:
-        super().__init__(location, middleware=middleware or None)
+        tls_options: dict[str, Any] = {}
+        if tls is not None:
+            tls_options = {"tls_certificates": [flight.CertKeyPair(tls.cert, tls.key)]}
+            if tls.client_ca is not None:
+                tls_options.update(verify_client=True, root_certificates=tls.client_ca)
+        super().__init__(location, middleware=middleware or None, **tls_options)
         self.training = training
         self.errors = errors or ErrorPolicy()
         self._locations = [flight.Location(advertised)] if advertised else []
@@ -160,6 +181,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
 
 
     @_handler
+    @with_call_access
     def do_put(
         self,
         context: flight.ServerCallContext,
@@ -172,6 +194,10 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             raise InvalidArgumentError.for_field(
                 "descriptor.cmd", "do_put takes an UploadSpineCommand", reason="WRONG_COMMAND"
             )
+        access = self.training.access
+        if access.enabled:
+            access.check_any(self.training.snapshot(), Action.READ_OFFLINE,
+                             "upload a spine (that needs READ_OFFLINE on some feature)", "spine")
         if command.timestamp_column:
             check_timestamp_column(reader.schema, command.timestamp_column)
         count = flight_call_counter(context)
@@ -179,12 +205,14 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         # has its answer can upload again at once.
         with self.uploads.claim():
             spine = self.training.spines.put(reader.schema, _received(reader, count))
+        access.record([f"spine:{spine.spine_id}"])
         result = pb.UploadSpineResult(spine_id=spine.spine_id, rows=spine.num_rows)
         if spine.expires_at is not None:
             result.expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
         writer.write(pa.py_buffer(result.SerializeToString()))
 
     @_handler
+    @with_call_access
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
@@ -205,12 +233,14 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         )
 
     @_trailer_handler
+    @with_call_access
     def get_schema(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.SchemaResult:
         return flight.SchemaResult(self.training.schema(_training_command(descriptor)))
 
     @_handler
+    @with_call_access
     def do_get(self, context: flight.ServerCallContext, ticket: flight.Ticket) -> flight.FlightDataStream:
         with self.streams.claim() as slot:  # held by the stream until it ends
             job = self.training.open_ticket(ticket.ticket)
@@ -224,6 +254,7 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
             return flight.GeneratorStream(job.schema, slot.hold(batches))
 
     @_handler
+    @with_call_access
     def list_flights(self, context: flight.ServerCallContext, criteria: bytes) -> Iterator[flight.FlightInfo]:
         wanted = pb.ListFlightsCriteria()
         if criteria:
@@ -303,12 +334,13 @@ def create_flight_server(
     clock: Callable[[], float] = time.time,
     cache_bytes: int | None = None,
     health_port: int = 0,
-) -> tuple[TrainingSetFlightServer, int]:
+) -> tuple[FlightServerHandle, int]:
     """Build and start a training-set Flight server, and its health service.
 
     Args:
-        config: The repo's configuration (offline store, registry, flight).
-        location: Where to listen; port 0 picks a free port.
+        config: The repo's configuration (offline store, registry, flight, auth).
+        location: Where to listen (its host and port; the scheme follows
+            `flight.tls`); port 0 picks a free port.
         telemetry: Tracing/metrics/access log; built from `config` if None.
         clock: Seconds since the epoch, for spine expiry (tests fake it).
         cache_bytes: Budget for cached history indexes and features; default
@@ -318,7 +350,7 @@ def create_flight_server(
             server's ``health.port`` is the port bound.
 
     Returns:
-        The running server and the port it listens on.
+        The running server (rebuilt when its TLS certificate changes) and its port.
     """
     flight_config = config.flight
     if cache_bytes is None:
@@ -331,6 +363,7 @@ def create_flight_server(
     spines = SpineStore(
         config.offline_root, flight_config, directory=spine_directory(config), clock=clock
     )
+    authenticator = build_authenticator(config)
     profiler = (
         TrainingSetProfiler(ProfileStore(config.offline_root),
                             config.monitoring.training_set_sketch_rows)
@@ -338,22 +371,37 @@ def create_flight_server(
     )
     training = TrainingSets(
         RegistryStore(config.registry_path), engine, spines, TicketSigner.from_config(config),
-        flight_config, clock, profiler, governance,
+        flight_config, clock, profiler, access=AccessControl(enabled=authenticator is not None),
+        governance=governance,
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
-    server = TrainingSetFlightServer(
-        location, training, advertised=flight_config.location,
-        middleware=telemetry.flight_middleware(), errors=server_error_policy(config),
-    )
-    host = urlparse(location).hostname or flight_config.host
+    # Telemetry first, so its middleware sees every call the auth middleware lets through.
+    middleware = dict(telemetry.flight_middleware())
+    if authenticator is not None:
+        middleware[AUTH_MIDDLEWARE_KEY] = AuthMiddlewareFactory(authenticator)
+    tls = flight_config.tls
+    pairs = (ReloadingKeyPair(tls_paths(config, tls), tls.reload_check_seconds, "flight.tls")
+             if tls.enabled else None)
+    errors = server_error_policy(config)
+
+    def build(at: str, pair: KeyPair | None) -> TrainingSetFlightServer:
+        return TrainingSetFlightServer(
+            at, training, advertised=flight_config.location, middleware=middleware,
+            errors=errors, tls=pair,
+        )
+
+    parsed = urlparse(location)
+    host = parsed.hostname or flight_config.host
+    handle = FlightServerHandle(build, host, parsed.port or 0, pairs)
     try:
-        server.attach_health(FlightHealth(
+        # The health service belongs to the handle: it outlives servers replaced by a rotation.
+        handle.attach_health(FlightHealth(
             training.readiness, f"{host}:{health_port}", flight_config.health_check_seconds
         ))
     except BaseException:
-        server.shutdown()
+        handle.shutdown()
         raise
-    return server, server.port
+    return handle, handle.port
 
 
 def spine_directory(config: QuiverConfig) -> SpineDirectory:
@@ -410,6 +458,7 @@ def serve(
     print(f"quiver: health (grpc.health.v1) on {host}:{health.port}", flush=True)
     log.info("serving", address=f"{host}:{bound}", health_port=health.port,
              offline_root=config.offline_root)
+    warn_if_open(config, "flight", f"{host}:{bound}")
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

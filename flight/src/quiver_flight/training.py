@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from google.protobuf import message
 
+from quiver import Action
 from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import (
     FailedPreconditionError,
@@ -42,6 +43,7 @@ from quiver_flight.pit import (
 )
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
+from quiver_server.auth.access import AccessControl
 from quiver_server.config import FlightConfig
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.monitoring.training_sets import TrainingSetProfiler
@@ -85,7 +87,11 @@ class PartitionJob:
 
 
 class TrainingSets:
-    """The Flight-independent half of the server: plan, describe, compute."""
+    """The Flight-independent half of the server: plan, describe, compute.
+
+    Every entry point checks READ_OFFLINE (DESCRIBE for `feature_sets`) on
+    what it resolved, through `access` (a no-op when auth is off).
+    """
 
     def __init__(
         self,
@@ -96,10 +102,12 @@ class TrainingSets:
         config: FlightConfig,
         clock: Callable[[], float] = time.time,
         profiler: TrainingSetProfiler | None = None,
+        access: AccessControl | None = None,
         governance: GovernancePaths | None = None,
     ) -> None:
         self.registry = registry
         self.profiler = profiler
+        self.access = access or AccessControl.disabled()
         self.engine = engine
         self.spines = spines
         self.signer = signer
@@ -156,18 +164,37 @@ class TrainingSets:
         return None
 
     def resolve(self, command: pb.TrainingSetCommand, snapshot: Snapshot) -> list[FeatureRef]:
+        """The command's features, once the caller may READ_OFFLINE every one."""
         selection = command.WhichOneof("selection")
-        if selection == "feature_service":
-            return snapshot.resolve(feature_service=command.feature_service)
-        refs = list(command.features.refs) if selection == "features" else []
-        return snapshot.resolve(features=refs, field="features")
+        service = command.feature_service if selection == "feature_service" else ""
+        requested = list(command.features.refs) if selection == "features" else []
+        try:
+            if service:
+                refs = snapshot.resolve(feature_service=service)
+            else:
+                refs = snapshot.resolve(features=requested, field="features")
+        except NotFoundError as exc:
+            raise self.access.unknown(
+                exc, snapshot, Action.READ_OFFLINE, requested=requested, service=service
+            ) from None
+        self.access.check_features(
+            snapshot, Action.READ_OFFLINE, refs, service=service, requested=requested
+        )
+        return refs
 
     @traced("quiver.flight.spine.open")
     def open_spine(self, source: pb.SpineSource, snapshot: Snapshot) -> Spine:
+        """The spine a command names. A Parquet spine is whatever was put in the spine
+        directory, by anyone, so reading one needs READ_OFFLINE on the whole project."""
         kind = source.WhichOneof("source")
         if kind == "spine_id":
             return self.spines.open(source.spine_id)
         if kind == "parquet_path":
+            self.access.check_project(
+                snapshot, Action.READ_OFFLINE, f"Parquet spine {source.parquet_path!r} "
+                "(a parquet_path spine needs READ_OFFLINE on the whole project; upload the "
+                "spine instead)", parquet_path=source.parquet_path,
+            )
             history = [resolve_path(self.engine.offline_root, view.source.path)
                        for view in snapshot.feature_views.values()]
             return self.spines.open_path(source.parquet_path, history)
@@ -298,6 +325,9 @@ class TrainingSets:
         except FailedPreconditionError:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
         refs = snapshot.resolve(features=list(partition.feature_refs))
+        # A ticket is not a capability: whoever presents it must be allowed its features.
+        self.access.check_features(snapshot, Action.READ_OFFLINE, refs,
+                                   requested=list(partition.feature_refs))
         try:
             spine = self.open_spine(partition.spine, snapshot)
         except NotFoundError as exc:
@@ -327,13 +357,17 @@ class TrainingSets:
         return PartitionJob(schema, batches, partition)
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
-        """Every feature service and view: what it is, its command and schema."""
+        """Every feature service and view the caller may DESCRIBE: what it is, its command
+        and schema."""
         version = self.registry.latest_good_version()
         if version == 0:
             return
         snapshot = self.snapshot(version)
+        describable = self.access.may_describe
         for service in snapshot.feature_services.values():
-            if service.name.startswith(name_prefix):
+            if service.name.startswith(name_prefix) and describable(
+                snapshot, "feature_service", service.name
+            ):
                 command = pb.TrainingSetCommand(feature_service=service.name)
                 refs = snapshot.resolve(feature_service=service.name)
                 info = pb.FeatureSetInfo(
@@ -342,7 +376,7 @@ class TrainingSets:
                 )
                 yield self._describe(info, command, refs, snapshot)
         for view in snapshot.feature_views.values():
-            if view.name.startswith(name_prefix):
+            if view.name.startswith(name_prefix) and describable(snapshot, "feature_view", view.name):
                 refs = [FeatureRef(view, f) for f in view.schema]
                 command = pb.TrainingSetCommand(features=pb.FeatureList(refs=[r.ref for r in refs]))
                 info = pb.FeatureSetInfo(

@@ -8,6 +8,7 @@
                         | datasets list|show | lineage NAME | search TEXT | compact VIEW
                         | erasures list|resume
     quiver init-demo DIR
+    quiver auth token NAME [--principal P] [--groups G,...]
 
 DIR is the feature repo (default: $QUIVER_REPO or the current directory).
 Times are ISO 8601; a time without an offset is UTC; `now` is accepted.
@@ -238,6 +239,19 @@ def cmd_init_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth_token(args: argparse.Namespace) -> int:
+    import yaml
+
+    from quiver_server.auth.static import new_token
+
+    groups = [g for g in (args.groups or "").split(",") if g]
+    token, entry = new_token(args.name, args.principal, groups)
+    print(f"token (give it to {args.name}; it is not stored anywhere):\n  {token}\n")
+    print("entry for the tokens file (auth.static.tokens_file), under 'tokens:':")
+    print(yaml.safe_dump([entry], sort_keys=False).rstrip())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quiver", description="Quiver feature store.")
     parser.add_argument(
@@ -312,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merchants", type=int, default=200)
     p.add_argument("--days", type=int, default=14)
     p.set_defaults(func=cmd_init_demo, needs_config=False)
+
+    p = sub.add_parser("auth", help="access control helpers (docs/security.md)")
+    auth = p.add_subparsers(dest="auth_command", required=True, metavar="ACTION")
+    p = auth.add_parser("token", help="make a static bearer token and its tokens-file entry")
+    p.add_argument("name", help="the token's name (audit log); the principal by default")
+    p.add_argument("--principal", help="principal the token authenticates as (default: NAME)")
+    p.add_argument("--groups", help="comma-separated groups of the principal")
+    p.set_defaults(func=cmd_auth_token, needs_config=False)
 
     p = sub.add_parser("registry", help="inspect stored registry versions")
     p.add_argument("action", choices=["history", "show", "prune", "repair"])

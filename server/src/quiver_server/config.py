@@ -70,6 +70,33 @@ class OfflineStoreConfig(_Model):
     root: str = Field("data", description="Base for relative source paths; a path or URI.")
 
 
+class TlsConfig(_Model):
+    """TLS of a server's port. Files are PEM; they are re-read when they change
+    (Kubernetes updates mounted Secrets in place), so certificates rotate
+    without a restart (docs/security.md)."""
+
+    cert_file: str | None = Field(None, description="Certificate chain; TLS is on when set.")
+    key_file: str | None = Field(None, description="Private key of the certificate.")
+    client_ca_file: str | None = Field(
+        None, description="CA bundle for client certificates: set it to require mutual TLS."
+    )
+    reload_check_seconds: float = Field(
+        10.0, gt=0, description="How often the files are checked for a new certificate."
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> TlsConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        if self.client_ca_file and not self.cert_file:
+            raise ValueError("client_ca_file (mutual TLS) needs cert_file and key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
 class ServingConfig(_Model):
     host: str = "0.0.0.0"
     port: int = Field(6566, ge=0, le=65535)
@@ -92,6 +119,14 @@ class ServingConfig(_Model):
         ),
     )
     grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
+    tls: TlsConfig = TlsConfig()
+    health_port: int | None = Field(
+        None, ge=0, le=65535,
+        description=(
+            "Also answer gRPC health checks (only) in plaintext on this port, for probes that "
+            "cannot speak TLS or carry tokens (Kubernetes gRPC probes)."
+        ),
+    )
     heavy_request_entities: int = Field(
         100,
         ge=1,
@@ -191,6 +226,7 @@ class FlightConfig(_Model):
     grace_seconds: float = Field(
         30.0, ge=0, description="Drain time for in-flight streams on SIGTERM."
     )
+    tls: TlsConfig = TlsConfig()
 
 
 class TracingConfig(_Model):
@@ -229,6 +265,77 @@ class TelemetryConfig(_Model):
     tracing: TracingConfig = TracingConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
+
+
+Algorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+]
+
+
+class OidcConfig(_Model):
+    """Bearer JWTs from an OpenID Connect issuer (Kubernetes service-account tokens included)."""
+
+    issuer: str = Field(description="Expected `iss` claim, e.g. https://login.example.com/realms/ml.")
+    audience: str = Field(description="Expected `aud` claim: what tokens for Quiver are issued to.")
+    jwks_url: str | None = Field(
+        None,
+        description=(
+            "Where the signing keys are (https://, http:// or file://); default: the jwks_uri of "
+            "<issuer>/.well-known/openid-configuration."
+        ),
+    )
+    ca_file: str | None = Field(None, description="CA bundle for the issuer's HTTPS endpoints.")
+    algorithms: list[Algorithm] = Field(
+        default_factory=lambda: ["RS256", "ES256"],  # type: ignore[arg-type]
+        min_length=1,
+        description="Accepted signature algorithms (asymmetric only).",
+    )
+    principal_claim: str = Field("sub", description="Claim naming the principal (dots descend).")
+    groups_claim: str = Field(
+        "groups", description="Claim holding the groups, a list or a string (dots descend)."
+    )
+    leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp/nbf/iat.")
+    jwks_cache_seconds: int = Field(300, ge=1, description="How long fetched keys are kept.")
+    jwks_min_refresh_seconds: int = Field(
+        10, ge=0,
+        description="Least time between two fetches for an unknown key id (bounds fetches).",
+    )
+
+
+class StaticTokensConfig(_Model):
+    """Named tokens whose SHA-256 hashes are listed in a file (`quiver auth token` makes them)."""
+
+    tokens_file: str = Field(description="YAML file of {name, sha256, principal, groups} entries.")
+
+
+class MtlsAuthConfig(_Model):
+    """Client certificates (mutual TLS on the gRPC port) as principals."""
+
+    enabled: bool = False
+    principal: Literal["common_name", "uri_san", "dns_san"] = Field(
+        "common_name", description="Which part of the certificate names the principal."
+    )
+
+
+class AuthConfig(_Model):
+    """Authentication and authorization of both servers (docs/security.md)."""
+
+    enabled: bool = Field(
+        False, description="Authenticate every call and enforce the registry's permissions."
+    )
+    oidc: OidcConfig | None = None
+    static: StaticTokensConfig | None = None
+    mtls: MtlsAuthConfig = MtlsAuthConfig()
+    cache_seconds: float = Field(
+        60.0, ge=0, description="How long a verified token is trusted without checking it again."
+    )
+    cache_entries: int = Field(4096, ge=1, description="Verified tokens kept.")
+
+    @model_validator(mode="after")
+    def _sources(self) -> AuthConfig:
+        if self.enabled and self.oidc is None and self.static is None and not self.mtls.enabled:
+            raise ValueError("auth is enabled but no principal source is: set oidc, static or mtls")
+        return self
 
 
 class MonitoringConfig(_Model):
@@ -279,9 +386,18 @@ class QuiverConfig(_Model):
     flight: FlightConfig = FlightConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    auth: AuthConfig = AuthConfig()
 
     # Not read from the file: the directory the config came from.
     repo_path: Path = Field(Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _mtls_needs_client_ca(self) -> QuiverConfig:
+        if self.auth.enabled and self.auth.mtls.enabled and not self.serving.tls.client_ca_file:
+            raise ValueError(
+                "auth.mtls names principals by client certificate: set serving.tls.client_ca_file"
+            )
+        return self
 
     def resolve(self, path: str) -> str:
         """Resolve a config path against the repo unless it is absolute or a URI."""

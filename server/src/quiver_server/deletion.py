@@ -6,7 +6,7 @@ same entities from the offline history when asked to (``offline=True``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +40,18 @@ def delete_entities(
     snapshot: Snapshot,
     entities: Mapping[str, Sequence[Any]],
     views: Sequence[str] = (),
+    *,
+    authorize: Callable[[list[FeatureView]], None] | None = None,
 ) -> DeleteResult:
     """Delete the given entities' rows from `views` (default: every online view whose
-    join keys are all given)."""
+    join keys are all given).
+
+    `authorize` is called with the views once they are resolved and the keys
+    checked, before anything is deleted; it raises to refuse.
+    """
     targets = target_views(snapshot, entities, views, online_only=True)
+    if authorize is not None:
+        authorize(targets)
     deleted = 0
     for view in targets:
         if not view.online:

@@ -115,6 +115,35 @@ user_risk = FeatureService(
 )
 '''
 
+PERMISSIONS = '''"""Who may do what (enforced when auth is on in quiver.yaml; docs/security.md)."""
+
+from quiver import Action, Permission, Resource
+
+# The fraud model reads its feature service online, and nothing else.
+fraud_model_reads = Permission(
+    name="fraud_model_reads",
+    principals=["fraud-model"],
+    actions=[Action.READ_ONLINE],
+    resources=[Resource.feature_service("fraud_model_v1")],
+)
+
+# The streaming job keeps user_transaction_stats fresh, online and in history.
+txn_stats_pipeline = Permission(
+    name="txn_stats_pipeline",
+    principals=["txn-stats-pipeline"],
+    actions=[Action.WRITE_ONLINE, Action.WRITE_OFFLINE],
+    resources=[Resource.feature_view("user_transaction_stats")],
+)
+
+# Data scientists browse the registry and pull training sets of anything.
+data_scientists = Permission(
+    name="data_scientists",
+    groups=["data-scientists"],
+    actions=[Action.DESCRIBE, Action.READ_OFFLINE],
+    resources=[Resource.project()],
+)
+'''
+
 CONFIG = """project: fraud_detection
 description: Card fraud detection features (Quiver demo).
 registry: data/registry
@@ -141,13 +170,14 @@ def write_demo_repo(
     end: datetime | None = None,
     seed: int = 7,
 ) -> Path:
-    """Write quiver.yaml, features.py and Parquet history under `path`."""
+    """Write quiver.yaml, features.py, permissions.py and Parquet history under `path`."""
     repo = Path(path)
     data = repo / "data"
     for name in ("user_transaction_stats", "user_profile", "merchant_stats"):
         (data / name).mkdir(parents=True, exist_ok=True)
     (repo / "quiver.yaml").write_text(CONFIG)
     (repo / "features.py").write_text(DEFINITIONS)
+    (repo / "permissions.py").write_text(PERMISSIONS)
     end = (end or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
     rng = random.Random(seed)
     _user_transaction_stats(data, rng, users, days, end)

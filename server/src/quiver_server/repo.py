@@ -1,7 +1,7 @@
 """Feature repositories: load the definitions, validate them, plan and apply.
 
 A feature repo is a directory with a `quiver.yaml` and Python files that define
-`Entity`, `FeatureView` and `FeatureService` objects at module level. Files
+`Entity`, `FeatureView`, `FeatureService` and `Permission` objects at module level. Files
 whose names start with `_` or `test_` are not loaded. Applying stores a new
 registry version only if something changed; a repo that does not validate is
 reported with the file and object at fault and the stored registry is left
@@ -19,7 +19,7 @@ from typing import Literal
 
 from google.protobuf.message import Message
 
-from quiver import Entity, FeatureService, FeatureView
+from quiver import Action, Entity, FeatureService, FeatureView, Permission
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
@@ -28,7 +28,7 @@ from quiver_server.registry.layout import assign_bins
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
 
-Kind = Literal["entity", "feature_view", "feature_service"]
+Kind = Literal["entity", "feature_view", "feature_service", "permission"]
 
 
 @dataclass
@@ -38,6 +38,7 @@ class RepoContents:
     entities: dict[str, Entity] = field(default_factory=dict)
     feature_views: dict[str, FeatureView] = field(default_factory=dict)
     feature_services: dict[str, FeatureService] = field(default_factory=dict)
+    permissions: dict[str, Permission] = field(default_factory=dict)
     origin: dict[tuple[Kind, str], str] = field(default_factory=dict)
 
 
@@ -79,8 +80,11 @@ class Plan:
         return "\n".join(lines)
 
 
-def load_repo(repo_path: Path) -> RepoContents:
-    """Import every definition file in `repo_path` and validate the whole repo."""
+def load_repo(repo_path: Path, project: str = "") -> RepoContents:
+    """Import every definition file in `repo_path` and validate the whole repo.
+
+    `project` is the repo's project name; permissions naming another one are refused.
+    """
     contents = RepoContents()
     files = sorted(
         p for p in repo_path.glob("*.py") if not p.name.startswith(("_", "test_"))
@@ -91,6 +95,7 @@ def load_repo(repo_path: Path) -> RepoContents:
         for obj in _import_definitions(file, repo_path):
             _add(contents, obj, file.name)
     _validate(contents)
+    _validate_permissions(contents, project)
     return contents
 
 
@@ -116,7 +121,8 @@ def _import_definitions(file: Path, repo_path: Path) -> list[object]:
         sys.modules.pop(module_name, None)
     return [
         value for name, value in vars(module).items()
-        if not name.startswith("_") and isinstance(value, Entity | FeatureView | FeatureService)
+        if not name.startswith("_")
+        and isinstance(value, Entity | FeatureView | FeatureService | Permission)
     ]
 
 
@@ -127,6 +133,8 @@ def _add(contents: RepoContents, obj: object, file: str) -> None:
         kind, table = "entity", contents.entities  # type: ignore[assignment]
     elif isinstance(obj, FeatureView):
         kind, table = "feature_view", contents.feature_views  # type: ignore[assignment]
+    elif isinstance(obj, Permission):
+        kind, table = "permission", contents.permissions  # type: ignore[assignment]
     else:
         assert isinstance(obj, FeatureService)
         kind, table = "feature_service", contents.feature_services  # type: ignore[assignment]
@@ -181,7 +189,27 @@ def _validate(contents: RepoContents) -> None:
                 outputs[feature] = view.name
 
 
-def _protos(contents: RepoContents) -> dict[tuple[Kind, str], Message]:
+def _validate_permissions(contents: RepoContents, project: str) -> None:
+    """Every named view, service and project exists, so a typo cannot grant nothing silently."""
+    for permission in contents.permissions.values():
+        where = f"{contents.origin[('permission', permission.name)]}: permission {permission.name!r}"
+        for resource in permission.resources:
+            tables: dict[str, dict[str, FeatureView] | dict[str, FeatureService]] = {
+                "feature_view": contents.feature_views,
+                "feature_service": contents.feature_services,
+            }
+            known = tables.get(resource.kind)
+            if known is not None and resource.name not in known:
+                raise DefinitionError(
+                    f"{where} names {resource}, which the repo does not define"
+                )
+            if resource.kind == "project" and resource.name and project and resource.name != project:
+                raise DefinitionError(
+                    f"{where} names project {resource.name!r}, but this repo is project {project!r}"
+                )
+
+
+def _protos(contents: RepoContents, project: str) -> dict[tuple[Kind, str], Message]:
     out: dict[tuple[Kind, str], Message] = {}
     for e in contents.entities.values():
         out[("entity", e.name)] = convert.entity_to_proto(e)
@@ -189,6 +217,8 @@ def _protos(contents: RepoContents) -> dict[tuple[Kind, str], Message]:
         out[("feature_view", v.name)] = convert.view_to_proto(v)
     for s in contents.feature_services.values():
         out[("feature_service", s.name)] = convert.service_to_proto(s)
+    for p in contents.permissions.values():
+        out[("permission", p.name)] = convert.permission_to_proto(p, project)
     return out
 
 
@@ -200,7 +230,19 @@ def _stored(proto: pb.Registry) -> dict[tuple[Kind, str], Message]:
         out[("feature_view", v.name)] = v
     for s in proto.feature_services:
         out[("feature_service", s.name)] = s
+    for p in proto.permissions:
+        out[("permission", p.name)] = p
     return out
+
+
+def _grant(message: Message) -> str:
+    """What a permission grants, for the plan: ``who: ACTIONS on resources``."""
+    if not isinstance(message, pb.Permission):
+        return ""
+    who = [*message.principals, *(f"group {g}" for g in message.groups)]
+    actions = [Action(a).name for a in message.actions]
+    resources = [str(convert.resource_from_proto(r)) for r in message.resources]
+    return f"{', '.join(who)}: {', '.join(actions)} on {', '.join(resources)}"
 
 
 def _differences(old: Message, new: Message) -> str:
@@ -212,17 +254,19 @@ def _differences(old: Message, new: Message) -> str:
 
 def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
     """What applying `contents` on top of `proto` would change."""
-    old, new = _stored(proto), _protos(contents)
-    order: dict[Kind, int] = {"entity": 0, "feature_view": 1, "feature_service": 2}
+    old, new = _stored(proto), _protos(contents, project)
+    order: dict[Kind, int] = {"entity": 0, "feature_view": 1, "feature_service": 2, "permission": 3}
     items: list[PlanItem] = []
     for key in sorted(set(old) | set(new), key=lambda k: (order[k[0]], k[1])):
         kind, name = key
         if key not in old:
-            items.append(PlanItem(kind, name, "add"))
+            items.append(PlanItem(kind, name, "add", _grant(new[key])))
         elif key not in new:
-            items.append(PlanItem(kind, name, "remove"))
+            items.append(PlanItem(kind, name, "remove", _grant(old[key])))
         elif old[key] != new[key]:
-            items.append(PlanItem(kind, name, "change", _differences(old[key], new[key])))
+            detail = _differences(old[key], new[key])
+            grant = _grant(new[key])
+            items.append(PlanItem(kind, name, "change", f"{detail}; now {grant}" if grant else detail))
     if proto.project.name and proto.project.name != project:
         raise DefinitionError(
             f"registry holds project {proto.project.name!r} but quiver.yaml says {project!r}; "
@@ -233,7 +277,7 @@ def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
 
 def plan(config: QuiverConfig) -> Plan:
     """Validate the repo and compute what `apply` would change."""
-    contents = load_repo(config.repo_path)
+    contents = load_repo(config.repo_path, config.project)
     store = RegistryStore(config.registry_path)
     base = store.latest_version()
     proto = store.read(base) if base else pb.Registry()
@@ -242,7 +286,7 @@ def plan(config: QuiverConfig) -> Plan:
 
 def apply(config: QuiverConfig) -> tuple[Plan, Snapshot | None]:
     """Validate the repo and store a new registry version if anything changed."""
-    contents = load_repo(config.repo_path)
+    contents = load_repo(config.repo_path, config.project)
     store = RegistryStore(config.registry_path)
     result: dict[str, Plan] = {}
 
@@ -267,7 +311,11 @@ def _rebuild(proto: pb.Registry, contents: RepoContents, config: QuiverConfig) -
     del proto.entities[:]
     del proto.feature_views[:]
     del proto.feature_services[:]
+    del proto.permissions[:]
     proto.entities.extend(convert.entity_to_proto(e) for _, e in sorted(contents.entities.items()))
+    proto.permissions.extend(
+        convert.permission_to_proto(p, config.project) for _, p in sorted(contents.permissions.items())
+    )
     proto.feature_services.extend(
         convert.service_to_proto(s) for _, s in sorted(contents.feature_services.items())
     )

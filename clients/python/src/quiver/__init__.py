@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from quiver._credentials import Tls, token_file
 from quiver._definitions import (
     DriftThresholds,
     Entity,
@@ -14,6 +15,7 @@ from quiver._definitions import (
 )
 from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
+from quiver._permissions import Action, Permission, Resource
 from quiver._training_client import (
     DatasetSpine,
     OfflineSpine,
@@ -41,6 +43,7 @@ from quiver.types import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "Bool",
     "Bytes",
     "DatasetSpine",
@@ -59,16 +62,20 @@ __all__ = [
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
+    "Permission",
     "PushResult",
     "PushTarget",
     "QuiverError",
+    "Resource",
     "SpineHandle",
     "String",
     "Timestamp",
+    "Tls",
     "TrainingClient",
     "TrainingDataset",
     "TrainingProgress",
     "ValueType",
     "__version__",
     "parse_feature_ref",
+    "token_file",
 ]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import grpc
 import pyarrow as pa
 
+from quiver._credentials import Tls, Token, bearer
 from quiver._online_response import OnlineResponse, as_list
 from quiver.convert import encode_columns, push_target_to_proto
 from quiver.errors import InvalidArgumentError
@@ -91,7 +92,12 @@ class OnlineClient:
     Args:
         target: ``"host:port"`` of the server.
         timeout: Default deadline of each call, in seconds.
-        credentials: TLS credentials; plaintext when None.
+        tls: True for TLS with the system's CAs, a `Tls` for your own CA, a
+            client certificate (mutual TLS) or another server name; plaintext
+            when False.
+        token: Bearer token sent as ``authorization`` metadata on every call,
+            or a function returning the current token (see `token_file`).
+        credentials: gRPC channel credentials, instead of `tls`.
         options: Extra gRPC channel options.
         interceptors: Client interceptors.
         max_push_bytes: Largest PushFeatures message sent; larger pushes are
@@ -117,6 +123,8 @@ class OnlineClient:
         target: str,
         *,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        tls: bool | Tls = False,
+        token: Token | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.UnaryUnaryClientInterceptor] = (),
@@ -125,6 +133,15 @@ class OnlineClient:
     ) -> None:
         self.target = target
         self.timeout = timeout
+        self._token = token
+        if tls is not False:
+            if credentials is not None:
+                raise InvalidArgumentError.for_field("tls", "pass tls or credentials, not both")
+            settings = Tls() if tls is True else tls
+            root, cert, key = settings.read()
+            credentials = grpc.ssl_channel_credentials(root, key, cert)
+            if settings.server_name:
+                options = [*options, ("grpc.ssl_target_name_override", settings.server_name)]
         self.max_push_bytes = max_push_bytes
         channel = (
             grpc.secure_channel(target, credentials, options=list(options))
@@ -184,7 +201,8 @@ class OnlineClient:
             request.features.refs.extend(features or ())
         try:
             response = self._stub.GetOnlineFeatures(
-                request, timeout=self.timeout if timeout is None else timeout
+                request, timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata(),
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
@@ -236,7 +254,8 @@ class OnlineClient:
             request = pb.PushFeaturesRequest(feature_view=feature_view, arrow_ipc=data, to=target)
             try:
                 reply = self._stub.PushFeatures(
-                    request, timeout=self.timeout if timeout is None else timeout
+                    request, timeout=self.timeout if timeout is None else timeout,
+                    metadata=self._metadata(),
                 )
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
@@ -294,7 +313,10 @@ class OnlineClient:
             entities=columns, feature_views=list(feature_views), offline=offline
         )
         try:
-            reply = self._stub.DeleteEntities(request, timeout=self.timeout if timeout is None else timeout)
+            reply = self._stub.DeleteEntities(
+                request, timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata(),
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         if not offline:
@@ -307,6 +329,9 @@ class OnlineClient:
             files_rewritten=int(reply.offline_files_rewritten),
             datasets_affected=list(reply.datasets_affected),
         )
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        return None if self._token is None else (("authorization", bearer(self._token)),)
 
     def close(self) -> None:
         self._channel.close()

@@ -24,16 +24,18 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import grpc
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import flight
 
+from quiver._credentials import Tls, Token, bearer
 from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.prefetch import Prefetch
 from quiver.registry.v1 import governance_pb2 as gpb
-from quiver.status import from_flight_error
+from quiver.status import flight_error_code, from_flight_error
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -108,8 +110,12 @@ class TrainingClient:
     """A connection to a Quiver Flight server.
 
     Args:
-        location: ``"grpc://host:port"`` (or ``grpc+tls://``) of the server.
+        location: ``"grpc://host:port"`` (or ``grpc+tls://`` for TLS) of the server.
         max_workers: Partitions fetched at once.
+        tls: Your own CA, a client certificate (mutual TLS) or another server
+            name for a ``grpc+tls://`` location; the system's CAs by default.
+        token: Bearer token sent as the ``authorization`` header on every call,
+            or a function returning the current one (see `token_file`).
         timeout: Deadline of each call in seconds (for ``do_get``, the whole
             stream); None waits as long as it takes.
         headers: Extra headers sent with every call.
@@ -131,9 +137,20 @@ class TrainingClient:
         timeout: float | None = None,
         headers: Mapping[str, str] | None = None,
         tracing: bool | TracerProvider = False,
+        tls: Tls | None = None,
+        token: Token | None = None,
     ) -> None:
         if max_workers < 1:
             raise InvalidArgumentError.for_field("max_workers", "must be at least 1")
+        if tls is not None and not location.startswith("grpc+tls://"):
+            raise InvalidArgumentError.for_field(
+                "location", f"{location!r}: TLS settings need a grpc+tls:// location"
+            )
+        self._tls: dict[str, Any] = {}
+        if tls is not None:
+            root, cert, key = tls.read()
+            self._tls = {"tls_root_certs": root, "cert_chain": cert, "private_key": key,
+                         "override_hostname": tls.server_name}
         self.location = location
         self.max_workers = max_workers
         self._middleware: list[flight.ClientMiddlewareFactory] = []
@@ -143,12 +160,19 @@ class TrainingClient:
 
             provider = None if tracing is True else tracing
             self._middleware.append(TracingClientMiddlewareFactory(location, provider))
-        self._options = flight.FlightCallOptions(
-            timeout=timeout, headers=[(k.encode(), v.encode()) for k, v in (headers or {}).items()]
-        )
+        self._timeout = timeout
+        self._headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+        self._token = token
         self._clients: dict[str, flight.FlightClient] = {}
         self._lock = threading.Lock()
         self._client = self._connect(location)
+
+    @property
+    def _options(self) -> flight.FlightCallOptions:
+        headers = self._headers
+        if self._token is not None:
+            headers = [*headers, (b"authorization", bearer(self._token).encode())]
+        return flight.FlightCallOptions(timeout=self._timeout, headers=headers)
 
     def close(self) -> None:
         with self._lock:
@@ -485,7 +509,10 @@ class TrainingClient:
         with self._lock:
             client = self._clients.get(location)
             if client is None:
-                client = flight.FlightClient(location, middleware=self._middleware or None)
+                client = flight.FlightClient(
+                    location, middleware=self._middleware or None,
+                    **(self._tls if location.startswith("grpc+tls://") else {}),
+                )
                 self._clients[location] = client
             return client
 
@@ -634,6 +661,12 @@ def _call(func: Callable[[], T]) -> T:
     try:
         return func()
     except (flight.FlightError, pa.ArrowException) as exc:
+        raise from_flight_error(exc) from None
+    except OSError as exc:
+        # A refused call whose status pyarrow reduced to an OSError; a local I/O
+        # error (reading a spine file) is re-raised as it is.
+        if flight_error_code(exc) is grpc.StatusCode.UNKNOWN:
+            raise
         raise from_flight_error(exc) from None
 
 

@@ -9,6 +9,8 @@ same class a client later receives::
     ├── NotFoundError                NOT_FOUND         (unknown view, feature, service, spine)
     ├── FailedPreconditionError      FAILED_PRECONDITION (e.g. nothing applied yet, stale ticket)
     ├── ResourceExhaustedError       RESOURCE_EXHAUSTED (a request over a configured limit)
+    ├── UnauthenticatedError         UNAUTHENTICATED   (no, expired or unverifiable credentials)
+    ├── PermissionDeniedError        PERMISSION_DENIED (the caller may not do this)
     ├── UnavailableError             UNAVAILABLE       (a store or server cannot be reached)
     ├── DeadlineExceededError        DEADLINE_EXCEEDED
     ├── UnimplementedError           UNIMPLEMENTED
@@ -34,8 +36,10 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "NotFoundError",
+    "PermissionDeniedError",
     "QuiverError",
     "ResourceExhaustedError",
+    "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
     "error_for_code",
@@ -127,6 +131,24 @@ class ResourceExhaustedError(QuiverError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class UnauthenticatedError(QuiverError):
+    """The call carried no credentials, or ones the server cannot verify.
+
+    `reason` says which (e.g. ``TOKEN_MISSING``, ``TOKEN_EXPIRED``) without
+    anything that would help forge a token.
+    """
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDeniedError(QuiverError):
+    """The caller is known but no permission allows this action."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
 class UnavailableError(QuiverError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
@@ -154,6 +176,8 @@ _BY_CODE: dict[grpc.StatusCode, type[QuiverError]] = {
         NotFoundError,
         FailedPreconditionError,
         ResourceExhaustedError,
+        UnauthenticatedError,
+        PermissionDeniedError,
         UnavailableError,
         DeadlineExceededError,
         UnimplementedError,

@@ -151,6 +151,8 @@ def error_from_status(
     return error
 
 
+_NAMED = {code.name: code for code in grpc.StatusCode if code is not grpc.StatusCode.OK}
+
 # The gRPC code behind each Flight/Arrow error class, for errors without a status.
 _FLIGHT_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (flight.FlightUnavailableError, grpc.StatusCode.UNAVAILABLE),
@@ -175,7 +177,15 @@ def flight_error_code(exc: BaseException) -> grpc.StatusCode:
     status = decode_status(details) if details else None
     if status is not None:
         return status.code
-    return next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
+    code = next((c for cls, c in _FLIGHT_CODES if isinstance(exc, cls)), grpc.StatusCode.UNKNOWN)
+    if code is grpc.StatusCode.UNKNOWN and not isinstance(exc, flight.FlightError):
+        # pyarrow's client drops the status of some refused calls (get_schema) and keeps
+        # only the text, which a Quiver server starts with the code's name.
+        text = str(exc).removeprefix("Unknown error: ")
+        name = text.partition(":")[0]
+        if name in _NAMED:
+            return _NAMED[name]
+    return code
 
 
 def from_flight_error(exc: BaseException) -> QuiverError:

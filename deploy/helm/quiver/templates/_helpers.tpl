@@ -117,8 +117,20 @@ the rendered file with that model.
 {{- end }}
 {{- $s := $v.serving }}
 {{- $serving := dict "host" "0.0.0.0" "port" $s.port "workers" $s.workers "max_entities" $s.maxEntities "max_delete_entities" $s.maxDeleteEntities "heavy_request_entities" $s.heavyRequestEntities "max_heavy_requests" $s.maxHeavyRequests "max_future_seconds" $s.maxFutureSeconds "max_workers_threads" $s.maxWorkerThreads "grace_seconds" $s.graceSeconds }}
+{{- if gt (int $s.healthPort) 0 }}
+{{- $_ := set $serving "health_port" $s.healthPort }}
+{{- end }}
 {{- $f := $v.flight }}
 {{- $flight := dict "host" "0.0.0.0" "port" $f.port "max_spine_rows" $f.maxSpineRows "max_spine_bytes" (int64 $f.maxSpineBytes) "max_stored_spine_bytes" (int64 $f.maxStoredSpineBytes) "spine_ttl_seconds" $f.spineTtlSeconds "spine_sweep_seconds" $f.spineSweepSeconds "spine_root" $f.spineRoot "max_concurrent_streams" $f.maxConcurrentStreams "max_concurrent_uploads" $f.maxConcurrentUploads "health_port" $f.health.port "health_check_seconds" $f.health.checkSeconds "partition_rows" $f.partitionRows "batch_rows" $f.batchRows "grace_seconds" $f.graceSeconds }}
+{{- if $v.tls.enabled }}
+{{- $dir := trimSuffix "/" $v.tls.mountPath }}
+{{- $tls := dict "cert_file" (printf "%s/tls.crt" $dir) "key_file" (printf "%s/tls.key" $dir) "reload_check_seconds" $v.tls.reloadCheckSeconds }}
+{{- if $v.tls.clientCaKey }}
+{{- $_ := set $tls "client_ca_file" (printf "%s/client-ca.crt" $dir) }}
+{{- end }}
+{{- $_ := set $serving "tls" $tls }}
+{{- $_ := set $flight "tls" (deepCopy $tls) }}
+{{- end }}
 {{- if $f.location }}
 {{- $_ := set $flight "location" $f.location }}
 {{- end }}
@@ -138,6 +150,27 @@ the rendered file with that model.
 {{- $mo := $v.monitoring }}
 {{- $monitoring := dict "enabled" $mo.enabled "serving_sample_rate" $mo.servingSampleRate "flush_seconds" $mo.flushSeconds "current_window_seconds" $mo.currentWindowSeconds "reference_window_seconds" $mo.referenceWindowSeconds "reference" $mo.reference }}
 {{- $config := dict "project" $v.project "description" $v.description "registry" (default (printf "%s/registry" $data) $v.registryPath) "offline_store" (dict "root" (default (printf "%s/offline" $data) $v.offlineStore.root)) "online_store" $online "serving" $serving "flight" $flight "telemetry" $telemetry "monitoring" $monitoring }}
+{{- $a := $v.auth }}
+{{- if ne $a.mode "none" }}
+{{- $authDir := trimSuffix "/" $a.mountPath }}
+{{- $auth := dict "enabled" true "cache_seconds" $a.cacheSeconds }}
+{{- if eq $a.mode "oidc" }}
+{{- $oidc := dict "issuer" $a.oidc.issuer "audience" $a.oidc.audience "principal_claim" $a.oidc.principalClaim "groups_claim" $a.oidc.groupsClaim "leeway_seconds" $a.oidc.leewaySeconds }}
+{{- with $a.oidc.jwksUrl }}
+{{- $_ := set $oidc "jwks_url" . }}
+{{- end }}
+{{- if $a.oidc.caConfigMap }}
+{{- $_ := set $oidc "ca_file" (printf "%s/oidc-ca.crt" $authDir) }}
+{{- end }}
+{{- $_ := set $auth "oidc" $oidc }}
+{{- else }}
+{{- $_ := set $auth "static" (dict "tokens_file" (printf "%s/tokens.yaml" $authDir)) }}
+{{- end }}
+{{- if $a.mtls.enabled }}
+{{- $_ := set $auth "mtls" (dict "enabled" true) }}
+{{- end }}
+{{- $_ := set $config "auth" $auth }}
+{{- end }}
 {{- $config = mustMergeOverwrite $config (deepCopy $v.configOverrides) }}
 {{- toYaml $config }}
 {{- end }}
@@ -259,6 +292,59 @@ Tracing settings go to the standard OTEL_* variables, which every OpenTelemetry 
 {{- end }}
 {{- with $v.extraVolumes }}
 {{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes of the serving and Flight pods only: the TLS certificate and the auth Secrets. */}}
+{{- define "quiver.serverVolumes" -}}
+{{- $v := .Values }}
+{{- if $v.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ $v.tls.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ $v.tls.certKey }}
+        path: tls.crt
+      - key: {{ $v.tls.keyKey }}
+        path: tls.key
+      {{- with $v.tls.clientCaKey }}
+      - key: {{ . }}
+        path: client-ca.crt
+      {{- end }}
+{{- end }}
+{{- if or (eq $v.auth.mode "static") (and (eq $v.auth.mode "oidc") $v.auth.oidc.caConfigMap) }}
+- name: auth
+  projected:
+    defaultMode: 0440
+    sources:
+      {{- if eq $v.auth.mode "static" }}
+      - secret:
+          name: {{ $v.auth.static.existingSecret }}
+          items:
+            - key: {{ $v.auth.static.key }}
+              path: tokens.yaml
+      {{- else }}
+      - configMap:
+          name: {{ $v.auth.oidc.caConfigMap }}
+          items:
+            - key: {{ $v.auth.oidc.caKey }}
+              path: oidc-ca.crt
+      {{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "quiver.serverVolumeMounts" -}}
+{{- $v := .Values }}
+{{- if $v.tls.enabled }}
+- name: tls
+  mountPath: {{ $v.tls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if or (eq $v.auth.mode "static") (and (eq $v.auth.mode "oidc") $v.auth.oidc.caConfigMap) }}
+- name: auth
+  mountPath: {{ $v.auth.mountPath }}
+  readOnly: true
 {{- end }}
 {{- end }}
 
@@ -476,6 +562,15 @@ configmap.yaml, so `helm install` and `helm template` stop with the message.
 {{- if and $v.telemetry.metrics.enabled (eq (int $c.port) (int $v.telemetry.metrics.port)) }}
 {{- fail (printf "%s.port and telemetry.metrics.port are both %v; they must differ" $name $c.port) }}
 {{- end }}
+{{- end }}
+{{- if and (gt (int $s.healthPort) 0) (or (eq (int $s.healthPort) (int $s.port)) (and $v.telemetry.metrics.enabled (eq (int $s.healthPort) (int $v.telemetry.metrics.port)))) }}
+{{- fail (printf "serving.healthPort (%v) must differ from serving.port and telemetry.metrics.port" $s.healthPort) }}
+{{- end }}
+{{- if and $v.tls.enabled (gt (int $s.healthPort) 0 | not) $s.enabled }}
+{{- fail "with tls.enabled, kubelet's gRPC probes cannot reach the TLS port: set serving.healthPort" }}
+{{- end }}
+{{- if and $v.auth.mtls.enabled (not (and $v.tls.enabled $v.tls.clientCaKey)) }}
+{{- fail "auth.mtls.enabled names principals by client certificate: set tls.enabled and tls.clientCaKey" }}
 {{- end }}
 {{- $f := $v.flight }}
 {{- if or (eq (int $f.health.port) (int $f.port)) (and $v.telemetry.metrics.enabled (eq (int $f.health.port) (int $v.telemetry.metrics.port))) }}

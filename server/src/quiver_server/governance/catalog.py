@@ -67,8 +67,13 @@ class Catalog:
         self.registry = registry
         self._versions: dict[int, tuple[str, dict[tuple[str, str], bytes]]] = {}
 
-    def search(self, text: str, kinds: Sequence[str] = (), limit: int = 0) -> list[gpb.CatalogEntry]:
+    def search(
+        self, text: str, kinds: Sequence[str] = (), limit: int = 0, *, only: set[str] | None = None,
+    ) -> list[gpb.CatalogEntry]:
         """Entries whose name, description, owner or tags contain every word of `text`.
+
+        `only` ("kind:name") limits the entries, and what they list as users,
+        to those objects (the ones a caller may describe); None means all.
 
         Raises:
             InvalidArgumentError: empty text, an unknown kind or a negative limit.
@@ -80,7 +85,7 @@ class Catalog:
         if limit < 0:
             raise InvalidArgumentError.for_field("limit", "must be 0 (the default, 100) or more")
         found: list[tuple[bool, gpb.CatalogEntry]] = []
-        for entry in self.entries(kinds):
+        for entry in self.entries(kinds, only=only):
             fields = {
                 "name": entry.name.lower(), "description": entry.description.lower(),
                 "owner": entry.owner.lower(),
@@ -92,8 +97,8 @@ class Catalog:
         found.sort(key=lambda item: (not item[0], KINDS.index(item[1].kind), item[1].name))
         return [entry for _, entry in found[: limit or DEFAULT_LIMIT]]
 
-    def entry(self, kind: str, name: str) -> gpb.CatalogEntry:
-        """One object's entry.
+    def entry(self, kind: str, name: str, *, only: set[str] | None = None) -> gpb.CatalogEntry:
+        """One object's entry (`only` as in `search`).
 
         Raises:
             InvalidArgumentError: an empty name or an unknown kind.
@@ -103,14 +108,17 @@ class Catalog:
             raise InvalidArgumentError.for_field("name", "must not be empty")
         if kind not in KINDS:
             raise InvalidArgumentError.for_field("kind", f"{kind!r} is not a kind; use one of {', '.join(KINDS)}")
-        for entry in self.entries([kind]):
+        for entry in self.entries([kind], only=only):
             if entry.name == name:
                 return entry
         raise NotFoundError(f"{kind.replace('_', ' ')} {name!r} does not exist",
                             reason="OBJECT_NOT_FOUND", metadata={kind: name})
 
-    def entries(self, kinds: Sequence[str] = ()) -> list[gpb.CatalogEntry]:
-        """Every object of the newest registry version (and every training dataset)."""
+    def entries(
+        self, kinds: Sequence[str] = (), *, only: set[str] | None = None
+    ) -> list[gpb.CatalogEntry]:
+        """Every object of the newest registry version (and every training dataset);
+        `only` as in `search`."""
         wanted = set(kinds or KINDS)
         latest = self.registry.latest()
         datasets = list(DatasetStore(self.paths).all())
@@ -132,7 +140,14 @@ class Catalog:
                 entry.versions.add(registry_version=record.registry_version,
                                    created_at=record.created_at, change="created")
                 entries.append(entry)
-        return entries
+        if only is None:
+            return entries
+        kept = [e for e in entries if f"{e.kind}:{e.name}" in only]
+        for entry in kept:
+            users = [u for u in entry.used_by if u in only]
+            del entry.used_by[:]
+            entry.used_by.extend(users)
+        return kept
 
     def _history(self) -> dict[tuple[str, str], list[gpb.CatalogVersion]]:
         """Per object, the registry versions where its definition changed."""

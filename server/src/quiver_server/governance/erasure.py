@@ -229,11 +229,14 @@ class Eraser:
         self._pause = _Pause()
 
     def erase(
-        self, entities: Mapping[str, Sequence[Any]], views: Sequence[str] = ()
+        self, entities: Mapping[str, Sequence[Any]], views: Sequence[str] = (),
+        *, authorize: Callable[[list[FeatureView]], None] | None = None,
     ) -> ErasureOutcome:
         """Erase `entities` online and offline (every view keyed by them unless `views`).
 
-        Pending erasures left by an interrupted run are completed first; when
+        `authorize` is called with the views before anything is written; it
+        raises to refuse. Pending erasures left by an interrupted run are
+        completed first; when
         one of them asked for exactly this, completing it is the answer (a rerun
         after a crash adds no second request to the log).
 
@@ -243,6 +246,8 @@ class Eraser:
             FailedPreconditionError: a history file lacks a join key column.
         """
         targets = target_views(self.snapshot, entities, views, online_only=False)
+        if authorize is not None:
+            authorize(targets)
         wanted = {k: list(entities[k]) for k in entities}
         same: ErasureOutcome | None = None
         for pending in PendingErasures(self.paths).requests():

@@ -45,7 +45,7 @@ class Lineage:
         self.snapshot = snapshot
         self.datasets = DatasetStore(paths)
         self.registry_versions = registry_versions
-        self._records = list(self.datasets.all())
+        self.records = list(self.datasets.all())
 
     def of(self, name: str, kind: str = "") -> gpb.LineageNode:
         """The lineage tree of the object called `name`.
@@ -83,7 +83,7 @@ class Lineage:
         if kind == "feature_service":
             return name in self.snapshot.feature_services
         base = name.split(":", 1)[0]
-        return any(d.name == base for d in self._records)
+        return any(d.name == base for d in self.records)
 
     def view(self, name: str) -> gpb.LineageNode:
         view = self.snapshot.feature_view(name)
@@ -101,7 +101,7 @@ class Lineage:
         for service in sorted(self.snapshot.feature_services.values(), key=lambda s: s.name):
             if any(p.view == name for p in service.projections):
                 node.children.append(_node("feature_service", service.name, service.owner))
-        for record in self._records:
+        for record in self.records:
             if any(h.feature_view == name for h in record.histories):
                 node.children.append(self._dataset_leaf(record))
         return node
@@ -115,7 +115,7 @@ class Lineage:
             child = _node("feature_view", view.name, f"features: {', '.join(features)}")
             child.children.append(self._source(view))
             node.children.append(child)
-        for record in self._records:
+        for record in self.records:
             if record.feature_service == name:
                 node.children.append(self._dataset_leaf(record))
         return node

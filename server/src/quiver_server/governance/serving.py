@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from quiver import FeatureView
 from quiver.errors import FailedPreconditionError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver_server.governance.erasure import Eraser
@@ -20,14 +21,21 @@ def erase_entities(
     store: OnlineStore,
     entities: Mapping[str, Sequence[Any]],
     views: Sequence[str],
+    *,
+    authorize: Callable[[list[FeatureView]], None] | None = None,
 ) -> pb.DeleteEntitiesResponse:
-    """Erase entities online and offline in one call (DeleteEntities with offline set)."""
+    """Erase entities online and offline in one call (DeleteEntities with offline set).
+
+    `authorize` is called with the views to erase from before anything is written.
+    """
     if paths is None:
         raise FailedPreconditionError(
             "this server was started without the offline store; offline erasure is unavailable",
             reason="OFFLINE_ERASURE_UNAVAILABLE",
         )
-    result = Eraser(paths, snapshot, store, call_principal()).erase(entities, views)
+    result = Eraser(paths, snapshot, store, call_principal()).erase(
+        entities, views, authorize=authorize
+    )
     return pb.DeleteEntitiesResponse(
         rows_deleted=result.online_rows_deleted,
         feature_views=result.feature_views,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import getpass
 
+from quiver_server.auth.principal import current_call
+
 ANONYMOUS = "anonymous"
 
 
@@ -16,5 +18,7 @@ def local_principal() -> str:
 
 
 def call_principal() -> str:
-    """The authenticated caller of the current RPC, or ``anonymous``."""
-    return ANONYMOUS
+    """The authenticated caller of the current RPC or Flight call (its subject),
+    or ``anonymous`` when access control is off."""
+    call = current_call()
+    return call.principal.subject if call is not None else ANONYMOUS

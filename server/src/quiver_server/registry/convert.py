@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from quiver import (
+    Action,
     DriftThresholds,
     Entity,
     FeatureProjection,
@@ -13,6 +14,8 @@ from quiver import (
     FeatureView,
     Field,
     ParquetSource,
+    Permission,
+    Resource,
 )
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
@@ -130,4 +133,46 @@ def service_from_proto(p: pb.FeatureService) -> FeatureService:
         description=p.description,
         owner=p.owner,
         tags=dict(p.tags),
+    )
+
+
+def resource_to_proto(r: Resource, project: str) -> pb.Resource:
+    """A resource selector; a project resource without a name means `project`."""
+    if r.kind == "project":
+        return pb.Resource(project=r.name or project)
+    if r.kind == "feature_view":
+        return pb.Resource(feature_view=r.name)
+    if r.kind == "feature_service":
+        return pb.Resource(feature_service=r.name)
+    return pb.Resource(tag=pb.TagSelector(key=r.name, value=r.value))
+
+
+def resource_from_proto(p: pb.Resource) -> Resource:
+    kind = p.WhichOneof("selector")
+    if kind == "tag":
+        return Resource.tag(p.tag.key, p.tag.value)
+    if kind is None:
+        raise DefinitionError("a stored permission resource selects nothing")
+    return Resource(kind, getattr(p, kind))
+
+
+def permission_to_proto(p: Permission, project: str) -> pb.Permission:
+    return pb.Permission(
+        name=p.name,
+        principals=list(p.principals),
+        groups=list(p.groups),
+        actions=[int(a) for a in p.actions],  # type: ignore[misc]
+        resources=[resource_to_proto(r, project) for r in p.resources],
+        description=p.description,
+    )
+
+
+def permission_from_proto(p: pb.Permission) -> Permission:
+    return Permission(
+        name=p.name,
+        principals=list(p.principals),
+        groups=list(p.groups),
+        actions=[Action(a) for a in p.actions],
+        resources=[resource_from_proto(r) for r in p.resources],
+        description=p.description,
     )

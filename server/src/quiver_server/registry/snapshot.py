@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from quiver import Entity, FeatureService, FeatureView, Field, parse_feature_ref
+from quiver import Entity, FeatureService, FeatureView, Field, Permission, parse_feature_ref
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.echo import clip, name_list
@@ -45,6 +45,9 @@ class Snapshot:
         self.feature_services: dict[str, FeatureService] = {
             s.name: convert.service_from_proto(s) for s in proto.feature_services
         }
+        self.permissions: list[Permission] = [
+            convert.permission_from_proto(p) for p in proto.permissions
+        ]
         self._tables = {
             name: ViewTable(self.project, view, dict(proto.view_meta[name].layout.bin_names))
             for name, view in self.feature_views.items()

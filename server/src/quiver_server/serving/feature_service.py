@@ -1,4 +1,8 @@
-"""`quiver.serving.v1.FeatureServingService`: the online read path."""
+"""`quiver.serving.v1.FeatureServingService`: the online read path, pushes and deletes.
+
+Each method checks the registry's permissions (`AccessControl`, a no-op with
+auth off) once it has resolved what the request touches.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ from collections.abc import Callable
 
 import grpc
 
+from quiver import Action, FeatureView, PushTarget
 from quiver.convert import from_values
-from quiver.errors import InvalidArgumentError
+from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
+from quiver_server.auth.access import AccessControl
 from quiver_server.config import ServingConfig
 from quiver_server.deletion import check_delete_count, delete_entities
 from quiver_server.governance.paths import GovernancePaths
@@ -28,6 +34,12 @@ from quiver_server.serving.convert import (
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
 from quiver_server.serving.status import rpc_errors
 from quiver_server.telemetry.spans import traced
+
+PUSH_ACTIONS: dict[PushTarget, tuple[Action, ...]] = {
+    PushTarget.ONLINE: (Action.WRITE_ONLINE,),
+    PushTarget.OFFLINE: (Action.WRITE_OFFLINE,),
+    PushTarget.ONLINE_AND_OFFLINE: (Action.WRITE_ONLINE, Action.WRITE_OFFLINE),
+}
 
 
 @traced("quiver.response.encode")
@@ -66,10 +78,13 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         served: Callable[[list[OutputColumn]], None] | None = None,
         profiles: ServerProfiles | None = None,
         governance: GovernancePaths | None = None,
+        *,
+        access: AccessControl | None = None,
     ) -> None:
         self._registry = registry
         self._profiles = profiles
         self._governance = governance
+        self._access = access or AccessControl.disabled()
         self._offline_root = offline_root
         self._store = store
         self._serving = serving
@@ -81,11 +96,16 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
     def GetOnlineFeatures(
         self, request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
     ) -> pb.GetOnlineFeaturesResponse:
-        plan = self._plans.get(
-            self._registry.current(),
-            request.features.refs,
-            request.feature_service,
-            request.full_feature_names,
+        snapshot = self._registry.current()
+        refs, service = request.features.refs, request.feature_service
+        try:
+            plan = self._plans.get(snapshot, refs, service, request.full_feature_names)
+        except NotFoundError as exc:
+            raise self._access.unknown(
+                exc, snapshot, Action.READ_ONLINE, requested=refs, service=service
+            ) from None
+        self._access.check_features(
+            snapshot, Action.READ_ONLINE, plan.refs, service=service, requested=refs
         )
         key_columns, count = decode_key_columns(
             request.entities, plan.key_types, max_entities=self._serving.max_entities
@@ -106,7 +126,12 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             raise InvalidArgumentError.for_field("feature_view", "name the feature view to push to")
         target = push_target(request.to)
         snapshot = self._registry.current()
-        table = snapshot.view_table(request.feature_view)
+        actions = PUSH_ACTIONS[target]
+        try:
+            table = snapshot.view_table(request.feature_view)
+        except NotFoundError as exc:
+            raise self._access.unknown(exc, snapshot, actions[0]) from None
+        self._access.check_views(snapshot, actions, [table.view])
         rows = decode_push_rows(request)
         with self.heavy.admit(rows.num_rows, "rows"):
             result = push(
@@ -124,13 +149,30 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         count = max((len(values) for values in columns.values()), default=0)
         check_delete_count(count, self._serving.max_delete_entities)
         entities = {name: list(values) for name, values in columns.items()}
-        with self.heavy.admit(count, "keys"):
-            if request.offline:
-                return erase_entities(self._governance, self._registry.current(), self._store,
-                                      entities, list(request.feature_views))
-            result = delete_entities(
-                self._store, self._registry.current(), entities, list(request.feature_views)
+        snapshot = self._registry.current()
+        named = bool(request.feature_views)
+        # Offline erasure rewrites history too: it needs WRITE_OFFLINE as well as DELETE.
+        actions = (Action.DELETE, Action.WRITE_OFFLINE) if request.offline else (Action.DELETE,)
+
+        def authorize(views: list[FeatureView]) -> None:
+            self._access.check_views(
+                snapshot, actions, views, named=named,
+                what=f"every feature view keyed by {sorted(entities)}",
             )
+
+        with self.heavy.admit(count, "keys"):
+            try:
+                if request.offline:
+                    return erase_entities(
+                        self._governance, snapshot, self._store, entities,
+                        list(request.feature_views), authorize=authorize,
+                    )
+                result = delete_entities(
+                    self._store, snapshot, entities, list(request.feature_views),
+                    authorize=authorize,
+                )
+            except NotFoundError as exc:
+                raise self._access.unknown(exc, snapshot, Action.DELETE) from None
         return pb.DeleteEntitiesResponse(
             rows_deleted=result.rows_deleted, feature_views=result.feature_views
         )

@@ -1,4 +1,8 @@
-"""`quiver.registry.v1.RegistryService`: read-only access to the served registry."""
+"""`quiver.registry.v1.RegistryService`: read-only access to the served registry.
+
+With auth on, listings hold only what the caller may DESCRIBE, and a Get of
+anything else is PERMISSION_DENIED whether it exists or not.
+"""
 
 from __future__ import annotations
 
@@ -10,31 +14,49 @@ import grpc
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_service_pb2 as pb
 from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from quiver.registry.v1.registry_pb2 import Registry
+from quiver_server.auth.access import AccessControl
 from quiver_server.echo import clip
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.registry_service import GovernanceMethods
 from quiver_server.registry.provider import RegistryProvider
+from quiver_server.registry.snapshot import Snapshot
 from quiver_server.serving.status import rpc_errors
 
 T = TypeVar("T")
 
 
 class RegistryServicer(GovernanceMethods, pb_grpc.RegistryServiceServicer):
-    def __init__(self, registry: RegistryProvider, governance: GovernancePaths | None = None) -> None:
+    def __init__(
+        self, registry: RegistryProvider, *, access: AccessControl | None = None,
+        governance: GovernancePaths | None = None,
+    ) -> None:
         self._registry = registry
+        self._access = access or AccessControl.disabled()
         self._governance = governance
 
-    def _proto(self, project: str) -> Registry:
+    def _snapshot(self, project: str) -> Snapshot:
         snapshot = self._registry.current()
         if project and project != snapshot.project:
+            served = (f"; this server serves {snapshot.project!r}"
+                      if self._access.may_describe(snapshot, "project", snapshot.project) else "")
             raise NotFoundError(
-                f"project {clip(project)!r} is not served here; "
-                f"this server serves {snapshot.project!r}",
+                f"project {clip(project)!r} is not served here{served}",
                 reason="PROJECT_NOT_FOUND",
                 metadata={"project": clip(project)},
             )
-        return snapshot.proto
+        return snapshot
+
+    def _visible(self, snapshot: Snapshot, kind: str, items: Iterable[T]) -> list[T]:
+        """`items` the caller may describe, sorted by name."""
+        return sorted(
+            (i for i in items if self._access.may_describe(snapshot, kind, i.name)),  # type: ignore[attr-defined]
+            key=lambda i: i.name,  # type: ignore[attr-defined]
+        )
+
+    def _get(self, snapshot: Snapshot, items: Iterable[T], name: str, kind: str) -> T:
+        if name:
+            self._access.check_describe(snapshot, kind, name)
+        return self._find(items, name, kind)
 
     @staticmethod
     def _find(items: Iterable[T], name: str, kind: str) -> T:
@@ -54,54 +76,67 @@ class RegistryServicer(GovernanceMethods, pb_grpc.RegistryServiceServicer):
     def ListProjects(
         self, request: pb.ListProjectsRequest, context: grpc.ServicerContext
     ) -> pb.ListProjectsResponse:
-        proto = self._proto("")
-        return pb.ListProjectsResponse(projects=[proto.project], registry_version=proto.version)
+        snapshot = self._snapshot("")
+        proto = snapshot.proto
+        visible = self._access.may_describe(snapshot, "project", snapshot.project)
+        return pb.ListProjectsResponse(
+            projects=[proto.project] if visible else [], registry_version=proto.version
+        )
 
     @rpc_errors
     def ListEntities(
         self, request: pb.ListEntitiesRequest, context: grpc.ServicerContext
     ) -> pb.ListEntitiesResponse:
-        proto = self._proto(request.project)
-        return pb.ListEntitiesResponse(entities=sorted(proto.entities, key=lambda e: e.name))
+        snapshot = self._snapshot(request.project)
+        return pb.ListEntitiesResponse(
+            entities=self._visible(snapshot, "entity", snapshot.proto.entities)
+        )
 
     @rpc_errors
     def GetEntity(
         self, request: pb.GetEntityRequest, context: grpc.ServicerContext
     ) -> pb.GetEntityResponse:
-        entities = self._proto(request.project).entities
-        return pb.GetEntityResponse(entity=self._find(entities, request.name, "entity"))
+        snapshot = self._snapshot(request.project)
+        return pb.GetEntityResponse(
+            entity=self._get(snapshot, snapshot.proto.entities, request.name, "entity")
+        )
 
     @rpc_errors
     def ListFeatureViews(
         self, request: pb.ListFeatureViewsRequest, context: grpc.ServicerContext
     ) -> pb.ListFeatureViewsResponse:
-        proto = self._proto(request.project)
+        snapshot = self._snapshot(request.project)
         return pb.ListFeatureViewsResponse(
-            feature_views=sorted(proto.feature_views, key=lambda v: v.name)
+            feature_views=self._visible(snapshot, "feature_view", snapshot.proto.feature_views)
         )
 
     @rpc_errors
     def GetFeatureView(
         self, request: pb.GetFeatureViewRequest, context: grpc.ServicerContext
     ) -> pb.GetFeatureViewResponse:
-        proto = self._proto(request.project)
-        view = self._find(proto.feature_views, request.name, "feature_view")
+        snapshot = self._snapshot(request.project)
+        proto = snapshot.proto
+        view = self._get(snapshot, proto.feature_views, request.name, "feature_view")
         return pb.GetFeatureViewResponse(feature_view=view, meta=proto.view_meta[view.name])
 
     @rpc_errors
     def ListFeatureServices(
         self, request: pb.ListFeatureServicesRequest, context: grpc.ServicerContext
     ) -> pb.ListFeatureServicesResponse:
-        proto = self._proto(request.project)
+        snapshot = self._snapshot(request.project)
         return pb.ListFeatureServicesResponse(
-            feature_services=sorted(proto.feature_services, key=lambda s: s.name)
+            feature_services=self._visible(
+                snapshot, "feature_service", snapshot.proto.feature_services
+            )
         )
 
     @rpc_errors
     def GetFeatureService(
         self, request: pb.GetFeatureServiceRequest, context: grpc.ServicerContext
     ) -> pb.GetFeatureServiceResponse:
-        services = self._proto(request.project).feature_services
+        snapshot = self._snapshot(request.project)
         return pb.GetFeatureServiceResponse(
-            feature_service=self._find(services, request.name, "feature_service")
+            feature_service=self._get(
+                snapshot, snapshot.proto.feature_services, request.name, "feature_service"
+            )
         )

@@ -1,7 +1,10 @@
 """The online serving process: gRPC server factory, worker processes, shutdown.
 
 `create_server` builds a started-but-not-blocking server and returns it with its
-port (tests ask for port 0). `serve` runs one or more worker processes on one
+port (tests ask for port 0). With `serving.tls` it listens with TLS (the
+certificate is re-read when its files change); with `auth.enabled` every call
+but health checks is authenticated and the registry's permissions apply; with
+`serving.health_port` a second, plaintext port answers health checks only. `serve` runs one or more worker processes on one
 port (SO_REUSEPORT lets the kernel spread connections across them) until
 SIGTERM or SIGINT; each worker then reports NOT_SERVING on the health service
 and drains in-flight calls for `serving.grace_seconds`.
@@ -23,6 +26,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from quiver.errors import InvalidArgumentError
 from quiver.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from quiver.serving.v1 import serving_service_pb2, serving_service_pb2_grpc
+from quiver_server.auth.access import AccessControl
+from quiver_server.auth.authenticator import build_authenticator
+from quiver_server.auth.grpc_interceptor import AuthInterceptor
+from quiver_server.auth.warnings import warn_if_open
 from quiver_server.config import QuiverConfig
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.monitoring.sinks import ServerProfiles
@@ -53,9 +60,11 @@ class ServingServer:
         store: OnlineStore,
         registry: RegistryProvider,
         health_servicer: health.HealthServicer,
+        health_server: grpc.Server | None = None,
         profiles: ServerProfiles | None = None,
     ) -> None:
         self.server = server
+        self.health_server = health_server
         self.profiles = profiles
         self.store = store
         self.registry = registry
@@ -66,6 +75,8 @@ class ServingServer:
 
     def start(self) -> None:
         self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         self.registry.start()
         # The overall status ("") means "this process is alive" (liveness); the
         # per-service status means "ready to answer" (readiness): it needs a
@@ -82,6 +93,8 @@ class ServingServer:
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         if self.profiles is not None:
             self.profiles.close()  # after the drain, so the last lookups are in
         self.registry.stop()
@@ -137,36 +150,68 @@ def create_server(
     registry = RegistryProvider(RegistryStore(config.registry_path))
     telemetry = telemetry or setup_telemetry(config, "serving")
     store = telemetry.instrument_store(store or open_online_store(config))
+    authenticator = build_authenticator(config)
+    interceptors = list(telemetry.server_interceptors())
+    if authenticator is not None:
+        interceptors.append(AuthInterceptor(authenticator))
+    access = AccessControl(enabled=authenticator is not None)
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=config.serving.max_workers_threads, thread_name_prefix="rpc"
         ),
-        # Decoding is innermost, so telemetry logs its INVALID_ARGUMENT like any status.
-        interceptors=[*telemetry.server_interceptors(), RequestDecoding()],
+        # Telemetry outermost, so refused calls are traced and logged too; then
+        # authentication, so nothing of an unauthenticated call is decoded; decoding
+        # innermost, so telemetry logs its INVALID_ARGUMENT like any status.
+        interceptors=[*interceptors, RequestDecoding()],
         options=[("grpc.so_reuseport", 1)],
     )
     profiles = ServerProfiles.from_config(config)
     serving_service_pb2_grpc.add_FeatureServingServiceServicer_to_server(
         FeatureServingServicer(
             registry, store, config.serving, config.offline_root,
-            served=telemetry.lookup_observer(), profiles=profiles,
+            served=telemetry.lookup_observer(), profiles=profiles, access=access,
             governance=GovernancePaths.of(config),
         ),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
-        RegistryServicer(registry, GovernancePaths.of(config)), server
+        RegistryServicer(registry, access=access, governance=GovernancePaths.of(config)), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection((SERVING_SERVICE, REGISTRY_SERVICE, health.SERVICE_NAME), server)
-    address = f"{host or config.serving.host}:{config.serving.port if port is None else port}"
-    bound = server.add_insecure_port(address)
+    host = host or config.serving.host
+    address = f"{host}:{config.serving.port if port is None else port}"
+    tls = config.serving.tls
+    if tls.enabled:
+        from quiver_server.auth.tls import ReloadingKeyPair, grpc_server_credentials, tls_paths
+
+        pairs = ReloadingKeyPair(tls_paths(config, tls), tls.reload_check_seconds, "serving.tls")
+        bound = server.add_secure_port(address, grpc_server_credentials(pairs))
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
         raise InvalidArgumentError.for_field("serving.port", f"cannot listen on {address}")
-    app = ServingServer(server, store, registry, health_servicer, profiles)
+    health_server = None
+    if config.serving.health_port is not None:
+        health_server = _health_only_server(health_servicer, host, config.serving.health_port)
+    app = ServingServer(server, store, registry, health_servicer, health_server=health_server,
+                        profiles=profiles)
     app.start()
     return app, bound
+
+
+def _health_only_server(
+    health_servicer: health.HealthServicer, host: str, port: int
+) -> grpc.Server:
+    """A plaintext server answering grpc.health.v1 only, for probes."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="health"),
+                         options=[("grpc.so_reuseport", 1)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise InvalidArgumentError.for_field("serving.health_port", f"cannot listen on {address}")
+    return server
 
 
 def _run_worker(
@@ -181,6 +226,7 @@ def _run_worker(
     app, bound = create_server(config, host, port, telemetry=telemetry)
     if announce:
         print(f"quiver: serving gRPC on {host}:{bound}", flush=True)
+    warn_if_open(config, "serving", f"{host}:{bound}")
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

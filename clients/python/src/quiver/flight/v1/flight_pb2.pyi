@@ -82,6 +82,12 @@ class UploadSpineCommand(_message.Message):
     refused with RESOURCE_EXHAUSTED (reason TOO_MANY_CALLS; retry, or use
     another replica).
 
+    With authentication on, every call needs the header "authorization: Bearer
+    <token>": without valid credentials it fails with FlightUnauthenticatedError
+    (UNAUTHENTICATED), and without READ_OFFLINE on every feature of a training
+    set (DESCRIBE for list_flights, which then lists only what the caller may
+    describe) with FlightUnauthorizedError (PERMISSION_DENIED).
+
     UploadSpineCommand is the FlightDescriptor command of a do_put that uploads
     a spine as an Arrow stream. The spine is stored under the offline store root
     until it expires, flight.spine_ttl_seconds after the upload ends, and may

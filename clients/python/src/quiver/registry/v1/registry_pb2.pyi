@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from quiver.types.v1 import value_pb2 as _value_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,44 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Action:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Action.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACTION_UNSPECIFIED: _Action.ValueType  # 0
+    ACTION_DESCRIBE: _Action.ValueType  # 1
+    """Registry reads: list and describe objects (RegistryService, Flight list_flights)."""
+    ACTION_READ_ONLINE: _Action.ValueType  # 2
+    """Online lookups (GetOnlineFeatures)."""
+    ACTION_READ_OFFLINE: _Action.ValueType  # 3
+    """Training sets (Flight get_flight_info, get_schema, do_get, do_put of a spine)."""
+    ACTION_WRITE_ONLINE: _Action.ValueType  # 4
+    """Pushes to the online store (PushFeatures to online)."""
+    ACTION_WRITE_OFFLINE: _Action.ValueType  # 5
+    """Pushes to offline history (PushFeatures to offline)."""
+    ACTION_DELETE: _Action.ValueType  # 6
+    """Removing entities (DeleteEntities)."""
+
+class Action(_Action, metaclass=_ActionEnumTypeWrapper):
+    """Action is what a permission allows on its resources."""
+
+ACTION_UNSPECIFIED: Action.ValueType  # 0
+ACTION_DESCRIBE: Action.ValueType  # 1
+"""Registry reads: list and describe objects (RegistryService, Flight list_flights)."""
+ACTION_READ_ONLINE: Action.ValueType  # 2
+"""Online lookups (GetOnlineFeatures)."""
+ACTION_READ_OFFLINE: Action.ValueType  # 3
+"""Training sets (Flight get_flight_info, get_schema, do_get, do_put of a spine)."""
+ACTION_WRITE_ONLINE: Action.ValueType  # 4
+"""Pushes to the online store (PushFeatures to online)."""
+ACTION_WRITE_OFFLINE: Action.ValueType  # 5
+"""Pushes to offline history (PushFeatures to offline)."""
+ACTION_DELETE: Action.ValueType  # 6
+"""Removing entities (DeleteEntities)."""
+Global___Action: _TypeAlias = Action  # noqa: Y015
 
 @_typing.final
 class Field(_message.Message):
@@ -501,6 +540,116 @@ class ViewMeta(_message.Message):
 Global___ViewMeta: _TypeAlias = ViewMeta  # noqa: Y015
 
 @_typing.final
+class TagSelector(_message.Message):
+    """TagSelector matches objects (views, services, features) carrying a tag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagSelector: _TypeAlias = TagSelector  # noqa: Y015
+
+@_typing.final
+class Resource(_message.Message):
+    """Resource selects what a permission covers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """Every object of the named project."""
+    feature_view: _builtins.str
+    """Every feature of the named feature view, and the view itself."""
+    feature_service: _builtins.str
+    """The named feature service and every feature it selects."""
+    @_builtins.property
+    def tag(self) -> Global___TagSelector:
+        """Views, services and features carrying this tag."""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        feature_view: _builtins.str = ...,
+        feature_service: _builtins.str = ...,
+        tag: Global___TagSelector | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "feature_view", b"feature_view", "project", b"project", "selector", b"selector", "tag", b"tag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "feature_view", b"feature_view", "project", b"project", "selector", b"selector", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_selector: _TypeAlias = _typing.Literal["project", "feature_view", "feature_service", "tag"]  # noqa: Y015
+    _WhichOneofArgType_selector: _TypeAlias = _typing.Literal["selector", b"selector"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_selector) -> _WhichOneofReturnType_selector | None: ...
+
+Global___Resource: _TypeAlias = Resource  # noqa: Y015
+
+@_typing.final
+class Permission(_message.Message):
+    """Permission grants actions on resources to principals or groups. Access is
+    denied unless some permission allows it; permissions only ever add access.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PRINCIPALS_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    @_builtins.property
+    def principals(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Principal subjects (token subject, static token principal, certificate
+        common name); "*" is any authenticated principal.
+        """
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Groups (token groups claim, static token groups, certificate OUs)."""
+
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedScalarFieldContainer[Global___Action.ValueType]: ...
+    @_builtins.property
+    def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Resource]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        principals: _abc.Iterable[_builtins.str] | None = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+        actions: _abc.Iterable[Global___Action.ValueType] | None = ...,
+        resources: _abc.Iterable[Global___Resource] | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "description", b"description", "groups", b"groups", "name", b"name", "principals", b"principals", "resources", b"resources"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Permission: _TypeAlias = Permission  # noqa: Y015
+
+@_typing.final
 class Project(_message.Message):
     """Project groups the objects of one feature repository."""
 
@@ -559,6 +708,7 @@ class Registry(_message.Message):
     FEATURE_SERVICES_FIELD_NUMBER: _builtins.int
     VIEW_META_FIELD_NUMBER: _builtins.int
     CAUSE_FIELD_NUMBER: _builtins.int
+    PERMISSIONS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     cause: _builtins.str
     """What produced this version, e.g. "apply" or "materialize"."""
@@ -576,6 +726,10 @@ class Registry(_message.Message):
     def view_meta(self) -> _containers.MessageMap[_builtins.str, Global___ViewMeta]:
         """Keyed by feature view name; kept for removed views so bin names are never reused."""
 
+    @_builtins.property
+    def permissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Permission]:
+        """Access control, enforced by both servers when authentication is on."""
+
     def __init__(
         self,
         *,
@@ -587,10 +741,11 @@ class Registry(_message.Message):
         feature_services: _abc.Iterable[Global___FeatureService] | None = ...,
         view_meta: _abc.Mapping[_builtins.str, Global___ViewMeta] | None = ...,
         cause: _builtins.str = ...,
+        permissions: _abc.Iterable[Global___Permission] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "project", b"project"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "created_at", b"created_at", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "project", b"project", "version", b"version", "view_meta", b"view_meta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "created_at", b"created_at", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "permissions", b"permissions", "project", b"project", "version", b"version", "view_meta", b"view_meta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

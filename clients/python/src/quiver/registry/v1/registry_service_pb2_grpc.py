@@ -28,6 +28,9 @@ if _version_not_supported:
 class RegistryServiceStub:
     """RegistryService lists and describes the objects of the served registry.
     Errors: NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty name.
+    With authentication on: UNAUTHENTICATED without valid credentials; listings
+    hold only what the caller may DESCRIBE, and a Get of anything else is
+    PERMISSION_DENIED whether it exists or not.
     """
 
     def __init__(self, channel):
@@ -101,6 +104,9 @@ class RegistryServiceStub:
 class RegistryServiceServicer:
     """RegistryService lists and describes the objects of the served registry.
     Errors: NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty name.
+    With authentication on: UNAUTHENTICATED without valid credentials; listings
+    hold only what the caller may DESCRIBE, and a Get of anything else is
+    PERMISSION_DENIED whether it exists or not.
     """
 
     def ListProjects(self, request, context):
@@ -278,6 +284,9 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 class RegistryService:
     """RegistryService lists and describes the objects of the served registry.
     Errors: NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty name.
+    With authentication on: UNAUTHENTICATED without valid credentials; listings
+    hold only what the caller may DESCRIBE, and a Get of anything else is
+    PERMISSION_DENIED whether it exists or not.
     """
 
     @staticmethod

@@ -29,6 +29,9 @@ GRPC_VERSION: str
 class RegistryServiceStub:
     """RegistryService lists and describes the objects of the served registry.
     Errors: NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty name.
+    With authentication on: UNAUTHENTICATED without valid credentials; listings
+    hold only what the caller may DESCRIBE, and a Get of anything else is
+    PERMISSION_DENIED whether it exists or not.
     """
 
     @_typing.overload
@@ -86,6 +89,9 @@ class RegistryServiceStub:
 class RegistryServiceAsyncStub(RegistryServiceStub):
     """RegistryService lists and describes the objects of the served registry.
     Errors: NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty name.
+    With authentication on: UNAUTHENTICATED without valid credentials; listings
+    hold only what the caller may DESCRIBE, and a Get of anything else is
+    PERMISSION_DENIED whether it exists or not.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -139,6 +145,9 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService lists and describes the objects of the served registry.
     Errors: NOT_FOUND for an unknown name, INVALID_ARGUMENT for an empty name.
+    With authentication on: UNAUTHENTICATED without valid credentials; listings
+    hold only what the caller may DESCRIBE, and a Get of anything else is
+    PERMISSION_DENIED whether it exists or not.
     """
 
     @_abc_1.abstractmethod

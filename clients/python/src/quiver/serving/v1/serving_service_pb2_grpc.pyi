@@ -37,6 +37,11 @@ class FeatureServingServiceStub:
     entities, rows or keys is heavy: past serving.max_heavy_requests running at
     once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
     retry with backoff). Messages are at most 4 MiB.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     @_typing.overload
@@ -47,7 +52,9 @@ class FeatureServingServiceStub:
     """GetOnlineFeatures returns the latest value of each requested feature for
     each entity, column by column.
 
-    Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+    Errors: NOT_FOUND for an unknown feature view, feature or feature service
+    (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+    PERMISSION_DENIED without READ_ONLINE on every feature;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
     than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
@@ -59,7 +66,8 @@ class FeatureServingServiceStub:
     offline history, or both. Rows older than what is stored online never
     replace it. Either every row is accepted or none is written.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
     or extra columns, wrong column types, ragged columns, missing timestamps,
     event or created times more than serving.max_future_seconds ahead of the
     server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
@@ -76,7 +84,8 @@ class FeatureServingServiceStub:
     the erasure is logged without the erased values. Repeating it is harmless;
     an erasure interrupted midway is completed by the next one.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys or more entities than
     serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
     many; FAILED_PRECONDITION when a history file lacks a join key column;
@@ -95,6 +104,11 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     entities, rows or keys is heavy: past serving.max_heavy_requests running at
     once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
     retry with backoff). Messages are at most 4 MiB.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -102,7 +116,9 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     """GetOnlineFeatures returns the latest value of each requested feature for
     each entity, column by column.
 
-    Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+    Errors: NOT_FOUND for an unknown feature view, feature or feature service
+    (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+    PERMISSION_DENIED without READ_ONLINE on every feature;
     INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
     type, key columns of different lengths, an empty request or more entities
     than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
@@ -114,7 +130,8 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     offline history, or both. Rows older than what is stored online never
     replace it. Either every row is accepted or none is written.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
     or extra columns, wrong column types, ragged columns, missing timestamps,
     event or created times more than serving.max_future_seconds ahead of the
     server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
@@ -131,7 +148,8 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     the erasure is logged without the erased values. Repeating it is harmless;
     an erasure interrupted midway is completed by the next one.
 
-    Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+    Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+    DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys or more entities than
     serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
     many; FAILED_PRECONDITION when a history file lacks a join key column;
@@ -149,6 +167,11 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
     entities, rows or keys is heavy: past serving.max_heavy_requests running at
     once, one more is answered RESOURCE_EXHAUSTED (reason TOO_MANY_HEAVY_REQUESTS;
     retry with backoff). Messages are at most 4 MiB.
+
+    With authentication on, every RPC needs metadata "authorization: Bearer
+    <token>" (or a client certificate) and returns UNAUTHENTICATED without valid
+    credentials, and PERMISSION_DENIED when no permission of the registry allows
+    the action on every feature it touches (docs/security.md).
     """
 
     @_abc_1.abstractmethod
@@ -160,7 +183,9 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetOnlineFeatures returns the latest value of each requested feature for
         each entity, column by column.
 
-        Errors: NOT_FOUND for an unknown feature view, feature or feature service;
+        Errors: NOT_FOUND for an unknown feature view, feature or feature service
+        (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
+        PERMISSION_DENIED without READ_ONLINE on every feature;
         INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
         type, key columns of different lengths, an empty request or more entities
         than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
@@ -178,7 +203,8 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         offline history, or both. Rows older than what is stored online never
         replace it. Either every row is accepted or none is written.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for missing
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        WRITE_ONLINE / WRITE_OFFLINE on the view; INVALID_ARGUMENT for missing
         or extra columns, wrong column types, ragged columns, missing timestamps,
         event or created times more than serving.max_future_seconds ahead of the
         server clock or outside 0001-01-01..9999-12-31 (naming column and row), an
@@ -201,7 +227,8 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         the erasure is logged without the erased values. Repeating it is harmless;
         an erasure interrupted midway is completed by the next one.
 
-        Errors: NOT_FOUND for an unknown feature view; INVALID_ARGUMENT for key
+        Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
+        DELETE on every view deleted from; INVALID_ARGUMENT for key
         columns that do not match the views' join keys or more entities than
         serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
         many; FAILED_PRECONDITION when a history file lacks a join key column;
