@@ -15,19 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from quiver import FeatureView
+from quiver.convert import DEFAULT_TIMESTAMP_COLUMN
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_flight.history import HistorySource, with_exclusions
-from quiver_flight.pit import group_by_view
 from quiver_flight.spines import Spine
+from quiver_flight.training import Pinned, Plan, TrainingSets
 from quiver_server.governance.datasets import DatasetStore, check_name, label
 from quiver_server.governance.erasure import PendingErasures
 from quiver_server.governance.paths import GovernancePaths
@@ -35,9 +35,6 @@ from quiver_server.governance.spinefile import file_sha256, new_spine_path, writ
 from quiver_server.governance.spinefile import locate as locate_spine
 from quiver_server.offline.source import Listing, filesystem_and_path, list_files, resolve_path
 from quiver_server.registry.snapshot import Snapshot
-
-if TYPE_CHECKING:
-    from quiver_flight.training import Plan, TrainingSets
 
 _COPY_ROWS = 65_536
 
@@ -106,26 +103,26 @@ class TrainingDatasets:
             raise InvalidArgumentError.for_field(
                 "training_set.spine", "name the spine of the training dataset", reason="MISSING_SPINE"
             )
-        prepared = self.training.prepare(request)
-        views = [view for view, _ in group_by_view(prepared.refs)]
-        self._refuse_pending(views)
-        histories = [_pin(prepared.sources[view.name]) for view in views]
+        planned = self.training.plan(request).planned  # checked; its tickets are not used
+        sources = list(planned.sources.values())
+        self._refuse_pending([source.view for source in sources])
+        histories = [_pin(source) for source in sources]
         kept = write_spine(
-            self.paths.offline_root, new_spine_path(name), prepared.spine.schema,
-            _spine_batches(prepared.spine),
+            self.paths.offline_root, new_spine_path(name), planned.spine.schema,
+            _spine_batches(planned.spine),
         )
         record = gpb.TrainingDataset(
             name=name,
-            project=prepared.snapshot.project,
-            registry_version=prepared.snapshot.version,
+            project=planned.snapshot.project,
+            registry_version=planned.snapshot.version,
             feature_service=request.feature_service
             if request.WhichOneof("selection") == "feature_service" else "",
-            feature_refs=[r.ref for r in prepared.refs],
+            feature_refs=planned.feature_refs,
             full_feature_names=request.full_feature_names,
-            timestamp_column=prepared.timestamp_column,
+            timestamp_column=request.timestamp_column or DEFAULT_TIMESTAMP_COLUMN,
             spine=gpb.DatasetSpine(
-                path=kept.path, source_fingerprint=prepared.spine.fingerprint,
-                sha256=kept.sha256, rows=kept.rows, columns=prepared.spine.schema.names,
+                path=kept.path, source_fingerprint=planned.spine.fingerprint,
+                sha256=kept.sha256, rows=kept.rows, columns=planned.spine.schema.names,
             ),
             histories=histories,
             row_count=kept.rows,
@@ -134,7 +131,7 @@ class TrainingDatasets:
             tags=dict(command.tags),
         )
         record = self.store.publish(record)
-        plan = self._issue(record, prepared.snapshot, request.partition_rows)
+        plan = self._issue(record, planned.snapshot, request.partition_rows)
         return plan, gpb.TrainingDatasetInfo(
             dataset=record, status=gpb.DatasetStatus(reproducible=True)
         )
@@ -245,14 +242,11 @@ class TrainingDatasets:
 
     def _issue(self, record: gpb.TrainingDataset, snapshot: Snapshot, partition_rows: int) -> Plan:
         ref = gpb.TrainingDatasetRef(name=record.name, version=record.version)
-        command = _command_for(record, partition_rows)
-        refs = self.training.resolve(command, snapshot)
-        views = [view for view, _ in group_by_view(refs)]
-        prepared = self.training.prepare(
-            command, snapshot=snapshot, spine=self.open_spine(ref),
-            sources=self.pinned_sources(ref, views, record),
+        pinned = Pinned(
+            dataset=ref, snapshot=snapshot, spine=self.open_spine(ref),
+            sources=lambda views: self.pinned_sources(ref, views, record),
         )
-        return self.training.issue(prepared, command, dataset=ref)
+        return self.training.plan(_command_for(record, partition_rows), pinned=pinned)
 
     def _refuse_pending(self, views: Sequence[FeatureView]) -> None:
         for view in views:

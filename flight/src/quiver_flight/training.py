@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from google.protobuf import message
 
-from quiver import Action
+from quiver import Action, FeatureView
 from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import (
     FailedPreconditionError,
@@ -58,23 +58,32 @@ _SNAPSHOTS_KEPT = 8
 
 @dataclass(frozen=True)
 class Plan:
-    """A planned training set: its schema, rows and signed partitions."""
+    """A planned training set: its schema, rows and signed partitions, and what it read."""
 
     schema: pa.Schema
     rows: int
     tickets: list[bytes]
+    planned: Planned
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """A checked training set before it is cut into partitions."""
+class Planned:
+    """What a plan resolved: a training dataset records it."""
 
     snapshot: Snapshot
-    refs: list[FeatureRef]
+    feature_refs: list[str]
     spine: Spine
-    schema: pa.Schema
     sources: dict[str, HistorySource]
-    timestamp_column: str
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A stored training dataset's fixed inputs (see `plan`)."""
+
+    dataset: gpb.TrainingDatasetRef
+    snapshot: Snapshot
+    spine: Spine
+    sources: Callable[[list[FeatureView]], dict[str, HistorySource]]
 
 
 @dataclass(frozen=True)
@@ -216,28 +225,22 @@ class TrainingSets:
                              full_feature_names=command.full_feature_names)
 
     @traced("quiver.flight.plan")
-    def plan(self, command: pb.TrainingSetCommand) -> Plan:
+    def plan(
+        self, command: pb.TrainingSetCommand, *, pinned: Pinned | None = None,
+    ) -> Plan:
         """Check a training-set command and cut it into signed partitions.
+
+        `pinned` (a stored training dataset) fixes the registry version, the
+        spine and each view's history files instead of taking the newest.
 
         Raises:
             InvalidArgumentError, NotFoundError, FailedPreconditionError,
             ResourceExhaustedError: naming what is wrong.
         """
-        return self.issue(self.prepare(command), command)
-
-    def prepare(
-        self, command: pb.TrainingSetCommand, snapshot: Snapshot | None = None,
-        spine: Spine | None = None, sources: dict[str, HistorySource] | None = None,
-    ) -> Prepared:
-        """Resolve and check everything a training set depends on (nothing is issued).
-
-        `snapshot`, `spine` and `sources` pin those parts instead of taking the
-        newest registry version, the command's spine and the current history.
-        """
-        snapshot = snapshot or self.snapshot()
+        snapshot = pinned.snapshot if pinned else self.snapshot()
         refs = self.resolve(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
-        spine = spine or self.open_spine(command.spine, snapshot)
+        spine = pinned.spine if pinned else self.open_spine(command.spine, snapshot)
         schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
                                full_feature_names=command.full_feature_names)
         rows = spine.num_rows
@@ -250,39 +253,30 @@ class TrainingSets:
                 f"{nulls} spine rows have no timestamp; every spine row needs one",
                 reason="SPINE_NULL_TIMESTAMP",
             )
-        if sources is None:
-            sources = self.engine.locate([view for view, _ in group_by_view(refs)])
+        views = [view for view, _ in group_by_view(refs)]
+        sources = pinned.sources(views) if pinned else self.engine.locate(views)
         self.engine.check_sources(refs, sources)
-        return Prepared(snapshot, refs, spine, schema, sources, timestamp_column)
-
-    def issue(
-        self, prepared: Prepared, command: pb.TrainingSetCommand,
-        dataset: gpb.TrainingDatasetRef | None = None,
-    ) -> Plan:
-        """Cut a prepared training set into signed partitions."""
-        rows = prepared.spine.num_rows
         per_partition = self.config.partition_rows
         if 0 < command.partition_rows < per_partition:
             per_partition = int(command.partition_rows)
         count = max(1, math.ceil(rows / per_partition))
         base = pb.TrainingSetPartition(
             spine=command.spine,
-            timestamp_column=prepared.timestamp_column,
-            feature_refs=[r.ref for r in prepared.refs],
+            timestamp_column=timestamp_column,
+            feature_refs=[r.ref for r in refs],
             full_feature_names=command.full_feature_names,
-            project=prepared.snapshot.project,
-            registry_version=prepared.snapshot.version,
+            project=snapshot.project,
+            registry_version=snapshot.version,
             partition_count=count,
-            history_fingerprints={name: s.fingerprint for name, s in prepared.sources.items()},
-            spine_fingerprint=prepared.spine.fingerprint,
+            history_fingerprints={name: s.fingerprint for name, s in sources.items()},
+            spine_fingerprint=spine.fingerprint,
             name=_training_set_name(command.name),
         )
-        if dataset is not None:
-            base.spine.training_dataset.CopyFrom(dataset)
-            base.training_dataset.CopyFrom(dataset)
+        if pinned:
+            base.training_dataset.CopyFrom(pinned.dataset)
         base.planned_at.FromDatetime(timestamp_seconds(self.clock()))
-        if prepared.spine.expires_at is not None:
-            base.spine_expires_at.FromDatetime(timestamp_seconds(prepared.spine.expires_at))
+        if spine.expires_at is not None:
+            base.spine_expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
         tickets = []
         for index in range(count):
             partition = pb.TrainingSetPartition()
@@ -294,7 +288,7 @@ class TrainingSets:
             tickets.append(pack(pb.TrainingSetTicket(
                 partition=payload, signature=self.signer.sign(payload)
             )))
-        return Plan(prepared.schema, rows, tickets)
+        return Plan(schema, rows, tickets, Planned(snapshot, [r.ref for r in refs], spine, sources))
 
     @traced("quiver.flight.ticket.open")
     def open_ticket(self, data: bytes) -> PartitionJob:
