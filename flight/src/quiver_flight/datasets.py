@@ -118,6 +118,7 @@ class TrainingDatasets:
             feature_service=request.feature_service
             if request.WhichOneof("selection") == "feature_service" else "",
             feature_refs=planned.feature_refs,
+            transform_version=planned.transform_version,
             full_feature_names=request.full_feature_names,
             timestamp_column=request.timestamp_column or DEFAULT_TIMESTAMP_COLUMN,
             spine=gpb.DatasetSpine(

@@ -74,6 +74,7 @@ class Planned:
     feature_refs: list[str]
     spine: Spine
     sources: dict[str, HistorySource]
+    transform_version: int = 0
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,8 @@ def _describe(info: gpb.TrainingDatasetInfo) -> str:
         f"  spine        {record.spine.path} (sha256 {record.spine.sha256[:16]}..., "
         f"columns {', '.join(record.spine.columns)})",
     ]
+    if record.transform_version:
+        lines.append(f"  transforms   parameter set version {record.transform_version}")
     if record.profile:
         lines.append(f"  profile      training_set:{record.profile}")
     if record.description:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#quiver/registry/v1/governance.proto\x12\x12quiver.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x0bHistoryFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x10\n\x08mtime_ns\x18\x03 \x01(\x03\"}\n\x0bViewHistory\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x13\n\x0bsource_path\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12.\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x1f.quiver.registry.v1.HistoryFile\"g\n\x0c\x44\x61tasetSpine\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x1a\n\x12source_fingerprint\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x0f\n\x07\x63olumns\x18\x05 \x03(\t\"\x8c\x04\n\x0fTrainingDataset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x18\n\x10registry_version\x18\x04 \x01(\x03\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x05 \x01(\t\x12\x14\n\x0c\x66\x65\x61ture_refs\x18\x06 \x03(\t\x12\x1a\n\x12\x66ull_feature_names\x18\x07 \x01(\x08\x12\x18\n\x10timestamp_column\x18\x08 \x01(\t\x12/\n\x05spine\x18\t \x01(\x0b\x32 .quiver.registry.v1.DatasetSpine\x12\x32\n\thistories\x18\n \x03(\x0b\x32\x1f.quiver.registry.v1.ViewHistory\x12\x11\n\trow_count\x18\x0b \x01(\x03\x12\x12\n\ncreated_by\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x0e \x01(\t\x12;\n\x04tags\x18\x0f \x03(\x0b\x32-.quiver.registry.v1.TrainingDataset.TagsEntry\x12\x0f\n\x07profile\x18\x10 \x01(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x12TrainingDatasetRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"K\n\rDatasetStatus\x12\x14\n\x0creproducible\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12\x13\n\x0b\x65rasure_ids\x18\x03 \x03(\t\"~\n\x13TrainingDatasetInfo\x12\x34\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32#.quiver.registry.v1.TrainingDataset\x12\x31\n\x06status\x18\x02 \x01(\x0b\x32!.quiver.registry.v1.DatasetStatus\"\xd8\x01\n\x12MaterializationRun\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trows_read\x18\x04 \x01(\x03\x12\x14\n\x0crows_written\x18\x05 \x01(\x03\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x0bLineageNode\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x31\n\x08\x63hildren\x18\x04 \x03(\x0b\x32\x1f.quiver.registry.v1.LineageNode\"j\n\x0e\x43\x61talogVersion\x12\x18\n\x10registry_version\x18\x01 \x01(\x03\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63hange\x18\x03 \x01(\t\"\x8d\x02\n\x0c\x43\x61talogEntry\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x38\n\x04tags\x18\x05 \x03(\x0b\x32*.quiver.registry.v1.CatalogEntry.TagsEntry\x12\x34\n\x08versions\x18\x06 \x03(\x0b\x32\".quiver.registry.v1.CatalogVersion\x12\x0f\n\x07used_by\x18\x07 \x03(\t\x12\x0f\n\x07matched\x18\x08 \x03(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#quiver/registry/v1/governance.proto\x12\x12quiver.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\x0bHistoryFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x10\n\x08mtime_ns\x18\x03 \x01(\x03\"}\n\x0bViewHistory\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x13\n\x0bsource_path\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12.\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x1f.quiver.registry.v1.HistoryFile\"g\n\x0c\x44\x61tasetSpine\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x1a\n\x12source_fingerprint\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x03\x12\x0f\n\x07\x63olumns\x18\x05 \x03(\t\"\xa7\x04\n\x0fTrainingDataset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x18\n\x10registry_version\x18\x04 \x01(\x03\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x05 \x01(\t\x12\x14\n\x0c\x66\x65\x61ture_refs\x18\x06 \x03(\t\x12\x1a\n\x12\x66ull_feature_names\x18\x07 \x01(\x08\x12\x18\n\x10timestamp_column\x18\x08 \x01(\t\x12/\n\x05spine\x18\t \x01(\x0b\x32 .quiver.registry.v1.DatasetSpine\x12\x32\n\thistories\x18\n \x03(\x0b\x32\x1f.quiver.registry.v1.ViewHistory\x12\x11\n\trow_count\x18\x0b \x01(\x03\x12\x12\n\ncreated_by\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64\x65scription\x18\x0e \x01(\t\x12;\n\x04tags\x18\x0f \x03(\x0b\x32-.quiver.registry.v1.TrainingDataset.TagsEntry\x12\x0f\n\x07profile\x18\x10 \x01(\t\x12\x19\n\x11transform_version\x18\x11 \x01(\x03\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"3\n\x12TrainingDatasetRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"K\n\rDatasetStatus\x12\x14\n\x0creproducible\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\x12\x13\n\x0b\x65rasure_ids\x18\x03 \x03(\t\"~\n\x13TrainingDatasetInfo\x12\x34\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32#.quiver.registry.v1.TrainingDataset\x12\x31\n\x06status\x18\x02 \x01(\x0b\x32!.quiver.registry.v1.DatasetStatus\"\xd8\x01\n\x12MaterializationRun\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12)\n\x05start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\trows_read\x18\x04 \x01(\x03\x12\x14\n\x0crows_written\x18\x05 \x01(\x03\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"l\n\x0bLineageNode\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x31\n\x08\x63hildren\x18\x04 \x03(\x0b\x32\x1f.quiver.registry.v1.LineageNode\"j\n\x0e\x43\x61talogVersion\x12\x18\n\x10registry_version\x18\x01 \x01(\x03\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63hange\x18\x03 \x01(\t\"\x8d\x02\n\x0c\x43\x61talogEntry\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x38\n\x04tags\x18\x05 \x03(\x0b\x32*.quiver.registry.v1.CatalogEntry.TagsEntry\x12\x34\n\x08versions\x18\x06 \x03(\x0b\x32\".quiver.registry.v1.CatalogVersion\x12\x0f\n\x07used_by\x18\x07 \x03(\t\x12\x0f\n\x07matched\x18\x08 \x03(\t\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASETSPINE']._serialized_start=280
   _globals['_DATASETSPINE']._serialized_end=383
   _globals['_TRAININGDATASET']._serialized_start=386
-  _globals['_TRAININGDATASET']._serialized_end=910
-  _globals['_TRAININGDATASET_TAGSENTRY']._serialized_start=867
-  _globals['_TRAININGDATASET_TAGSENTRY']._serialized_end=910
-  _globals['_TRAININGDATASETREF']._serialized_start=912
-  _globals['_TRAININGDATASETREF']._serialized_end=963
-  _globals['_DATASETSTATUS']._serialized_start=965
-  _globals['_DATASETSTATUS']._serialized_end=1040
-  _globals['_TRAININGDATASETINFO']._serialized_start=1042
-  _globals['_TRAININGDATASETINFO']._serialized_end=1168
-  _globals['_MATERIALIZATIONRUN']._serialized_start=1171
-  _globals['_MATERIALIZATIONRUN']._serialized_end=1387
-  _globals['_LINEAGENODE']._serialized_start=1389
-  _globals['_LINEAGENODE']._serialized_end=1497
-  _globals['_CATALOGVERSION']._serialized_start=1499
-  _globals['_CATALOGVERSION']._serialized_end=1605
-  _globals['_CATALOGENTRY']._serialized_start=1608
-  _globals['_CATALOGENTRY']._serialized_end=1877
-  _globals['_CATALOGENTRY_TAGSENTRY']._serialized_start=867
-  _globals['_CATALOGENTRY_TAGSENTRY']._serialized_end=910
+  _globals['_TRAININGDATASET']._serialized_end=937
+  _globals['_TRAININGDATASET_TAGSENTRY']._serialized_start=894
+  _globals['_TRAININGDATASET_TAGSENTRY']._serialized_end=937
+  _globals['_TRAININGDATASETREF']._serialized_start=939
+  _globals['_TRAININGDATASETREF']._serialized_end=990
+  _globals['_DATASETSTATUS']._serialized_start=992
+  _globals['_DATASETSTATUS']._serialized_end=1067
+  _globals['_TRAININGDATASETINFO']._serialized_start=1069
+  _globals['_TRAININGDATASETINFO']._serialized_end=1195
+  _globals['_MATERIALIZATIONRUN']._serialized_start=1198
+  _globals['_MATERIALIZATIONRUN']._serialized_end=1414
+  _globals['_LINEAGENODE']._serialized_start=1416
+  _globals['_LINEAGENODE']._serialized_end=1524
+  _globals['_CATALOGVERSION']._serialized_start=1526
+  _globals['_CATALOGVERSION']._serialized_end=1632
+  _globals['_CATALOGENTRY']._serialized_start=1635
+  _globals['_CATALOGENTRY']._serialized_end=1904
+  _globals['_CATALOGENTRY_TAGSENTRY']._serialized_start=894
+  _globals['_CATALOGENTRY_TAGSENTRY']._serialized_end=937
 # @@protoc_insertion_point(module_scope)

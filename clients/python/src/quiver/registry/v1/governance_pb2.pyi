@@ -175,6 +175,7 @@ class TrainingDataset(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
+    TRANSFORM_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """1, 2, ... per name."""
@@ -195,6 +196,10 @@ class TrainingDataset(_message.Message):
     """Where its statistics profile is stored when it is pulled: the training-set
     name its partitions are profiled under, "<name>.v<version>"; compare with
     `quiver monitor --reference training_set:<profile>`.
+    """
+    transform_version: _builtins.int
+    """Version of the feature service's fitted transform parameters applied
+    (0: none). Pulls apply the same version.
     """
     @_builtins.property
     def feature_refs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -229,10 +234,11 @@ class TrainingDataset(_message.Message):
         description: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         profile: _builtins.str = ...,
+        transform_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spine", b"spine"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "description", b"description", "feature_refs", b"feature_refs", "feature_service", b"feature_service", "full_feature_names", b"full_feature_names", "histories", b"histories", "name", b"name", "profile", b"profile", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "spine", b"spine", "tags", b"tags", "timestamp_column", b"timestamp_column", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "description", b"description", "feature_refs", b"feature_refs", "feature_service", b"feature_service", "full_feature_names", b"full_feature_names", "histories", b"histories", "name", b"name", "profile", b"profile", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "spine", b"spine", "tags", b"tags", "timestamp_column", b"timestamp_column", "transform_version", b"transform_version", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
