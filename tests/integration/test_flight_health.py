@@ -128,3 +128,18 @@ def test_serve_flight_reports_health_and_goes_not_serving_on_sigterm(
     assert health.next_change() == NOT_SERVING
     health.channel.close()
     assert server.stop() == 0, server.output()
+
+
+def test_a_taken_flight_port_stops_the_server_from_starting_with_one_clear_error(
+    repo: QuiverConfig,
+) -> None:
+    """As for the health port: the setting and address, not Arrow's "Server did not start
+    properly" (which the CLI printed with a traceback)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(DefinitionError, match=rf"flight.port: cannot listen on .*127\.0\.0\.1:{port}"):
+            create_flight_server(repo, f"grpc://127.0.0.1:{port}")

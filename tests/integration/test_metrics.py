@@ -168,3 +168,28 @@ def _served(directory: Path, pid: int) -> float:
         if sample.name == "quiver_rpc_duration_seconds_count"
         and sample.labels.get("method") == "GetOnlineFeatures"
     )
+
+
+@pytest.mark.slow
+def test_a_metrics_port_in_use_is_named(applied_demo: QuiverConfig) -> None:
+    """`quiver serve` whose metrics port is taken (say by `quiver serve-flight` on the same
+    repo, which defaults to the same port) says which address and setting, in its one line."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "QUIVER_TELEMETRY__METRICS__HOST": "127.0.0.1",
+               "QUIVER_TELEMETRY__METRICS__PORT": str(port)}
+        result = subprocess.run(
+            [sys.executable, "-m", "quiver_server.cli", "--repo", str(applied_demo.repo_path),
+             "serve", "--host", "127.0.0.1", "--port", "0"],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("quiver: error:")]
+    assert f"127.0.0.1:{port}" in line and "telemetry.metrics.port" in line, result.stderr

@@ -333,3 +333,18 @@ def test_server_picks_up_a_new_registry_version(
     assert server[0].registry.refresh()
     result = client.get_online_features(feature_service="user_risk_v2", entities={"user_id": [1]})
     assert len(result.feature_names) == 5
+
+
+def test_a_store_failure_never_shows_the_client_a_server_path(materialized: QuiverConfig) -> None:
+    """The SQLite file stops being a database (a disk gone bad): the caller learns that the
+    online store is unavailable and which configured store, not where the server keeps it."""
+    app, port = create_server(materialized, "127.0.0.1", 0)  # the store quiver.yaml names
+    with app, OnlineClient(f"127.0.0.1:{port}") as client:
+        database = materialized.resolve(materialized.online_store.path)  # type: ignore[union-attr]
+        with open(database, "r+b") as file:  # handler threads open their own connections
+            file.write(b"not a database" * 512)
+        with pytest.raises(UnavailableError) as raised:
+            client.get_online_features(features=["user_profile:age"], entities={"user_id": [1]})
+    message = str(raised.value)
+    assert str(materialized.repo_path) not in message and "/" + "tmp" not in message, message
+    assert repr(materialized.online_store.path) in message, message  # type: ignore[union-attr]

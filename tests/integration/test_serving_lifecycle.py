@@ -17,17 +17,26 @@ from quiver_server.online.sqlite import SqliteOnlineStore
 from quiver_server.serving.server import create_server
 
 
-def wait_serving(target: str, timeout: float = 30) -> None:
+def health_until(target: str, done: Callable[[int | None], bool], timeout: float = 30) -> bool:
+    """Poll the health service until `done(status)` (None: the call was refused) holds."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
+                status: int | None = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
             except grpc.RpcError:
-                time.sleep(0.1)
-    raise AssertionError(f"{target} never became SERVING")
+                status = None
+            if done(status):
+                return True
+            time.sleep(0.05)
+    return False
+
+
+def wait_serving(target: str, timeout: float = 30) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    if not health_until(target, lambda status: status == serving, timeout):
+        raise AssertionError(f"{target} never became SERVING")
 
 
 @pytest.mark.slow
@@ -48,41 +57,47 @@ def test_workers_share_one_port_and_stop_on_sigterm(
 
 
 def test_sigterm_drains_in_flight_calls(materialized: QuiverConfig) -> None:
+    """Stopping reports NOT_SERVING (or refuses new calls) at once, and waits for the call
+    in flight, which is held in the store until the test has seen the drain begin."""
     store = SqliteOnlineStore(materialized.resolve(materialized.online_store.path))  # type: ignore[union-attr]
     original = store.read
-    entered = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
-    def slow(reads: Any) -> Any:
+    def held(reads: Any) -> Any:
         entered.set()
-        time.sleep(0.5)
+        assert release.wait(60), "the test never released the call"
         return original(reads)
 
-    store.read = slow  # type: ignore[method-assign]
+    store.read = held  # type: ignore[method-assign]
     app, port = create_server(materialized, "127.0.0.1", 0, store=store)
     target = f"127.0.0.1:{port}"
     results: list[object] = []
 
     def call() -> None:
         with OnlineClient(target) as client:
-            results.append(client.get_online_features(features=["user_profile:age"], entities={"user_id": [1]}))
+            results.append(client.get_online_features(
+                features=["user_profile:age"], entities={"user_id": [1]}, timeout=60))
 
     worker = threading.Thread(target=call)
     worker.start()
-    assert entered.wait(5)
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        stopper = threading.Thread(target=app.stop, args=(5.0,))
+    try:
+        assert entered.wait(30)
+        stopper = threading.Thread(target=app.stop, args=(60.0,))
         stopper.start()
-        time.sleep(0.1)
-        # Draining: health reports NOT_SERVING, or new calls are already refused.
-        try:
-            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-        except grpc.RpcError:
-            pass
-    worker.join(10)
-    stopper.join(10)
+        assert _draining(target), "the server never reported NOT_SERVING nor refused calls"
+        assert stopper.is_alive()  # still waiting for the call in flight
+    finally:
+        release.set()
+    worker.join(60)
+    stopper.join(60)
+    assert not stopper.is_alive()
     assert len(results) == 1  # the in-flight call completed
+
+
+def _draining(target: str) -> bool:
+    """Whether health turns NOT_SERVING, or new calls are refused, in time."""
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    return health_until(target, lambda status: status in (None, not_serving))
 
 
 def test_server_starts_before_the_first_apply(demo_config: QuiverConfig) -> None:

@@ -303,3 +303,32 @@ def test_one_training_set_pull_is_one_trace(
     for span in joins + server_tracing.named("quiver.flight.ticket.open"):
         assert span.parent is not None and span.parent.span_id in do_gets, span.name
         assert span.context.trace_id == root.context.trace_id
+
+
+def test_a_streamed_pull_stays_in_the_trace_it_was_started_in(
+    training: tuple[str, Tracing, Tracing, Telemetry],
+) -> None:
+    """A reader made inside the caller's span but read after it (or on another thread, as
+    pyarrow's writers do) still fetches its partitions in the caller's trace."""
+    import threading
+
+    from quiver import TrainingClient
+
+    location, _, client_tracing, _ = training
+    tracer = client_tracing.provider.get_tracer("trainer")
+    with TrainingClient(location, tracing=client_tracing.provider, max_workers=2) as client:
+        with tracer.start_as_current_span("build training set"):
+            reader = client.get_training_set_reader(
+                _spine(40), feature_service="fraud_model_v1", partition_rows=20
+            )
+        rows: list[int] = []
+        consumer = threading.Thread(target=lambda: rows.append(reader.read_all().num_rows))
+        consumer.start()
+        consumer.join(60)
+    assert rows == [40]
+    [root] = client_tracing.named("build training set")
+    gets = client_tracing.named(f"{SERVICE}/DoGet")
+    assert len(gets) == 2
+    for span in gets:
+        assert span.context.trace_id == root.context.trace_id
+        assert span.parent is not None and span.parent.span_id == root.context.span_id

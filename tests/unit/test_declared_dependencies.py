@@ -218,7 +218,7 @@ def _as_lazy(files: list[Path], pyproject: Path) -> list[str]:
 
 
 def test_the_client_distribution_is_contained_in_the_main_one() -> None:
-    """The main distribution ships the client package too, so it needs its dependencies."""
+    """The main distribution depends on the client one, so it declares its dependencies too."""
     client_required, client_extras = declared(ROOT / "clients/python/pyproject.toml")
     main_required, main_extras = declared(ROOT / "pyproject.toml")
     assert client_required <= main_required
@@ -248,3 +248,17 @@ def test_namespace_packages_resolve_to_their_distribution() -> None:
     assert distribution_of("opentelemetry.sdk.trace") == "opentelemetry-sdk"
     assert distribution_of("yaml") == "pyyaml"
     assert distribution_of("numpy.typing") == "numpy"
+
+
+def test_both_distributions_build_with_one_pinned_backend() -> None:
+    """`pip install .` builds both distributions (the main one depends on the client by
+    path): each with the same exactly pinned backend, so a build does not change with
+    whatever backend release is newest (and its deprecations) on the day."""
+    systems = {
+        path: tomllib.loads((ROOT / path).read_text())["build-system"]
+        for path in ("pyproject.toml", "clients/python/pyproject.toml")
+    }
+    for path, system in systems.items():
+        assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", r) for r in system["requires"]), (
+            f"{path}: build requirements must be pinned exactly: {system['requires']}")
+    assert len({(tuple(s["requires"]), s["build-backend"]) for s in systems.values()}) == 1, systems

@@ -174,6 +174,25 @@ def test_cli_reports_a_registry_it_cannot_use_in_one_line(
     assert err.startswith("quiver: error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_a_version_that_failed_to_load_is_tried_again(materialized: QuiverConfig) -> None:
+    """A read error (not damage: the file may read fine a moment later) leaves the
+    provider on its version, and the next refresh loads the new one."""
+    store = RegistryStore(materialized.registry_path)
+    provider = RegistryProvider(store)
+    served = provider.version
+    # The next version's name exists but cannot be read yet (an OSError, as a
+    # network volume or a full file table gives).
+    blocker = version_file(materialized, served + 1)
+    blocker.mkdir()
+    with pytest.raises(OSError):
+        provider.refresh()
+    assert provider.current().version == served
+    blocker.rmdir()
+    RegistryStore(materialized.registry_path).commit(lambda proto: "a new version")
+    assert provider.refresh()
+    assert provider.current().version == served + 1
+
+
 def test_an_unframed_file_with_permissions_is_refused(materialized: QuiverConfig) -> None:
     # `cause` is not the last field of such a file, so truncations could pass for complete.
     store = RegistryStore(materialized.registry_path)

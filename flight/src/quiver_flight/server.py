@@ -45,7 +45,7 @@ from pyarrow import flight
 
 from quiver import Action
 from quiver.convert import pack
-from quiver.errors import InvalidArgumentError, UnimplementedError
+from quiver.errors import DefinitionError, InvalidArgumentError, UnimplementedError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.prefetch import Prefetch
 from quiver_flight.auth import MIDDLEWARE_KEY as AUTH_MIDDLEWARE_KEY
@@ -385,10 +385,15 @@ def create_flight_server(
     errors = server_error_policy(config)
 
     def build(at: str, pair: KeyPair | None) -> TrainingSetFlightServer:
-        return TrainingSetFlightServer(
-            at, training, advertised=flight_config.location, middleware=middleware,
-            errors=errors, tls=pair,
-        )
+        try:
+            return TrainingSetFlightServer(
+                at, training, advertised=flight_config.location, middleware=middleware,
+                errors=errors, tls=pair,
+            )
+        except pa.ArrowException as exc:  # Arrow says only "Server did not start properly"
+            raise DefinitionError(
+                f"flight.port: cannot listen on {at} (is the port in use?): {exc}"
+            ) from None
 
     parsed = urlparse(location)
     host = parsed.hostname or flight_config.host

@@ -57,7 +57,7 @@ def to_status(error: QuiverError) -> status_pb2.Status:
         status = build_status(error.grpc_code, message, error.reason, metadata, violations)
         if status.ByteSize() <= echo.DETAILS_BYTES:
             return status
-        if limit > 0:
+        if given and limit > 0:  # with nothing given, there is nothing to drop or count
             limit = min(limit, len(given)) - 1
         elif metadata:
             metadata = {}

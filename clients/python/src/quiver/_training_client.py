@@ -374,8 +374,11 @@ class TrainingClient:
         progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.RecordBatchReader:
         """Every endpoint of a planned training set, streamed in order."""
+        # Partitions are fetched in this call's context (its trace), wherever and
+        # whenever the reader is read: later, or on a thread of pyarrow's own.
+        context = contextvars.copy_context()
         return pa.RecordBatchReader.from_batches(
-            info.schema, self._stream(list(info.endpoints), _Counter(info, progress))
+            info.schema, self._stream(list(info.endpoints), _Counter(info, progress), context)
         )
 
     def get_schema(
@@ -554,16 +557,20 @@ class TrainingClient:
             if not finished:
                 reader.cancel()
 
-    def _stream(self, endpoints: list[flight.FlightEndpoint], counter: _Counter
-                ) -> Iterator[pa.RecordBatch]:
-        """Endpoints in order, up to `max_workers` of them fetched ahead at once."""
+    def _stream(
+        self, endpoints: list[flight.FlightEndpoint], counter: _Counter,
+        context: contextvars.Context,
+    ) -> Iterator[pa.RecordBatch]:
+        """Endpoints in order, up to `max_workers` of them fetched ahead at once, each
+        on a thread running in a copy of `context`."""
         ahead: deque[Prefetch[pa.RecordBatch]] = deque()
 
         def start(index: int) -> None:
             if index < len(endpoints):
-                ahead.append(Prefetch(
-                    self._batches(endpoints[index]), _QUEUED_BATCHES, on_item=counter.add,
-                    name=f"quiver-fetch-{index}",
+                # Prefetch copies the context it is made in for its thread.
+                ahead.append(context.copy().run(
+                    Prefetch, self._batches(endpoints[index]), _QUEUED_BATCHES,
+                    on_item=counter.add, name=f"quiver-fetch-{index}",
                 ))
 
         for index in range(min(self.max_workers, len(endpoints))):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from quiver_server.config import (
     AerospikeOnlineStoreConfig,
     QuiverConfig,
@@ -20,7 +22,11 @@ def open_online_store(config: QuiverConfig) -> OnlineStore:
     if isinstance(store_config, SqliteOnlineStoreConfig):
         from quiver_server.online.sqlite import SqliteOnlineStore
 
-        return SqliteOnlineStore(config.resolve(store_config.path))
+        # Errors name the file as quiver.yaml does (relative to the repo), since
+        # servers pass them to their callers.
+        configured = store_config.path
+        name = os.path.basename(configured) if os.path.isabs(configured) else configured
+        return SqliteOnlineStore(config.resolve(configured), name=name)
     if isinstance(store_config, AerospikeOnlineStoreConfig):
         # Imported here so SQLite users never load the Aerospike client library.
         from quiver_server.online.aerospike import AerospikeOnlineStore

@@ -127,12 +127,14 @@ class SqliteOnlineStore:
         path: The database file; created, with its parent directories, if missing.
         busy_timeout: Seconds a write waits for another writer's lock before
             failing with `UnavailableError`.
+        name: How errors name the file (default `path`). Errors reach API callers,
+            so a server names it as its configuration does, never by its absolute path.
 
     Raises:
         UnavailableError: the file cannot be created or opened.
     """
 
-    def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str, busy_timeout: float = 5.0, *, name: str | None = None) -> None:
         if path == ":memory:" or path.startswith("file:"):
             # Every thread has its own connection, so an in-memory database
             # would silently be a different, empty one per thread.
@@ -140,6 +142,7 @@ class SqliteOnlineStore:
                 "online_store.path", f"must be a file path, got {path!r}"
             )
         self.path = path
+        self.where = f"online store sqlite at {name or path!r}"
         self._timeout = busy_timeout
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -154,7 +157,8 @@ class SqliteOnlineStore:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UnavailableError(
-                f"online store sqlite at {path!r} unavailable: cannot create its directory: {exc}"
+                f"{self.where} unavailable: cannot create its directory: "
+                f"{exc.strerror or type(exc).__name__}"
             ) from exc
         try:
             with self._errors("opening"):
@@ -167,7 +171,7 @@ class SqliteOnlineStore:
         if str(mode).lower() != "wal":
             self.close()
             raise UnavailableError(
-                f"online store sqlite at {path!r} unavailable: cannot switch to WAL mode "
+                f"{self.where} unavailable: cannot switch to WAL mode "
                 f"(journal mode is {mode!r}; is it on a network filesystem?)"
             )
         self._max_in = min(conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), _MAX_IN_LIST)
@@ -266,7 +270,7 @@ class SqliteOnlineStore:
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
-            raise UnavailableError(f"online store sqlite at {self.path!r} is closed")
+            raise UnavailableError(f"{self.where} is closed")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -295,7 +299,7 @@ class SqliteOnlineStore:
         with self._lock:
             if self._closed:
                 conn.close()
-                raise UnavailableError(f"online store sqlite at {self.path!r} is closed")
+                raise UnavailableError(f"{self.where} is closed")
             self._connections.append(conn)
         self._local.conn = conn
         return conn
@@ -309,7 +313,7 @@ class SqliteOnlineStore:
             raise self._translate(exc, action) from exc
 
     def _translate(self, exc: Exception, action: str) -> QuiverError:
-        where = f"online store sqlite at {self.path!r}"
+        where = self.where
         if isinstance(exc, sqlite3.ProgrammingError) and self._closed:
             return UnavailableError(f"{where} is closed")
         if isinstance(

@@ -58,8 +58,9 @@ class RegistryProvider:
         latest = self._store.latest_version()
         if latest == 0 or latest == self._checked:
             return False
-        self._checked = latest
         snapshot = self._store.latest_good()
+        # Only now: a read that failed (an OSError) is tried again at the next poll.
+        self._checked = latest
         if snapshot is None or snapshot.version != latest:
             for version, problem in sorted(self._store.bad_versions().items()):
                 if version > (snapshot.version if snapshot else 0):

@@ -326,7 +326,16 @@ class MetricsEndpoint:
     def __init__(self, registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> None:
         from prometheus_client import start_http_server
 
-        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        try:
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            # The socket's own error names no address; two servers of one repo on one
+            # machine (serve and serve-flight) default to the same metrics port.
+            raise OSError(
+                exc.errno,
+                f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); set "
+                f"telemetry.metrics.port (QUIVER_TELEMETRY__METRICS__PORT) to a free port",
+            ) from exc
         self.port = int(self._server.server_port)
 
     def close(self) -> None:
