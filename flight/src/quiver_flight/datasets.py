@@ -153,7 +153,7 @@ class TrainingDatasets:
             snapshot = None
         if snapshot is not None:
             # The caller may read its features before learning anything about its files.
-            self.training.resolve(_command_for(record, command.partition_rows), snapshot)
+            self.training.command_shape(_command_for(record, command.partition_rows), snapshot)
         status = self.store.status(record, versions)
         if snapshot is None and record.registry_version in versions:
             status.reasons.append(f"registry version {record.registry_version} cannot be read")
@@ -178,7 +178,7 @@ class TrainingDatasets:
         (the spine holds its labels)."""
         record = self.store.read(ref.name, ref.version)
         if self.training.access.enabled:
-            self.training.resolve(
+            self.training.command_shape(
                 _command_for(record, 0), self.training.snapshot(record.registry_version)
             )
         fs, path = locate_spine(self.paths.offline_root, record.spine.path)
@@ -262,17 +262,24 @@ class TrainingDatasets:
 
 def _command_for(record: gpb.TrainingDataset, partition_rows: int) -> pb.TrainingSetCommand:
     """The training-set command that pulls a stored dataset version."""
-    return pb.TrainingSetCommand(
+    command = pb.TrainingSetCommand(
         spine=pb.SpineSource(
             training_dataset=gpb.TrainingDatasetRef(name=record.name, version=record.version)
         ),
-        features=pb.FeatureList(refs=list(record.feature_refs)),
         full_feature_names=record.full_feature_names,
         timestamp_column=record.timestamp_column,
         partition_rows=partition_rows,
         # Pulls are profiled under the version's own name (monitoring).
         name=record.profile,
+        # The same transform parameters as the first pull, never a newer fit.
+        transform_version=record.transform_version,
     )
+    # A service's transforms apply to it, so it is named as it was.
+    if record.feature_service:
+        command.feature_service = record.feature_service
+    else:
+        command.features.refs.extend(record.feature_refs)
+    return command
 
 
 def _pin(source: HistorySource) -> gpb.ViewHistory:

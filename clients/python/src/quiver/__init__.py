@@ -13,6 +13,7 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
+from quiver._on_demand import OnDemandFeatureView, RequestSource
 from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
 from quiver._permissions import Action, Permission, Resource
@@ -25,6 +26,7 @@ from quiver._training_client import (
     TrainingProgress,
 )
 from quiver.errors import QuiverError
+from quiver.transforms import Transform
 from quiver.types import (
     Bool,
     Bytes,
@@ -59,6 +61,7 @@ __all__ = [
     "Int32",
     "Int64",
     "OfflineSpine",
+    "OnDemandFeatureView",
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
@@ -66,6 +69,7 @@ __all__ = [
     "PushResult",
     "PushTarget",
     "QuiverError",
+    "RequestSource",
     "Resource",
     "SpineHandle",
     "String",
@@ -74,6 +78,7 @@ __all__ = [
     "TrainingClient",
     "TrainingDataset",
     "TrainingProgress",
+    "Transform",
     "ValueType",
     "__version__",
     "parse_feature_ref",

@@ -26,7 +26,7 @@ from quiver.registry.v1 import governance_pb2 as quiver_dot_registry_dot_v1_dot_
 from quiver.registry.v1 import registry_pb2 as quiver_dot_registry_dot_v1_dot_registry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)quiver/registry/v1/registry_service.proto\x12\x12quiver.registry.v1\x1a#quiver/registry/v1/governance.proto\x1a!quiver/registry/v1/registry.proto\"\x15\n\x13ListProjectsRequest\"_\n\x14ListProjectsResponse\x12-\n\x08projects\x18\x01 \x03(\x0b\x32\x1b.quiver.registry.v1.Project\x12\x18\n\x10registry_version\x18\x02 \x01(\x03\"&\n\x13ListEntitiesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"D\n\x14ListEntitiesResponse\x12,\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x1a.quiver.registry.v1.Entity\"1\n\x10GetEntityRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"?\n\x11GetEntityResponse\x12*\n\x06\x65ntity\x18\x01 \x01(\x0b\x32\x1a.quiver.registry.v1.Entity\"*\n\x17ListFeatureViewsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"R\n\x18ListFeatureViewsResponse\x12\x36\n\rfeature_views\x18\x01 \x03(\x0b\x32\x1f.quiver.registry.v1.FeatureView\"6\n\x15GetFeatureViewRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"{\n\x16GetFeatureViewResponse\x12\x35\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\x0b\x32\x1f.quiver.registry.v1.FeatureView\x12*\n\x04meta\x18\x02 \x01(\x0b\x32\x1c.quiver.registry.v1.ViewMeta\"-\n\x1aListFeatureServicesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"[\n\x1bListFeatureServicesResponse\x12<\n\x10\x66\x65\x61ture_services\x18\x01 \x03(\x0b\x32\".quiver.registry.v1.FeatureService\"9\n\x18GetFeatureServiceRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"X\n\x19GetFeatureServiceResponse\x12;\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\x0b\x32\".quiver.registry.v1.FeatureService\"<\n\x1bListTrainingDatasetsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x1cListTrainingDatasetsResponse\x12\x39\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\'.quiver.registry.v1.TrainingDatasetInfo\"K\n\x19GetTrainingDatasetRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"V\n\x1aGetTrainingDatasetResponse\x12\x38\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\'.quiver.registry.v1.TrainingDatasetInfo\"@\n\x11GetLineageRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\"C\n\x12GetLineageResponse\x12-\n\x04root\x18\x01 \x01(\x0b\x32\x1f.quiver.registry.v1.LineageNode\"S\n\x14SearchCatalogRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"J\n\x15SearchCatalogResponse\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .quiver.registry.v1.CatalogEntry\"E\n\x16GetCatalogEntryRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"J\n\x17GetCatalogEntryResponse\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .quiver.registry.v1.CatalogEntry2\x92\n\n\x0fRegistryService\x12\x61\n\x0cListProjects\x12\'.quiver.registry.v1.ListProjectsRequest\x1a(.quiver.registry.v1.ListProjectsResponse\x12\x61\n\x0cListEntities\x12\'.quiver.registry.v1.ListEntitiesRequest\x1a(.quiver.registry.v1.ListEntitiesResponse\x12X\n\tGetEntity\x12$.quiver.registry.v1.GetEntityRequest\x1a%.quiver.registry.v1.GetEntityResponse\x12m\n\x10ListFeatureViews\x12+.quiver.registry.v1.ListFeatureViewsRequest\x1a,.quiver.registry.v1.ListFeatureViewsResponse\x12g\n\x0eGetFeatureView\x12).quiver.registry.v1.GetFeatureViewRequest\x1a*.quiver.registry.v1.GetFeatureViewResponse\x12v\n\x13ListFeatureServices\x12..quiver.registry.v1.ListFeatureServicesRequest\x1a/.quiver.registry.v1.ListFeatureServicesResponse\x12p\n\x11GetFeatureService\x12,.quiver.registry.v1.GetFeatureServiceRequest\x1a-.quiver.registry.v1.GetFeatureServiceResponse\x12y\n\x14ListTrainingDatasets\x12/.quiver.registry.v1.ListTrainingDatasetsRequest\x1a\x30.quiver.registry.v1.ListTrainingDatasetsResponse\x12s\n\x12GetTrainingDataset\x12-.quiver.registry.v1.GetTrainingDatasetRequest\x1a..quiver.registry.v1.GetTrainingDatasetResponse\x12[\n\nGetLineage\x12%.quiver.registry.v1.GetLineageRequest\x1a&.quiver.registry.v1.GetLineageResponse\x12\x64\n\rSearchCatalog\x12(.quiver.registry.v1.SearchCatalogRequest\x1a).quiver.registry.v1.SearchCatalogResponse\x12j\n\x0fGetCatalogEntry\x12*.quiver.registry.v1.GetCatalogEntryRequest\x1a+.quiver.registry.v1.GetCatalogEntryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)quiver/registry/v1/registry_service.proto\x12\x12quiver.registry.v1\x1a#quiver/registry/v1/governance.proto\x1a!quiver/registry/v1/registry.proto\"\x15\n\x13ListProjectsRequest\"_\n\x14ListProjectsResponse\x12-\n\x08projects\x18\x01 \x03(\x0b\x32\x1b.quiver.registry.v1.Project\x12\x18\n\x10registry_version\x18\x02 \x01(\x03\"&\n\x13ListEntitiesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"D\n\x14ListEntitiesResponse\x12,\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x1a.quiver.registry.v1.Entity\"1\n\x10GetEntityRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"?\n\x11GetEntityResponse\x12*\n\x06\x65ntity\x18\x01 \x01(\x0b\x32\x1a.quiver.registry.v1.Entity\"*\n\x17ListFeatureViewsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"R\n\x18ListFeatureViewsResponse\x12\x36\n\rfeature_views\x18\x01 \x03(\x0b\x32\x1f.quiver.registry.v1.FeatureView\"6\n\x15GetFeatureViewRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"{\n\x16GetFeatureViewResponse\x12\x35\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\x0b\x32\x1f.quiver.registry.v1.FeatureView\x12*\n\x04meta\x18\x02 \x01(\x0b\x32\x1c.quiver.registry.v1.ViewMeta\"-\n\x1aListFeatureServicesRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"[\n\x1bListFeatureServicesResponse\x12<\n\x10\x66\x65\x61ture_services\x18\x01 \x03(\x0b\x32\".quiver.registry.v1.FeatureService\"9\n\x18GetFeatureServiceRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"{\n\x19GetFeatureServiceResponse\x12;\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\x0b\x32\".quiver.registry.v1.FeatureService\x12!\n\x19\x63urrent_transform_version\x18\x14 \x01(\x03\"2\n\x1fListOnDemandFeatureViewsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"l\n ListOnDemandFeatureViewsResponse\x12H\n\x17on_demand_feature_views\x18\x01 \x03(\x0b\x32\'.quiver.registry.v1.OnDemandFeatureView\">\n\x1dGetOnDemandFeatureViewRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"i\n\x1eGetOnDemandFeatureViewResponse\x12G\n\x16on_demand_feature_view\x18\x01 \x01(\x0b\x32\'.quiver.registry.v1.OnDemandFeatureView\"M\n!ListTransformParameterSetsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x02 \x01(\t\"\x80\x01\n\"ListTransformParameterSetsResponse\x12\x41\n\x0eparameter_sets\x18\x01 \x03(\x0b\x32).quiver.registry.v1.TransformParameterSet\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\"\\\n\x1fGetTransformParameterSetRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"u\n GetTransformParameterSetResponse\x12@\n\rparameter_set\x18\x01 \x01(\x0b\x32).quiver.registry.v1.TransformParameterSet\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x08\"<\n\x1bListTrainingDatasetsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"Y\n\x1cListTrainingDatasetsResponse\x12\x39\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\'.quiver.registry.v1.TrainingDatasetInfo\"K\n\x19GetTrainingDatasetRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"V\n\x1aGetTrainingDatasetResponse\x12\x38\n\x07\x64\x61taset\x18\x01 \x01(\x0b\x32\'.quiver.registry.v1.TrainingDatasetInfo\"@\n\x11GetLineageRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\"C\n\x12GetLineageResponse\x12-\n\x04root\x18\x01 \x01(\x0b\x32\x1f.quiver.registry.v1.LineageNode\"S\n\x14SearchCatalogRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05kinds\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"J\n\x15SearchCatalogResponse\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .quiver.registry.v1.CatalogEntry\"E\n\x16GetCatalogEntryRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"J\n\x17GetCatalogEntryResponse\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .quiver.registry.v1.CatalogEntry2\xb1\x0e\n\x0fRegistryService\x12\x61\n\x0cListProjects\x12\'.quiver.registry.v1.ListProjectsRequest\x1a(.quiver.registry.v1.ListProjectsResponse\x12\x61\n\x0cListEntities\x12\'.quiver.registry.v1.ListEntitiesRequest\x1a(.quiver.registry.v1.ListEntitiesResponse\x12X\n\tGetEntity\x12$.quiver.registry.v1.GetEntityRequest\x1a%.quiver.registry.v1.GetEntityResponse\x12m\n\x10ListFeatureViews\x12+.quiver.registry.v1.ListFeatureViewsRequest\x1a,.quiver.registry.v1.ListFeatureViewsResponse\x12g\n\x0eGetFeatureView\x12).quiver.registry.v1.GetFeatureViewRequest\x1a*.quiver.registry.v1.GetFeatureViewResponse\x12v\n\x13ListFeatureServices\x12..quiver.registry.v1.ListFeatureServicesRequest\x1a/.quiver.registry.v1.ListFeatureServicesResponse\x12p\n\x11GetFeatureService\x12,.quiver.registry.v1.GetFeatureServiceRequest\x1a-.quiver.registry.v1.GetFeatureServiceResponse\x12\x85\x01\n\x18ListOnDemandFeatureViews\x12\x33.quiver.registry.v1.ListOnDemandFeatureViewsRequest\x1a\x34.quiver.registry.v1.ListOnDemandFeatureViewsResponse\x12\x7f\n\x16GetOnDemandFeatureView\x12\x31.quiver.registry.v1.GetOnDemandFeatureViewRequest\x1a\x32.quiver.registry.v1.GetOnDemandFeatureViewResponse\x12\x8b\x01\n\x1aListTransformParameterSets\x12\x35.quiver.registry.v1.ListTransformParameterSetsRequest\x1a\x36.quiver.registry.v1.ListTransformParameterSetsResponse\x12\x85\x01\n\x18GetTransformParameterSet\x12\x33.quiver.registry.v1.GetTransformParameterSetRequest\x1a\x34.quiver.registry.v1.GetTransformParameterSetResponse\x12y\n\x14ListTrainingDatasets\x12/.quiver.registry.v1.ListTrainingDatasetsRequest\x1a\x30.quiver.registry.v1.ListTrainingDatasetsResponse\x12s\n\x12GetTrainingDataset\x12-.quiver.registry.v1.GetTrainingDatasetRequest\x1a..quiver.registry.v1.GetTrainingDatasetResponse\x12[\n\nGetLineage\x12%.quiver.registry.v1.GetLineageRequest\x1a&.quiver.registry.v1.GetLineageResponse\x12\x64\n\rSearchCatalog\x12(.quiver.registry.v1.SearchCatalogRequest\x1a).quiver.registry.v1.SearchCatalogResponse\x12j\n\x0fGetCatalogEntry\x12*.quiver.registry.v1.GetCatalogEntryRequest\x1a+.quiver.registry.v1.GetCatalogEntryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,27 +60,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETFEATURESERVICEREQUEST']._serialized_start=932
   _globals['_GETFEATURESERVICEREQUEST']._serialized_end=989
   _globals['_GETFEATURESERVICERESPONSE']._serialized_start=991
-  _globals['_GETFEATURESERVICERESPONSE']._serialized_end=1079
-  _globals['_LISTTRAININGDATASETSREQUEST']._serialized_start=1081
-  _globals['_LISTTRAININGDATASETSREQUEST']._serialized_end=1141
-  _globals['_LISTTRAININGDATASETSRESPONSE']._serialized_start=1143
-  _globals['_LISTTRAININGDATASETSRESPONSE']._serialized_end=1232
-  _globals['_GETTRAININGDATASETREQUEST']._serialized_start=1234
-  _globals['_GETTRAININGDATASETREQUEST']._serialized_end=1309
-  _globals['_GETTRAININGDATASETRESPONSE']._serialized_start=1311
-  _globals['_GETTRAININGDATASETRESPONSE']._serialized_end=1397
-  _globals['_GETLINEAGEREQUEST']._serialized_start=1399
-  _globals['_GETLINEAGEREQUEST']._serialized_end=1463
-  _globals['_GETLINEAGERESPONSE']._serialized_start=1465
-  _globals['_GETLINEAGERESPONSE']._serialized_end=1532
-  _globals['_SEARCHCATALOGREQUEST']._serialized_start=1534
-  _globals['_SEARCHCATALOGREQUEST']._serialized_end=1617
-  _globals['_SEARCHCATALOGRESPONSE']._serialized_start=1619
-  _globals['_SEARCHCATALOGRESPONSE']._serialized_end=1693
-  _globals['_GETCATALOGENTRYREQUEST']._serialized_start=1695
-  _globals['_GETCATALOGENTRYREQUEST']._serialized_end=1764
-  _globals['_GETCATALOGENTRYRESPONSE']._serialized_start=1766
-  _globals['_GETCATALOGENTRYRESPONSE']._serialized_end=1840
-  _globals['_REGISTRYSERVICE']._serialized_start=1843
-  _globals['_REGISTRYSERVICE']._serialized_end=3141
+  _globals['_GETFEATURESERVICERESPONSE']._serialized_end=1114
+  _globals['_LISTONDEMANDFEATUREVIEWSREQUEST']._serialized_start=1116
+  _globals['_LISTONDEMANDFEATUREVIEWSREQUEST']._serialized_end=1166
+  _globals['_LISTONDEMANDFEATUREVIEWSRESPONSE']._serialized_start=1168
+  _globals['_LISTONDEMANDFEATUREVIEWSRESPONSE']._serialized_end=1276
+  _globals['_GETONDEMANDFEATUREVIEWREQUEST']._serialized_start=1278
+  _globals['_GETONDEMANDFEATUREVIEWREQUEST']._serialized_end=1340
+  _globals['_GETONDEMANDFEATUREVIEWRESPONSE']._serialized_start=1342
+  _globals['_GETONDEMANDFEATUREVIEWRESPONSE']._serialized_end=1447
+  _globals['_LISTTRANSFORMPARAMETERSETSREQUEST']._serialized_start=1449
+  _globals['_LISTTRANSFORMPARAMETERSETSREQUEST']._serialized_end=1526
+  _globals['_LISTTRANSFORMPARAMETERSETSRESPONSE']._serialized_start=1529
+  _globals['_LISTTRANSFORMPARAMETERSETSRESPONSE']._serialized_end=1657
+  _globals['_GETTRANSFORMPARAMETERSETREQUEST']._serialized_start=1659
+  _globals['_GETTRANSFORMPARAMETERSETREQUEST']._serialized_end=1751
+  _globals['_GETTRANSFORMPARAMETERSETRESPONSE']._serialized_start=1753
+  _globals['_GETTRANSFORMPARAMETERSETRESPONSE']._serialized_end=1870
+  _globals['_LISTTRAININGDATASETSREQUEST']._serialized_start=1872
+  _globals['_LISTTRAININGDATASETSREQUEST']._serialized_end=1932
+  _globals['_LISTTRAININGDATASETSRESPONSE']._serialized_start=1934
+  _globals['_LISTTRAININGDATASETSRESPONSE']._serialized_end=2023
+  _globals['_GETTRAININGDATASETREQUEST']._serialized_start=2025
+  _globals['_GETTRAININGDATASETREQUEST']._serialized_end=2100
+  _globals['_GETTRAININGDATASETRESPONSE']._serialized_start=2102
+  _globals['_GETTRAININGDATASETRESPONSE']._serialized_end=2188
+  _globals['_GETLINEAGEREQUEST']._serialized_start=2190
+  _globals['_GETLINEAGEREQUEST']._serialized_end=2254
+  _globals['_GETLINEAGERESPONSE']._serialized_start=2256
+  _globals['_GETLINEAGERESPONSE']._serialized_end=2323
+  _globals['_SEARCHCATALOGREQUEST']._serialized_start=2325
+  _globals['_SEARCHCATALOGREQUEST']._serialized_end=2408
+  _globals['_SEARCHCATALOGRESPONSE']._serialized_start=2410
+  _globals['_SEARCHCATALOGRESPONSE']._serialized_end=2484
+  _globals['_GETCATALOGENTRYREQUEST']._serialized_start=2486
+  _globals['_GETCATALOGENTRYREQUEST']._serialized_end=2555
+  _globals['_GETCATALOGENTRYRESPONSE']._serialized_start=2557
+  _globals['_GETCATALOGENTRYRESPONSE']._serialized_end=2631
+  _globals['_REGISTRYSERVICE']._serialized_start=2634
+  _globals['_REGISTRYSERVICE']._serialized_end=4475
 # @@protoc_insertion_point(module_scope)
