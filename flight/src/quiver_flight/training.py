@@ -279,9 +279,7 @@ class TrainingSets:
         except FailedPreconditionError:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
         refs = snapshot.resolve(features=list(partition.feature_refs))
-        # A ticket is not a capability: whoever presents it must be allowed its features.
-        self.access.check_features(snapshot, Action.READ_OFFLINE, refs,
-                                   requested=list(partition.feature_refs))
+        self._check_ticket(list(partition.feature_refs), refs)
         try:
             spine = self.open_spine(partition.spine, snapshot)
         except NotFoundError as exc:
@@ -302,6 +300,20 @@ class TrainingSets:
         if self.profiler is not None:
             batches = self.profiler.wrap(batches, partition, snapshot)
         return PartitionJob(schema, batches, partition)
+
+    def _check_ticket(self, requested: list[str], pinned: list[FeatureRef]) -> None:
+        """A ticket is not a capability: whoever presents it must be allowed its features
+        by the permissions in force now (the newest registry version), not those of the
+        version its data is pinned to, so a revoked grant stops old tickets too."""
+        if not self.access.enabled:
+            return
+        current = self.snapshot()
+        try:
+            refs = current.resolve(features=requested)
+        except NotFoundError:
+            # A feature since removed: judged by what it was, under today's permissions.
+            refs = pinned
+        self.access.check_features(current, Action.READ_OFFLINE, refs, requested=requested)
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
         """Every feature service and view the caller may DESCRIBE: what it is, its command
