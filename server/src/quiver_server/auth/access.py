@@ -25,6 +25,7 @@ from quiver import Action, FeatureView
 from quiver.errors import NotFoundError, PermissionDeniedError, UnauthenticatedError
 from quiver_server.auth.policy import Policy
 from quiver_server.auth.principal import CallAccess, Principal, current_call
+from quiver_server.echo import clip
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 
 _MAX_DECISIONS = 16_384
@@ -245,6 +246,10 @@ class AccessControl:
                              feature_service=missing_service)
             return self._deny(call, action, [f"feature_service:{missing_service}"],
                               denial.message, denial.metadata)
+        if requested:
+            refused = self._first_refused(call, policy, snapshot, action, requested)
+            if refused is not None:
+                return refused
         if view is None or policy.allows_view(principal, Action.DESCRIBE, view,
                                               snapshot.feature_views.get(view)):
             return error
@@ -255,6 +260,41 @@ class AccessControl:
         denial = (_denied(principal, action, f"feature {ref!r}", feature=ref) if ref
                   else _denied(principal, action, f"feature view {view!r}", feature_view=view))
         return self._deny(call, action, [f"feature_view:{view}"], denial.message, denial.metadata)
+
+    def _first_refused(self, call: CallAccess, policy: Policy, snapshot: Snapshot,
+                       action: Action, requested: Sequence[str]) -> Exception | None:
+        """The answer for the first requested feature that is not both existing and allowed.
+
+        NOT_FOUND when the caller may DESCRIBE its view, else the denial an existing but
+        forbidden feature gets. Taken in request order, as `check_features` does, so the
+        answer (its status and the name it gives) never depends on whether a name the
+        caller may not describe exists: resolving stops at the first unknown name, and
+        without this a describable typo placed after a hidden name would answer NOT_FOUND
+        exactly when the hidden name exists.
+        """
+        principal = call.principal
+        for ref in requested:
+            view_name, _, feature_name = ref.partition(":")
+            view = snapshot.feature_views.get(view_name)
+            feature = None
+            if view is not None:
+                try:
+                    feature = view.feature(feature_name)
+                except KeyError:
+                    feature = None
+            if view is not None and feature is not None:
+                if policy.allows_feature(principal, action, view, feature):
+                    continue
+            elif policy.allows_view(principal, Action.DESCRIBE, view_name, view):
+                try:
+                    snapshot.resolve(features=[ref])
+                except NotFoundError as missing:
+                    return missing
+            shown = clip(ref)
+            denial = _denied(principal, action, f"feature {shown!r}", feature=shown)
+            return self._deny(call, action, [f"feature_view:{clip(view_name)}"],
+                              denial.message, denial.metadata)
+        return None
 
     # --- registry reads -----------------------------------------------------------------
 

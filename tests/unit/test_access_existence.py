@@ -1,0 +1,131 @@
+"""With auth on, a caller learns nothing of a name it may not DESCRIBE: a request naming a
+view that exists (but is forbidden) gets the very answer one naming a view that does not
+exist gets, whatever else the request names and in whatever order.
+
+The servicers run in grpcio-testing's in-process server as one principal, `bob`, who may
+DESCRIBE and READ_ONLINE the view `public` only; `secret` exists, `ghost` does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc_testing
+import pytest
+
+from quiver import (
+    Action,
+    Entity,
+    FeatureView,
+    Field,
+    Int64,
+    ParquetSource,
+    Permission,
+    Resource,
+    String,
+)
+from quiver.registry.v1 import registry_pb2
+from quiver.serving.v1 import serving_service_pb2 as serving_pb
+from quiver.types.v1 import value_pb2
+from quiver_server.auth.access import AccessControl
+from quiver_server.auth.principal import CallAccess, Principal, enter_call, exit_call
+from quiver_server.config import QuiverConfig, ServingConfig
+from quiver_server.online.sqlite import SqliteOnlineStore
+from quiver_server.registry import convert
+from quiver_server.registry.provider import RegistryProvider
+from quiver_server.registry.store import RegistryStore
+from quiver_server.serving.feature_service import FeatureServingServicer
+
+USER = Entity(name="user", join_keys=(Field("user_id", Int64),))
+PUBLIC = FeatureView(
+    name="public", entities=[USER], schema=[Field("count", Int64), Field("label", String)],
+    source=ParquetSource(path="public"),
+)
+SECRET = FeatureView(
+    name="secret", entities=[USER], schema=[Field("count", Int64)],
+    source=ParquetSource(path="secret"),
+)
+READERS = Permission(name="readers", groups=["readers"],
+                     actions=[Action.DESCRIBE, Action.READ_ONLINE],
+                     resources=[Resource.feature_view("public")])
+BOB = Principal("bob", frozenset({"readers"}), "static")
+SERVING = serving_pb.DESCRIPTOR.services_by_name["FeatureServingService"]
+
+
+class AsBob(FeatureServingServicer):
+    """The servicer, called as `BOB` (what the auth interceptor does for a real call)."""
+
+    def _as_bob(self, method: str, request: Any, context: grpc.ServicerContext) -> Any:
+        token = enter_call(CallAccess(BOB, method, "grpc"))
+        try:
+            return getattr(super(), method)(request, context)
+        finally:
+            exit_call(token)
+
+    def GetOnlineFeatures(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._as_bob("GetOnlineFeatures", request, context)
+
+    def DeleteEntities(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._as_bob("DeleteEntities", request, context)
+
+
+@pytest.fixture
+def server(tmp_path: Path, make_registry: Any) -> Iterator[grpc_testing.Server]:
+    config = QuiverConfig(project="shop", repo_path=tmp_path)
+    make_registry(config, [USER], [PUBLIC, SECRET])
+
+    def permit(proto: registry_pb2.Registry) -> str:
+        proto.permissions.append(convert.permission_to_proto(READERS, "shop"))
+        return "apply"
+
+    RegistryStore(config.registry_path).commit(permit)
+    registry = RegistryProvider(RegistryStore(config.registry_path))
+    store = SqliteOnlineStore(str(tmp_path / "online.db"))
+    yield grpc_testing.server_from_dictionary({
+        SERVING: AsBob(registry, store, ServingConfig(max_entities=10), config.offline_root,
+                       access=AccessControl(enabled=True)),
+    }, grpc_testing.strict_real_time())
+    store.close()
+
+
+def _call(server: grpc_testing.Server, method: str, request: Any) -> tuple[grpc.StatusCode, str]:
+    rpc = server.invoke_unary_unary(SERVING.methods_by_name[method], (), request, None)
+    _, _, code, details = rpc.termination()
+    return code, details
+
+
+def _lookup(server: grpc_testing.Server, refs: list[str]) -> tuple[grpc.StatusCode, str]:
+    return _call(server, "GetOnlineFeatures", serving_pb.GetOnlineFeaturesRequest(
+        features=serving_pb.FeatureList(refs=refs),
+        entities={"user_id": value_pb2.Values(int64_values=value_pb2.Int64Array(values=[1]))},
+    ))
+
+
+def _same_answer(server: grpc_testing.Server, existing: list[str], missing: list[str]) -> None:
+    """`existing` names `secret`, `missing` names `ghost` in its place: one answer."""
+    code, details = _lookup(server, existing)
+    ghost_code, ghost_details = _lookup(server, missing)
+    assert (code, details.replace("secret", "ghost")) == (ghost_code, ghost_details)
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_later_typo_in_a_describable_view_tells_nothing_of_an_earlier_hidden_view(
+    server: grpc_testing.Server,
+) -> None:
+    _same_answer(server, ["secret:count", "public:nope"], ["ghost:count", "public:nope"])
+    # Alone, the typo in a view bob may describe is NOT_FOUND, as without auth.
+    assert _lookup(server, ["public:nope"])[0] is grpc.StatusCode.NOT_FOUND
+
+
+def test_the_denial_names_the_first_forbidden_name_whether_or_not_it_exists(
+    server: grpc_testing.Server,
+) -> None:
+    # Both forbidden: the first one named is the one denied, existing or not.
+    code, details = _lookup(server, ["secret:count", "ghost:count"])
+    assert code is grpc.StatusCode.PERMISSION_DENIED and "'secret:count'" in details
+    code, details = _lookup(server, ["ghost:count", "secret:count"])
+    assert code is grpc.StatusCode.PERMISSION_DENIED and "'ghost:count'" in details
+
