@@ -129,3 +129,11 @@ def test_the_denial_names_the_first_forbidden_name_whether_or_not_it_exists(
     code, details = _lookup(server, ["ghost:count", "secret:count"])
     assert code is grpc.StatusCode.PERMISSION_DENIED and "'ghost:count'" in details
 
+
+def test_a_malformed_reference_is_refused_before_any_name_is_looked_up(
+    server: grpc_testing.Server,
+) -> None:
+    for refs in (["secret:count", "no-colon"], ["ghost:count", "no-colon"]):
+        code, details = _lookup(server, refs)
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("features[1]: feature reference 'no-colon'")

@@ -116,11 +116,13 @@ class Snapshot:
             raise InvalidArgumentError.for_field(
                 field, "select at least one feature ('view:feature') or a feature service"
             )
-        resolved: list[FeatureRef] = []
+        # Every reference is checked for form before any is looked up, so whether a
+        # request is malformed never depends on which of its names exist.
+        parsed: list[tuple[str, str]] = []
         seen: set[str] = set()
         for i, ref in enumerate(features):
             try:
-                view_name, feature_name = parse_feature_ref(ref)
+                parsed.append(parse_feature_ref(ref))
             except ValueError:
                 raise InvalidArgumentError.for_field(
                     f"{field}[{i}]",
@@ -131,8 +133,7 @@ class Snapshot:
                     f"{field}[{i}]", f"feature {clip(ref)!r} is requested more than once"
                 )
             seen.add(ref)
-            resolved.append(self._ref(self.feature_view(view_name), feature_name))
-        return resolved
+        return [self._ref(self.feature_view(view), feature) for view, feature in parsed]
 
     def _ref(self, view: FeatureView, name: str) -> FeatureRef:
         try:
