@@ -137,3 +137,13 @@ def test_a_malformed_reference_is_refused_before_any_name_is_looked_up(
         code, details = _lookup(server, refs)
         assert code is grpc.StatusCode.INVALID_ARGUMENT
         assert details.startswith("features[1]: feature reference 'no-colon'")
+
+
+def test_a_plan_that_cannot_be_served_says_so_only_to_who_may_read_it_all(
+    server: grpc_testing.Server,
+) -> None:
+    # Two features called "count": an error naming both views, but only once every
+    # feature is allowed; before that it is the denial a missing name gets.
+    _same_answer(server, ["secret:count", "public:count"], ["ghost:count", "public:count"])
+    code, details = _lookup(server, ["public:count", "public:label"])
+    assert code is grpc.StatusCode.OK

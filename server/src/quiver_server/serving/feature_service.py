@@ -100,6 +100,17 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             raise self._access.unknown(
                 exc, snapshot, Action.READ_ONLINE, requested=refs, service=service
             ) from None
+        except InvalidArgumentError:
+            # Features that resolve but cannot be served together (one output name from
+            # two views, a join key of two types) are named only to a caller who may
+            # read them all: before that, a name it may not see is denied whether or not
+            # it exists.
+            if self._access.enabled:
+                self._access.check_features(
+                    snapshot, Action.READ_ONLINE, snapshot.resolve(list(refs), service or None),
+                    service=service, requested=refs,
+                )
+            raise
         self._access.check_features(
             snapshot, Action.READ_ONLINE, plan.refs, service=service, requested=refs
         )
