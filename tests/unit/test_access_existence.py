@@ -147,3 +147,31 @@ def test_a_plan_that_cannot_be_served_says_so_only_to_who_may_read_it_all(
     _same_answer(server, ["secret:count", "public:count"], ["ghost:count", "public:count"])
     code, details = _lookup(server, ["public:count", "public:label"])
     assert code is grpc.StatusCode.OK
+
+
+def _delete(server: grpc_testing.Server, views: list[str], **keys: value_pb2.Values
+            ) -> tuple[grpc.StatusCode, str]:
+    return _call(server, "DeleteEntities",
+                 serving_pb.DeleteEntitiesRequest(feature_views=views, entities=keys))
+
+
+@pytest.mark.parametrize("keys", [
+    {"merchant_id": value_pb2.Values(int64_values=value_pb2.Int64Array(values=[1]))},
+    {"user_id": value_pb2.Values(string_values=value_pb2.StringArray(values=["x"]))},
+], ids=["a join key the view lacks", "a join key of the wrong type"])
+def test_a_delete_from_a_hidden_view_is_denied_before_its_keys_are_checked(
+    server: grpc_testing.Server, keys: dict[str, value_pb2.Values],
+) -> None:
+    code, details = _delete(server, ["secret"], **keys)
+    assert (code, details.replace("secret", "ghost")) == _delete(server, ["ghost"], **keys)
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_delete_names_the_first_forbidden_view_whether_or_not_it_exists(
+    server: grpc_testing.Server,
+) -> None:
+    user = value_pb2.Values(int64_values=value_pb2.Int64Array(values=[1]))
+    for views in (["secret", "ghost"], ["ghost", "secret"], ["spectre", "ghost"]):
+        code, details = _delete(server, views, user_id=user)
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+        assert f"feature view '{views[0]}'" in details, (views, details)

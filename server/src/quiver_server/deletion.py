@@ -46,8 +46,8 @@ def delete_entities(
     """Delete the given entities' rows from `views` (default: every view whose join
     keys are all given).
 
-    `authorize` is called with the views once they are resolved and the keys
-    checked, before anything is deleted; it raises to refuse.
+    `authorize` is called with the views once they are resolved, before their keys
+    are checked and anything is deleted; it raises to refuse.
     """
     if not entities:
         raise InvalidArgumentError.for_field("entities", "name at least one join key column")
@@ -58,7 +58,17 @@ def delete_entities(
             "entities", f"join key columns must be non-empty and the same length, got {described}"
         )
     if views:
-        targets = [snapshot.feature_view(name) for name in views]
+        targets = []
+        for name in views:
+            view = snapshot.feature_views.get(name)
+            if view is None:
+                # The views named before an unknown one are authorized first, so the
+                # answer names the first view refused, whether or not it exists.
+                if authorize is not None:
+                    authorize(targets)
+                snapshot.feature_view(name)  # raises NotFoundError naming it
+            else:
+                targets.append(view)
     else:
         targets = [
             v for v in snapshot.feature_views.values()
@@ -68,6 +78,10 @@ def delete_entities(
             raise InvalidArgumentError.for_field(
                 "entities", f"no feature view is keyed by {name_list(sorted(entities))}"
             )
+    # Authorized before the keys are checked: what a view's keys are is not told to a
+    # caller who may not delete from it.
+    if authorize is not None:
+        authorize(targets)
     for view in targets:
         missing = [k for k in view.join_key_names if k not in entities]
         if missing:
@@ -76,8 +90,6 @@ def delete_entities(
             )
         for key in view.join_keys:
             check_key_values(f"entities.{key.name}", key, entities[key.name])
-    if authorize is not None:
-        authorize(targets)
     deleted = 0
     for view in targets:
         keys = encode_keys(view.join_keys, [entities[k] for k in view.join_key_names])
