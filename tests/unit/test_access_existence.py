@@ -28,6 +28,7 @@ from quiver import (
     String,
 )
 from quiver.registry.v1 import registry_pb2
+from quiver.registry.v1 import registry_service_pb2 as registry_service_pb
 from quiver.serving.v1 import serving_service_pb2 as serving_pb
 from quiver.types.v1 import value_pb2
 from quiver_server.auth.access import AccessControl
@@ -38,6 +39,7 @@ from quiver_server.registry import convert
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.store import RegistryStore
 from quiver_server.serving.feature_service import FeatureServingServicer
+from quiver_server.serving.registry_service import RegistryServicer
 
 USER = Entity(name="user", join_keys=(Field("user_id", Int64),))
 PUBLIC = FeatureView(
@@ -52,7 +54,9 @@ READERS = Permission(name="readers", groups=["readers"],
                      actions=[Action.DESCRIBE, Action.READ_ONLINE],
                      resources=[Resource.feature_view("public")])
 BOB = Principal("bob", frozenset({"readers"}), "static")
+MALLORY = Principal("mallory", frozenset(), "static")  # granted nothing at all
 SERVING = serving_pb.DESCRIPTOR.services_by_name["FeatureServingService"]
+REGISTRY = registry_service_pb.DESCRIPTOR.services_by_name["RegistryService"]
 
 
 class AsBob(FeatureServingServicer):
@@ -72,6 +76,24 @@ class AsBob(FeatureServingServicer):
         return self._as_bob("DeleteEntities", request, context)
 
 
+class RegistryAsMallory(RegistryServicer):
+    """The registry servicer, called as `MALLORY`."""
+
+    def ListFeatureViews(self, request: Any, context: grpc.ServicerContext) -> Any:
+        token = enter_call(CallAccess(MALLORY, "ListFeatureViews", "grpc"))
+        try:
+            return super().ListFeatureViews(request, context)
+        finally:
+            exit_call(token)
+
+    def GetFeatureView(self, request: Any, context: grpc.ServicerContext) -> Any:
+        token = enter_call(CallAccess(MALLORY, "GetFeatureView", "grpc"))
+        try:
+            return super().GetFeatureView(request, context)
+        finally:
+            exit_call(token)
+
+
 @pytest.fixture
 def server(tmp_path: Path, make_registry: Any) -> Iterator[grpc_testing.Server]:
     config = QuiverConfig(project="shop", repo_path=tmp_path)
@@ -87,6 +109,7 @@ def server(tmp_path: Path, make_registry: Any) -> Iterator[grpc_testing.Server]:
     yield grpc_testing.server_from_dictionary({
         SERVING: AsBob(registry, store, ServingConfig(max_entities=10), config.offline_root,
                        access=AccessControl(enabled=True)),
+        REGISTRY: RegistryAsMallory(registry, access=AccessControl(enabled=True)),
     }, grpc_testing.strict_real_time())
     store.close()
 
@@ -175,3 +198,24 @@ def test_a_delete_names_the_first_forbidden_view_whether_or_not_it_exists(
         code, details = _delete(server, views, user_id=user)
         assert code is grpc.StatusCode.PERMISSION_DENIED
         assert f"feature view '{views[0]}'" in details, (views, details)
+
+
+def test_the_served_project_cannot_be_guessed_by_who_may_describe_nothing(
+    server: grpc_testing.Server,
+) -> None:
+    def ask(method: str, request: Any) -> tuple[Any, grpc.StatusCode, str]:
+        rpc = server.invoke_unary_unary(REGISTRY.methods_by_name[method], (), request, None)
+        response, _, code, details = rpc.termination()
+        return response, code, details
+
+    answers = []
+    for project in ("shop", "payroll"):
+        listed, code, details = ask("ListFeatureViews",
+                                    registry_service_pb.ListFeatureViewsRequest(project=project))
+        answers.append((code, details, len(listed.feature_views) if listed else None))
+        _, code, details = ask("GetFeatureView", registry_service_pb.GetFeatureViewRequest(
+            project=project, name="public"))
+        answers.append((code, details))
+    assert answers[:2] == answers[2:]
+    assert answers[0] == (grpc.StatusCode.OK, "", 0)
+    assert answers[1][0] is grpc.StatusCode.PERMISSION_DENIED

@@ -1,7 +1,8 @@
 """`quiver.registry.v1.RegistryService`: read-only access to the served registry.
 
 With auth on, listings hold only what the caller may DESCRIBE, and a Get of
-anything else is PERMISSION_DENIED whether it exists or not.
+anything else is PERMISSION_DENIED whether it exists or not; a caller who may
+describe nothing gets that answer for any project name, the served one's included.
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def _snapshot(self, project: str) -> Snapshot:
         snapshot = self._registry.current()
         if project and project != snapshot.project:
-            served = (f"; this server serves {snapshot.project!r}"
-                      if self._access.may_describe(snapshot, "project", snapshot.project) else "")
+            if not self._access.may_describe(snapshot, "project", snapshot.project):
+                # A caller who may describe nothing gets, for any project name, the
+                # answer the served one gets (empty listings, denied Gets): a NOT_FOUND
+                # for the other names would let it guess the served project's name.
+                return snapshot
             raise NotFoundError(
-                f"project {clip(project)!r} is not served here{served}",
+                f"project {clip(project)!r} is not served here; "
+                f"this server serves {snapshot.project!r}",
                 reason="PROJECT_NOT_FOUND",
                 metadata={"project": clip(project)},
             )
