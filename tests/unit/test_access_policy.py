@@ -166,6 +166,33 @@ def test_revoked_static_token_stops_working_despite_the_cache(tmp_path: Path) ->
         authenticator.authenticate(f"Bearer {token}")
 
 
+def test_a_token_revoked_while_it_is_verified_is_not_cached_as_valid(tmp_path: Path) -> None:
+    """The tokens file is replaced (by another call's reload) between this call's lookup
+    and its caching: the cache entry must not claim the new file's generation."""
+    token, entry = new_token("pipeline")
+    path = tmp_path / "tokens.yaml"
+    path.write_text(yaml.safe_dump({"tokens": [entry]}))
+
+    class RevokedMidway(StaticTokens):
+        revoke = True
+
+        def verify(self, token: str) -> Principal:
+            principal = super().verify(token)
+            if self.revoke:  # another thread reloads the revoking file right now
+                self.revoke = False
+                tmp = tmp_path / "tokens.new"
+                tmp.write_text(yaml.safe_dump({"tokens": []}))
+                os.replace(tmp, path)
+                self.refresh()
+            return principal
+
+    authenticator = Authenticator(static=RevokedMidway(str(path), check_seconds=0),
+                                  cache_seconds=3600)
+    assert authenticator.authenticate(f"Bearer {token}").subject == "pipeline"
+    with pytest.raises(UnauthenticatedError):
+        authenticator.authenticate(f"Bearer {token}")
+
+
 def test_authorization_values(tmp_path: Path) -> None:
     authenticator = Authenticator(mtls="common_name")
     with pytest.raises(UnauthenticatedError, match="needs a client certificate") as caught:
