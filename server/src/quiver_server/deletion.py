@@ -58,7 +58,7 @@ def delete_entities(
             "entities", f"join key columns must be non-empty and the same length, got {described}"
         )
     if views:
-        targets = []
+        targets: list[FeatureView] = []
         for name in views:
             view = snapshot.feature_views.get(name)
             if view is None:
