@@ -391,3 +391,16 @@ def test_the_served_project_is_named_only_to_who_may_describe_it(secured: Secure
                                   metadata=_metadata(secured.tokens["alice"]), timeout=10)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "fraud_detection" in caught.value.details()
+
+
+def test_a_missing_entity_is_not_found_for_who_may_describe_the_project(secured: Secured) -> None:
+    with secured.channel() as channel:
+        stub = reg_grpc.RegistryServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetEntity(reg.GetEntityRequest(name="usr"),
+                           metadata=_metadata(secured.tokens["alice"]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetEntity(reg.GetEntityRequest(name="usr"),
+                           metadata=_metadata(secured.tokens["mallory"]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED

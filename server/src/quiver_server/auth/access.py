@@ -313,7 +313,11 @@ class AccessControl:
                                          snapshot.feature_services.get(name))
         if kind == "entity":
             entity = snapshot.entities.get(name)
-            return entity is not None and policy.allows_entity(
+            if entity is None:
+                # As for views: only a grant on the whole project covers a name that
+                # does not exist, and then it is NOT_FOUND, as without auth.
+                return policy.allows_project(principal, Action.DESCRIBE)
+            return policy.allows_entity(
                 principal, Action.DESCRIBE, entity, snapshot.feature_views.values()
             )
         # The project: whoever may describe anything in it may know its name.
