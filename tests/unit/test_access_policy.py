@@ -242,3 +242,26 @@ def test_servers_warn_loudly_when_open(tmp_path: Path) -> None:
         ("warning", "AUTHENTICATION IS OFF", "flight"),
         ("warning", "TLS IS OFF", "serving"),
     ]
+
+
+def test_signing_keys_over_plain_http_are_warned_about(tmp_path: Path) -> None:
+    """Keys fetched over http can be swapped on the way, and then anyone can mint tokens."""
+    import structlog
+
+    from quiver_server.auth.warnings import warn_if_open
+
+    def oidc(**settings: str) -> QuiverConfig:
+        fields = ", ".join(f"{k}: {v!r}" for k, v in {"audience": "q", **settings}.items())
+        (tmp_path / "quiver.yaml").write_text(
+            f"project: p\nauth: {{enabled: true, oidc: {{{fields}}}}}\n")
+        return load_config(tmp_path, env={})
+
+    with structlog.testing.capture_logs() as logs:
+        warn_if_open(oidc(issuer="http://idp.internal/realms/ml"), "serving", "0.0.0.0:1")
+        warn_if_open(oidc(issuer="https://idp/realms/ml", jwks_url="http://idp/keys"), "flight", "x")
+        warn_if_open(oidc(issuer="https://idp/realms/ml"), "serving", "0.0.0.0:1")
+    plain = [e for e in logs if e["event"].startswith("SIGNING KEYS OVER PLAIN HTTP")]
+    assert [(e["component"], e["url"]) for e in plain] == [
+        ("serving", "http://idp.internal/realms/ml/.well-known/openid-configuration"),
+        ("flight", "http://idp/keys"),
+    ]
