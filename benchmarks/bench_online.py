@@ -11,7 +11,11 @@ processes on loopback:
   request bytes with a payload of the same size, measured in the same run;
 - the cost of access control: 1 x 20 p50 with auth off next to an authenticated
   (OIDC JWT, RS256, verified against a JWKS) and authorized lookup, in
-  alternating rounds against two servers of the same repo.
+  alternating rounds against two servers of the same repo;
+- transformations: 1 entity from `fraud_model_scaled` (the same 20 features,
+  5 of them standardized with fitted parameters, plus one on-demand feature
+  computed from the request's amount) against `fraud_model_v1`, in
+  alternating rounds from one client; the p50 overhead is the target.
 
 Figures are medians of what this machine did in this run; compare ratios, not
 absolute numbers, across machines.
@@ -160,22 +164,65 @@ def prepare_repo(users: int, online_store: str, hosts: str, namespace: str) -> P
     apply(config)
     end = datetime.now(UTC) + timedelta(seconds=1)
     materialize_range(config, end - timedelta(days=30), end)
+    fit_scaled(repo, users, end)
     return repo
+
+
+def fit_scaled(repo: Path, users: int, end: datetime) -> None:
+    """Fit `fraud_model_scaled` on labelled events, as `quiver fit` does."""
+    import random
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from quiver_server.cli import main as quiver
+
+    rng = random.Random(3)
+    count = 5000
+    path = repo / "labels.parquet"
+    pq.write_table(pa.table({
+        "user_id": [rng.randrange(1, users + 1) for _ in range(count)],
+        "merchant_id": [rng.randrange(1, 201) for _ in range(count)],
+        "event_timestamp": pa.array([end - timedelta(minutes=rng.randrange(2880))
+                                     for _ in range(count)], pa.timestamp("us", tz="UTC")),
+        "amount": [rng.lognormvariate(3.5, 1.0) for _ in range(count)],
+    }), path)
+    if quiver(["--repo", str(repo), "fit", "fraud_model_scaled", "--spine", str(path)]) != 0:
+        raise SystemExit("quiver fit failed")
 
 
 def build_requests() -> dict[str, bytes]:
     from quiver.serving.v1 import serving_service_pb2 as pb
     from quiver.types.v1 import value_pb2
 
-    def request(n: int) -> bytes:
-        req = pb.GetOnlineFeaturesRequest(feature_service="fraud_model_v1")
+    def request(n: int, service: str = "fraud_model_v1") -> bytes:
+        req = pb.GetOnlineFeaturesRequest(feature_service=service)
         req.entities["user_id"].CopyFrom(
             value_pb2.Values(int64_values=value_pb2.Int64Array(values=range(1, n + 1))))
         req.entities["merchant_id"].CopyFrom(
             value_pb2.Values(int64_values=value_pb2.Int64Array(values=[1 + i % 200 for i in range(n)])))
+        if service == "fraud_model_scaled":
+            req.request_data["amount"].CopyFrom(
+                value_pb2.Values(double_values=value_pb2.DoubleArray(values=[42.5] * n)))
         return req.SerializeToString()
 
-    return {"1x20": request(1), "100x20": request(100)}
+    return {"1x20": request(1), "100x20": request(100),
+            "1x20 scaled": request(1, "fraud_model_scaled")}
+
+
+def transform_overhead(target: str, requests: dict[str, bytes], count: int,
+                       rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """p50 of plain and scaled 1x20 lookups, in alternating rounds (medians of rounds)."""
+    plain: list[dict[str, float]] = []
+    scaled: list[dict[str, float]] = []
+    for _ in range(rounds):
+        plain.append(run_load(target, METHOD, requests["1x20"], 1, count))
+        scaled.append(run_load(target, METHOD, requests["1x20 scaled"], 1, count))
+
+    def median(runs: list[dict[str, float]]) -> dict[str, float]:
+        return {key: sorted(r[key] for r in runs)[len(runs) // 2] for key in runs[0]}
+
+    return median(plain), median(scaled)
 
 
 def store_reads(repo: Path, count: int) -> list[tuple[str, str, dict[str, float]]]:
@@ -343,10 +390,13 @@ def main() -> int:
         for req in requests.values():
             payloads[len(req)] = channel.unary_unary(METHOD)(req, timeout=10)
         channel.close()
-        for name, req in requests.items():
+        for name in ("1x20", "100x20"):
             for clients in (1, 4):
                 rows.append((f"quiver {name}", f"{clients} client(s), 1 worker",
-                             run_load(target, METHOD, req, clients, count)))
+                             run_load(target, METHOD, requests[name], clients, count)))
+        plain, scaled = transform_overhead(target, requests, count, rounds=3 if args.quick else 5)
+        rows.append(("quiver 1x20 plain", "1 client, alternating", plain))
+        rows.append(("quiver 1x20 scaled+odfv", "1 client, alternating", scaled))
     finally:
         stop(server)
 
@@ -358,10 +408,10 @@ def main() -> int:
     echo_target = f"127.0.0.1:{echo_port}"
     try:
         wait_ready(echo_target)
-        for name, req in requests.items():
+        for name in ("1x20", "100x20"):
             for clients in (1, 4):
                 rows.append((f"echo floor {name}", f"{clients} client(s)",
-                             run_load(echo_target, ECHO_METHOD, req, clients, count)))
+                             run_load(echo_target, ECHO_METHOD, requests[name], clients, count)))
     finally:
         echo.terminate()
         echo.join()
@@ -376,11 +426,14 @@ def main() -> int:
 
     print(f"\nresponse sizes: 1x20 {len(payloads[len(requests['1x20'])])} B, "
           f"100x20 {len(payloads[len(requests['100x20'])])} B; {count} requests per client\n")
-    print(f"{'scenario':<22} {'load':<26} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+    print(f"{'scenario':<24} {'load':<26} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
     for name, load, r in rows:
         rps = f"{r['rps']:>9.0f}" if "rps" in r else f"{'':>9}"
-        print(f"{name:<22} {load:<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {rps}")
+        print(f"{name:<24} {load:<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {rps}")
     by = {(name, load): r for name, load, r in rows}
+    print(f"\ntransformations (5 standardized features + 1 on-demand feature, 1x20): p50 "
+          f"{scaled['p50_ms']:.3f} ms vs {plain['p50_ms']:.3f} ms untransformed, overhead "
+          f"{(scaled['p50_ms'] / plain['p50_ms'] - 1) * 100:+.1f}% (target <= 15%)")
     p50 = auth_overhead(repo, requests["1x20"], count, 2 if args.quick else args.auth_rounds)
     env, token = auth_env(BENCH_DIR)
     path_us = auth_path_us(repo, token, env)
@@ -396,7 +449,7 @@ def main() -> int:
     print(f"  auth path in-process (cached token and decision): {path_us:.1f} us per call, "
           f"{100 * path_us / (off * 1000):.1f}% of the auth-off p50")
     print("\nratio to the echo floor (quiver / echo):")
-    for name in requests:
+    for name in ("1x20", "100x20"):
         for clients in (1, 4):
             q = by[(f"quiver {name}", f"{clients} client(s), 1 worker")]
             e = by[(f"echo floor {name}", f"{clients} client(s)")]

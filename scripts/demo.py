@@ -4,16 +4,22 @@ Writes the demo feature repo (Parquet history + definitions), applies it,
 materializes it into the embedded SQLite online store in two batches -- the
 second one with one feature shifted, as an upstream bug would -- runs
 `quiver monitor report`, which flags the shifted feature and writes an HTML
-report, starts `quiver serve`, looks up features for a few users with the
-Python client, prints them and the drift metrics its Prometheus endpoint
-exports, then starts `quiver serve-flight` and pulls a point-in-time-correct
-training set for a few labelled events, and shuts both servers down with SIGTERM.
+report, fits the transforms of the `fraud_model_scaled` service on labelled
+events (`quiver fit`), starts `quiver serve`, looks up features for a few users
+with the Python client -- stored, standardized and on-demand ones, computed
+from the transaction amount sent with the lookup -- and prints them and the
+drift metrics its Prometheus endpoint exports, then starts `quiver serve-flight`,
+pulls a point-in-time-correct training set for a few labelled events, pulls the
+scaled service's training set for the users looked up (same entities, same
+time, same amounts) and checks it holds exactly the online answer, and shuts
+both servers down with SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import grpc
 import pyarrow as pa
+import pyarrow.parquet as pq
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quiver import OnlineClient, TrainingClient
@@ -99,6 +106,8 @@ def main() -> int:
     run("--repo", str(repo), "materialize", yesterday.isoformat(), end.isoformat())
     report = repo / "drift-report.html"
     run("--repo", str(repo), "monitor", "report", "--out", str(report))
+    labels = write_labels(repo, end)
+    run("--repo", str(repo), "fit", "fraud_model_scaled", "--spine", str(labels))
 
     port = free_port()
     metrics_port = free_port()
@@ -125,13 +134,51 @@ def main() -> int:
                 entities={"user_id": [1, 2, 3]},
             )
             print("\nBy reference:", by_ref.to_dict())
+            scaled_at = datetime.now(UTC)
+            scaled = client.get_online_features(
+                feature_service="fraud_model_scaled",
+                entities={"user_id": SCALED_USERS, "merchant_id": SCALED_MERCHANTS},
+                request_data={"amount": SCALED_AMOUNTS},
+            )
+            print(f"\nFeature service fraud_model_scaled (transform parameters version "
+                  f"{scaled.transform_version}), with the transaction amount sent in the request:")
+            for name in SHOWN_SCALED:
+                print(f"  {name:<22} {scaled.values(name)}")
         show_drift_metrics(metrics_port)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
     print(f"\nquiver serve stopped cleanly (exit code {code}).")
-    flight_code = training_set(repo, end)
+    flight_code = training_set(repo, end, scaled.to_arrow(), scaled_at)
     return 0 if code == 0 and flight_code == 0 else 1
+
+
+# The scaled lookup: two transactions, and the 5 standardized features plus the
+# on-demand amount ratio to show (of the service's 21 columns).
+SCALED_USERS = [1, 2]
+SCALED_MERCHANTS = [10, 20]
+SCALED_AMOUNTS = [42.0, 950.0]
+SHOWN_SCALED = ["txn_count_24h", "txn_amount_sum_24h", "txn_amount_avg_7d", "credit_score",
+                "chargeback_rate_30d", "amount_to_avg_7d"]
+
+
+def write_labels(repo: Path, end: datetime) -> Path:
+    """Labelled card transactions of the last three days, to fit the transforms on."""
+    rng = random.Random(11)
+    count = 2000
+    table = pa.table({
+        "user_id": [rng.randrange(1, 1001) for _ in range(count)],
+        "merchant_id": [rng.randrange(1, 201) for _ in range(count)],
+        "event_timestamp": pa.array(
+            [end - timedelta(minutes=rng.randrange(3 * 24 * 60)) for _ in range(count)],
+            pa.timestamp("us", tz="UTC"),
+        ),
+        "amount": [round(rng.lognormvariate(3.5, 1.0), 2) for _ in range(count)],
+        "is_fraud": [rng.random() < 0.02 for _ in range(count)],
+    })
+    path = repo / "labels.parquet"
+    pq.write_table(table, path)
+    return path
 
 
 def show_drift_metrics(port: int) -> None:
@@ -149,8 +196,8 @@ def show_drift_metrics(port: int) -> None:
             print(f"  {line}")
 
 
-def training_set(repo: Path, end: datetime) -> int:
-    """Pull a training set over Arrow Flight for labelled card transactions."""
+def training_set(repo: Path, end: datetime, online: pa.Table, online_at: datetime) -> int:
+    """Pull training sets over Arrow Flight; the scaled one must equal the online answer."""
     port = free_port()
     print(f"\n$ quiver serve-flight --port {port}", flush=True)
     server = subprocess.Popen(
@@ -191,11 +238,32 @@ def training_set(repo: Path, end: datetime) -> int:
         for row in table.to_pylist():
             when = row.pop("event_timestamp")
             print(f"  {when:%Y-%m-%d %H:%M}  " + "  ".join(f"{k}={v}" for k, v in row.items()))
+        identical = scaled_training_set(port, online, online_at)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
     print(f"\nquiver serve-flight stopped cleanly (exit code {code}).")
-    return code
+    return code if identical else 1
+
+
+def scaled_training_set(port: int, online: pa.Table, online_at: datetime) -> bool:
+    """The scaled service's training rows for the online lookup's entities, time and amounts."""
+    spine = pa.table({
+        "user_id": SCALED_USERS, "merchant_id": SCALED_MERCHANTS,
+        "event_timestamp": pa.array([online_at] * len(SCALED_USERS), pa.timestamp("us", tz="UTC")),
+        "amount": SCALED_AMOUNTS,
+    })
+    with TrainingClient(f"grpc://127.0.0.1:{port}") as client:
+        table = client.get_training_set(spine, feature_service="fraud_model_scaled")
+    version = table.schema.metadata[b"quiver.transform_version"].decode()
+    print(f"\nTraining set of fraud_model_scaled for the same transactions (transform parameters "
+          f"version {version}):")
+    for name in SHOWN_SCALED:
+        print(f"  {name:<22} {table[name].to_pylist()}")
+    features = table.schema.names[len(spine.schema):]
+    identical = all(table[n].to_pylist() == online[n].to_pylist() for n in features)
+    print(f"\nAll {len(features)} columns identical to the online answer: {identical}")
+    return identical
 
 
 if __name__ == "__main__":

@@ -33,12 +33,16 @@ from quiver_server.config import load_config
 from quiver_server.demo_repo import write_demo_repo
 from quiver_server.repo import apply
 
-PRINCIPALS = {"fraud-model": [], "alice": ["data-scientists"], "mallory": []}
+PRINCIPALS = {"fraud-model": [], "alice": ["data-scientists"], "mallory": [],
+              "trainer": ["data-scientists"]}
 ANALYSTS = '''
 from quiver import Action, Permission, Resource
 
 analysts = Permission(name="analysts", groups=["analysts"], actions=[Action.READ_OFFLINE],
                       resources=[Resource.feature_view("user_profile")])
+# Fitting stores parameters in the registry: a project-wide write.
+trainers = Permission(name="trainers", principals=["trainer"], actions=[Action.WRITE_OFFLINE],
+                      resources=[Resource.project()])
 '''
 
 
@@ -179,7 +183,7 @@ def test_every_method_serves_an_allowed_principal(secured: SecuredFlight) -> Non
     _upload(client, options)
     assert METHODS["get_schema"](secured, client, options).schema.names[:2] == ["user_id", "merchant_id"]
     assert METHODS["do_get"](secured, client, options).num_rows == 3
-    assert len(METHODS["list_flights"](secured, client, options)) == 5
+    assert len(METHODS["list_flights"](secured, client, options)) == 6
     METHODS["list_actions"](secured, client, options)
     with secured.client(secured.tokens["alice"]) as training:
         table = training.get_training_set(_spine(), feature_service="fraud_model_v1")
@@ -207,8 +211,8 @@ def test_list_flights_shows_only_what_the_caller_may_describe(secured: SecuredFl
         assert client.list_feature_sets() == []
     with secured.client(secured.issuer.token("bob", ["data-scientists"])) as client:
         names = sorted(info.name for info, _ in client.list_feature_sets())
-    assert names == ["fraud_model_v1", "merchant_stats", "user_profile", "user_risk",
-                     "user_transaction_stats"]
+    assert names == ["fraud_model_scaled", "fraud_model_v1", "merchant_stats", "user_profile",
+                     "user_risk", "user_transaction_stats"]
 
 
 def test_training_client_raises_typed_errors(secured: SecuredFlight) -> None:
@@ -284,6 +288,24 @@ def test_one_policy_module_answers_for_both_paths(secured: SecuredFlight) -> Non
                 assert allowed is expected, (principal, action)
         finally:
             exit_call(token)
+
+
+def test_fitting_needs_a_project_wide_write_and_records_the_principal(
+    secured: SecuredFlight,
+) -> None:
+    spine = _spine().append_column("amount", pa.array([10.0, 20.0, 30.0]))
+    # alice may read every feature offline, but not write the registry.
+    with secured.client(secured.tokens["alice"]) as client, \
+            pytest.raises(PermissionDeniedError, match="WRITE_OFFLINE"):
+        client.get_training_set(spine, feature_service="fraud_model_scaled", fit=True)
+    with secured.client(secured.tokens["trainer"]) as client:
+        table = client.get_training_set(spine, feature_service="fraud_model_scaled", fit=True)
+    assert table.schema.metadata[b"quiver.transform_version"] == b"1"
+    from quiver_server.registry.store import RegistryStore
+
+    store = RegistryStore(load_config(secured.repo, env={}).registry_path)
+    [fitted] = store.latest().proto.transform_parameters
+    assert (fitted.fitted_by, fitted.fitted_via) == ("trainer", "flight")
 
 
 def test_a_ticket_follows_permissions_revoked_after_it_was_planned(tmp_path: Path) -> None:

@@ -328,6 +328,20 @@ def test_a_request_is_allowed_only_if_every_feature_is(secured: Secured) -> None
         c.get_online_features(feature_service="user_risk", entities={"user_id": [1]})
 
 
+def test_on_demand_features_are_allowed_by_the_stored_features_they_read(
+    secured: Secured,
+) -> None:
+    tls = Tls(ca_file=str(secured.ca.ca_file))
+    lookup = {"features": ["txn_amount_features:amount_to_avg_7d"],
+              "entities": {"user_id": [1]}, "request_data": {"amount": [10.0]}}
+    # Its input, user_transaction_stats:txn_amount_avg_7d, is a fraud_model_v1 feature.
+    with OnlineClient(secured.target, tls=tls, token=secured.tokens["fraud-model"]) as c:
+        assert c.get_online_features(**lookup).statuses("amount_to_avg_7d") == ["PRESENT"]
+    with OnlineClient(secured.target, tls=tls, token=secured.tokens["txn-stats-pipeline"]) as c, \
+            pytest.raises(PermissionDeniedError):
+        c.get_online_features(**lookup)
+
+
 def test_health_needs_no_token_but_reflection_does(secured: Secured) -> None:
     with secured.channel() as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)

@@ -44,6 +44,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "Training set (point-in-time correct" in out
     assert "user_id=999999  merchant_id=30  is_fraud=False  txn_count_24h=None" in out
     assert "quiver serve-flight stopped cleanly (exit code 0)" in out
+    # The scaled service: fitted, served with the on-demand ratio, and its
+    # training rows equal the online answer.
+    assert "Fitted feature service 'fraud_model_scaled' on 2,000 rows" in out
+    assert "Feature service fraud_model_scaled (transform parameters version 1)" in out
+    assert "amount_to_avg_7d" in out
+    assert "All 21 columns identical to the online answer: True" in out
 
     # The second batch's shifted feature, and only it, is reported as drifted ...
     assert "1 of 20 features drifted: user_transaction_stats:txn_amount_avg_7d" in out

@@ -22,6 +22,7 @@ from quiver import (
     FeatureView,
     Field,
     Int64,
+    OnDemandFeatureView,
     ParquetSource,
     Permission,
     Resource,
@@ -35,7 +36,7 @@ from quiver_server.auth.access import AccessControl
 from quiver_server.auth.principal import CallAccess, Principal, enter_call, exit_call
 from quiver_server.config import QuiverConfig, ServingConfig
 from quiver_server.online.sqlite import SqliteOnlineStore
-from quiver_server.registry import convert
+from quiver_server.registry import convert, convert_transforms
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.store import RegistryStore
 from quiver_server.serving.feature_service import FeatureServingServicer
@@ -50,6 +51,11 @@ SECRET = FeatureView(
     name="secret", entities=[USER], schema=[Field("count", Int64)],
     source=ParquetSource(path="secret"),
 )
+# Reads `public` only: bob may read it; SPY reads `secret`, which bob may not.
+DOUBLED = OnDemandFeatureView(name="doubled", sources=[PUBLIC[["count"]]],
+                              schema=[Field("twice", Int64)], function="fns:double")
+SPY = OnDemandFeatureView(name="spy", sources=[SECRET[["count"]]],
+                          schema=[Field("twice", Int64)], function="fns:double")
 READERS = Permission(name="readers", groups=["readers"],
                      actions=[Action.DESCRIBE, Action.READ_ONLINE],
                      resources=[Resource.feature_view("public")])
@@ -101,6 +107,8 @@ def server(tmp_path: Path, make_registry: Any) -> Iterator[grpc_testing.Server]:
 
     def permit(proto: registry_pb2.Registry) -> str:
         proto.permissions.append(convert.permission_to_proto(READERS, "shop"))
+        proto.on_demand_feature_views.extend(
+            convert_transforms.on_demand_view_to_proto(v, {}) for v in (DOUBLED, SPY))
         return "apply"
 
     RegistryStore(config.registry_path).commit(permit)
@@ -141,6 +149,18 @@ def test_a_later_typo_in_a_describable_view_tells_nothing_of_an_earlier_hidden_v
     _same_answer(server, ["secret:count", "public:nope"], ["ghost:count", "public:nope"])
     # Alone, the typo in a view bob may describe is NOT_FOUND, as without auth.
     assert _lookup(server, ["public:nope"])[0] is grpc.StatusCode.NOT_FOUND
+
+
+def test_on_demand_features_are_judged_by_the_stored_features_they_read(
+    server: grpc_testing.Server,
+) -> None:
+    # Allowed (it reads public), so the typo after it is what the answer is about.
+    code, details = _lookup(server, ["doubled:twice", "public:nope"])
+    assert code is grpc.StatusCode.NOT_FOUND, details
+    # Reading secret, like secret itself: denied, the same whether or not it exists.
+    code, details = _lookup(server, ["spy:twice", "public:nope"])
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert (code, details.replace("spy", "ghost")) == _lookup(server, ["ghost:twice", "public:nope"])
 
 
 def test_the_denial_names_the_first_forbidden_name_whether_or_not_it_exists(

@@ -16,6 +16,7 @@ import quiver.errors
 import quiver.prefetch
 import quiver.status
 import quiver.tracing
+import quiver.transforms
 import quiver.types
 
 # Every public module of the client and exactly what it exports. A change here is
@@ -24,10 +25,16 @@ PUBLIC = {
     quiver: {
         "Action", "Bool", "Bytes", "DriftThresholds", "Entity", "FeatureProjection",
         "FeatureService", "FeatureView", "Field", "Float32", "Float64", "Int32", "Int64",
-        "OfflineSpine", "OnlineClient", "OnlineResponse", "ParquetSource", "Permission",
-        "PushResult", "PushTarget", "QuiverError", "Resource", "SpineHandle", "String",
-        "Timestamp", "Tls", "TrainingClient", "TrainingProgress", "ValueType", "__version__",
-        "parse_feature_ref", "token_file",
+        "OfflineSpine", "OnDemandFeatureView", "OnlineClient", "OnlineResponse",
+        "ParquetSource", "Permission", "PushResult", "PushTarget", "QuiverError", "RequestSource",
+        "Resource", "SpineHandle", "String", "Timestamp", "Tls", "TrainingClient",
+        "TrainingProgress", "Transform", "ValueType", "__version__", "parse_feature_ref",
+        "token_file",
+    },
+    quiver.transforms: {
+        "BUILTIN_KINDS", "CustomTransform", "Transform", "bucketize", "check_import_path",
+        "custom", "label_encoder", "log1p", "min_max_scaler", "one_hot_encoder", "robust_scaler",
+        "standard_scaler",
     },
     quiver.errors: {
         "DeadlineExceededError", "DefinitionError", "FailedPreconditionError", "FieldViolation",

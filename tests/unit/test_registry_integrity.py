@@ -65,7 +65,11 @@ def test_unframed_versions_from_before_framing_still_read_and_truncations_do_not
     store = RegistryStore(materialized.registry_path)
     version = store.latest_version()
     proto = store.read(version)
-    del proto.permissions[:]  # versions written before framing had none
+    # Versions written before framing had no permissions, on-demand views or
+    # parameter sets (the fields serialized after `cause`).
+    del proto.permissions[:]
+    proto.ClearField("on_demand_feature_views")
+    proto.ClearField("transform_parameters")
     legacy = proto.SerializeToString()  # how versions were written before framing
     file = version_file(materialized, version)
     file.write_bytes(legacy)

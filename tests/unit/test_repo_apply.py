@@ -23,7 +23,8 @@ def edit(repo: Path, old: str, new: str) -> None:
 def test_plan_then_apply_then_nothing_to_do(demo_config: QuiverConfig) -> None:
     first = plan(demo_config)
     assert {(i.kind, i.action) for i in first.items} == {
-        ("entity", "add"), ("feature_view", "add"), ("feature_service", "add"), ("permission", "add")
+        ("entity", "add"), ("feature_view", "add"), ("on_demand_feature_view", "add"),
+        ("feature_service", "add"), ("permission", "add"),
     }
     assert RegistryStore(demo_config.registry_path).versions() == []
     applied, snapshot = apply(demo_config)

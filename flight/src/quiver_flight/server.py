@@ -74,6 +74,7 @@ from quiver_server.offline.source import resolve_path
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry import Telemetry, setup_telemetry
 from quiver_server.telemetry.flight_middleware import flight_call, flight_call_counter
+from quiver_server.transforms.engine import Transformations
 
 log = structlog.get_logger(__name__)
 
@@ -359,6 +360,7 @@ def create_flight_server(
     training = TrainingSets(
         RegistryStore(config.registry_path), engine, spines, TicketSigner.from_config(config),
         flight_config, clock, profiler, access=AccessControl(enabled=authenticator is not None),
+        transformations=Transformations(config.repo_path),
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
     # Telemetry first, so its middleware sees every call the auth middleware lets through.

@@ -33,14 +33,11 @@ from quiver.errors import (
 )
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import timestamp_seconds, unpack_ticket
-from quiver_flight.pit import (
-    PointInTimeEngine,
-    feature_fields,
-    group_by_view,
-    output_schema,
-)
+from quiver_flight.fitting import FitRequest, fit_service
+from quiver_flight.pit import PointInTimeEngine, feature_fields, group_by_view
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
+from quiver_flight.transformed import TrainingShape
 from quiver_server.auth.access import AccessControl
 from quiver_server.config import FlightConfig
 from quiver_server.monitoring.training_sets import TrainingSetProfiler
@@ -48,6 +45,9 @@ from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.registry.store import RegistryStore
 from quiver_server.telemetry.spans import traced
+from quiver_server.transforms.engine import Transformations
+from quiver_server.transforms.pipeline import Pipeline
+from quiver_server.transforms.selection import Selection, select
 
 ROLE_METADATA = b"quiver.role"
 _SNAPSHOTS_KEPT = 8
@@ -88,6 +88,7 @@ class TrainingSets:
         clock: Callable[[], float] = time.time,
         profiler: TrainingSetProfiler | None = None,
         access: AccessControl | None = None,
+        transformations: Transformations | None = None,
     ) -> None:
         self.registry = registry
         self.profiler = profiler
@@ -97,6 +98,9 @@ class TrainingSets:
         self.signer = signer
         self.config = config
         self.clock = clock
+        # On-demand functions are looked up in the feature repo (the working
+        # directory when none is given).
+        self.transformations = transformations or Transformations(".")
         self._snapshots: OrderedDict[int, Snapshot] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -141,24 +145,51 @@ class TrainingSets:
             return f"offline store: {exc}"
         return None
 
-    def resolve(self, command: pb.TrainingSetCommand, snapshot: Snapshot) -> list[FeatureRef]:
-        """The command's features, once the caller may READ_OFFLINE every one."""
-        selection = command.WhichOneof("selection")
-        service = command.feature_service if selection == "feature_service" else ""
-        requested = list(command.features.refs) if selection == "features" else []
+    def resolve(
+        self, snapshot: Snapshot, requested: Sequence[str], service: str
+    ) -> Selection:
+        """The selection, once the caller may READ_OFFLINE every stored feature it
+        reads (an on-demand view's inputs included)."""
         try:
-            if service:
-                refs = snapshot.resolve(feature_service=service)
-            else:
-                refs = snapshot.resolve(features=requested, field="features")
+            selection = select(snapshot, list(requested), service or None, field="features")
         except NotFoundError as exc:
             raise self.access.unknown(
                 exc, snapshot, Action.READ_OFFLINE, requested=requested, service=service
             ) from None
         self.access.check_features(
-            snapshot, Action.READ_OFFLINE, refs, service=service, requested=requested
+            snapshot, Action.READ_OFFLINE, selection.stored, service=service, requested=requested
         )
-        return refs
+        return selection
+
+    def shape(
+        self,
+        snapshot: Snapshot,
+        *,
+        features: Sequence[str] = (),
+        feature_service: str = "",
+        full_feature_names: bool = False,
+        transform_version: int = 0,
+    ) -> TrainingShape:
+        """Resolve a selection and build what turns its join into the training set."""
+        selection = self.resolve(snapshot, features, feature_service)
+        pipeline = None
+        if not selection.plain or transform_version:
+            pipeline = self.transformations.pipeline(
+                snapshot, selection, version=transform_version, full_names=full_feature_names
+            )
+        return TrainingShape(selection, pipeline, full_feature_names)
+
+    def command_shape(
+        self, command: pb.TrainingSetCommand, snapshot: Snapshot, transform_version: int = 0
+    ) -> TrainingShape:
+        selection = command.WhichOneof("selection")
+        return self.shape(
+            snapshot,
+            features=list(command.features.refs) if selection == "features" else [],
+            feature_service=command.feature_service if selection == "feature_service" else "",
+            full_feature_names=command.full_feature_names,
+            transform_version=transform_version or command.transform_version,
+        )
 
     @traced("quiver.flight.spine.open")
     def open_spine(self, source: pb.SpineSource, snapshot: Snapshot) -> Spine:
@@ -183,13 +214,12 @@ class TrainingSets:
     def schema(self, command: pb.TrainingSetCommand) -> pa.Schema:
         """The result schema, or without a spine the columns a spine needs plus the features."""
         snapshot = self.snapshot()
-        refs = self.resolve(command, snapshot)
+        shape = self.command_shape(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if not command.HasField("spine"):
-            return required_schema(refs, timestamp_column, command.full_feature_names)
+            return required_schema(shape, timestamp_column)
         spine = self.open_spine(command.spine, snapshot)
-        return output_schema(spine.schema, refs, timestamp_column=timestamp_column,
-                             full_feature_names=command.full_feature_names)
+        return shape.schema(spine.schema, timestamp_column)
 
     @traced("quiver.flight.plan")
     def plan(self, command: pb.TrainingSetCommand) -> Plan:
@@ -200,11 +230,22 @@ class TrainingSets:
             ResourceExhaustedError: naming what is wrong.
         """
         snapshot = self.snapshot()
-        refs = self.resolve(command, snapshot)
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
-        spine = self.open_spine(command.spine, snapshot)
-        schema = output_schema(spine.schema, refs, timestamp_column=timestamp_column,
-                               full_feature_names=command.full_feature_names)
+        if command.fit:
+            if command.WhichOneof("selection") != "feature_service":
+                raise InvalidArgumentError.for_field(
+                    "fit", "fitting needs a feature service (its transforms are what is fitted)",
+                    reason="NOTHING_TO_FIT",
+                )
+            self.resolve(snapshot, (), command.feature_service)  # may it read what it fits on?
+            spine = self.open_spine(command.spine, snapshot)
+            snapshot, fitted = self._fit(command, snapshot, spine, timestamp_column)
+            shape = self.command_shape(command, snapshot, fitted)
+        else:
+            shape = self.command_shape(command, snapshot)
+            spine = self.open_spine(command.spine, snapshot)
+        schema = shape.schema(spine.schema, timestamp_column)
+        refs = shape.join_refs
         rows = spine.num_rows
         if rows > self.spines.max_rows:
             raise _too_many_rows(rows, self.spines.max_rows)
@@ -225,7 +266,9 @@ class TrainingSets:
         base = pb.TrainingSetPartition(
             spine=command.spine,
             timestamp_column=timestamp_column,
-            feature_refs=[r.ref for r in refs],
+            feature_refs=[r.ref for r in shape.selection.requested],
+            feature_service=shape.selection.service.name if shape.selection.service else "",
+            transform_version=shape.version,
             full_feature_names=command.full_feature_names,
             project=snapshot.project,
             registry_version=snapshot.version,
@@ -278,8 +321,17 @@ class TrainingSets:
             snapshot = self.snapshot(partition.registry_version)
         except FailedPreconditionError:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
-        refs = snapshot.resolve(features=list(partition.feature_refs))
-        self._check_ticket(list(partition.feature_refs), refs)
+        # A ticket is not a capability: whoever presents it must be allowed its features.
+        requested = [] if partition.feature_service else list(partition.feature_refs)
+        shape = self.shape(
+            snapshot,
+            features=requested,
+            feature_service=partition.feature_service,
+            full_feature_names=partition.full_feature_names,
+            transform_version=partition.transform_version,
+        )
+        self._check_ticket(requested, partition.feature_service, shape.selection.stored, snapshot)
+        refs = shape.join_refs
         try:
             spine = self.open_spine(partition.spine, snapshot)
         except NotFoundError as exc:
@@ -291,29 +343,61 @@ class TrainingSets:
             if partition.history_fingerprints.get(name) != source.fingerprint:
                 raise _stale(f"the history of feature view {name!r} changed since it was planned")
         rows = spine.read(partition.row_offset, partition.row_count)
-        schema = output_schema(spine.schema, refs, timestamp_column=partition.timestamp_column,
-                               full_feature_names=partition.full_feature_names)
-        batches = self.engine.join(
+        schema = shape.schema(spine.schema, partition.timestamp_column)
+        joined = self.engine.join(
             rows, refs, timestamp_column=partition.timestamp_column,
-            full_feature_names=partition.full_feature_names, sources=sources,
+            full_feature_names=shape.join_full_names, sources=sources,
         )
         if self.profiler is not None:
-            batches = self.profiler.wrap(batches, partition, snapshot)
-        return PartitionJob(schema, batches, partition)
+            # Profiles hold stored values, as the online ones do: the joined
+            # columns, before on-demand views and transforms.
+            joined = self.profiler.wrap(joined, _stored_partition(partition, shape), snapshot)
+        return PartitionJob(schema, shape.batches(joined, schema, len(spine.schema)), partition)
 
-    def _check_ticket(self, requested: list[str], pinned: list[FeatureRef]) -> None:
-        """A ticket is not a capability: whoever presents it must be allowed its features
-        by the permissions in force now (the newest registry version), not those of the
-        version its data is pinned to, so a revoked grant stops old tickets too."""
-        if not self.access.enabled:
-            return
+    def _fit(
+        self, command: pb.TrainingSetCommand, snapshot: Snapshot, spine: Spine, timestamp_column: str
+    ) -> tuple[Snapshot, int]:
+        if command.transform_version:
+            raise InvalidArgumentError.for_field(
+                "transform_version", "give fit or a transform version, not both"
+            )
+        # A fit stores a parameter set in the registry: a write of the project's.
+        self.access.check_project(
+            snapshot, Action.WRITE_OFFLINE, f"fitting the transforms of feature service "
+            f"{command.feature_service!r} (stores parameters in the registry)",
+            feature_service=command.feature_service,
+        )
+        if spine.num_rows > self.spines.max_rows:
+            raise _too_many_rows(spine.num_rows, self.spines.max_rows)
+        call = self.access.call()
+        source = command.spine
+        kind = source.WhichOneof("source")
+        request = FitRequest(
+            command.feature_service, spine, f"{kind}:{getattr(source, kind or 'spine_id')}",
+            timestamp_column, call.principal.subject if call else command.requested_by, "flight",
+        )
+        fitted, parameters = fit_service(
+            request, snapshot, self.registry, self.engine, self.transformations
+        )
+        return self.snapshot(fitted.version), parameters.version
+
+    def _check_ticket(self, requested: list[str], service: str, pinned: Sequence[FeatureRef],
+                      planned: Snapshot) -> None:
+        """Check the ticket's features under the permissions in force now (the newest
+        registry version), not only those of the version its data is pinned to, so a
+        revoked grant stops tickets planned before it."""
         current = self.snapshot()
+        if not self.access.enabled or current.version == planned.version:
+            return  # `shape` has just checked them in this very version
         try:
-            refs = current.resolve(features=requested)
+            refs: Sequence[FeatureRef] = select(
+                current, requested, service or None, field="features"
+            ).stored
         except NotFoundError:
-            # A feature since removed: judged by what it was, under today's permissions.
+            # Features since removed: judged by what they were, under today's permissions.
             refs = pinned
-        self.access.check_features(current, Action.READ_OFFLINE, refs, requested=requested)
+        self.access.check_features(current, Action.READ_OFFLINE, refs, service=service,
+                                   requested=requested)
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
         """Every feature service and view the caller may DESCRIBE: what it is, its command
@@ -328,29 +412,40 @@ class TrainingSets:
                 snapshot, "feature_service", service.name
             ):
                 command = pb.TrainingSetCommand(feature_service=service.name)
-                refs = snapshot.resolve(feature_service=service.name)
                 info = pb.FeatureSetInfo(
                     kind=pb.FEATURE_SET_KIND_FEATURE_SERVICE, name=service.name,
                     description=service.description, owner=service.owner, tags=service.tags,
                 )
-                yield self._describe(info, command, refs, snapshot)
+                yield self._describe(info, command, self._listed_shape(snapshot, service.name),
+                                     snapshot)
         for view in snapshot.feature_views.values():
             if view.name.startswith(name_prefix) and describable(snapshot, "feature_view", view.name):
-                refs = [FeatureRef(view, f) for f in view.schema]
-                command = pb.TrainingSetCommand(features=pb.FeatureList(refs=[r.ref for r in refs]))
+                refs = [FeatureRef(view, f).ref for f in view.schema]
+                command = pb.TrainingSetCommand(features=pb.FeatureList(refs=refs))
                 info = pb.FeatureSetInfo(
                     kind=pb.FEATURE_SET_KIND_FEATURE_VIEW, name=view.name,
                     description=view.description, owner=view.owner, tags=view.tags,
                 )
-                yield self._describe(info, command, refs, snapshot)
+                selection = select(snapshot, refs)
+                yield self._describe(info, command, TrainingShape(selection, None, True), snapshot)
+
+    def _listed_shape(self, snapshot: Snapshot, service: str) -> TrainingShape:
+        selection = select(snapshot, feature_service=service)
+        try:
+            pipeline = self.transformations.pipeline(snapshot, selection, full_names=True)
+        except FailedPreconditionError:
+            # Not fitted yet (or its code is not deployed here): list the
+            # features as they are before transforms.
+            pipeline = Pipeline(selection, {}, {}, 0, True)
+        return TrainingShape(selection, None if selection.plain else pipeline, True)
 
     @staticmethod
     def _describe(
-        info: pb.FeatureSetInfo, command: pb.TrainingSetCommand, refs: Sequence[FeatureRef],
+        info: pb.FeatureSetInfo, command: pb.TrainingSetCommand, shape: TrainingShape,
         snapshot: Snapshot,
     ) -> tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]:
-        schema = required_schema(refs, DEFAULT_TIMESTAMP_COLUMN, full_feature_names=True)
-        info.feature_refs.extend(r.ref for r in refs)
+        schema = required_schema(shape, DEFAULT_TIMESTAMP_COLUMN)
+        info.feature_refs.extend(r.ref for r in shape.selection.requested)
         info.join_keys.extend(f.name for f in schema if f.metadata and
                               f.metadata.get(ROLE_METADATA) == b"join_key")
         info.registry_version = snapshot.version
@@ -358,13 +453,11 @@ class TrainingSets:
         return info, command, schema
 
 
-def required_schema(
-    refs: Sequence[FeatureRef], timestamp_column: str, full_feature_names: bool
-) -> pa.Schema:
-    """The columns a spine must have (join keys, timestamp), then the features."""
+def required_schema(shape: TrainingShape, timestamp_column: str) -> pa.Schema:
+    """The columns a spine must have (join keys, timestamp, request fields), then the features."""
     fields: list[pa.Field] = []
     seen: set[str] = set()
-    for view, _ in group_by_view(refs):
+    for view, _ in group_by_view(shape.join_refs):
         for key in view.join_keys:
             if key.name not in seen:
                 seen.add(key.name)
@@ -372,7 +465,12 @@ def required_schema(
                                        metadata={ROLE_METADATA: b"join_key"}))
     fields.append(pa.field(timestamp_column, pa.timestamp("us", tz="UTC"), nullable=False,
                            metadata={ROLE_METADATA: b"timestamp"}))
-    return pa.schema([*fields, *feature_fields(refs, full_feature_names, [f.name for f in fields])])
+    fields.extend(f for f in shape.required_fields() if f.name not in seen)
+    if shape.pipeline is None:
+        features = feature_fields(shape.join_refs, shape.full_feature_names, [f.name for f in fields])
+    else:
+        features = [output.arrow_field() for output in shape.pipeline.outputs]
+    return pa.schema([*fields, *features])
 
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -385,6 +483,20 @@ def _training_set_name(name: str) -> str:
             f"'_', '-' or '.'", reason="INVALID_NAME",
         )
     return name
+
+
+def _stored_partition(
+    partition: pb.TrainingSetPartition, shape: TrainingShape
+) -> pb.TrainingSetPartition:
+    """`partition` as the point-in-time join sees it: its stored features, by join name."""
+    if shape.pipeline is None:
+        return partition
+    stored = pb.TrainingSetPartition()
+    stored.CopyFrom(partition)
+    del stored.feature_refs[:]
+    stored.feature_refs.extend(ref.ref for ref in shape.join_refs)
+    stored.full_feature_names = shape.join_full_names
+    return stored
 
 
 def _stale(why: str) -> FailedPreconditionError:

@@ -5,6 +5,7 @@
                         | registry prune [--keep N] | registry repair
                         | delete-entity KEY=VALUE... [--views V,...]
                         | monitor [run | report --out FILE | training-sets]
+                        | fit SERVICE --spine PATH | transforms list | transforms show SERVICE
     quiver init-demo DIR
     quiver auth token NAME [--principal P] [--groups G,...]
 
@@ -25,6 +26,7 @@ from google.protobuf import text_format
 
 from quiver.errors import QuiverError
 from quiver_server.config import QuiverConfig, load_config
+from quiver_server.transforms.commands import register as register_transform_commands
 
 if TYPE_CHECKING:
     from quiver_server.monitoring.sinks import ProfileWriter
@@ -306,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--principal", help="principal the token authenticates as (default: NAME)")
     p.add_argument("--groups", help="comma-separated groups of the principal")
     p.set_defaults(func=cmd_auth_token, needs_config=False)
+
+    register_transform_commands(sub)
 
     p = sub.add_parser("registry", help="inspect stored registry versions")
     p.add_argument("action", choices=["history", "show", "prune", "repair"])

@@ -18,10 +18,14 @@ DEFINITIONS = '''"""Feature definitions of the fraud-detection demo."""
 
 from datetime import timedelta
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from quiver import (
     Bool, DriftThresholds, Entity, FeatureService, FeatureView, Field, Float64, Int32, Int64,
-    ParquetSource, String,
+    OnDemandFeatureView, ParquetSource, RequestSource, String,
 )
+from quiver import transforms as T
 
 user = Entity(
     name="user",
@@ -102,6 +106,44 @@ fraud_model_v1 = FeatureService(
     name="fraud_model_v1",
     features=[user_transaction_stats, user_profile, merchant_stats],
     description="Every feature the card fraud model reads.",
+    owner="ml-platform@example.com",
+)
+
+transaction = RequestSource(
+    name="transaction",
+    schema=[Field("amount", Float64)],
+    description="The card transaction being scored, sent with the lookup.",
+)
+
+
+def amount_features(inputs: pa.RecordBatch) -> dict[str, pa.Array]:
+    """The transaction's amount against the user's 7-day average (vectorized, row-wise)."""
+    return {"amount_to_avg_7d": pc.divide(inputs["amount"], inputs["txn_amount_avg_7d"])}
+
+
+txn_amount_features = OnDemandFeatureView(
+    name="txn_amount_features",
+    sources=[transaction, user_transaction_stats[["txn_amount_avg_7d"]]],
+    schema=[Field("amount_to_avg_7d", Float64)],
+    function="features:amount_features",
+    description="Computed per lookup from the request's amount and stored 7-day aggregates.",
+    owner="risk-team@example.com",
+)
+
+fraud_model_scaled = FeatureService(
+    name="fraud_model_scaled",
+    features=[
+        user_transaction_stats, user_profile, merchant_stats,
+        txn_amount_features,
+    ],
+    transforms=[
+        T.standard_scaler("user_transaction_stats:txn_count_24h"),
+        T.standard_scaler("user_transaction_stats:txn_amount_sum_24h"),
+        T.standard_scaler("user_transaction_stats:txn_amount_avg_7d"),
+        T.standard_scaler("user_profile:credit_score"),
+        T.standard_scaler("merchant_stats:chargeback_rate_30d"),
+    ],
+    description="The fraud model's 20 features with 5 standardized, plus the on-demand amount ratio.",
     owner="ml-platform@example.com",
 )
 

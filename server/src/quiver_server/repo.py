@@ -1,11 +1,11 @@
 """Feature repositories: load the definitions, validate them, plan and apply.
 
 A feature repo is a directory with a `quiver.yaml` and Python files that define
-`Entity`, `FeatureView`, `FeatureService` and `Permission` objects at module level. Files
-whose names start with `_` or `test_` are not loaded. Applying stores a new
-registry version only if something changed; a repo that does not validate is
-reported with the file and object at fault and the stored registry is left
-untouched.
+`Entity`, `FeatureView`, `OnDemandFeatureView`, `FeatureService` and `Permission`
+objects at module level. Files whose names start with `_` or `test_` are not
+loaded. Applying stores a new registry version only if something changed; a
+repo that does not validate is reported with the file and object at fault and
+the stored registry is left untouched.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ from typing import Literal
 
 from google.protobuf.message import Message
 
-from quiver import Action, Entity, FeatureService, FeatureView, Permission
+from quiver import Action, Entity, FeatureService, FeatureView, OnDemandFeatureView, Permission
 from quiver.errors import DefinitionError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
-from quiver_server.registry import convert
+from quiver_server.registry import convert, convert_transforms
 from quiver_server.registry.layout import assign_bins
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
+from quiver_server.transforms.plan_notes import transform_notes
+from quiver_server.transforms.validate import validate as validate_transforms
 
-Kind = Literal["entity", "feature_view", "feature_service", "permission"]
+Kind = Literal["entity", "feature_view", "on_demand_feature_view", "feature_service", "permission"]
 
 
 @dataclass
@@ -38,8 +40,11 @@ class RepoContents:
     entities: dict[str, Entity] = field(default_factory=dict)
     feature_views: dict[str, FeatureView] = field(default_factory=dict)
     feature_services: dict[str, FeatureService] = field(default_factory=dict)
+    on_demand_views: dict[str, OnDemandFeatureView] = field(default_factory=dict)
     permissions: dict[str, Permission] = field(default_factory=dict)
     origin: dict[tuple[Kind, str], str] = field(default_factory=dict)
+    # Import path -> source hash of every function the definitions name.
+    function_hashes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,10 @@ def load_repo(repo_path: Path, project: str = "") -> RepoContents:
         for obj in _import_definitions(file, repo_path):
             _add(contents, obj, file.name)
     _validate(contents)
+    contents.function_hashes = validate_transforms(
+        repo_path, contents.feature_views, contents.on_demand_views, contents.feature_services,
+        lambda kind, name: contents.origin[(kind, name)],  # type: ignore[index]
+    )
     _validate_permissions(contents, project)
     return contents
 
@@ -122,7 +131,9 @@ def _import_definitions(file: Path, repo_path: Path) -> list[object]:
     return [
         value for name, value in vars(module).items()
         if not name.startswith("_")
-        and isinstance(value, Entity | FeatureView | FeatureService | Permission)
+        and isinstance(
+            value, Entity | FeatureView | OnDemandFeatureView | FeatureService | Permission
+        )
     ]
 
 
@@ -133,6 +144,8 @@ def _add(contents: RepoContents, obj: object, file: str) -> None:
         kind, table = "entity", contents.entities  # type: ignore[assignment]
     elif isinstance(obj, FeatureView):
         kind, table = "feature_view", contents.feature_views  # type: ignore[assignment]
+    elif isinstance(obj, OnDemandFeatureView):
+        kind, table = "on_demand_feature_view", contents.on_demand_views  # type: ignore[assignment]
     elif isinstance(obj, Permission):
         kind, table = "permission", contents.permissions  # type: ignore[assignment]
     else:
@@ -168,25 +181,25 @@ def _validate(contents: RepoContents) -> None:
         where = f"{contents.origin[('feature_service', service.name)]}: feature service {service.name!r}"
         outputs: dict[str, str] = {}
         for projection in service.projections:
-            selected = contents.feature_views.get(projection.view)
+            selected = (contents.feature_views.get(projection.view)
+                        or contents.on_demand_views.get(projection.view))
             if selected is None:
                 raise DefinitionError(
                     f"{where} selects from feature view {projection.view!r}, which the repo "
                     f"does not define"
                 )
-            view = selected
-            for feature in projection.features or view.feature_names:
-                if feature not in view.feature_names:
+            for feature in projection.features or selected.feature_names:
+                if feature not in selected.feature_names:
                     raise DefinitionError(
                         f"{where} selects {projection.view}:{feature}, but view "
                         f"{projection.view!r} has no feature {feature!r}"
                     )
-                if feature in outputs and outputs[feature] != view.name:
+                if feature in outputs and outputs[feature] != selected.name:
                     raise DefinitionError(
                         f"{where}: feature name {feature!r} comes from both {outputs[feature]!r} "
-                        f"and {view.name!r}; request it with full feature names or select one"
+                        f"and {selected.name!r}; request it with full feature names or select one"
                     )
-                outputs[feature] = view.name
+                outputs[feature] = selected.name
 
 
 def _validate_permissions(contents: RepoContents, project: str) -> None:
@@ -215,8 +228,12 @@ def _protos(contents: RepoContents, project: str) -> dict[tuple[Kind, str], Mess
         out[("entity", e.name)] = convert.entity_to_proto(e)
     for v in contents.feature_views.values():
         out[("feature_view", v.name)] = convert.view_to_proto(v)
+    for o in contents.on_demand_views.values():
+        out[("on_demand_feature_view", o.name)] = convert_transforms.on_demand_view_to_proto(
+            o, contents.function_hashes
+        )
     for s in contents.feature_services.values():
-        out[("feature_service", s.name)] = convert.service_to_proto(s)
+        out[("feature_service", s.name)] = convert.service_to_proto(s, contents.function_hashes)
     for p in contents.permissions.values():
         out[("permission", p.name)] = convert.permission_to_proto(p, project)
     return out
@@ -228,6 +245,8 @@ def _stored(proto: pb.Registry) -> dict[tuple[Kind, str], Message]:
         out[("entity", e.name)] = e
     for v in proto.feature_views:
         out[("feature_view", v.name)] = v
+    for o in proto.on_demand_feature_views:
+        out[("on_demand_feature_view", o.name)] = o
     for s in proto.feature_services:
         out[("feature_service", s.name)] = s
     for p in proto.permissions:
@@ -255,7 +274,10 @@ def _differences(old: Message, new: Message) -> str:
 def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
     """What applying `contents` on top of `proto` would change."""
     old, new = _stored(proto), _protos(contents, project)
-    order: dict[Kind, int] = {"entity": 0, "feature_view": 1, "feature_service": 2, "permission": 3}
+    order: dict[Kind, int] = {
+        "entity": 0, "feature_view": 1, "on_demand_feature_view": 2, "feature_service": 3,
+        "permission": 4,
+    }
     items: list[PlanItem] = []
     for key in sorted(set(old) | set(new), key=lambda k: (order[k[0]], k[1])):
         kind, name = key
@@ -266,7 +288,8 @@ def diff(proto: pb.Registry, contents: RepoContents, project: str) -> Plan:
         elif old[key] != new[key]:
             detail = _differences(old[key], new[key])
             grant = _grant(new[key])
-            items.append(PlanItem(kind, name, "change", f"{detail}; now {grant}" if grant else detail))
+            notes = transform_notes(proto, old[key], new[key]) or (f"now {grant}" if grant else "")
+            items.append(PlanItem(kind, name, "change", f"{detail}; {notes}" if notes else detail))
     if proto.project.name and proto.project.name != project:
         raise DefinitionError(
             f"registry holds project {proto.project.name!r} but quiver.yaml says {project!r}; "
@@ -311,13 +334,19 @@ def _rebuild(proto: pb.Registry, contents: RepoContents, config: QuiverConfig) -
     del proto.entities[:]
     del proto.feature_views[:]
     del proto.feature_services[:]
+    del proto.on_demand_feature_views[:]
     del proto.permissions[:]
     proto.entities.extend(convert.entity_to_proto(e) for _, e in sorted(contents.entities.items()))
     proto.permissions.extend(
         convert.permission_to_proto(p, config.project) for _, p in sorted(contents.permissions.items())
     )
     proto.feature_services.extend(
-        convert.service_to_proto(s) for _, s in sorted(contents.feature_services.items())
+        convert.service_to_proto(s, contents.function_hashes)
+        for _, s in sorted(contents.feature_services.items())
+    )
+    proto.on_demand_feature_views.extend(
+        convert_transforms.on_demand_view_to_proto(v, contents.function_hashes)
+        for _, v in sorted(contents.on_demand_views.items())
     )
     for name, view in sorted(contents.feature_views.items()):
         view_proto = convert.view_to_proto(view)

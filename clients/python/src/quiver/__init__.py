@@ -13,11 +13,13 @@ from quiver._definitions import (
     ParquetSource,
     parse_feature_ref,
 )
+from quiver._on_demand import OnDemandFeatureView, RequestSource
 from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
 from quiver._permissions import Action, Permission, Resource
 from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingProgress
 from quiver.errors import QuiverError
+from quiver.transforms import Transform
 from quiver.types import (
     Bool,
     Bytes,
@@ -49,6 +51,7 @@ __all__ = [
     "Int32",
     "Int64",
     "OfflineSpine",
+    "OnDemandFeatureView",
     "OnlineClient",
     "OnlineResponse",
     "ParquetSource",
@@ -56,6 +59,7 @@ __all__ = [
     "PushResult",
     "PushTarget",
     "QuiverError",
+    "RequestSource",
     "Resource",
     "SpineHandle",
     "String",
@@ -63,6 +67,7 @@ __all__ = [
     "Tls",
     "TrainingClient",
     "TrainingProgress",
+    "Transform",
     "ValueType",
     "__version__",
     "parse_feature_ref",

@@ -13,9 +13,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from quiver.errors import DefinitionError
+from quiver.transforms import Transform
 from quiver.types import ValueType
+
+if TYPE_CHECKING:
+    from quiver._on_demand import OnDemandFeatureView
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME_LENGTH = 128
@@ -293,16 +298,7 @@ class FeatureView:
 
     def __getitem__(self, features: Sequence[str]) -> FeatureProjection:
         """Select some features for a feature service: ``view[["a", "b"]]``."""
-        if isinstance(features, str):
-            features = [features]
-        known = set(self.feature_names)
-        for name in features:
-            if name not in known:
-                raise DefinitionError(
-                    f"feature view {self.name!r} has no feature {name!r}; "
-                    f"it has: {', '.join(self.feature_names)}"
-                )
-        return FeatureProjection(self.name, tuple(features))
+        return project("feature view", self.name, self.feature_names, features)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FeatureView):
@@ -327,28 +323,33 @@ class FeatureService:
 
     Args:
         name: Unique service name.
-        features: Whole views, projections (``view[["a"]]``) or references
-            (``"view:feature"``).
+        features: Whole views (on-demand ones too), projections (``view[["a"]]``)
+            or references (``"view:feature"``).
         description: Free text for people.
         owner: Who answers for it.
         tags: Free-form labels.
+        transforms: Model-dependent transforms of selected features, at most
+            one per feature (`quiver.transforms`).
     """
 
     def __init__(
         self,
         *,
         name: str,
-        features: Sequence[FeatureView | FeatureProjection | str],
+        features: Sequence[FeatureView | OnDemandFeatureView | FeatureProjection | str],
         description: str = "",
         owner: str = "",
         tags: Mapping[str, str] | None = None,
+        transforms: Sequence[Transform] = (),
     ) -> None:
+        from quiver._on_demand import OnDemandFeatureView  # defined on top of this module
+
         self.name = check_name("feature service", name)
         where = f"feature service {name!r}"
         merged: dict[str, list[str]] = {}
         whole: set[str] = set()
         for item in features:
-            if isinstance(item, FeatureView):
+            if isinstance(item, FeatureView | OnDemandFeatureView):
                 merged.setdefault(item.name, [])
                 whole.add(item.name)
             elif isinstance(item, FeatureProjection):
@@ -373,12 +374,22 @@ class FeatureService:
         self.description = description
         self.owner = owner
         self.tags = _check_tags(where, tags or {})
+        self.transforms = tuple(transforms)
+        for transform in self.transforms:
+            if not isinstance(transform, Transform):
+                raise DefinitionError(
+                    f"{where}: transforms must be quiver.transforms objects, got {transform!r}"
+                )
+        _check_unique(f"{where} transformed features", [t.feature for t in self.transforms])
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FeatureService):
             return NotImplemented
-        return (self.name, self.projections, self.description, self.owner, self.tags) == (
-            other.name, other.projections, other.description, other.owner, other.tags
+        return (
+            self.name, self.projections, self.description, self.owner, self.tags, self.transforms
+        ) == (
+            other.name, other.projections, other.description, other.owner, other.tags,
+            other.transforms,
         )
 
     def __hash__(self) -> int:
@@ -386,6 +397,20 @@ class FeatureService:
 
     def __repr__(self) -> str:
         return f"FeatureService(name={self.name!r}, projections={self.projections!r})"
+
+
+def project(
+    kind: str, view: str, known: Sequence[str], features: Sequence[str] | str
+) -> FeatureProjection:
+    """A projection of `view` (a `kind`) onto `features`, which must be among `known`."""
+    if isinstance(features, str):
+        features = [features]
+    for name in features:
+        if name not in known:
+            raise DefinitionError(
+                f"{kind} {view!r} has no feature {name!r}; it has: {', '.join(known)}"
+            )
+    return FeatureProjection(view, tuple(features))
 
 
 def parse_feature_ref(ref: str) -> tuple[str, str]:

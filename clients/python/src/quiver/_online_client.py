@@ -165,20 +165,31 @@ class OnlineClient:
         features: Sequence[str] | None = None,
         feature_service: str | None = None,
         full_feature_names: bool = False,
+        request_data: Mapping[str, Sequence[Any]] | None = None,
+        transform_version: int = 0,
         timeout: float | None = None,
     ) -> OnlineResponse:
         """Fetch the latest feature values for the given entities.
 
         Args:
             entities: Join key name to a column of key values, all the same length.
-            features: Feature references, ``"view:feature"``.
+            features: Feature references, ``"view:feature"`` (on-demand views' too).
             feature_service: Or the name of a feature service.
             full_feature_names: Name columns ``"view__feature"``.
+            request_data: Values the requested on-demand views read, by request
+                field, one per entity (e.g. ``{"amount": [12.5, 80.0]}``).
+            transform_version: Parameter set version of the feature service's
+                transforms; 0 applies the current one. The response's
+                `transform_version` says which one was applied.
             timeout: Deadline in seconds; the client default when None.
 
         Raises:
-            InvalidArgumentError: bad selection or entity columns (`violations` says where).
-            NotFoundError: unknown feature view, feature or feature service.
+            InvalidArgumentError: bad selection, entity columns or request data
+                (`violations` says where), or an on-demand function or custom
+                transform that failed on this request (named in `metadata`).
+            NotFoundError: unknown feature view, feature, feature service or
+                transform version.
+            FailedPreconditionError: the service's transforms were never fitted.
             UnavailableError: the server or its online store cannot be reached.
             DeadlineExceededError: no answer within the deadline.
         """
@@ -194,7 +205,14 @@ class OnlineClient:
             columns = encode_columns(entities)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError.for_field("entities", str(exc)) from None
-        request = pb.GetOnlineFeaturesRequest(entities=columns, full_feature_names=full_feature_names)
+        try:
+            request_columns = encode_columns(request_data or {})
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgumentError.for_field("request_data", str(exc)) from None
+        request = pb.GetOnlineFeaturesRequest(
+            entities=columns, full_feature_names=full_feature_names, request_data=request_columns,
+            transform_version=transform_version,
+        )
         if feature_service is not None:
             request.feature_service = feature_service
         else:

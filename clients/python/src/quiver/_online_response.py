@@ -36,6 +36,11 @@ class OnlineResponse:
         self._entities = entities
 
     @property
+    def transform_version(self) -> int:
+        """Parameter set version the feature service's transforms used (0: none)."""
+        return int(self.proto.transform_version)
+
+    @property
     def feature_names(self) -> list[str]:
         return list(self.proto.feature_names)
 

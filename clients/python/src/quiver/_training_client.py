@@ -12,6 +12,7 @@ field violations) are decoded here without any dependency beyond protobuf.
 from __future__ import annotations
 
 import contextvars
+import getpass
 import logging
 import math
 import os
@@ -205,6 +206,8 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        fit: bool = False,
+        transform_version: int = 0,
         name: str = "",
     ) -> flight.FlightInfo:
         """Upload the spine if needed and plan the training set (``get_flight_info``).
@@ -214,6 +217,10 @@ class TrainingClient:
         Arguments are those of `get_training_set`.
         """
         command = self._command(features, feature_service, full_feature_names, timestamp_column)
+        command.transform_version = transform_version
+        if fit:
+            command.fit = True
+            command.requested_by = _user_name()
         command.name = name
         rows = 0
         if isinstance(spine, OfflineSpine):
@@ -239,6 +246,8 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        fit: bool = False,
+        transform_version: int = 0,
         name: str = "",
         progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.Table:
@@ -260,6 +269,12 @@ class TrainingClient:
             timestamp_column: The spine's event-time column.
             partition_rows: Spine rows per partition; by default the spine is
                 split so that `max_workers` partitions are fetched at once.
+            fit: Fit the feature service's transforms on this training set
+                first, store the parameters in the registry as a new version,
+                and apply them (the schema metadata
+                ``quiver.transform_version`` names the version).
+            transform_version: Apply this parameter set version of the
+                service's transforms; 0 applies the current one.
             name: Optional name the server stores the training set's feature
                 profile under (the reference for `quiver monitor --reference
                 training_set:NAME`); default: the training set's fingerprint.
@@ -273,6 +288,10 @@ class TrainingClient:
                 missing join key or timestamp column, a wrong type, naive
                 timestamps) or a bad selection; `violations` names the field.
             NotFoundError: unknown feature view, feature, feature service or spine.
+            ResourceExhaustedError: a spine over the server's row limit.
+            FailedPreconditionError: no registry applied, a feature view's
+                history is missing or malformed, or the service's transforms
+                were never fitted (pass ``fit=True``).
             ResourceExhaustedError: a spine over the server's limits, or the server
                 already serves as many streams or uploads as it allows.
             FailedPreconditionError: no registry applied, or a feature view's
@@ -282,7 +301,8 @@ class TrainingClient:
         info = self.plan(
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
-            partition_rows=partition_rows, name=name,
+            partition_rows=partition_rows, fit=fit, transform_version=transform_version,
+            name=name,
         )
         return self.fetch(info, progress=progress)
 
@@ -295,6 +315,8 @@ class TrainingClient:
         full_feature_names: bool = False,
         timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
         partition_rows: int | None = None,
+        fit: bool = False,
+        transform_version: int = 0,
         name: str = "",
         progress: Callable[[TrainingProgress], None] | None = None,
     ) -> pa.RecordBatchReader:
@@ -306,7 +328,8 @@ class TrainingClient:
         info = self.plan(
             spine, features=features, feature_service=feature_service,
             full_feature_names=full_feature_names, timestamp_column=timestamp_column,
-            partition_rows=partition_rows, name=name,
+            partition_rows=partition_rows, fit=fit, transform_version=transform_version,
+            name=name,
         )
         return self.fetch_reader(info, progress=progress)
 
@@ -547,6 +570,14 @@ def _parquet_batches(path: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
             yield from pq.ParquetFile(file).iter_batches(batch_size=_UPLOAD_BATCH_ROWS)
 
     return schema, batches()
+
+
+def _user_name() -> str:
+    """Who asks for a fit, recorded with the parameters (the OS user name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
 
 
 def _call(func: Callable[[], T]) -> T:

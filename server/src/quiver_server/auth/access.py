@@ -275,19 +275,14 @@ class AccessControl:
         principal = call.principal
         for ref in requested:
             view_name, _, feature_name = ref.partition(":")
-            view = snapshot.feature_views.get(view_name)
-            feature = None
-            if view is not None:
+            allowed, exists, describable = self._judge_ref(
+                policy, principal, action, snapshot, view_name, feature_name
+            )
+            if allowed:
+                continue
+            if not exists and describable:
                 try:
-                    feature = view.feature(feature_name)
-                except KeyError:
-                    feature = None
-            if view is not None and feature is not None:
-                if policy.allows_feature(principal, action, view, feature):
-                    continue
-            elif policy.allows_view(principal, Action.DESCRIBE, view_name, view):
-                try:
-                    snapshot.resolve(features=[ref])
+                    snapshot.resolve_any(features=[ref])
                 except NotFoundError as missing:
                     return missing
             shown = clip(ref)
@@ -295,6 +290,43 @@ class AccessControl:
             return self._deny(call, action, [f"feature_view:{clip(view_name)}"],
                               denial.message, denial.metadata)
         return None
+
+    @staticmethod
+    def _judge_ref(policy: Policy, principal: Principal, action: Action, snapshot: Snapshot,
+                   view_name: str, feature_name: str) -> tuple[bool, bool, bool]:
+        """(allowed, exists, describable) of one requested ``view:feature``.
+
+        An on-demand view's feature is allowed when every stored feature it reads is
+        (what `check_features` checks for it), and its view is described to whoever may
+        describe every view it reads, as the registry service does.
+        """
+        on_demand = snapshot.on_demand_views.get(view_name)
+        if on_demand is not None:
+            exists = feature_name in on_demand.feature_names
+            inputs = [(p.view, name) for p in on_demand.feature_inputs for name in p.features]
+            allowed = exists and all(
+                (view := snapshot.feature_views.get(v)) is not None
+                and any(f.name == name for f in view.schema)
+                and policy.allows_feature(principal, action, view, view.feature(name))
+                for v, name in inputs
+            )
+            sources = {v for v, _ in inputs}
+            describable = (
+                all(policy.allows_view(principal, Action.DESCRIBE, v, snapshot.feature_views.get(v))
+                    for v in sources)
+                if sources else policy.allows_project(principal, Action.DESCRIBE)
+            )
+            return allowed, exists, describable
+        view = snapshot.feature_views.get(view_name)
+        feature = None
+        if view is not None:
+            try:
+                feature = view.feature(feature_name)
+            except KeyError:
+                feature = None
+        if view is not None and feature is not None:
+            return policy.allows_feature(principal, action, view, feature), True, False
+        return False, False, policy.allows_view(principal, Action.DESCRIBE, view_name, view)
 
     # --- registry reads -----------------------------------------------------------------
 

@@ -111,7 +111,12 @@ def view_from_proto(p: pb.FeatureView, entities: Mapping[str, Entity]) -> Featur
     )
 
 
-def service_to_proto(s: FeatureService) -> pb.FeatureService:
+def service_to_proto(s: FeatureService, hashes: Mapping[str, str] | None = None) -> pb.FeatureService:
+    """`hashes` maps custom transforms' import paths to their source hashes."""
+    from quiver_server.registry.convert_transforms import (
+        transform_to_proto,  # builds on this module
+    )
+
     return pb.FeatureService(
         name=s.name,
         projections=[
@@ -121,10 +126,13 @@ def service_to_proto(s: FeatureService) -> pb.FeatureService:
         description=s.description,
         owner=s.owner,
         tags=dict(s.tags),
+        transforms=[transform_to_proto(t, hashes or {}) for t in s.transforms],
     )
 
 
 def service_from_proto(p: pb.FeatureService) -> FeatureService:
+    from quiver_server.registry.convert_transforms import transform_from_proto
+
     return FeatureService(
         name=p.name,
         features=[
@@ -133,6 +141,7 @@ def service_from_proto(p: pb.FeatureService) -> FeatureService:
         description=p.description,
         owner=p.owner,
         tags=dict(p.tags),
+        transforms=[transform_from_proto(t) for t in p.transforms],
     )
 
 

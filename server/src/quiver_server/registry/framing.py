@@ -19,8 +19,9 @@ first byte is the tag of field 1 (``version``). They carry no checksum, so they
 are accepted only when they hold their own version number and the fields every
 commit writes, including ``cause``, the last field serialized: a file cut at a
 field boundary loses it, and a file cut inside a field does not parse. Such a
-file cannot hold permissions (field 9, serialized after ``cause``): they came
-after framing, so an unframed file with them is refused. Byte
+file cannot hold permissions (field 9), on-demand views or parameter sets
+(fields 20, 21), all serialized after ``cause``: they came after framing, so an
+unframed file with them is refused. Byte
 flips inside such a file cannot be detected; `quiver apply` or a materialization
 writes a new, framed version on top of it.
 """
@@ -100,7 +101,10 @@ def _decode_legacy(data: bytes) -> pb.Registry:
         raise CorruptVersion(
             "incomplete: an unframed file without the fields every version has (truncated?)"
         )
-    if proto.permissions:
-        # Versions with permissions are always framed; `cause` would not be last here.
-        raise CorruptVersion("an unframed file cannot hold permissions (not a genuine old version)")
+    if proto.permissions or proto.on_demand_feature_views or proto.transform_parameters:
+        # Versions with these are always framed; `cause` would not be last here.
+        raise CorruptVersion(
+            "an unframed file cannot hold permissions, on-demand views or parameter sets "
+            "(not a genuine old version)"
+        )
     return proto

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from quiver import Entity, FeatureService, FeatureView, Field, Permission, parse_feature_ref
+from quiver import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    OnDemandFeatureView,
+    Permission,
+    parse_feature_ref,
+)
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.echo import clip, name_list
-from quiver_server.registry import convert
+from quiver_server.registry import convert, convert_transforms
 from quiver_server.registry.layout import ViewTable
 
 
-@dataclass(frozen=True)
-class FeatureRef:
-    """One resolved feature: its view and field."""
+class _Named:
+    """Names of a resolved feature, from its view's name and its own."""
 
-    view: FeatureView
+    view: FeatureView | OnDemandFeatureView
     feature: Field
 
     @property
@@ -27,6 +35,26 @@ class FeatureRef:
 
     def output_name(self, full: bool) -> str:
         return f"{self.view.name}__{self.feature.name}" if full else self.feature.name
+
+
+@dataclass(frozen=True)
+class FeatureRef(_Named):
+    """One resolved feature: its view and field."""
+
+    view: FeatureView
+    feature: Field
+
+
+@dataclass(frozen=True)
+class OnDemandRef(_Named):
+    """One feature of an on-demand view: computed at request time, not stored."""
+
+    view: OnDemandFeatureView
+    feature: Field
+
+
+AnyRef = FeatureRef | OnDemandRef
+R = TypeVar("R", FeatureRef, AnyRef)
 
 
 class Snapshot:
@@ -48,6 +76,10 @@ class Snapshot:
         self.permissions: list[Permission] = [
             convert.permission_from_proto(p) for p in proto.permissions
         ]
+        self.on_demand_views: dict[str, OnDemandFeatureView] = {
+            v.name: convert_transforms.on_demand_view_from_proto(v)
+            for v in proto.on_demand_feature_views
+        }
         self._tables = {
             name: ViewTable(self.project, view, dict(proto.view_meta[name].layout.bin_names))
             for name, view in self.feature_views.items()
@@ -96,21 +128,42 @@ class Snapshot:
     ) -> list[FeatureRef]:
         """Resolve feature references or a feature service, keeping their order.
 
+        Only stored features: an on-demand view's name is NOT_FOUND here (see
+        `resolve_any`).
+
         Raises:
             InvalidArgumentError: neither or both selections, or a malformed ref.
             NotFoundError: an unknown view, feature or service, named.
         """
+        return self._resolve(features, feature_service, field, self._stored_ref)
+
+    def resolve_any(
+        self,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        *,
+        field: str = "features",
+    ) -> list[AnyRef]:
+        """Like `resolve`, with on-demand views' features as `OnDemandRef`."""
+        return self._resolve(features, feature_service, field, self._any_ref)
+
+    def _resolve(
+        self,
+        features: Sequence[str] | None,
+        feature_service: str | None,
+        field: str,
+        lookup: Callable[[str, str | None], list[R]],
+    ) -> list[R]:
         if feature_service and features:
             raise InvalidArgumentError.for_field(
                 field, "give either feature references or a feature service, not both"
             )
         if feature_service:
             service = self.feature_service(feature_service)
-            refs: list[FeatureRef] = []
+            refs: list[R] = []
             for projection in service.projections:
-                view = self.feature_view(projection.view)
-                names = projection.features or tuple(view.feature_names)
-                refs.extend(self._ref(view, name) for name in names)
+                for name in projection.features or (None,):
+                    refs.extend(lookup(projection.view, name))
             return refs
         if not features:
             raise InvalidArgumentError.for_field(
@@ -133,7 +186,31 @@ class Snapshot:
                     f"{field}[{i}]", f"feature {clip(ref)!r} is requested more than once"
                 )
             seen.add(ref)
-        return [self._ref(self.feature_view(view), feature) for view, feature in parsed]
+        resolved: list[R] = []
+        for view_name, feature_name in parsed:
+            resolved.extend(lookup(view_name, feature_name))
+        return resolved
+
+    def _stored_ref(self, view_name: str, name: str | None) -> list[FeatureRef]:
+        """`view_name:name`, or every feature of the view when `name` is None."""
+        view = self.feature_view(view_name)
+        return [self._ref(view, n) for n in ([name] if name else view.feature_names)]
+
+    def _any_ref(self, view_name: str, name: str | None) -> list[AnyRef]:
+        on_demand = self.on_demand_views.get(view_name)
+        if on_demand is None:
+            return list(self._stored_ref(view_name, name))
+        if name is None:
+            return [OnDemandRef(on_demand, f) for f in on_demand.schema]
+        try:
+            return [OnDemandRef(on_demand, on_demand.feature(name))]
+        except KeyError:
+            raise NotFoundError(
+                f"on-demand feature view {view_name!r} has no feature {clip(name)!r}; "
+                f"it has: {name_list(on_demand.feature_names)}",
+                reason="FEATURE_NOT_FOUND",
+                metadata={"feature_view": view_name, "feature": clip(name)},
+            ) from None
 
     def _ref(self, view: FeatureView, name: str) -> FeatureRef:
         try:

@@ -30,8 +30,11 @@ from quiver_server.serving.convert import (
     push_target,
 )
 from quiver_server.serving.online_read import OutputColumn, PlanCache, read_online
+from quiver_server.serving.online_transform import apply_pipeline, request_rows
 from quiver_server.serving.status import rpc_errors
 from quiver_server.telemetry.spans import traced
+from quiver_server.transforms.engine import Transformations
+from quiver_server.transforms.selection import select
 
 PUSH_ACTIONS: dict[PushTarget, tuple[Action, ...]] = {
     PushTarget.ONLINE: (Action.WRITE_ONLINE,),
@@ -77,6 +80,7 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         profiles: ServerProfiles | None = None,
         *,
         access: AccessControl | None = None,
+        transformations: Transformations | None = None,
     ) -> None:
         self._registry = registry
         self._profiles = profiles
@@ -84,7 +88,9 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         self._offline_root = offline_root
         self._store = store
         self._serving = serving
-        self._plans = PlanCache()
+        # On-demand functions are looked up in the feature repo (the working
+        # directory when none is given).
+        self._plans = PlanCache(transformations or Transformations("."))
         self._served = served
         self.heavy = HeavyRequestLimit(serving.heavy_request_entities, serving.max_heavy_requests)
 
@@ -95,7 +101,9 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         snapshot = self._registry.current()
         refs, service = request.features.refs, request.feature_service
         try:
-            plan = self._plans.get(snapshot, refs, service, request.full_feature_names)
+            plan = self._plans.get(
+                snapshot, refs, service, request.full_feature_names, request.transform_version
+            )
         except NotFoundError as exc:
             raise self._access.unknown(
                 exc, snapshot, Action.READ_ONLINE, requested=refs, service=service
@@ -106,24 +114,35 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             # read them all: before that, a name it may not see is denied whether or not
             # it exists.
             if self._access.enabled:
+                stored = select(snapshot, list(refs), service or None).stored
                 self._access.check_features(
-                    snapshot, Action.READ_ONLINE, snapshot.resolve(list(refs), service or None),
-                    service=service, requested=refs,
+                    snapshot, Action.READ_ONLINE, stored, service=service, requested=refs
                 )
             raise
+        # Every stored feature the lookup reads, an on-demand view's inputs included.
         self._access.check_features(
             snapshot, Action.READ_ONLINE, plan.refs, service=service, requested=refs
         )
-        key_columns, count = decode_key_columns(
-            request.entities, plan.key_types, max_entities=self._serving.max_entities
-        )
+        max_entities = self._serving.max_entities
+        if plan.refs or plan.pipeline is None:
+            key_columns, count = decode_key_columns(
+                request.entities, plan.key_types, max_entities=max_entities
+            )
+        else:  # only on-demand features of request data: nothing to read
+            key_columns = {}
+            count = request_rows(request.entities, request.request_data, max_entities)
         with self.heavy.admit(count, "entities"):
-            columns = read_online(self._store, plan, key_columns, count)
-            if self._served is not None:
-                self._served(columns)
+            columns = read_online(self._store, plan, key_columns, count) if plan.refs else []
             if self._profiles is not None:
                 self._profiles.sampler.observe(plan.parts, columns)
-            return encode_response(plan.output_names, columns, count)
+            if plan.pipeline is not None or request.request_data:
+                columns = apply_pipeline(plan, columns, request.request_data, count)
+            if self._served is not None:
+                self._served(columns)
+            response = encode_response(plan.output_names, columns, count)
+            if plan.pipeline is not None:
+                response.transform_version = plan.pipeline.version
+            return response
 
     @rpc_errors
     def PushFeatures(

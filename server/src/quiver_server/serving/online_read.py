@@ -20,6 +20,9 @@ from quiver_server.online.base import OnlineStore, ViewRead, ViewReadResult, Vie
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 from quiver_server.telemetry.spans import traced
+from quiver_server.transforms.engine import Transformations
+from quiver_server.transforms.pipeline import Pipeline
+from quiver_server.transforms.selection import select
 
 PRESENT: int = pb.FEATURE_STATUS_PRESENT
 NULL_VALUE: int = pb.FEATURE_STATUS_NULL_VALUE
@@ -39,10 +42,17 @@ class ViewPart:
 
 @dataclass(frozen=True)
 class ReadPlan:
+    """What a lookup reads (`refs`, by view) and what it answers (`output_names`).
+
+    With on-demand features or transforms, `pipeline` turns the stored values
+    read into the output columns (see `serving.online_transform`).
+    """
+
     refs: list[FeatureRef]
     output_names: list[str]
     parts: list[ViewPart]
     key_types: dict[str, ValueType]
+    pipeline: Pipeline | None = None
 
 
 @dataclass
@@ -56,10 +66,13 @@ class OutputColumn:
 class PlanCache:
     """Resolved plans per registry version and selection; resolving is not free."""
 
-    def __init__(self, max_entries: int = 1024) -> None:
+    def __init__(
+        self, transformations: Transformations | None = None, max_entries: int = 1024
+    ) -> None:
         self._entries: dict[tuple[object, ...], ReadPlan] = {}
         self._max = max_entries
         self._lock = threading.Lock()
+        self._transformations = transformations
 
     @traced("quiver.registry.resolve")
     def get(
@@ -68,11 +81,13 @@ class PlanCache:
         features: Sequence[str],
         feature_service: str,
         full_names: bool,
+        transform_version: int = 0,
     ) -> ReadPlan:
-        key = (snapshot.version, tuple(features), feature_service, full_names)
+        key = (snapshot.version, tuple(features), feature_service, full_names, transform_version)
         plan = self._entries.get(key)
         if plan is None:
-            plan = build_plan(snapshot, features, feature_service, full_names)
+            plan = build_plan(snapshot, features, feature_service, full_names,
+                              self._transformations, transform_version)
             with self._lock:
                 if len(self._entries) >= self._max:
                     self._entries.clear()
@@ -81,19 +96,24 @@ class PlanCache:
 
 
 def build_plan(
-    snapshot: Snapshot, features: Sequence[str], feature_service: str, full_names: bool
+    snapshot: Snapshot,
+    features: Sequence[str],
+    feature_service: str,
+    full_names: bool,
+    transformations: Transformations | None = None,
+    transform_version: int = 0,
 ) -> ReadPlan:
-    refs = snapshot.resolve(list(features), feature_service or None)
-    names = [ref.output_name(full_names) for ref in refs]
-    seen: dict[str, str] = {}
-    for ref, name in zip(refs, names, strict=True):
-        if name in seen:
-            raise InvalidArgumentError.for_field(
-                "full_feature_names",
-                f"feature name {name!r} comes from both {seen[name]!r} and {ref.view.name!r}; "
-                f"set full_feature_names to tell them apart",
-            )
-        seen[name] = ref.view.name
+    selection = select(snapshot, list(features), feature_service or None)
+    refs = list(selection.stored)
+    pipeline = None
+    if not selection.plain or transform_version:
+        if transformations is None:
+            raise AssertionError("a plan with transformations needs a Transformations")
+        pipeline = transformations.pipeline(
+            snapshot, selection, version=transform_version, full_names=full_names
+        )
+    # A pipeline names (and checks) its output columns; otherwise they are the refs'.
+    names = pipeline.output_names if pipeline is not None else _output_names(refs, full_names)
     parts: dict[str, ViewPart] = {}
     key_types: dict[str, ValueType] = {}
     for position, ref in enumerate(refs):
@@ -111,7 +131,21 @@ def build_plan(
                     )
         part.features.append(ref.feature.name)
         part.positions.append(position)
-    return ReadPlan(refs, names, list(parts.values()), key_types)
+    return ReadPlan(refs, names, list(parts.values()), key_types, pipeline)
+
+
+def _output_names(refs: Sequence[FeatureRef], full_names: bool) -> list[str]:
+    names = [ref.output_name(full_names) for ref in refs]
+    seen: dict[str, str] = {}
+    for ref, name in zip(refs, names, strict=True):
+        if name in seen:
+            raise InvalidArgumentError.for_field(
+                "full_feature_names",
+                f"feature name {name!r} comes from both {seen[name]!r} and {ref.view.name!r}; "
+                f"set full_feature_names to tell them apart",
+            )
+        seen[name] = ref.view.name
+    return names
 
 
 def view_reads(plan: ReadPlan, key_columns: Mapping[str, Sequence[Any]]) -> list[ViewRead]:
@@ -166,7 +200,7 @@ def _row_statuses(result: ViewReadResult, ttl_seconds: int, now_us: int) -> list
     return statuses
 
 
-_ZERO: dict[ValueType, Any] = {
+ZERO_VALUES: dict[ValueType, Any] = {
     ValueType.INT64: 0, ValueType.INT32: 0, ValueType.FLOAT64: 0.0, ValueType.FLOAT32: 0.0,
     ValueType.BOOL: False, ValueType.STRING: "", ValueType.BYTES: b"", ValueType.TIMESTAMP: 0,
 }
@@ -183,7 +217,7 @@ def _grade(
     # checks run in C, so 100 entities cost about as much as one.
     if all_present and None not in raw:
         return OutputColumn(dtype, raw, row_status, event_ts)
-    zero = _ZERO[dtype]
+    zero = ZERO_VALUES[dtype]
     values = [
         value if status == PRESENT and value is not None else zero
         for value, status in zip(raw, row_status, strict=True)

@@ -15,11 +15,13 @@ import grpc
 from quiver.errors import InvalidArgumentError, NotFoundError
 from quiver.registry.v1 import registry_service_pb2 as pb
 from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from quiver.registry.v1.registry_pb2 import FeatureService, OnDemandFeatureView
 from quiver_server.auth.access import AccessControl
 from quiver_server.echo import clip
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.serving.status import rpc_errors
+from quiver_server.transforms import params
 
 T = TypeVar("T")
 
@@ -134,8 +136,75 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.GetFeatureServiceRequest, context: grpc.ServicerContext
     ) -> pb.GetFeatureServiceResponse:
         snapshot = self._snapshot(request.project)
-        return pb.GetFeatureServiceResponse(
-            feature_service=self._get(
-                snapshot, snapshot.proto.feature_services, request.name, "feature_service"
-            )
+        service = self._get(
+            snapshot, snapshot.proto.feature_services, request.name, "feature_service"
         )
+        return pb.GetFeatureServiceResponse(
+            feature_service=service,
+            current_transform_version=params.current_version(snapshot.proto, service),
+        )
+
+    def _may_describe_on_demand(self, snapshot: Snapshot, view: OnDemandFeatureView) -> bool:
+        """An on-demand view is described to whoever may describe every view it reads."""
+        inputs = {i.feature_view for i in view.feature_inputs}
+        if not inputs:
+            return self._access.may_describe(snapshot, "project", snapshot.project)
+        return all(self._access.may_describe(snapshot, "feature_view", v) for v in inputs)
+
+    @rpc_errors
+    def ListOnDemandFeatureViews(
+        self, request: pb.ListOnDemandFeatureViewsRequest, context: grpc.ServicerContext
+    ) -> pb.ListOnDemandFeatureViewsResponse:
+        snapshot = self._snapshot(request.project)
+        views = snapshot.proto.on_demand_feature_views
+        return pb.ListOnDemandFeatureViewsResponse(on_demand_feature_views=sorted(
+            (v for v in views if self._may_describe_on_demand(snapshot, v)), key=lambda v: v.name
+        ))
+
+    @rpc_errors
+    def GetOnDemandFeatureView(
+        self, request: pb.GetOnDemandFeatureViewRequest, context: grpc.ServicerContext
+    ) -> pb.GetOnDemandFeatureViewResponse:
+        snapshot = self._snapshot(request.project)
+        view = self._find(
+            snapshot.proto.on_demand_feature_views, request.name, "on_demand_feature_view"
+        )
+        if not self._may_describe_on_demand(snapshot, view):
+            # Denied as an unknown name would be, so existence does not leak.
+            for source in view.feature_inputs:
+                self._access.check_describe(snapshot, "feature_view", source.feature_view)
+        return pb.GetOnDemandFeatureViewResponse(on_demand_feature_view=view)
+
+    @rpc_errors
+    def ListTransformParameterSets(
+        self, request: pb.ListTransformParameterSetsRequest, context: grpc.ServicerContext
+    ) -> pb.ListTransformParameterSetsResponse:
+        snapshot = self._snapshot(request.project)
+        service = self._named_service(snapshot, request.feature_service)
+        return pb.ListTransformParameterSetsResponse(
+            parameter_sets=params.parameter_sets(snapshot.proto, service.name),
+            current_version=params.current_version(snapshot.proto, service),
+        )
+
+    @rpc_errors
+    def GetTransformParameterSet(
+        self, request: pb.GetTransformParameterSetRequest, context: grpc.ServicerContext
+    ) -> pb.GetTransformParameterSetResponse:
+        snapshot = self._snapshot(request.project)
+        service = self._named_service(snapshot, request.feature_service)
+        found = params.parameter_set(snapshot.proto, service.name, request.version)
+        if found is None:
+            raise NotFoundError(
+                f"feature service {service.name!r} has no transforms with fitted parameters",
+                reason="TRANSFORM_VERSION_NOT_FOUND",
+                metadata={"feature_service": service.name},
+            )
+        current = params.current_version(snapshot.proto, service)
+        return pb.GetTransformParameterSetResponse(
+            parameter_set=found, current=found.version == current
+        )
+
+    def _named_service(self, snapshot: Snapshot, name: str) -> FeatureService:
+        if not name:
+            raise InvalidArgumentError.for_field("feature_service", "must not be empty")
+        return self._get(snapshot, snapshot.proto.feature_services, name, "feature_service")

@@ -42,6 +42,7 @@ from quiver_server.serving.feature_service import FeatureServingServicer
 from quiver_server.serving.reflection import enable_reflection
 from quiver_server.serving.registry_service import RegistryServicer
 from quiver_server.telemetry import SupervisorMetrics, Telemetry, setup_telemetry
+from quiver_server.transforms.engine import Transformations
 
 log = structlog.get_logger(__name__)
 
@@ -169,6 +170,7 @@ def create_server(
         FeatureServingServicer(
             registry, store, config.serving, config.offline_root,
             served=telemetry.lookup_observer(), profiles=profiles, access=access,
+            transformations=Transformations(config.repo_path),
         ),
         server,
     )

@@ -237,8 +237,16 @@ class TrainingSetCommand(_message.Message):
     "quiver.feature_ref" = "feature_view:feature". One row per spine row, in
     spine order (duplicates kept).
 
+    On-demand features are computed by their view's function from the joined
+    stored features and the spine columns named after their request fields. A
+    feature service's transforms are applied with a fitted parameter set (see
+    fit and transform_version): a transformed feature keeps its name (one-hot
+    encoding yields "name__category" columns instead), and the schema metadata
+    "quiver.transform_version" says which set was applied.
+
     get_schema accepts the command without a spine and then yields the columns a
-    spine must provide (join keys, timestamp) followed by the feature columns.
+    spine must provide (join keys, timestamp, request fields) followed by the
+    feature columns.
 
     Dictionary-encoded spine columns come back decoded.
 
@@ -249,7 +257,10 @@ class TrainingSetCommand(_message.Message):
     column) or a malformed selection; NOT_FOUND for an unknown feature view, feature, feature service
     or spine (reasons SPINE_NOT_FOUND, SPINE_EXPIRED); RESOURCE_EXHAUSTED for a
     spine over flight.max_spine_rows; FAILED_PRECONDITION when nothing was
-    applied yet or a view's history is missing or lacks a declared column.
+    applied yet or a view's history is missing or lacks a declared column, or
+    the service's transforms were never fitted for its current definition;
+    INVALID_ARGUMENT also when an on-demand function or custom transform raises
+    or returns the wrong type or length (here or during do_get).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -261,6 +272,9 @@ class TrainingSetCommand(_message.Message):
     TIMESTAMP_COLUMN_FIELD_NUMBER: _builtins.int
     PARTITION_ROWS_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    FIT_FIELD_NUMBER: _builtins.int
+    TRANSFORM_VERSION_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
     feature_service: _builtins.str
     """Name of a feature service."""
     full_feature_names: _builtins.bool
@@ -281,6 +295,17 @@ class TrainingSetCommand(_message.Message):
     what a model was trained on; without a name it is stored under the
     training set's fingerprint.
     """
+    fit: _builtins.bool
+    """Fit the feature service's transforms on this training set first, store
+    the parameters as a new version in the registry, and apply that version.
+    Only with a feature service that has transforms.
+    """
+    transform_version: _builtins.int
+    """Parameter set version to apply; 0 means the current one (or, with fit,
+    the one just fitted).
+    """
+    requested_by: _builtins.str
+    """Who asks for the fit, recorded with the parameter set."""
     @_builtins.property
     def spine(self) -> Global___SpineSource:
         """The spine; required by get_flight_info."""
@@ -299,10 +324,13 @@ class TrainingSetCommand(_message.Message):
         timestamp_column: _builtins.str = ...,
         partition_rows: _builtins.int = ...,
         name: _builtins.str = ...,
+        fit: _builtins.bool = ...,
+        transform_version: _builtins.int = ...,
+        requested_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "selection", b"selection", "spine", b"spine"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "full_feature_names", b"full_feature_names", "name", b"name", "partition_rows", b"partition_rows", "selection", b"selection", "spine", b"spine", "timestamp_column", b"timestamp_column"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "fit", b"fit", "full_feature_names", b"full_feature_names", "name", b"name", "partition_rows", b"partition_rows", "requested_by", b"requested_by", "selection", b"selection", "spine", b"spine", "timestamp_column", b"timestamp_column", "transform_version", b"transform_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selection: _TypeAlias = _typing.Literal["features", "feature_service"]  # noqa: Y015
     _WhichOneofArgType_selection: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
@@ -396,6 +424,8 @@ class TrainingSetPartition(_message.Message):
     PLANNED_AT_FIELD_NUMBER: _builtins.int
     SPINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    TRANSFORM_VERSION_FIELD_NUMBER: _builtins.int
     timestamp_column: _builtins.str
     """Spine column holding each row's event time."""
     full_feature_names: _builtins.bool
@@ -416,6 +446,10 @@ class TrainingSetPartition(_message.Message):
     """Digest of the spine file(s) of a parquet_path spine when planned."""
     name: _builtins.str
     """The TrainingSetCommand's name, if any."""
+    feature_service: _builtins.str
+    """The feature service selected, when one was; its transforms apply."""
+    transform_version: _builtins.int
+    """Parameter set version of its transforms; 0 when none is involved."""
     @_builtins.property
     def spine(self) -> Global___SpineSource:
         """The spine."""
@@ -458,10 +492,12 @@ class TrainingSetPartition(_message.Message):
         planned_at: _timestamp_pb2.Timestamp | None = ...,
         spine_fingerprint: _builtins.str = ...,
         name: _builtins.str = ...,
+        feature_service: _builtins.str = ...,
+        transform_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["planned_at", b"planned_at", "spine", b"spine", "spine_expires_at", b"spine_expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "name", b"name", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "feature_service", b"feature_service", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "name", b"name", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column", "transform_version", b"transform_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

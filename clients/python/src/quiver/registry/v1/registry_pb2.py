@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from quiver.types.v1 import value_pb2 as quiver_dot_types_dot_v1_dot_value__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!quiver/registry/v1/registry.proto\x12\x12quiver.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquiver/types/v1/value.proto\"\xee\x01\n\x05\x46ield\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\nvalue_type\x18\x02 \x01(\x0e\x32\x1a.quiver.types.v1.ValueType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x31\n\x04tags\x18\x04 \x03(\x0b\x32#.quiver.registry.v1.Field.TagsEntry\x12\x32\n\x05\x64rift\x18\x05 \x01(\x0b\x32#.quiver.registry.v1.DriftThresholds\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x0f\x44riftThresholds\x12\x0b\n\x03psi\x18\x01 \x01(\x01\x12\x16\n\x0ejensen_shannon\x18\x02 \x01(\x01\x12\x11\n\tnull_rate\x18\x03 \x01(\x01\"\xc9\x01\n\x06\x45ntity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tjoin_keys\x18\x02 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x32\n\x04tags\x18\x05 \x03(\x0b\x32$.quiver.registry.v1.Entity.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd8\x01\n\rParquetSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x17\n\x0ftimestamp_field\x18\x02 \x01(\t\x12\x1f\n\x17\x63reated_timestamp_field\x18\x03 \x01(\t\x12J\n\rfield_mapping\x18\x04 \x03(\x0b\x32\x33.quiver.registry.v1.ParquetSource.FieldMappingEntry\x1a\x33\n\x11\x46ieldMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x02\n\x0b\x46\x65\x61tureView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ntities\x18\x02 \x03(\t\x12+\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x31\n\x06source\x18\x04 \x01(\x0b\x32!.quiver.registry.v1.ParquetSource\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x03\x12\x0e\n\x06online\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x37\n\x04tags\x18\t \x03(\x0b\x32).quiver.registry.v1.FeatureView.TagsEntry\x12\x32\n\x05\x64rift\x18\n \x01(\x0b\x32#.quiver.registry.v1.DriftThresholds\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11\x46\x65\x61tureProjection\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\"\xe7\x01\n\x0e\x46\x65\x61tureService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12:\n\x0bprojections\x18\x02 \x03(\x0b\x32%.quiver.registry.v1.FeatureProjection\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12:\n\x04tags\x18\x05 \x03(\x0b\x32,.quiver.registry.v1.FeatureService.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\rStorageLayout\x12\x42\n\tbin_names\x18\x01 \x03(\x0b\x32/.quiver.registry.v1.StorageLayout.BinNamesEntry\x12\x10\n\x08next_bin\x18\x02 \x01(\x03\x1a/\n\rBinNamesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x14MaterializationState\x12-\n\twatermark\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x01\n\x08ViewMeta\x12\x31\n\x06layout\x18\x01 \x01(\x0b\x32!.quiver.registry.v1.StorageLayout\x12\x41\n\x0fmaterialization\x18\x02 \x01(\x0b\x32(.quiver.registry.v1.MaterializationState\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x64\x65\x66ined_in_version\x18\x05 \x01(\x03\")\n\x0bTagSelector\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x8c\x01\n\x08Resource\x12\x11\n\x07project\x18\x01 \x01(\tH\x00\x12\x16\n\x0c\x66\x65\x61ture_view\x18\x02 \x01(\tH\x00\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x03 \x01(\tH\x00\x12.\n\x03tag\x18\x04 \x01(\x0b\x32\x1f.quiver.registry.v1.TagSelectorH\x00\x42\n\n\x08selector\"\xb1\x01\n\nPermission\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nprincipals\x18\x02 \x03(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12+\n\x07\x61\x63tions\x18\x04 \x03(\x0e\x32\x1a.quiver.registry.v1.Action\x12/\n\tresources\x18\x05 \x03(\x0b\x32\x1c.quiver.registry.v1.Resource\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\",\n\x07Project\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xef\x03\n\x08Registry\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07project\x18\x03 \x01(\x0b\x32\x1b.quiver.registry.v1.Project\x12,\n\x08\x65ntities\x18\x04 \x03(\x0b\x32\x1a.quiver.registry.v1.Entity\x12\x36\n\rfeature_views\x18\x05 \x03(\x0b\x32\x1f.quiver.registry.v1.FeatureView\x12<\n\x10\x66\x65\x61ture_services\x18\x06 \x03(\x0b\x32\".quiver.registry.v1.FeatureService\x12=\n\tview_meta\x18\x07 \x03(\x0b\x32*.quiver.registry.v1.Registry.ViewMetaEntry\x12\r\n\x05\x63\x61use\x18\x08 \x01(\t\x12\x33\n\x0bpermissions\x18\t \x03(\x0b\x32\x1e.quiver.registry.v1.Permission\x1aM\n\rViewMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.quiver.registry.v1.ViewMeta:\x02\x38\x01*\xac\x01\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TION_DESCRIBE\x10\x01\x12\x16\n\x12\x41\x43TION_READ_ONLINE\x10\x02\x12\x17\n\x13\x41\x43TION_READ_OFFLINE\x10\x03\x12\x17\n\x13\x41\x43TION_WRITE_ONLINE\x10\x04\x12\x18\n\x14\x41\x43TION_WRITE_OFFLINE\x10\x05\x12\x11\n\rACTION_DELETE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!quiver/registry/v1/registry.proto\x12\x12quiver.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bquiver/types/v1/value.proto\"\xee\x01\n\x05\x46ield\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\nvalue_type\x18\x02 \x01(\x0e\x32\x1a.quiver.types.v1.ValueType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x31\n\x04tags\x18\x04 \x03(\x0b\x32#.quiver.registry.v1.Field.TagsEntry\x12\x32\n\x05\x64rift\x18\x05 \x01(\x0b\x32#.quiver.registry.v1.DriftThresholds\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x0f\x44riftThresholds\x12\x0b\n\x03psi\x18\x01 \x01(\x01\x12\x16\n\x0ejensen_shannon\x18\x02 \x01(\x01\x12\x11\n\tnull_rate\x18\x03 \x01(\x01\"\xc9\x01\n\x06\x45ntity\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\tjoin_keys\x18\x02 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x32\n\x04tags\x18\x05 \x03(\x0b\x32$.quiver.registry.v1.Entity.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd8\x01\n\rParquetSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x17\n\x0ftimestamp_field\x18\x02 \x01(\t\x12\x1f\n\x17\x63reated_timestamp_field\x18\x03 \x01(\t\x12J\n\rfield_mapping\x18\x04 \x03(\x0b\x32\x33.quiver.registry.v1.ParquetSource.FieldMappingEntry\x1a\x33\n\x11\x46ieldMappingEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf0\x02\n\x0b\x46\x65\x61tureView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ntities\x18\x02 \x03(\t\x12+\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x31\n\x06source\x18\x04 \x01(\x0b\x32!.quiver.registry.v1.ParquetSource\x12\x13\n\x0bttl_seconds\x18\x05 \x01(\x03\x12\x0e\n\x06online\x18\x06 \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\r\n\x05owner\x18\x08 \x01(\t\x12\x37\n\x04tags\x18\t \x03(\x0b\x32).quiver.registry.v1.FeatureView.TagsEntry\x12\x32\n\x05\x64rift\x18\n \x01(\x0b\x32#.quiver.registry.v1.DriftThresholds\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x11\x46\x65\x61tureProjection\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\"\x9a\x02\n\x0e\x46\x65\x61tureService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12:\n\x0bprojections\x18\x02 \x03(\x0b\x32%.quiver.registry.v1.FeatureProjection\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12:\n\x04tags\x18\x05 \x03(\x0b\x32,.quiver.registry.v1.FeatureService.TagsEntry\x12\x31\n\ntransforms\x18\x14 \x03(\x0b\x32\x1d.quiver.registry.v1.Transform\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\rStorageLayout\x12\x42\n\tbin_names\x18\x01 \x03(\x0b\x32/.quiver.registry.v1.StorageLayout.BinNamesEntry\x12\x10\n\x08next_bin\x18\x02 \x01(\x03\x1a/\n\rBinNamesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"u\n\x14MaterializationState\x12-\n\twatermark\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x01\n\x08ViewMeta\x12\x31\n\x06layout\x18\x01 \x01(\x0b\x32!.quiver.registry.v1.StorageLayout\x12\x41\n\x0fmaterialization\x18\x02 \x01(\x0b\x32(.quiver.registry.v1.MaterializationState\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x64\x65\x66ined_in_version\x18\x05 \x01(\x03\")\n\x0bTagSelector\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x8c\x01\n\x08Resource\x12\x11\n\x07project\x18\x01 \x01(\tH\x00\x12\x16\n\x0c\x66\x65\x61ture_view\x18\x02 \x01(\tH\x00\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x03 \x01(\tH\x00\x12.\n\x03tag\x18\x04 \x01(\x0b\x32\x1f.quiver.registry.v1.TagSelectorH\x00\x42\n\n\x08selector\"\xb1\x01\n\nPermission\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nprincipals\x18\x02 \x03(\t\x12\x0e\n\x06groups\x18\x03 \x03(\t\x12+\n\x07\x61\x63tions\x18\x04 \x03(\x0e\x32\x1a.quiver.registry.v1.Action\x12/\n\tresources\x18\x05 \x03(\x0b\x32\x1c.quiver.registry.v1.Resource\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\",\n\x07Project\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x82\x05\n\x08Registry\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x07project\x18\x03 \x01(\x0b\x32\x1b.quiver.registry.v1.Project\x12,\n\x08\x65ntities\x18\x04 \x03(\x0b\x32\x1a.quiver.registry.v1.Entity\x12\x36\n\rfeature_views\x18\x05 \x03(\x0b\x32\x1f.quiver.registry.v1.FeatureView\x12<\n\x10\x66\x65\x61ture_services\x18\x06 \x03(\x0b\x32\".quiver.registry.v1.FeatureService\x12=\n\tview_meta\x18\x07 \x03(\x0b\x32*.quiver.registry.v1.Registry.ViewMetaEntry\x12\r\n\x05\x63\x61use\x18\x08 \x01(\t\x12\x33\n\x0bpermissions\x18\t \x03(\x0b\x32\x1e.quiver.registry.v1.Permission\x12H\n\x17on_demand_feature_views\x18\x14 \x03(\x0b\x32\'.quiver.registry.v1.OnDemandFeatureView\x12G\n\x14transform_parameters\x18\x15 \x03(\x0b\x32).quiver.registry.v1.TransformParameterSet\x1aM\n\rViewMetaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12+\n\x05value\x18\x02 \x01(\x0b\x32\x1c.quiver.registry.v1.ViewMeta:\x02\x38\x01\"]\n\rRequestSource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06schema\x18\x02 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xb6\x03\n\x13OnDemandFeatureView\x12\x0c\n\x04name\x18\x01 \x01(\t\x12=\n\x0e\x66\x65\x61ture_inputs\x18\x02 \x03(\x0b\x32%.quiver.registry.v1.FeatureProjection\x12:\n\x0frequest_sources\x18\x03 \x03(\x0b\x32!.quiver.registry.v1.RequestSource\x12+\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32\x19.quiver.registry.v1.Field\x12\x10\n\x08\x66unction\x18\x05 \x01(\t\x12.\n\x04mode\x18\x06 \x01(\x0e\x32 .quiver.registry.v1.OnDemandMode\x12\x15\n\rfunction_hash\x18\x07 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\r\n\x05owner\x18\t \x01(\t\x12?\n\x04tags\x18\n \x03(\x0b\x32\x31.quiver.registry.v1.OnDemandFeatureView.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x03\n\x0f\x43ustomTransform\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x15\n\rfunction_hash\x18\x02 \x01(\t\x12\x0b\n\x03\x66it\x18\x03 \x01(\t\x12\x10\n\x08\x66it_hash\x18\x04 \x01(\t\x12G\n\nparameters\x18\x05 \x03(\x0b\x32\x33.quiver.registry.v1.CustomTransform.ParametersEntry\x12/\n\x0boutput_type\x18\x06 \x01(\x0e\x32\x1a.quiver.types.v1.ValueType\x12?\n\x06values\x18\x07 \x03(\x0b\x32/.quiver.registry.v1.CustomTransform.ValuesEntry\x1aM\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05value\x18\x02 \x01(\x0e\x32\x1a.quiver.types.v1.ValueType:\x02\x38\x01\x1a\x46\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\"\xe5\x01\n\tTransform\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12;\n\x07options\x18\x03 \x03(\x0b\x32*.quiver.registry.v1.Transform.OptionsEntry\x12\x33\n\x06\x63ustom\x18\x04 \x01(\x0b\x32#.quiver.registry.v1.CustomTransform\x1aG\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\"\xc5\x01\n\x0f\x46ittedTransform\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12G\n\nparameters\x18\x03 \x03(\x0b\x32\x33.quiver.registry.v1.FittedTransform.ParametersEntry\x1aJ\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\"\x7f\n\x11TrainingSetOrigin\x12\r\n\x05spine\x18\x01 \x01(\t\x12\x19\n\x11spine_fingerprint\x18\x02 \x01(\t\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x18\n\x10timestamp_column\x18\x04 \x01(\t\x12\x18\n\x10registry_version\x18\x05 \x01(\x03\"\xa0\x02\n\x15TransformParameterSet\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tspec_hash\x18\x03 \x01(\t\x12\x37\n\ntransforms\x18\x04 \x03(\x0b\x32#.quiver.registry.v1.FittedTransform\x12;\n\x0ctraining_set\x18\x05 \x01(\x0b\x32%.quiver.registry.v1.TrainingSetOrigin\x12-\n\tfitted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfitted_by\x18\x07 \x01(\t\x12\x12\n\nfitted_via\x18\x08 \x01(\t*\xac\x01\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TION_DESCRIBE\x10\x01\x12\x16\n\x12\x41\x43TION_READ_ONLINE\x10\x02\x12\x17\n\x13\x41\x43TION_READ_OFFLINE\x10\x03\x12\x17\n\x13\x41\x43TION_WRITE_ONLINE\x10\x04\x12\x18\n\x14\x41\x43TION_WRITE_OFFLINE\x10\x05\x12\x11\n\rACTION_DELETE\x10\x06*c\n\x0cOnDemandMode\x12\x1e\n\x1aON_DEMAND_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14ON_DEMAND_MODE_ARROW\x10\x01\x12\x19\n\x15ON_DEMAND_MODE_PANDAS\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,8 +47,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STORAGELAYOUT_BINNAMESENTRY']._serialized_options = b'8\001'
   _globals['_REGISTRY_VIEWMETAENTRY']._loaded_options = None
   _globals['_REGISTRY_VIEWMETAENTRY']._serialized_options = b'8\001'
-  _globals['_ACTION']._serialized_start=2962
-  _globals['_ACTION']._serialized_end=3134
+  _globals['_ONDEMANDFEATUREVIEW_TAGSENTRY']._loaded_options = None
+  _globals['_ONDEMANDFEATUREVIEW_TAGSENTRY']._serialized_options = b'8\001'
+  _globals['_CUSTOMTRANSFORM_PARAMETERSENTRY']._loaded_options = None
+  _globals['_CUSTOMTRANSFORM_PARAMETERSENTRY']._serialized_options = b'8\001'
+  _globals['_CUSTOMTRANSFORM_VALUESENTRY']._loaded_options = None
+  _globals['_CUSTOMTRANSFORM_VALUESENTRY']._serialized_options = b'8\001'
+  _globals['_TRANSFORM_OPTIONSENTRY']._loaded_options = None
+  _globals['_TRANSFORM_OPTIONSENTRY']._serialized_options = b'8\001'
+  _globals['_FITTEDTRANSFORM_PARAMETERSENTRY']._loaded_options = None
+  _globals['_FITTEDTRANSFORM_PARAMETERSENTRY']._serialized_options = b'8\001'
+  _globals['_ACTION']._serialized_start=4978
+  _globals['_ACTION']._serialized_end=5150
+  _globals['_ONDEMANDMODE']._serialized_start=5152
+  _globals['_ONDEMANDMODE']._serialized_end=5251
   _globals['_FIELD']._serialized_start=120
   _globals['_FIELD']._serialized_end=358
   _globals['_FIELD_TAGSENTRY']._serialized_start=315
@@ -70,27 +82,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREPROJECTION']._serialized_start=1229
   _globals['_FEATUREPROJECTION']._serialized_end=1288
   _globals['_FEATURESERVICE']._serialized_start=1291
-  _globals['_FEATURESERVICE']._serialized_end=1522
+  _globals['_FEATURESERVICE']._serialized_end=1573
   _globals['_FEATURESERVICE_TAGSENTRY']._serialized_start=315
   _globals['_FEATURESERVICE_TAGSENTRY']._serialized_end=358
-  _globals['_STORAGELAYOUT']._serialized_start=1525
-  _globals['_STORAGELAYOUT']._serialized_end=1675
-  _globals['_STORAGELAYOUT_BINNAMESENTRY']._serialized_start=1628
-  _globals['_STORAGELAYOUT_BINNAMESENTRY']._serialized_end=1675
-  _globals['_MATERIALIZATIONSTATE']._serialized_start=1677
-  _globals['_MATERIALIZATIONSTATE']._serialized_end=1794
-  _globals['_VIEWMETA']._serialized_start=1797
-  _globals['_VIEWMETA']._serialized_end=2049
-  _globals['_TAGSELECTOR']._serialized_start=2051
-  _globals['_TAGSELECTOR']._serialized_end=2092
-  _globals['_RESOURCE']._serialized_start=2095
-  _globals['_RESOURCE']._serialized_end=2235
-  _globals['_PERMISSION']._serialized_start=2238
-  _globals['_PERMISSION']._serialized_end=2415
-  _globals['_PROJECT']._serialized_start=2417
-  _globals['_PROJECT']._serialized_end=2461
-  _globals['_REGISTRY']._serialized_start=2464
-  _globals['_REGISTRY']._serialized_end=2959
-  _globals['_REGISTRY_VIEWMETAENTRY']._serialized_start=2882
-  _globals['_REGISTRY_VIEWMETAENTRY']._serialized_end=2959
+  _globals['_STORAGELAYOUT']._serialized_start=1576
+  _globals['_STORAGELAYOUT']._serialized_end=1726
+  _globals['_STORAGELAYOUT_BINNAMESENTRY']._serialized_start=1679
+  _globals['_STORAGELAYOUT_BINNAMESENTRY']._serialized_end=1726
+  _globals['_MATERIALIZATIONSTATE']._serialized_start=1728
+  _globals['_MATERIALIZATIONSTATE']._serialized_end=1845
+  _globals['_VIEWMETA']._serialized_start=1848
+  _globals['_VIEWMETA']._serialized_end=2100
+  _globals['_TAGSELECTOR']._serialized_start=2102
+  _globals['_TAGSELECTOR']._serialized_end=2143
+  _globals['_RESOURCE']._serialized_start=2146
+  _globals['_RESOURCE']._serialized_end=2286
+  _globals['_PERMISSION']._serialized_start=2289
+  _globals['_PERMISSION']._serialized_end=2466
+  _globals['_PROJECT']._serialized_start=2468
+  _globals['_PROJECT']._serialized_end=2512
+  _globals['_REGISTRY']._serialized_start=2515
+  _globals['_REGISTRY']._serialized_end=3157
+  _globals['_REGISTRY_VIEWMETAENTRY']._serialized_start=3080
+  _globals['_REGISTRY_VIEWMETAENTRY']._serialized_end=3157
+  _globals['_REQUESTSOURCE']._serialized_start=3159
+  _globals['_REQUESTSOURCE']._serialized_end=3252
+  _globals['_ONDEMANDFEATUREVIEW']._serialized_start=3255
+  _globals['_ONDEMANDFEATUREVIEW']._serialized_end=3693
+  _globals['_ONDEMANDFEATUREVIEW_TAGSENTRY']._serialized_start=315
+  _globals['_ONDEMANDFEATUREVIEW_TAGSENTRY']._serialized_end=358
+  _globals['_CUSTOMTRANSFORM']._serialized_start=3696
+  _globals['_CUSTOMTRANSFORM']._serialized_end=4123
+  _globals['_CUSTOMTRANSFORM_PARAMETERSENTRY']._serialized_start=3974
+  _globals['_CUSTOMTRANSFORM_PARAMETERSENTRY']._serialized_end=4051
+  _globals['_CUSTOMTRANSFORM_VALUESENTRY']._serialized_start=4053
+  _globals['_CUSTOMTRANSFORM_VALUESENTRY']._serialized_end=4123
+  _globals['_TRANSFORM']._serialized_start=4126
+  _globals['_TRANSFORM']._serialized_end=4355
+  _globals['_TRANSFORM_OPTIONSENTRY']._serialized_start=4284
+  _globals['_TRANSFORM_OPTIONSENTRY']._serialized_end=4355
+  _globals['_FITTEDTRANSFORM']._serialized_start=4358
+  _globals['_FITTEDTRANSFORM']._serialized_end=4555
+  _globals['_FITTEDTRANSFORM_PARAMETERSENTRY']._serialized_start=4481
+  _globals['_FITTEDTRANSFORM_PARAMETERSENTRY']._serialized_end=4555
+  _globals['_TRAININGSETORIGIN']._serialized_start=4557
+  _globals['_TRAININGSETORIGIN']._serialized_end=4684
+  _globals['_TRANSFORMPARAMETERSET']._serialized_start=4687
+  _globals['_TRANSFORMPARAMETERSET']._serialized_end=4975
 # @@protoc_insertion_point(module_scope)

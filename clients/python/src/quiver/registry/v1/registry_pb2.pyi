@@ -59,6 +59,28 @@ ACTION_DELETE: Action.ValueType  # 6
 """Removing entities (DeleteEntities)."""
 Global___Action: _TypeAlias = Action  # noqa: Y015
 
+class _OnDemandMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OnDemandModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OnDemandMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ON_DEMAND_MODE_UNSPECIFIED: _OnDemandMode.ValueType  # 0
+    ON_DEMAND_MODE_ARROW: _OnDemandMode.ValueType  # 1
+    """A pyarrow.RecordBatch in; a RecordBatch, Table or mapping of arrays out."""
+    ON_DEMAND_MODE_PANDAS: _OnDemandMode.ValueType  # 2
+    """A pandas.DataFrame in and out."""
+
+class OnDemandMode(_OnDemandMode, metaclass=_OnDemandModeEnumTypeWrapper):
+    """OnDemandMode says what the function of an on-demand view receives and returns."""
+
+ON_DEMAND_MODE_UNSPECIFIED: OnDemandMode.ValueType  # 0
+ON_DEMAND_MODE_ARROW: OnDemandMode.ValueType  # 1
+"""A pyarrow.RecordBatch in; a RecordBatch, Table or mapping of arrays out."""
+ON_DEMAND_MODE_PANDAS: OnDemandMode.ValueType  # 2
+"""A pandas.DataFrame in and out."""
+Global___OnDemandMode: _TypeAlias = OnDemandMode  # noqa: Y015
+
 @_typing.final
 class Field(_message.Message):
     """Field is a named, typed column: a join key or a feature."""
@@ -398,6 +420,7 @@ class FeatureService(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    TRANSFORMS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     owner: _builtins.str
@@ -405,6 +428,12 @@ class FeatureService(_message.Message):
     def projections(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureProjection]: ...
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def transforms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transform]:
+        """Model-dependent transforms applied to selected features, at most one per
+        feature (see Transform). Field numbers from 20 on belong to transformations.
+        """
+
     def __init__(
         self,
         *,
@@ -413,10 +442,11 @@ class FeatureService(_message.Message):
         description: _builtins.str = ...,
         owner: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        transforms: _abc.Iterable[Global___Transform] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "owner", b"owner", "projections", b"projections", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "owner", b"owner", "projections", b"projections", "tags", b"tags", "transforms", b"transforms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -709,9 +739,11 @@ class Registry(_message.Message):
     VIEW_META_FIELD_NUMBER: _builtins.int
     CAUSE_FIELD_NUMBER: _builtins.int
     PERMISSIONS_FIELD_NUMBER: _builtins.int
+    ON_DEMAND_FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
+    TRANSFORM_PARAMETERS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     cause: _builtins.str
-    """What produced this version, e.g. "apply" or "materialize"."""
+    """What produced this version, e.g. "apply", "materialize" or "fit"."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -730,6 +762,16 @@ class Registry(_message.Message):
     def permissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Permission]:
         """Access control, enforced by both servers when authentication is on."""
 
+    @_builtins.property
+    def on_demand_feature_views(self) -> _containers.RepeatedCompositeFieldContainer[Global___OnDemandFeatureView]:
+        """Views computed at request time from request data and stored features."""
+
+    @_builtins.property
+    def transform_parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransformParameterSet]:
+        """Every parameter set ever fitted, for every feature service; never edited
+        or removed, so a pinned version keeps meaning the same numbers.
+        """
+
     def __init__(
         self,
         *,
@@ -742,11 +784,420 @@ class Registry(_message.Message):
         view_meta: _abc.Mapping[_builtins.str, Global___ViewMeta] | None = ...,
         cause: _builtins.str = ...,
         permissions: _abc.Iterable[Global___Permission] | None = ...,
+        on_demand_feature_views: _abc.Iterable[Global___OnDemandFeatureView] | None = ...,
+        transform_parameters: _abc.Iterable[Global___TransformParameterSet] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "project", b"project"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "created_at", b"created_at", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "permissions", b"permissions", "project", b"project", "version", b"version", "view_meta", b"view_meta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "created_at", b"created_at", "entities", b"entities", "feature_services", b"feature_services", "feature_views", b"feature_views", "on_demand_feature_views", b"on_demand_feature_views", "permissions", b"permissions", "project", b"project", "transform_parameters", b"transform_parameters", "version", b"version", "view_meta", b"view_meta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Registry: _TypeAlias = Registry  # noqa: Y015
+
+@_typing.final
+class RequestSource(_message.Message):
+    """RequestSource declares values a caller sends with an online lookup
+    (GetOnlineFeaturesRequest.request_data) and a training spine carries as
+    columns of the same names, for on-demand feature views to read.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    @_builtins.property
+    def schema(self) -> _containers.RepeatedCompositeFieldContainer[Global___Field]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        schema: _abc.Iterable[Global___Field] | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "schema", b"schema"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestSource: _TypeAlias = RequestSource  # noqa: Y015
+
+@_typing.final
+class OnDemandFeatureView(_message.Message):
+    """OnDemandFeatureView is a group of features computed at request time by a
+    Python function (referenced by import path, never pickled) from request data
+    and stored features. The serving server runs it per lookup and the Flight
+    server over training sets, so both paths run the same code.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FEATURE_INPUTS_FIELD_NUMBER: _builtins.int
+    REQUEST_SOURCES_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    FUNCTION_HASH_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    function: _builtins.str
+    """Import path of the function, "package.module:function"."""
+    mode: Global___OnDemandMode.ValueType
+    function_hash: _builtins.str
+    """"sha256:<hex>" of the function's source when applied; servers refuse to run
+    a function whose source differs.
+    """
+    description: _builtins.str
+    owner: _builtins.str
+    @_builtins.property
+    def feature_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureProjection]:
+        """Stored features the function reads, as projections of feature views."""
+
+    @_builtins.property
+    def request_sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestSource]:
+        """Request data the function reads."""
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___Field]:
+        """The features it produces (its output schema)."""
+
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        feature_inputs: _abc.Iterable[Global___FeatureProjection] | None = ...,
+        request_sources: _abc.Iterable[Global___RequestSource] | None = ...,
+        features: _abc.Iterable[Global___Field] | None = ...,
+        function: _builtins.str = ...,
+        mode: Global___OnDemandMode.ValueType = ...,
+        function_hash: _builtins.str = ...,
+        description: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "feature_inputs", b"feature_inputs", "features", b"features", "function", b"function", "function_hash", b"function_hash", "mode", b"mode", "name", b"name", "owner", b"owner", "request_sources", b"request_sources", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OnDemandFeatureView: _TypeAlias = OnDemandFeatureView  # noqa: Y015
+
+@_typing.final
+class CustomTransform(_message.Message):
+    """CustomTransform is a user transform referenced by import path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _value_pb2.ValueType.ValueType
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _value_pb2.ValueType.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _value_pb2.Values: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _value_pb2.Values | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FUNCTION_FIELD_NUMBER: _builtins.int
+    FUNCTION_HASH_FIELD_NUMBER: _builtins.int
+    FIT_FIELD_NUMBER: _builtins.int
+    FIT_HASH_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TYPE_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    function: _builtins.str
+    """Import path of `apply(values: pyarrow.Array, params: dict) -> pyarrow.Array`."""
+    function_hash: _builtins.str
+    fit: _builtins.str
+    """Optional import path of `fit(values: pyarrow.ChunkedArray) -> dict`."""
+    fit_hash: _builtins.str
+    output_type: _value_pb2.ValueType.ValueType
+    """Output type."""
+    @_builtins.property
+    def parameters(self) -> _containers.ScalarMap[_builtins.str, _value_pb2.ValueType.ValueType]:
+        """Declared parameter names and scalar types."""
+
+    @_builtins.property
+    def values(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Values]:
+        """Fixed parameter values, when there is no fit function."""
+
+    def __init__(
+        self,
+        *,
+        function: _builtins.str = ...,
+        function_hash: _builtins.str = ...,
+        fit: _builtins.str = ...,
+        fit_hash: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _value_pb2.ValueType.ValueType] | None = ...,
+        output_type: _value_pb2.ValueType.ValueType = ...,
+        values: _abc.Mapping[_builtins.str, _value_pb2.Values] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fit", b"fit", "fit_hash", b"fit_hash", "function", b"function", "function_hash", b"function_hash", "output_type", b"output_type", "parameters", b"parameters", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CustomTransform: _TypeAlias = CustomTransform  # noqa: Y015
+
+@_typing.final
+class Transform(_message.Message):
+    """Transform is a model-dependent transformation of one feature of a feature
+    service: a built-in (standard_scaler, min_max_scaler, robust_scaler,
+    label_encoder, one_hot_encoder, log1p, bucketize) or a custom one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _value_pb2.Values: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _value_pb2.Values | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    """The feature it reads, "feature_view:feature" (an on-demand view's too)."""
+    kind: _builtins.str
+    """The built-in's name, or "custom"."""
+    @_builtins.property
+    def options(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Values]:
+        """Declared options, e.g. bucketize's "boundaries" or "num_buckets"."""
+
+    @_builtins.property
+    def custom(self) -> Global___CustomTransform:
+        """Set when kind is "custom"."""
+
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        options: _abc.Mapping[_builtins.str, _value_pb2.Values] | None = ...,
+        custom: Global___CustomTransform | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["custom", b"custom"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom", b"custom", "feature", b"feature", "kind", b"kind", "options", b"options"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Transform: _TypeAlias = Transform  # noqa: Y015
+
+@_typing.final
+class FittedTransform(_message.Message):
+    """FittedTransform is one transform's fitted parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ParametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _value_pb2.Values: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _value_pb2.Values | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    kind: _builtins.str
+    @_builtins.property
+    def parameters(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Values]:
+        """E.g. "mean" and "scale" for standard_scaler, "vocabulary" for encoders."""
+
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        parameters: _abc.Mapping[_builtins.str, _value_pb2.Values] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature", b"feature", "kind", b"kind", "parameters", b"parameters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FittedTransform: _TypeAlias = FittedTransform  # noqa: Y015
+
+@_typing.final
+class TrainingSetOrigin(_message.Message):
+    """TrainingSetOrigin names the training set a parameter set was fitted on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPINE_FIELD_NUMBER: _builtins.int
+    SPINE_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_COLUMN_FIELD_NUMBER: _builtins.int
+    REGISTRY_VERSION_FIELD_NUMBER: _builtins.int
+    spine: _builtins.str
+    """"spine_id:<id>" or "parquet_path:<path>"."""
+    spine_fingerprint: _builtins.str
+    rows: _builtins.int
+    timestamp_column: _builtins.str
+    registry_version: _builtins.int
+    """Registry version whose definitions built the training set."""
+    def __init__(
+        self,
+        *,
+        spine: _builtins.str = ...,
+        spine_fingerprint: _builtins.str = ...,
+        rows: _builtins.int = ...,
+        timestamp_column: _builtins.str = ...,
+        registry_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registry_version", b"registry_version", "rows", b"rows", "spine", b"spine", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingSetOrigin: _TypeAlias = TrainingSetOrigin  # noqa: Y015
+
+@_typing.final
+class TransformParameterSet(_message.Message):
+    """TransformParameterSet is one immutable, numbered set of fitted parameters of
+    a feature service's transforms.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SPEC_HASH_FIELD_NUMBER: _builtins.int
+    TRANSFORMS_FIELD_NUMBER: _builtins.int
+    TRAINING_SET_FIELD_NUMBER: _builtins.int
+    FITTED_AT_FIELD_NUMBER: _builtins.int
+    FITTED_BY_FIELD_NUMBER: _builtins.int
+    FITTED_VIA_FIELD_NUMBER: _builtins.int
+    feature_service: _builtins.str
+    version: _builtins.int
+    """1, 2, ... per feature service."""
+    spec_hash: _builtins.str
+    """Digest of the transform definitions fitted; the set applies only while
+    the service's transforms (and the functions they read) hash the same.
+    """
+    fitted_by: _builtins.str
+    """Who asked for the fit (the caller's user name, as sent)."""
+    fitted_via: _builtins.str
+    """"flight" (TrainingClient fit=True) or "cli" (quiver fit)."""
+    @_builtins.property
+    def transforms(self) -> _containers.RepeatedCompositeFieldContainer[Global___FittedTransform]: ...
+    @_builtins.property
+    def training_set(self) -> Global___TrainingSetOrigin: ...
+    @_builtins.property
+    def fitted_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        feature_service: _builtins.str = ...,
+        version: _builtins.int = ...,
+        spec_hash: _builtins.str = ...,
+        transforms: _abc.Iterable[Global___FittedTransform] | None = ...,
+        training_set: Global___TrainingSetOrigin | None = ...,
+        fitted_at: _timestamp_pb2.Timestamp | None = ...,
+        fitted_by: _builtins.str = ...,
+        fitted_via: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fitted_at", b"fitted_at", "training_set", b"training_set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "fitted_at", b"fitted_at", "fitted_by", b"fitted_by", "fitted_via", b"fitted_via", "spec_hash", b"spec_hash", "training_set", b"training_set", "transforms", b"transforms", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransformParameterSet: _TypeAlias = TransformParameterSet  # noqa: Y015

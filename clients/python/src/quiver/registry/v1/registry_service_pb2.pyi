@@ -317,17 +317,216 @@ class GetFeatureServiceResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    CURRENT_TRANSFORM_VERSION_FIELD_NUMBER: _builtins.int
+    current_transform_version: _builtins.int
+    """The parameter set version lookups apply now; 0 when the service has no
+    fitted transforms, or they were not fitted for its current definition.
+    """
     @_builtins.property
     def feature_service(self) -> _registry_pb2.FeatureService: ...
     def __init__(
         self,
         *,
         feature_service: _registry_pb2.FeatureService | None = ...,
+        current_transform_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_transform_version", b"current_transform_version", "feature_service", b"feature_service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetFeatureServiceResponse: _TypeAlias = GetFeatureServiceResponse  # noqa: Y015
+
+@_typing.final
+class ListOnDemandFeatureViewsRequest(_message.Message):
+    """ListOnDemandFeatureViewsRequest names the project; empty means the served project."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOnDemandFeatureViewsRequest: _TypeAlias = ListOnDemandFeatureViewsRequest  # noqa: Y015
+
+@_typing.final
+class ListOnDemandFeatureViewsResponse(_message.Message):
+    """ListOnDemandFeatureViewsResponse lists on-demand feature views sorted by name."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ON_DEMAND_FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def on_demand_feature_views(self) -> _containers.RepeatedCompositeFieldContainer[_registry_pb2.OnDemandFeatureView]: ...
+    def __init__(
+        self,
+        *,
+        on_demand_feature_views: _abc.Iterable[_registry_pb2.OnDemandFeatureView] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_demand_feature_views", b"on_demand_feature_views"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOnDemandFeatureViewsResponse: _TypeAlias = ListOnDemandFeatureViewsResponse  # noqa: Y015
+
+@_typing.final
+class GetOnDemandFeatureViewRequest(_message.Message):
+    """GetOnDemandFeatureViewRequest names one on-demand feature view."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOnDemandFeatureViewRequest: _TypeAlias = GetOnDemandFeatureViewRequest  # noqa: Y015
+
+@_typing.final
+class GetOnDemandFeatureViewResponse(_message.Message):
+    """GetOnDemandFeatureViewResponse describes one on-demand feature view."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ON_DEMAND_FEATURE_VIEW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def on_demand_feature_view(self) -> _registry_pb2.OnDemandFeatureView: ...
+    def __init__(
+        self,
+        *,
+        on_demand_feature_view: _registry_pb2.OnDemandFeatureView | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["on_demand_feature_view", b"on_demand_feature_view"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["on_demand_feature_view", b"on_demand_feature_view"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOnDemandFeatureViewResponse: _TypeAlias = GetOnDemandFeatureViewResponse  # noqa: Y015
+
+@_typing.final
+class ListTransformParameterSetsRequest(_message.Message):
+    """ListTransformParameterSetsRequest names a feature service."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    feature_service: _builtins.str
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        feature_service: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransformParameterSetsRequest: _TypeAlias = ListTransformParameterSetsRequest  # noqa: Y015
+
+@_typing.final
+class ListTransformParameterSetsResponse(_message.Message):
+    """ListTransformParameterSetsResponse lists a service's parameter sets, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETER_SETS_FIELD_NUMBER: _builtins.int
+    CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    current_version: _builtins.int
+    """The version lookups apply now; 0 as in GetFeatureServiceResponse."""
+    @_builtins.property
+    def parameter_sets(self) -> _containers.RepeatedCompositeFieldContainer[_registry_pb2.TransformParameterSet]: ...
+    def __init__(
+        self,
+        *,
+        parameter_sets: _abc.Iterable[_registry_pb2.TransformParameterSet] | None = ...,
+        current_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_version", b"current_version", "parameter_sets", b"parameter_sets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransformParameterSetsResponse: _TypeAlias = ListTransformParameterSetsResponse  # noqa: Y015
+
+@_typing.final
+class GetTransformParameterSetRequest(_message.Message):
+    """GetTransformParameterSetRequest names a feature service and a version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    feature_service: _builtins.str
+    version: _builtins.int
+    """0 means the version lookups apply now."""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        feature_service: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "project", b"project", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTransformParameterSetRequest: _TypeAlias = GetTransformParameterSetRequest  # noqa: Y015
+
+@_typing.final
+class GetTransformParameterSetResponse(_message.Message):
+    """GetTransformParameterSetResponse is one parameter set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARAMETER_SET_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    current: _builtins.bool
+    """Whether lookups apply this version now."""
+    @_builtins.property
+    def parameter_set(self) -> _registry_pb2.TransformParameterSet: ...
+    def __init__(
+        self,
+        *,
+        parameter_set: _registry_pb2.TransformParameterSet | None = ...,
+        current: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameter_set", b"parameter_set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "parameter_set", b"parameter_set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTransformParameterSetResponse: _TypeAlias = GetTransformParameterSetResponse  # noqa: Y015

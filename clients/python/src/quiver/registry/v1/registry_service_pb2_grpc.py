@@ -74,6 +74,26 @@ class RegistryServiceStub:
                 request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetFeatureServiceRequest.SerializeToString,
                 response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetFeatureServiceResponse.FromString,
                 _registered_method=True)
+        self.ListOnDemandFeatureViews = channel.unary_unary(
+                '/quiver.registry.v1.RegistryService/ListOnDemandFeatureViews',
+                request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListOnDemandFeatureViewsRequest.SerializeToString,
+                response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListOnDemandFeatureViewsResponse.FromString,
+                _registered_method=True)
+        self.GetOnDemandFeatureView = channel.unary_unary(
+                '/quiver.registry.v1.RegistryService/GetOnDemandFeatureView',
+                request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetOnDemandFeatureViewRequest.SerializeToString,
+                response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetOnDemandFeatureViewResponse.FromString,
+                _registered_method=True)
+        self.ListTransformParameterSets = channel.unary_unary(
+                '/quiver.registry.v1.RegistryService/ListTransformParameterSets',
+                request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTransformParameterSetsRequest.SerializeToString,
+                response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTransformParameterSetsResponse.FromString,
+                _registered_method=True)
+        self.GetTransformParameterSet = channel.unary_unary(
+                '/quiver.registry.v1.RegistryService/GetTransformParameterSet',
+                request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetRequest.SerializeToString,
+                response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -133,6 +153,40 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOnDemandFeatureViews(self, request, context):
+        """ListOnDemandFeatureViews returns every on-demand feature view of a project.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOnDemandFeatureView(self, request, context):
+        """GetOnDemandFeatureView describes one on-demand feature view; NOT_FOUND if it
+        does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransformParameterSets(self, request, context):
+        """ListTransformParameterSets returns the fitted parameter sets of one feature
+        service, oldest first; NOT_FOUND for an unknown service, INVALID_ARGUMENT
+        for an empty name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTransformParameterSet(self, request, context):
+        """GetTransformParameterSet returns one parameter set of a feature service
+        (version 0: the one lookups use now); NOT_FOUND for an unknown service or
+        version, FAILED_PRECONDITION when version 0 is asked of a service whose
+        current transforms were never fitted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -170,6 +224,26 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetFeatureService,
                     request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetFeatureServiceRequest.FromString,
                     response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetFeatureServiceResponse.SerializeToString,
+            ),
+            'ListOnDemandFeatureViews': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOnDemandFeatureViews,
+                    request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListOnDemandFeatureViewsRequest.FromString,
+                    response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListOnDemandFeatureViewsResponse.SerializeToString,
+            ),
+            'GetOnDemandFeatureView': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOnDemandFeatureView,
+                    request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetOnDemandFeatureViewRequest.FromString,
+                    response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetOnDemandFeatureViewResponse.SerializeToString,
+            ),
+            'ListTransformParameterSets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransformParameterSets,
+                    request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTransformParameterSetsRequest.FromString,
+                    response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTransformParameterSetsResponse.SerializeToString,
+            ),
+            'GetTransformParameterSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTransformParameterSet,
+                    request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetRequest.FromString,
+                    response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -366,6 +440,114 @@ class RegistryService:
             '/quiver.registry.v1.RegistryService/GetFeatureService',
             quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetFeatureServiceRequest.SerializeToString,
             quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetFeatureServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOnDemandFeatureViews(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quiver.registry.v1.RegistryService/ListOnDemandFeatureViews',
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListOnDemandFeatureViewsRequest.SerializeToString,
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListOnDemandFeatureViewsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOnDemandFeatureView(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quiver.registry.v1.RegistryService/GetOnDemandFeatureView',
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetOnDemandFeatureViewRequest.SerializeToString,
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetOnDemandFeatureViewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransformParameterSets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quiver.registry.v1.RegistryService/ListTransformParameterSets',
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTransformParameterSetsRequest.SerializeToString,
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTransformParameterSetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTransformParameterSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quiver.registry.v1.RegistryService/GetTransformParameterSet',
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetRequest.SerializeToString,
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetResponse.FromString,
             options,
             channel_credentials,
             insecure,

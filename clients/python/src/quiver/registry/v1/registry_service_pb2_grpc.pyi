@@ -52,6 +52,23 @@ class RegistryServiceStub:
     """ListFeatureServices returns every feature service of a project."""
     GetFeatureService: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetFeatureServiceRequest, _registry_service_pb2.GetFeatureServiceResponse]
     """GetFeatureService describes one feature service; NOT_FOUND if it does not exist."""
+    ListOnDemandFeatureViews: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListOnDemandFeatureViewsRequest, _registry_service_pb2.ListOnDemandFeatureViewsResponse]
+    """ListOnDemandFeatureViews returns every on-demand feature view of a project."""
+    GetOnDemandFeatureView: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetOnDemandFeatureViewRequest, _registry_service_pb2.GetOnDemandFeatureViewResponse]
+    """GetOnDemandFeatureView describes one on-demand feature view; NOT_FOUND if it
+    does not exist.
+    """
+    ListTransformParameterSets: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListTransformParameterSetsRequest, _registry_service_pb2.ListTransformParameterSetsResponse]
+    """ListTransformParameterSets returns the fitted parameter sets of one feature
+    service, oldest first; NOT_FOUND for an unknown service, INVALID_ARGUMENT
+    for an empty name.
+    """
+    GetTransformParameterSet: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetTransformParameterSetRequest, _registry_service_pb2.GetTransformParameterSetResponse]
+    """GetTransformParameterSet returns one parameter set of a feature service
+    (version 0: the one lookups use now); NOT_FOUND for an unknown service or
+    version, FAILED_PRECONDITION when version 0 is asked of a service whose
+    current transforms were never fitted.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -77,6 +94,23 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """ListFeatureServices returns every feature service of a project."""
     GetFeatureService: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetFeatureServiceRequest, _registry_service_pb2.GetFeatureServiceResponse]  # type: ignore[assignment]
     """GetFeatureService describes one feature service; NOT_FOUND if it does not exist."""
+    ListOnDemandFeatureViews: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListOnDemandFeatureViewsRequest, _registry_service_pb2.ListOnDemandFeatureViewsResponse]  # type: ignore[assignment]
+    """ListOnDemandFeatureViews returns every on-demand feature view of a project."""
+    GetOnDemandFeatureView: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetOnDemandFeatureViewRequest, _registry_service_pb2.GetOnDemandFeatureViewResponse]  # type: ignore[assignment]
+    """GetOnDemandFeatureView describes one on-demand feature view; NOT_FOUND if it
+    does not exist.
+    """
+    ListTransformParameterSets: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListTransformParameterSetsRequest, _registry_service_pb2.ListTransformParameterSetsResponse]  # type: ignore[assignment]
+    """ListTransformParameterSets returns the fitted parameter sets of one feature
+    service, oldest first; NOT_FOUND for an unknown service, INVALID_ARGUMENT
+    for an empty name.
+    """
+    GetTransformParameterSet: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetTransformParameterSetRequest, _registry_service_pb2.GetTransformParameterSetResponse]  # type: ignore[assignment]
+    """GetTransformParameterSet returns one parameter set of a feature service
+    (version 0: the one lookups use now); NOT_FOUND for an unknown service or
+    version, FAILED_PRECONDITION when version 0 is asked of a service whose
+    current transforms were never fitted.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService lists and describes the objects of the served registry.
@@ -141,5 +175,46 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_service_pb2.GetFeatureServiceResponse, _abc.Awaitable[_registry_service_pb2.GetFeatureServiceResponse]]:
         """GetFeatureService describes one feature service; NOT_FOUND if it does not exist."""
+
+    @_abc_1.abstractmethod
+    def ListOnDemandFeatureViews(
+        self,
+        request: _registry_service_pb2.ListOnDemandFeatureViewsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListOnDemandFeatureViewsResponse, _abc.Awaitable[_registry_service_pb2.ListOnDemandFeatureViewsResponse]]:
+        """ListOnDemandFeatureViews returns every on-demand feature view of a project."""
+
+    @_abc_1.abstractmethod
+    def GetOnDemandFeatureView(
+        self,
+        request: _registry_service_pb2.GetOnDemandFeatureViewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetOnDemandFeatureViewResponse, _abc.Awaitable[_registry_service_pb2.GetOnDemandFeatureViewResponse]]:
+        """GetOnDemandFeatureView describes one on-demand feature view; NOT_FOUND if it
+        does not exist.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTransformParameterSets(
+        self,
+        request: _registry_service_pb2.ListTransformParameterSetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListTransformParameterSetsResponse, _abc.Awaitable[_registry_service_pb2.ListTransformParameterSetsResponse]]:
+        """ListTransformParameterSets returns the fitted parameter sets of one feature
+        service, oldest first; NOT_FOUND for an unknown service, INVALID_ARGUMENT
+        for an empty name.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTransformParameterSet(
+        self,
+        request: _registry_service_pb2.GetTransformParameterSetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetTransformParameterSetResponse, _abc.Awaitable[_registry_service_pb2.GetTransformParameterSetResponse]]:
+        """GetTransformParameterSet returns one parameter set of a feature service
+        (version 0: the one lookups use now); NOT_FOUND for an unknown service or
+        version, FAILED_PRECONDITION when version 0 is asked of a service whose
+        current transforms were never fitted.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from quiver.types.v1 import value_pb2 as quiver_dot_types_dot_v1_dot_value__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'quiver/serving/v1/serving_service.proto\x12\x11quiver.serving.v1\x1a\x1bquiver/types/v1/value.proto\"\x1b\n\x0b\x46\x65\x61tureList\x12\x0c\n\x04refs\x18\x01 \x03(\t\"\xa9\x02\n\x18GetOnlineFeaturesRequest\x12\x32\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x1e.quiver.serving.v1.FeatureListH\x00\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x02 \x01(\tH\x00\x12K\n\x08\x65ntities\x18\x03 \x03(\x0b\x32\x39.quiver.serving.v1.GetOnlineFeaturesRequest.EntitiesEntry\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\x1aH\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\x42\x0b\n\tselection\"\x86\x01\n\rFeatureColumn\x12\'\n\x06values\x18\x01 \x01(\x0b\x32\x17.quiver.types.v1.Values\x12\x32\n\x08statuses\x18\x02 \x03(\x0e\x32 .quiver.serving.v1.FeatureStatus\x12\x18\n\x10\x65vent_timestamps\x18\x03 \x03(\x03\"{\n\x19GetOnlineFeaturesResponse\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\x31\n\x07\x63olumns\x18\x02 \x03(\x0b\x32 .quiver.serving.v1.FeatureColumn\x12\x14\n\x0c\x65ntity_count\x18\x03 \x01(\x03\"\xf8\x01\n\x13PushFeaturesRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x44\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x33.quiver.serving.v1.PushFeaturesRequest.ColumnsEntry\x12\x11\n\tarrow_ipc\x18\x03 \x01(\x0c\x12)\n\x02to\x18\x04 \x01(\x0e\x32\x1d.quiver.serving.v1.PushTarget\x1aG\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\"=\n\x14PushFeaturesResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\x17\n\x0frows_superseded\x18\x02 \x01(\x03\"\xc2\x01\n\x15\x44\x65leteEntitiesRequest\x12H\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x36.quiver.serving.v1.DeleteEntitiesRequest.EntitiesEntry\x12\x15\n\rfeature_views\x18\x02 \x03(\t\x1aH\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\"E\n\x16\x44\x65leteEntitiesResponse\x12\x14\n\x0crows_deleted\x18\x01 \x01(\x03\x12\x15\n\rfeature_views\x18\x02 \x03(\t*\xac\x01\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x41TURE_STATUS_PRESENT\x10\x01\x12\x1d\n\x19\x46\x45\x41TURE_STATUS_NULL_VALUE\x10\x02\x12\x1c\n\x18\x46\x45\x41TURE_STATUS_NOT_FOUND\x10\x03\x12\"\n\x1e\x46\x45\x41TURE_STATUS_OUTSIDE_MAX_AGE\x10\x04*~\n\nPushTarget\x12\x1b\n\x17PUSH_TARGET_UNSPECIFIED\x10\x00\x12\x16\n\x12PUSH_TARGET_ONLINE\x10\x01\x12\x17\n\x13PUSH_TARGET_OFFLINE\x10\x02\x12\"\n\x1ePUSH_TARGET_ONLINE_AND_OFFLINE\x10\x03\x32\xcf\x02\n\x15\x46\x65\x61tureServingService\x12n\n\x11GetOnlineFeatures\x12+.quiver.serving.v1.GetOnlineFeaturesRequest\x1a,.quiver.serving.v1.GetOnlineFeaturesResponse\x12_\n\x0cPushFeatures\x12&.quiver.serving.v1.PushFeaturesRequest\x1a\'.quiver.serving.v1.PushFeaturesResponse\x12\x65\n\x0e\x44\x65leteEntities\x12(.quiver.serving.v1.DeleteEntitiesRequest\x1a).quiver.serving.v1.DeleteEntitiesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'quiver/serving/v1/serving_service.proto\x12\x11quiver.serving.v1\x1a\x1bquiver/types/v1/value.proto\"\x1b\n\x0b\x46\x65\x61tureList\x12\x0c\n\x04refs\x18\x01 \x03(\t\"\xe5\x03\n\x18GetOnlineFeaturesRequest\x12\x32\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x1e.quiver.serving.v1.FeatureListH\x00\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x02 \x01(\tH\x00\x12K\n\x08\x65ntities\x18\x03 \x03(\x0b\x32\x39.quiver.serving.v1.GetOnlineFeaturesRequest.EntitiesEntry\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\x12R\n\x0crequest_data\x18\n \x03(\x0b\x32<.quiver.serving.v1.GetOnlineFeaturesRequest.RequestDataEntry\x12\x19\n\x11transform_version\x18\x0b \x01(\x03\x1aH\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\x1aK\n\x10RequestDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\x42\x0b\n\tselection\"\x86\x01\n\rFeatureColumn\x12\'\n\x06values\x18\x01 \x01(\x0b\x32\x17.quiver.types.v1.Values\x12\x32\n\x08statuses\x18\x02 \x03(\x0e\x32 .quiver.serving.v1.FeatureStatus\x12\x18\n\x10\x65vent_timestamps\x18\x03 \x03(\x03\"\x96\x01\n\x19GetOnlineFeaturesResponse\x12\x15\n\rfeature_names\x18\x01 \x03(\t\x12\x31\n\x07\x63olumns\x18\x02 \x03(\x0b\x32 .quiver.serving.v1.FeatureColumn\x12\x14\n\x0c\x65ntity_count\x18\x03 \x01(\x03\x12\x19\n\x11transform_version\x18\n \x01(\x03\"\xf8\x01\n\x13PushFeaturesRequest\x12\x14\n\x0c\x66\x65\x61ture_view\x18\x01 \x01(\t\x12\x44\n\x07\x63olumns\x18\x02 \x03(\x0b\x32\x33.quiver.serving.v1.PushFeaturesRequest.ColumnsEntry\x12\x11\n\tarrow_ipc\x18\x03 \x01(\x0c\x12)\n\x02to\x18\x04 \x01(\x0e\x32\x1d.quiver.serving.v1.PushTarget\x1aG\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\"=\n\x14PushFeaturesResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\x17\n\x0frows_superseded\x18\x02 \x01(\x03\"\xc2\x01\n\x15\x44\x65leteEntitiesRequest\x12H\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x36.quiver.serving.v1.DeleteEntitiesRequest.EntitiesEntry\x12\x15\n\rfeature_views\x18\x02 \x03(\t\x1aH\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.quiver.types.v1.Values:\x02\x38\x01\"E\n\x16\x44\x65leteEntitiesResponse\x12\x14\n\x0crows_deleted\x18\x01 \x01(\x03\x12\x15\n\rfeature_views\x18\x02 \x03(\t*\xac\x01\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x41TURE_STATUS_PRESENT\x10\x01\x12\x1d\n\x19\x46\x45\x41TURE_STATUS_NULL_VALUE\x10\x02\x12\x1c\n\x18\x46\x45\x41TURE_STATUS_NOT_FOUND\x10\x03\x12\"\n\x1e\x46\x45\x41TURE_STATUS_OUTSIDE_MAX_AGE\x10\x04*~\n\nPushTarget\x12\x1b\n\x17PUSH_TARGET_UNSPECIFIED\x10\x00\x12\x16\n\x12PUSH_TARGET_ONLINE\x10\x01\x12\x17\n\x13PUSH_TARGET_OFFLINE\x10\x02\x12\"\n\x1ePUSH_TARGET_ONLINE_AND_OFFLINE\x10\x03\x32\xcf\x02\n\x15\x46\x65\x61tureServingService\x12n\n\x11GetOnlineFeatures\x12+.quiver.serving.v1.GetOnlineFeaturesRequest\x1a,.quiver.serving.v1.GetOnlineFeaturesResponse\x12_\n\x0cPushFeatures\x12&.quiver.serving.v1.PushFeaturesRequest\x1a\'.quiver.serving.v1.PushFeaturesResponse\x12\x65\n\x0e\x44\x65leteEntities\x12(.quiver.serving.v1.DeleteEntitiesRequest\x1a).quiver.serving.v1.DeleteEntitiesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,36 +34,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._loaded_options = None
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_options = b'8\001'
+  _globals['_GETONLINEFEATURESREQUEST_REQUESTDATAENTRY']._loaded_options = None
+  _globals['_GETONLINEFEATURESREQUEST_REQUESTDATAENTRY']._serialized_options = b'8\001'
   _globals['_PUSHFEATURESREQUEST_COLUMNSENTRY']._loaded_options = None
   _globals['_PUSHFEATURESREQUEST_COLUMNSENTRY']._serialized_options = b'8\001'
   _globals['_DELETEENTITIESREQUEST_ENTITIESENTRY']._loaded_options = None
   _globals['_DELETEENTITIESREQUEST_ENTITIESENTRY']._serialized_options = b'8\001'
-  _globals['_FEATURESTATUS']._serialized_start=1265
-  _globals['_FEATURESTATUS']._serialized_end=1437
-  _globals['_PUSHTARGET']._serialized_start=1439
-  _globals['_PUSHTARGET']._serialized_end=1565
+  _globals['_FEATURESTATUS']._serialized_start=1481
+  _globals['_FEATURESTATUS']._serialized_end=1653
+  _globals['_PUSHTARGET']._serialized_start=1655
+  _globals['_PUSHTARGET']._serialized_end=1781
   _globals['_FEATURELIST']._serialized_start=91
   _globals['_FEATURELIST']._serialized_end=118
   _globals['_GETONLINEFEATURESREQUEST']._serialized_start=121
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=418
-  _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_start=333
-  _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_end=405
-  _globals['_FEATURECOLUMN']._serialized_start=421
-  _globals['_FEATURECOLUMN']._serialized_end=555
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=557
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=680
-  _globals['_PUSHFEATURESREQUEST']._serialized_start=683
-  _globals['_PUSHFEATURESREQUEST']._serialized_end=931
-  _globals['_PUSHFEATURESREQUEST_COLUMNSENTRY']._serialized_start=860
-  _globals['_PUSHFEATURESREQUEST_COLUMNSENTRY']._serialized_end=931
-  _globals['_PUSHFEATURESRESPONSE']._serialized_start=933
-  _globals['_PUSHFEATURESRESPONSE']._serialized_end=994
-  _globals['_DELETEENTITIESREQUEST']._serialized_start=997
-  _globals['_DELETEENTITIESREQUEST']._serialized_end=1191
-  _globals['_DELETEENTITIESREQUEST_ENTITIESENTRY']._serialized_start=333
-  _globals['_DELETEENTITIESREQUEST_ENTITIESENTRY']._serialized_end=405
-  _globals['_DELETEENTITIESRESPONSE']._serialized_start=1193
-  _globals['_DELETEENTITIESRESPONSE']._serialized_end=1262
-  _globals['_FEATURESERVINGSERVICE']._serialized_start=1568
-  _globals['_FEATURESERVINGSERVICE']._serialized_end=1903
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=606
+  _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_start=444
+  _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_end=516
+  _globals['_GETONLINEFEATURESREQUEST_REQUESTDATAENTRY']._serialized_start=518
+  _globals['_GETONLINEFEATURESREQUEST_REQUESTDATAENTRY']._serialized_end=593
+  _globals['_FEATURECOLUMN']._serialized_start=609
+  _globals['_FEATURECOLUMN']._serialized_end=743
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=746
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=896
+  _globals['_PUSHFEATURESREQUEST']._serialized_start=899
+  _globals['_PUSHFEATURESREQUEST']._serialized_end=1147
+  _globals['_PUSHFEATURESREQUEST_COLUMNSENTRY']._serialized_start=1076
+  _globals['_PUSHFEATURESREQUEST_COLUMNSENTRY']._serialized_end=1147
+  _globals['_PUSHFEATURESRESPONSE']._serialized_start=1149
+  _globals['_PUSHFEATURESRESPONSE']._serialized_end=1210
+  _globals['_DELETEENTITIESREQUEST']._serialized_start=1213
+  _globals['_DELETEENTITIESREQUEST']._serialized_end=1407
+  _globals['_DELETEENTITIESREQUEST_ENTITIESENTRY']._serialized_start=444
+  _globals['_DELETEENTITIESREQUEST_ENTITIESENTRY']._serialized_end=516
+  _globals['_DELETEENTITIESRESPONSE']._serialized_start=1409
+  _globals['_DELETEENTITIESRESPONSE']._serialized_end=1478
+  _globals['_FEATURESERVINGSERVICE']._serialized_start=1784
+  _globals['_FEATURESERVINGSERVICE']._serialized_end=2119
 # @@protoc_insertion_point(module_scope)

@@ -119,20 +119,54 @@ class GetOnlineFeaturesRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RequestDataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _value_pb2.Values: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _value_pb2.Values | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     FEATURES_FIELD_NUMBER: _builtins.int
     FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
     ENTITIES_FIELD_NUMBER: _builtins.int
     FULL_FEATURE_NAMES_FIELD_NUMBER: _builtins.int
+    REQUEST_DATA_FIELD_NUMBER: _builtins.int
+    TRANSFORM_VERSION_FIELD_NUMBER: _builtins.int
     feature_service: _builtins.str
     """Name of a feature service."""
     full_feature_names: _builtins.bool
     """Name output columns "view__feature" instead of "feature"."""
+    transform_version: _builtins.int
+    """Parameter set version of the feature service's transforms; 0 means the
+    current one. Only with a feature service.
+    """
     @_builtins.property
     def features(self) -> Global___FeatureList: ...
     @_builtins.property
     def entities(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Values]:
         """Join key name to a column of key values; every column has one value per
         entity and the type of the join key.
+        """
+
+    @_builtins.property
+    def request_data(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Values]:
+        """Request data for on-demand feature views: field name to a column with one
+        value per entity, of the field's declared type. Exactly the fields of the
+        requested on-demand views' request sources.
         """
 
     def __init__(
@@ -142,10 +176,12 @@ class GetOnlineFeaturesRequest(_message.Message):
         feature_service: _builtins.str = ...,
         entities: _abc.Mapping[_builtins.str, _value_pb2.Values] | None = ...,
         full_feature_names: _builtins.bool = ...,
+        request_data: _abc.Mapping[_builtins.str, _value_pb2.Values] | None = ...,
+        transform_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["feature_service", b"feature_service", "features", b"features", "selection", b"selection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entities", b"entities", "feature_service", b"feature_service", "features", b"features", "full_feature_names", b"full_feature_names", "selection", b"selection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entities", b"entities", "feature_service", b"feature_service", "features", b"features", "full_feature_names", b"full_feature_names", "request_data", b"request_data", "selection", b"selection", "transform_version", b"transform_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_selection: _TypeAlias = _typing.Literal["features", "feature_service"]  # noqa: Y015
     _WhichOneofArgType_selection: _TypeAlias = _typing.Literal["selection", b"selection"]  # noqa: Y015
@@ -157,6 +193,9 @@ Global___GetOnlineFeaturesRequest: _TypeAlias = GetOnlineFeaturesRequest  # noqa
 class FeatureColumn(_message.Message):
     """FeatureColumn holds one feature's values for every entity, in request order.
     Where the status is not PRESENT the value slot holds the type's zero value.
+    A transformed feature keeps the status and event time of the value it was
+    computed from (NULL_VALUE where the transform yields null from a present
+    value); an on-demand feature is PRESENT or NULL_VALUE with event time 0.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -198,8 +237,13 @@ class GetOnlineFeaturesResponse(_message.Message):
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     COLUMNS_FIELD_NUMBER: _builtins.int
     ENTITY_COUNT_FIELD_NUMBER: _builtins.int
+    TRANSFORM_VERSION_FIELD_NUMBER: _builtins.int
     entity_count: _builtins.int
     """Number of entities, the length of every column."""
+    transform_version: _builtins.int
+    """Parameter set version the feature service's transforms were applied with;
+    0 when no fitted parameters were involved.
+    """
     @_builtins.property
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -210,10 +254,11 @@ class GetOnlineFeaturesResponse(_message.Message):
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
         columns: _abc.Iterable[Global___FeatureColumn] | None = ...,
         entity_count: _builtins.int = ...,
+        transform_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "entity_count", b"entity_count", "feature_names", b"feature_names"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["columns", b"columns", "entity_count", b"entity_count", "feature_names", b"feature_names", "transform_version", b"transform_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -88,14 +88,25 @@ class FeatureServingServiceServicer:
         """GetOnlineFeatures returns the latest value of each requested feature for
         each entity, column by column.
 
-        Errors: NOT_FOUND for an unknown feature view, feature or feature service
-        (PERMISSION_DENIED instead when the caller may not DESCRIBE it);
-        PERMISSION_DENIED without READ_ONLINE on every feature;
-        INVALID_ARGUMENT for a missing or extra join key, a key column of the wrong
-        type, key columns of different lengths, an empty request or more entities
-        than the server allows; RESOURCE_EXHAUSTED for one heavy request too many;
-        UNAVAILABLE when the online store cannot be read; DEADLINE_EXCEEDED when
-        the store does not answer in time.
+        On-demand features are computed from request_data and stored features by
+        the view's function; a feature service's transforms are applied with the
+        parameter set named by transform_version (0: the current one), which the
+        response reports.
+
+        Errors: NOT_FOUND for an unknown feature view, feature, feature service or
+        transform version (PERMISSION_DENIED instead when the caller may not
+        DESCRIBE it); PERMISSION_DENIED without READ_ONLINE on every feature (an
+        on-demand feature's stored inputs included); INVALID_ARGUMENT for a
+        missing or extra join key, a key column of the wrong type, key columns of
+        different lengths, an empty request or more entities than the server
+        allows, missing, extra or mistyped request data, or an on-demand function
+        or custom transform that raises or returns the wrong type or length
+        (ErrorInfo metadata names the view or transform); RESOURCE_EXHAUSTED for
+        one heavy request too many; FAILED_PRECONDITION when the service's
+        transforms were never fitted for its current definition, or a function's
+        deployed source differs from what was applied; UNAVAILABLE when the online
+        store cannot be read; DEADLINE_EXCEEDED when the store does not answer in
+        time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
