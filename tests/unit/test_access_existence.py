@@ -8,6 +8,7 @@ DESCRIBE and READ_ONLINE the view `public` only; `secret` exists, `ghost` does n
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.store import RegistryStore
 from quiver_server.serving.feature_service import FeatureServingServicer
 from quiver_server.serving.registry_service import RegistryServicer
+from quiver_server.transforms.functions import source_hash
 
 USER = Entity(name="user", join_keys=(Field("user_id", Int64),))
 PUBLIC = FeatureView(
@@ -51,11 +53,12 @@ SECRET = FeatureView(
     name="secret", entities=[USER], schema=[Field("count", Int64)],
     source=ParquetSource(path="secret"),
 )
-# Reads `public` only: bob may read it; SPY reads `secret`, which bob may not.
+# DOUBLED reads `public` only, which bob may read; SPY reads `secret`, which bob may not.
+# (Their function is never called here: any importable one whose source hash is stored.)
 DOUBLED = OnDemandFeatureView(name="doubled", sources=[PUBLIC[["count"]]],
-                              schema=[Field("twice", Int64)], function="fns:double")
+                              schema=[Field("twice", Int64)], function="json:dumps")
 SPY = OnDemandFeatureView(name="spy", sources=[SECRET[["count"]]],
-                          schema=[Field("twice", Int64)], function="fns:double")
+                          schema=[Field("twice", Int64)], function="json:dumps")
 READERS = Permission(name="readers", groups=["readers"],
                      actions=[Action.DESCRIBE, Action.READ_ONLINE],
                      resources=[Resource.feature_view("public")])
@@ -108,7 +111,8 @@ def server(tmp_path: Path, make_registry: Any) -> Iterator[grpc_testing.Server]:
     def permit(proto: registry_pb2.Registry) -> str:
         proto.permissions.append(convert.permission_to_proto(READERS, "shop"))
         proto.on_demand_feature_views.extend(
-            convert_transforms.on_demand_view_to_proto(v, {}) for v in (DOUBLED, SPY))
+            convert_transforms.on_demand_view_to_proto(v, {"json:dumps": source_hash(json.dumps)})
+            for v in (DOUBLED, SPY))
         return "apply"
 
     RegistryStore(config.registry_path).commit(permit)
@@ -239,3 +243,12 @@ def test_the_served_project_cannot_be_guessed_by_who_may_describe_nothing(
     assert answers[:2] == answers[2:]
     assert answers[0] == (grpc.StatusCode.OK, "", 0)
     assert answers[1][0] is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_denied_on_demand_feature_is_named_not_the_hidden_feature_it_reads(
+    server: grpc_testing.Server,
+) -> None:
+    code, details = _lookup(server, ["spy:twice"])
+    assert code is grpc.StatusCode.PERMISSION_DENIED, details
+    assert "secret" not in details and "'spy:twice'" in details
+    assert (code, details.replace("spy", "ghost")) == _lookup(server, ["ghost:twice"])

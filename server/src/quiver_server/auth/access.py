@@ -130,7 +130,9 @@ class AccessControl:
         try:
             decision = self._decisions[key]
         except KeyError:
-            decision = self._decide_features(call.principal, snapshot, action, refs, service)
+            decision = self._decide_features(
+                call.principal, snapshot, action, refs, service, requested
+            )
             self._remember(key, decision)
         if decision is not None:
             resources = ([f"feature_service:{service}"] if service
@@ -139,14 +141,25 @@ class AccessControl:
 
     def _decide_features(
         self, principal: Principal, snapshot: Snapshot, action: Action,
-        refs: Sequence[FeatureRef], service: str,
+        refs: Sequence[FeatureRef], service: str, requested: Sequence[str] = (),
     ) -> tuple[str, dict[str, str]] | None:
         policy = self.policy(snapshot)
         for ref in refs:
             if policy.allows_feature(principal, action, ref.view, ref.feature):
                 continue
-            if not service or self._may_name(policy, principal, snapshot, ref.view.name, service):
-                what = f"feature {ref.ref!r}" + (f" of feature service {service!r}" if service else "")
+            if not service:
+                shown = ref.ref
+                if requested and shown not in requested:
+                    # Read on the caller's behalf (an on-demand view's input): name what
+                    # the caller asked for, never a stored feature it may not know of.
+                    shown = clip(next(
+                        (r for r in requested if not self._allows_ref(
+                            policy, principal, action, snapshot, r)),
+                        requested[0],
+                    ))
+                error = _denied(principal, action, f"feature {shown!r}", feature=shown)
+            elif self._may_name(policy, principal, snapshot, ref.view.name, service):
+                what = f"feature {ref.ref!r} of feature service {service!r}"
                 error = _denied(principal, action, what, feature=ref.ref)
             else:
                 error = _denied(principal, action, f"every feature of feature service {service!r}",
@@ -290,6 +303,12 @@ class AccessControl:
             return self._deny(call, action, [f"feature_view:{clip(view_name)}"],
                               denial.message, denial.metadata)
         return None
+
+    @classmethod
+    def _allows_ref(cls, policy: Policy, principal: Principal, action: Action,
+                    snapshot: Snapshot, ref: str) -> bool:
+        view_name, _, feature_name = ref.partition(":")
+        return cls._judge_ref(policy, principal, action, snapshot, view_name, feature_name)[0]
 
     @staticmethod
     def _judge_ref(policy: Policy, principal: Principal, action: Action, snapshot: Snapshot,
