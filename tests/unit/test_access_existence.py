@@ -102,6 +102,13 @@ class RegistryAsMallory(RegistryServicer):
         finally:
             exit_call(token)
 
+    def GetOnDemandFeatureView(self, request: Any, context: grpc.ServicerContext) -> Any:
+        token = enter_call(CallAccess(MALLORY, "GetOnDemandFeatureView", "grpc"))
+        try:
+            return super().GetOnDemandFeatureView(request, context)
+        finally:
+            exit_call(token)
+
 
 @pytest.fixture
 def server(tmp_path: Path, make_registry: Any) -> Iterator[grpc_testing.Server]:
@@ -252,3 +259,18 @@ def test_a_denied_on_demand_feature_is_named_not_the_hidden_feature_it_reads(
     assert code is grpc.StatusCode.PERMISSION_DENIED, details
     assert "secret" not in details and "'spy:twice'" in details
     assert (code, details.replace("spy", "ghost")) == _lookup(server, ["ghost:twice"])
+
+
+def test_an_on_demand_view_is_not_told_to_exist_to_who_may_not_describe_it(
+    server: grpc_testing.Server,
+) -> None:
+    def ask(name: str) -> tuple[grpc.StatusCode, str]:
+        rpc = server.invoke_unary_unary(
+            REGISTRY.methods_by_name["GetOnDemandFeatureView"], (),
+            registry_service_pb.GetOnDemandFeatureViewRequest(name=name), None)
+        _, _, code, details = rpc.termination()
+        return code, details
+
+    code, details = ask("spy")
+    assert code is grpc.StatusCode.PERMISSION_DENIED, details
+    assert ask("ghost") == (code, details.replace("spy", "ghost"))

@@ -351,7 +351,8 @@ class AccessControl:
 
     def may_describe(self, snapshot: Snapshot, kind: str, name: str) -> bool:
         """May the caller DESCRIBE the named object (kind: feature_view,
-        feature_service, entity or project)? Always True when auth is off."""
+        feature_service, entity, on_demand_feature_view or project)? Always True
+        when auth is off."""
         call = self.call()
         if call is None:
             return True
@@ -371,6 +372,15 @@ class AccessControl:
             return policy.allows_entity(
                 principal, Action.DESCRIBE, entity, snapshot.feature_views.values()
             )
+        if kind == "on_demand_feature_view":
+            on_demand = snapshot.on_demand_views.get(name)
+            sources = {p.view for p in on_demand.feature_inputs} if on_demand is not None else set()
+            if not sources:
+                # A name that does not exist, or a view of request data only: the project's.
+                return policy.allows_project(principal, Action.DESCRIBE)
+            # Described to whoever may describe every view it reads.
+            return all(policy.allows_view(principal, Action.DESCRIBE, v, snapshot.feature_views.get(v))
+                       for v in sources)
         # The project: whoever may describe anything in it may know its name.
         return policy.allows_any(principal, Action.DESCRIBE)
 

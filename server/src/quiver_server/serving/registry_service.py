@@ -146,10 +146,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     def _may_describe_on_demand(self, snapshot: Snapshot, view: OnDemandFeatureView) -> bool:
         """An on-demand view is described to whoever may describe every view it reads."""
-        inputs = {i.feature_view for i in view.feature_inputs}
-        if not inputs:
-            return self._access.may_describe(snapshot, "project", snapshot.project)
-        return all(self._access.may_describe(snapshot, "feature_view", v) for v in inputs)
+        return self._access.may_describe(snapshot, "on_demand_feature_view", view.name)
 
     @rpc_errors
     def ListOnDemandFeatureViews(
@@ -166,13 +163,11 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.GetOnDemandFeatureViewRequest, context: grpc.ServicerContext
     ) -> pb.GetOnDemandFeatureViewResponse:
         snapshot = self._snapshot(request.project)
-        view = self._find(
-            snapshot.proto.on_demand_feature_views, request.name, "on_demand_feature_view"
+        # Checked before the name is looked up: a name the caller may not describe is
+        # denied whether or not it exists.
+        view = self._get(
+            snapshot, snapshot.proto.on_demand_feature_views, request.name, "on_demand_feature_view"
         )
-        if not self._may_describe_on_demand(snapshot, view):
-            # Denied as an unknown name would be, so existence does not leak.
-            for source in view.feature_inputs:
-                self._access.check_describe(snapshot, "feature_view", source.feature_view)
         return pb.GetOnDemandFeatureViewResponse(on_demand_feature_view=view)
 
     @rpc_errors
