@@ -407,17 +407,32 @@ def test_writes_deletes_and_denials_leave_one_audit_line_each(secured: Secured) 
 
 
 def test_the_served_project_is_named_only_to_who_may_describe_it(secured: Secured) -> None:
-    request = reg.ListFeatureViewsRequest(project="payroll")
-    messages = {}
     with secured.channel() as channel:
         stub = reg_grpc.RegistryServiceStub(channel)
-        for who in ("mallory", "alice"):
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.ListFeatureViews(request, metadata=_metadata(secured.tokens[who]), timeout=10)
-            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-            messages[who] = caught.value.details()
-    assert "fraud_detection" not in messages["mallory"]
-    assert "fraud_detection" in messages["alice"]
+        # Who may describe nothing gets the same (empty) answer for any project name,
+        # so it cannot guess the served one.
+        for project in ("payroll", "fraud_detection"):
+            listed = stub.ListFeatureViews(reg.ListFeatureViewsRequest(project=project),
+                                           metadata=_metadata(secured.tokens["mallory"]), timeout=10)
+            assert len(listed.feature_views) == 0
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListFeatureViews(reg.ListFeatureViewsRequest(project="payroll"),
+                                  metadata=_metadata(secured.tokens["alice"]), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "fraud_detection" in caught.value.details()
+
+
+def test_a_missing_entity_is_not_found_for_who_may_describe_the_project(secured: Secured) -> None:
+    with secured.channel() as channel:
+        stub = reg_grpc.RegistryServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetEntity(reg.GetEntityRequest(name="usr"),
+                           metadata=_metadata(secured.tokens["alice"]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetEntity(reg.GetEntityRequest(name="usr"),
+                           metadata=_metadata(secured.tokens["mallory"]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_offline_erasure_records_the_authenticated_principal(secured: Secured) -> None:

@@ -365,13 +365,15 @@ class TrainingSets:
         except FailedPreconditionError:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
         # A ticket is not a capability: whoever presents it must be allowed its features.
+        requested = [] if partition.feature_service else list(partition.feature_refs)
         shape = self.shape(
             snapshot,
-            features=[] if partition.feature_service else list(partition.feature_refs),
+            features=requested,
             feature_service=partition.feature_service,
             full_feature_names=partition.full_feature_names,
             transform_version=partition.transform_version,
         )
+        self._check_ticket(requested, partition.feature_service, shape.selection.stored, snapshot)
         refs = shape.join_refs
         try:
             spine = self.open_spine(partition.spine, snapshot)
@@ -428,6 +430,24 @@ class TrainingSets:
             request, snapshot, self.registry, self.engine, self.transformations
         )
         return self.snapshot(fitted.version), parameters.version
+
+    def _check_ticket(self, requested: list[str], service: str, pinned: Sequence[FeatureRef],
+                      planned: Snapshot) -> None:
+        """Check the ticket's features under the permissions in force now (the newest
+        registry version), not only those of the version its data is pinned to, so a
+        revoked grant stops tickets planned before it."""
+        current = self.snapshot()
+        if not self.access.enabled or current.version == planned.version:
+            return  # `shape` has just checked them in this very version
+        try:
+            refs: Sequence[FeatureRef] = select(
+                current, requested, service or None, field="features"
+            ).stored
+        except NotFoundError:
+            # Features since removed: judged by what they were, under today's permissions.
+            refs = pinned
+        self.access.check_features(current, Action.READ_OFFLINE, refs, service=service,
+                                   requested=requested)
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
         """Every feature service and view the caller may DESCRIBE: what it is, its command

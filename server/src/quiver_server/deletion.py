@@ -46,12 +46,10 @@ def delete_entities(
     """Delete the given entities' rows from `views` (default: every online view whose
     join keys are all given).
 
-    `authorize` is called with the views once they are resolved and the keys
-    checked, before anything is deleted; it raises to refuse.
+    `authorize` is called with the views once they are resolved, before their keys
+    are checked and anything is deleted; it raises to refuse.
     """
-    targets = target_views(snapshot, entities, views, online_only=True)
-    if authorize is not None:
-        authorize(targets)
+    targets = target_views(snapshot, entities, views, online_only=True, authorize=authorize)
     deleted = 0
     for view in targets:
         if not view.online:
@@ -67,8 +65,12 @@ def target_views(
     views: Sequence[str],
     *,
     online_only: bool,
+    authorize: Callable[[list[FeatureView]], None] | None = None,
 ) -> list[FeatureView]:
     """The views to delete from, with the entity columns checked against their keys.
+
+    `authorize` is called with the views once they are resolved, before their keys
+    are checked; it raises to refuse.
 
     Raises:
         InvalidArgumentError: no or ragged key columns, a key of the wrong type,
@@ -84,7 +86,17 @@ def target_views(
             "entities", f"join key columns must be non-empty and the same length, got {described}"
         )
     if views:
-        targets = [snapshot.feature_view(name) for name in views]
+        targets: list[FeatureView] = []
+        for name in views:
+            view = snapshot.feature_views.get(name)
+            if view is None:
+                # The views named before an unknown one are authorized first, so the
+                # answer names the first view refused, whether or not it exists.
+                if authorize is not None:
+                    authorize(targets)
+                snapshot.feature_view(name)  # raises NotFoundError naming it
+            else:
+                targets.append(view)
     else:
         targets = [
             v for v in snapshot.feature_views.values()
@@ -94,6 +106,10 @@ def target_views(
             raise InvalidArgumentError.for_field(
                 "entities", f"no feature view is keyed by {name_list(sorted(entities))}"
             )
+    # Authorized before the keys are checked: what a view's keys are is not told to a
+    # caller who may not delete from it.
+    if authorize is not None:
+        authorize(targets)
     for view in targets:
         missing = [k for k in view.join_key_names if k not in entities]
         if missing:

@@ -245,9 +245,9 @@ class Eraser:
             NotFoundError: a named view does not exist.
             FailedPreconditionError: a history file lacks a join key column.
         """
-        targets = target_views(self.snapshot, entities, views, online_only=False)
-        if authorize is not None:
-            authorize(targets)
+        targets = target_views(
+            self.snapshot, entities, views, online_only=False, authorize=authorize
+        )
         wanted = {k: list(entities[k]) for k in entities}
         same: ErasureOutcome | None = None
         for pending in PendingErasures(self.paths).requests():

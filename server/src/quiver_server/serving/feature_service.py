@@ -36,6 +36,7 @@ from quiver_server.serving.online_transform import apply_pipeline, request_rows
 from quiver_server.serving.status import rpc_errors
 from quiver_server.telemetry.spans import traced
 from quiver_server.transforms.engine import Transformations
+from quiver_server.transforms.selection import select
 
 PUSH_ACTIONS: dict[PushTarget, tuple[Action, ...]] = {
     PushTarget.ONLINE: (Action.WRITE_ONLINE,),
@@ -111,6 +112,17 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             raise self._access.unknown(
                 exc, snapshot, Action.READ_ONLINE, requested=refs, service=service
             ) from None
+        except InvalidArgumentError:
+            # Features that resolve but cannot be served together (one output name from
+            # two views, a join key of two types) are named only to a caller who may
+            # read them all: before that, a name it may not see is denied whether or not
+            # it exists.
+            if self._access.enabled:
+                stored = select(snapshot, list(refs), service or None).stored
+                self._access.check_features(
+                    snapshot, Action.READ_ONLINE, stored, service=service, requested=refs
+                )
+            raise
         # Every stored feature the lookup reads, an on-demand view's inputs included.
         self._access.check_features(
             snapshot, Action.READ_ONLINE, plan.refs, service=service, requested=refs
