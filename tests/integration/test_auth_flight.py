@@ -306,3 +306,34 @@ def test_fitting_needs_a_project_wide_write_and_records_the_principal(
     store = RegistryStore(load_config(secured.repo, env={}).registry_path)
     [fitted] = store.latest().proto.transform_parameters
     assert (fitted.fitted_by, fitted.fitted_via) == ("trainer", "flight")
+
+
+def test_a_ticket_follows_permissions_revoked_after_it_was_planned(tmp_path: Path) -> None:
+    """Tickets pin the registry version of their data, not of their permissions: once a
+    newer version revokes READ_OFFLINE, a ticket planned before is refused."""
+    repo = write_demo_repo(tmp_path / "repo", users=20, merchants=5, days=2)
+    (repo / "analysts.py").write_text(ANALYSTS)
+    tokens = write_tokens(tmp_path / "tokens.yaml", {"eve": ["analysts"]})
+    write_settings(repo, {"auth": {"enabled": True,
+                                   "static": {"tokens_file": str(tmp_path / "tokens.yaml")}}})
+    config = load_config(repo, env={})
+    apply(config)
+    server, port = create_flight_server(config, "grpc://127.0.0.1:0")
+    try:
+        location = f"grpc://127.0.0.1:{port}"
+        with TrainingClient(location, token=tokens["eve"]) as client:
+            info = client.plan(_spine(), features=["user_profile:age"])
+        ticket = info.endpoints[0].ticket
+        client = flight.FlightClient(location)
+        assert client.do_get(ticket, _options(tokens["eve"])).read_all().num_rows == 3
+        # The analysts lose user_profile: a new registry version without their grant.
+        (repo / "analysts.py").write_text(ANALYSTS.replace(
+            'Resource.feature_view("user_profile")', 'Resource.feature_view("merchant_stats")'))
+        apply(config)
+        with pytest.raises(flight.FlightUnauthorizedError) as caught:
+            client.do_get(ticket, _options(tokens["eve"])).read_all()
+        _, reason, metadata = _status(caught.value)
+        assert (reason, metadata["principal"]) == ("PERMISSION_DENIED", "eve")
+        assert metadata["feature"] == "user_profile:age"
+    finally:
+        server.shutdown()

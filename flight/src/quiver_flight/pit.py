@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +52,14 @@ from quiver_server.registry.snapshot import FeatureRef
 from quiver_server.telemetry.spans import traced
 
 FEATURE_REF_METADATA = b"quiver.feature_ref"
+
+
+class Exclusions(Protocol):
+    """Entity keys a view's history must not yield (pending erasures)."""
+
+    def for_view(self, view: FeatureView) -> tuple[list[tuple[Any, ...]], str]:
+        """Keys in join key order, and a tag naming them for fingerprints."""
+        ...
 DEFAULT_BATCH_ROWS = 65_536
 
 
@@ -221,14 +230,24 @@ class PointInTimeEngine:
         *,
         cache_bytes: int = 4 << 30,
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        exclusions: Exclusions | None = None,
     ) -> None:
         self.offline_root = offline_root
         self.batch_rows = batch_rows
         self.cache: ByteBudgetCache[object] = ByteBudgetCache(cache_bytes)
+        self.exclusions = exclusions
 
     def locate(self, views: Sequence[FeatureView]) -> dict[str, HistorySource]:
-        """List the history files of `views` (their fingerprints name this state)."""
-        return {view.name: locate(self.offline_root, view) for view in views}
+        """List the history files of `views` (their fingerprints name this state).
+
+        Entities of erasures still in progress are left out of every view they
+        were erased from, so a join never sees them once erasure was requested.
+        """
+        sources = {}
+        for view in views:
+            excluded, tag = self.exclusions.for_view(view) if self.exclusions else ([], "")
+            sources[view.name] = locate(self.offline_root, view, excluded, tag)
+        return sources
 
     def check_sources(self, refs: Sequence[FeatureRef], sources: Mapping[str, HistorySource]) -> None:
         """Check that every view's history has the columns the refs need."""

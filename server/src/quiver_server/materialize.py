@@ -43,6 +43,9 @@ from quiver.errors import (
 )
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
+from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.runs import record_runs
 from quiver_server.offline.columns import cast_options, compatible
 from quiver_server.offline.source import (
     Listing,
@@ -295,6 +298,7 @@ def _run(
         # finished even if a later one failed.
         if done:
             _record_watermarks(registry, done)
+            record_runs(GovernancePaths.of(config), [r for r in results if r.view in done])
     return results
 
 
@@ -340,6 +344,11 @@ def _plan(
     for key in view.join_keys:
         # A row without its entity key cannot be stored; skip it.
         condition = condition & ds.field(source_of.get(key.name, key.name)).is_valid()
+    # Entities whose erasure was requested are not written back online while
+    # their history is being rewritten.
+    erasing = PendingErasures(GovernancePaths.of(config)).filter_for(view)
+    if erasing is not None:
+        condition = condition & erasing
     return _ViewJob(
         table, start, end, dataset, projection, condition, view.join_key_names, bool(created),
         listing,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,9 @@ class TrainingJob:
         partition_rows: Spine rows per partition (the last may hold fewer).
         partitions: Number of partitions.
         expires_at: Seconds since the epoch after which tickets are stale.
+        relocate: Lists the views' history again, to check it did not change
+            while the job ran: a training dataset's pinned files; None: the
+            engine's own `locate`.
     """
 
     spine: Spine
@@ -38,6 +41,7 @@ class TrainingJob:
     partition_rows: int
     partitions: int
     expires_at: float
+    relocate: Callable[[list[FeatureView]], Mapping[str, HistorySource]] | None = None
 
 
 @dataclass(frozen=True)

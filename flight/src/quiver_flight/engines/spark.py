@@ -135,7 +135,7 @@ class SparkTrainingEngine(LocalTrainingEngine):
             write_spine_bounds(staged, job, views, units)
             session = spark_session(self.spark)
             run_join(session, staged, job, views, units)
-            self._check_unchanged(job.sources)
+            self._check_unchanged(job)
             filesystem, path = filesystem_and_path(staged.spine)
             filesystem.delete_dir(path)
         except BaseException:
@@ -143,9 +143,10 @@ class SparkTrainingEngine(LocalTrainingEngine):
             raise
         return staged
 
-    def _check_unchanged(self, sources: Mapping[str, HistorySource]) -> None:
-        now = self.locate([source.view for source in sources.values()])
-        for name, source in sources.items():
+    def _check_unchanged(self, job: TrainingJob) -> None:
+        views = [source.view for source in job.sources.values()]
+        now = job.relocate(views) if job.relocate is not None else self.locate(views)
+        for name, source in job.sources.items():
             if now[name].fingerprint != source.fingerprint:
                 raise FailedPreconditionError(
                     f"{source.describe()} changed while the training set was computed; retry",

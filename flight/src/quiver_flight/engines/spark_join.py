@@ -35,6 +35,7 @@ from quiver_server.spark.frames import (
     SOURCE_ROW,
     SPARK_TYPES,
     all_valid,
+    excluding,
     read_history,
     spark_path,
     time_units,
@@ -109,7 +110,14 @@ def _join_view(
                         view.feature(name).dtype).alias(column)
         for name, column in zip(features, columns, strict=True)
     ]
-    rows = history.where(all_valid([*key_sources, timestamp])).select(
+    valid = all_valid([*key_sources, timestamp])
+    if source.excluded:
+        # Pending erasures: their entities' rows are not seen, as on the local engine.
+        valid = valid & excluding(
+            [history_key(s, k.dtype) for s, k in zip(key_sources, view.join_keys, strict=True)],
+            source.excluded,
+        )
+    rows = history.where(valid).select(
         *(history_key(s, k.dtype).alias(c)
           for s, k, c in zip(key_sources, view.join_keys, keys, strict=True)),
         event.alias(_TIME),

@@ -164,6 +164,20 @@ def key_column(name: str, dtype: ValueType) -> Column:
     return F.col(name).cast(_KEY_TYPES[dtype])
 
 
+def excluding(keys: Sequence[Column], excluded: Sequence[Sequence[object]]) -> Column:
+    """True for rows whose key columns (canonical types, join key order) equal none of
+    the `excluded` keys: entities of erasures still in progress."""
+    from pyspark.sql import functions as F
+
+    hit = F.lit(False)
+    for key in excluded:
+        match = F.lit(True)
+        for column, value in zip(keys, key, strict=True):
+            match = match & (column == F.lit(value))
+        hit = hit | match
+    return ~hit
+
+
 def all_valid(names: Sequence[str]) -> Column:
     """True where none of `names` is null."""
     from pyspark.sql import functions as F

@@ -46,6 +46,8 @@ from quiver_server.materialize import (
     _ViewJob,
     _write_batch,
 )
+from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.monitoring.profile import ViewProfile, merge_profiles
 from quiver_server.monitoring.sinks import ProfileWriter, newest_event, producer_id
 from quiver_server.offline.source import list_files, resolve_path
@@ -56,6 +58,7 @@ from quiver_server.spark.frames import (
     SOURCE_ROW,
     all_valid,
     arrow_schema,
+    excluding,
     feature_column,
     key_column,
     micros,
@@ -166,6 +169,12 @@ def latest_rows(session: SparkSession, config: QuiverConfig, job: _ViewJob) -> D
                  else feature_column(column, arrow_type, feature.dtype))
         features.append(value.alias(feature.name))
     created = micros(created_column, schema.field(created_column).type) if created_column else None
+    # Entities whose erasure was requested are not written back online (as locally).
+    erasing, _ = PendingErasures(GovernancePaths.of(config)).for_view(view)
+    if erasing:
+        window = window & excluding(
+            [key_column(s, k.dtype) for s, k in zip(keys, view.join_keys, strict=True)], erasing
+        )
     rows = history.where(all_valid([*keys, event_column]) & window).select(
         *(key_column(s, k.dtype).alias(k.name) for s, k in zip(keys, view.join_keys, strict=True)),
         F.struct(

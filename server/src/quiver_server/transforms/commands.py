@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_fit(config: QuiverConfig, args: argparse.Namespace) -> int:
     from quiver_flight.engines.factory import training_engine
     from quiver_flight.fitting import FitRequest, fit_service
+    from quiver_server.governance.erasure import PendingErasures
+    from quiver_server.governance.paths import GovernancePaths
     from quiver_server.offline.source import list_files
     from quiver_server.transforms.engine import Transformations
 
@@ -64,7 +66,8 @@ def cmd_fit(config: QuiverConfig, args: argparse.Namespace) -> int:
         args.service, spine, f"file:{path}", args.timestamp_column, _user(), "cli",
         fingerprint=listing.fingerprint,
     )
-    engine = training_engine(config, cache_bytes=config.flight.history_cache_bytes)
+    engine = training_engine(config, cache_bytes=config.flight.history_cache_bytes,
+                             exclusions=PendingErasures(GovernancePaths.of(config)))
     fitted, parameter_set = fit_service(
         request, snapshot, store, engine, Transformations(config.repo_path)
     )
