@@ -31,6 +31,8 @@ from quiver.flight.v1 import flight_pb2 as pb
 from quiver_flight.convert import unpack_ticket
 from quiver_flight.server import create_flight_server
 from quiver_server.config import OfflineStoreConfig, QuiverConfig, SparkConfig, load_config
+from quiver_server.governance.erasure import ErasureRequest
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.repo import apply
 
 # A first Spark test also starts the JVM of the run's one session.
@@ -187,3 +189,32 @@ def test_spark_training_sets_apply_on_demand_views_and_fitted_transforms_as_loca
     finally:
         spark_server.shutdown()
         local_server.shutdown()
+
+
+def test_pending_erasures_are_left_out_of_spark_training_sets_as_locally(
+    spark: Any, tmp_path: Path, make_config: Callable[..., QuiverConfig],
+    apply_objects: Callable[..., Any], flight_server: Server,
+) -> None:
+    local = make_config(tmp_path)
+    write_history(Path(local.offline_root))
+    apply_objects(local, [user, merchant], [user_stats, merchant_stats], [model])
+    spine = make_spine(400, seed=4)
+    erased = int(spine["user_id"][0].as_py())
+    # Requested, not yet carried out (the history still holds the rows).
+    pending = GovernancePaths.of(local).erasures_pending
+    pending.mkdir(parents=True, exist_ok=True)
+    request = ErasureRequest("e-1", "2024-01-01T00:00:00+00:00", "test", ("user_stats",),
+                             {"user_id": [erased]})
+    (pending / "e-1.json").write_bytes(request.to_json())
+    with (
+        flight_server(with_engine(local, "spark")) as on_spark,
+        flight_server(local) as on_local,
+        TrainingClient(on_spark) as spark_client,
+        TrainingClient(on_local) as local_client,
+    ):
+        got = spark_client.get_training_set(spine, feature_service="model")
+        want = local_client.get_training_set(spine, feature_service="model")
+    assert got.equals(want)
+    rows = [i for i, u in enumerate(spine["user_id"].to_pylist()) if u == erased]
+    assert rows and all(got["spend"][i].as_py() is None for i in rows)
+    assert got["spend"].null_count < got.num_rows

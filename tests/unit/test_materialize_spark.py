@@ -23,6 +23,8 @@ from quiver_server.config import (
     QuiverConfig,
     SparkConfig,
 )
+from quiver_server.governance.erasure import ErasureRequest
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.materialize import materialize_range
 from quiver_server.monitoring.profile import ViewProfile
 from quiver_server.monitoring.sinks import ProfileWriter, newest_event
@@ -89,6 +91,21 @@ def test_spark_keeps_the_same_latest_row_per_entity(
     order = [("bank", "ascending"), ("number", "ascending")]
     got = got.take(pc.sort_indices(got, sort_keys=order))
     assert int(pc.sum(got["__rows"]).as_py()) == 600
+    for name in want.column_names:
+        assert got[name].to_pylist() == want[name].to_pylist(), name
+
+    # An erasure requested and not yet carried out: neither engine writes the entity back.
+    pending = GovernancePaths.of(config).erasures_pending
+    pending.mkdir(parents=True, exist_ok=True)
+    request = ErasureRequest("e-1", "2024-05-01T00:00:00+00:00", "test", ("accounts",),
+                             {"bank": ["x"], "number": [3]})
+    (pending / "e-1.json").write_bytes(request.to_json())
+    want = local_latest(config, "accounts")
+    job = local._plan(config, table, T - timedelta(days=1), T + timedelta(days=1))
+    got = latest_rows(spark_session(SPARK.spark), config, job).toArrow()
+    got = got.take(pc.sort_indices(got, sort_keys=order))
+    assert ("x", 3) not in set(zip(got["bank"].to_pylist(), got["number"].to_pylist(), strict=True))
+    assert got.num_rows == want.num_rows == 11
     for name in want.column_names:
         assert got[name].to_pylist() == want[name].to_pylist(), name
 

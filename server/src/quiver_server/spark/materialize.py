@@ -34,6 +34,8 @@ from quiver.errors import (
 )
 from quiver.monitoring.v1 import profile_pb2 as pb
 from quiver_server.config import AerospikeOnlineStoreConfig, QuiverConfig
+from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.materialize import (
     CREATED_TS,
     EVENT_TS,
@@ -46,8 +48,6 @@ from quiver_server.materialize import (
     _ViewJob,
     _write_batch,
 )
-from quiver_server.governance.erasure import PendingErasures
-from quiver_server.governance.paths import GovernancePaths
 from quiver_server.monitoring.profile import ViewProfile, merge_profiles
 from quiver_server.monitoring.sinks import ProfileWriter, newest_event, producer_id
 from quiver_server.offline.source import list_files, resolve_path
