@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from pyarrow import flight
@@ -218,3 +219,28 @@ def test_pending_erasures_are_left_out_of_spark_training_sets_as_locally(
     rows = [i for i, u in enumerate(spine["user_id"].to_pylist()) if u == erased]
     assert rows and all(got["spend"][i].as_py() is None for i in rows)
     assert got["spend"].null_count < got.num_rows
+
+
+def test_a_training_dataset_pulled_again_on_spark_reads_its_pinned_files(
+    spark: Any, tmp_path: Path, make_config: Callable[..., QuiverConfig],
+    apply_objects: Callable[..., Any], flight_server: Server,
+) -> None:
+    config = with_engine(make_config(tmp_path), "spark")
+    root = Path(config.offline_root)
+    write_history(root)
+    apply_objects(config, [user, merchant], [user_stats, merchant_stats], [model])
+    spine = make_spine(300, seed=6)
+    with flight_server(config) as location, TrainingClient(location) as client:
+        made = client.create_training_dataset("pinned", spine, feature_service="model",
+                                              partition_rows=128)
+        # Corrected history lands: the same events created later, other amounts.
+        newer = pq.read_table(root / "user_stats" / "part-0.parquet")
+        newer = newer.set_column(newer.schema.get_field_index("spend"), "spend",
+                                 pc.add(newer["spend"], 1000.0))
+        newer = newer.set_column(newer.schema.get_field_index("created"), "created",
+                                 pc.add(newer["created"], pa.scalar(timedelta(seconds=1))))
+        pq.write_table(newer, root / "user_stats" / "part-9.parquet")
+        again = client.get_training_dataset("pinned", made.version, partition_rows=128)
+        fresh = client.get_training_set(spine, feature_service="model")
+    assert again.table.equals(made.table)
+    assert not fresh.equals(made.table)  # the newest history differs: the pin is what held
