@@ -55,6 +55,7 @@ from quiver.errors import FailedPreconditionError
 from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_server.deletion import delete_entities, target_views
 from quiver_server.durable import fsync_directory
+from quiver_server.governance.compaction import settle
 from quiver_server.governance.datasets import DatasetStore, label
 from quiver_server.governance.entities import (
     KeyTuple,
@@ -74,7 +75,7 @@ from quiver_server.governance.files import (
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
 from quiver_server.governance.spinefile import read_spine, write_spine
-from quiver_server.offline.source import list_files, resolve_path
+from quiver_server.offline.source import resolve_path
 from quiver_server.online.base import OnlineStore
 from quiver_server.registry.snapshot import Snapshot
 
@@ -355,7 +356,8 @@ class Eraser:
         columns = [source_column(view, k) for k in view.join_key_names]
         expression = filter_expression(columns, keys)
         location = resolve_path(self.paths.offline_root, view.source.path)
-        listing = list_files(location)
+        # A merge a killed compaction left holds the rows too: finish or drop it first.
+        listing = settle(self.paths, view.name, location)
         if listing is None or expression is None:
             return 0, 0
         fs = listing.filesystem
