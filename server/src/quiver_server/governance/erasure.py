@@ -167,6 +167,15 @@ class PendingErasures:
                 ids.append(request.erasure_id)
         return list(dict.fromkeys(keys)), ",".join(ids)
 
+    def on_spine(self, spine: pa.Table, views: Sequence[FeatureView]) -> list[str]:
+        """Ids of the pending erasures that remove rows of `spine` (joined with `views`)."""
+        found = []
+        for request in self.requests():
+            erased = [v for v in views if v.name in request.views]
+            if erased and _count(_spine_mask(spine, erased, request)):
+                found.append(request.erasure_id)
+        return found
+
     def filter_for(self, view: FeatureView) -> ds.Expression | None:
         """A dataset filter keeping every row except the pending erasures' (None: keep all)."""
         keys, _ = self.for_view(view)
@@ -283,7 +292,10 @@ class Eraser:
     def _carry_out(self, request: ErasureRequest) -> ErasureOutcome:
         views = [self.snapshot.feature_views[n] for n in request.views if n in self.snapshot.feature_views]
         result = ErasureOutcome(request.erasure_id, [v.name for v in views])
-        marked = self._mark_datasets(request, views)
+        # A dataset being recorded now either saw this request pending (and
+        # was refused) or is published before this looks: none slips between.
+        with locked(self.paths.datasets_lock):
+            marked = self._mark_datasets(request, views)
         result.datasets_affected = [label(d) for d in marked]
         if self.store is not None:
             online = [v.name for v in views if v.online]

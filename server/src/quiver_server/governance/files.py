@@ -87,8 +87,8 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `path` (created if needed).
+def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on `path` (created if needed), exclusive unless `shared`.
 
     Erasure and compaction of one view take its lock, so they never rewrite
     the same files at once; the lock goes with the process, even on kill -9.
@@ -96,7 +96,7 @@ def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
