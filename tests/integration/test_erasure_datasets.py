@@ -1,11 +1,12 @@
 """Stored training datasets and an erasure of an entity of their spine: from the
 moment it is requested no pull serves the entity's spine rows or a changed table
-as the dataset, and a dataset created while the erasure starts is still marked
-and scrubbed."""
+as the dataset, a dataset created while the erasure starts is still marked and
+scrubbed, and a materialization under way does not write the entity back online."""
 
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,14 @@ from quiver import TrainingClient
 from quiver._training_client import DatasetSpine
 from quiver.errors import FailedPreconditionError
 from quiver_flight import datasets as flight_datasets
+from quiver_server import materialize
 from quiver_server.config import QuiverConfig
 from quiver_server.governance.datasets import DatasetStore
 from quiver_server.governance.erasure import Eraser
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.online.base import ViewRead
+from quiver_server.online.factory import open_online_store
+from quiver_server.online.keys import encode_keys
 from quiver_server.registry.store import RegistryStore
 
 USER = 7
@@ -115,3 +120,43 @@ def test_a_dataset_created_while_an_erasure_starts_is_marked_and_scrubbed(
         assert user_rows(kept_spine(config, "racing")) == 0
         with pytest.raises(FailedPreconditionError):
             client.get_training_dataset("racing", 1)
+
+
+def test_a_materialization_under_way_does_not_write_an_erased_entity_back_online(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = write_repo(tmp_path / "repo")
+    pending = GovernancePaths.of(config).erasures_pending
+    run = materialize._materialize_view
+    erasures: list[threading.Thread] = []
+
+    def erase_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # Planned before the request; the request lands as it starts reading.
+        if not erasures:
+            thread = threading.Thread(target=lambda: eraser_online(config).erase({"user_id": [USER]}))
+            thread.start()
+            erasures.append(thread)
+            while not list(pending.glob("*.json")):
+                threading.Event().wait(0.01)
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(materialize, "_materialize_view", erase_meanwhile)
+    end = datetime(2024, 6, 10, tzinfo=UTC)
+    materialize.materialize_range(config, end - timedelta(days=30), end)
+    [thread] = erasures
+    thread.join()
+    snapshot = RegistryStore(config.registry_path).latest()
+    store = open_online_store(config)
+    try:
+        for name in ("stats", "profile"):
+            table = snapshot.view_table(name)
+            [result] = store.read([ViewRead(table, encode_keys(table.view.join_keys, [[USER, 8]]),
+                                            list(table.view.feature_names))])
+            assert [v is None for v in next(iter(result.values.values()))] == [True, False], name
+    finally:
+        store.close()
+
+
+def eraser_online(config: QuiverConfig) -> Eraser:
+    return Eraser(GovernancePaths.of(config), RegistryStore(config.registry_path).latest(),
+                  open_online_store(config), "test")

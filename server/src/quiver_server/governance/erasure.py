@@ -9,7 +9,9 @@ any point leaves nothing half written and the next run completes the work:
    entities out (`PendingErasures`), even though their rows still exist.
 2. **Datasets**: stored training datasets whose kept spine holds one of the
    entities are marked as no longer reproducible.
-3. **Online**: the entities' online rows are deleted.
+3. **Online**: the entities' online rows are deleted, view by view under the
+   view's lock, which materialization holds (shared) while it reads and
+   writes: a run planned before the request cannot write them back after.
 4. **History**: each file of each view that holds one of the entities is
    rewritten without those rows: a new file under a hidden name in the same
    directory, flushed to disk, then renamed over the old one (atomic), and the
@@ -297,14 +299,14 @@ class Eraser:
         with locked(self.paths.datasets_lock):
             marked = self._mark_datasets(request, views)
         result.datasets_affected = [label(d) for d in marked]
-        if self.store is not None:
-            online = [v.name for v in views if v.online]
-            if online:
-                result.online_rows_deleted = delete_entities(
-                    self.store, self.snapshot, request.entities, online
-                ).rows_deleted
         for view in views:
+            # Under the view's lock, which a materialization holds while it
+            # writes: rows it read before the request cannot land after this.
             with locked(self.paths.view_lock(view.name)):
+                if self.store is not None and view.online:
+                    result.online_rows_deleted += delete_entities(
+                        self.store, self.snapshot, request.entities, [view.name]
+                    ).rows_deleted
                 files, rows = self._erase_view(request, view)
             result.files_rewritten += files
             result.rows_removed += rows
