@@ -160,3 +160,32 @@ def test_a_materialization_under_way_does_not_write_an_erased_entity_back_online
 def eraser_online(config: QuiverConfig) -> Eraser:
     return Eraser(GovernancePaths.of(config), RegistryStore(config.registry_path).latest(),
                   open_online_store(config), "test")
+
+
+def test_a_kill_between_a_swap_and_its_log_line_keeps_other_datasets_reproducible(
+    tmp_path: Path, flight_server: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quiver_server.governance import erasure
+
+    config = write_repo(tmp_path / "repo")
+    labelled = spine(users=12)
+    with flight_server(config) as location, TrainingClient(location) as client:
+        without = client.create_training_dataset(
+            "without_user", labelled.filter(pc.not_equal(labelled["user_id"], USER)),
+            feature_service="model",
+        )
+        append_line = erasure.append_line
+
+        def killed_at_first_rewrite_line(path: Path, record: dict[str, Any]) -> None:
+            if record.get("event") == "file_rewritten":
+                raise SystemExit("killed")
+            append_line(path, record)
+
+        monkeypatch.setattr(erasure, "append_line", killed_at_first_rewrite_line)
+        with pytest.raises(SystemExit):
+            eraser(config).erase({"user_id": [USER]})
+        monkeypatch.undo()
+        eraser(config).resume()
+        assert not list(GovernancePaths.of(config).erasures_pending.glob("*.json"))
+        # Its files lost only rows of an entity its spine never had: the same rows.
+        assert client.get_training_dataset("without_user", without.version).table.equals(without.table)

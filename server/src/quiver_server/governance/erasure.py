@@ -396,23 +396,36 @@ class Eraser:
             hits = ds.dataset(info.path, filesystem=fs, format="parquet").count_rows(filter=expression)
             if hits == 0:
                 continue
-            removed = self._rewrite(fs, info.path, columns, keys)
+
+            def record(removed: int, new: pafs.FileInfo, old: pafs.FileInfo = info) -> None:
+                append_line(self.paths.erasure_log, {
+                    "event": "file_rewritten", "erasure_id": request.erasure_id,
+                    "at": self.clock().isoformat(), "view": view.name,
+                    "path": _relative(listing.base, old.path), "rows_removed": removed,
+                    "old_size": old.size, "old_mtime_ns": old.mtime_ns,
+                    "size": new.size, "mtime_ns": new.mtime_ns,
+                })
+
+            rows += self._rewrite(fs, info.path, columns, keys, record)
             files += 1
-            rows += removed
-            new = fs.get_file_info(info.path)
-            append_line(self.paths.erasure_log, {
-                "event": "file_rewritten", "erasure_id": request.erasure_id,
-                "at": self.clock().isoformat(), "view": view.name,
-                "path": _relative(listing.base, info.path), "rows_removed": removed,
-                "old_size": info.size, "old_mtime_ns": info.mtime_ns,
-                "size": new.size, "mtime_ns": new.mtime_ns,
-            })
             self._pause.rewritten += 1
             self._pause.check("after")
         self.progress(RewriteProgress("erasure", view.name, len(listing.files), len(listing.files)))
         return files, rows
 
-    def _rewrite(self, fs: pafs.FileSystem, path: str, columns: list[str], keys: list[KeyTuple]) -> int:
+    def _rewrite(
+        self, fs: pafs.FileSystem, path: str, columns: list[str], keys: list[KeyTuple],
+        record: Callable[[int, pafs.FileInfo], None],
+    ) -> int:
+        """Rewrite `path` without the keys' rows; `record` logs it (rows removed, new file).
+
+        On a local disk the line is written before the rename, with the new
+        file's size and modification time (a rename keeps both): a kill right
+        after the swap would otherwise leave a rewrite nobody can follow, and
+        datasets whose spines lack the entity would read as changed. A kill
+        between the line and the swap leaves the old file, which the rerun
+        rewrites again with a new line (the later one is followed).
+        """
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             table = parquet.read()
@@ -431,12 +444,15 @@ class Eraser:
             finally:
                 os.close(fd)
         self._pause.check("before_swap")
+        removed = int(table.num_rows - keep.num_rows)
         if local:
+            record(removed, fs.get_file_info(temp))
             os.replace(temp, path)
             fsync_directory(directory)
         else:
-            fs.move(temp, path)
-        return int(table.num_rows - keep.num_rows)
+            fs.move(temp, path)  # an object store's move may give it a new time
+            record(removed, fs.get_file_info(path))
+        return removed
 
 
 def _count(mask: Any) -> int:
