@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from quiver import Entity, FeatureView, Field, Float64, Int64, ParquetSource
+from quiver.errors import FailedPreconditionError
 from quiver_server.config import OfflineStoreConfig, QuiverConfig
 from quiver_server.governance import compaction
 from quiver_server.governance.erasure import Eraser
@@ -74,3 +75,43 @@ def test_an_interrupted_compaction_does_not_bring_an_erased_entity_back(
     compaction.compact_view(paths, snapshot, "stats", "test")
     assert ERASED not in users_on_disk(base)
     assert users_on_disk(base) == {10, 11, 12, 13, 14}
+
+
+def test_a_join_reading_history_an_erasure_rewrites_meanwhile_never_shifts_rows(
+    config: QuiverConfig, make_registry: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from quiver_flight import pit
+    from quiver_flight.pit import PointInTimeEngine
+
+    stats = FeatureView(name="stats", entities=[user], schema=[Field("spend", Float64)],
+                        source=ParquetSource("stats"), ttl=timedelta(0))
+    snapshot = make_registry(config, [user], [stats])
+    base = Path(config.offline_root) / "stats"
+    base.mkdir(parents=True)
+    when = pa.timestamp("us", tz="UTC")
+    for i, users in enumerate([[ERASED, ERASED, 2], [3, 4], [9, 9, 9, 9]]):
+        pq.write_table(pa.table({
+            "user_id": users, "event_timestamp": pa.array([0] * len(users), when),
+            "spend": [float(u) for u in users],
+        }), base / f"part-{i}.parquet")
+    build_index = pit.build_index
+    erased: list[bool] = []
+
+    def index_then_erase(source: Any) -> Any:
+        index = build_index(source)
+        if not erased:  # the erasure swaps a file in after the index was read
+            Eraser(GovernancePaths.of(config), snapshot, None, "test").erase({"user_id": [ERASED]})
+            erased.append(True)
+        return index
+
+    monkeypatch.setattr(pit, "build_index", index_then_erase)
+    labelled = pa.table({"user_id": [2, 3, 4], "event_timestamp": pa.array([10, 10, 10], when)})
+    # A budget too small to keep feature columns: rows are gathered from the files.
+    engine = PointInTimeEngine(config.offline_root, cache_bytes=1)
+    try:
+        joined = engine.join_table(labelled, snapshot.resolve(["stats:spend"]))
+    except FailedPreconditionError as exc:
+        assert exc.reason == "HISTORY_CHANGED"
+    else:
+        assert joined["spend"].to_pylist() == [2.0, 3.0, 4.0]
+    assert erased

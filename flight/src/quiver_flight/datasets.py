@@ -270,6 +270,7 @@ class TrainingDatasets:
                 view=view, location=location, filesystem=fs, base=base, is_directory=not single,
                 files=tuple(i.path for i in infos),
                 fingerprint=with_exclusions(fingerprint, tag), excluded=tuple(excluded),
+                listed=fingerprint,
             )
         return sources
 

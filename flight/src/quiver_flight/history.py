@@ -32,7 +32,7 @@ from quiver.types import ValueType
 from quiver_flight.keys import IntArray, KeyEncoder, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, comparison_unit, to_units
 from quiver_server.offline.columns import cast_column, compatible
-from quiver_server.offline.source import list_files, reading_history, resolve_path
+from quiver_server.offline.source import Listing, list_files, reading_history, resolve_path
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
 # Sorting packs (key id, event time) into one non-negative int64; when the raw
@@ -56,6 +56,17 @@ class HistorySource:
     # Entity keys (in join key order) left out of the index: erasures requested
     # but not yet carried out. The fingerprint names them too.
     excluded: tuple[tuple[object, ...], ...] = ()
+    # The fingerprint of the files alone (paths, sizes, modification times) as
+    # listed; empty: not checked.
+    listed: str = ""
+
+    def changed(self) -> bool:
+        """Whether a file was rewritten, replaced or removed since it was listed."""
+        if not self.listed:
+            return False
+        infos = self.filesystem.get_file_info(list(self.files)) if self.files else []
+        now = Listing(self.filesystem, self.base, self.is_directory, tuple(infos)).fingerprint
+        return now != self.listed
 
     def source_column(self, name: str) -> str:
         """The source column that holds join key or feature `name`."""
@@ -124,6 +135,7 @@ def locate(
         files=tuple(i.path for i in listing.files),
         fingerprint=with_exclusions(listing.fingerprint, exclusion_tag),
         excluded=tuple(excluded),
+        listed=listing.fingerprint,
     )
 
 
