@@ -1,5 +1,7 @@
-"""An erased entity leaves no copy behind: not in a merge a killed compaction left
-half done (journaled or not), which a later compaction would otherwise put back."""
+"""Erasure leaves nothing behind and breaks nothing: no copy in a merge a killed
+compaction left half done (which a later compaction would put back), no join that
+reads files an erasure swapped meanwhile, no recorded request with a key that
+cannot be matched (every later plan would fail on it)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from quiver import Entity, FeatureView, Field, Float64, Int64, ParquetSource
-from quiver.errors import FailedPreconditionError
+from quiver import Entity, FeatureView, Field, Float64, Int64, ParquetSource, String
+from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver_server.config import OfflineStoreConfig, QuiverConfig
 from quiver_server.governance import compaction
 from quiver_server.governance.erasure import Eraser
@@ -115,3 +117,39 @@ def test_a_join_reading_history_an_erasure_rewrites_meanwhile_never_shifts_rows(
     else:
         assert joined["spend"].to_pylist() == [2.0, 3.0, 4.0]
     assert erased
+
+
+@pytest.mark.parametrize("bad", [2**63, -(2**63) - 1, 10**30])
+def test_a_key_out_of_range_is_refused_before_an_erasure_is_recorded(
+    config: QuiverConfig, make_registry: Any, bad: int, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from quiver_server.cli import main as cli_main
+
+    snapshot, _ = small_files(config, make_registry)
+    paths = GovernancePaths.of(config)
+    with pytest.raises(InvalidArgumentError) as caught:
+        Eraser(paths, snapshot, None, "test").erase({"user_id": [bad]})
+    assert caught.value.violations[0].field == "entities.user_id"
+    (config.repo_path / "quiver.yaml").write_text(
+        f"project: p\nregistry: {config.registry_path}\noffline_store: {{root: {config.offline_root}}}\n"
+        f"online_store: {{type: sqlite, path: {config.repo_path / 'online.db'}}}\n"
+    )
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["--repo", str(config.repo_path), "delete-entity", f"user_id={bad}", "--offline"])
+    assert "user_id is a int64 key" in str(exited.value.code)
+    # Nothing pending: a recorded request with such a key would fail every later plan.
+    assert not list(paths.erasures_pending.glob("*.json"))
+    Eraser(paths, snapshot, None, "test").erase({"user_id": [ERASED]})
+
+
+def test_a_string_key_that_is_not_unicode_text_is_refused(
+    config: QuiverConfig, make_registry: Any,
+) -> None:
+    named = Entity("named", (Field("name", String),))
+    view = FeatureView(name="by_name", entities=[named], schema=[Field("spend", Float64)],
+                       source=ParquetSource("by_name"))
+    snapshot = make_registry(config, [named], [view])
+    with pytest.raises(InvalidArgumentError) as caught:
+        Eraser(GovernancePaths.of(config), snapshot, None, "test").erase({"name": ["\udcff"]})
+    assert caught.value.violations[0].field == "entities.name"
+    assert not list(GovernancePaths.of(config).erasures_pending.glob("*.json"))

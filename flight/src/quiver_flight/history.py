@@ -346,9 +346,14 @@ def _excluded_rows(
     """True for rows whose join keys equal one of `excluded`."""
     hit = np.zeros(table.num_rows, dtype=bool)
     for key in excluded:
+        try:
+            scalars = [pa.scalar(value, type=table.schema.field(column).type)
+                       for column, value in zip(columns, key, strict=True)]
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            continue  # a value the column's type cannot hold matches no row
         match = np.ones(table.num_rows, dtype=bool)
-        for column, value in zip(columns, key, strict=True):
-            equal = pc.equal(table[column], pa.scalar(value, type=table.schema.field(column).type))
+        for column, scalar in zip(columns, scalars, strict=True):
+            equal = pc.equal(table[column], scalar)
             match &= pc.fill_null(equal, False).to_numpy(zero_copy_only=False)
         hit |= match
     return hit
