@@ -22,7 +22,7 @@ import pyarrow.ipc as ipc
 
 from quiver import FeatureView
 from quiver.convert import DEFAULT_TIMESTAMP_COLUMN
-from quiver.errors import FailedPreconditionError, InvalidArgumentError
+from quiver.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_flight.history import HistorySource, with_exclusions
@@ -163,7 +163,7 @@ class TrainingDatasets:
             FailedPreconditionError: it can no longer be pulled cell for cell,
                 naming what changed.
         """
-        record = self.store.read(command.name, command.version)
+        record = self._read(command.name, command.version)
         versions = set(self.training.registry.versions())
         try:
             snapshot: Snapshot | None = self.training.snapshot(record.registry_version)
@@ -200,7 +200,7 @@ class TrainingDatasets:
     def open_spine(self, ref: gpb.TrainingDatasetRef) -> KeptSpine:
         """The kept spine of a dataset version, once the caller may read its features
         (the spine holds its labels)."""
-        record = self.store.read(ref.name, ref.version)
+        record = self._read(ref.name, ref.version)
         if self.training.access.enabled:
             self.training.command_shape(
                 _command_for(record, 0), self.training.snapshot(record.registry_version)
@@ -282,6 +282,32 @@ class TrainingDatasets:
         )
         return self.training.plan(_command_for(record, partition_rows), pinned=pinned)
 
+    def _read(self, name: str, version: int) -> gpb.TrainingDataset:
+        """A stored version, as RegistryService shows it: to a caller who may not
+        describe every view it reads, the dataset (and its versions) does not exist.
+
+        Raises:
+            NotFoundError: no such version, or one the caller may not see.
+        """
+        try:
+            record = self.store.read(name, version)
+        except NotFoundError:
+            # "no version N; it has ..." lists versions: only for who may see the dataset.
+            if not self.training.access.enabled or not self.store.versions(name) \
+                    or self._visible(self.store.read(name)):
+                raise
+            raise _hidden(name) from None
+        if not self._visible(record):
+            raise _hidden(name)
+        return record
+
+    def _visible(self, record: gpb.TrainingDataset) -> bool:
+        if not self.training.access.enabled:
+            return True
+        snapshot = self.training.snapshot()  # the newest permissions
+        return all(self.training.access.may_describe(snapshot, "feature_view", h.feature_view)
+                   for h in record.histories)
+
     def _views_snapshot(self, record: gpb.TrainingDataset) -> Snapshot:
         """The registry version the dataset was resolved in, else the newest (for its views' keys)."""
         try:
@@ -312,6 +338,12 @@ class TrainingDatasets:
                     f"training dataset once it completes (`quiver erasures resume` completes it)",
                     reason="ERASURE_IN_PROGRESS", metadata={"feature_view": view.name},
                 )
+
+
+def _hidden(name: str) -> NotFoundError:
+    """What a missing dataset is answered with (`DatasetStore.read`'s words)."""
+    return NotFoundError(f"training dataset {name!r} does not exist", reason="DATASET_NOT_FOUND",
+                         metadata={"training_dataset": name})
 
 
 def _command_for(record: gpb.TrainingDataset, partition_rows: int) -> pb.TrainingSetCommand:
