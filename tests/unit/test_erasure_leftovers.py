@@ -153,3 +153,24 @@ def test_a_string_key_that_is_not_unicode_text_is_refused(
         Eraser(GovernancePaths.of(config), snapshot, None, "test").erase({"name": ["\udcff"]})
     assert caught.value.violations[0].field == "entities.name"
     assert not list(GovernancePaths.of(config).erasures_pending.glob("*.json"))
+
+
+def test_records_a_kill_left_half_written_are_skipped(
+    config: QuiverConfig, make_registry: Any,
+) -> None:
+    """write_durable's temporary files (".tmp-<random>-<name>") in the pending directories,
+    torn or whole, are not requests: planners, erasures and compactions go on."""
+    from quiver_server.governance.erasure import PendingErasures
+
+    snapshot, base = small_files(config, make_registry)
+    paths = GovernancePaths.of(config)
+    for directory in (paths.erasures_pending, paths.compactions_pending):
+        directory.mkdir(parents=True)
+        (directory / ".tmp-0123456789abcdef-e-20260101T000000-aaaaaaaa.json").write_text('{"erasure_id": "e-')
+    (paths.erasures_pending / ".tmp-1123456789abcdef-e-20260101T000000-bbbbbbbb.json").write_text(
+        '{"erasure_id": "e-20260101T000000-bbbbbbbb", "requested_at": "2026-01-01T00:00:00+00:00", '
+        '"requested_by": "x", "views": ["stats"], "entities": {"user_id": [{"i": 12}]}}')
+    assert PendingErasures(paths).requests() == []
+    compaction.compact_view(paths, snapshot, "stats", "test")
+    Eraser(paths, snapshot, None, "test").erase({"user_id": [ERASED]})
+    assert users_on_disk(base) == {10, 11, 12, 13, 14}

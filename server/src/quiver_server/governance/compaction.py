@@ -40,7 +40,7 @@ import structlog
 
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver_server.durable import fsync_directory
-from quiver_server.governance.files import append_line, locked, write_durable
+from quiver_server.governance.files import append_line, locked, records_in, write_durable
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
 from quiver_server.offline.source import Listing, list_files, resolve_path
@@ -161,12 +161,8 @@ def resume(paths: GovernancePaths, view: str) -> int:
 
     The caller holds the view's lock.
     """
-    try:
-        names = sorted(os.listdir(paths.compactions_pending))
-    except FileNotFoundError:
-        return 0
     done = 0
-    for name in names:
+    for name in records_in(paths.compactions_pending):
         data = json.loads((paths.compactions_pending / name).read_bytes())
         if data["view"] != view:
             continue

@@ -72,6 +72,7 @@ from quiver_server.governance.entities import (
 from quiver_server.governance.files import (
     append_line,
     locked,
+    records_in,
     write_durable,
 )
 from quiver_server.governance.paths import GovernancePaths
@@ -141,10 +142,7 @@ class PendingErasures:
         self._lock = threading.Lock()
 
     def requests(self) -> list[ErasureRequest]:
-        try:
-            names = sorted(n for n in os.listdir(self.paths.erasures_pending) if n.endswith(".json"))
-        except FileNotFoundError:
-            return []
+        names = records_in(self.paths.erasures_pending)
         found = []
         for name in names:
             with self._lock:

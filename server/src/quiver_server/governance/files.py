@@ -55,6 +55,17 @@ def write_durable(path: Path, data: bytes, *, exclusive: bool = False, mode: int
     return True
 
 
+def records_in(directory: Path, suffix: str = ".json") -> list[str]:
+    """Names of the records in `directory`, sorted, without the temporary files
+    `write_durable` leaves when killed mid-write (torn, or whole but never moved
+    into place); a missing directory has none."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+
 def append_line(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line to an append-only log, durably."""
     path.parent.mkdir(parents=True, exist_ok=True)
