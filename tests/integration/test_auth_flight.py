@@ -337,3 +337,35 @@ def test_a_ticket_follows_permissions_revoked_after_it_was_planned(tmp_path: Pat
         assert metadata["feature"] == "user_profile:age"
     finally:
         server.shutdown()
+
+
+def test_training_datasets_need_read_offline_and_are_hidden_from_who_may_not_describe_them(
+    secured: SecuredFlight,
+) -> None:
+    from quiver._training_client import DatasetSpine
+
+    with secured.client(secured.tokens["alice"]) as client:
+        created = client.create_training_dataset("fraud_auth", _spine(), feature_service="fraud_model_v1")
+        assert created.record.created_by == "alice"
+        assert client.get_training_dataset("fraud_auth").table.equals(created.table)
+    # fraud-model may read the service online only: it may not create one.
+    with secured.client(secured.tokens["fraud-model"]) as client, \
+            pytest.raises(PermissionDeniedError, match="READ_OFFLINE"):
+        client.create_training_dataset("mine", _spine(), feature_service="fraud_model_v1")
+    # Who may not describe every view a dataset reads is told it does not exist, as by
+    # RegistryService: not that it exists, nor which service it was made from.
+    for principal in ("fraud-model", "mallory"):
+        with secured.client(secured.tokens[principal]) as client:
+            for name in ("fraud_auth", "no_such_dataset"):
+                with pytest.raises(NotFoundError) as caught:
+                    client.get_training_dataset(name)
+                assert caught.value.message == f"training dataset {name!r} does not exist"
+                with pytest.raises(NotFoundError) as versioned:
+                    client.get_training_dataset(name, 7)
+                assert versioned.value.message == f"training dataset {name!r} does not exist"
+            answers = []
+            for name in ("fraud_auth", "no_such_dataset"):
+                with pytest.raises((NotFoundError, PermissionDeniedError)) as reused:
+                    client.get_training_set(DatasetSpine(name), features=["user_profile:age"])
+                answers.append((type(reused.value), reused.value.message.replace(name, "NAME")))
+            assert answers[0] == answers[1]

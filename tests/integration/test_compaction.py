@@ -95,3 +95,15 @@ def test_small_targets_and_unknown_views(tmp_path: Path, capsys: pytest.CaptureF
     assert len(files(config)) == count  # every file is over the target: nothing merged
     assert cli_main(["--repo", str(config.repo_path), "compact", "nope"]) == 1
     assert "feature view 'nope' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-1", "0", "many"])
+def test_a_target_size_that_is_not_a_positive_number_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str,
+) -> None:
+    config = write_repo(tmp_path / "repo")
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["--repo", str(config.repo_path), "compact", "stats", "--target-mb", bad])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--target-mb" in err and "positive number of megabytes" in err and "Traceback" not in err

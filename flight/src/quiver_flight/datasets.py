@@ -22,16 +22,23 @@ import pyarrow.ipc as ipc
 
 from quiver import FeatureView
 from quiver.convert import DEFAULT_TIMESTAMP_COLUMN
-from quiver.errors import FailedPreconditionError, InvalidArgumentError
+from quiver.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_flight.history import HistorySource, with_exclusions
 from quiver_flight.spines import Spine
-from quiver_flight.training import Pinned, Plan, TrainingSets
+from quiver_flight.training import Pinned, Plan, Planned, TrainingSets
 from quiver_server.governance.datasets import DatasetStore, check_name, label
 from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.files import locked
 from quiver_server.governance.paths import GovernancePaths
-from quiver_server.governance.spinefile import file_sha256, new_spine_path, write_spine
+from quiver_server.governance.spinefile import (
+    KeptFile,
+    file_sha256,
+    new_spine_path,
+    read_spine,
+    write_spine,
+)
 from quiver_server.governance.spinefile import locate as locate_spine
 from quiver_server.offline.source import Listing, filesystem_and_path, list_files, resolve_path
 from quiver_server.registry.snapshot import Snapshot
@@ -105,14 +112,30 @@ class TrainingDatasets:
             )
         planned = self.training.plan(request).planned  # checked; its tickets are not used
         sources = list(planned.sources.values())
-        self._refuse_pending([source.view for source in sources])
-        histories = [_pin(source) for source in sources]
-        kept = write_spine(
-            self.paths.offline_root, new_spine_path(name), planned.spine.schema,
-            _spine_batches(planned.spine),
+        # Shared with other creations, exclusive with an erasure marking the
+        # datasets its entities are in: a request recorded after the check
+        # below waits to mark until this dataset is published.
+        with locked(self.paths.datasets_lock, shared=True):
+            self._refuse_pending([source.view for source in sources])
+            histories = [_pin(source) for source in sources]
+            kept = write_spine(
+                self.paths.offline_root, new_spine_path(name), planned.spine.schema,
+                _spine_batches(planned.spine),
+            )
+            record = self.store.publish(self._record(command, planned, histories, kept, created_by))
+        plan = self._issue(record, planned.snapshot, request.partition_rows)
+        return plan, gpb.TrainingDatasetInfo(
+            dataset=record, status=gpb.DatasetStatus(reproducible=True)
         )
-        record = gpb.TrainingDataset(
-            name=name,
+
+    @staticmethod
+    def _record(
+        command: pb.CreateTrainingDatasetCommand, planned: Planned,
+        histories: list[gpb.ViewHistory], kept: KeptFile, created_by: str,
+    ) -> gpb.TrainingDataset:
+        request = command.training_set
+        return gpb.TrainingDataset(
+            name=command.name,
             project=planned.snapshot.project,
             registry_version=planned.snapshot.version,
             feature_service=request.feature_service
@@ -131,11 +154,6 @@ class TrainingDatasets:
             description=command.description,
             tags=dict(command.tags),
         )
-        record = self.store.publish(record)
-        plan = self._issue(record, planned.snapshot, request.partition_rows)
-        return plan, gpb.TrainingDatasetInfo(
-            dataset=record, status=gpb.DatasetStatus(reproducible=True)
-        )
 
     def pull(self, command: pb.TrainingDatasetCommand) -> tuple[Plan, gpb.TrainingDatasetInfo]:
         """Plan a stored dataset again.
@@ -145,7 +163,7 @@ class TrainingDatasets:
             FailedPreconditionError: it can no longer be pulled cell for cell,
                 naming what changed.
         """
-        record = self.store.read(command.name, command.version)
+        record = self._read(command.name, command.version)
         versions = set(self.training.registry.versions())
         try:
             snapshot: Snapshot | None = self.training.snapshot(record.registry_version)
@@ -158,6 +176,12 @@ class TrainingDatasets:
         if snapshot is None and record.registry_version in versions:
             status.reasons.append(f"registry version {record.registry_version} cannot be read")
             status.reproducible = False
+        if snapshot is not None and status.reproducible:
+            status.reasons.extend(
+                f"erasure {e} (in progress) removes entities of its spine"
+                for e in self._pending_on_spine(record, snapshot)
+            )
+            status.reproducible = not status.reasons
         if status.reproducible:
             fs, path = locate_spine(self.paths.offline_root, record.spine.path)
             if file_sha256(fs, path) != record.spine.sha256:
@@ -176,7 +200,7 @@ class TrainingDatasets:
     def open_spine(self, ref: gpb.TrainingDatasetRef) -> KeptSpine:
         """The kept spine of a dataset version, once the caller may read its features
         (the spine holds its labels)."""
-        record = self.store.read(ref.name, ref.version)
+        record = self._read(ref.name, ref.version)
         if self.training.access.enabled:
             self.training.command_shape(
                 _command_for(record, 0), self.training.snapshot(record.registry_version)
@@ -187,6 +211,14 @@ class TrainingDatasets:
             raise FailedPreconditionError(
                 f"training dataset {label(record)}: its kept spine {record.spine.path!r} is gone",
                 reason="DATASET_NOT_REPRODUCIBLE", metadata={"training_dataset": label(record)},
+            )
+        erasing = self._pending_on_spine(record, self._views_snapshot(record))
+        if erasing:
+            raise FailedPreconditionError(
+                f"an erasure ({', '.join(erasing)}) is in progress on entities of the kept spine "
+                f"of training dataset {label(record)}; use it once the erasure completes "
+                f"(`quiver erasures resume` completes it)",
+                reason="ERASURE_IN_PROGRESS", metadata={"training_dataset": label(record)},
             )
         if isinstance(fs, pafs.LocalFileSystem):
             reader = ipc.open_file(pa.memory_map(path))
@@ -238,6 +270,7 @@ class TrainingDatasets:
                 view=view, location=location, filesystem=fs, base=base, is_directory=not single,
                 files=tuple(i.path for i in infos),
                 fingerprint=with_exclusions(fingerprint, tag), excluded=tuple(excluded),
+                listed=fingerprint,
             )
         return sources
 
@@ -249,6 +282,53 @@ class TrainingDatasets:
         )
         return self.training.plan(_command_for(record, partition_rows), pinned=pinned)
 
+    def _read(self, name: str, version: int) -> gpb.TrainingDataset:
+        """A stored version, as RegistryService shows it: to a caller who may not
+        describe every view it reads, the dataset (and its versions) does not exist.
+
+        Raises:
+            NotFoundError: no such version, or one the caller may not see.
+        """
+        try:
+            record = self.store.read(name, version)
+        except NotFoundError:
+            # "no version N; it has ..." lists versions: only for who may see the dataset.
+            if not self.training.access.enabled or not self.store.versions(name) \
+                    or self._visible(self.store.read(name)):
+                raise
+            raise _hidden(name) from None
+        if not self._visible(record):
+            raise _hidden(name)
+        return record
+
+    def _visible(self, record: gpb.TrainingDataset) -> bool:
+        if not self.training.access.enabled:
+            return True
+        snapshot = self.training.snapshot()  # the newest permissions
+        return all(self.training.access.may_describe(snapshot, "feature_view", h.feature_view)
+                   for h in record.histories)
+
+    def _views_snapshot(self, record: gpb.TrainingDataset) -> Snapshot:
+        """The registry version the dataset was resolved in, else the newest (for its views' keys)."""
+        try:
+            return self.training.snapshot(record.registry_version)
+        except FailedPreconditionError:
+            return self.training.snapshot()
+
+    def _pending_on_spine(self, record: gpb.TrainingDataset, snapshot: Snapshot) -> list[str]:
+        """Erasures requested, not yet completed, that remove rows of the dataset's kept
+        spine: until one has marked the dataset, the spine still holds those rows."""
+        names = {n for r in self.pending.requests() for n in r.views}
+        views = [snapshot.feature_views[h.feature_view] for h in record.histories
+                 if h.feature_view in names and h.feature_view in snapshot.feature_views]
+        if not views:
+            return []
+        try:
+            spine = read_spine(self.paths.offline_root, record.spine.path)
+        except FileNotFoundError:
+            return []
+        return self.pending.on_spine(spine, views)
+
     def _refuse_pending(self, views: Sequence[FeatureView]) -> None:
         for view in views:
             _, tag = self.pending.for_view(view)
@@ -258,6 +338,12 @@ class TrainingDatasets:
                     f"training dataset once it completes (`quiver erasures resume` completes it)",
                     reason="ERASURE_IN_PROGRESS", metadata={"feature_view": view.name},
                 )
+
+
+def _hidden(name: str) -> NotFoundError:
+    """What a missing dataset is answered with (`DatasetStore.read`'s words)."""
+    return NotFoundError(f"training dataset {name!r} does not exist", reason="DATASET_NOT_FOUND",
+                         metadata={"training_dataset": name})
 
 
 def _command_for(record: gpb.TrainingDataset, partition_rows: int) -> pb.TrainingSetCommand:

@@ -33,6 +33,7 @@ from quiver_flight.keys import IntArray, KeyEncoder, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, comparison_unit, to_units
 from quiver_server.offline.columns import cast_column, compatible
 from quiver_server.offline.source import (
+    Listing,
     list_files,
     reading_history,
     resolve_path,
@@ -61,6 +62,17 @@ class HistorySource:
     # Entity keys (in join key order) left out of the index: erasures requested
     # but not yet carried out. The fingerprint names them too.
     excluded: tuple[tuple[object, ...], ...] = ()
+    # The fingerprint of the files alone (paths, sizes, modification times) as
+    # listed; empty: not checked.
+    listed: str = ""
+
+    def changed(self) -> bool:
+        """Whether a file was rewritten, replaced or removed since it was listed."""
+        if not self.listed:
+            return False
+        infos = self.filesystem.get_file_info(list(self.files)) if self.files else []
+        now = Listing(self.filesystem, self.base, self.is_directory, tuple(infos)).fingerprint
+        return now != self.listed
 
     def source_column(self, name: str) -> str:
         """The source column that holds join key or feature `name`."""
@@ -125,6 +137,7 @@ def locate(
         files=tuple(i.path for i in listing.files),
         fingerprint=with_exclusions(listing.fingerprint, exclusion_tag),
         excluded=tuple(excluded),
+        listed=listing.fingerprint,
     )
 
 
@@ -335,9 +348,14 @@ def _excluded_rows(
     """True for rows whose join keys equal one of `excluded`."""
     hit = np.zeros(table.num_rows, dtype=bool)
     for key in excluded:
+        try:
+            scalars = [pa.scalar(value, type=table.schema.field(column).type)
+                       for column, value in zip(columns, key, strict=True)]
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            continue  # a value the column's type cannot hold matches no row
         match = np.ones(table.num_rows, dtype=bool)
-        for column, value in zip(columns, key, strict=True):
-            equal = pc.equal(table[column], pa.scalar(value, type=table.schema.field(column).type))
+        for column, scalar in zip(columns, scalars, strict=True):
+            equal = pc.equal(table[column], scalar)
             match &= pc.fill_null(equal, False).to_numpy(zero_copy_only=False)
         hit |= match
     return hit

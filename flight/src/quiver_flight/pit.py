@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -374,7 +375,8 @@ class PointInTimeEngine:
 
     def _index(self, source: HistorySource) -> HistoryIndex:
         def build() -> tuple[object, int]:
-            index = build_index(source)
+            with _unchanged(source):
+                index = build_index(source)
             return index, index.nbytes
 
         index = self.cache.get_or_build(("index", _view_key(source.view), source.fingerprint), build)
@@ -389,7 +391,8 @@ class PointInTimeEngine:
 
         def build() -> tuple[object, int]:
             columns = (self._read_column(source, f, index.num_rows) for f in features)
-            block = FeatureBlock.build(features, columns, index.rowid)
+            with _unchanged(source):
+                block = FeatureBlock.build(features, columns, index.rowid)
             return block, block.nbytes
 
         key = ("block", _view_key(source.view), source.fingerprint,
@@ -426,7 +429,7 @@ class PointInTimeEngine:
         pieces: list[pa.RecordBatch] = []
         start = 0
         if dataset is not None and len(wanted):
-            with source.reading():
+            with _unchanged(source), source.reading():
                 for batch in dataset.to_batches(columns=columns):
                     stop = start + batch.num_rows
                     lo, hi = np.searchsorted(wanted, [start, stop], side="left")
@@ -458,6 +461,22 @@ def _view_key(view: FeatureView) -> tuple[object, ...]:
         tuple(sorted(source.field_mapping.items())),
         tuple((k.name, k.dtype) for k in view.join_keys),
     )
+
+
+@contextmanager
+def _unchanged(source: HistorySource) -> Iterator[None]:
+    """Read `source` inside this: files rewritten or replaced meanwhile (an erasure,
+    a compaction) make it HISTORY_CHANGED rather than rows matched against another
+    state of the files -- row numbers shift when a file loses rows -- or a failed
+    read of a file swapped under an open dataset reported as a store fault."""
+    try:
+        yield
+    except (pa.ArrowException, OSError, FailedPreconditionError):
+        if source.changed():
+            raise _changed(source) from None
+        raise
+    if source.changed():
+        raise _changed(source)
 
 
 def _changed(source: HistorySource) -> Exception:

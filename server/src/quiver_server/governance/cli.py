@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from datetime import UTC
 from typing import Any
 
@@ -48,7 +49,7 @@ def add_commands(sub: Any) -> None:
 
     p = sub.add_parser("compact", help="merge a feature view's small history files")
     p.add_argument("view")
-    p.add_argument("--target-mb", type=float, default=128.0,
+    p.add_argument("--target-mb", type=_megabytes, default=128.0,
                    help="files this large are left alone; merged files grow to about this (default 128)")
     p.set_defaults(func=cmd_compact)
 
@@ -56,6 +57,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("action", choices=["list", "resume"])
     p.add_argument("--json", action="store_true", help="print the log as JSON lines")
     p.set_defaults(func=cmd_erasures)
+
+
+def _megabytes(text: str) -> float:
+    """A positive, finite number of megabytes (argparse reports anything else as a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of megabytes")
+    return value
 
 
 def _dump(msg: message.Message) -> str:

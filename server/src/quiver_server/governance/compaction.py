@@ -40,10 +40,10 @@ import structlog
 
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver_server.durable import fsync_directory
-from quiver_server.governance.files import append_line, locked, write_durable
+from quiver_server.governance.files import append_line, locked, records_in, write_durable
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
-from quiver_server.offline.source import list_files, resolve_path
+from quiver_server.offline.source import Listing, list_files, resolve_path
 from quiver_server.registry.snapshot import Snapshot
 
 log = structlog.get_logger(__name__)
@@ -91,16 +91,13 @@ def compact_view(
     location = resolve_path(paths.offline_root, view.source.path)
     compaction_id = f"c-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
     with locked(paths.view_lock(view.name)):
-        resume(paths, view.name)
-        listing = list_files(location)
+        listing = settle(paths, view.name, location)
         if listing is None:
             raise FailedPreconditionError(
                 f"feature view {view.name!r}: source {location!r} does not exist",
                 reason="SOURCE_NOT_FOUND", metadata={"feature_view": view.name},
             )
         fs, base = listing.filesystem, listing.base
-        if listing.is_directory:
-            _remove_stale_temps(fs, base)
         result = CompactionResult(compaction_id, view.name, len(listing.files), len(listing.files))
         if not listing.is_directory:
             return result
@@ -140,17 +137,32 @@ class _Journal:
         return posixpath.join(self.base, relative)
 
 
+def settle(paths: GovernancePaths, view: str, location: str) -> Listing | None:
+    """Finish what a killed compaction of `view` left, then list its files.
+
+    Journaled merges are swapped in and their inputs deleted; merged files
+    that never got a journal are deleted. Erasure calls this before it
+    rewrites a view, or a merge written before the erasure would keep the
+    erased rows (on disk, under a hidden name) and a later run would swap it
+    in. The caller holds the view's lock.
+
+    Returns:
+        The view's files afterwards, or None when its source does not exist.
+    """
+    resume(paths, view)
+    listing = list_files(location)
+    if listing is not None and listing.is_directory:
+        _remove_stale_temps(listing.filesystem, listing.base)
+    return listing
+
+
 def resume(paths: GovernancePaths, view: str) -> int:
     """Finish the compactions of `view` a killed run left journaled; returns how many.
 
     The caller holds the view's lock.
     """
-    try:
-        names = sorted(os.listdir(paths.compactions_pending))
-    except FileNotFoundError:
-        return 0
     done = 0
-    for name in names:
+    for name in records_in(paths.compactions_pending):
         data = json.loads((paths.compactions_pending / name).read_bytes())
         if data["view"] != view:
             continue

@@ -64,7 +64,12 @@ class DatasetStore:
         return sorted(p.name for p in self.paths.datasets.iterdir() if p.is_dir() and _NAME.match(p.name))
 
     def versions(self, name: str) -> list[int]:
-        directory = self.paths.datasets / name
+        """The version numbers of `name`, oldest first.
+
+        Raises:
+            InvalidArgumentError: a malformed name (checked before it becomes a path).
+        """
+        directory = self.paths.datasets / check_name(name)
         if not directory.is_dir():
             return []
         found = (_VERSION_FILE.match(p.name) for p in directory.iterdir())

@@ -77,8 +77,12 @@ def table_mask(table: pa.Table, columns: Sequence[str], keys: Sequence[KeyTuple]
     """True for each row of `table` whose key columns equal one of `keys`."""
     mask: Any = None
     for key in keys:
-        parts = [pc.equal(table[c], pa.scalar(v, type=table.schema.field(c).type))
-                 for c, v in zip(columns, key, strict=True)]
+        try:
+            scalars = [pa.scalar(v, type=table.schema.field(c).type)
+                       for c, v in zip(columns, key, strict=True)]
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            continue  # a value the column's type cannot hold (an int32 column) matches no row
+        parts = [pc.equal(table[c], scalar) for c, scalar in zip(columns, scalars, strict=True)]
         match = reduce(pc.and_, parts)
         mask = match if mask is None else pc.or_(mask, match)
     if mask is None:

@@ -9,7 +9,9 @@ any point leaves nothing half written and the next run completes the work:
    entities out (`PendingErasures`), even though their rows still exist.
 2. **Datasets**: stored training datasets whose kept spine holds one of the
    entities are marked as no longer reproducible.
-3. **Online**: the entities' online rows are deleted.
+3. **Online**: the entities' online rows are deleted, view by view under the
+   view's lock, which materialization holds (shared) while it reads and
+   writes: a run planned before the request cannot write them back after.
 4. **History**: each file of each view that holds one of the entities is
    rewritten without those rows: a new file under a hidden name in the same
    directory, flushed to disk, then renamed over the old one (atomic), and the
@@ -55,6 +57,7 @@ from quiver.errors import FailedPreconditionError
 from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_server.deletion import delete_entities, target_views
 from quiver_server.durable import fsync_directory
+from quiver_server.governance.compaction import settle
 from quiver_server.governance.datasets import DatasetStore, label
 from quiver_server.governance.entities import (
     KeyTuple,
@@ -69,12 +72,13 @@ from quiver_server.governance.entities import (
 from quiver_server.governance.files import (
     append_line,
     locked,
+    records_in,
     write_durable,
 )
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
 from quiver_server.governance.spinefile import read_spine, write_spine
-from quiver_server.offline.source import list_files, resolve_path
+from quiver_server.offline.source import resolve_path
 from quiver_server.online.base import OnlineStore
 from quiver_server.registry.snapshot import Snapshot
 
@@ -138,10 +142,7 @@ class PendingErasures:
         self._lock = threading.Lock()
 
     def requests(self) -> list[ErasureRequest]:
-        try:
-            names = sorted(n for n in os.listdir(self.paths.erasures_pending) if n.endswith(".json"))
-        except FileNotFoundError:
-            return []
+        names = records_in(self.paths.erasures_pending)
         found = []
         for name in names:
             with self._lock:
@@ -165,6 +166,15 @@ class PendingErasures:
                 keys.extend(view_keys(view, request.entities))
                 ids.append(request.erasure_id)
         return list(dict.fromkeys(keys)), ",".join(ids)
+
+    def on_spine(self, spine: pa.Table, views: Sequence[FeatureView]) -> list[str]:
+        """Ids of the pending erasures that remove rows of `spine` (joined with `views`)."""
+        found = []
+        for request in self.requests():
+            erased = [v for v in views if v.name in request.views]
+            if erased and _count(_spine_mask(spine, erased, request)):
+                found.append(request.erasure_id)
+        return found
 
     def filter_for(self, view: FeatureView) -> ds.Expression | None:
         """A dataset filter keeping every row except the pending erasures' (None: keep all)."""
@@ -282,16 +292,19 @@ class Eraser:
     def _carry_out(self, request: ErasureRequest) -> ErasureOutcome:
         views = [self.snapshot.feature_views[n] for n in request.views if n in self.snapshot.feature_views]
         result = ErasureOutcome(request.erasure_id, [v.name for v in views])
-        marked = self._mark_datasets(request, views)
+        # A dataset being recorded now either saw this request pending (and
+        # was refused) or is published before this looks: none slips between.
+        with locked(self.paths.datasets_lock):
+            marked = self._mark_datasets(request, views)
         result.datasets_affected = [label(d) for d in marked]
-        if self.store is not None:
-            online = [v.name for v in views if v.online]
-            if online:
-                result.online_rows_deleted = delete_entities(
-                    self.store, self.snapshot, request.entities, online
-                ).rows_deleted
         for view in views:
+            # Under the view's lock, which a materialization holds while it
+            # writes: rows it read before the request cannot land after this.
             with locked(self.paths.view_lock(view.name)):
+                if self.store is not None and view.online:
+                    result.online_rows_deleted += delete_entities(
+                        self.store, self.snapshot, request.entities, [view.name]
+                    ).rows_deleted
                 files, rows = self._erase_view(request, view)
             result.files_rewritten += files
             result.rows_removed += rows
@@ -355,7 +368,8 @@ class Eraser:
         columns = [source_column(view, k) for k in view.join_key_names]
         expression = filter_expression(columns, keys)
         location = resolve_path(self.paths.offline_root, view.source.path)
-        listing = list_files(location)
+        # A merge a killed compaction left holds the rows too: finish or drop it first.
+        listing = settle(self.paths, view.name, location)
         if listing is None or expression is None:
             return 0, 0
         fs = listing.filesystem
@@ -380,23 +394,36 @@ class Eraser:
             hits = ds.dataset(info.path, filesystem=fs, format="parquet").count_rows(filter=expression)
             if hits == 0:
                 continue
-            removed = self._rewrite(fs, info.path, columns, keys)
+
+            def record(removed: int, new: pafs.FileInfo, old: pafs.FileInfo = info) -> None:
+                append_line(self.paths.erasure_log, {
+                    "event": "file_rewritten", "erasure_id": request.erasure_id,
+                    "at": self.clock().isoformat(), "view": view.name,
+                    "path": _relative(listing.base, old.path), "rows_removed": removed,
+                    "old_size": old.size, "old_mtime_ns": old.mtime_ns,
+                    "size": new.size, "mtime_ns": new.mtime_ns,
+                })
+
+            rows += self._rewrite(fs, info.path, columns, keys, record)
             files += 1
-            rows += removed
-            new = fs.get_file_info(info.path)
-            append_line(self.paths.erasure_log, {
-                "event": "file_rewritten", "erasure_id": request.erasure_id,
-                "at": self.clock().isoformat(), "view": view.name,
-                "path": _relative(listing.base, info.path), "rows_removed": removed,
-                "old_size": info.size, "old_mtime_ns": info.mtime_ns,
-                "size": new.size, "mtime_ns": new.mtime_ns,
-            })
             self._pause.rewritten += 1
             self._pause.check("after")
         self.progress(RewriteProgress("erasure", view.name, len(listing.files), len(listing.files)))
         return files, rows
 
-    def _rewrite(self, fs: pafs.FileSystem, path: str, columns: list[str], keys: list[KeyTuple]) -> int:
+    def _rewrite(
+        self, fs: pafs.FileSystem, path: str, columns: list[str], keys: list[KeyTuple],
+        record: Callable[[int, pafs.FileInfo], None],
+    ) -> int:
+        """Rewrite `path` without the keys' rows; `record` logs it (rows removed, new file).
+
+        On a local disk the line is written before the rename, with the new
+        file's size and modification time (a rename keeps both): a kill right
+        after the swap would otherwise leave a rewrite nobody can follow, and
+        datasets whose spines lack the entity would read as changed. A kill
+        between the line and the swap leaves the old file, which the rerun
+        rewrites again with a new line (the later one is followed).
+        """
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             table = parquet.read()
@@ -415,12 +442,15 @@ class Eraser:
             finally:
                 os.close(fd)
         self._pause.check("before_swap")
+        removed = int(table.num_rows - keep.num_rows)
         if local:
+            record(removed, fs.get_file_info(temp))
             os.replace(temp, path)
             fsync_directory(directory)
         else:
-            fs.move(temp, path)
-        return int(table.num_rows - keep.num_rows)
+            fs.move(temp, path)  # an object store's move may give it a new time
+            record(removed, fs.get_file_info(path))
+        return removed
 
 
 def _count(mask: Any) -> int:

@@ -55,6 +55,17 @@ def write_durable(path: Path, data: bytes, *, exclusive: bool = False, mode: int
     return True
 
 
+def records_in(directory: Path, suffix: str = ".json") -> list[str]:
+    """Names of the records in `directory`, sorted, without the temporary files
+    `write_durable` leaves when killed mid-write (torn, or whole but never moved
+    into place); a missing directory has none."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.endswith(suffix) and not n.startswith("."))
+
+
 def append_line(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line to an append-only log, durably."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +98,8 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `path` (created if needed).
+def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold an advisory lock on `path` (created if needed), exclusive unless `shared`.
 
     Erasure and compaction of one view take its lock, so they never rewrite
     the same files at once; the lock goes with the process, even on kill -9.
@@ -96,7 +107,7 @@ def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC
 
 from google.protobuf import json_format
@@ -28,6 +28,14 @@ from quiver_server.registry.snapshot import Snapshot
 
 KINDS = ("feature_view", "feature_service", "training_dataset")
 _RUNS_SHOWN = 20
+
+
+def ambiguous(name: str, kinds: Sequence[str]) -> FailedPreconditionError:
+    """The error for a name that several kinds of object share."""
+    return FailedPreconditionError(
+        f"{name!r} names a {' and a '.join(k.replace('_', ' ') for k in kinds)}; say which (kind)",
+        reason="AMBIGUOUS_NAME", metadata={"name": name},
+    )
 
 
 def _node(
@@ -59,7 +67,7 @@ class Lineage:
             raise InvalidArgumentError.for_field("name", "name a feature view, feature service or training dataset")
         if kind and kind not in KINDS:
             raise InvalidArgumentError.for_field("kind", f"{kind!r} is not a kind; use one of {', '.join(KINDS)}")
-        found = [k for k in KINDS if (not kind or k == kind) and self._exists(k, name)]
+        found = [k for k in KINDS if (not kind or k == kind) and self.exists(k, name)]
         if not found:
             raise NotFoundError(
                 f"no {kind.replace('_', ' ') if kind else 'feature view, feature service or training dataset'} "
@@ -67,17 +75,15 @@ class Lineage:
                 reason="OBJECT_NOT_FOUND", metadata={"name": name},
             )
         if len(found) > 1:
-            raise FailedPreconditionError(
-                f"{name!r} names a {' and a '.join(k.replace('_', ' ') for k in found)}; say which (kind)",
-                reason="AMBIGUOUS_NAME", metadata={"name": name},
-            )
+            raise ambiguous(name, found)
         if found[0] == "feature_view":
             return self.view(name)
         if found[0] == "feature_service":
             return self.service(name)
         return self.dataset(name)
 
-    def _exists(self, kind: str, name: str) -> bool:
+    def exists(self, kind: str, name: str) -> bool:
+        """Whether an object of `kind` is called `name` (a dataset: NAME or NAME:VERSION)."""
         if kind == "feature_view":
             return name in self.snapshot.feature_views
         if kind == "feature_service":

@@ -11,6 +11,7 @@ Under the registry directory (shared by every server, like the registry)::
     governance/compactions/pending/<id>.json    compactions not yet completed
     governance/materializations.jsonl           materialization runs and windows
     governance/locks/<view>.lock                one writer per view's history
+    governance/datasets.lock                    dataset creation vs. erasure marking
 
 Under the offline store root, with the data::
 
@@ -69,6 +70,11 @@ class GovernancePaths:
     @property
     def materializations(self) -> Path:
         return self.root / "materializations.jsonl"
+
+    @property
+    def datasets_lock(self) -> Path:
+        """Held shared while a dataset is recorded, exclusive while an erasure marks datasets."""
+        return self.root / "datasets.lock"
 
     def view_lock(self, view: str) -> Path:
         return self.root / "locks" / f"{view}.lock"

@@ -18,7 +18,7 @@ from quiver.registry.v1 import registry_service_pb2 as pb
 from quiver_server.auth.access import AccessControl
 from quiver_server.governance.catalog import Catalog
 from quiver_server.governance.datasets import DatasetStore, label
-from quiver_server.governance.lineage import Lineage
+from quiver_server.governance.lineage import Lineage, ambiguous
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.snapshot import Snapshot
@@ -107,7 +107,7 @@ class GovernanceMethods:
             self._access.check_describe(snapshot, request.kind, request.name)
         lineage = Lineage(paths, snapshot, set(RegistryStore(paths.registry).versions()))
         hidden = {label(r) for r in lineage.records if not self._may_dataset(snapshot, r)}
-        root = lineage.of(request.name, request.kind)
+        root = lineage.of(request.name, self._lineage_kind(snapshot, lineage, request, hidden))
         if root.kind in ("feature_view", "feature_service"):
             self._access.check_describe(snapshot, root.kind, root.name)
         elif root.name in hidden:
@@ -115,6 +115,29 @@ class GovernanceMethods:
                                 reason="OBJECT_NOT_FOUND")
         self._prune(snapshot, root, hidden)
         return pb.GetLineageResponse(root=root)
+
+    def _lineage_kind(
+        self, snapshot: Snapshot, lineage: Lineage, request: pb.GetLineageRequest, hidden: set[str],
+    ) -> str:
+        """The kind a lineage request without one means, judged on what the caller may
+        describe: a hidden object neither makes a name ambiguous nor answers
+        differently from a missing one."""
+        name = request.name
+        if request.kind or not name or not self._access.enabled:
+            return request.kind
+        kinds = [k for k in ("feature_view", "feature_service") if self._access.may_describe(snapshot, k, name)]
+        found = [k for k in kinds if lineage.exists(k, name)]
+        base = name.split(":", 1)[0]
+        if any(r.name == base and label(r) not in hidden for r in lineage.records):
+            found.append("training_dataset")
+        if len(found) > 1:
+            raise ambiguous(name, found)
+        if found:
+            return found[0]
+        if not kinds:
+            # The denial any name gets from a caller who may describe neither kind of it.
+            self._access.check_describe(snapshot, "feature_view", name)
+        return kinds[0]  # NOT_FOUND, as for a name nothing has
 
     def _prune(self, snapshot: Snapshot, node: gpb.LineageNode, hidden: set[str]) -> None:
         """Drop the children the caller may not describe (and everything under them)."""

@@ -171,11 +171,26 @@ def excluding(keys: Sequence[Column], excluded: Sequence[Sequence[object]]) -> C
 
     hit = F.lit(False)
     for key in excluded:
+        if not all(_storable(value) for value in key):
+            continue  # a value no key column can hold matches no row (as locally)
         match = F.lit(True)
         for column, value in zip(keys, key, strict=True):
             match = match & (column == F.lit(value))
         hit = hit | match
     return ~hit
+
+
+def _storable(value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return isinstance(value, str | bytes | int)
 
 
 def all_valid(names: Sequence[str]) -> Column:
