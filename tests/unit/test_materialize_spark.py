@@ -23,7 +23,7 @@ from quiver_server.config import (
     QuiverConfig,
     SparkConfig,
 )
-from quiver_server.governance.erasure import ErasureRequest
+from quiver_server.governance.erasure import ErasureRequest, PendingErasures
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.materialize import materialize_range
 from quiver_server.monitoring.profile import ViewProfile
@@ -71,7 +71,10 @@ def local_latest(config: QuiverConfig, view: str) -> pa.Table:
     table = RegistryStore(config.registry_path).latest().view_table(view)
     job = local._plan(config, table, T - timedelta(days=1), T + timedelta(days=1))
     assert job.dataset is not None
-    scanned = job.dataset.to_table(columns=job.projection, filter=job.filter)
+    # Pending erasures, as the local run applies them.
+    erasing = PendingErasures(GovernancePaths.of(config)).filter_for(table.view)
+    condition = job.filter if erasing is None else job.filter & erasing
+    scanned = job.dataset.to_table(columns=job.projection, filter=condition)
     return local._latest_per_key(scanned, job)
 
 

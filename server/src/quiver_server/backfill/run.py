@@ -27,6 +27,9 @@ from quiver_server.backfill.versions import (
     windows_of,
 )
 from quiver_server.config import AerospikeOnlineStoreConfig, QuiverConfig
+from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.files import locked
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.materialize import ViewMaterialization
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.online.base import ViewTable
@@ -198,25 +201,32 @@ def _materialize_version(
     current = snapshot.view_table(view.name)
     table = ViewTable(current.project, computed, current.bin_names, version)
     job = _plan(config, table, None, end)
-    if engine == "spark" and isinstance(config.online_store, AerospikeOnlineStoreConfig):
-        from quiver_server.spark.materialize import latest_rows, write_partitions
-        from quiver_server.spark.session import spark_session
+    paths = GovernancePaths.of(config)
+    # As materialization does: the view's lock held shared while reading and
+    # writing, pending erasures read under it and their entities left out.
+    with locked(paths.view_lock(view.name), shared=True):
+        if engine == "spark" and isinstance(config.online_store, AerospikeOnlineStoreConfig):
+            from quiver_server.spark.materialize import latest_rows, write_partitions
+            from quiver_server.spark.session import spark_session
 
-        began = time.perf_counter()
-        session = spark_session(config.offline_store.spark)
-        counts = write_partitions(latest_rows(session, config, job), config.online_store, job,
-                                  config.offline_store.spark.write_partitions)
-        return ViewMaterialization(view.name, None, end, counts.rows, counts.entities,
-                                   counts.entities - counts.superseded, counts.superseded,
-                                   time.perf_counter() - began)
-    # The embedded SQLite store is written by the local engine only.
-    from quiver_server.online.factory import open_online_store
+            began = time.perf_counter()
+            session = spark_session(config.offline_store.spark)
+            counts = write_partitions(latest_rows(session, config, job), config.online_store, job,
+                                      config.offline_store.spark.write_partitions)
+            return ViewMaterialization(view.name, None, end, counts.rows, counts.entities,
+                                       counts.entities - counts.superseded, counts.superseded,
+                                       time.perf_counter() - began)
+        # The embedded SQLite store is written by the local engine only.
+        from quiver_server.online.factory import open_online_store
 
-    store = open_online_store(config)
-    try:
-        return _materialize_view(store, job, _ignore)
-    finally:
-        store.close()
+        erasing = PendingErasures(paths).filter_for(computed)
+        if erasing is not None:
+            job = replace(job, filter=erasing if job.filter is None else job.filter & erasing)
+        store = open_online_store(config)
+        try:
+            return _materialize_view(store, job, _ignore)
+        finally:
+            store.close()
 
 
 def _remove(config: QuiverConfig, relative: str) -> None:

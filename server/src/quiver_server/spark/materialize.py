@@ -35,7 +35,9 @@ from quiver.errors import (
 from quiver.monitoring.v1 import profile_pb2 as pb
 from quiver_server.config import AerospikeOnlineStoreConfig, QuiverConfig
 from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.files import locked
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.runs import record_runs
 from quiver_server.materialize import (
     CREATED_TS,
     EVENT_TS,
@@ -111,6 +113,7 @@ def run_on_spark(
     session = spark_session(config.offline_store.spark)
     results: list[ViewMaterialization] = []
     done: dict[str, datetime] = {}
+    paths = GovernancePaths.of(config)
     try:
         for job in jobs:
             if job.dataset is None:
@@ -118,9 +121,14 @@ def run_on_spark(
                 continue
             began = time.perf_counter()
             report(MaterializeProgress(job.table.name, "start"))
-            latest = latest_rows(session, config, job)
-            counts = write_partitions(latest, store, job, config.offline_store.spark.write_partitions,
-                                      profile=profiles is not None)
+            # As on the local engine: the view's lock is held shared while the job
+            # reads and its executors write, so an erasure (exclusive) deletes online
+            # rows after them, and pending erasures are read under it.
+            with locked(paths.view_lock(job.table.name), shared=True):
+                latest = latest_rows(session, config, job)
+                counts = write_partitions(latest, store, job,
+                                          config.offline_store.spark.write_partitions,
+                                          profile=profiles is not None)
             if profiles is not None and counts.profile is not None:
                 profiles.save(counts.profile)
             outcome = ViewMaterialization(
@@ -134,6 +142,7 @@ def run_on_spark(
     finally:
         if done:
             _record_watermarks(registry, done)
+            record_runs(paths, [r for r in results if r.view in done])
     return results
 
 
@@ -143,6 +152,7 @@ def latest_rows(session: SparkSession, config: QuiverConfig, job: _ViewJob) -> D
     Columns: the join keys (canonical types), ``__event_ts`` and
     ``__created_ts`` (int microseconds), the features (timestamps as int
     microseconds) and ``__rows``, the history rows the entity had in the window.
+    Entities of pending erasures are left out (call it under the view's lock).
     """
     from pyspark.sql import functions as F
 
