@@ -67,7 +67,7 @@ def apply_pipeline(
     arrays = _stored_arrays(columns, pipeline.arrow_input_groups, count)
 
     def numbers(indices: Sequence[int]) -> Matrix:
-        return _scaler_matrix(plan, columns, indices, count)
+        return scaler_matrix([columns[i] for i in indices], count)
 
     out: list[OutputColumn] = []
     computed = pipeline.compute(arrays.__getitem__, request, count, numbers)
@@ -80,26 +80,24 @@ def apply_pipeline(
     return out
 
 
-def _scaler_matrix(
-    plan: ReadPlan, columns: list[OutputColumn], indices: Sequence[int], count: int
-) -> Matrix:
-    """The scalers' inputs straight from the values read, zero where not PRESENT (masked).
+def scaler_matrix(columns: Sequence[OutputColumn], count: int) -> Matrix:
+    """Numeric columns read (zero where not PRESENT, masked) as the scalers' input rows.
 
     One NumPy conversion for all of them: a Python int (int64 or int32) or
     float converts to the nearest float64, the value a training batch's
     int64 -> float64 cast gives; float32 values are rounded to float32 first,
     as a training set holds them.
     """
-    values = np.array([columns[i].values for i in indices], np.float64)
-    for row, index in enumerate(indices):
-        if plan.refs[index].feature.dtype == ValueType.FLOAT32:
-            values[row] = np.array(columns[index].values, np.float32)
+    values = np.array([column.values for column in columns], np.float64)
+    for row, column in enumerate(columns):
+        if column.dtype == ValueType.FLOAT32:
+            values[row] = np.array(column.values, np.float32)
     nulls = [
-        None if columns[i].statuses.count(PRESENT) == count
-        else np.array([s != PRESENT for s in columns[i].statuses])
-        for i in indices
+        None if column.statuses.count(PRESENT) == count
+        else np.array([s != PRESENT for s in column.statuses])
+        for column in columns
     ]
-    return Matrix(values, nulls)
+    return Matrix(values.reshape(len(columns), count), nulls)
 
 
 def _stored_arrays(
