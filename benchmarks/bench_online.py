@@ -15,7 +15,9 @@ processes on loopback:
 - transformations: 1 entity from `fraud_model_scaled` (the same 20 features,
   5 of them standardized with fitted parameters, plus one on-demand feature
   computed from the request's amount) against `fraud_model_v1`, in
-  alternating rounds from one client; the p50 overhead is the target.
+  alternating rounds from one client; the p50 overhead is the target, printed
+  with each round's ratio. `--only transforms` (`make bench-transforms`) runs
+  this arm alone.
 
 Figures are medians of what this machine did in this run; compare ratios, not
 absolute numbers, across machines.
