@@ -108,8 +108,9 @@ class Matrix:
     """Numeric columns of one length as the rows of one float64 matrix.
 
     The scalers' input and output form: a lookup builds it from the values it
-    read in one NumPy call per type, a training batch from Arrow arrays
-    (`stack`); `affine` works on it in place either way.
+    read in one NumPy conversion (`serving.online_transform.scaler_matrix`), a
+    training batch from Arrow arrays (`stack`); `affine` works on it in place
+    either way.
 
     Attributes:
         values: k x n float64, row i the i-th column (integers converted to
