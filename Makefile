@@ -75,6 +75,10 @@ bench-monitor: $(STAMP) ## Monitoring costs: lookups with profiling off/on, mate
 bench-admission: $(STAMP) ## 1-entity lookup latency while heavy callers send 1,000-entity lookups, with and without the heavy-request limit
 	$(BIN)/python benchmarks/bench_admission.py $(ARGS)
 
+.PHONY: bench-compaction
+bench-compaction: $(STAMP) ## A 100-row training set over 2,800 pushed files, before and after quiver compact, vs one file
+	$(BIN)/python benchmarks/bench_compaction.py $(ARGS)
+
 .PHONY: clean
 clean: ## Remove the virtualenv, caches and demo output
 	rm -rf $(VENV) demo-repo .bench .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -153,6 +153,10 @@ def main() -> int:
     return 0 if code == 0 and flight_code == 0 else 1
 
 
+# The features of the labelled events' training set (and of the dataset stored from it).
+DEMO_FEATURES = ["user_transaction_stats:txn_count_24h", "user_transaction_stats:txn_amount_sum_24h",
+                 "user_profile:credit_score", "merchant_stats:is_high_risk"]
+
 # The scaled lookup: two transactions, and the 5 standardized features plus the
 # on-demand amount ratio to show (of the service's 21 columns).
 SCALED_USERS = [1, 2]
@@ -224,9 +228,7 @@ def training_set(repo: Path, end: datetime, online: pa.Table, online_at: datetim
                 with TrainingClient(f"grpc://127.0.0.1:{port}") as client:
                     table = client.get_training_set(
                         spine,
-                        features=["user_transaction_stats:txn_count_24h",
-                                  "user_transaction_stats:txn_amount_sum_24h",
-                                  "user_profile:credit_score", "merchant_stats:is_high_risk"],
+                        features=DEMO_FEATURES,
                         name="fraud_demo",
                     )
                 break
@@ -239,11 +241,29 @@ def training_set(repo: Path, end: datetime, online: pa.Table, online_at: datetim
             when = row.pop("event_timestamp")
             print(f"  {when:%Y-%m-%d %H:%M}  " + "  ".join(f"{k}={v}" for k, v in row.items()))
         identical = scaled_training_set(port, online, online_at)
+        reproduced = training_dataset(port, spine, table)
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
     print(f"\nquiver serve-flight stopped cleanly (exit code {code}).")
-    return code if identical else 1
+    if reproduced:
+        run("--repo", str(repo), "lineage", "fraud_demo")
+    return code if identical and reproduced else 1
+
+
+def training_dataset(port: int, spine: pa.Table, pulled: pa.Table) -> bool:
+    """Store the labelled events' training set as a dataset and pull it again by name."""
+    with TrainingClient(f"grpc://127.0.0.1:{port}") as client:
+        created = client.create_training_dataset(
+            "fraud_demo", spine, features=DEMO_FEATURES,
+            description="labelled card transactions of the demo",
+        )
+        again = client.get_training_dataset("fraud_demo", created.version)
+    same = bool(again.table.equals(created.table) and created.table.equals(pulled))
+    print(f"\nTraining dataset fraud_demo v{created.version} (registry version "
+          f"{created.record.registry_version}, {created.table.num_rows} rows) pulled again by "
+          f"name: identical cell for cell: {same}")
+    return same
 
 
 def scaled_training_set(port: int, online: pa.Table, online_at: datetime) -> bool:

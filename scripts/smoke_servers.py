@@ -104,7 +104,8 @@ def main() -> int:
     args = parser.parse_args()
     quiver = args.quiver
     env = dict(os.environ)
-    # No metrics endpoints: nothing else may be listening on the default port.
+    # No metrics endpoints and a free health port: nothing else may be listening on
+    # the default ports.
     env["QUIVER_TELEMETRY__METRICS__ENABLED"] = "false"
     with tempfile.TemporaryDirectory(prefix="quiver-smoke-") as tmp:
         repo = str(Path(tmp) / "repo")
@@ -118,7 +119,8 @@ def main() -> int:
             if done.returncode:
                 raise SystemExit(f"quiver {' '.join(step)} failed:\n{done.stdout}{done.stderr}")
         serving = Server([quiver, "--repo", repo, "serve", "--host", "127.0.0.1", "--port", "0"], env)
-        flight = Server([quiver, "--repo", repo, "serve-flight", "--host", "127.0.0.1", "--port", "0"], env)
+        flight = Server([quiver, "--repo", repo, "serve-flight", "--host", "127.0.0.1", "--port", "0",
+                         "--health-port", "0"], env)
         try:
             target = f"127.0.0.1:{serving.port(args.timeout)}"
             wait_serving(target, "quiver.serving.v1.FeatureServingService", args.timeout)

@@ -306,3 +306,66 @@ def test_fitting_needs_a_project_wide_write_and_records_the_principal(
     store = RegistryStore(load_config(secured.repo, env={}).registry_path)
     [fitted] = store.latest().proto.transform_parameters
     assert (fitted.fitted_by, fitted.fitted_via) == ("trainer", "flight")
+
+
+def test_a_ticket_follows_permissions_revoked_after_it_was_planned(tmp_path: Path) -> None:
+    """Tickets pin the registry version of their data, not of their permissions: once a
+    newer version revokes READ_OFFLINE, a ticket planned before is refused."""
+    repo = write_demo_repo(tmp_path / "repo", users=20, merchants=5, days=2)
+    (repo / "analysts.py").write_text(ANALYSTS)
+    tokens = write_tokens(tmp_path / "tokens.yaml", {"eve": ["analysts"]})
+    write_settings(repo, {"auth": {"enabled": True,
+                                   "static": {"tokens_file": str(tmp_path / "tokens.yaml")}}})
+    config = load_config(repo, env={})
+    apply(config)
+    server, port = create_flight_server(config, "grpc://127.0.0.1:0")
+    try:
+        location = f"grpc://127.0.0.1:{port}"
+        with TrainingClient(location, token=tokens["eve"]) as client:
+            info = client.plan(_spine(), features=["user_profile:age"])
+        ticket = info.endpoints[0].ticket
+        client = flight.FlightClient(location)
+        assert client.do_get(ticket, _options(tokens["eve"])).read_all().num_rows == 3
+        # The analysts lose user_profile: a new registry version without their grant.
+        (repo / "analysts.py").write_text(ANALYSTS.replace(
+            'Resource.feature_view("user_profile")', 'Resource.feature_view("merchant_stats")'))
+        apply(config)
+        with pytest.raises(flight.FlightUnauthorizedError) as caught:
+            client.do_get(ticket, _options(tokens["eve"])).read_all()
+        _, reason, metadata = _status(caught.value)
+        assert (reason, metadata["principal"]) == ("PERMISSION_DENIED", "eve")
+        assert metadata["feature"] == "user_profile:age"
+    finally:
+        server.shutdown()
+
+
+def test_training_datasets_need_read_offline_and_are_hidden_from_who_may_not_describe_them(
+    secured: SecuredFlight,
+) -> None:
+    from quiver._training_client import DatasetSpine
+
+    with secured.client(secured.tokens["alice"]) as client:
+        created = client.create_training_dataset("fraud_auth", _spine(), feature_service="fraud_model_v1")
+        assert created.record.created_by == "alice"
+        assert client.get_training_dataset("fraud_auth").table.equals(created.table)
+    # fraud-model may read the service online only: it may not create one.
+    with secured.client(secured.tokens["fraud-model"]) as client, \
+            pytest.raises(PermissionDeniedError, match="READ_OFFLINE"):
+        client.create_training_dataset("mine", _spine(), feature_service="fraud_model_v1")
+    # Who may not describe every view a dataset reads is told it does not exist, as by
+    # RegistryService: not that it exists, nor which service it was made from.
+    for principal in ("fraud-model", "mallory"):
+        with secured.client(secured.tokens[principal]) as client:
+            for name in ("fraud_auth", "no_such_dataset"):
+                with pytest.raises(NotFoundError) as caught:
+                    client.get_training_dataset(name)
+                assert caught.value.message == f"training dataset {name!r} does not exist"
+                with pytest.raises(NotFoundError) as versioned:
+                    client.get_training_dataset(name, 7)
+                assert versioned.value.message == f"training dataset {name!r} does not exist"
+            answers = []
+            for name in ("fraud_auth", "no_such_dataset"):
+                with pytest.raises((NotFoundError, PermissionDeniedError)) as reused:
+                    client.get_training_set(DatasetSpine(name), features=["user_profile:age"])
+                answers.append((type(reused.value), reused.value.message.replace(name, "NAME")))
+            assert answers[0] == answers[1]

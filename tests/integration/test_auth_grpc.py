@@ -46,6 +46,11 @@ privacy_requests = Permission(
     name="privacy_requests", principals=["privacy-officer"], actions=[Action.DELETE],
     resources=[Resource.project()],
 )
+
+offline_erasure = Permission(
+    name="offline_erasure", principals=["privacy-officer"], actions=[Action.WRITE_OFFLINE],
+    resources=[Resource.feature_view("user_transaction_stats"), Resource.feature_view("user_profile")],
+)
 '''
 
 PRINCIPALS = {
@@ -142,6 +147,16 @@ RPCS: list[tuple[str, Call, str, str, str]] = [
     ("DeleteEntities", _serving("DeleteEntities", pb.DeleteEntitiesRequest(
         entities={"user_id": _values([19])})),
      "privacy-officer", "txn-stats-pipeline", "denied"),
+    ("DeleteEntities offline", _serving("DeleteEntities", pb.DeleteEntitiesRequest(
+        entities={"user_id": _values([18])}, offline=True)),
+     "privacy-officer", "txn-stats-pipeline", "denied"),
+    ("SearchCatalog", _registry("SearchCatalog", reg.SearchCatalogRequest(text="user")),
+     "alice", "fraud-model", "empty"),
+    ("GetCatalogEntry", _registry("GetCatalogEntry", reg.GetCatalogEntryRequest(
+        kind="feature_view", name="user_profile")),
+     "alice", "txn-stats-pipeline", "denied"),
+    ("GetLineage", _registry("GetLineage", reg.GetLineageRequest(name="user_profile")),
+     "alice", "txn-stats-pipeline", "denied"),
     ("ListProjects", _registry("ListProjects", reg.ListProjectsRequest()),
      "alice", "fraud-model", "empty"),
     ("ListEntities", _registry("ListEntities", reg.ListEntitiesRequest()),
@@ -392,14 +407,42 @@ def test_writes_deletes_and_denials_leave_one_audit_line_each(secured: Secured) 
 
 
 def test_the_served_project_is_named_only_to_who_may_describe_it(secured: Secured) -> None:
-    request = reg.ListFeatureViewsRequest(project="payroll")
-    messages = {}
     with secured.channel() as channel:
         stub = reg_grpc.RegistryServiceStub(channel)
-        for who in ("mallory", "alice"):
-            with pytest.raises(grpc.RpcError) as caught:
-                stub.ListFeatureViews(request, metadata=_metadata(secured.tokens[who]), timeout=10)
-            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-            messages[who] = caught.value.details()
-    assert "fraud_detection" not in messages["mallory"]
-    assert "fraud_detection" in messages["alice"]
+        # Who may describe nothing gets the same (empty) answer for any project name,
+        # so it cannot guess the served one.
+        for project in ("payroll", "fraud_detection"):
+            listed = stub.ListFeatureViews(reg.ListFeatureViewsRequest(project=project),
+                                           metadata=_metadata(secured.tokens["mallory"]), timeout=10)
+            assert len(listed.feature_views) == 0
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ListFeatureViews(reg.ListFeatureViewsRequest(project="payroll"),
+                                  metadata=_metadata(secured.tokens["alice"]), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "fraud_detection" in caught.value.details()
+
+
+def test_a_missing_entity_is_not_found_for_who_may_describe_the_project(secured: Secured) -> None:
+    with secured.channel() as channel:
+        stub = reg_grpc.RegistryServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetEntity(reg.GetEntityRequest(name="usr"),
+                           metadata=_metadata(secured.tokens["alice"]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.GetEntity(reg.GetEntityRequest(name="usr"),
+                           metadata=_metadata(secured.tokens["mallory"]), timeout=10)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_offline_erasure_records_the_authenticated_principal(secured: Secured) -> None:
+    import json
+
+    request = pb.DeleteEntitiesRequest(entities={"user_id": _values([17])}, offline=True)
+    with secured.channel() as channel:
+        reply = _serving("DeleteEntities", request)(channel, _metadata(secured.tokens["privacy-officer"]))
+    log = load_config(secured.repo, env={}).registry_path / "governance" / "erasures" / "log.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    mine = [r for r in lines if r["erasure_id"] == reply.erasure_id]
+    assert {r["event"] for r in mine} >= {"requested", "completed"}
+    assert all(r.get("by", "privacy-officer") == "privacy-officer" for r in mine)

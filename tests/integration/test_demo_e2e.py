@@ -50,6 +50,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "Feature service fraud_model_scaled (transform parameters version 1)" in out
     assert "amount_to_avg_7d" in out
     assert "All 21 columns identical to the online answer: True" in out
+    # The labelled events' training set, stored as a dataset, comes back the same
+    # by name, and its lineage names what it pinned.
+    assert "pulled again by name: identical cell for cell: True" in out
+    assert "training dataset fraud_demo:1  (4 rows" in out
+    assert "└── status reproducible" in out
 
     # The second batch's shifted feature, and only it, is reported as drifted ...
     assert "1 of 20 features drifted: user_transaction_stats:txn_amount_avg_7d" in out

@@ -166,6 +166,33 @@ def test_revoked_static_token_stops_working_despite_the_cache(tmp_path: Path) ->
         authenticator.authenticate(f"Bearer {token}")
 
 
+def test_a_token_revoked_while_it_is_verified_is_not_cached_as_valid(tmp_path: Path) -> None:
+    """The tokens file is replaced (by another call's reload) between this call's lookup
+    and its caching: the cache entry must not claim the new file's generation."""
+    token, entry = new_token("pipeline")
+    path = tmp_path / "tokens.yaml"
+    path.write_text(yaml.safe_dump({"tokens": [entry]}))
+
+    class RevokedMidway(StaticTokens):
+        revoke = True
+
+        def verify(self, token: str) -> Principal:
+            principal = super().verify(token)
+            if self.revoke:  # another thread reloads the revoking file right now
+                self.revoke = False
+                tmp = tmp_path / "tokens.new"
+                tmp.write_text(yaml.safe_dump({"tokens": []}))
+                os.replace(tmp, path)
+                self.refresh()
+            return principal
+
+    authenticator = Authenticator(static=RevokedMidway(str(path), check_seconds=0),
+                                  cache_seconds=3600)
+    assert authenticator.authenticate(f"Bearer {token}").subject == "pipeline"
+    with pytest.raises(UnauthenticatedError):
+        authenticator.authenticate(f"Bearer {token}")
+
+
 def test_authorization_values(tmp_path: Path) -> None:
     authenticator = Authenticator(mtls="common_name")
     with pytest.raises(UnauthenticatedError, match="needs a client certificate") as caught:
@@ -214,4 +241,27 @@ def test_servers_warn_loudly_when_open(tmp_path: Path) -> None:
         ("warning", "AUTHENTICATION IS OFF", "serving"),
         ("warning", "AUTHENTICATION IS OFF", "flight"),
         ("warning", "TLS IS OFF", "serving"),
+    ]
+
+
+def test_signing_keys_over_plain_http_are_warned_about(tmp_path: Path) -> None:
+    """Keys fetched over http can be swapped on the way, and then anyone can mint tokens."""
+    import structlog
+
+    from quiver_server.auth.warnings import warn_if_open
+
+    def oidc(**settings: str) -> QuiverConfig:
+        fields = ", ".join(f"{k}: {v!r}" for k, v in {"audience": "q", **settings}.items())
+        (tmp_path / "quiver.yaml").write_text(
+            f"project: p\nauth: {{enabled: true, oidc: {{{fields}}}}}\n")
+        return load_config(tmp_path, env={})
+
+    with structlog.testing.capture_logs() as logs:
+        warn_if_open(oidc(issuer="http://idp.internal/realms/ml"), "serving", "0.0.0.0:1")
+        warn_if_open(oidc(issuer="https://idp/realms/ml", jwks_url="http://idp/keys"), "flight", "x")
+        warn_if_open(oidc(issuer="https://idp/realms/ml"), "serving", "0.0.0.0:1")
+    plain = [e for e in logs if e["event"].startswith("SIGNING KEYS OVER PLAIN HTTP")]
+    assert [(e["component"], e["url"]) for e in plain] == [
+        ("serving", "http://idp.internal/realms/ml/.well-known/openid-configuration"),
+        ("flight", "http://idp/keys"),
     ]

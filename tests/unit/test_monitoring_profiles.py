@@ -284,3 +284,23 @@ def test_profiling_is_best_effort_and_never_fails_the_work(tmp_path: Path) -> No
     accumulator.add(VIEW, "push", {"amount": pa.array(["not a number"])}, 1)
     accumulator.add_rows(VIEW, "push", rows, "no_such_column")
     assert len(accumulator.flush()) == 1, "the good batch is kept"
+
+
+def test_sampled_values_held_between_flushes_are_bounded(tmp_path: Path) -> None:
+    """Big lookups must not pile up values (memory, and the time the flush holds the GIL
+    turning them into sketches): past the bound, lookups go unsampled until the flush."""
+    store = ProfileStore(str(tmp_path / "data"))
+    accumulator = ProfileAccumulator(store, 3600, 60.0, clock=lambda: T0)
+    sampler = ServingSampler(accumulator, 1.0, max_values=4)
+    part = _Part(["amount", "country"], [0, 1])
+    present = 1
+    for amount in (1.0, 2.0, 3.0):  # 2 values each: the third lookup is over the bound
+        sampler.observe([part], [_Column([amount], [present]), _Column(["US"], [present])])
+    accumulator.flush()
+    (first,) = store.scan("stats", ("serving",), TYPES).profiles
+    assert (first.rows, first.features["amount"].maximum) == (2, 2.0)
+    # The flush emptied the buffer: sampling resumes.
+    sampler.observe([part], [_Column([7.0], [present]), _Column(["DE"], [present])])
+    accumulator.flush()
+    rows = sorted(p.rows for p in store.scan("stats", ("serving",), TYPES).profiles)
+    assert rows == [1, 2]

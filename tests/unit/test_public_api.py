@@ -23,13 +23,13 @@ import quiver.types
 # an API change: the server and Flight packages import only these.
 PUBLIC = {
     quiver: {
-        "Action", "Bool", "Bytes", "DriftThresholds", "Entity", "FeatureProjection",
-        "FeatureService", "FeatureView", "Field", "Float32", "Float64", "Int32", "Int64",
-        "OfflineSpine", "OnDemandFeatureView", "OnlineClient", "OnlineResponse",
+        "Action", "Bool", "Bytes", "DatasetSpine", "DriftThresholds", "Entity", "ErasureResult",
+        "FeatureProjection", "FeatureService", "FeatureView", "Field", "Float32", "Float64",
+        "Int32", "Int64", "OfflineSpine", "OnDemandFeatureView", "OnlineClient", "OnlineResponse",
         "ParquetSource", "Permission", "PushResult", "PushTarget", "QuiverError", "RequestSource",
         "Resource", "SpineHandle", "String", "Timestamp", "Tls", "TrainingClient",
-        "TrainingProgress", "Transform", "ValueType", "__version__", "parse_feature_ref",
-        "token_file",
+        "TrainingDataset", "TrainingProgress", "Transform", "ValueType", "__version__",
+        "parse_feature_ref", "token_file",
     },
     quiver.transforms: {
         "BUILTIN_KINDS", "CustomTransform", "Transform", "bucketize", "check_import_path",
@@ -53,8 +53,8 @@ PUBLIC = {
         "to_values",
     },
     quiver.types: {
-        "Bool", "Bytes", "Float32", "Float64", "Int32", "Int64", "PushResult", "PushTarget",
-        "String", "Timestamp", "ValueType",
+        "Bool", "Bytes", "ErasureResult", "Float32", "Float64", "Int32", "Int64", "PushResult",
+        "PushTarget", "String", "Timestamp", "ValueType",
     },
     quiver.tracing: {"FLIGHT_SERVICE", "flight_method", "peer_attributes", "rpc_attributes",
                      "split_target"},

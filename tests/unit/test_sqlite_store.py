@@ -180,3 +180,24 @@ def test_the_factory_opens_the_configured_sqlite_file(tmp_path: Path) -> None:
         assert store.healthy()
     finally:
         store.close()
+
+
+def test_deleted_values_leave_no_bytes_in_the_files(tmp_path: Path) -> None:
+    """A delete is a privacy erasure: the entity's values, current and overwritten,
+    are gone from the database file and its write-ahead log, not left in free space."""
+    t = table()
+    others = list(range(100, 400))
+    with SqliteOnlineStore(str(tmp_path / "online.db")) as s:
+        s.write(t, WriteBatch(keys(*others), [T0] * len(others), [0] * len(others),
+                              {"value": others, "label": [f"other-{i}" for i in others]}))
+        s.write(t, WriteBatch(keys(42), [T0], [0], {"value": [1], "label": ["erase-me-first"]}))
+        s.write(t, WriteBatch(keys(42), [T0 + 1], [0], {"value": [2], "label": ["erase-me-second"]}))
+        assert s.delete(t, keys(42)) == 1
+        assert read_values(s, t, [42, 100]) == [None, 100]
+
+        def stored() -> bytes:
+            return b"".join(p.read_bytes() for p in sorted(tmp_path.iterdir()) if p.is_file())
+
+        assert b"other-100" in stored()
+        assert b"erase-me" not in stored()
+    assert b"erase-me" not in stored()

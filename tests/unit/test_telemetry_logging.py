@@ -6,6 +6,7 @@ configuration of the moment, process-wide.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -75,3 +76,35 @@ def test_configuring_twice_keeps_one_handler() -> None:
     """)
     assert result.returncode == 0, result.stderr
     assert [line["event"] for line in json_lines(result.stderr)] == ["once"]
+
+
+def test_each_line_is_one_write_so_workers_sharing_stderr_never_interleave() -> None:
+    """`quiver serve --workers N` runs N processes on one stderr, unbuffered in the image
+    (PYTHONUNBUFFERED=1): a line written in two parts (text, then newline) can be cut in
+    two by another worker's line, which turns both into invalid JSON (audit lines too)."""
+    result = run("""
+        import sys
+
+        class Recording:
+            def __init__(self):
+                self.writes = []
+            def write(self, text):
+                self.writes.append(text)
+                return len(text)
+            def flush(self):
+                pass
+            def isatty(self):
+                return False
+
+        recording = Recording()
+        sys.stderr = recording
+        configure_logging(LoggingConfig(format="json", level="info"))
+        structlog.get_logger("quiver.audit").warning("audit", principal="alice")
+        logging.getLogger("some.library").warning("stdlib line")
+        sys.stderr = sys.__stderr__
+        print(repr(recording.writes))
+    """)
+    assert result.returncode == 0, result.stderr
+    writes = ast.literal_eval(result.stdout)
+    assert len(writes) == 2, writes
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in writes), writes

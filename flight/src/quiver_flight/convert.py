@@ -24,7 +24,8 @@ TypeUrl = str
 
 COMMAND_TYPES: dict[TypeUrl, type[message.Message]] = {
     f"type.googleapis.com/{m.DESCRIPTOR.full_name}": m
-    for m in (pb.UploadSpineCommand, pb.TrainingSetCommand)
+    for m in (pb.UploadSpineCommand, pb.TrainingSetCommand, pb.CreateTrainingDatasetCommand,
+              pb.TrainingDatasetCommand)
 }
 _TICKET_URL = f"type.googleapis.com/{pb.TrainingSetTicket.DESCRIPTOR.full_name}"
 

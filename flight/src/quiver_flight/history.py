@@ -15,12 +15,14 @@ times) names that state, so cached indexes and tickets notice any change.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
@@ -30,7 +32,7 @@ from quiver.types import ValueType
 from quiver_flight.keys import IntArray, KeyEncoder, normalize_key
 from quiver_flight.timestamps import TimestampRangeError, comparison_unit, to_units
 from quiver_server.offline.columns import cast_column, compatible
-from quiver_server.offline.source import list_files, reading_history, resolve_path
+from quiver_server.offline.source import Listing, list_files, reading_history, resolve_path
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
 # Sorting packs (key id, event time) into one non-negative int64; when the raw
@@ -51,6 +53,20 @@ class HistorySource:
     is_directory: bool
     files: tuple[str, ...]
     fingerprint: str
+    # Entity keys (in join key order) left out of the index: erasures requested
+    # but not yet carried out. The fingerprint names them too.
+    excluded: tuple[tuple[object, ...], ...] = ()
+    # The fingerprint of the files alone (paths, sizes, modification times) as
+    # listed; empty: not checked.
+    listed: str = ""
+
+    def changed(self) -> bool:
+        """Whether a file was rewritten, replaced or removed since it was listed."""
+        if not self.listed:
+            return False
+        infos = self.filesystem.get_file_info(list(self.files)) if self.files else []
+        now = Listing(self.filesystem, self.base, self.is_directory, tuple(infos)).fingerprint
+        return now != self.listed
 
     def source_column(self, name: str) -> str:
         """The source column that holds join key or feature `name`."""
@@ -85,8 +101,19 @@ class HistorySource:
         return f"feature view {self.view.name!r} (source {self.location!r})"
 
 
-def locate(offline_root: str, view: FeatureView) -> HistorySource:
+def locate(
+    offline_root: str,
+    view: FeatureView,
+    excluded: Sequence[tuple[object, ...]] = (),
+    exclusion_tag: str = "",
+) -> HistorySource:
     """List the files of `view`'s history.
+
+    Args:
+        offline_root: Base of relative source paths.
+        view: The feature view.
+        excluded: Entity keys whose rows the join must not see.
+        exclusion_tag: Names `excluded` in the fingerprint (erasure ids).
 
     Raises:
         FailedPreconditionError: the source path does not exist.
@@ -106,8 +133,15 @@ def locate(offline_root: str, view: FeatureView) -> HistorySource:
         base=listing.base,
         is_directory=listing.is_directory,
         files=tuple(i.path for i in listing.files),
-        fingerprint=listing.fingerprint,
+        fingerprint=with_exclusions(listing.fingerprint, exclusion_tag),
+        excluded=tuple(excluded),
+        listed=listing.fingerprint,
     )
+
+
+def with_exclusions(fingerprint: str, exclusion_tag: str) -> str:
+    """A history fingerprint that also changes with the entities left out."""
+    return f"{fingerprint}-x{exclusion_tag}" if exclusion_tag else fingerprint
 
 
 def check_source_schema(source: HistorySource, features: list[Field]) -> None:
@@ -266,6 +300,8 @@ def build_index(source: HistorySource) -> HistoryIndex:
     for array in [*keys, table[ts_column]]:
         if array.null_count:
             valid &= array.is_valid().to_numpy(zero_copy_only=False)
+    if source.excluded:
+        valid &= ~_excluded_rows(table, key_columns, source.excluded)
     try:
         event = to_units(table[ts_column], unit)
         # Created times are only compared with each other: keep their own
@@ -302,6 +338,25 @@ def build_index(source: HistorySource) -> HistoryIndex:
     np.cumsum(counts, out=starts[1:])
     rowid = order if len(rows) == num_rows else rows[order]
     return HistoryIndex(encoder, starts, event[order], rowid, unit, num_rows)
+
+
+def _excluded_rows(
+    table: pa.Table, columns: Sequence[str], excluded: Sequence[tuple[object, ...]]
+) -> npt.NDArray[np.bool_]:
+    """True for rows whose join keys equal one of `excluded`."""
+    hit = np.zeros(table.num_rows, dtype=bool)
+    for key in excluded:
+        try:
+            scalars = [pa.scalar(value, type=table.schema.field(column).type)
+                       for column, value in zip(columns, key, strict=True)]
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            continue  # a value the column's type cannot hold matches no row
+        match = np.ones(table.num_rows, dtype=bool)
+        for column, scalar in zip(columns, scalars, strict=True):
+            equal = pc.equal(table[column], scalar)
+            match &= pc.fill_null(equal, False).to_numpy(zero_copy_only=False)
+        hit |= match
+    return hit
 
 
 def _composite(kid: IntArray, event: IntArray, keys: int) -> tuple[IntArray, int]:

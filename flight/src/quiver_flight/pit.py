@@ -27,7 +27,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +53,14 @@ from quiver_server.registry.snapshot import FeatureRef
 from quiver_server.telemetry.spans import traced
 
 FEATURE_REF_METADATA = b"quiver.feature_ref"
+
+
+class Exclusions(Protocol):
+    """Entity keys a view's history must not yield (pending erasures)."""
+
+    def for_view(self, view: FeatureView) -> tuple[list[tuple[Any, ...]], str]:
+        """Keys in join key order, and a tag naming them for fingerprints."""
+        ...
 DEFAULT_BATCH_ROWS = 65_536
 
 
@@ -221,14 +231,24 @@ class PointInTimeEngine:
         *,
         cache_bytes: int = 4 << 30,
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        exclusions: Exclusions | None = None,
     ) -> None:
         self.offline_root = offline_root
         self.batch_rows = batch_rows
         self.cache: ByteBudgetCache[object] = ByteBudgetCache(cache_bytes)
+        self.exclusions = exclusions
 
     def locate(self, views: Sequence[FeatureView]) -> dict[str, HistorySource]:
-        """List the history files of `views` (their fingerprints name this state)."""
-        return {view.name: locate(self.offline_root, view) for view in views}
+        """List the history files of `views` (their fingerprints name this state).
+
+        Entities of erasures still in progress are left out of every view they
+        were erased from, so a join never sees them once erasure was requested.
+        """
+        sources = {}
+        for view in views:
+            excluded, tag = self.exclusions.for_view(view) if self.exclusions else ([], "")
+            sources[view.name] = locate(self.offline_root, view, excluded, tag)
+        return sources
 
     def check_sources(self, refs: Sequence[FeatureRef], sources: Mapping[str, HistorySource]) -> None:
         """Check that every view's history has the columns the refs need."""
@@ -348,7 +368,8 @@ class PointInTimeEngine:
 
     def _index(self, source: HistorySource) -> HistoryIndex:
         def build() -> tuple[object, int]:
-            index = build_index(source)
+            with _unchanged(source):
+                index = build_index(source)
             return index, index.nbytes
 
         index = self.cache.get_or_build(("index", _view_key(source.view), source.fingerprint), build)
@@ -363,7 +384,8 @@ class PointInTimeEngine:
 
         def build() -> tuple[object, int]:
             columns = (self._read_column(source, f, index.num_rows) for f in features)
-            block = FeatureBlock.build(features, columns, index.rowid)
+            with _unchanged(source):
+                block = FeatureBlock.build(features, columns, index.rowid)
             return block, block.nbytes
 
         key = ("block", _view_key(source.view), source.fingerprint,
@@ -400,7 +422,7 @@ class PointInTimeEngine:
         pieces: list[pa.RecordBatch] = []
         start = 0
         if dataset is not None and len(wanted):
-            with source.reading():
+            with _unchanged(source), source.reading():
                 for batch in dataset.to_batches(columns=columns):
                     stop = start + batch.num_rows
                     lo, hi = np.searchsorted(wanted, [start, stop], side="left")
@@ -432,6 +454,22 @@ def _view_key(view: FeatureView) -> tuple[object, ...]:
         tuple(sorted(source.field_mapping.items())),
         tuple((k.name, k.dtype) for k in view.join_keys),
     )
+
+
+@contextmanager
+def _unchanged(source: HistorySource) -> Iterator[None]:
+    """Read `source` inside this: files rewritten or replaced meanwhile (an erasure,
+    a compaction) make it HISTORY_CHANGED rather than rows matched against another
+    state of the files -- row numbers shift when a file loses rows -- or a failed
+    read of a file swapped under an open dataset reported as a store fault."""
+    try:
+        yield
+    except (pa.ArrowException, OSError, FailedPreconditionError):
+        if source.changed():
+            raise _changed(source) from None
+        raise
+    if source.changed():
+        raise _changed(source)
 
 
 def _changed(source: HistorySource) -> Exception:

@@ -67,6 +67,9 @@ from quiver_server.auth.tls import KeyPair, ReloadingKeyPair, tls_paths
 from quiver_server.auth.warnings import warn_if_open
 from quiver_server.config import QuiverConfig
 from quiver_server.echo import clip
+from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.who import call_principal
 from quiver_server.monitoring.storage import ProfileStore
 from quiver_server.monitoring.training_sets import TrainingSetProfiler
 from quiver_server.observability import configure_logging
@@ -214,12 +217,20 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def get_flight_info(
         self, context: flight.ServerCallContext, descriptor: flight.FlightDescriptor
     ) -> flight.FlightInfo:
-        command = _training_command(descriptor)
-        plan = self.training.plan(command)
+        command = _command(descriptor)
+        metadata = b""
+        if isinstance(command, pb.CreateTrainingDatasetCommand):
+            plan, info = self.training.datasets.create(command, call_principal())
+            metadata = info.SerializeToString()
+        elif isinstance(command, pb.TrainingDatasetCommand):
+            plan, info = self.training.datasets.pull(command)
+            metadata = info.SerializeToString()
+        else:
+            plan = self.training.plan(_training_command(descriptor))
         endpoints = [flight.FlightEndpoint(ticket, self._locations) for ticket in plan.tickets]
         return flight.FlightInfo(
             plan.schema, descriptor, endpoints, total_records=plan.rows, total_bytes=-1,
-            ordered=True,
+            ordered=True, app_metadata=metadata,
         )
 
     @_trailer_handler
@@ -345,8 +356,10 @@ def create_flight_server(
     flight_config = config.flight
     if cache_bytes is None:
         cache_bytes = flight_config.history_cache_bytes
+    governance = GovernancePaths.of(config)
     engine = PointInTimeEngine(
-        config.offline_root, cache_bytes=cache_bytes, batch_rows=flight_config.batch_rows
+        config.offline_root, cache_bytes=cache_bytes, batch_rows=flight_config.batch_rows,
+        exclusions=PendingErasures(governance),
     )
     spines = SpineStore(
         config.offline_root, flight_config, directory=spine_directory(config), clock=clock
@@ -361,6 +374,7 @@ def create_flight_server(
         RegistryStore(config.registry_path), engine, spines, TicketSigner.from_config(config),
         flight_config, clock, profiler, access=AccessControl(enabled=authenticator is not None),
         transformations=Transformations(config.repo_path),
+        governance=governance,
     )
     telemetry = telemetry or setup_telemetry(config, "flight")
     # Telemetry first, so its middleware sees every call the auth middleware lets through.

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 from google.protobuf import message
 
-from quiver import Action
+from quiver import Action, FeatureView
 from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import (
     FailedPreconditionError,
@@ -32,14 +32,17 @@ from quiver.errors import (
     ResourceExhaustedError,
 )
 from quiver.flight.v1 import flight_pb2 as pb
+from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_flight.convert import timestamp_seconds, unpack_ticket
 from quiver_flight.fitting import FitRequest, fit_service
+from quiver_flight.history import HistorySource
 from quiver_flight.pit import PointInTimeEngine, feature_fields, group_by_view
 from quiver_flight.spines import Spine, SpineStore
 from quiver_flight.tickets import TicketSigner
 from quiver_flight.transformed import TrainingShape
 from quiver_server.auth.access import AccessControl
 from quiver_server.config import FlightConfig
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.monitoring.training_sets import TrainingSetProfiler
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
@@ -55,11 +58,33 @@ _SNAPSHOTS_KEPT = 8
 
 @dataclass(frozen=True)
 class Plan:
-    """A planned training set: its schema, rows and signed partitions."""
+    """A planned training set: its schema, rows and signed partitions, and what it read."""
 
     schema: pa.Schema
     rows: int
     tickets: list[bytes]
+    planned: Planned
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What a plan resolved: a training dataset records it."""
+
+    snapshot: Snapshot
+    feature_refs: list[str]
+    spine: Spine
+    sources: dict[str, HistorySource]
+    transform_version: int = 0
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A stored training dataset's fixed inputs (see `plan`)."""
+
+    dataset: gpb.TrainingDatasetRef
+    snapshot: Snapshot
+    spine: Spine
+    sources: Callable[[list[FeatureView]], dict[str, HistorySource]]
 
 
 @dataclass(frozen=True)
@@ -88,6 +113,7 @@ class TrainingSets:
         clock: Callable[[], float] = time.time,
         profiler: TrainingSetProfiler | None = None,
         access: AccessControl | None = None,
+        governance: GovernancePaths | None = None,
         transformations: Transformations | None = None,
     ) -> None:
         self.registry = registry
@@ -103,6 +129,12 @@ class TrainingSets:
         self.transformations = transformations or Transformations(".")
         self._snapshots: OrderedDict[int, Snapshot] = OrderedDict()
         self._lock = threading.Lock()
+        # Imported here: the dataset planner builds on this class.
+        from quiver_flight.datasets import TrainingDatasets
+
+        self.datasets = TrainingDatasets(
+            self, governance or GovernancePaths(registry.path, engine.offline_root)
+        )
 
     def snapshot(self, version: int | None = None) -> Snapshot:
         """A registry version (the newest by default), decoded once and kept."""
@@ -207,6 +239,8 @@ class TrainingSets:
             history = [resolve_path(self.engine.offline_root, view.source.path)
                        for view in snapshot.feature_views.values()]
             return self.spines.open_path(source.parquet_path, history)
+        if kind == "training_dataset":
+            return self.datasets.open_spine(source.training_dataset)
         raise InvalidArgumentError.for_field(
             "spine", "name a spine: spine_id (from do_put) or parquet_path", reason="MISSING_SPINE"
         )
@@ -222,16 +256,21 @@ class TrainingSets:
         return shape.schema(spine.schema, timestamp_column)
 
     @traced("quiver.flight.plan")
-    def plan(self, command: pb.TrainingSetCommand) -> Plan:
+    def plan(
+        self, command: pb.TrainingSetCommand, *, pinned: Pinned | None = None,
+    ) -> Plan:
         """Check a training-set command and cut it into signed partitions.
+
+        `pinned` (a stored training dataset) fixes the registry version, the
+        spine and each view's history files instead of taking the newest.
 
         Raises:
             InvalidArgumentError, NotFoundError, FailedPreconditionError,
             ResourceExhaustedError: naming what is wrong.
         """
-        snapshot = self.snapshot()
+        snapshot = pinned.snapshot if pinned else self.snapshot()
         timestamp_column = command.timestamp_column or DEFAULT_TIMESTAMP_COLUMN
-        if command.fit:
+        if command.fit and pinned is None:
             if command.WhichOneof("selection") != "feature_service":
                 raise InvalidArgumentError.for_field(
                     "fit", "fitting needs a feature service (its transforms are what is fitted)",
@@ -243,7 +282,7 @@ class TrainingSets:
             shape = self.command_shape(command, snapshot, fitted)
         else:
             shape = self.command_shape(command, snapshot)
-            spine = self.open_spine(command.spine, snapshot)
+            spine = pinned.spine if pinned else self.open_spine(command.spine, snapshot)
         schema = shape.schema(spine.schema, timestamp_column)
         refs = shape.join_refs
         rows = spine.num_rows
@@ -257,7 +296,7 @@ class TrainingSets:
                 reason="SPINE_NULL_TIMESTAMP",
             )
         views = [view for view, _ in group_by_view(refs)]
-        sources = self.engine.locate(views)
+        sources = pinned.sources(views) if pinned else self.engine.locate(views)
         self.engine.check_sources(refs, sources)
         per_partition = self.config.partition_rows
         if 0 < command.partition_rows < per_partition:
@@ -277,6 +316,8 @@ class TrainingSets:
             spine_fingerprint=spine.fingerprint,
             name=_training_set_name(command.name),
         )
+        if pinned:
+            base.training_dataset.CopyFrom(pinned.dataset)
         base.planned_at.FromDatetime(timestamp_seconds(self.clock()))
         if spine.expires_at is not None:
             base.spine_expires_at.FromDatetime(timestamp_seconds(spine.expires_at))
@@ -291,7 +332,9 @@ class TrainingSets:
             tickets.append(pack(pb.TrainingSetTicket(
                 partition=payload, signature=self.signer.sign(payload)
             )))
-        return Plan(schema, rows, tickets)
+        return Plan(schema, rows, tickets, Planned(
+            snapshot, [r.ref for r in shape.selection.requested], spine, sources, shape.version,
+        ))
 
     @traced("quiver.flight.ticket.open")
     def open_ticket(self, data: bytes) -> PartitionJob:
@@ -322,13 +365,15 @@ class TrainingSets:
         except FailedPreconditionError:
             raise _stale(f"registry version {partition.registry_version} no longer exists") from None
         # A ticket is not a capability: whoever presents it must be allowed its features.
+        requested = [] if partition.feature_service else list(partition.feature_refs)
         shape = self.shape(
             snapshot,
-            features=[] if partition.feature_service else list(partition.feature_refs),
+            features=requested,
             feature_service=partition.feature_service,
             full_feature_names=partition.full_feature_names,
             transform_version=partition.transform_version,
         )
+        self._check_ticket(requested, partition.feature_service, shape.selection.stored, snapshot)
         refs = shape.join_refs
         try:
             spine = self.open_spine(partition.spine, snapshot)
@@ -336,7 +381,14 @@ class TrainingSets:
             raise _stale(exc.message) from None
         if spine.fingerprint != partition.spine_fingerprint:
             raise _stale("its spine files changed since it was planned")
-        sources = self.engine.locate([view for view, _ in group_by_view(refs)])
+        views = [view for view, _ in group_by_view(refs)]
+        if partition.HasField("training_dataset"):
+            try:
+                sources = self.datasets.pinned_sources(partition.training_dataset, views)
+            except FailedPreconditionError as exc:
+                raise _stale(exc.message) from None
+        else:
+            sources = self.engine.locate(views)
         for name, source in sources.items():
             if partition.history_fingerprints.get(name) != source.fingerprint:
                 raise _stale(f"the history of feature view {name!r} changed since it was planned")
@@ -378,6 +430,24 @@ class TrainingSets:
             request, snapshot, self.registry, self.engine, self.transformations
         )
         return self.snapshot(fitted.version), parameters.version
+
+    def _check_ticket(self, requested: list[str], service: str, pinned: Sequence[FeatureRef],
+                      planned: Snapshot) -> None:
+        """Check the ticket's features under the permissions in force now (the newest
+        registry version), not only those of the version its data is pinned to, so a
+        revoked grant stops tickets planned before it."""
+        current = self.snapshot()
+        if not self.access.enabled or current.version == planned.version:
+            return  # `shape` has just checked them in this very version
+        try:
+            refs: Sequence[FeatureRef] = select(
+                current, requested, service or None, field="features"
+            ).stored
+        except NotFoundError:
+            # Features since removed: judged by what they were, under today's permissions.
+            refs = pinned
+        self.access.check_features(current, Action.READ_OFFLINE, refs, service=service,
+                                   requested=requested)
 
     def feature_sets(self, name_prefix: str = "") -> Iterator[tuple[pb.FeatureSetInfo, pb.TrainingSetCommand, pa.Schema]]:
         """Every feature service and view the caller may DESCRIBE: what it is, its command

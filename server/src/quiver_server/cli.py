@@ -3,9 +3,11 @@
     quiver [--repo DIR] apply | plan | materialize START END | materialize-incremental END
                         | serve | serve-flight | registry history | registry show [VERSION]
                         | registry prune [--keep N] | registry repair
-                        | delete-entity KEY=VALUE... [--views V,...]
+                        | delete-entity KEY=VALUE... [--views V,...] [--offline]
                         | monitor [run | report --out FILE | training-sets]
                         | fit SERVICE --spine PATH | transforms list | transforms show SERVICE
+                        | datasets list|show | lineage NAME | search TEXT | compact VIEW
+                        | erasures list|resume
     quiver init-demo DIR
     quiver auth token NAME [--principal P] [--groups G,...]
 
@@ -26,6 +28,7 @@ from google.protobuf import text_format
 
 from quiver.errors import QuiverError
 from quiver_server.config import QuiverConfig, load_config
+from quiver_server.governance.cli import add_commands as add_governance_commands
 from quiver_server.transforms.commands import register as register_transform_commands
 
 if TYPE_CHECKING:
@@ -131,8 +134,13 @@ def cmd_registry(config: QuiverConfig, args: argparse.Namespace) -> int:
 
     store = RegistryStore(config.registry_path)
     if args.action == "prune":
-        removed = store.prune(args.keep)
-        print(f"Removed {len(removed)} registry version(s); kept the newest {args.keep} that verify.")
+        from quiver_server.governance.datasets import DatasetStore
+        from quiver_server.governance.paths import GovernancePaths
+
+        pinned = DatasetStore(GovernancePaths.of(config)).pinned_registry_versions()
+        removed = store.prune(args.keep, pinned)
+        print(f"Removed {len(removed)} registry version(s); kept the newest {args.keep} that verify"
+              + (f" and {len(pinned)} pinned by training datasets." if pinned else "."))
         return 0
     if args.action == "repair":
         set_aside = store.repair()
@@ -198,12 +206,29 @@ def cmd_delete_entity(config: QuiverConfig, args: argparse.Namespace) -> int:
         entities.setdefault(name, []).append(parsed)
     store = open_online_store(config)
     try:
+        if args.offline:
+            from quiver_server.governance.erasure import Eraser
+            from quiver_server.governance.paths import GovernancePaths
+            from quiver_server.governance.progress import RewriteBars
+            from quiver_server.governance.who import local_principal
+
+            with RewriteBars() as bars:
+                erased = Eraser(GovernancePaths.of(config), snapshot, store, local_principal(),
+                                progress=bars).erase(entities, _views(args.views) or ())
+            print(
+                f"Erased from {', '.join(erased.feature_views)}: {erased.online_rows_deleted} online "
+                f"row(s), {erased.rows_removed} history row(s) in {erased.files_rewritten} file(s) "
+                f"(erasure {erased.erasure_id})."
+            )
+            if erased.datasets_affected:
+                print(f"No longer reproducible: {', '.join(erased.datasets_affected)}.")
+            return 0
         result = delete_entities(store, snapshot, entities, _views(args.views) or ())
     finally:
         store.close()
     print(
         f"Deleted {result.rows_deleted} online row(s) from {', '.join(result.feature_views)}. "
-        f"Offline history is not rewritten."
+        f"Offline history is not rewritten (--offline erases it)."
     )
     return 0
 
@@ -271,12 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve_flight)
 
     p = sub.add_parser(
-        "delete-entity", help="remove entities' online rows (offline history is kept)"
+        "delete-entity", help="remove entities' online rows (and with --offline, their history)"
     )
     p.add_argument("keys", nargs="+", metavar="KEY=VALUE",
                    help="join key values, e.g. user_id=42 (repeat for several entities)")
     p.add_argument("--views", help="comma-separated feature views (default: every view keyed by them)")
+    p.add_argument("--offline", action="store_true",
+                   help="also erase them from the offline history (rewrites the files holding them)")
     p.set_defaults(func=cmd_delete_entity)
+    add_governance_commands(sub)
 
     p = sub.add_parser(
         "monitor", help="feature drift and freshness: compute, report, list training sets"

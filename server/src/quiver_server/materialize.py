@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
@@ -43,6 +43,10 @@ from quiver.errors import (
 )
 from quiver.registry.v1 import registry_pb2 as pb
 from quiver_server.config import QuiverConfig
+from quiver_server.governance.erasure import PendingErasures
+from quiver_server.governance.files import locked
+from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.runs import record_runs
 from quiver_server.offline.columns import cast_options, compatible
 from quiver_server.offline.source import (
     Listing,
@@ -274,6 +278,7 @@ def _run(
     jobs = [_plan(config, table, start, end) for table, start, end in windows]
     results: list[ViewMaterialization] = []
     done: dict[str, datetime] = {}
+    paths = GovernancePaths.of(config)
     store = open_online_store(config)
     try:
         for job in jobs:
@@ -281,7 +286,14 @@ def _run(
                 results.append(ViewMaterialization(job.table.name, job.start, job.end, 0, 0, 0, 0, 0.0))
                 continue
             report(MaterializeProgress(job.table.name, "start"))
-            outcome = _materialize_view(store, job, report, profiles)
+            # Held shared while reading and writing: an erasure (exclusive) deletes
+            # online rows only after this run wrote them, and a run that starts
+            # after the request sees it pending and leaves its entities out.
+            with locked(paths.view_lock(job.table.name), shared=True):
+                erasing = PendingErasures(paths).filter_for(job.table.view)
+                if erasing is not None:
+                    job = replace(job, filter=erasing if job.filter is None else job.filter & erasing)
+                outcome = _materialize_view(store, job, report, profiles)
             report(MaterializeProgress(job.table.name, "done", outcome.entities, result=outcome))
             results.append(outcome)
             done[job.table.name] = job.end
@@ -291,6 +303,7 @@ def _run(
         # finished even if a later one failed.
         if done:
             _record_watermarks(registry, done)
+            record_runs(GovernancePaths.of(config), [r for r in results if r.view in done])
     return results
 
 

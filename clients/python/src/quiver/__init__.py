@@ -17,12 +17,20 @@ from quiver._on_demand import OnDemandFeatureView, RequestSource
 from quiver._online_client import OnlineClient
 from quiver._online_response import OnlineResponse
 from quiver._permissions import Action, Permission, Resource
-from quiver._training_client import OfflineSpine, SpineHandle, TrainingClient, TrainingProgress
+from quiver._training_client import (
+    DatasetSpine,
+    OfflineSpine,
+    SpineHandle,
+    TrainingClient,
+    TrainingDataset,
+    TrainingProgress,
+)
 from quiver.errors import QuiverError
 from quiver.transforms import Transform
 from quiver.types import (
     Bool,
     Bytes,
+    ErasureResult,
     Float32,
     Float64,
     Int32,
@@ -40,8 +48,10 @@ __all__ = [
     "Action",
     "Bool",
     "Bytes",
+    "DatasetSpine",
     "DriftThresholds",
     "Entity",
+    "ErasureResult",
     "FeatureProjection",
     "FeatureService",
     "FeatureView",
@@ -66,6 +76,7 @@ __all__ = [
     "Timestamp",
     "Tls",
     "TrainingClient",
+    "TrainingDataset",
     "TrainingProgress",
     "Transform",
     "ValueType",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import grpc
 import pyarrow as pa
@@ -17,7 +17,7 @@ from quiver.errors import InvalidArgumentError
 from quiver.serving.v1 import serving_service_pb2 as pb
 from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
 from quiver.status import from_rpc_error
-from quiver.types import PushResult, PushTarget
+from quiver.types import ErasureResult, PushResult, PushTarget
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
@@ -288,22 +288,48 @@ class OnlineClient:
             superseded += reply.rows_superseded
         return PushResult(rows=written, superseded=superseded)
 
+    @overload
+    def delete_entities(
+        self, entities: Mapping[str, Sequence[Any]], feature_views: Sequence[str] = (), *,
+        offline: Literal[False] = False, timeout: float | None = None,
+    ) -> int: ...
+
+    @overload
+    def delete_entities(
+        self, entities: Mapping[str, Sequence[Any]], feature_views: Sequence[str] = (), *,
+        offline: Literal[True], timeout: float | None = None,
+    ) -> ErasureResult: ...
+
     def delete_entities(
         self,
         entities: Mapping[str, Sequence[Any]],
         feature_views: Sequence[str] = (),
         *,
+        offline: bool = False,
         timeout: float | None = None,
-    ) -> int:
+    ) -> int | ErasureResult:
         """Remove entities' online rows (all views keyed by them unless `feature_views`).
 
-        Offline history is not rewritten. Returns the number of rows removed.
+        Args:
+            entities: Join key name to key values, one value per entity.
+            feature_views: Views to delete from; default every view keyed by them.
+            offline: Also erase them from the offline history (privacy
+                requests): training sets planned from now on leave them out,
+                the history files holding them are rewritten, and the erasure
+                is logged without the erased values. Give a generous
+                `timeout`: the call returns once the files are rewritten.
+            timeout: Deadline in seconds (default: the client's).
+
+        Returns:
+            The number of online rows removed, or with `offline` an `ErasureResult`.
         """
         try:
             columns = encode_columns(entities)
         except (TypeError, ValueError) as exc:
             raise InvalidArgumentError.for_field("entities", str(exc)) from None
-        request = pb.DeleteEntitiesRequest(entities=columns, feature_views=list(feature_views))
+        request = pb.DeleteEntitiesRequest(
+            entities=columns, feature_views=list(feature_views), offline=offline
+        )
         try:
             reply = self._stub.DeleteEntities(
                 request, timeout=self.timeout if timeout is None else timeout,
@@ -311,7 +337,16 @@ class OnlineClient:
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
-        return int(reply.rows_deleted)
+        if not offline:
+            return int(reply.rows_deleted)
+        return ErasureResult(
+            erasure_id=reply.erasure_id,
+            feature_views=list(reply.feature_views),
+            online_rows_deleted=int(reply.rows_deleted),
+            offline_rows_deleted=int(reply.offline_rows_deleted),
+            files_rewritten=int(reply.offline_files_rewritten),
+            datasets_affected=list(reply.datasets_affected),
+        )
 
     def _metadata(self) -> tuple[tuple[str, str], ...] | None:
         return None if self._token is None else (("authorization", bearer(self._token)),)

@@ -35,6 +35,7 @@ from quiver.convert import DEFAULT_TIMESTAMP_COLUMN, pack
 from quiver.errors import InvalidArgumentError, QuiverError
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.prefetch import Prefetch
+from quiver.registry.v1 import governance_pb2 as gpb
 from quiver.status import flight_error_code, from_flight_error
 
 if TYPE_CHECKING:
@@ -58,6 +59,37 @@ class SpineHandle:
     spine_id: str
     rows: int
     expires_at: datetime | None
+
+
+@dataclass(frozen=True)
+class TrainingDataset:
+    """One version of a stored training dataset and its rows.
+
+    Attributes:
+        name: Dataset name.
+        version: Version number (1, 2, ...).
+        table: The rows: the spine's columns, then the features.
+        record: What the server recorded (registry version, feature refs,
+            history files, spine fingerprint, who and when).
+    """
+
+    name: str
+    version: int
+    table: pa.Table
+    record: gpb.TrainingDataset
+
+
+@dataclass(frozen=True)
+class DatasetSpine:
+    """The spine kept by a stored training dataset, reused for a new training set.
+
+    Args:
+        name: Training dataset name.
+        version: Its version; 0 means the newest.
+    """
+
+    name: str
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,6 +257,9 @@ class TrainingClient:
         rows = 0
         if isinstance(spine, OfflineSpine):
             command.spine.parquet_path = spine.path
+        elif isinstance(spine, DatasetSpine):
+            command.spine.training_dataset.name = spine.name
+            command.spine.training_dataset.version = spine.version
         else:
             handle = spine if isinstance(spine, SpineHandle) else self.upload_spine(
                 spine, timestamp_column=timestamp_column
@@ -261,7 +296,8 @@ class TrainingClient:
         Args:
             spine: A pyarrow Table or RecordBatchReader, a pandas DataFrame, the
                 path of a local Parquet file or directory (all uploaded), a
-                `SpineHandle` from `upload_spine`, or an `OfflineSpine`. Its
+                `SpineHandle` from `upload_spine`, an `OfflineSpine`, or a
+                `DatasetSpine` (the spine a training dataset kept). Its
                 timestamp column must be timezone-aware (naive times are refused).
             features: Feature references, ``"view:feature"``.
             feature_service: Or the name of a feature service.
@@ -392,6 +428,84 @@ class TrainingClient:
             described.ParseFromString(info.app_metadata)
             result.append((described, info.schema))
         return result
+
+    def create_training_dataset(
+        self,
+        name: str,
+        spine: Any,
+        *,
+        features: Sequence[str] | None = None,
+        feature_service: str | None = None,
+        full_feature_names: bool = False,
+        timestamp_column: str = DEFAULT_TIMESTAMP_COLUMN,
+        description: str = "",
+        tags: Mapping[str, str] | None = None,
+        partition_rows: int | None = None,
+    ) -> TrainingDataset:
+        """Build a training set and record it as the next version of dataset `name`.
+
+        The server keeps a copy of the spine and pins the registry version,
+        the features and each view's history files, so `get_training_dataset`
+        pulls exactly the same rows again later. Arguments are those of
+        `get_training_set`, plus:
+
+        Args:
+            name: Dataset name (letters, digits, ``_``, ``-``, ``.``); each
+                call adds a version.
+            description: Free text for people.
+            tags: Free-form labels.
+
+        Returns:
+            The new version, with its rows.
+        """
+        command = pb.CreateTrainingDatasetCommand(
+            name=name, description=description, tags=dict(tags or {}),
+            training_set=self._command(features, feature_service, full_feature_names,
+                                       timestamp_column),
+        )
+        if isinstance(spine, OfflineSpine):
+            command.training_set.spine.parquet_path = spine.path
+        else:
+            handle = spine if isinstance(spine, SpineHandle) else self.upload_spine(
+                spine, timestamp_column=timestamp_column
+            )
+            command.training_set.spine.spine_id = handle.spine_id
+        command.training_set.partition_rows = partition_rows or 0
+        return self._dataset(command)
+
+    def get_training_dataset(
+        self, name: str, version: int = 0, *, partition_rows: int | None = None
+    ) -> TrainingDataset:
+        """Pull a stored training dataset again: the same rows, cell for cell.
+
+        Args:
+            name: Dataset name.
+            version: Its version; 0 means the newest.
+            partition_rows: Spine rows per partition (default: the server's).
+
+        Raises:
+            NotFoundError: no such dataset or version.
+            FailedPreconditionError: it can no longer be reproduced (a history
+                file it read was rewritten by an erasure or merged by a
+                compaction, or an erasure removed rows of its spine); the
+                message names what changed.
+        """
+        command = pb.TrainingDatasetCommand(
+            name=name, version=version, partition_rows=partition_rows or 0
+        )
+        return self._dataset(command)
+
+    def _dataset(
+        self, command: pb.CreateTrainingDatasetCommand | pb.TrainingDatasetCommand
+    ) -> TrainingDataset:
+        descriptor = flight.FlightDescriptor.for_command(pack(command))
+        info = _call(lambda: self._client.get_flight_info(descriptor, self._options))
+        described = gpb.TrainingDatasetInfo()
+        described.ParseFromString(info.app_metadata)
+        return TrainingDataset(
+            name=described.dataset.name, version=described.dataset.version,
+            table=self.fetch(info), record=described.dataset,
+        )
 
     def _command(
         self,

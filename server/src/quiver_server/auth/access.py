@@ -25,6 +25,7 @@ from quiver import Action, FeatureView
 from quiver.errors import NotFoundError, PermissionDeniedError, UnauthenticatedError
 from quiver_server.auth.policy import Policy
 from quiver_server.auth.principal import CallAccess, Principal, current_call
+from quiver_server.echo import clip
 from quiver_server.registry.snapshot import FeatureRef, Snapshot
 
 _MAX_DECISIONS = 16_384
@@ -129,7 +130,9 @@ class AccessControl:
         try:
             decision = self._decisions[key]
         except KeyError:
-            decision = self._decide_features(call.principal, snapshot, action, refs, service)
+            decision = self._decide_features(
+                call.principal, snapshot, action, refs, service, requested
+            )
             self._remember(key, decision)
         if decision is not None:
             resources = ([f"feature_service:{service}"] if service
@@ -138,14 +141,25 @@ class AccessControl:
 
     def _decide_features(
         self, principal: Principal, snapshot: Snapshot, action: Action,
-        refs: Sequence[FeatureRef], service: str,
+        refs: Sequence[FeatureRef], service: str, requested: Sequence[str] = (),
     ) -> tuple[str, dict[str, str]] | None:
         policy = self.policy(snapshot)
         for ref in refs:
             if policy.allows_feature(principal, action, ref.view, ref.feature):
                 continue
-            if not service or self._may_name(policy, principal, snapshot, ref.view.name, service):
-                what = f"feature {ref.ref!r}" + (f" of feature service {service!r}" if service else "")
+            if not service:
+                shown = ref.ref
+                if requested and shown not in requested:
+                    # Read on the caller's behalf (an on-demand view's input): name what
+                    # the caller asked for, never a stored feature it may not know of.
+                    shown = clip(next(
+                        (r for r in requested if not self._allows_ref(
+                            policy, principal, action, snapshot, r)),
+                        requested[0],
+                    ))
+                error = _denied(principal, action, f"feature {shown!r}", feature=shown)
+            elif self._may_name(policy, principal, snapshot, ref.view.name, service):
+                what = f"feature {ref.ref!r} of feature service {service!r}"
                 error = _denied(principal, action, what, feature=ref.ref)
             else:
                 error = _denied(principal, action, f"every feature of feature service {service!r}",
@@ -245,6 +259,10 @@ class AccessControl:
                              feature_service=missing_service)
             return self._deny(call, action, [f"feature_service:{missing_service}"],
                               denial.message, denial.metadata)
+        if requested:
+            refused = self._first_refused(call, policy, snapshot, action, requested)
+            if refused is not None:
+                return refused
         if view is None or policy.allows_view(principal, Action.DESCRIBE, view,
                                               snapshot.feature_views.get(view)):
             return error
@@ -256,11 +274,85 @@ class AccessControl:
                   else _denied(principal, action, f"feature view {view!r}", feature_view=view))
         return self._deny(call, action, [f"feature_view:{view}"], denial.message, denial.metadata)
 
+    def _first_refused(self, call: CallAccess, policy: Policy, snapshot: Snapshot,
+                       action: Action, requested: Sequence[str]) -> Exception | None:
+        """The answer for the first requested feature that is not both existing and allowed.
+
+        NOT_FOUND when the caller may DESCRIBE its view, else the denial an existing but
+        forbidden feature gets. Taken in request order, as `check_features` does, so the
+        answer (its status and the name it gives) never depends on whether a name the
+        caller may not describe exists: resolving stops at the first unknown name, and
+        without this a describable typo placed after a hidden name would answer NOT_FOUND
+        exactly when the hidden name exists.
+        """
+        principal = call.principal
+        for ref in requested:
+            view_name, _, feature_name = ref.partition(":")
+            allowed, exists, describable = self._judge_ref(
+                policy, principal, action, snapshot, view_name, feature_name
+            )
+            if allowed:
+                continue
+            if not exists and describable:
+                try:
+                    snapshot.resolve_any(features=[ref])
+                except NotFoundError as missing:
+                    return missing
+            shown = clip(ref)
+            denial = _denied(principal, action, f"feature {shown!r}", feature=shown)
+            return self._deny(call, action, [f"feature_view:{clip(view_name)}"],
+                              denial.message, denial.metadata)
+        return None
+
+    @classmethod
+    def _allows_ref(cls, policy: Policy, principal: Principal, action: Action,
+                    snapshot: Snapshot, ref: str) -> bool:
+        view_name, _, feature_name = ref.partition(":")
+        return cls._judge_ref(policy, principal, action, snapshot, view_name, feature_name)[0]
+
+    @staticmethod
+    def _judge_ref(policy: Policy, principal: Principal, action: Action, snapshot: Snapshot,
+                   view_name: str, feature_name: str) -> tuple[bool, bool, bool]:
+        """(allowed, exists, describable) of one requested ``view:feature``.
+
+        An on-demand view's feature is allowed when every stored feature it reads is
+        (what `check_features` checks for it), and its view is described to whoever may
+        describe every view it reads, as the registry service does.
+        """
+        on_demand = snapshot.on_demand_views.get(view_name)
+        if on_demand is not None:
+            exists = feature_name in on_demand.feature_names
+            inputs = [(p.view, name) for p in on_demand.feature_inputs for name in p.features]
+            allowed = exists and all(
+                (view := snapshot.feature_views.get(v)) is not None
+                and any(f.name == name for f in view.schema)
+                and policy.allows_feature(principal, action, view, view.feature(name))
+                for v, name in inputs
+            )
+            sources = {v for v, _ in inputs}
+            describable = (
+                all(policy.allows_view(principal, Action.DESCRIBE, v, snapshot.feature_views.get(v))
+                    for v in sources)
+                if sources else policy.allows_project(principal, Action.DESCRIBE)
+            )
+            return allowed, exists, describable
+        view = snapshot.feature_views.get(view_name)
+        feature = None
+        if view is not None:
+            try:
+                feature = view.feature(feature_name)
+            except KeyError:
+                feature = None
+        if view is not None and feature is not None:
+            return policy.allows_feature(principal, action, view, feature), True, False
+        return False, False, policy.allows_view(principal, Action.DESCRIBE, view_name, view)
+
     # --- registry reads -----------------------------------------------------------------
 
     def may_describe(self, snapshot: Snapshot, kind: str, name: str) -> bool:
         """May the caller DESCRIBE the named object (kind: feature_view,
-        feature_service, entity or project)? Always True when auth is off."""
+        feature_service, entity, on_demand_feature_view or project)? Always True
+        when auth is off."""
         call = self.call()
         if call is None:
             return True
@@ -273,9 +365,22 @@ class AccessControl:
                                          snapshot.feature_services.get(name))
         if kind == "entity":
             entity = snapshot.entities.get(name)
-            return entity is not None and policy.allows_entity(
+            if entity is None:
+                # As for views: only a grant on the whole project covers a name that
+                # does not exist, and then it is NOT_FOUND, as without auth.
+                return policy.allows_project(principal, Action.DESCRIBE)
+            return policy.allows_entity(
                 principal, Action.DESCRIBE, entity, snapshot.feature_views.values()
             )
+        if kind == "on_demand_feature_view":
+            on_demand = snapshot.on_demand_views.get(name)
+            sources = {p.view for p in on_demand.feature_inputs} if on_demand is not None else set()
+            if not sources:
+                # A name that does not exist, or a view of request data only: the project's.
+                return policy.allows_project(principal, Action.DESCRIBE)
+            # Described to whoever may describe every view it reads.
+            return all(policy.allows_view(principal, Action.DESCRIBE, v, snapshot.feature_views.get(v))
+                       for v in sources)
         # The project: whoever may describe anything in it may know its name.
         return policy.allows_any(principal, Action.DESCRIBE)
 

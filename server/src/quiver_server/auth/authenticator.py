@@ -95,9 +95,12 @@ class Authenticator:
             until = min(expires + self.oidc.config.leeway_seconds, now + self._cache_seconds)
             generation = -1
         elif self.static is not None:
+            # The generation is read before the lookup: a reload landing in between
+            # then only costs one more lookup, instead of caching a revoked token as
+            # belonging to the file that revoked it.
+            generation = self.static.generation
             principal = self.static.verify(token)
             until = now + self._cache_seconds
-            generation = self.static.generation
         else:
             raise UnauthenticatedError(
                 "the bearer token is not a well-formed JWT", reason="TOKEN_MALFORMED"

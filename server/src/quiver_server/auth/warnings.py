@@ -32,3 +32,13 @@ def warn_if_open(config: QuiverConfig, component: str, address: str) -> None:
             "certificates from that CA)",
             component=component,
         )
+    oidc = config.auth.oidc if config.auth.enabled else None
+    if oidc is not None:
+        url = oidc.jwks_url or oidc.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        if url.startswith("http://"):
+            log.warning(
+                "SIGNING KEYS OVER PLAIN HTTP: whoever can change the issuer's answer on the "
+                "way can make the server accept tokens they mint; use an https:// issuer or "
+                "jwks_url (docs/security.md)",
+                component=component, url=url,
+            )

@@ -10,6 +10,9 @@
   columns; it keeps a `serving_sample_rate` share of lookups (values of
   PRESENT features; every other status counts as a null) and feeds them to the
   accumulator in bulk at flush time, so a sampled lookup costs a few list appends.
+  About `MAX_SAMPLED_VALUES` values at most are held between two flushes; past that,
+  lookups go unsampled until the next flush, which bounds the memory and the time
+  the flush spends (holding the GIL) turning them into sketches.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 _PRESENT = 1  # quiver.serving.v1.FEATURE_STATUS_PRESENT
+# Sampled values held per serving process between flushes: sketching a million takes
+# ~0.1-0.2 s of the flush thread's time with the GIL held, during which lookups wait.
+MAX_SAMPLED_VALUES = 500_000
 
 
 def producer_id() -> str:
@@ -248,6 +254,7 @@ class ServingSampler:
         accumulator: Where the sampled values go at each flush.
         rate: Share of lookups sampled (0 turns sampling off).
         random_source: A float in [0, 1) per call; tests make it deterministic.
+        max_values: Values held until the next flush; lookups past it are not sampled.
     """
 
     def __init__(
@@ -255,17 +262,20 @@ class ServingSampler:
         accumulator: ProfileAccumulator,
         rate: float,
         random_source: Callable[[], float] = random.random,
+        max_values: int = MAX_SAMPLED_VALUES,
     ) -> None:
         self.accumulator = accumulator
         self.rate = rate
+        self.max_values = max_values
         self._random = random_source
         self._buffers: dict[str, _Buffer] = {}
+        self._held = 0  # values in _buffers
         self._lock = threading.Lock()
         accumulator.before_flush(self.drain)
 
     def observe(self, parts: Sequence[_Part], columns: Sequence[_Column]) -> None:
         """Called once per lookup with the read plan's parts and the graded columns."""
-        if self._random() >= self.rate:
+        if self._random() >= self.rate or self._held >= self.max_values:
             return
         try:
             self._keep(parts, columns)
@@ -285,6 +295,7 @@ class ServingSampler:
                     column = columns[position]
                     values = buffer.values.setdefault(feature, [])
                     statuses = column.statuses
+                    self._held += len(statuses)
                     if statuses.count(_PRESENT) == len(statuses):
                         values.extend(column.values)
                         continue
@@ -300,6 +311,7 @@ class ServingSampler:
         """Hand everything sampled so far to the accumulator."""
         with self._lock:
             buffers, self._buffers = self._buffers, {}
+            self._held = 0
         for buffer in buffers.values():
             view = buffer.view
             arrays = {}

@@ -3,15 +3,20 @@
 Each push becomes a new Parquet file under the view's source directory, in a
 date partition (`date=YYYY-MM-DD/`, by event time, UTC). The file is written
 under a hidden temporary name and renamed into place, so readers never see a
-partial file, and existing files are never rewritten. On a local disk the file
-is flushed to the disk (fsync) before the rename and its directory after it
-(and the parent of any directory created for it), so a crash or power loss
-leaves either the whole file or none, never a torn one.
+partial file. On a local disk the file is flushed to the disk (fsync) before
+the rename and its directory after it (and the parent of any directory created
+for it), so a crash or power loss leaves either the whole file or none, never
+a torn one. Names start with the push time (``push-<ns since epoch>-<random>``),
+so within a partition later pushes sort after earlier ones: "last in source
+order", the join's final tie-break, is then the last push, and compaction
+(which merges neighbouring files) never sees a new file appear in the middle
+of a run it merges. Files are rewritten only by erasure and compaction.
 """
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pyarrow as pa
@@ -46,7 +51,7 @@ def append_history(offline_root: str, view: FeatureView, rows: pa.Table) -> list
     for day in sorted(set(days.to_pylist())):
         part = rows.filter(pc.equal(days, day))
         directory = f"{base}/date={day}"
-        name = f"push-{uuid.uuid4().hex}.parquet"
+        name = f"push-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
         try:
             if isinstance(fs, pafs.LocalFileSystem):
                 _write_local(part, directory, name)

@@ -16,6 +16,7 @@ from quiver.errors import InvalidArgumentError
 from quiver_server.echo import clip
 
 _INT = struct.Struct(">q")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _LEN = struct.Struct(">I")
 
 # The one table of what a join key of each type accepts: which wire types (an
@@ -35,11 +36,24 @@ def check_key_values(field: str, key: Field, values: Sequence[Any]) -> None:
     """InvalidArgumentError naming `field` if a value does not fit join key `key`'s type."""
     python_type = _PYTHON_TYPES.get(key.dtype)
     bad = [v for v in values if python_type is None or not isinstance(v, python_type)
-           or isinstance(v, bool)]
+           or isinstance(v, bool) or not _encodable(v)]
     if bad:
         raise InvalidArgumentError.for_field(
             field, f"join key is {key.dtype.name.lower()}; got {clip(repr(bad[0]))}"
         )
+
+
+def _encodable(value: Any) -> bool:
+    """Whether the key encoding can hold `value`: an int in int64's range, text
+    that is Unicode (the command line passes undecodable bytes as surrogates)."""
+    if isinstance(value, int):
+        return _INT64_MIN <= value <= _INT64_MAX
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def parse_key(key: Field, text: str) -> Any:
@@ -49,7 +63,10 @@ def parse_key(key: Field, text: str) -> Any:
         ValueError: text that is not a value of the key's type.
     """
     if key.dtype in (ValueType.INT64, ValueType.INT32):
-        return int(text)
+        value = int(text)
+        if not _encodable(value):
+            raise ValueError(f"{text!r} is outside int64's range")
+        return value
     if key.dtype == ValueType.BYTES:
         return text.encode()
     if key.dtype == ValueType.STRING:

@@ -13,6 +13,10 @@ feature's type: integers, timestamps (int microseconds) and booleans (0/1) as
 INTEGER, floats as REAL, strings as TEXT, bytes as BLOB. SQLite has no NaN: a
 NaN float is stored, and read back, as null.
 
+Deletes are privacy erasures: connections run with ``secure_delete`` (freed
+space is zeroed, so neither a deleted row nor a value overwritten earlier
+lingers in the file), and a delete ends with a truncating WAL checkpoint.
+
 A row is the view's state at its event time: a write replaces every feature of
 the stored row, and features missing from a `WriteBatch` are stored as null
 (rather than keeping an older row's value next to a newer event timestamp).
@@ -238,6 +242,12 @@ class SqliteOnlineStore:
                 ):
                     return 0
                 raise
+            if deleted:
+                # Earlier WAL frames still hold the rows as they were: copy the
+                # log into the file and empty it (a reader still on an older
+                # snapshot makes this a partial checkpoint; autocheckpoints and
+                # the next delete finish it).
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         return deleted
 
     def healthy(self) -> bool:
@@ -293,6 +303,9 @@ class SqliteOnlineStore:
                 # Checkpoint every ~40 MB of WAL rather than every 4 MB: bulk
                 # writes (materialization) copy pages into the file less often.
                 conn.execute(f"PRAGMA wal_autocheckpoint={_WAL_CHECKPOINT_PAGES}")
+                # A deleted entity (privacy erasure) and values overwritten
+                # before it must not linger in free space of the file.
+                conn.execute("PRAGMA secure_delete=ON")
             except BaseException:
                 conn.close()
                 raise

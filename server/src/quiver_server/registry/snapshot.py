@@ -169,11 +169,13 @@ class Snapshot:
             raise InvalidArgumentError.for_field(
                 field, "select at least one feature ('view:feature') or a feature service"
             )
-        resolved: list[R] = []
+        # Every reference is checked for form before any is looked up, so whether a
+        # request is malformed never depends on which of its names exist.
+        parsed: list[tuple[str, str]] = []
         seen: set[str] = set()
         for i, ref in enumerate(features):
             try:
-                view_name, feature_name = parse_feature_ref(ref)
+                parsed.append(parse_feature_ref(ref))
             except ValueError:
                 raise InvalidArgumentError.for_field(
                     f"{field}[{i}]",
@@ -184,6 +186,8 @@ class Snapshot:
                     f"{field}[{i}]", f"feature {clip(ref)!r} is requested more than once"
                 )
             seen.add(ref)
+        resolved: list[R] = []
+        for view_name, feature_name in parsed:
             resolved.extend(lookup(view_name, feature_name))
         return resolved
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -166,13 +166,15 @@ class RegistryStore:
                 return Snapshot(proto)
         raise FailedPreconditionError(f"registry at {self.path} is changing too fast to commit")
 
-    def prune(self, keep: int) -> list[int]:
-        """Delete all but the newest `keep` versions that verify; returns those removed.
+    def prune(self, keep: int, pinned: Collection[int] = ()) -> list[int]:
+        """Delete all but the newest `keep` versions that verify and the `pinned`
+        ones; returns those removed.
 
         Versions newer than the oldest one kept stay, whether they verify or
         not (`repair` deals with bad ones). Training-set tickets pin the
         registry version they were planned on, so a ticket whose version was
-        pruned is reported stale rather than served.
+        pruned is reported stale rather than served. Stored training datasets
+        pin theirs for good (the caller passes them).
         """
         if keep < 1:
             raise FailedPreconditionError("prune must keep at least the newest version")
@@ -180,7 +182,7 @@ class RegistryStore:
         good = [v for v in reversed(versions) if self.problem(v) is None][:keep]
         if len(good) < keep:
             return []
-        old = [v for v in versions if v < good[-1]]
+        old = [v for v in versions if v < good[-1] and v not in pinned]
         for version in old:
             self._file(version).unlink(missing_ok=True)
         return old

@@ -18,6 +18,8 @@ from quiver.serving.v1 import serving_service_pb2_grpc as pb_grpc
 from quiver_server.auth.access import AccessControl
 from quiver_server.config import ServingConfig
 from quiver_server.deletion import check_delete_count, delete_entities
+from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.serving import erase_entities
 from quiver_server.monitoring.sinks import ServerProfiles
 from quiver_server.online.base import OnlineStore
 from quiver_server.push import push
@@ -34,6 +36,7 @@ from quiver_server.serving.online_transform import apply_pipeline, request_rows
 from quiver_server.serving.status import rpc_errors
 from quiver_server.telemetry.spans import traced
 from quiver_server.transforms.engine import Transformations
+from quiver_server.transforms.selection import select
 
 PUSH_ACTIONS: dict[PushTarget, tuple[Action, ...]] = {
     PushTarget.ONLINE: (Action.WRITE_ONLINE,),
@@ -77,12 +80,14 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         offline_root: str,
         served: Callable[[list[OutputColumn]], None] | None = None,
         profiles: ServerProfiles | None = None,
+        governance: GovernancePaths | None = None,
         *,
         access: AccessControl | None = None,
         transformations: Transformations | None = None,
     ) -> None:
         self._registry = registry
         self._profiles = profiles
+        self._governance = governance
         self._access = access or AccessControl.disabled()
         self._offline_root = offline_root
         self._store = store
@@ -107,6 +112,17 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
             raise self._access.unknown(
                 exc, snapshot, Action.READ_ONLINE, requested=refs, service=service
             ) from None
+        except InvalidArgumentError:
+            # Features that resolve but cannot be served together (one output name from
+            # two views, a join key of two types) are named only to a caller who may
+            # read them all: before that, a name it may not see is denied whether or not
+            # it exists.
+            if self._access.enabled:
+                stored = select(snapshot, list(refs), service or None).stored
+                self._access.check_features(
+                    snapshot, Action.READ_ONLINE, stored, service=service, requested=refs
+                )
+            raise
         # Every stored feature the lookup reads, an on-demand view's inputs included.
         self._access.check_features(
             snapshot, Action.READ_ONLINE, plan.refs, service=service, requested=refs
@@ -165,15 +181,22 @@ class FeatureServingServicer(pb_grpc.FeatureServingServiceServicer):
         entities = {name: list(values) for name, values in columns.items()}
         snapshot = self._registry.current()
         named = bool(request.feature_views)
+        # Offline erasure rewrites history too: it needs WRITE_OFFLINE as well as DELETE.
+        actions = (Action.DELETE, Action.WRITE_OFFLINE) if request.offline else (Action.DELETE,)
 
         def authorize(views: list[FeatureView]) -> None:
             self._access.check_views(
-                snapshot, (Action.DELETE,), views, named=named,
+                snapshot, actions, views, named=named,
                 what=f"every feature view keyed by {sorted(entities)}",
             )
 
         with self.heavy.admit(count, "keys"):
             try:
+                if request.offline:
+                    return erase_entities(
+                        self._governance, snapshot, self._store, entities,
+                        list(request.feature_views), authorize=authorize,
+                    )
                 result = delete_entities(
                     self._store, snapshot, entities, list(request.feature_views),
                     authorize=authorize,

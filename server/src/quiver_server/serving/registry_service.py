@@ -1,7 +1,8 @@
 """`quiver.registry.v1.RegistryService`: read-only access to the served registry.
 
 With auth on, listings hold only what the caller may DESCRIBE, and a Get of
-anything else is PERMISSION_DENIED whether it exists or not.
+anything else is PERMISSION_DENIED whether it exists or not; a caller who may
+describe nothing gets that answer for any project name, the served one's included.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from quiver.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from quiver.registry.v1.registry_pb2 import FeatureService, OnDemandFeatureView
 from quiver_server.auth.access import AccessControl
 from quiver_server.echo import clip
+from quiver_server.governance.paths import GovernancePaths
+from quiver_server.governance.registry_service import GovernanceMethods
 from quiver_server.registry.provider import RegistryProvider
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.serving.status import rpc_errors
@@ -25,18 +28,26 @@ from quiver_server.transforms import params
 T = TypeVar("T")
 
 
-class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, registry: RegistryProvider, *, access: AccessControl | None = None) -> None:
+class RegistryServicer(GovernanceMethods, pb_grpc.RegistryServiceServicer):
+    def __init__(
+        self, registry: RegistryProvider, *, access: AccessControl | None = None,
+        governance: GovernancePaths | None = None,
+    ) -> None:
         self._registry = registry
         self._access = access or AccessControl.disabled()
+        self._governance = governance
 
     def _snapshot(self, project: str) -> Snapshot:
         snapshot = self._registry.current()
         if project and project != snapshot.project:
-            served = (f"; this server serves {snapshot.project!r}"
-                      if self._access.may_describe(snapshot, "project", snapshot.project) else "")
+            if not self._access.may_describe(snapshot, "project", snapshot.project):
+                # A caller who may describe nothing gets, for any project name, the
+                # answer the served one gets (empty listings, denied Gets): a NOT_FOUND
+                # for the other names would let it guess the served project's name.
+                return snapshot
             raise NotFoundError(
-                f"project {clip(project)!r} is not served here{served}",
+                f"project {clip(project)!r} is not served here; "
+                f"this server serves {snapshot.project!r}",
                 reason="PROJECT_NOT_FOUND",
                 metadata={"project": clip(project)},
             )
@@ -141,10 +152,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     def _may_describe_on_demand(self, snapshot: Snapshot, view: OnDemandFeatureView) -> bool:
         """An on-demand view is described to whoever may describe every view it reads."""
-        inputs = {i.feature_view for i in view.feature_inputs}
-        if not inputs:
-            return self._access.may_describe(snapshot, "project", snapshot.project)
-        return all(self._access.may_describe(snapshot, "feature_view", v) for v in inputs)
+        return self._access.may_describe(snapshot, "on_demand_feature_view", view.name)
 
     @rpc_errors
     def ListOnDemandFeatureViews(
@@ -161,13 +169,11 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         self, request: pb.GetOnDemandFeatureViewRequest, context: grpc.ServicerContext
     ) -> pb.GetOnDemandFeatureViewResponse:
         snapshot = self._snapshot(request.project)
-        view = self._find(
-            snapshot.proto.on_demand_feature_views, request.name, "on_demand_feature_view"
+        # Checked before the name is looked up: a name the caller may not describe is
+        # denied whether or not it exists.
+        view = self._get(
+            snapshot, snapshot.proto.on_demand_feature_views, request.name, "on_demand_feature_view"
         )
-        if not self._may_describe_on_demand(snapshot, view):
-            # Denied as an unknown name would be, so existence does not leak.
-            for source in view.feature_inputs:
-                self._access.check_describe(snapshot, "feature_view", source.feature_view)
         return pb.GetOnDemandFeatureViewResponse(on_demand_feature_view=view)
 
     @rpc_errors

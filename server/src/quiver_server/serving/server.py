@@ -31,6 +31,7 @@ from quiver_server.auth.authenticator import build_authenticator
 from quiver_server.auth.grpc_interceptor import AuthInterceptor
 from quiver_server.auth.warnings import warn_if_open
 from quiver_server.config import QuiverConfig
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.monitoring.sinks import ServerProfiles
 from quiver_server.observability import configure_logging
 from quiver_server.online.base import OnlineStore
@@ -171,11 +172,12 @@ def create_server(
             registry, store, config.serving, config.offline_root,
             served=telemetry.lookup_observer(), profiles=profiles, access=access,
             transformations=Transformations(config.repo_path),
+            governance=GovernancePaths.of(config),
         ),
         server,
     )
     registry_service_pb2_grpc.add_RegistryServiceServicer_to_server(
-        RegistryServicer(registry, access=access), server
+        RegistryServicer(registry, access=access, governance=GovernancePaths.of(config)), server
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -14,6 +14,7 @@ import pyarrow as pa
 __all__ = [
     "Bool",
     "Bytes",
+    "ErasureResult",
     "Float32",
     "Float64",
     "Int32",
@@ -111,6 +112,28 @@ class PushTarget(enum.StrEnum):
     @property
     def offline(self) -> bool:
         return self is not PushTarget.ONLINE
+
+
+@dataclass(frozen=True)
+class ErasureResult:
+    """What an online and offline erasure (``delete_entities(..., offline=True)``) did.
+
+    Attributes:
+        erasure_id: Its id in the server's erasure log.
+        feature_views: Views it erased from.
+        online_rows_deleted: Online rows removed.
+        offline_rows_deleted: History rows removed.
+        files_rewritten: History files rewritten.
+        datasets_affected: Training datasets ("name:version") whose spine held
+            the entities; they can no longer be pulled cell for cell.
+    """
+
+    erasure_id: str
+    feature_views: list[str]
+    online_rows_deleted: int
+    offline_rows_deleted: int
+    files_rewritten: int
+    datasets_affected: list[str]
 
 
 @dataclass(frozen=True)

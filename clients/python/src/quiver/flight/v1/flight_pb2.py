@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from quiver.registry.v1 import governance_pb2 as quiver_dot_registry_dot_v1_dot_governance__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquiver/flight/v1/flight.proto\x12\x10quiver.flight.v1\x1a\x1fgoogle/protobuf/timestamp.proto\".\n\x12UploadSpineCommand\x12\x18\n\x10timestamp_column\x18\x01 \x01(\t\"c\n\x11UploadSpineResult\x12\x10\n\x08spine_id\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x0bSpineSource\x12\x12\n\x08spine_id\x18\x01 \x01(\tH\x00\x12\x16\n\x0cparquet_path\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\x1b\n\x0b\x46\x65\x61tureList\x12\x0c\n\x04refs\x18\x01 \x03(\t\"\xb7\x02\n\x12TrainingSetCommand\x12,\n\x05spine\x18\x01 \x01(\x0b\x32\x1d.quiver.flight.v1.SpineSource\x12\x31\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x1d.quiver.flight.v1.FeatureListH\x00\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x03 \x01(\tH\x00\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\x12\x18\n\x10timestamp_column\x18\x05 \x01(\t\x12\x16\n\x0epartition_rows\x18\x06 \x01(\x03\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x0b\n\x03\x66it\x18\x14 \x01(\x08\x12\x19\n\x11transform_version\x18\x15 \x01(\x03\x12\x14\n\x0crequested_by\x18\x16 \x01(\tB\x0b\n\tselection\"9\n\x11TrainingSetTicket\x12\x11\n\tpartition\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xf2\x04\n\x14TrainingSetPartition\x12,\n\x05spine\x18\x01 \x01(\x0b\x32\x1d.quiver.flight.v1.SpineSource\x12\x18\n\x10timestamp_column\x18\x02 \x01(\t\x12\x14\n\x0c\x66\x65\x61ture_refs\x18\x03 \x03(\t\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\x12\x0f\n\x07project\x18\x05 \x01(\t\x12\x18\n\x10registry_version\x18\x06 \x01(\x03\x12\x12\n\nrow_offset\x18\x07 \x01(\x03\x12\x11\n\trow_count\x18\x08 \x01(\x03\x12\x17\n\x0fpartition_index\x18\t \x01(\x05\x12\x17\n\x0fpartition_count\x18\n \x01(\x05\x12\x34\n\x10spine_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12]\n\x14history_fingerprints\x18\x0c \x03(\x0b\x32?.quiver.flight.v1.TrainingSetPartition.HistoryFingerprintsEntry\x12.\n\nplanned_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11spine_fingerprint\x18\x0e \x01(\t\x12\x0c\n\x04name\x18\x0f \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x14 \x01(\t\x12\x19\n\x11transform_version\x18\x15 \x01(\x03\x1a:\n\x18HistoryFingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x13ListFlightsCriteria\x12\x13\n\x0bname_prefix\x18\x01 \x01(\t\"\x9c\x02\n\x0e\x46\x65\x61tureSetInfo\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .quiver.flight.v1.FeatureSetKind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x38\n\x04tags\x18\x05 \x03(\x0b\x32*.quiver.flight.v1.FeatureSetInfo.TagsEntry\x12\x14\n\x0c\x66\x65\x61ture_refs\x18\x06 \x03(\t\x12\x11\n\tjoin_keys\x18\x07 \x03(\t\x12\x18\n\x10registry_version\x18\x08 \x01(\x03\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*{\n\x0e\x46\x65\x61tureSetKind\x12 \n\x1c\x46\x45\x41TURE_SET_KIND_UNSPECIFIED\x10\x00\x12$\n FEATURE_SET_KIND_FEATURE_SERVICE\x10\x01\x12!\n\x1d\x46\x45\x41TURE_SET_KIND_FEATURE_VIEW\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquiver/flight/v1/flight.proto\x12\x10quiver.flight.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#quiver/registry/v1/governance.proto\".\n\x12UploadSpineCommand\x12\x18\n\x10timestamp_column\x18\x01 \x01(\t\"c\n\x11UploadSpineResult\x12\x10\n\x08spine_id\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x03\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x87\x01\n\x0bSpineSource\x12\x12\n\x08spine_id\x18\x01 \x01(\tH\x00\x12\x16\n\x0cparquet_path\x18\x02 \x01(\tH\x00\x12\x42\n\x10training_dataset\x18\n \x01(\x0b\x32&.quiver.registry.v1.TrainingDatasetRefH\x00\x42\x08\n\x06source\"\x1b\n\x0b\x46\x65\x61tureList\x12\x0c\n\x04refs\x18\x01 \x03(\t\"\xb7\x02\n\x12TrainingSetCommand\x12,\n\x05spine\x18\x01 \x01(\x0b\x32\x1d.quiver.flight.v1.SpineSource\x12\x31\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x1d.quiver.flight.v1.FeatureListH\x00\x12\x19\n\x0f\x66\x65\x61ture_service\x18\x03 \x01(\tH\x00\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\x12\x18\n\x10timestamp_column\x18\x05 \x01(\t\x12\x16\n\x0epartition_rows\x18\x06 \x01(\x03\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x0b\n\x03\x66it\x18\x14 \x01(\x08\x12\x19\n\x11transform_version\x18\x15 \x01(\x03\x12\x14\n\x0crequested_by\x18\x16 \x01(\tB\x0b\n\tselection\"9\n\x11TrainingSetTicket\x12\x11\n\tpartition\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\xb4\x05\n\x14TrainingSetPartition\x12,\n\x05spine\x18\x01 \x01(\x0b\x32\x1d.quiver.flight.v1.SpineSource\x12\x18\n\x10timestamp_column\x18\x02 \x01(\t\x12\x14\n\x0c\x66\x65\x61ture_refs\x18\x03 \x03(\t\x12\x1a\n\x12\x66ull_feature_names\x18\x04 \x01(\x08\x12\x0f\n\x07project\x18\x05 \x01(\t\x12\x18\n\x10registry_version\x18\x06 \x01(\x03\x12\x12\n\nrow_offset\x18\x07 \x01(\x03\x12\x11\n\trow_count\x18\x08 \x01(\x03\x12\x17\n\x0fpartition_index\x18\t \x01(\x05\x12\x17\n\x0fpartition_count\x18\n \x01(\x05\x12\x34\n\x10spine_expires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12]\n\x14history_fingerprints\x18\x0c \x03(\x0b\x32?.quiver.flight.v1.TrainingSetPartition.HistoryFingerprintsEntry\x12.\n\nplanned_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11spine_fingerprint\x18\x0e \x01(\t\x12\x0c\n\x04name\x18\x0f \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x14 \x01(\t\x12\x19\n\x11transform_version\x18\x15 \x01(\x03\x12@\n\x10training_dataset\x18\x1e \x01(\x0b\x32&.quiver.registry.v1.TrainingDatasetRef\x1a:\n\x18HistoryFingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"*\n\x13ListFlightsCriteria\x12\x13\n\x0bname_prefix\x18\x01 \x01(\t\"\x9c\x02\n\x0e\x46\x65\x61tureSetInfo\x12.\n\x04kind\x18\x01 \x01(\x0e\x32 .quiver.flight.v1.FeatureSetKind\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x38\n\x04tags\x18\x05 \x03(\x0b\x32*.quiver.flight.v1.FeatureSetInfo.TagsEntry\x12\x14\n\x0c\x66\x65\x61ture_refs\x18\x06 \x03(\t\x12\x11\n\tjoin_keys\x18\x07 \x03(\t\x12\x18\n\x10registry_version\x18\x08 \x01(\x03\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf2\x01\n\x1c\x43reateTrainingDatasetCommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12:\n\x0ctraining_set\x18\x02 \x01(\x0b\x32$.quiver.flight.v1.TrainingSetCommand\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x46\n\x04tags\x18\x04 \x03(\x0b\x32\x38.quiver.flight.v1.CreateTrainingDatasetCommand.TagsEntry\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x16TrainingDatasetCommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x16\n\x0epartition_rows\x18\x03 \x01(\x03*{\n\x0e\x46\x65\x61tureSetKind\x12 \n\x1c\x46\x45\x41TURE_SET_KIND_UNSPECIFIED\x10\x00\x12$\n FEATURE_SET_KIND_FEATURE_SERVICE\x10\x01\x12!\n\x1d\x46\x45\x41TURE_SET_KIND_FEATURE_VIEW\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +37,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGSETPARTITION_HISTORYFINGERPRINTSENTRY']._serialized_options = b'8\001'
   _globals['_FEATURESETINFO_TAGSENTRY']._loaded_options = None
   _globals['_FEATURESETINFO_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_FEATURESETKIND']._serialized_start=1664
-  _globals['_FEATURESETKIND']._serialized_end=1787
-  _globals['_UPLOADSPINECOMMAND']._serialized_start=84
-  _globals['_UPLOADSPINECOMMAND']._serialized_end=130
-  _globals['_UPLOADSPINERESULT']._serialized_start=132
-  _globals['_UPLOADSPINERESULT']._serialized_end=231
-  _globals['_SPINESOURCE']._serialized_start=233
-  _globals['_SPINESOURCE']._serialized_end=300
-  _globals['_FEATURELIST']._serialized_start=302
-  _globals['_FEATURELIST']._serialized_end=329
-  _globals['_TRAININGSETCOMMAND']._serialized_start=332
-  _globals['_TRAININGSETCOMMAND']._serialized_end=643
-  _globals['_TRAININGSETTICKET']._serialized_start=645
-  _globals['_TRAININGSETTICKET']._serialized_end=702
-  _globals['_TRAININGSETPARTITION']._serialized_start=705
-  _globals['_TRAININGSETPARTITION']._serialized_end=1331
-  _globals['_TRAININGSETPARTITION_HISTORYFINGERPRINTSENTRY']._serialized_start=1273
-  _globals['_TRAININGSETPARTITION_HISTORYFINGERPRINTSENTRY']._serialized_end=1331
-  _globals['_LISTFLIGHTSCRITERIA']._serialized_start=1333
-  _globals['_LISTFLIGHTSCRITERIA']._serialized_end=1375
-  _globals['_FEATURESETINFO']._serialized_start=1378
-  _globals['_FEATURESETINFO']._serialized_end=1662
-  _globals['_FEATURESETINFO_TAGSENTRY']._serialized_start=1619
-  _globals['_FEATURESETINFO_TAGSENTRY']._serialized_end=1662
+  _globals['_CREATETRAININGDATASETCOMMAND_TAGSENTRY']._loaded_options = None
+  _globals['_CREATETRAININGDATASETCOMMAND_TAGSENTRY']._serialized_options = b'8\001'
+  _globals['_FEATURESETKIND']._serialized_start=2162
+  _globals['_FEATURESETKIND']._serialized_end=2285
+  _globals['_UPLOADSPINECOMMAND']._serialized_start=121
+  _globals['_UPLOADSPINECOMMAND']._serialized_end=167
+  _globals['_UPLOADSPINERESULT']._serialized_start=169
+  _globals['_UPLOADSPINERESULT']._serialized_end=268
+  _globals['_SPINESOURCE']._serialized_start=271
+  _globals['_SPINESOURCE']._serialized_end=406
+  _globals['_FEATURELIST']._serialized_start=408
+  _globals['_FEATURELIST']._serialized_end=435
+  _globals['_TRAININGSETCOMMAND']._serialized_start=438
+  _globals['_TRAININGSETCOMMAND']._serialized_end=749
+  _globals['_TRAININGSETTICKET']._serialized_start=751
+  _globals['_TRAININGSETTICKET']._serialized_end=808
+  _globals['_TRAININGSETPARTITION']._serialized_start=811
+  _globals['_TRAININGSETPARTITION']._serialized_end=1503
+  _globals['_TRAININGSETPARTITION_HISTORYFINGERPRINTSENTRY']._serialized_start=1445
+  _globals['_TRAININGSETPARTITION_HISTORYFINGERPRINTSENTRY']._serialized_end=1503
+  _globals['_LISTFLIGHTSCRITERIA']._serialized_start=1505
+  _globals['_LISTFLIGHTSCRITERIA']._serialized_end=1547
+  _globals['_FEATURESETINFO']._serialized_start=1550
+  _globals['_FEATURESETINFO']._serialized_end=1834
+  _globals['_FEATURESETINFO_TAGSENTRY']._serialized_start=1791
+  _globals['_FEATURESETINFO_TAGSENTRY']._serialized_end=1834
+  _globals['_CREATETRAININGDATASETCOMMAND']._serialized_start=1837
+  _globals['_CREATETRAININGDATASETCOMMAND']._serialized_end=2079
+  _globals['_CREATETRAININGDATASETCOMMAND_TAGSENTRY']._serialized_start=1791
+  _globals['_CREATETRAININGDATASETCOMMAND_TAGSENTRY']._serialized_end=1834
+  _globals['_TRAININGDATASETCOMMAND']._serialized_start=2081
+  _globals['_TRAININGDATASETCOMMAND']._serialized_end=2160
 # @@protoc_insertion_point(module_scope)

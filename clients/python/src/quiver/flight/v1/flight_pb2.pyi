@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from quiver.registry.v1 import governance_pb2 as _governance_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -168,6 +169,7 @@ class SpineSource(_message.Message):
 
     SPINE_ID_FIELD_NUMBER: _builtins.int
     PARQUET_PATH_FIELD_NUMBER: _builtins.int
+    TRAINING_DATASET_FIELD_NUMBER: _builtins.int
     spine_id: _builtins.str
     """A spine uploaded with do_put (UploadSpineResult.spine_id)."""
     parquet_path: _builtins.str
@@ -179,17 +181,22 @@ class SpineSource(_message.Message):
     nothing is there. Tickets over it expire flight.spine_ttl_seconds after
     planning.
     """
+    @_builtins.property
+    def training_dataset(self) -> _governance_pb2.TrainingDatasetRef:
+        """The kept spine of a stored training dataset (version 0: the newest)."""
+
     def __init__(
         self,
         *,
         spine_id: _builtins.str = ...,
         parquet_path: _builtins.str = ...,
+        training_dataset: _governance_pb2.TrainingDatasetRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["parquet_path", b"parquet_path", "source", b"source", "spine_id", b"spine_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parquet_path", b"parquet_path", "source", b"source", "spine_id", b"spine_id", "training_dataset", b"training_dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parquet_path", b"parquet_path", "source", b"source", "spine_id", b"spine_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parquet_path", b"parquet_path", "source", b"source", "spine_id", b"spine_id", "training_dataset", b"training_dataset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["spine_id", "parquet_path"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["spine_id", "parquet_path", "training_dataset"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
@@ -426,6 +433,7 @@ class TrainingSetPartition(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     FEATURE_SERVICE_FIELD_NUMBER: _builtins.int
     TRANSFORM_VERSION_FIELD_NUMBER: _builtins.int
+    TRAINING_DATASET_FIELD_NUMBER: _builtins.int
     timestamp_column: _builtins.str
     """Spine column holding each row's event time."""
     full_feature_names: _builtins.bool
@@ -474,6 +482,13 @@ class TrainingSetPartition(_message.Message):
     def planned_at(self) -> _timestamp_pb2.Timestamp:
         """When the training set was planned."""
 
+    @_builtins.property
+    def training_dataset(self) -> _governance_pb2.TrainingDatasetRef:
+        """Set for a stored training dataset: the history is exactly the files its
+        record pins (files added since are not read); a pinned file that changed
+        makes the ticket stale, naming the file and what changed it.
+        """
+
     def __init__(
         self,
         *,
@@ -494,10 +509,11 @@ class TrainingSetPartition(_message.Message):
         name: _builtins.str = ...,
         feature_service: _builtins.str = ...,
         transform_version: _builtins.int = ...,
+        training_dataset: _governance_pb2.TrainingDatasetRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["planned_at", b"planned_at", "spine", b"spine", "spine_expires_at", b"spine_expires_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["planned_at", b"planned_at", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "training_dataset", b"training_dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "feature_service", b"feature_service", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "name", b"name", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column", "transform_version", b"transform_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_refs", b"feature_refs", "feature_service", b"feature_service", "full_feature_names", b"full_feature_names", "history_fingerprints", b"history_fingerprints", "name", b"name", "partition_count", b"partition_count", "partition_index", b"partition_index", "planned_at", b"planned_at", "project", b"project", "registry_version", b"registry_version", "row_count", b"row_count", "row_offset", b"row_offset", "spine", b"spine", "spine_expires_at", b"spine_expires_at", "spine_fingerprint", b"spine_fingerprint", "timestamp_column", b"timestamp_column", "training_dataset", b"training_dataset", "transform_version", b"transform_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -604,3 +620,121 @@ class FeatureSetInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeatureSetInfo: _TypeAlias = FeatureSetInfo  # noqa: Y015
+
+@_typing.final
+class CreateTrainingDatasetCommand(_message.Message):
+    """CreateTrainingDatasetCommand is a FlightDescriptor command of
+    get_flight_info: plan the training set like a TrainingSetCommand and record
+    it as the next immutable version of a named training dataset (the spine is
+    copied under the offline store's _datasets/ directory, the registry version,
+    feature references and each view's history files are pinned).
+
+    Yields: the TrainingSetCommand's Arrow schema and endpoints; the
+    FlightInfo's app_metadata is a serialized quiver.registry.v1.TrainingDatasetInfo.
+
+    Its pulls are profiled (monitoring) under the training-set name
+    "<name>.v<version>", recorded as TrainingDataset.profile; the
+    training_set.name given here is not used.
+
+    Errors: those of TrainingSetCommand; INVALID_ARGUMENT for an empty or
+    malformed name (letters, digits, "_", "-" and ".", at most 112 characters);
+    UNAVAILABLE when the offline store or the registry cannot be written.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TRAINING_SET_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Dataset name; each call adds a version."""
+    description: _builtins.str
+    """Free text for people."""
+    @_builtins.property
+    def training_set(self) -> Global___TrainingSetCommand:
+        """What to join; its spine is copied and kept."""
+
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        training_set: Global___TrainingSetCommand | None = ...,
+        description: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["training_set", b"training_set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "tags", b"tags", "training_set", b"training_set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTrainingDatasetCommand: _TypeAlias = CreateTrainingDatasetCommand  # noqa: Y015
+
+@_typing.final
+class TrainingDatasetCommand(_message.Message):
+    """TrainingDatasetCommand is a FlightDescriptor command of get_flight_info:
+    plan a stored training dataset again. Its endpoints yield exactly the rows
+    of the original pull, cell for cell.
+
+    Yields: the dataset's Arrow schema and endpoints; app_metadata is a
+    serialized quiver.registry.v1.TrainingDatasetInfo.
+
+    Errors: INVALID_ARGUMENT for an empty name or a negative version; NOT_FOUND
+    for an unknown name or version; FAILED_PRECONDITION (reason
+    DATASET_NOT_REPRODUCIBLE) when it can no longer be pulled cell for cell,
+    naming what changed: a view's history file rewritten by an erasure or merged
+    by a compaction, an erasure that removed spine rows, the kept spine or the
+    registry version gone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PARTITION_ROWS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    """0 means the newest version."""
+    partition_rows: _builtins.int
+    """Spine rows per endpoint; 0 or more than the server's
+    flight.partition_rows means the server's value.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        partition_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "partition_rows", b"partition_rows", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingDatasetCommand: _TypeAlias = TrainingDatasetCommand  # noqa: Y015

@@ -94,6 +94,31 @@ class RegistryServiceStub:
                 request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetRequest.SerializeToString,
                 response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetResponse.FromString,
                 _registered_method=True)
+        self.ListTrainingDatasets = channel.unary_unary(
+                '/quiver.registry.v1.RegistryService/ListTrainingDatasets',
+                request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTrainingDatasetsRequest.SerializeToString,
+                response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTrainingDatasetsResponse.FromString,
+                _registered_method=True)
+        self.GetTrainingDataset = channel.unary_unary(
+                '/quiver.registry.v1.RegistryService/GetTrainingDataset',
+                request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTrainingDatasetRequest.SerializeToString,
+                response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTrainingDatasetResponse.FromString,
+                _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/quiver.registry.v1.RegistryService/GetLineage',
+                request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageRequest.SerializeToString,
+                response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageResponse.FromString,
+                _registered_method=True)
+        self.SearchCatalog = channel.unary_unary(
+                '/quiver.registry.v1.RegistryService/SearchCatalog',
+                request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.SearchCatalogRequest.SerializeToString,
+                response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.SearchCatalogResponse.FromString,
+                _registered_method=True)
+        self.GetCatalogEntry = channel.unary_unary(
+                '/quiver.registry.v1.RegistryService/GetCatalogEntry',
+                request_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetCatalogEntryRequest.SerializeToString,
+                response_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetCatalogEntryResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -187,6 +212,58 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTrainingDatasets(self, request, context):
+        """ListTrainingDatasets returns every version of every training dataset (or
+        of one name), with whether each can still be pulled cell for cell.
+        Errors: NOT_FOUND for a name with no versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrainingDataset(self, request, context):
+        """GetTrainingDataset describes one version of a training dataset and its status.
+        Errors: INVALID_ARGUMENT for an empty name or a negative version;
+        NOT_FOUND for an unknown name or version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLineage(self, request, context):
+        """GetLineage answers where an object's data comes from and what uses it:
+        for a feature view its source, materialization runs, erasures,
+        compactions, and the services and datasets using it; for a feature
+        service the views feeding it and its datasets; for a training dataset its
+        features, views, sources and status.
+        Errors: INVALID_ARGUMENT for an empty name or an unknown kind; NOT_FOUND
+        when nothing has that name; FAILED_PRECONDITION (reason AMBIGUOUS_NAME)
+        when several kinds share the name and no kind is given.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchCatalog(self, request, context):
+        """SearchCatalog finds entities, feature views, features, feature services
+        and training datasets whose name, description, owner or tags contain the
+        text (case-insensitive; every word must match).
+        Errors: INVALID_ARGUMENT for an empty text or an unknown kind.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCatalogEntry(self, request, context):
+        """GetCatalogEntry describes one object: owner, description, tags, version
+        history and what uses it.
+        Errors: INVALID_ARGUMENT for an empty name or an unknown kind; NOT_FOUND
+        for an unknown object.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -244,6 +321,31 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetTransformParameterSet,
                     request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetRequest.FromString,
                     response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetResponse.SerializeToString,
+            ),
+            'ListTrainingDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTrainingDatasets,
+                    request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTrainingDatasetsRequest.FromString,
+                    response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTrainingDatasetsResponse.SerializeToString,
+            ),
+            'GetTrainingDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingDataset,
+                    request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTrainingDatasetRequest.FromString,
+                    response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTrainingDatasetResponse.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageRequest.FromString,
+                    response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageResponse.SerializeToString,
+            ),
+            'SearchCatalog': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchCatalog,
+                    request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.SearchCatalogRequest.FromString,
+                    response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.SearchCatalogResponse.SerializeToString,
+            ),
+            'GetCatalogEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCatalogEntry,
+                    request_deserializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetCatalogEntryRequest.FromString,
+                    response_serializer=quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetCatalogEntryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -548,6 +650,141 @@ class RegistryService:
             '/quiver.registry.v1.RegistryService/GetTransformParameterSet',
             quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetRequest.SerializeToString,
             quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTransformParameterSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTrainingDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quiver.registry.v1.RegistryService/ListTrainingDatasets',
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTrainingDatasetsRequest.SerializeToString,
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.ListTrainingDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quiver.registry.v1.RegistryService/GetTrainingDataset',
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTrainingDatasetRequest.SerializeToString,
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetTrainingDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quiver.registry.v1.RegistryService/GetLineage',
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageRequest.SerializeToString,
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetLineageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchCatalog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quiver.registry.v1.RegistryService/SearchCatalog',
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.SearchCatalogRequest.SerializeToString,
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.SearchCatalogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCatalogEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quiver.registry.v1.RegistryService/GetCatalogEntry',
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetCatalogEntryRequest.SerializeToString,
+            quiver_dot_registry_dot_v1_dot_registry__service__pb2.GetCatalogEntryResponse.FromString,
             options,
             channel_credentials,
             insecure,

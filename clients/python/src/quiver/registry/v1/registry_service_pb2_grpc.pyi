@@ -69,6 +69,38 @@ class RegistryServiceStub:
     version, FAILED_PRECONDITION when version 0 is asked of a service whose
     current transforms were never fitted.
     """
+    ListTrainingDatasets: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.ListTrainingDatasetsRequest, _registry_service_pb2.ListTrainingDatasetsResponse]
+    """ListTrainingDatasets returns every version of every training dataset (or
+    of one name), with whether each can still be pulled cell for cell.
+    Errors: NOT_FOUND for a name with no versions.
+    """
+    GetTrainingDataset: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetTrainingDatasetRequest, _registry_service_pb2.GetTrainingDatasetResponse]
+    """GetTrainingDataset describes one version of a training dataset and its status.
+    Errors: INVALID_ARGUMENT for an empty name or a negative version;
+    NOT_FOUND for an unknown name or version.
+    """
+    GetLineage: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetLineageRequest, _registry_service_pb2.GetLineageResponse]
+    """GetLineage answers where an object's data comes from and what uses it:
+    for a feature view its source, materialization runs, erasures,
+    compactions, and the services and datasets using it; for a feature
+    service the views feeding it and its datasets; for a training dataset its
+    features, views, sources and status.
+    Errors: INVALID_ARGUMENT for an empty name or an unknown kind; NOT_FOUND
+    when nothing has that name; FAILED_PRECONDITION (reason AMBIGUOUS_NAME)
+    when several kinds share the name and no kind is given.
+    """
+    SearchCatalog: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.SearchCatalogRequest, _registry_service_pb2.SearchCatalogResponse]
+    """SearchCatalog finds entities, feature views, features, feature services
+    and training datasets whose name, description, owner or tags contain the
+    text (case-insensitive; every word must match).
+    Errors: INVALID_ARGUMENT for an empty text or an unknown kind.
+    """
+    GetCatalogEntry: _grpc.UnaryUnaryMultiCallable[_registry_service_pb2.GetCatalogEntryRequest, _registry_service_pb2.GetCatalogEntryResponse]
+    """GetCatalogEntry describes one object: owner, description, tags, version
+    history and what uses it.
+    Errors: INVALID_ARGUMENT for an empty name or an unknown kind; NOT_FOUND
+    for an unknown object.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -110,6 +142,38 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     (version 0: the one lookups use now); NOT_FOUND for an unknown service or
     version, FAILED_PRECONDITION when version 0 is asked of a service whose
     current transforms were never fitted.
+    """
+    ListTrainingDatasets: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.ListTrainingDatasetsRequest, _registry_service_pb2.ListTrainingDatasetsResponse]  # type: ignore[assignment]
+    """ListTrainingDatasets returns every version of every training dataset (or
+    of one name), with whether each can still be pulled cell for cell.
+    Errors: NOT_FOUND for a name with no versions.
+    """
+    GetTrainingDataset: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetTrainingDatasetRequest, _registry_service_pb2.GetTrainingDatasetResponse]  # type: ignore[assignment]
+    """GetTrainingDataset describes one version of a training dataset and its status.
+    Errors: INVALID_ARGUMENT for an empty name or a negative version;
+    NOT_FOUND for an unknown name or version.
+    """
+    GetLineage: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetLineageRequest, _registry_service_pb2.GetLineageResponse]  # type: ignore[assignment]
+    """GetLineage answers where an object's data comes from and what uses it:
+    for a feature view its source, materialization runs, erasures,
+    compactions, and the services and datasets using it; for a feature
+    service the views feeding it and its datasets; for a training dataset its
+    features, views, sources and status.
+    Errors: INVALID_ARGUMENT for an empty name or an unknown kind; NOT_FOUND
+    when nothing has that name; FAILED_PRECONDITION (reason AMBIGUOUS_NAME)
+    when several kinds share the name and no kind is given.
+    """
+    SearchCatalog: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.SearchCatalogRequest, _registry_service_pb2.SearchCatalogResponse]  # type: ignore[assignment]
+    """SearchCatalog finds entities, feature views, features, feature services
+    and training datasets whose name, description, owner or tags contain the
+    text (case-insensitive; every word must match).
+    Errors: INVALID_ARGUMENT for an empty text or an unknown kind.
+    """
+    GetCatalogEntry: _aio.UnaryUnaryMultiCallable[_registry_service_pb2.GetCatalogEntryRequest, _registry_service_pb2.GetCatalogEntryResponse]  # type: ignore[assignment]
+    """GetCatalogEntry describes one object: owner, description, tags, version
+    history and what uses it.
+    Errors: INVALID_ARGUMENT for an empty name or an unknown kind; NOT_FOUND
+    for an unknown object.
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -215,6 +279,68 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         (version 0: the one lookups use now); NOT_FOUND for an unknown service or
         version, FAILED_PRECONDITION when version 0 is asked of a service whose
         current transforms were never fitted.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTrainingDatasets(
+        self,
+        request: _registry_service_pb2.ListTrainingDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.ListTrainingDatasetsResponse, _abc.Awaitable[_registry_service_pb2.ListTrainingDatasetsResponse]]:
+        """ListTrainingDatasets returns every version of every training dataset (or
+        of one name), with whether each can still be pulled cell for cell.
+        Errors: NOT_FOUND for a name with no versions.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrainingDataset(
+        self,
+        request: _registry_service_pb2.GetTrainingDatasetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetTrainingDatasetResponse, _abc.Awaitable[_registry_service_pb2.GetTrainingDatasetResponse]]:
+        """GetTrainingDataset describes one version of a training dataset and its status.
+        Errors: INVALID_ARGUMENT for an empty name or a negative version;
+        NOT_FOUND for an unknown name or version.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLineage(
+        self,
+        request: _registry_service_pb2.GetLineageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetLineageResponse, _abc.Awaitable[_registry_service_pb2.GetLineageResponse]]:
+        """GetLineage answers where an object's data comes from and what uses it:
+        for a feature view its source, materialization runs, erasures,
+        compactions, and the services and datasets using it; for a feature
+        service the views feeding it and its datasets; for a training dataset its
+        features, views, sources and status.
+        Errors: INVALID_ARGUMENT for an empty name or an unknown kind; NOT_FOUND
+        when nothing has that name; FAILED_PRECONDITION (reason AMBIGUOUS_NAME)
+        when several kinds share the name and no kind is given.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchCatalog(
+        self,
+        request: _registry_service_pb2.SearchCatalogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.SearchCatalogResponse, _abc.Awaitable[_registry_service_pb2.SearchCatalogResponse]]:
+        """SearchCatalog finds entities, feature views, features, feature services
+        and training datasets whose name, description, owner or tags contain the
+        text (case-insensitive; every word must match).
+        Errors: INVALID_ARGUMENT for an empty text or an unknown kind.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCatalogEntry(
+        self,
+        request: _registry_service_pb2.GetCatalogEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_service_pb2.GetCatalogEntryResponse, _abc.Awaitable[_registry_service_pb2.GetCatalogEntryResponse]]:
+        """GetCatalogEntry describes one object: owner, description, tags, version
+        history and what uses it.
+        Errors: INVALID_ARGUMENT for an empty name or an unknown kind; NOT_FOUND
+        for an unknown object.
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -375,6 +375,9 @@ class DeleteEntitiesRequest(_message.Message):
 
     ENTITIES_FIELD_NUMBER: _builtins.int
     FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
+    OFFLINE_FIELD_NUMBER: _builtins.int
+    offline: _builtins.bool
+    """Also erase the entities from the offline history."""
     @_builtins.property
     def entities(self) -> _containers.MessageMap[_builtins.str, _value_pb2.Values]: ...
     @_builtins.property
@@ -386,10 +389,11 @@ class DeleteEntitiesRequest(_message.Message):
         *,
         entities: _abc.Mapping[_builtins.str, _value_pb2.Values] | None = ...,
         feature_views: _abc.Iterable[_builtins.str] | None = ...,
+        offline: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entities", b"entities", "feature_views", b"feature_views"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entities", b"entities", "feature_views", b"feature_views", "offline", b"offline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -403,18 +407,37 @@ class DeleteEntitiesResponse(_message.Message):
 
     ROWS_DELETED_FIELD_NUMBER: _builtins.int
     FEATURE_VIEWS_FIELD_NUMBER: _builtins.int
+    ERASURE_ID_FIELD_NUMBER: _builtins.int
+    OFFLINE_ROWS_DELETED_FIELD_NUMBER: _builtins.int
+    OFFLINE_FILES_REWRITTEN_FIELD_NUMBER: _builtins.int
+    DATASETS_AFFECTED_FIELD_NUMBER: _builtins.int
     rows_deleted: _builtins.int
+    erasure_id: _builtins.str
+    """Offline erasure: its id in the erasure log, empty when offline was unset."""
+    offline_rows_deleted: _builtins.int
+    """History rows removed and files rewritten."""
+    offline_files_rewritten: _builtins.int
     @_builtins.property
     def feature_views(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def datasets_affected(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Training datasets (name:version) whose spine held the entities; they are
+        marked as no longer reproducible.
+        """
+
     def __init__(
         self,
         *,
         rows_deleted: _builtins.int = ...,
         feature_views: _abc.Iterable[_builtins.str] | None = ...,
+        erasure_id: _builtins.str = ...,
+        offline_rows_deleted: _builtins.int = ...,
+        offline_files_rewritten: _builtins.int = ...,
+        datasets_affected: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_views", b"feature_views", "rows_deleted", b"rows_deleted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets_affected", b"datasets_affected", "erasure_id", b"erasure_id", "feature_views", b"feature_views", "offline_files_rewritten", b"offline_files_rewritten", "offline_rows_deleted", b"offline_rows_deleted", "rows_deleted", b"rows_deleted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

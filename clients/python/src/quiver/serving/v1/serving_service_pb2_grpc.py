@@ -132,14 +132,19 @@ class FeatureServingServiceServicer:
 
     def DeleteEntities(self, request, context):
         """DeleteEntities removes the online rows of the given entities from the given
-        feature views (all views of those entities when none are named). Offline
-        history is not rewritten.
+        feature views (all views of those entities when none are named). With
+        offline set it also erases them from the views' Parquet history: the
+        request is recorded first (training sets planned from then on exclude the
+        entities), then only the files holding them are rewritten atomically and
+        the erasure is logged without the erased values. Repeating it is harmless;
+        an erasure interrupted midway is completed by the next one.
 
         Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
         DELETE on every view deleted from; INVALID_ARGUMENT for key
         columns that do not match the views' join keys or more entities than
         serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
-        many; UNAVAILABLE when the online store cannot be written.
+        many; FAILED_PRECONDITION when a history file lacks a join key column;
+        UNAVAILABLE when a store cannot be written.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

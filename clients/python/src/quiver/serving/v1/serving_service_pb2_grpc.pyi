@@ -88,14 +88,19 @@ class FeatureServingServiceStub:
     """
     DeleteEntities: _grpc.UnaryUnaryMultiCallable[_serving_service_pb2.DeleteEntitiesRequest, _serving_service_pb2.DeleteEntitiesResponse]
     """DeleteEntities removes the online rows of the given entities from the given
-    feature views (all views of those entities when none are named). Offline
-    history is not rewritten.
+    feature views (all views of those entities when none are named). With
+    offline set it also erases them from the views' Parquet history: the
+    request is recorded first (training sets planned from then on exclude the
+    entities), then only the files holding them are rewritten atomically and
+    the erasure is logged without the erased values. Repeating it is harmless;
+    an erasure interrupted midway is completed by the next one.
 
     Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
     DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys or more entities than
     serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
-    many; UNAVAILABLE when the online store cannot be written.
+    many; FAILED_PRECONDITION when a history file lacks a join key column;
+    UNAVAILABLE when a store cannot be written.
     """
 
 @_typing.type_check_only
@@ -158,14 +163,19 @@ class FeatureServingServiceAsyncStub(FeatureServingServiceStub):
     """
     DeleteEntities: _aio.UnaryUnaryMultiCallable[_serving_service_pb2.DeleteEntitiesRequest, _serving_service_pb2.DeleteEntitiesResponse]  # type: ignore[assignment]
     """DeleteEntities removes the online rows of the given entities from the given
-    feature views (all views of those entities when none are named). Offline
-    history is not rewritten.
+    feature views (all views of those entities when none are named). With
+    offline set it also erases them from the views' Parquet history: the
+    request is recorded first (training sets planned from then on exclude the
+    entities), then only the files holding them are rewritten atomically and
+    the erasure is logged without the erased values. Repeating it is harmless;
+    an erasure interrupted midway is completed by the next one.
 
     Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
     DELETE on every view deleted from; INVALID_ARGUMENT for key
     columns that do not match the views' join keys or more entities than
     serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
-    many; UNAVAILABLE when the online store cannot be written.
+    many; FAILED_PRECONDITION when a history file lacks a join key column;
+    UNAVAILABLE when a store cannot be written.
     """
 
 class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -243,14 +253,19 @@ class FeatureServingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_serving_service_pb2.DeleteEntitiesResponse, _abc.Awaitable[_serving_service_pb2.DeleteEntitiesResponse]]:
         """DeleteEntities removes the online rows of the given entities from the given
-        feature views (all views of those entities when none are named). Offline
-        history is not rewritten.
+        feature views (all views of those entities when none are named). With
+        offline set it also erases them from the views' Parquet history: the
+        request is recorded first (training sets planned from then on exclude the
+        entities), then only the files holding them are rewritten atomically and
+        the erasure is logged without the erased values. Repeating it is harmless;
+        an erasure interrupted midway is completed by the next one.
 
         Errors: NOT_FOUND for an unknown feature view; PERMISSION_DENIED without
         DELETE on every view deleted from; INVALID_ARGUMENT for key
         columns that do not match the views' join keys or more entities than
         serving.max_delete_entities; RESOURCE_EXHAUSTED for one heavy request too
-        many; UNAVAILABLE when the online store cannot be written.
+        many; FAILED_PRECONDITION when a history file lacks a join key column;
+        UNAVAILABLE when a store cannot be written.
         """
 
 def add_FeatureServingServiceServicer_to_server(servicer: FeatureServingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
