@@ -55,6 +55,10 @@ bench-online: $(STAMP) ## Online serving latency/throughput vs a bare gRPC echo 
 	$(BIN)/python benchmarks/bench_online.py $(ARGS)
 	$(BIN)/python benchmarks/tracing_overhead.py $(TRACING_ARGS)
 
+.PHONY: bench-transforms
+bench-transforms: $(STAMP) ## The bench-online transformations arm alone: 1x20 lookups plain vs scaled + on-demand, alternating
+	$(BIN)/python benchmarks/bench_online.py --only transforms $(ARGS)
+
 .PHONY: bench-training
 bench-training: $(STAMP) ## Training sets through Flight vs a bare Flight stream floor
 	$(BIN)/python benchmarks/bench_training.py $(ARGS)

@@ -15,7 +15,9 @@ processes on loopback:
 - transformations: 1 entity from `fraud_model_scaled` (the same 20 features,
   5 of them standardized with fitted parameters, plus one on-demand feature
   computed from the request's amount) against `fraud_model_v1`, in
-  alternating rounds from one client; the p50 overhead is the target.
+  alternating rounds from one client; the p50 overhead is the target, printed
+  with each round's ratio. `--only transforms` (`make bench-transforms`) runs
+  this arm alone.
 
 Figures are medians of what this machine did in this run; compare ratios, not
 absolute numbers, across machines.
@@ -211,18 +213,33 @@ def build_requests() -> dict[str, bytes]:
 
 
 def transform_overhead(target: str, requests: dict[str, bytes], count: int,
-                       rounds: int) -> tuple[dict[str, float], dict[str, float]]:
-    """p50 of plain and scaled 1x20 lookups, in alternating rounds (medians of rounds)."""
+                       rounds: int) -> tuple[dict[str, float], dict[str, float], list[float]]:
+    """p50 of plain and scaled 1x20 lookups, in alternating rounds (medians of rounds),
+    and each round's p50 ratio (scaled / plain), so load that drifts between rounds
+    shows as spread instead of bias."""
     plain: list[dict[str, float]] = []
     scaled: list[dict[str, float]] = []
-    for _ in range(rounds):
-        plain.append(run_load(target, METHOD, requests["1x20"], 1, count))
-        scaled.append(run_load(target, METHOD, requests["1x20 scaled"], 1, count))
+    for i in range(rounds):
+        # Alternate which arm goes first, so neither always follows the other.
+        order = ("1x20", "1x20 scaled") if i % 2 == 0 else ("1x20 scaled", "1x20")
+        for name in order:
+            result = run_load(target, METHOD, requests[name], 1, count)
+            (plain if name == "1x20" else scaled).append(result)
 
     def median(runs: list[dict[str, float]]) -> dict[str, float]:
-        return {key: sorted(r[key] for r in runs)[len(runs) // 2] for key in runs[0]}
+        return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
-    return median(plain), median(scaled)
+    ratios = [s["p50_ms"] / p["p50_ms"] for p, s in zip(plain, scaled, strict=True)]
+    return median(plain), median(scaled), ratios
+
+
+def print_transform_overhead(plain: dict[str, float], scaled: dict[str, float],
+                             ratios: list[float]) -> None:
+    print(f"\ntransformations (5 standardized features + 1 on-demand feature, 1x20): p50 "
+          f"{scaled['p50_ms']:.3f} ms vs {plain['p50_ms']:.3f} ms untransformed, overhead "
+          f"{(scaled['p50_ms'] / plain['p50_ms'] - 1) * 100:+.1f}% (target <= 15%); "
+          f"per-round overhead median {(statistics.median(ratios) - 1) * 100:+.1f}%")
+    print("  per round: " + " ".join(f"{(r - 1) * 100:+.1f}%" for r in ratios))
 
 
 def store_reads(repo: Path, count: int) -> list[tuple[str, str, dict[str, float]]]:
@@ -359,6 +376,27 @@ def auth_path_us(repo: Path, token: str, env: dict[str, str], count: int = 20_00
     return (time.perf_counter() - begin) / count * 1e6
 
 
+def transforms_only(args: argparse.Namespace, count: int) -> int:
+    """The transformations arm alone, against one server (as in the full run)."""
+    print(f"preparing demo repo on {args.online_store} and materializing ...", flush=True)
+    repo = prepare_repo(200 if args.quick else args.users,
+                        args.online_store, args.aerospike_hosts, args.aerospike_namespace)
+    requests = build_requests()
+    port = free_port()
+    server = start_server(repo, port, workers=1)
+    try:
+        plain, scaled, ratios = transform_overhead(
+            f"127.0.0.1:{port}", requests, count, rounds=3 if args.quick else args.transform_rounds)
+    finally:
+        stop(server)
+    print(f"\n{'scenario':<24} {'load':<26} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+    for name, r in (("quiver 1x20 plain", plain), ("quiver 1x20 scaled+odfv", scaled)):
+        print(f"{name:<24} {'1 client, alternating':<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} "
+              f"{r['rps']:>9.0f}")
+    print_transform_overhead(plain, scaled, ratios)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="requests per client per scenario")
@@ -369,8 +407,14 @@ def main() -> int:
     parser.add_argument("--aerospike-namespace", default="quiver")
     parser.add_argument("--auth-rounds", type=int, default=5,
                         help="alternating auth off/on rounds for the access-control arm")
+    parser.add_argument("--transform-rounds", type=int, default=5,
+                        help="alternating plain/transformed rounds for the transformations arm")
+    parser.add_argument("--only", choices=["transforms"],
+                        help="run one arm alone (transforms: plain vs scaled+on-demand 1x20)")
     args = parser.parse_args()
     count = 300 if args.quick else args.requests
+    if args.only == "transforms":
+        return transforms_only(args, count)
 
     print(f"preparing demo repo on {args.online_store} and materializing ...", flush=True)
     repo = prepare_repo(
@@ -394,7 +438,8 @@ def main() -> int:
             for clients in (1, 4):
                 rows.append((f"quiver {name}", f"{clients} client(s), 1 worker",
                              run_load(target, METHOD, requests[name], clients, count)))
-        plain, scaled = transform_overhead(target, requests, count, rounds=3 if args.quick else 5)
+        plain, scaled, ratios = transform_overhead(
+            target, requests, count, rounds=3 if args.quick else args.transform_rounds)
         rows.append(("quiver 1x20 plain", "1 client, alternating", plain))
         rows.append(("quiver 1x20 scaled+odfv", "1 client, alternating", scaled))
     finally:
@@ -431,9 +476,7 @@ def main() -> int:
         rps = f"{r['rps']:>9.0f}" if "rps" in r else f"{'':>9}"
         print(f"{name:<24} {load:<26} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {rps}")
     by = {(name, load): r for name, load, r in rows}
-    print(f"\ntransformations (5 standardized features + 1 on-demand feature, 1x20): p50 "
-          f"{scaled['p50_ms']:.3f} ms vs {plain['p50_ms']:.3f} ms untransformed, overhead "
-          f"{(scaled['p50_ms'] / plain['p50_ms'] - 1) * 100:+.1f}% (target <= 15%)")
+    print_transform_overhead(plain, scaled, ratios)
     p50 = auth_overhead(repo, requests["1x20"], count, 2 if args.quick else args.auth_rounds)
     env, token = auth_env(BENCH_DIR)
     path_us = auth_path_us(repo, token, env)

@@ -43,7 +43,10 @@ txn = RequestSource(name="txn", schema=[Field("amount", Float64)])
 arrow_odfv = OnDemandFeatureView(
     name="arrow_odfv",
     sources=[txn, nums[["x_float", "x_int"]]],
-    schema=[Field("ratio", Float64), Field("amount_plus", Float64), Field("big", Bool)],
+    schema=[
+        Field("ratio", Float64), Field("amount_plus", Float64), Field("big", Bool),
+        Field("doubled", Float64),
+    ],
     function="fns:arrow_features",
 )
 pandas_odfv = OnDemandFeatureView(
@@ -66,6 +69,8 @@ everything = FeatureService(
         T.min_max_scaler("ages:y"),
         T.log1p("arrow_odfv:ratio"),
         T.bucketize("arrow_odfv:amount_plus", num_buckets=3),
+        # A scaler of an on-demand value, applied together with the stored ones.
+        T.standard_scaler("arrow_odfv:doubled"),
         T.custom(
             "pandas_odfv:shifted", function="fns:clip", fit="fns:fit_clip",
             parameters={"lo": Float64, "hi": Float64}, output=Float64,
@@ -86,6 +91,7 @@ def arrow_features(inputs):
         "ratio": pc.divide(amount, inputs["x_float"]),
         "amount_plus": pc.add(amount, inputs["x_int"].cast(pa.float64(), safe=False)),
         "big": pc.greater(amount, pa.scalar(100.0)),
+        "doubled": pc.multiply(amount, pa.scalar(2.0)),
     }
 
 

@@ -241,7 +241,7 @@ def test_registry_service_describes_transforms(env: Env) -> None:
         assert view.on_demand_feature_view.function_hash.startswith("sha256:")
         service = stub.GetFeatureService(rpb.GetFeatureServiceRequest(name="everything"))
         assert service.current_transform_version == 1
-        assert len(service.feature_service.transforms) == 9
+        assert len(service.feature_service.transforms) == 10
         sets = stub.ListTransformParameterSets(
             rpb.ListTransformParameterSetsRequest(feature_service="everything")
         )

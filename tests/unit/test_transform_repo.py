@@ -86,8 +86,8 @@ def test_quiver_fit_and_transforms_commands(repo: Path, capsys: pytest.CaptureFi
     capsys.readouterr()
     assert main(["--repo", str(repo), "transforms", "list"]) == 0
     listed = capsys.readouterr().out
-    assert "feature service everything: 9 transforms, current parameter version 2 of 2" in listed
-    assert "on-demand view arrow_odfv: ratio, amount_plus, big = fns:arrow_features(amount, " \
+    assert "feature service everything: 10 transforms, current parameter version 2 of 2" in listed
+    assert "on-demand view arrow_odfv: ratio, amount_plus, big, doubled = fns:arrow_features(amount, " \
            "nums:x_float, nums:x_int)" in listed
     assert main(["--repo", str(repo), "transforms", "show", "everything", "--version", "1"]) == 0
     shown = capsys.readouterr().out

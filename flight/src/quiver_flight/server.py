@@ -163,9 +163,16 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.health: FlightHealth | None = None
 
     def shutdown(self) -> None:
-        """Stop the background jobs, refuse new calls and wait for running ones."""
-        self.stop_jobs()
+        """Refuse new calls, wait for running ones, then stop the background jobs.
+
+        The health service keeps answering NOT_SERVING while calls drain: stopped
+        first, it cancelled probes' and watchers' streams before they were told.
+        """
+        self.spine_sweeper.stop()
+        if self.health is not None:
+            self.health.stop_serving()
         super().shutdown()
+        self.stop_jobs()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop_jobs()
@@ -179,7 +186,8 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
     def stop_jobs(self) -> None:
         self.spine_sweeper.stop()
         if self.health is not None:
-            self.health.stop(0)
+            # A moment for NOT_SERVING to reach watchers before their streams end.
+            self.health.stop(0.5)
 
 
     @_handler

@@ -33,7 +33,7 @@ from quiver_server.serving.online_read import (
     OutputColumn,
     ReadPlan,
 )
-from quiver_server.transforms.builtins import NUMPY_TYPES, Numbers
+from quiver_server.transforms.builtins import Matrix, Numbers
 
 # What a request field accepts: the rule spine columns follow (offline.columns).
 _ACCEPTED: dict[ValueType, tuple[ValueType, ...]] = {
@@ -66,13 +66,8 @@ def apply_pipeline(
     request = decode_request_data(request_data, pipeline.selection.request_fields, count)
     arrays = _stored_arrays(columns, pipeline.arrow_input_groups, count)
 
-    def numbers(index: int) -> Numbers:
-        # The values read, zero where not PRESENT (masked), as the scalers take them.
-        column = columns[index]
-        values = np.array(column.values, NUMPY_TYPES[plan.refs[index].feature.dtype])
-        if column.statuses.count(PRESENT) == count:
-            return Numbers(values, None)
-        return Numbers(values, np.array([s != PRESENT for s in column.statuses]))
+    def numbers(indices: Sequence[int]) -> Matrix:
+        return scaler_matrix([columns[i] for i in indices], count)
 
     out: list[OutputColumn] = []
     computed = pipeline.compute(arrays.__getitem__, request, count, numbers)
@@ -83,6 +78,26 @@ def apply_pipeline(
             source = columns[output.stored] if output.stored >= 0 else None
             out.append(_graded(output.dtype, array, source, count))
     return out
+
+
+def scaler_matrix(columns: Sequence[OutputColumn], count: int) -> Matrix:
+    """Numeric columns read (zero where not PRESENT, masked) as the scalers' input rows.
+
+    One NumPy conversion for all of them: a Python int (int64 or int32) or
+    float converts to the nearest float64, the value a training batch's
+    int64 -> float64 cast gives; float32 values are rounded to float32 first,
+    as a training set holds them.
+    """
+    values = np.array([column.values for column in columns], np.float64)
+    for row, column in enumerate(columns):
+        if column.dtype == ValueType.FLOAT32:
+            values[row] = np.array(column.values, np.float32)
+    nulls = [
+        None if column.statuses.count(PRESENT) == count
+        else np.array([s != PRESENT for s in column.statuses])
+        for column in columns
+    ]
+    return Matrix(values.reshape(len(columns), count), nulls)
 
 
 def _stored_arrays(
@@ -104,6 +119,9 @@ def _stored_arrays(
             joined = pa.array(values, pa.int64()).cast(dtype.arrow_type)
         else:
             joined = pa.array(values, dtype.arrow_type)
+        if len(indices) == 1:
+            arrays[indices[0]] = joined
+            continue
         for position, index in enumerate(indices):
             arrays[index] = joined.slice(position * count, count)
     return arrays
@@ -214,7 +232,7 @@ def _checked(
     assert sent is not None
     try:
         # The cast a spine column of this type gets, so both paths see one value.
-        return cast_column(pa.array(list(values), sent.arrow_type), dtype)
+        return cast_column(pa.array(values, sent.arrow_type), dtype)
     except (pa.ArrowInvalid, OverflowError) as exc:
         violations.append(FieldViolation(where, f"values do not fit {dtype.name.lower()}: {exc}"))
         return pa.array([], dtype.arrow_type)

@@ -103,30 +103,59 @@ class Numbers:
         return pa.array(self.values, mask=self.nulls)
 
 
+@dataclass(frozen=True)
+class Matrix:
+    """Numeric columns of one length as the rows of one float64 matrix.
+
+    The scalers' input and output form: a lookup builds it from the values it
+    read in one NumPy conversion (`serving.online_transform.scaler_matrix`), a
+    training batch from Arrow arrays (`stack`); `affine` works on it in place
+    either way.
+
+    Attributes:
+        values: k x n float64, row i the i-th column (integers converted to
+            the nearest float64, float32 widened exactly).
+        nulls: Per row, True where null; None when nothing is.
+    """
+
+    values: FloatArray
+    nulls: Sequence[BoolArray | None]
+
+    @classmethod
+    def stack(cls, columns: Sequence[Numbers]) -> Matrix:
+        """Columns of one length as rows, each converted from its own dtype."""
+        values = np.empty((len(columns), len(columns[0].values)), np.float64)
+        for i, column in enumerate(columns):
+            values[i] = column.values
+        return cls(values, [column.nulls for column in columns])
+
+    def rows(self) -> list[Numbers]:
+        return [Numbers(self.values[i], nulls) for i, nulls in enumerate(self.nulls)]
+
+
 def affine(
-    inputs: Sequence[Numbers], parameters: Sequence[tuple[float, float]] | FloatArray
+    inputs: Sequence[Numbers] | Matrix, parameters: Sequence[tuple[float, float]] | FloatArray
 ) -> list[Numbers]:
     """``(x - center) / scale`` of every input, in one pass over all of them.
 
-    The inputs (all of one length) become the rows of one float64 matrix
-    (integers convert to the nearest float64), computed with one NumPy
-    subtract and one divide against the centers and scales. Subtraction and
-    division are correctly rounded IEEE operations in every NumPy loop (SIMD
-    or not), so element by element this is ``(x - c) / s`` exactly, whatever
-    the grouping or batch length; nulls stay null, NaN stays NaN.
+    The inputs (all of one length) are the rows of one float64 matrix
+    (`Matrix`; a sequence of columns is stacked first), computed in place with
+    one NumPy subtract and one divide against the centers and scales.
+    Subtraction and division are correctly rounded IEEE operations in every
+    NumPy loop (SIMD or not), so element by element this is ``(x - c) / s``
+    exactly, whatever the grouping or batch length; nulls stay null, NaN
+    stays NaN.
 
     Args:
-        inputs: Numeric columns of one length.
+        inputs: Numeric columns of one length, or a `Matrix` of them (overwritten).
         parameters: ``(center, scale)`` per input (or a k x 2 float64 array of them).
     """
-    matrix = np.empty((len(inputs), len(inputs[0].values)), np.float64)
-    for i, column in enumerate(inputs):
-        matrix[i] = column.values
+    matrix = inputs if isinstance(inputs, Matrix) else Matrix.stack(inputs)
     table = np.asarray(parameters, np.float64).reshape(-1, 2)
     with np.errstate(all="ignore"):
-        np.subtract(matrix, table[:, :1], out=matrix)
-        np.divide(matrix, table[:, 1:], out=matrix)
-    return [Numbers(matrix[i], column.nulls) for i, column in enumerate(inputs)]
+        np.subtract(matrix.values, table[:, :1], out=matrix.values)
+        np.divide(matrix.values, table[:, 1:], out=matrix.values)
+    return matrix.rows()
 
 
 def float_values(array: pa.Array) -> tuple[FloatArray, BoolArray | None]:

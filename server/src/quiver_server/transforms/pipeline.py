@@ -10,7 +10,7 @@ transformed or on-demand value, so both paths agree bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +19,7 @@ import pyarrow as pa
 from quiver import ValueType
 from quiver.errors import InvalidArgumentError
 from quiver_server.registry.snapshot import FeatureRef
-from quiver_server.transforms.builtins import BoundTransform, Numbers, affine
+from quiver_server.transforms.builtins import BoundTransform, Matrix, Numbers, affine
 from quiver_server.transforms.on_demand import OnDemandRunner
 from quiver_server.transforms.selection import Selection
 
@@ -120,6 +120,8 @@ class Pipeline:
             if transform is not None and transform.affine is not None:
                 self._affine.append(transform.affine)
         self._check_names()
+        # The steps `compute` has work for (a passthrough stored value has none).
+        self._active = [s for s in self._steps if s.on_demand is not None or s.bound is not None]
         self._affine_table = np.asarray(self._affine, np.float64).reshape(-1, 2)
         self._affine_positions = [
             s.first for s in self._steps if s.bound is not None and s.bound.affine is not None
@@ -148,7 +150,7 @@ class Pipeline:
             s.stored for s in self._steps
             if s.bound is not None and s.bound.affine is not None and s.stored >= 0
         )
-        """Indices of the values `compute` reads as `Numbers` (the scalers' inputs)."""
+        """Indices of the values the scalers read (`compute`'s `numbers`), in step order."""
         groups: dict[ValueType, list[int]] = {}
         for index in self.arrow_inputs:
             groups.setdefault(selection.stored[index].feature.dtype, []).append(index)
@@ -190,7 +192,7 @@ class Pipeline:
         stored: StoredArrays,
         request: Mapping[str, pa.Array],
         rows: int,
-        numbers: Callable[[int], Numbers] | None = None,
+        numbers: Callable[[Sequence[int]], Matrix] | None = None,
     ) -> list[pa.Array | Numbers | None]:
         """One column per output, in order; None for a passthrough stored value.
 
@@ -203,8 +205,9 @@ class Pipeline:
                 None).
             request: Request field to array (every field the views declare).
             rows: Rows in this batch.
-            numbers: Index to the feature's `Numbers`, for `numeric_inputs`;
-                by default read from `stored`'s arrays.
+            numbers: `numeric_inputs` to their values as the rows of one
+                `Matrix` (in that order), for a caller that holds them
+                outside Arrow; by default read from `stored`'s arrays.
 
         Raises:
             InvalidArgumentError: an on-demand function or custom transform
@@ -212,8 +215,9 @@ class Pipeline:
         """
         on_demand = self._run_on_demand(stored, request, rows) if self.runners else {}
         out: list[pa.Array | Numbers | None] = [None] * len(self.outputs)
-        scaled: list[Numbers] = []
-        for step in self._steps:
+        # Scalers' inputs in step order: a stored feature's index, or a computed column.
+        scaled: list[int | Numbers] = []
+        for step in self._active:
             bound = step.bound
             if step.on_demand is not None:
                 view, position = step.on_demand
@@ -221,12 +225,11 @@ class Pipeline:
                 if bound is None:
                     out[step.first] = value
                     continue
-            elif bound is None:
-                continue
-            elif bound.affine is not None:
-                scaled.append(numbers(step.stored) if numbers else Numbers.of(stored(step.stored)))
-                continue
             else:
+                assert bound is not None  # an active stored value has a transform
+                if bound.affine is not None:
+                    scaled.append(step.stored)
+                    continue
                 value = stored(step.stored)
             if bound.affine is not None:
                 scaled.append(Numbers.of(value))
@@ -234,10 +237,26 @@ class Pipeline:
                 results = bound.apply(value)
                 out[step.first:step.first + len(results)] = results
         if scaled:
-            results = affine(scaled, self._affine_table)
+            results = affine(self._scaler_inputs(scaled, stored, numbers), self._affine_table)
             for position, result in zip(self._affine_positions, results, strict=True):
                 out[position] = result
         return out
+
+    def _scaler_inputs(
+        self,
+        scaled: list[int | Numbers],
+        stored: StoredArrays,
+        numbers: Callable[[Sequence[int]], Matrix] | None,
+    ) -> Matrix:
+        if numbers is None:
+            return Matrix.stack(
+                [Numbers.of(stored(s)) if isinstance(s, int) else s for s in scaled]
+            )
+        matrix = numbers(self.numeric_inputs)
+        if len(self.numeric_inputs) == len(scaled):  # every scaler reads a stored feature
+            return matrix
+        read = iter(matrix.rows())
+        return Matrix.stack([next(read) if isinstance(s, int) else s for s in scaled])
 
     def bases(
         self, stored: StoredArrays, request: Mapping[str, pa.Array], rows: int
