@@ -215,3 +215,62 @@ def test_bad_transformations_are_refused_at_apply_and_backfill(tmp_path: Path) -
         PointInTimeEngine(config.offline_root).locate(
             [RegistryStore(config.registry_path).latest().feature_view("user_spend")]
         )
+
+
+def test_an_erased_entity_stays_out_of_every_later_backfill(config: QuiverConfig) -> None:
+    """Backfills recompute from raw data, which still holds an erased entity: its rows
+    are left out of every window and version computed after the erasure, online too."""
+    write_transactions(config)
+    repo = str(config.repo_path)
+    backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    assert main(["--repo", repo, "delete-entity", "user_id=2", "--offline"]) == 0
+    assert {r[1] for r in history_rows(config, "user_spend")} == {1, 3}
+    # A later window of the same version.
+    backfill(config, "user_spend", D0 + 2 * DAY, D0 + 3 * DAY)
+    assert {r[1] for r in history_rows(config, "user_spend")} == {1, 3}
+    # A new version, computed in full and switched to online.
+    write_repo(config.repo_path, factor=10)
+    apply(config)
+    switched = backfill(config, "user_spend", D0, D0 + 4 * DAY)
+    assert switched.new_version
+    assert {r[1] for r in history_rows(config, "user_spend")} == {1, 3}
+    events, values = online_values(config, [1, 2, 3])
+    assert events[1] is None and values["amount_x"][1] is None
+    assert values["amount_x"][0] is not None
+
+
+def test_an_erasure_reaches_every_version_on_disk(config: QuiverConfig) -> None:
+    """The previous version stays on disk for tickets planned on it: an erasure rewrites it too."""
+    write_transactions(config)
+    backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    write_repo(config.repo_path, factor=10)
+    apply(config)
+    backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    assert main(["--repo", str(config.repo_path), "delete-entity", "user_id=2", "--offline"]) == 0
+    for version in ("v1", "v2"):
+        table = pq.read_table(Path(config.offline_root) / "_backfill" / "user_spend" / version)
+        assert 2 not in table["user_id"].to_pylist(), version
+
+
+def test_erased_entities_stay_out_by_pending_record_and_by_projected_hash(config: QuiverConfig) -> None:
+    """A pending erasure (killed before it completed) is honoured by its keys; a completed
+    one given more key columns than the view has, by the hashes of the view's own keys."""
+    from quiver_server.governance.erasure import Eraser, ErasureRequest
+    from quiver_server.governance.files import write_durable
+    from quiver_server.governance.paths import GovernancePaths
+
+    write_transactions(config)
+    paths = GovernancePaths.of(config)
+    snapshot = RegistryStore(config.registry_path).latest()
+    Eraser(paths, snapshot, None, "local:test").erase(
+        {"user_id": [2], "merchant_id": [7]}, ["user_spend"]
+    )
+    pending = ErasureRequest("e-pending", "2026-01-01T00:00:00+00:00", "local:test",
+                             ("user_spend",), {"user_id": [3]})
+    write_durable(paths.erasures_pending / "e-pending.json", pending.to_json())
+    backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    assert {r[1] for r in history_rows(config, "user_spend")} == {1}
+    # Without the key the log's hashes were made with, nothing can be told: refused.
+    paths.erasure_key.unlink()
+    with pytest.raises(FailedPreconditionError, match="governance/erasures/key"):
+        backfill(config, "user_spend", D0 + 2 * DAY, D0 + 3 * DAY)

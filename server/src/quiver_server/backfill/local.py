@@ -22,6 +22,7 @@ from quiver_server.backfill.output import (
     output_schema,
     wrap_sql,
 )
+from quiver_server.governance.erased import ErasedEntities
 from quiver_server.offline.source import filesystem_and_path, list_files, resolve_path
 from quiver_server.times import micros
 
@@ -82,9 +83,10 @@ def load_function(path: str, repo_path: str) -> BatchFunction:
 
 def compute_local(
     offline_root: str, repo_path: str, view: FeatureView, start: datetime, end: datetime,
-    target: str,
+    target: str, erased: ErasedEntities,
 ) -> int:
-    """Write the view's history rows of ``[start, end)`` as one Parquet file at `target`.
+    """Write the view's history rows of ``[start, end)`` as one Parquet file at `target`,
+    without the rows of the `erased` entities.
 
     Returns:
         The rows written.
@@ -104,7 +106,8 @@ def compute_local(
     fs, path = filesystem_and_path(target)
     rows = 0
     with fs.open_output_stream(path) as sink, pq.ParquetWriter(sink, output_schema(columns)) as writer:
-        for table in batches:
+        for computed in batches:
+            table = erased.keep(computed)
             rows += table.num_rows
             writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
     return rows

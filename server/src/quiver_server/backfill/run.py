@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import posixpath
 import secrets
 import time
@@ -27,6 +28,7 @@ from quiver_server.backfill.versions import (
     windows_of,
 )
 from quiver_server.config import AerospikeOnlineStoreConfig, QuiverConfig
+from quiver_server.governance.erased import ErasedEntities
 from quiver_server.governance.erasure import PendingErasures
 from quiver_server.governance.files import locked
 from quiver_server.governance.paths import GovernancePaths
@@ -117,43 +119,54 @@ def backfill(
     if not same:
         _remove(config, version_path(view_name, version))  # what a failed attempt left
     rows = sum(_compute_window(config, view, version, window, engine) for window in todo)
-    materialized = None
-    if not same and view.online:
-        materialized = _materialize_version(config, snapshot, view, version, end, engine)
-
-    def change(proto: pb.Registry) -> str:
-        stored = next((v for v in proto.feature_views if v.name == view_name), None)
-        meta = proto.view_meta[view_name]
-        if stored is None or meta.history.version != current.version:
-            raise FailedPreconditionError(
-                f"feature view {view_name!r} was removed or backfilled by someone else while this "
-                f"backfill ran; run it again", reason="BACKFILL_CONFLICT",
-            )
-        history = meta.history
-        if same:
-            set_windows(history, merged(windows_of(history), todo))
-            return "backfill"
-        history.Clear()
-        history.version = version
-        history.fingerprint = digest
-        history.path = version_path(view_name, version)
-        set_windows(history, todo)
-        history.created_at.FromDatetime(datetime.now(UTC))
-        # The new version's online rows are complete up to `end`: that is its watermark.
-        state = meta.materialization
-        state.Clear()
-        if materialized is not None:
-            state.watermark.FromDatetime(end)
-            state.updated_at.FromDatetime(datetime.now(UTC))
-        return "backfill"
-
-    registry.commit(change)
+    paths = GovernancePaths.of(config)
+    # As materialization does, the view's lock is held shared from reading the
+    # new version until it is current: an erasure requested meanwhile waits and
+    # then finds the new version's online storage to delete from.
+    with locked(paths.view_lock(view_name), shared=True):
+        materialized = None
+        if not same and view.online:
+            materialized = _materialize_version(config, snapshot, view, version, end, engine)
+        registry.commit(functools.partial(
+            _record, view_name, current.version, same, todo, digest, version, materialized, end
+        ))
     if not same and version > 2:
         # The previous version stays for tickets planned on it; older ones go.
         for old in range(1, version - 1):
             _remove(config, version_path(view_name, old))
     return BackfillResult(view_name, version, not same, todo, rows, materialized,
                           time.perf_counter() - began)
+
+
+def _record(
+    view_name: str, seen: int, same: bool, todo: list[Window], digest: str, version: int,
+    materialized: ViewMaterialization | None, end: datetime, proto: pb.Registry,
+) -> str:
+    """The registry change of a backfill: windows recorded, or the new version made current."""
+    stored = next((v for v in proto.feature_views if v.name == view_name), None)
+    meta = proto.view_meta[view_name]
+    if stored is None or meta.history.version != seen:
+        raise FailedPreconditionError(
+            f"feature view {view_name!r} was removed or backfilled by someone else while this "
+            f"backfill ran; run it again", reason="BACKFILL_CONFLICT",
+        )
+    history = meta.history
+    if same:
+        set_windows(history, merged(windows_of(history), todo))
+        return "backfill"
+    history.Clear()
+    history.version = version
+    history.fingerprint = digest
+    history.path = version_path(view_name, version)
+    set_windows(history, todo)
+    history.created_at.FromDatetime(datetime.now(UTC))
+    # The new version's online rows are complete up to `end`: that is its watermark.
+    state = meta.materialization
+    state.Clear()
+    if materialized is not None:
+        state.watermark.FromDatetime(end)
+        state.updated_at.FromDatetime(datetime.now(UTC))
+    return "backfill"
 
 
 def _compute_window(config: QuiverConfig, view: FeatureView, version: int, window: Window,
@@ -167,20 +180,30 @@ def _compute_window(config: QuiverConfig, view: FeatureView, version: int, windo
     temp = resolve_path(config.offline_root, posixpath.join(
         posixpath.dirname(chunk_path(view.name, version, window)), posixpath.basename(temp_path)
     ))
+    paths = GovernancePaths.of(config)
+    # Raw inputs still hold the entities erased from the view: they stay out.
+    erased = ErasedEntities.of(paths, view)
     try:
         if engine == "spark":
             from quiver_server.spark.backfill import compute_spark
             from quiver_server.spark.session import spark_session
 
             rows = compute_spark(spark_session(config.offline_store.spark), config.offline_root,
-                                 str(config.repo_path), view, *window, temp)
+                                 str(config.repo_path), view, *window, temp, erased)
         else:
             fs.create_dir(temp_path, recursive=True)
             rows = compute_local(config.offline_root, str(config.repo_path), view, *window,
-                                 posixpath.join(temp, "part-0.parquet"))
-        if fs.get_file_info(final_path).type != fs.get_file_info(final_path).type.NotFound:
-            fs.delete_dir(final_path)  # unrecorded: left by a backfill that died before its commit
-        fs.move(temp_path, final_path)
+                                 posixpath.join(temp, "part-0.parquet"), erased)
+        # Under the view's lock, which an erasure holds while it rewrites every
+        # version on disk: one requested while this computed is applied here,
+        # one requested later finds these files in place.
+        with locked(paths.view_lock(view.name)):
+            latest = ErasedEntities.of(paths, view)
+            if latest.ids != erased.ids:
+                rows -= latest.scrub(fs, temp_path)
+            if fs.get_file_info(final_path).type != fs.get_file_info(final_path).type.NotFound:
+                fs.delete_dir(final_path)  # unrecorded: left by a backfill that died before its commit
+            fs.move(temp_path, final_path)
     except BaseException:
         _delete(fs, temp_path)
         raise
@@ -201,32 +224,30 @@ def _materialize_version(
     current = snapshot.view_table(view.name)
     table = ViewTable(current.project, computed, current.bin_names, version)
     job = _plan(config, table, None, end)
-    paths = GovernancePaths.of(config)
-    # As materialization does: the view's lock held shared while reading and
-    # writing, pending erasures read under it and their entities left out.
-    with locked(paths.view_lock(view.name), shared=True):
-        if engine == "spark" and isinstance(config.online_store, AerospikeOnlineStoreConfig):
-            from quiver_server.spark.materialize import latest_rows, write_partitions
-            from quiver_server.spark.session import spark_session
+    # The caller holds the view's lock shared: pending erasures are read under
+    # it and their entities left out, as materialization does.
+    if engine == "spark" and isinstance(config.online_store, AerospikeOnlineStoreConfig):
+        from quiver_server.spark.materialize import latest_rows, write_partitions
+        from quiver_server.spark.session import spark_session
 
-            began = time.perf_counter()
-            session = spark_session(config.offline_store.spark)
-            counts = write_partitions(latest_rows(session, config, job), config.online_store, job,
-                                      config.offline_store.spark.write_partitions)
-            return ViewMaterialization(view.name, None, end, counts.rows, counts.entities,
-                                       counts.entities - counts.superseded, counts.superseded,
-                                       time.perf_counter() - began)
-        # The embedded SQLite store is written by the local engine only.
-        from quiver_server.online.factory import open_online_store
+        began = time.perf_counter()
+        session = spark_session(config.offline_store.spark)
+        counts = write_partitions(latest_rows(session, config, job), config.online_store, job,
+                                  config.offline_store.spark.write_partitions)
+        return ViewMaterialization(view.name, None, end, counts.rows, counts.entities,
+                                   counts.entities - counts.superseded, counts.superseded,
+                                   time.perf_counter() - began)
+    # The embedded SQLite store is written by the local engine only.
+    from quiver_server.online.factory import open_online_store
 
-        erasing = PendingErasures(paths).filter_for(computed)
-        if erasing is not None:
-            job = replace(job, filter=erasing if job.filter is None else job.filter & erasing)
-        store = open_online_store(config)
-        try:
-            return _materialize_view(store, job, _ignore)
-        finally:
-            store.close()
+    erasing = PendingErasures(GovernancePaths.of(config)).filter_for(computed)
+    if erasing is not None:
+        job = replace(job, filter=erasing if job.filter is None else job.filter & erasing)
+    store = open_online_store(config)
+    try:
+        return _materialize_view(store, job, _ignore)
+    finally:
+        store.close()
 
 
 def _remove(config: QuiverConfig, relative: str) -> None:

@@ -37,6 +37,7 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import secrets
 import sys
 import threading
@@ -78,14 +79,17 @@ from quiver_server.governance.files import (
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
 from quiver_server.governance.spinefile import read_spine, write_spine
-from quiver_server.offline.source import resolve_path
+from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.online.base import OnlineStore
 from quiver_server.registry.snapshot import Snapshot
+from quiver_server.registry.store import RegistryStore
 
 log = structlog.get_logger(__name__)
 
 PAUSE_ENV = "QUIVER_ERASURE_PAUSE"
 _TEMP_MARK = ".erasing-"
+# A computed view's history version directory (`_backfill/<view>/v<N>`).
+_VERSION = re.compile(r"v[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,11 @@ class PendingErasures:
         return None if expression is None else ~expression
 
 
+def hashed_names(view: FeatureView) -> list[str]:
+    """A view's join key names in the order its entity keys are hashed in the log."""
+    return sorted(view.join_key_names)
+
+
 def source_column(view: FeatureView, name: str) -> str:
     for source, target in view.source.field_mapping.items():
         if target == name:
@@ -277,11 +286,20 @@ class Eraser:
         secret = load_secret(self.paths.erasure_key)
         names = sorted(entities)
         count = len(next(iter(entities.values())))
+        # Hashed again on each view's own keys where they are fewer than the ones
+        # given: a backfill recomputing a view checks its keys against these.
+        projected = {
+            v.name: [hash_key(secret, hashed_names(v), tuple(key[v.join_key_names.index(n)]
+                                                              for n in hashed_names(v)))
+                     for key in view_keys(v, entities)]
+            for v in targets if hashed_names(v) != names
+        }
         append_line(self.paths.erasure_log, {
             "event": "requested", "erasure_id": request.erasure_id, "at": request.requested_at,
             "by": self.by, "views": list(request.views), "entities": count,
             "key_hashes": [hash_key(secret, names, tuple(entities[n][i] for n in names))
                            for i in range(count)],
+            **({"view_key_hashes": projected} if projected else {}),
         })
         return self._carry_out(request)
 
@@ -302,9 +320,10 @@ class Eraser:
             # writes: rows it read before the request cannot land after this.
             with locked(self.paths.view_lock(view.name)):
                 if self.store is not None and view.online:
-                    result.online_rows_deleted += delete_entities(
-                        self.store, self.snapshot, request.entities, [view.name]
-                    ).rows_deleted
+                    for snapshot in self._serving(view):
+                        result.online_rows_deleted += delete_entities(
+                            self.store, snapshot, request.entities, [view.name]
+                        ).rows_deleted
                 files, rows = self._erase_view(request, view)
             result.files_rewritten += files
             result.rows_removed += rows
@@ -322,6 +341,24 @@ class Eraser:
         log.info("erasure completed", erasure_id=request.erasure_id,
                  files_rewritten=result.files_rewritten, rows_removed=result.rows_removed)
         return result
+
+    def _serving(self, view: FeatureView) -> list[Snapshot]:
+        """Registry versions whose online storage of `view` is deleted from.
+
+        A backfill may have switched a computed view to a new version (its own
+        online storage) since this erasure's registry version was read; the
+        caller holds the view's lock, which a backfill holds until it switches.
+        """
+        if view.transformation is None:
+            return [self.snapshot]
+        try:
+            latest = RegistryStore(self.paths.registry).latest()
+        except FailedPreconditionError:
+            return [self.snapshot]
+        if view.name not in latest.feature_views or not latest.feature_views[view.name].online or \
+                latest.view_table(view.name).generation == self.snapshot.view_table(view.name).generation:
+            return [self.snapshot]
+        return [self.snapshot, latest]
 
     def _mark_datasets(
         self, request: ErasureRequest, views: Sequence[FeatureView]
@@ -364,10 +401,36 @@ class Eraser:
         })
 
     def _erase_view(self, request: ErasureRequest, view: FeatureView) -> tuple[int, int]:
+        files = rows = 0
+        for location in self._locations(view):
+            done = self._erase_location(request, view, location)
+            files, rows = files + done[0], rows + done[1]
+        return files, rows
+
+    def _locations(self, view: FeatureView) -> list[str]:
+        """Where the view's history is: for a computed view, every version on disk.
+
+        The previous version stays for tickets planned on it, and a backfill may
+        have put a new one in place since this erasure's registry version was read.
+        """
+        current = resolve_path(self.paths.offline_root, view.source.path)
+        if view.transformation is None:
+            return [current]
+        versions = resolve_path(self.paths.offline_root, posixpath.dirname(view.source.path))
+        fs, base = filesystem_and_path(versions)
+        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        others = sorted(
+            posixpath.join(versions, posixpath.basename(i.path)) for i in found
+            if i.type == pafs.FileType.Directory and _VERSION.fullmatch(posixpath.basename(i.path))
+        )
+        return [current, *(o for o in others if o.rstrip("/") != current.rstrip("/"))]
+
+    def _erase_location(
+        self, request: ErasureRequest, view: FeatureView, location: str
+    ) -> tuple[int, int]:
         keys = view_keys(view, request.entities)
         columns = [source_column(view, k) for k in view.join_key_names]
         expression = filter_expression(columns, keys)
-        location = resolve_path(self.paths.offline_root, view.source.path)
         # A merge a killed compaction left holds the rows too: finish or drop it first.
         listing = settle(self.paths, view.name, location)
         if listing is None or expression is None:

@@ -19,6 +19,7 @@ from quiver import FeatureView
 from quiver.errors import DefinitionError, FailedPreconditionError
 from quiver_server.backfill.local import keep_window, load_function, run_function
 from quiver_server.backfill.output import OutputColumn, conform, output_columns, wrap_sql
+from quiver_server.governance.erased import ErasedEntities
 from quiver_server.offline.source import list_files, resolve_path
 from quiver_server.spark.frames import arrow_schema, spark_path
 from quiver_server.times import micros
@@ -34,9 +35,10 @@ _SPARK_DDL = {
 
 def compute_spark(
     session: SparkSession, offline_root: str, repo_path: str, view: FeatureView,
-    start: datetime, end: datetime, target: str,
+    start: datetime, end: datetime, target: str, erased: ErasedEntities,
 ) -> int:
-    """Write the view's history rows of ``[start, end)`` as Parquet files in directory `target`.
+    """Write the view's history rows of ``[start, end)`` as Parquet files in directory `target`,
+    without the rows of the `erased` entities (filtered on the executors).
 
     Returns:
         The rows written.
@@ -64,6 +66,8 @@ def compute_spark(
             [frame] = inputs.values()
             task = _FunctionTask(view, columns, transformation.function, repo_path, start, end)
             result = frame.mapInArrow(task, _ddl(columns))
+        if erased:
+            result = result.mapInArrow(erased, _ddl(columns))
         result.write.parquet(spark_path(target, target))
         return int(session.read.parquet(spark_path(target, target)).count())
     except PySparkException as exc:
