@@ -274,3 +274,21 @@ def test_erased_entities_stay_out_by_pending_record_and_by_projected_hash(config
     paths.erasure_key.unlink()
     with pytest.raises(FailedPreconditionError, match="governance/erasures/key"):
         backfill(config, "user_spend", D0 + 2 * DAY, D0 + 3 * DAY)
+
+
+def test_an_erasure_that_read_the_registry_before_a_switch_deletes_what_is_served(
+    config: QuiverConfig,
+) -> None:
+    from quiver_server.governance.erasure import Eraser
+    from quiver_server.governance.paths import GovernancePaths
+
+    write_transactions(config)
+    backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    before_switch = RegistryStore(config.registry_path).latest()
+    write_repo(config.repo_path, factor=10)
+    apply(config)
+    backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    with SqliteOnlineStore(config.resolve("data/online.db")) as store:
+        Eraser(GovernancePaths.of(config), before_switch, store, "local:test").erase({"user_id": [2]})
+    events, values = online_values(config, [1, 2])
+    assert events[1] is None and values["amount_x"][0] is not None
