@@ -103,6 +103,10 @@ def test_notes_render_with_connection_commands(rendered: Rendered) -> None:
     if values["serving"]["enabled"]:
         assert f"port-forward svc/{rendered.fullname}-serving" in rendered.notes
     assert "{{" not in rendered.notes
+    # The materialization CronJob the notes tell to run is the one rendered (Spark's included).
+    for cron in rendered.of_kind("CronJob"):
+        if cron["metadata"]["labels"]["app.kubernetes.io/component"] in ("materialize", "spark-materialize"):
+            assert f"--from=cronjob/{cron['metadata']['name']} " in rendered.notes
 
 
 # ---- Kubernetes API schemas ----------------------------------------------------------------------
@@ -638,7 +642,8 @@ def test_spark_jobs_are_submitted_to_kubernetes_with_their_own_account() -> None
     assert conf["spark.sql.shuffle.partitions"] == "64"
     assert args[-6:] == ["--repo", "/etc/quiver/repo", "materialize-incremental", "now", "--engine", "spark"]
     assert not [c for c in out.of_kind("CronJob") if c["metadata"]["name"] == "quiver-materialize"]
-    backfill = out.get("Job", "quiver-backfill-user-spend-2024")
+    [backfill] = [j for j in out.of_kind("Job") if j["metadata"]["name"].startswith(
+        "quiver-backfill-user-spend-2024-")]
     (submit,) = backfill["spec"]["template"]["spec"]["containers"]
     assert submit["args"][-5:] == ["user_transaction_stats", "2024-01-01", "2025-01-01", "--engine", "spark"]
     # Driver and executors mount the feature repo and the offline store like the other pods.
@@ -651,6 +656,44 @@ def test_spark_jobs_are_submitted_to_kubernetes_with_their_own_account() -> None
         assert {"/etc/quiver/repo", "/tmp", "/etc/quiver/spark"} <= mounts
         assert env_of(container)["QUIVER_OFFLINE_STORE__SPARK__MASTER"]["value"].startswith("k8s://")
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_spark_job_names_fit_kubernetes_limits_and_upgrades() -> None:
+    """A Job's pod template cannot change and its name becomes a label (63 characters); a
+    CronJob's name takes 11 more characters in its Jobs' names (52 at most)."""
+
+    def backfill_job(out: Rendered) -> dict[str, Any]:
+        [job] = [j for j in out.of_kind("Job")
+                 if j["metadata"]["labels"]["app.kubernetes.io/component"] == "spark-backfill"]
+        return job
+
+    def spark(backfill: dict[str, str], **more: Any) -> Rendered:
+        values = deep_merge(VALUE_SETS["full"], {"fullnameOverride": "f" * 46, **more})
+        values["spark"]["backfills"] = [backfill]
+        return render(values)
+
+    entry = {"name": "b" * 32, "view": "user_transaction_stats", "start": "2024-01-01",
+             "end": "2025-01-01"}
+    out = spark(entry)
+    for manifest in out.of_kind("Job") + out.of_kind("CronJob"):
+        limit = 52 if manifest["kind"] == "CronJob" else 63
+        assert len(manifest["metadata"]["name"]) <= limit, manifest["metadata"]["name"]
+    job = backfill_job(out)
+    # What the run does is in its name: `helm upgrade` with another window, image or setting
+    # makes a new Job instead of failing on the old one's immutable pod template.
+    name = job["metadata"]["name"]
+    names = {name}
+    for changed in (spark({**entry, "end": "2025-02-01"}),
+                    spark(entry, spark={"image": {"tag": "0.2.0"}})):
+        names.add(backfill_job(changed)["metadata"]["name"])
+    assert len(names) == 3
+    assert backfill_job(spark(entry))["metadata"]["name"] == name
+
+
+def test_spark_executors_mount_no_service_account_token() -> None:
+    """Executors never call the Kubernetes API: only the driver's account mounts a token."""
+    templates = render(VALUE_SETS["full"]).get("ConfigMap", "quiver-spark-pods")["data"]
+    assert yaml.safe_load(templates["executor.yaml"])["spec"]["automountServiceAccountToken"] is False
 
 
 def test_apply_job_reruns_only_when_its_inputs_change() -> None:

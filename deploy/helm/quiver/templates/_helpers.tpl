@@ -20,6 +20,14 @@ Full name: release-chart, truncated so that "<fullname>-serving-headless" (the l
 {{- end }}
 {{- end }}
 
+{{- /*
+A CronJob's name: Kubernetes refuses more than 52 characters, since the Jobs it starts append
+11 to it.
+*/}}
+{{- define "quiver.cronJobName" -}}
+{{- printf "%s-%s" (include "quiver.fullname" .ctx) .suffix | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "quiver.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
