@@ -292,3 +292,67 @@ def test_an_erasure_that_read_the_registry_before_a_switch_deletes_what_is_serve
         Eraser(GovernancePaths.of(config), before_switch, store, "local:test").erase({"user_id": [2]})
     events, values = online_values(config, [1, 2])
     assert events[1] is None and values["amount_x"][0] is not None
+
+
+BLOCKING = '''
+import threading
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+entered = threading.Event()
+release = threading.Event()
+
+
+def to_cents(batches):
+    for batch in batches:
+        first = pc.min(batch.column("ts")).as_py()
+        if first is not None and first.day == 1:  # the first day's window waits
+            entered.set()
+            release.wait()
+        yield pa.record_batch({
+            "user_id": batch.column("user_id"),
+            "event_timestamp": batch.column("ts"),
+            "cents": pc.multiply(batch.column("amount"), 100).cast(pa.int64()),
+        })
+'''
+
+
+def test_backfills_of_one_view_run_one_at_a_time(
+    config: QuiverConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two backfills of a changed view at once (two Jobs of the chart) both start the new
+    version: the second one deleted what the first was writing. Now the second waits."""
+    import sys
+    import threading
+
+    write_transactions(config)
+    backfill(config, "user_daily", D0, D0 + 2 * DAY)
+    (config.repo_path / "_blocking.py").write_text(BLOCKING)
+    features = config.repo_path / "features.py"
+    features.write_text(features.read_text().replace("_transforms:to_cents", "_blocking:to_cents"))
+    apply(config)
+    module = sys.modules["_blocking"]
+    results: dict[str, object] = {}
+
+    def run(name: str, start: datetime, end: datetime) -> None:
+        try:
+            results[name] = backfill(config, "user_daily", start, end)
+        except Exception as exc:  # the assertion below names it
+            results[name] = exc
+
+    first = threading.Thread(target=run, args=("first", D0, D0 + DAY))
+    first.start()
+    assert module.entered.wait(60)
+    second = threading.Thread(target=run, args=("second", D0 + DAY, D0 + 2 * DAY))
+    second.start()
+    while "waiting for another backfill" not in capsys.readouterr().out and "second" not in results:
+        second.join(0.05)
+    module.release.set()
+    first.join()
+    second.join()
+    assert all(not isinstance(r, Exception) for r in results.values()), results
+    history = RegistryStore(config.registry_path).latest().proto.view_meta["user_daily"].history
+    assert history.version == 2 and len(history.windows) == 1
+    table = pq.read_table(Path(config.offline_root) / "_backfill" / "user_daily" / "v2")
+    assert table.num_rows == 24  # both days: 12 raw rows each

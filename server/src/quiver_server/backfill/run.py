@@ -90,8 +90,8 @@ def backfill(
         InvalidArgumentError: `start` is not before `end`, or the view has no transformation.
         NotFoundError: no such view.
         DefinitionError: the transformation fails or produces the wrong columns.
-        FailedPreconditionError: nothing applied, an input is missing, or another
-            backfill of the view finished first.
+        FailedPreconditionError: nothing applied, an input is missing, the view was
+            removed meanwhile, or the erasure log's hash key is missing.
     """
     began = time.perf_counter()
     start, end = _utc(start), _utc(end)
@@ -101,6 +101,23 @@ def backfill(
         )
     engine = engine or config.offline_store.engine
     registry = RegistryStore(config.registry_path)
+    registry.latest().feature_view(view_name)  # a view that exists names the lock
+    paths = GovernancePaths.of(config)
+
+    def waiting() -> None:
+        log.info("waiting for another backfill of the view to end", feature_view=view_name)
+
+    # Backfills of one view run one at a time: two starting a new version at once
+    # would each clear the version's directory under the other. The registry is
+    # read under the lock, so the second sees what the first recorded.
+    with locked(paths.backfill_lock(view_name), on_wait=waiting):
+        return _backfill(config, registry, view_name, start, end, engine, began)
+
+
+def _backfill(
+    config: QuiverConfig, registry: RegistryStore, view_name: str, start: datetime,
+    end: datetime, engine: str, began: float,
+) -> BackfillResult:
     snapshot = registry.latest()
     view = snapshot.feature_view(view_name)
     if view.transformation is None:

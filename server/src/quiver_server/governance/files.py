@@ -14,7 +14,7 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +98,25 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def locked(path: Path, *, shared: bool = False) -> Iterator[None]:
+def locked(
+    path: Path, *, shared: bool = False, on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
     """Hold an advisory lock on `path` (created if needed), exclusive unless `shared`.
 
     Erasure and compaction of one view take its lock, so they never rewrite
     the same files at once; the lock goes with the process, even on kill -9.
+    `on_wait` is called once if the lock is held by someone else, before waiting.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, mode)
         yield
     finally:
         os.close(fd)

@@ -11,6 +11,7 @@ Under the registry directory (shared by every server, like the registry)::
     governance/compactions/pending/<id>.json    compactions not yet completed
     governance/materializations.jsonl           materialization runs and windows
     governance/locks/<view>.lock                one writer per view's history
+    governance/locks/<view>.backfill.lock       one backfill per view
     governance/datasets.lock                    dataset creation vs. erasure marking
 
 Under the offline store root, with the data::
@@ -78,3 +79,7 @@ class GovernancePaths:
 
     def view_lock(self, view: str) -> Path:
         return self.root / "locks" / f"{view}.lock"
+
+    def backfill_lock(self, view: str) -> Path:
+        """Held by a backfill of `view` from start to end: one at a time."""
+        return self.root / "locks" / f"{view}.backfill.lock"
