@@ -15,7 +15,7 @@ from quiver_server.backfill import backfill
 from quiver_server.cli import main
 from quiver_server.config import QuiverConfig, load_config
 from quiver_server.materialize import materialize_range
-from quiver_server.online.base import ViewRead
+from quiver_server.online.base import ViewRead, ViewTable
 from quiver_server.online.keys import encode_keys
 from quiver_server.online.sqlite import SqliteOnlineStore
 from quiver_server.registry.store import RegistryStore
@@ -356,3 +356,40 @@ def test_backfills_of_one_view_run_one_at_a_time(
     assert history.version == 2 and len(history.windows) == 1
     table = pq.read_table(Path(config.offline_root) / "_backfill" / "user_daily" / "v2")
     assert table.num_rows == 24  # both days: 12 raw rows each
+
+
+def test_a_new_version_after_a_backfill_died_before_switching_starts_clean(
+    config: QuiverConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill killed between materializing its new version and the registry commit left
+    that version's online storage written; the next one must not serve those rows."""
+    write_transactions(config)
+    backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    write_repo(config.repo_path, factor=10)
+    apply(config)
+
+    def killed(self: RegistryStore, change: object) -> None:
+        raise KeyboardInterrupt("killed before the switch")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RegistryStore, "commit", killed)
+        with pytest.raises(KeyboardInterrupt):
+            backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    features = config.repo_path / "features.py"
+    features.write_text(features.read_text().replace("WHERE amount > 0", "WHERE amount > 0 AND user_id <> 3"))
+    apply(config)
+    switched = backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    assert switched.new_version
+    events, values = online_values(config, [1, 3])
+    assert values["amount_x"][0] is not None
+    assert events[1] is None, "user 3 is in no row of the version served"
+    # An erasure deletes from the online storage of every version, abandoned ones too.
+    assert main(["--repo", str(config.repo_path), "delete-entity", "user_id=1", "--offline"]) == 0
+    latest = RegistryStore(config.registry_path).latest().view_table("user_spend")
+    assert latest.generation == 3
+    keys = encode_keys(latest.view.join_keys, [[1]])
+    with SqliteOnlineStore(config.resolve("data/online.db")) as store:
+        for generation in (1, 2, 3):
+            table = ViewTable(latest.project, latest.view, latest.bin_names, generation)
+            [read] = store.read([ViewRead(table, keys, ["amount_x"])])
+            assert read.event_ts == [None], generation

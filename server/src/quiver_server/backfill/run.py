@@ -25,6 +25,7 @@ from quiver_server.backfill.versions import (
     merged,
     set_windows,
     version_path,
+    versions_on_disk,
     windows_of,
 )
 from quiver_server.config import AerospikeOnlineStoreConfig, QuiverConfig
@@ -129,12 +130,13 @@ def _backfill(
     current = meta.history if meta is not None and meta.HasField("history") else pb.HistoryVersion()
     digest = fingerprint(view)
     same = current.version > 0 and current.fingerprint == digest
-    version = current.version if same else current.version + 1
+    # A new version takes a number no attempt used: one killed before its switch left
+    # rows in that number's online storage, which a switch to it would serve.
+    on_disk = versions_on_disk(config.offline_root, view_name)
+    version = current.version if same else max([current.version, *on_disk]) + 1
     todo = gaps(windows_of(current), (start, end)) if same else [(start, end)]
     if not todo:
         return BackfillResult(view_name, version, False, [], 0, None, time.perf_counter() - began)
-    if not same:
-        _remove(config, version_path(view_name, version))  # what a failed attempt left
     rows = sum(_compute_window(config, view, version, window, engine) for window in todo)
     paths = GovernancePaths.of(config)
     # As materialization does, the view's lock is held shared from reading the
@@ -147,10 +149,11 @@ def _backfill(
         registry.commit(functools.partial(
             _record, view_name, current.version, same, todo, digest, version, materialized, end
         ))
-    if not same and version > 2:
+    if not same:
         # The previous version stays for tickets planned on it; older ones go.
-        for old in range(1, version - 1):
-            _remove(config, version_path(view_name, old))
+        for old in on_disk:
+            if old not in (current.version, version):
+                _remove(config, version_path(view_name, old))
     return BackfillResult(view_name, version, not same, todo, rows, materialized,
                           time.perf_counter() - began)
 

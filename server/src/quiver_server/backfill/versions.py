@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import pyarrow.fs as pafs
+
 from quiver import FeatureView
 from quiver.registry.v1 import registry_pb2 as pb
+from quiver_server.offline.source import filesystem_and_path, resolve_path
 from quiver_server.registry import convert
 
 Window = tuple[datetime, datetime]
 # Under the offline store root; the SDK names version 0 of a computed view here too
 # (a directory never written, until the first backfill makes version 1 current).
 BACKFILL_DIRECTORY = "_backfill"
+_VERSION = re.compile(r"v[0-9]+")
 
 
 def fingerprint(view: FeatureView) -> str:
@@ -42,6 +47,14 @@ def fingerprint(view: FeatureView) -> str:
 def version_path(view: str, version: int) -> str:
     """A version's directory, relative to the offline store root."""
     return f"{BACKFILL_DIRECTORY}/{view}/v{version}"
+
+
+def versions_on_disk(offline_root: str, view: str) -> list[int]:
+    """The version numbers of `view` with a directory under the offline root, sorted."""
+    fs, base = filesystem_and_path(resolve_path(offline_root, f"{BACKFILL_DIRECTORY}/{view}"))
+    found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    names = [posixpath.basename(i.path) for i in found if i.type == pafs.FileType.Directory]
+    return sorted(int(n[1:]) for n in names if _VERSION.fullmatch(n))
 
 
 def window_directory(window: Window) -> str:

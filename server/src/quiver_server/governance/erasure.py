@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import posixpath
-import re
 import secrets
 import sys
 import threading
@@ -54,7 +53,7 @@ import pyarrow.parquet as pq
 import structlog
 
 from quiver import FeatureView
-from quiver.errors import FailedPreconditionError
+from quiver.errors import FailedPreconditionError, NotFoundError
 from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_server.deletion import delete_entities, target_views
 from quiver_server.durable import fsync_directory
@@ -79,8 +78,9 @@ from quiver_server.governance.files import (
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
 from quiver_server.governance.spinefile import read_spine, write_spine
-from quiver_server.offline.source import filesystem_and_path, resolve_path
-from quiver_server.online.base import OnlineStore
+from quiver_server.offline.source import resolve_path
+from quiver_server.online.base import OnlineStore, ViewTable
+from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import Snapshot
 from quiver_server.registry.store import RegistryStore
 
@@ -88,8 +88,6 @@ log = structlog.get_logger(__name__)
 
 PAUSE_ENV = "QUIVER_ERASURE_PAUSE"
 _TEMP_MARK = ".erasing-"
-# A computed view's history version directory (`_backfill/<view>/v<N>`).
-_VERSION = re.compile(r"v[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -320,10 +318,7 @@ class Eraser:
             # writes: rows it read before the request cannot land after this.
             with locked(self.paths.view_lock(view.name)):
                 if self.store is not None and view.online:
-                    for snapshot in self._serving(view):
-                        result.online_rows_deleted += delete_entities(
-                            self.store, snapshot, request.entities, [view.name]
-                        ).rows_deleted
+                    result.online_rows_deleted += self._delete_online(request, view)
                 files, rows = self._erase_view(request, view)
             result.files_rewritten += files
             result.rows_removed += rows
@@ -342,23 +337,31 @@ class Eraser:
                  files_rewritten=result.files_rewritten, rows_removed=result.rows_removed)
         return result
 
-    def _serving(self, view: FeatureView) -> list[Snapshot]:
-        """Registry versions whose online storage of `view` is deleted from.
-
-        A backfill may have switched a computed view to a new version (its own
-        online storage) since this erasure's registry version was read; the
-        caller holds the view's lock, which a backfill holds until it switches.
-        """
+    def _delete_online(self, request: ErasureRequest, view: FeatureView) -> int:
+        """Delete the entities' online rows of `view`; for a computed view, from the
+        online storage of every version: the one served, one a backfill switched to
+        since this erasure read the registry (the caller holds the view's lock,
+        which a backfill holds until it switches), and earlier or abandoned ones.
+        Versions are numbered from 1 and never reused."""
+        assert self.store is not None
+        deleted = delete_entities(self.store, self.snapshot, request.entities, [view.name]).rows_deleted
         if view.transformation is None:
-            return [self.snapshot]
+            return deleted
+        from quiver_server.backfill.versions import versions_on_disk
+
+        served = self.snapshot.view_table(view.name)
         try:
-            latest = RegistryStore(self.paths.registry).latest()
-        except FailedPreconditionError:
-            return [self.snapshot]
-        if view.name not in latest.feature_views or not latest.feature_views[view.name].online or \
-                latest.view_table(view.name).generation == self.snapshot.view_table(view.name).generation:
-            return [self.snapshot]
-        return [self.snapshot, latest]
+            latest = RegistryStore(self.paths.registry).latest().view_table(view.name).generation
+        except (FailedPreconditionError, NotFoundError):
+            latest = served.generation
+        keys = encode_keys(view.join_keys, [request.entities[k] for k in view.join_key_names])
+        # Every number up to the highest: abandoned versions' directories may be gone.
+        highest = max([latest, served.generation, *versions_on_disk(self.paths.offline_root, view.name)])
+        for generation in range(1, highest + 1):
+            if generation != served.generation:
+                table = ViewTable(served.project, view, served.bin_names, generation)
+                deleted += self.store.delete(table, keys)
+        return deleted
 
     def _mark_datasets(
         self, request: ErasureRequest, views: Sequence[FeatureView]
@@ -416,13 +419,10 @@ class Eraser:
         current = resolve_path(self.paths.offline_root, view.source.path)
         if view.transformation is None:
             return [current]
-        versions = resolve_path(self.paths.offline_root, posixpath.dirname(view.source.path))
-        fs, base = filesystem_and_path(versions)
-        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-        others = sorted(
-            posixpath.join(versions, posixpath.basename(i.path)) for i in found
-            if i.type == pafs.FileType.Directory and _VERSION.fullmatch(posixpath.basename(i.path))
-        )
+        from quiver_server.backfill.versions import version_path, versions_on_disk
+
+        others = [resolve_path(self.paths.offline_root, version_path(view.name, n))
+                  for n in versions_on_disk(self.paths.offline_root, view.name)]
         return [current, *(o for o in others if o.rstrip("/") != current.rstrip("/"))]
 
     def _erase_location(
