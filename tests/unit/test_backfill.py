@@ -393,3 +393,33 @@ def test_a_new_version_after_a_backfill_died_before_switching_starts_clean(
             table = ViewTable(latest.project, latest.view, latest.bin_names, generation)
             [read] = store.read([ViewRead(table, keys, ["amount_x"])])
             assert read.event_ts == [None], generation
+
+
+def test_a_materialization_that_wrote_the_replaced_version_leaves_the_new_watermark(
+    config: QuiverConfig,
+) -> None:
+    """A materialization planned on version 1 that ends after a backfill switched to version 2
+    wrote version 1's online storage: its window end is not version 2's watermark."""
+    import threading
+
+    write_transactions(config)
+    backfill(config, "user_spend", D0, D0 + 3 * DAY)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(progress: object) -> None:
+        if getattr(progress, "phase", None) == "start":
+            started.set()
+            release.wait()
+
+    run = threading.Thread(target=materialize_range, args=(config, D0, D0 + 3 * DAY, ["user_spend"]),
+                           kwargs={"progress": hold})
+    run.start()
+    assert started.wait(60)
+    write_repo(config.repo_path, factor=10)
+    apply(config)
+    backfill(config, "user_spend", D0, D0 + 2 * DAY)
+    release.set()
+    run.join()
+    snapshot = RegistryStore(config.registry_path).latest()
+    assert snapshot.view_table("user_spend").generation == 2
+    assert snapshot.watermark("user_spend") == D0 + 2 * DAY

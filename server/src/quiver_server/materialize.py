@@ -306,7 +306,7 @@ def _run(
         # One registry version per run (not per view), recording every view that
         # finished even if a later one failed.
         if done:
-            _record_watermarks(registry, done)
+            _record_watermarks(registry, done, {j.table.name: j.table.generation for j in jobs})
             record_runs(GovernancePaths.of(config), [r for r in results if r.view in done])
     return results
 
@@ -506,7 +506,11 @@ def _write_batch(job: _ViewJob, chunk: pa.Table) -> WriteBatch:
     )
 
 
-def _record_watermarks(registry: RegistryStore, ends: dict[str, datetime]) -> None:
+def _record_watermarks(
+    registry: RegistryStore, ends: dict[str, datetime], generations: dict[str, int]
+) -> None:
+    """Advance the views' watermarks to `ends`, for views still at the history
+    version (`generations`, 0 for ready-made history) the run wrote."""
     now = datetime.now(UTC)
 
     def change(proto: pb.Registry) -> str | None:
@@ -515,6 +519,10 @@ def _record_watermarks(registry: RegistryStore, ends: dict[str, datetime]) -> No
         for view, end in ends.items():
             if view not in present:
                 continue  # removed by an apply while we ran
+            if proto.view_meta[view].history.version != generations[view]:
+                # A backfill switched the view to a new version (its own online
+                # storage and watermark) while this run wrote the one it replaced.
+                continue
             state = proto.view_meta[view].materialization
             if not state.HasField("watermark") or state.watermark.ToDatetime(tzinfo=UTC) < end:
                 state.watermark.FromDatetime(end)

@@ -141,7 +141,7 @@ def run_on_spark(
             done[job.table.name] = job.end
     finally:
         if done:
-            _record_watermarks(registry, done)
+            _record_watermarks(registry, done, {j.table.name: j.table.generation for j in jobs})
             record_runs(paths, [r for r in results if r.view in done])
     return results
 
