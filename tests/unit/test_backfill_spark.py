@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from test_backfill import D0, DAY, write_repo, write_transactions
@@ -15,6 +16,8 @@ from quiver import OnlineClient, TrainingClient
 from quiver_flight.server import create_flight_server
 from quiver_server.backfill import backfill
 from quiver_server.config import OfflineStoreConfig, SparkConfig
+from quiver_server.governance.erasure import Eraser
+from quiver_server.governance.paths import GovernancePaths
 from quiver_server.registry.store import RegistryStore
 from quiver_server.repo import apply
 from quiver_server.serving.server import create_server
@@ -27,14 +30,24 @@ def test_spark_and_local_backfills_write_the_same_history(spark: Any, tmp_path: 
     histories = {}
     for engine in ("local", "spark"):
         config = write_repo(tmp_path / engine)
-        write_transactions(config)
+        raw = write_transactions(config)
+        # Ties: more rows of user 1 at a time it has a row already, in a file of their own.
+        tied = raw.filter(pc.equal(raw["user_id"], 1)).slice(4, 1)
+        ties = pa.concat_tables([tied] * 3).set_column(
+            2, "amount", pa.array([4.0, 1.0, 3.0])).set_column(3, "city", pa.array(["x", None, "y"]))
+        pq.write_table(ties, Path(config.offline_root) / "raw" / "transactions" / "ties.parquet")
         apply(config)
+        # Erased before the backfill: the raw data still holds user 2, the output must not.
+        Eraser(GovernancePaths.of(config), RegistryStore(config.registry_path).latest(), None,
+               "local:test").erase({"user_id": [2]}, ["user_spend"])
         for view in ("user_spend", "user_daily"):
             result = backfill(config, view, D0 + DAY, D0 + 3 * DAY, engine=engine)
             assert result.rows > 0 and result.version == 1
             path = RegistryStore(config.registry_path).latest().feature_view(view).source.path
             histories[engine, view] = pq.read_table(Path(config.offline_root) / path)
         assert backfill(config, "user_spend", D0 + DAY, D0 + 2 * DAY, engine=engine).windows == []
+    assert 2 not in histories["spark", "user_spend"]["user_id"].to_pylist()
+    assert 2 in histories["spark", "user_daily"]["user_id"].to_pylist()
     for view in ("user_spend", "user_daily"):
         local, spark_rows = histories["local", view], histories["spark", view]
         assert spark_rows.schema == local.schema

@@ -2,8 +2,8 @@
 
 The same wrapper runs on DuckDB (local engine) and Spark SQL: it selects the
 view's columns by name, casts them to the declared types, keeps the rows of
-the backfilled window and orders them by time and keys, so every engine
-writes the same rows in the same order.
+the backfilled window and orders them by time, keys and then every other
+column, so every engine writes the same rows in the same order.
 """
 
 from __future__ import annotations
@@ -67,13 +67,18 @@ def wrap_sql(
 
     select = ", ".join(f"CAST({name(c.name)} AS {types[c.dtype]}) AS {name(c.name)}" for c in columns)
     time = next(c.name for c in columns if c.role == "timestamp field")
-    keys = [name(c.name) for c in columns if c.role == "join key"]
+    keys = [c.name for c in columns if c.role == "join key"]
+    rest = [c.name for c in columns if c.name != time and c.name not in keys]
     event = f"{epoch_us}(CAST({name(time)} AS {types[ValueType.TIMESTAMP]}))"
     body = sql.strip().rstrip(";")
+    # By every column, nulls placed alike (the engines' defaults differ): rows with the
+    # same key and times are ordered too, and the last one in the file is the one a
+    # point-in-time join and materialization pick.
+    order = ", ".join(f"{name(c)} NULLS FIRST" for c in [time, *keys, *rest])
     return (
         f"SELECT {select} FROM ({body}) AS quiver_output "
         f"WHERE {event} >= {micros(start)} AND {event} < {micros(end)} "
-        f"ORDER BY {name(time)}, {', '.join(keys)}"
+        f"ORDER BY {order}"
     )
 
 
