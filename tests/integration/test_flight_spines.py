@@ -257,3 +257,19 @@ def test_expired_spines_are_swept_without_another_upload(repo: QuiverConfig, fak
         assert stored_files(repo) == [f"{second.spine_id}.arrow"]
     # Stopped with the server.
     assert not server.spine_sweeper.run_now(timeout=1)
+
+
+def test_expired_staged_training_sets_are_swept_without_another_plan(
+    repo: QuiverConfig, fake_clock: Any
+) -> None:
+    """Training sets a Spark-engine server staged expire with their spine; any Flight server
+    over the offline store sweeps them on its timer, even if nobody plans again."""
+    staging = Path(repo.offline_root) / "_staging" / "training"
+    with running(repo, clock=fake_clock) as (server, _):
+        expired = staging / f"{int((fake_clock.now - 1) * 1_000_000):020d}-0123456789abcdef"
+        live = staging / f"{int((fake_clock.now + 600) * 1_000_000):020d}-fedcba9876543210"
+        for directory in (expired, live):
+            (directory / "result" / "partition=0").mkdir(parents=True)
+            (directory / "result" / "partition=0" / "part-0.parquet").write_bytes(b"staged")
+        assert server.spine_sweeper.run_now(timeout=30)
+        assert sorted(p.name for p in staging.iterdir()) == [live.name]

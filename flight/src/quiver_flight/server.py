@@ -52,6 +52,7 @@ from quiver_flight.auth import MIDDLEWARE_KEY as AUTH_MIDDLEWARE_KEY
 from quiver_flight.auth import AuthMiddlewareFactory, with_call_access
 from quiver_flight.convert import timestamp_seconds, unpack_command
 from quiver_flight.engines.factory import training_engine
+from quiver_flight.engines.staged import StagingArea
 from quiver_flight.errors import ErrorPolicy
 from quiver_flight.health import FlightHealth
 from quiver_flight.limits import CallSlots
@@ -150,9 +151,12 @@ class TrainingSetFlightServer(flight.FlightServerBase):  # type: ignore[misc]
         self.training = training
         self.errors = errors or ErrorPolicy()
         self._locations = [flight.Location(advertised)] if advertised else []
-        # Expired spines are swept on a timer, not only when someone uploads.
+        # Expired spines are swept on a timer, not only when someone uploads; so are
+        # expired training sets a Spark-engine server staged (whichever server it was).
+        staging = StagingArea(training.engine.offline_root, training.clock)
         self.spine_sweeper = Periodic(
-            "quiver-spine-sweep", training.config.spine_sweep_seconds, training.spines.sweep
+            "quiver-spine-sweep", training.config.spine_sweep_seconds,
+            lambda: training.spines.sweep() + staging.sweep(force=True),
         )
         self.spine_sweeper.start()
         config = training.config
