@@ -423,3 +423,21 @@ def test_a_materialization_that_wrote_the_replaced_version_leaves_the_new_waterm
     snapshot = RegistryStore(config.registry_path).latest()
     assert snapshot.view_table("user_spend").generation == 2
     assert snapshot.watermark("user_spend") == D0 + 2 * DAY
+
+
+def test_a_changed_function_body_is_a_changed_transformation(config: QuiverConfig) -> None:
+    """The function is named by its import path; what it computes is its code."""
+    import sys
+
+    raw = write_transactions(config)
+    backfill(config, "user_daily", D0, D0 + DAY)
+    transforms = config.repo_path / "_transforms.py"
+    transforms.write_text(transforms.read_text().replace("100", "1000"))
+    sys.modules.pop("_transforms", None)  # a new process imports the new code
+    again = backfill(config, "user_daily", D0, D0 + DAY)
+    assert (again.version, again.new_version) == (2, True)
+    snapshot = RegistryStore(config.registry_path).latest()
+    table = pq.read_table(Path(config.offline_root) / snapshot.feature_view("user_daily").source.path)
+    assert sorted(table["cents"].to_pylist()) == sorted(
+        int(r["amount"] * 1000) for r in raw.to_pylist() if r["ts"] < D0 + DAY
+    )

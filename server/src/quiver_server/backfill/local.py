@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -79,6 +81,24 @@ def load_function(path: str, repo_path: str) -> BatchFunction:
     if not callable(function):
         raise DefinitionError(f"transformation function {path!r}: {module_name} has no function {attribute!r}")
     return function  # type: ignore[no-any-return]
+
+
+def function_code(view: FeatureView, repo_path: str) -> bytes:
+    """The source file of the module holding a function transformation (empty for SQL, or
+    when the module has no source file, such as a compiled one).
+
+    Raises:
+        DefinitionError: the function cannot be imported.
+    """
+    transformation = view.transformation
+    if transformation is None or transformation.function is None:
+        return b""
+    module = inspect.getmodule(load_function(transformation.function, repo_path))
+    try:
+        source = inspect.getsourcefile(module) if module is not None else None
+        return Path(source).read_bytes() if source else b""
+    except (OSError, TypeError):
+        return b""
 
 
 def compute_local(

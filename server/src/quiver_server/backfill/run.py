@@ -16,7 +16,7 @@ import structlog
 from quiver import FeatureView
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
 from quiver.registry.v1 import registry_pb2 as pb
-from quiver_server.backfill.local import compute_local
+from quiver_server.backfill.local import compute_local, function_code
 from quiver_server.backfill.versions import (
     Window,
     chunk_path,
@@ -128,7 +128,7 @@ def _backfill(
         )
     meta = snapshot.proto.view_meta.get(view_name)
     current = meta.history if meta is not None and meta.HasField("history") else pb.HistoryVersion()
-    digest = fingerprint(view)
+    digest = fingerprint(view, function_code(view, str(config.repo_path)))
     same = current.version > 0 and current.fingerprint == digest
     # A new version takes a number no attempt used: one killed before its switch left
     # rows in that number's online storage, which a switch to it would serve.

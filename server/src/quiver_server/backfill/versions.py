@@ -30,10 +30,13 @@ BACKFILL_DIRECTORY = "_backfill"
 _VERSION = re.compile(r"v[0-9]+")
 
 
-def fingerprint(view: FeatureView) -> str:
-    """Digest of what a version's rows depend on: transformation, keys and features."""
+def fingerprint(view: FeatureView, code: bytes = b"") -> str:
+    """Digest of what a version's rows depend on: transformation, keys and features, and
+    `code`, the source of a function transformation's module."""
     assert view.transformation is not None
     digest = hashlib.sha256()
+    if code:
+        digest.update(b"code\t" + hashlib.sha256(code).digest())
     digest.update(convert.transformation_to_proto(view.transformation).SerializeToString(
         deterministic=True
     ))
