@@ -14,7 +14,7 @@ USER root
 COPY --from=java /opt/java/openjdk /opt/java/openjdk
 # The base image's pip installs into Quiver's environment (which has none of its own).
 RUN python -m pip --python /opt/quiver/bin/python install --no-cache-dir \
-      'pyspark[connect]==4.3.0' 'pandas==3.1.1' 'zstandard==0.25.0' \
+      'pyspark[connect]==4.3.0' 'py4j==0.10.9.9' 'pandas==3.1.1' 'zstandard==0.25.0' \
  && /opt/quiver/bin/spark-submit --version
 ENV JAVA_HOME=/opt/java/openjdk \
     PATH=/opt/java/openjdk/bin:/opt/quiver/bin:$PATH \

@@ -341,3 +341,12 @@ def test_smoke_script_passes_in_the_project_environment() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "smoke test passed" in result.stdout
+
+
+def test_spark_image_installs_exactly_the_spark_extra() -> None:
+    """deploy/spark.Dockerfile installs the `spark` extra's pins by hand (the image has no
+    source tree to install the extra from): the two lists must not drift apart."""
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["spark"]
+    text = (ROOT / "deploy" / "spark.Dockerfile").read_text()
+    installed = re.findall(r"'([A-Za-z0-9_.\-\[\]]+==[^']+)'", text)
+    assert sorted(installed) == sorted(extra)
