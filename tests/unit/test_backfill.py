@@ -331,6 +331,7 @@ def test_backfills_of_one_view_run_one_at_a_time(
     (config.repo_path / "_blocking.py").write_text(BLOCKING)
     features = config.repo_path / "features.py"
     features.write_text(features.read_text().replace("_transforms:to_cents", "_blocking:to_cents"))
+    sys.modules.pop("_blocking", None)
     apply(config)
     module = sys.modules["_blocking"]
     results: dict[str, object] = {}
@@ -441,3 +442,32 @@ def test_a_changed_function_body_is_a_changed_transformation(config: QuiverConfi
     assert sorted(table["cents"].to_pylist()) == sorted(
         int(r["amount"] * 1000) for r in raw.to_pylist() if r["ts"] < D0 + DAY
     )
+
+
+def test_an_erasure_while_a_backfill_computes_reaches_its_output(config: QuiverConfig) -> None:
+    """The raw rows were read before the erasure was requested: the output is filtered again
+    when it is moved into place."""
+    import sys
+    import threading
+
+    from quiver_server.governance.erasure import Eraser
+    from quiver_server.governance.paths import GovernancePaths
+
+    write_transactions(config)
+    (config.repo_path / "_blocking.py").write_text(BLOCKING)
+    features = config.repo_path / "features.py"
+    features.write_text(features.read_text().replace("_transforms:to_cents", "_blocking:to_cents"))
+    sys.modules.pop("_blocking", None)
+    apply(config)
+    module = sys.modules["_blocking"]
+    results: list[object] = []
+    run = threading.Thread(target=lambda: results.append(backfill(config, "user_daily", D0, D0 + DAY)))
+    run.start()
+    assert module.entered.wait(60)
+    Eraser(GovernancePaths.of(config), RegistryStore(config.registry_path).latest(), None,
+           "local:test").erase({"user_id": [2]}, ["user_daily"])
+    module.release.set()
+    run.join()
+    assert results and results[0].rows == 8  # 12 raw rows of the day, user 2's 4 left out
+    table = pq.read_table(Path(config.offline_root) / "_backfill" / "user_daily" / "v1")
+    assert sorted(set(table["user_id"].to_pylist())) == [1, 3]
