@@ -364,7 +364,16 @@ def test_a_new_version_after_a_backfill_died_before_switching_starts_clean(
 ) -> None:
     """A backfill killed between materializing its new version and the registry commit left
     that version's online storage written; the next one must not serve those rows."""
+    from quiver import PushTarget
+    from quiver_server.push import push
+
     write_transactions(config)
+    # Pushed before the first backfill: the view's own online storage (version 0).
+    with SqliteOnlineStore(config.resolve("data/online.db")) as store:
+        push(store, RegistryStore(config.registry_path).latest().view_table("user_spend"),
+             config.offline_root, pa.table({"user_id": [1], "event_timestamp": pa.array([D0], US),
+                                            "amount_x": [1.0], "city": ["C"]}),
+             PushTarget.ONLINE, now=D0)
     backfill(config, "user_spend", D0, D0 + 2 * DAY)
     write_repo(config.repo_path, factor=10)
     apply(config)
@@ -390,7 +399,7 @@ def test_a_new_version_after_a_backfill_died_before_switching_starts_clean(
     assert latest.generation == 3
     keys = encode_keys(latest.view.join_keys, [[1]])
     with SqliteOnlineStore(config.resolve("data/online.db")) as store:
-        for generation in (1, 2, 3):
+        for generation in (0, 1, 2, 3):
             table = ViewTable(latest.project, latest.view, latest.bin_names, generation)
             [read] = store.read([ViewRead(table, keys, ["amount_x"])])
             assert read.event_ts == [None], generation

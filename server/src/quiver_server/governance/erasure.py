@@ -342,7 +342,7 @@ class Eraser:
         online storage of every version: the one served, one a backfill switched to
         since this erasure read the registry (the caller holds the view's lock,
         which a backfill holds until it switches), and earlier or abandoned ones.
-        Versions are numbered from 1 and never reused."""
+        Versions are numbered from 1 and never reused; 0 is the view's own storage."""
         assert self.store is not None
         deleted = delete_entities(self.store, self.snapshot, request.entities, [view.name]).rows_deleted
         if view.transformation is None:
@@ -355,9 +355,10 @@ class Eraser:
         except (FailedPreconditionError, NotFoundError):
             latest = served.generation
         keys = encode_keys(view.join_keys, [request.entities[k] for k in view.join_key_names])
-        # Every number up to the highest: abandoned versions' directories may be gone.
+        # Every number up to the highest (abandoned versions' directories may be gone),
+        # from 0: the view's own storage, which pushes before its first backfill wrote.
         highest = max([latest, served.generation, *versions_on_disk(self.paths.offline_root, view.name)])
-        for generation in range(1, highest + 1):
+        for generation in range(highest + 1):
             if generation != served.generation:
                 table = ViewTable(served.project, view, served.bin_names, generation)
                 deleted += self.store.delete(table, keys)
