@@ -98,6 +98,8 @@ class ErasedEntities:
                 found = False  # a null key names no entity an erasure could name
             elif key in self._keys:
                 found = True
+            elif not self._hashes:
+                found = False
             else:
                 ordered = tuple(key[i] for i in self._order)
                 found = hash_key(self._secret, self._names, ordered) in self._hashes
