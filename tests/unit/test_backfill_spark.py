@@ -105,3 +105,18 @@ def test_a_view_backfilled_on_spark_serves_online_and_offline(spark: Any, tmp_pa
     finally:
         serving.stop(0)
         flight_server.shutdown()
+
+
+def test_history_spark_wrote_and_an_erasure_rewrote_is_read_by_spark(spark: Any, tmp_path: Path) -> None:
+    """Spark writes a checksum file beside each Parquet file on a local disk; one left beside
+    a file an erasure rewrote would make every later Spark read of it fail."""
+    config = write_repo(tmp_path / "repo")
+    write_transactions(config)
+    apply(config)
+    backfill(config, "user_spend", D0, D0 + 2 * DAY, engine="spark")
+    registry = RegistryStore(config.registry_path)
+    Eraser(GovernancePaths.of(config), registry.latest(), None, "local:test").erase({"user_id": [1]})
+    path = Path(config.offline_root) / registry.latest().feature_view("user_spend").source.path
+    frame = spark.read.option("recursiveFileLookup", "true").parquet(str(path))
+    users = {row["user_id"] for row in frame.select("user_id").collect()}
+    assert users == {2, 3}

@@ -26,6 +26,7 @@ from quiver_server.governance.entities import KeyTuple, hash_key, table_mask
 from quiver_server.governance.erasure import PendingErasures, hashed_names
 from quiver_server.governance.files import read_lines
 from quiver_server.governance.paths import GovernancePaths
+from quiver_server.offline.source import drop_checksum
 
 _KEY_BYTES = 32
 
@@ -135,6 +136,7 @@ class ErasedEntities:
             kept = self.keep(table)
             if kept.num_rows < table.num_rows:
                 removed += table.num_rows - kept.num_rows
+                drop_checksum(fs, info.path)  # Spark's, now stale
                 pq.write_table(kept, info.path, filesystem=fs)
         return removed
 

@@ -78,7 +78,7 @@ from quiver_server.governance.files import (
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
 from quiver_server.governance.spinefile import read_spine, write_spine
-from quiver_server.offline.source import resolve_path
+from quiver_server.offline.source import drop_checksum, resolve_path
 from quiver_server.online.base import OnlineStore, ViewTable
 from quiver_server.online.keys import encode_keys
 from quiver_server.registry.snapshot import Snapshot
@@ -506,6 +506,8 @@ class Eraser:
             finally:
                 os.close(fd)
         self._pause.check("before_swap")
+        # Before the swap: Spark checks a stale checksum file and fails; none, it reads.
+        drop_checksum(fs, path)
         removed = int(table.num_rows - keep.num_rows)
         if local:
             record(removed, fs.get_file_info(temp))

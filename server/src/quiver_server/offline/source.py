@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
@@ -57,6 +58,20 @@ class Listing:
         for info in self.files:
             digest.update(f"{info.path}\t{info.size}\t{info.mtime_ns}\n".encode())
         return digest.hexdigest()[:32]
+
+
+def drop_checksum(fs: pafs.FileSystem, path: str) -> None:
+    """Delete the checksum file Hadoop's local file system keeps beside `path`, if any.
+
+    Spark writing to a local disk leaves ``.<name>.crc`` beside each file and
+    checks it on every read: one left beside a file rewritten by other means
+    makes every later Spark read of that file fail. Without it, Spark reads the
+    file unchecked.
+    """
+    directory, name = posixpath.split(path)
+    sidecar = posixpath.join(directory, f".{name}.crc")
+    if fs.get_file_info(sidecar).type == pafs.FileType.File:
+        fs.delete_file(sidecar)
 
 
 def list_files(location: str) -> Listing | None:
