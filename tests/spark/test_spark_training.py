@@ -128,3 +128,44 @@ def test_random_training_sets_match(
         })
         refs = [FeatureRef(v, f) for v in (user_view, shop_view) for f in v.schema]
         BothEngines(tmp, partition_rows=16, batch_rows=5).join_table(table, refs, full_feature_names=True)
+
+
+def test_history_changed_under_a_spark_job_is_history_changed(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A history file removed (a compaction's swap) while Spark runs the join fails the plan
+    as the local engine does -- HISTORY_CHANGED, retry -- not as an internal error."""
+    import time
+
+    from spark_support import TableSpine
+
+    from quiver.errors import FailedPreconditionError
+    from quiver_flight.engines import TrainingJob, spark_join
+    from quiver_flight.pit import output_schema
+
+    history = pa.table({"user_id": pa.array([1, 2], pa.int64()),
+                        "ts": pa.array([T0, T0], pa.timestamp("us", tz="UTC")),
+                        "amount": pa.array([1.0, 2.0], pa.float64())})
+    (tmp_path / "users").mkdir()
+    pq.write_table(history.slice(0, 1), tmp_path / "users" / "a.parquet")
+    pq.write_table(history.slice(1, 1), tmp_path / "users" / "b.parquet")
+    view = FeatureView(name="users", entities=[user], schema=[Field("amount", Float32)],
+                       source=ParquetSource("users", timestamp_field="ts"))
+    refs = [FeatureRef(view, view.schema[0])]
+    spine = pa.table({"user_id": pa.array([1, 2], pa.int64()),
+                      "event_timestamp": pa.array([T0, T0], pa.timestamp("us", tz="UTC"))})
+    engine = BothEngines(str(tmp_path)).spark
+    sources = engine.locate([view])
+    join = spark_join.run_join
+
+    def compacted_meanwhile(*args: Any) -> None:
+        (tmp_path / "users" / "b.parquet").unlink()  # as the job starts reading
+        join(*args)
+
+    monkeypatch.setattr(spark_join, "run_join", compacted_meanwhile)
+    job = TrainingJob(TableSpine.of(spine), refs, sources, output_schema(spine.schema, refs),
+                      "event_timestamp", 4, 1, time.time() + 3600)
+    with pytest.raises(FailedPreconditionError) as caught:
+        engine.stage(job)
+    assert caught.value.reason == "HISTORY_CHANGED"
+    assert not list((tmp_path / "_staging" / "training").iterdir()), "nothing staged is left"

@@ -134,7 +134,14 @@ class SparkTrainingEngine(LocalTrainingEngine):
             units = [view_unit(job.sources[view.name]) for view in views]
             write_spine_bounds(staged, job, views, units)
             session = spark_session(self.spark)
-            run_join(session, staged, job, views, units)
+            try:
+                run_join(session, staged, job, views, units)
+            except Exception as exc:
+                if _is_spark_error(exc):
+                    # Spark fails on files that changed under it (a compaction or an
+                    # erasure swapped them): that is HISTORY_CHANGED, as locally.
+                    self._check_unchanged(job)
+                raise
             self._check_unchanged(job)
             filesystem, path = filesystem_and_path(staged.spine)
             filesystem.delete_dir(path)
@@ -152,6 +159,13 @@ class SparkTrainingEngine(LocalTrainingEngine):
                     f"{source.describe()} changed while the training set was computed; retry",
                     reason="HISTORY_CHANGED", metadata={"feature_view": name},
                 )
+
+
+def _is_spark_error(exc: BaseException) -> bool:
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    return isinstance(exc, PySparkException | Py4JError)
 
 
 def write_spine_bounds(
