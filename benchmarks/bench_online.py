@@ -331,8 +331,11 @@ def auth_overhead(repo: Path, request: bytes, count: int, rounds: int) -> dict[s
         check = grpc.insecure_channel(f"127.0.0.1:{on_port}")
         check.unary_unary(METHOD)(request, timeout=10, metadata=metadata)  # authorized, or raise
         check.close()
-        for _ in range(rounds):
-            for name, proc, port, md in (("off", off, off_port, ()), ("on", on, on_port, metadata)):
+        arms = [("off", off, off_port, ()), ("on", on, on_port, metadata)]
+        for round_number in range(rounds):
+            # Which arm goes first alternates, so a burst of load on the machine does not
+            # always land on the same one.
+            for name, proc, port, md in arms if round_number % 2 == 0 else arms[::-1]:
                 cpu = cpu_seconds(proc.pid)
                 result = run_load(f"127.0.0.1:{port}", METHOD, request, 1, count, md)
                 p50[name].append(result["p50_ms"])
