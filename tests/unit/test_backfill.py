@@ -444,7 +444,10 @@ def test_a_changed_function_body_is_a_changed_transformation(config: QuiverConfi
     transforms = config.repo_path / "_transforms.py"
     transforms.write_text(transforms.read_text().replace("100", "1000"))
     sys.modules.pop("_transforms", None)  # a new process imports the new code
-    again = backfill(config, "user_daily", D0, D0 + DAY)
+    try:
+        again = backfill(config, "user_daily", D0, D0 + DAY)
+    finally:
+        sys.modules.pop("_transforms", None)  # later tests import their repo's own
     assert (again.version, again.new_version) == (2, True)
     snapshot = RegistryStore(config.registry_path).latest()
     table = pq.read_table(Path(config.offline_root) / snapshot.feature_view("user_daily").source.path)
