@@ -11,6 +11,15 @@ import os
 from pathlib import Path
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush the bytes of file `path` to disk (before renaming it into place)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_directory(path: str | Path) -> None:
     """Flush the entries of directory `path` (new, renamed or removed names) to disk."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

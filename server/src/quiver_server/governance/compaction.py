@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import structlog
 
 from quiver.errors import FailedPreconditionError, InvalidArgumentError
-from quiver_server.durable import fsync_directory
+from quiver_server.durable import fsync_directory, fsync_file
 from quiver_server.governance.files import append_line, locked, records_in, write_durable
 from quiver_server.governance.paths import GovernancePaths
 from quiver_server.governance.progress import RewriteCallback, RewriteProgress, ignore
@@ -233,11 +233,7 @@ def _merge(paths: GovernancePaths, fs: pafs.FileSystem, journal: _Journal) -> No
         if pending:
             writer.write_table(pa.concat_tables(pending), row_group_size=_ROW_GROUP_ROWS)
     if isinstance(fs, pafs.LocalFileSystem):
-        fd = os.open(journal.temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(journal.temp)
     write_durable(journal.path(paths), json.dumps(journal.__dict__).encode())
     _finish(paths, fs, journal, rows)
 

@@ -56,7 +56,7 @@ from quiver import FeatureView
 from quiver.errors import FailedPreconditionError, NotFoundError
 from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_server.deletion import delete_entities, target_views
-from quiver_server.durable import fsync_directory
+from quiver_server.durable import fsync_directory, fsync_file
 from quiver_server.governance.compaction import settle
 from quiver_server.governance.datasets import DatasetStore, label
 from quiver_server.governance.entities import (
@@ -500,11 +500,7 @@ class Eraser:
         pq.write_table(keep, temp, filesystem=fs, row_group_size=row_group or None)
         local = isinstance(fs, pafs.LocalFileSystem)
         if local:
-            fd = os.open(temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(temp)
         self._pause.check("before_swap")
         # Before the swap: Spark checks a stale checksum file and fails; none, it reads.
         drop_checksum(fs, path)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
-from quiver_server.durable import fsync_directory
+from quiver_server.durable import fsync_directory, fsync_file
 from quiver_server.governance.paths import DATASET_SPINES
 from quiver_server.offline.source import filesystem_and_path, resolve_path
 
@@ -61,11 +61,7 @@ def write_spine(
                 writer.write_batch(batch)
         local = isinstance(fs, pafs.LocalFileSystem)
         if local:
-            fd = os.open(temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(temp)
             os.replace(temp, path)
             fsync_directory(directory)
         else:
