@@ -26,7 +26,7 @@ from quiver.errors import FailedPreconditionError, InvalidArgumentError, NotFoun
 from quiver.flight.v1 import flight_pb2 as pb
 from quiver.registry.v1 import governance_pb2 as gpb
 from quiver_flight.history import HistorySource, with_exclusions
-from quiver_flight.spines import Spine
+from quiver_flight.spines import Spine, ipc_null_count, open_ipc
 from quiver_flight.training import Pinned, Plan, Planned, TrainingSets
 from quiver_server.governance.datasets import DatasetStore, check_name, label
 from quiver_server.governance.erasure import PendingErasures
@@ -75,15 +75,10 @@ class KeptSpine(Spine):
         return table.slice(offset - first, count)
 
     def null_count(self, column: str) -> int:
-        reader = self._reader()
-        index = self.schema.get_field_index(column)
-        return sum(reader.get_batch(i).column(index).null_count
-                   for i in range(reader.num_record_batches))
+        return ipc_null_count(self._reader(), self.schema.get_field_index(column))
 
     def _reader(self) -> pa.ipc.RecordBatchFileReader:
-        if isinstance(self.filesystem, pafs.LocalFileSystem):
-            return ipc.open_file(pa.memory_map(self.path))
-        return ipc.open_file(self.filesystem.open_input_file(self.path))
+        return open_ipc(self.filesystem, self.path)
 
 
 class TrainingDatasets:

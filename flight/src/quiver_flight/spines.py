@@ -76,17 +76,20 @@ class UploadedSpine(Spine):
         return table.slice(offset - first * self.batch_rows, count)
 
     def null_count(self, column: str) -> int:
-        reader = self._reader()
-        index = self.schema.get_field_index(column)
-        # Null counts live in the batches' metadata: no column data is read.
-        return sum(reader.get_batch(i).column(index).null_count
-                   for i in range(reader.num_record_batches))
+        return ipc_null_count(self._reader(), self.schema.get_field_index(column))
 
     def _reader(self) -> pa.ipc.RecordBatchFileReader:
-        return _open_ipc(self.filesystem, self.path)
+        return open_ipc(self.filesystem, self.path)
 
 
-def _open_ipc(fs: pafs.FileSystem, path: str) -> pa.ipc.RecordBatchFileReader:
+def ipc_null_count(reader: pa.ipc.RecordBatchFileReader, index: int) -> int:
+    """Nulls in column `index` of an Arrow IPC file."""
+    # Null counts live in the batches' metadata: no column data is read.
+    return sum(reader.get_batch(i).column(index).null_count
+               for i in range(reader.num_record_batches))
+
+
+def open_ipc(fs: pafs.FileSystem, path: str) -> pa.ipc.RecordBatchFileReader:
     # A local file is memory mapped: batches are views of the page cache. The
     # map lives as long as any batch read from it.
     source = pa.memory_map(path) if isinstance(fs, pafs.LocalFileSystem) else fs.open_input_file(path)
@@ -182,7 +185,7 @@ class SpineStore:
             )
         path = self._path(spine_id)
         try:
-            reader = _open_ipc(self.filesystem, path)
+            reader = open_ipc(self.filesystem, path)
         except FileNotFoundError:
             raise _not_found(spine_id) from None
         expires_at = _expires_at(reader)
@@ -300,7 +303,7 @@ def _expires_at(reader: pa.ipc.RecordBatchFileReader) -> float:
 def _stored_expiry(fs: pafs.FileSystem, path: str) -> float:
     """When an uploaded spine expires (0 for a file that is not one)."""
     try:
-        return _expires_at(_open_ipc(fs, path))
+        return _expires_at(open_ipc(fs, path))
     except (OSError, pa.ArrowInvalid, ValueError):
         return 0.0
 
